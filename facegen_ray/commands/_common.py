@@ -1,0 +1,26 @@
+"""Shared CLI plumbing: --config/--set/--root options and config loading."""
+
+from __future__ import annotations
+
+import argparse
+
+from facegen_ray.config import FacegenConfig, load_config
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default=None, help="config YAML (sections: storage, data, model, loss, train, eval, serve)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config field, e.g. --set train.num_workers=2 (repeatable)",
+    )
+    p.add_argument("--root", default=None, help="storage root (local folder or s3://bucket/prefix); same as --set storage.root=...")
+
+
+def config_from_args(args: argparse.Namespace, extra: list[str] | None = None) -> FacegenConfig:
+    """Load the config: file, then command-specific options (extra), then --set (which wins)."""
+    overrides: list[str] = []
+    if getattr(args, "root", None):
+        overrides.append(f"storage.root={args.root}")
+    overrides += list(extra or [])
+    overrides += list(getattr(args, "overrides", []) or [])
+    return load_config(getattr(args, "config", None), overrides)

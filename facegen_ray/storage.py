@@ -1,0 +1,298 @@
+"""The one way to read and write storage: fsspec URIs, local paths or s3://.
+
+`Storage(cfg)` carries the connection options (S3 endpoint, region) and is cheap to pickle,
+so it travels to Ray workers. `Layout(root)` is the only place that knows where things live:
+
+    <root>/datasets/<name>/manifest.json          latest version pointer (+ copy of its manifest)
+    <root>/datasets/<name>/v<N>/*.parquet          shards of version N
+    <root>/datasets/<name>/v<N>/manifest.json      that version's manifest
+    <root>/runs/<run>/...                          Ray Train run folder (checkpoints, samples)
+    <root>/models/registry.json                    model registry
+    <root>/models/<version>/                       exported model directories
+    <root>/feedback/...                            feedback store
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import fsspec
+
+from facegen_ray.config import StorageConfig
+
+
+class StorageError(OSError):
+    """Storage could not be read or written; the message names the URI."""
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a URI without touching the scheme."""
+    out = uri.rstrip("/") if uri not in ("/",) else uri
+    for p in parts:
+        p = str(p).strip("/")
+        if p:
+            out = f"{out}/{p}"
+    return out
+
+
+def normalize(uri: str) -> str:
+    """Local paths become absolute (so they survive a change of working directory on workers)."""
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    if "://" in uri:
+        return uri.rstrip("/") or uri
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+class Storage:
+    def __init__(self, cfg: StorageConfig | None = None):
+        self.cfg = cfg or StorageConfig()
+
+    # pickling: keep the config only; filesystems are rebuilt on the other side
+    def __getstate__(self) -> dict[str, Any]:
+        return {"cfg": self.cfg.model_dump()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.cfg = StorageConfig(**state["cfg"])
+
+    def storage_options(self, uri: str) -> dict[str, Any]:
+        if uri.startswith("s3://"):
+            opts: dict[str, Any] = {"anon": self.cfg.anon}
+            client_kwargs: dict[str, Any] = {}
+            if self.cfg.endpoint_url:
+                client_kwargs["endpoint_url"] = self.cfg.endpoint_url
+            if self.cfg.region:
+                client_kwargs["region_name"] = self.cfg.region
+            if client_kwargs:
+                opts["client_kwargs"] = client_kwargs
+            return opts
+        return {}
+
+    def fs(self, uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+        """(filesystem, path-within-it) for a URI."""
+        uri = normalize(uri)
+        try:
+            fs, path = fsspec.core.url_to_fs(uri, **self.storage_options(uri))
+        except (ImportError, ValueError) as e:
+            raise StorageError(f"cannot open storage {uri!r}: {e}") from e
+        return fs, path
+
+    def pyarrow_fs(self, uri: str):
+        """(pyarrow FileSystem, path) for Ray Data / pyarrow readers and writers."""
+        import pyarrow.fs as pafs
+
+        fs, path = self.fs(uri)
+        if not is_remote(normalize(uri)):
+            return pafs.LocalFileSystem(), path
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+    # ---- queries
+    def exists(self, uri: str) -> bool:
+        fs, path = self.fs(uri)
+        return fs.exists(path)
+
+    def isdir(self, uri: str) -> bool:
+        fs, path = self.fs(uri)
+        return fs.isdir(path)
+
+    def ls(self, uri: str) -> list[str]:
+        """Immediate children as full URIs (sorted); [] if the folder does not exist."""
+        fs, path = self.fs(uri)
+        try:
+            names = fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return []
+        base = normalize(uri)
+        return sorted(join(base, posixpath.basename(n.rstrip("/"))) for n in names)
+
+    def find(self, uri: str) -> list[str]:
+        """All files below a folder, recursively, as full URIs (sorted)."""
+        fs, path = self.fs(uri)
+        try:
+            files = fs.find(path)
+        except FileNotFoundError:
+            return []
+        base = normalize(uri)
+        root = path.rstrip("/")
+        out = []
+        for f in files:
+            rel = f[len(root):].lstrip("/") if f.startswith(root) else posixpath.basename(f)
+            out.append(join(base, rel))
+        return sorted(out)
+
+    def size(self, uri: str) -> int:
+        fs, path = self.fs(uri)
+        return int(fs.size(path))
+
+    # ---- reading
+    def open(self, uri: str, mode: str = "rb", **kw):
+        fs, path = self.fs(uri)
+        if "w" in mode or "a" in mode:
+            parent = posixpath.dirname(path)
+            if parent and not is_remote(normalize(uri)):
+                fs.makedirs(parent, exist_ok=True)
+        return fs.open(path, mode, **kw)
+
+    def read_bytes(self, uri: str) -> bytes:
+        try:
+            with self.open(uri, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise StorageError(f"cannot read {uri}: {e}") from e
+
+    def read_text(self, uri: str) -> str:
+        return self.read_bytes(uri).decode("utf-8")
+
+    def read_json(self, uri: str) -> Any:
+        return json.loads(self.read_text(uri))
+
+    # ---- writing
+    def makedirs(self, uri: str) -> None:
+        fs, path = self.fs(uri)
+        if not is_remote(normalize(uri)):
+            fs.makedirs(path, exist_ok=True)
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        """Atomic for readers: local writes go to a temp file then os.replace; an S3 PUT is atomic."""
+        uri = normalize(uri)
+        try:
+            if is_remote(uri):
+                fs, path = self.fs(uri)
+                fs.pipe_file(path, data)
+                return
+            os.makedirs(os.path.dirname(uri) or ".", exist_ok=True)
+            tmp = f"{uri}.tmp-{uuid.uuid4().hex}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, uri)
+        except OSError as e:
+            raise StorageError(f"cannot write {uri}: {e}") from e
+
+    def write_text(self, uri: str, text: str) -> None:
+        self.write_bytes(uri, text.encode("utf-8"))
+
+    def write_json(self, uri: str, obj: Any) -> None:
+        self.write_bytes(uri, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8"))
+
+    def create_exclusive(self, uri: str, data: bytes) -> bool:
+        """Write only if the object does not exist yet. Returns False if it did.
+
+        Local: O_EXCL on the final name after writing a temp file (link), so a reader never
+        sees a torn file. S3: conditional PUT (If-None-Match) where supported, else check+put.
+        """
+        uri = normalize(uri)
+        if is_remote(uri):
+            fs, path = self.fs(uri)
+            if fs.exists(path):
+                return False
+            try:
+                fs.pipe_file(path, data, mode="create")  # s3fs: If-None-Match: *
+            except FileExistsError:
+                return False
+            except TypeError:
+                fs.pipe_file(path, data)
+            return True
+        os.makedirs(os.path.dirname(uri) or ".", exist_ok=True)
+        tmp = f"{uri}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, uri)  # atomic, fails if the name exists
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+
+    def rm(self, uri: str, recursive: bool = False) -> None:
+        fs, path = self.fs(uri)
+        try:
+            fs.rm(path, recursive=recursive)
+        except FileNotFoundError:
+            pass
+
+    def copy_tree(self, src: str, dst: str) -> None:
+        """Copy every file below src to the same relative path below dst (across filesystems)."""
+        src_n = normalize(src)
+        for f in self.find(src_n):
+            rel = f[len(src_n):].lstrip("/")
+            self.write_bytes(join(dst, rel), self.read_bytes(f))
+
+    def check_writable(self, uri: str) -> None:
+        """Raise StorageError with a clear message if we cannot write below uri."""
+        probe = join(uri, f".write-probe-{uuid.uuid4().hex}")
+        try:
+            self.write_bytes(probe, b"ok")
+            self.rm(probe)
+        except Exception as e:  # noqa: BLE001 - any failure means "cannot write"
+            raise StorageError(f"storage {uri} is not writable: {e}") from e
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each artifact lives below a storage root. Nothing else builds these paths."""
+
+    root: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", normalize(self.root))
+
+    # datasets
+    def datasets(self) -> str:
+        return join(self.root, "datasets")
+
+    def dataset(self, name: str) -> str:
+        return join(self.root, "datasets", name)
+
+    @staticmethod
+    def dataset_version(dataset_uri: str, version: int) -> str:
+        return join(dataset_uri, f"v{version}")
+
+    @staticmethod
+    def manifest(dataset_or_version_uri: str) -> str:
+        return join(dataset_or_version_uri, "manifest.json")
+
+    @staticmethod
+    def reference_stats(version_uri: str, key: str) -> str:
+        return join(version_uri, "stats", f"{key}.npz")
+
+    # training runs
+    def runs(self) -> str:
+        return join(self.root, "runs")
+
+    def run(self, name: str) -> str:
+        return join(self.root, "runs", name)
+
+    # models
+    def models(self) -> str:
+        return join(self.root, "models")
+
+    def registry(self) -> str:
+        return join(self.root, "models", "registry.json")
+
+    def model(self, version: str) -> str:
+        return join(self.root, "models", version)
+
+    # feedback
+    def feedback(self) -> str:
+        return join(self.root, "feedback")
+
+
+def iter_lines(storage: Storage, uri: str) -> Iterator[str]:
+    with storage.open(uri, "rt") as f:
+        yield from f
