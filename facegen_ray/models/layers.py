@@ -1,0 +1,269 @@
+"""Building blocks shared by the generator and the discriminator.
+
+Equalized learning rate (Karras et al., ProGAN): weights are stored as N(0, 1) / lr_mul and
+scaled at run time by lr_mul / sqrt(fan_in), so every layer learns at the same speed under
+Adam whatever its fan-in. All weight scaling happens on temporaries in `forward` (never
+in place on parameters), which keeps the modules usable inside DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LRELU_SLOPE = 0.2
+LRELU_GAIN = math.sqrt(2.0)  # keeps activations' second moment ~1 after leaky ReLU
+
+
+def lrelu(x: torch.Tensor) -> torch.Tensor:
+    """Leaky ReLU (slope 0.2) scaled by sqrt(2)."""
+    return F.leaky_relu(x, LRELU_SLOPE) * LRELU_GAIN
+
+
+def upsample2x(x: torch.Tensor) -> torch.Tensor:
+    """[N,C,H,W] -> [N,C,2H,2W], bilinear. Used for features and for the RGB fade-in skip."""
+    return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
+def downsample2x(x: torch.Tensor) -> torch.Tensor:
+    """[N,C,H,W] -> [N,C,H/2,W/2], 2x2 box filter (average pooling)."""
+    return F.avg_pool2d(x, 2)
+
+
+def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
+    """Pixel norm: divide by the root mean square over `dim`."""
+    return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
+
+
+class PixelNorm(nn.Module):
+    """Normalizes each feature vector to unit RMS (applied to z before the mapping network)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return normalize_2nd_moment(x, dim=1)
+
+
+class EqualizedLinear(nn.Module):
+    """Fully connected layer with equalized learning rate and an lr multiplier.
+
+    x [N, in] -> [N, out]; optional leaky-ReLU activation.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        bias_init: float = 0.0,
+        lr_mul: float = 1.0,
+        activation: str | None = None,
+    ):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mul)
+        self.bias = nn.Parameter(torch.full((out_features,), float(bias_init) / lr_mul)) if bias else None
+        self.weight_gain = lr_mul / math.sqrt(in_features)
+        self.bias_gain = lr_mul
+        if activation not in (None, "lrelu"):
+            raise ValueError(f"unknown activation {activation!r}")
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight * self.weight_gain
+        b = self.bias * self.bias_gain if self.bias is not None else None
+        x = F.linear(x, w, b)
+        return lrelu(x) if self.activation == "lrelu" else x
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, activation={self.activation}"
+
+
+class EqualizedConv2d(nn.Module):
+    """2-D convolution with equalized learning rate; 'same' padding; optional 2x down-sampling
+    (box filter after the conv) and leaky-ReLU.  x [N,in,H,W] -> [N,out,H',W']."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        bias: bool = True,
+        activation: str | None = None,
+        down: bool = False,
+    ):
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
+        if activation not in (None, "lrelu"):
+            raise ValueError(f"unknown activation {activation!r}")
+        self.activation = activation
+        self.down = down
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.conv2d(x, self.weight * self.weight_gain, None, padding=self.kernel_size // 2)
+        if self.down:
+            x = downsample2x(x)
+        if self.bias is not None:
+            x = x + self.bias.to(x.dtype).view(1, -1, 1, 1)
+        return lrelu(x) if self.activation == "lrelu" else x
+
+    def extra_repr(self) -> str:
+        return (
+            f"in={self.in_channels}, out={self.out_channels}, k={self.kernel_size}, "
+            f"down={self.down}, activation={self.activation}"
+        )
+
+
+class ModulatedConv2d(nn.Module):
+    """StyleGAN2 modulated convolution: the style s = A(w) scales the input channels of the
+    weight, and (with `demodulate`) each output channel's weight is renormalised to unit L2
+    norm, replacing AdaIN's instance normalisation. One grouped conv handles the whole batch.
+
+    x [N,in,H,W], w [N,w_dim] -> [N,out,H',W'] (H' = 2H with `up`). No bias, no activation.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        w_dim: int,
+        demodulate: bool = True,
+        up: bool = False,
+    ):
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.demodulate = demodulate
+        self.up = up
+        self.affine = EqualizedLinear(w_dim, in_channels, bias_init=1.0)  # styles start at 1
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        # modulation and demodulation in float32 even under autocast (sum of squares overflows fp16)
+        styles = self.affine(w).float()  # [N, in]
+        weight = self.weight.float() * self.weight_gain  # [out, in, k, k]
+        wgt = weight.unsqueeze(0) * styles.view(n, 1, -1, 1, 1)  # [N, out, in, k, k]
+        if self.demodulate:
+            dcoefs = (wgt.square().sum(dim=(2, 3, 4)) + 1e-8).rsqrt()  # [N, out]
+            wgt = wgt * dcoefs.view(n, -1, 1, 1, 1)
+        if self.up:
+            x = upsample2x(x)
+        h, w_ = x.shape[2], x.shape[3]
+        x = x.reshape(1, n * self.in_channels, h, w_)
+        wgt = wgt.reshape(n * self.out_channels, self.in_channels, self.kernel_size, self.kernel_size)
+        x = F.conv2d(x, wgt.to(x.dtype), padding=self.kernel_size // 2, groups=n)  # autocast recasts
+        return x.reshape(n, self.out_channels, h, w_)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in={self.in_channels}, out={self.out_channels}, k={self.kernel_size}, "
+            f"demodulate={self.demodulate}, up={self.up}"
+        )
+
+
+class AdaINConv2d(nn.Module):
+    """StyleGAN1-style layer core: plain equalized conv, later followed by instance norm and a
+    per-channel style scale/bias (see `AdaIN`). x [N,in,H,W], w ignored -> [N,out,H',W']."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, up: bool = False):
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.up = up
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.up:
+            x = upsample2x(x)
+        return F.conv2d(x, self.weight * self.weight_gain, padding=self.kernel_size // 2)
+
+
+class AdaIN(nn.Module):
+    """Adaptive instance normalisation: instance-norm x, then scale by (ys) and shift by (yb),
+    both affine functions of w.  x [N,C,H,W], w [N,w_dim] -> [N,C,H,W]."""
+
+    def __init__(self, channels: int, w_dim: int):
+        super().__init__()
+        self.channels = channels
+        self.affine = EqualizedLinear(w_dim, 2 * channels)
+        with torch.no_grad():  # initial style: scale 1, bias 0
+            self.affine.bias[:channels].fill_(1.0)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        style = self.affine(w).float()  # [N, 2C]
+        ys, yb = style[:, : self.channels], style[:, self.channels :]
+        xf = x.float()
+        mean = xf.mean(dim=(2, 3), keepdim=True)
+        var = xf.var(dim=(2, 3), keepdim=True, unbiased=False)
+        xf = (xf - mean) * (var + 1e-8).rsqrt()
+        out = xf * ys.view(-1, self.channels, 1, 1) + yb.view(-1, self.channels, 1, 1)
+        return out.to(x.dtype)
+
+
+class NoiseInjection(nn.Module):
+    """Adds per-pixel Gaussian noise scaled by a learned per-channel strength (init 0).
+
+    noise_mode: "random" draws fresh noise [N,1,H,W]; "const" uses a fixed buffer drawn at
+    construction (stored in the state dict, so generation is deterministic); "none" adds nothing.
+    """
+
+    def __init__(self, channels: int, resolution: int):
+        super().__init__()
+        self.strength = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("noise_const", torch.randn(1, 1, resolution, resolution))
+
+    def forward(self, x: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+        if noise_mode == "none":
+            return x
+        if noise_mode == "random":
+            noise = torch.randn(x.shape[0], 1, x.shape[2], x.shape[3], device=x.device, dtype=x.dtype)
+        elif noise_mode == "const":
+            noise = self.noise_const.to(x.dtype)
+        else:
+            raise ValueError(f"noise_mode must be 'random', 'const' or 'none', got {noise_mode!r}")
+        return x + noise * self.strength.to(x.dtype).view(1, -1, 1, 1)
+
+
+class MinibatchStdDev(nn.Module):
+    """Appends the across-group standard deviation of the features as extra channels, so D can
+    see a lack of variety in a batch.  x [N,C,H,W] -> [N,C+num_channels,H,W].
+
+    Groups of `group_size` samples (the largest divisor of N not above it, so any batch size
+    works; a batch of 1 gives std 0). Channels are split into `num_channels` parts, each
+    reduced to one scalar per group, broadcast over H,W.
+    """
+
+    def __init__(self, group_size: int = 4, num_channels: int = 1):
+        super().__init__()
+        self.group_size = group_size
+        self.num_channels = num_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.num_channels == 0:
+            return x
+        n, c, h, w = x.shape
+        g = min(self.group_size, n)
+        while n % g != 0:
+            g -= 1
+        f = self.num_channels
+        if c % f != 0:
+            raise ValueError(f"MinibatchStdDev: {c} channels not divisible by num_channels={f}")
+        y = x.float().reshape(g, n // g, f, c // f, h, w)  # [G, M, F, c, H, W]
+        y = y - y.mean(dim=0)
+        y = (y.square().mean(dim=0) + 1e-8).sqrt()  # [M, F, c, H, W]
+        y = y.mean(dim=(2, 3, 4))  # [M, F]
+        y = y.reshape(-1, f, 1, 1).repeat(g, 1, h, w)  # [N, F, H, W]
+        return torch.cat([x, y.to(x.dtype)], dim=1)

@@ -1,0 +1,502 @@
+"""StyleGAN generator / discriminator: shapes, progressive fade-in, truncation, style mixing,
+conditioning, precision, EMA and the model directory round trip. Tiny widths (8-32)."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_model_dict
+from facegen_ray.config import ModelConfig, StorageConfig
+from facegen_ray.errors import UserError
+from facegen_ray.models import Discriminator, Generator, encode_attributes, load_model_dir, save_model_dir, update_ema
+from facegen_ray.models.layers import EqualizedLinear, MinibatchStdDev, ModulatedConv2d, upsample2x
+from facegen_ray.storage import Storage, join
+
+
+def make_cfg(resolution: int = 16, conditional: bool = False, **kw) -> ModelConfig:
+    return ModelConfig(**{**tiny_model_dict(resolution, conditional), **kw})
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+# ---------------------------------------------------------------- shapes / stages
+
+
+@pytest.mark.parametrize("modulation", ["modulated", "adain"])
+@pytest.mark.parametrize("conditional", [False, True])
+def test_shapes_at_every_stage(modulation, conditional):
+    cfg = make_cfg(16, conditional, modulation=modulation)
+    G, D = Generator(cfg), Discriminator(cfg)
+    assert G.num_ws == 2 * cfg.num_stages and G.max_stage == cfg.num_stages - 1 == 2
+    z = torch.randn(3, cfg.z_dim)
+    c = torch.tensor([[0, 1, 2], [-1, -1, -1], [7, 0, 4]]) if conditional else None
+    for stage in range(G.max_stage + 1):
+        for alpha in (0.0, 0.5, 1.0):
+            G.set_stage(stage, alpha)
+            D.set_stage(stage, alpha)
+            res = 4 * 2**stage
+            assert G.current_resolution == res == D.current_resolution
+            ws = G.mapping(z, c)
+            assert ws.shape == (3, G.num_ws, cfg.w_dim)
+            img = G(z, c)
+            assert img.shape == (3, 3, res, res) and img.dtype == torch.float32
+            assert torch.isfinite(img).all()
+            logits = D(img, c)
+            assert logits.shape == (3,) and torch.isfinite(logits).all()
+    # the wrong resolution for the stage is a clear error
+    with pytest.raises(ValueError, match="expects"):
+        D(torch.randn(2, 3, 8, 8))
+    with pytest.raises(ValueError):
+        G.set_stage(3, 1.0)
+    with pytest.raises(ValueError):
+        G.set_stage(1, 1.5)
+
+
+def test_stage_and_alpha_are_state():
+    cfg = make_cfg(16)
+    G, D = Generator(cfg), Discriminator(cfg)
+    G.set_stage(1, 0.25)
+    D.set_stage(1, 0.25)
+    G2, D2 = Generator(cfg), Discriminator(cfg)
+    G2.load_state_dict(G.state_dict())
+    D2.load_state_dict(D.state_dict())
+    assert (G2.stage, G2.alpha, G2.current_resolution) == (1, 0.25, 8)
+    assert D2.current_resolution == 8 and float(D2.alpha) == 0.25
+
+
+def test_default_widths_follow_config():
+    cfg = ModelConfig(resolution=64)
+    G, D = Generator(cfg), Discriminator(cfg)
+    assert G.synthesis.const.shape == (cfg.channels(4), 4, 4)
+    for s, block in enumerate(G.synthesis.blocks):
+        assert block.convs[-1].bias.shape[0] == cfg.channels(4 * 2**s)
+    for s, frgb in enumerate(D.fromrgb):
+        assert frgb.conv.weight.shape[0] == cfg.channels(4 * 2**s)
+    assert G.num_ws == 10 and len(G.mapping.layers) == 8
+
+
+# ---------------------------------------------------------------- progressive fade-in
+
+
+@pytest.mark.parametrize("modulation", ["modulated", "adain"])
+def test_alpha_zero_reproduces_previous_stage(modulation):
+    cfg = make_cfg(16, modulation=modulation)
+    G = Generator(cfg).eval()
+    # non-trivial noise strengths so const noise matters
+    with torch.no_grad():
+        for m in G.modules():
+            if hasattr(m, "strength"):
+                m.strength.normal_()
+    z = torch.randn(4, cfg.z_dim)
+    with torch.no_grad():
+        for stage in (1, 2):
+            G.set_stage(stage - 1, 1.0)
+            prev = G(z, noise_mode="const")
+            G.set_stage(stage, 0.0)
+            faded0 = G(z, noise_mode="const")
+            assert torch.equal(faded0, upsample2x(prev))
+            G.set_stage(stage, 1.0)
+            new = G(z, noise_mode="const")
+            G.set_stage(stage, 0.5)
+            half = G(z, noise_mode="const")
+            torch.testing.assert_close(half, 0.5 * (upsample2x(prev) + new), atol=1e-5, rtol=1e-5)
+            assert not torch.allclose(new, faded0)
+
+
+def test_discriminator_alpha_zero_equals_previous_stage_on_downsampled_image():
+    cfg = make_cfg(16)
+    D = Discriminator(cfg)
+    img = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        D.set_stage(1, 1.0)
+        prev = D(F.avg_pool2d(img, 2))
+        D.set_stage(2, 0.0)
+        torch.testing.assert_close(D(img), prev, atol=1e-6, rtol=1e-6)
+        D.set_stage(2, 1.0)
+        assert not torch.allclose(D(img), prev)
+
+
+# ---------------------------------------------------------------- truncation / w_avg
+
+
+def test_w_avg_tracks_only_when_asked():
+    cfg = make_cfg(8)
+    G = Generator(cfg)
+    z = torch.randn(16, cfg.z_dim)
+    G(z)
+    assert torch.count_nonzero(G.mapping.w_avg) == 0
+    w = G.mapping(z)[:, 0]
+    G(z, update_w_avg=True)
+    torch.testing.assert_close(G.mapping.w_avg, (1 - cfg.w_avg_beta) * w.mean(0).detach())
+    assert not G.mapping.w_avg.requires_grad
+
+
+def test_truncation_psi0_gives_average_face_and_psi1_is_noop():
+    cfg = make_cfg(16)
+    G = Generator(cfg).eval()
+    with torch.no_grad():
+        for _ in range(5):
+            G(torch.randn(32, cfg.z_dim), update_w_avg=True)
+        z = torch.randn(6, cfg.z_dim)
+        imgs = G(z, truncation_psi=0.0, noise_mode="const")
+        for i in range(1, 6):
+            torch.testing.assert_close(imgs[i], imgs[0], atol=1e-6, rtol=1e-6)
+        avg_ws = G.mapping.w_avg.view(1, 1, -1).repeat(1, G.num_ws, 1)
+        torch.testing.assert_close(imgs[:1], G.synthesis(avg_ws, noise_mode="const"), atol=1e-6, rtol=1e-6)
+        assert torch.equal(G(z, truncation_psi=1.0, noise_mode="const"), G(z, noise_mode="const"))
+        # psi in between moves w linearly towards the average
+        ws = G.mapping(z)
+        ws_half = G.mapping(z, truncation_psi=0.5)
+        torch.testing.assert_close(ws_half, G.mapping.w_avg + 0.5 * (ws - G.mapping.w_avg))
+
+
+def test_truncation_cutoff_only_touches_coarse_levels():
+    cfg = make_cfg(16)
+    G = Generator(cfg)
+    G(torch.randn(32, cfg.z_dim), update_w_avg=True)
+    z = torch.randn(4, cfg.z_dim)
+    ws = G.mapping(z)
+    wt = G.mapping(z, truncation_psi=0.0, truncation_cutoff=2)
+    assert torch.allclose(wt[:, :2], G.mapping.w_avg.expand(4, 2, -1))
+    assert torch.equal(wt[:, 2:], ws[:, 2:])
+
+
+# ---------------------------------------------------------------- style mixing
+
+
+def test_style_mixing_swaps_only_layers_after_crossover():
+    cfg = make_cfg(16)
+    G = Generator(cfg)
+    z1, z2 = torch.randn(8, cfg.z_dim), torch.randn(8, cfg.z_dim)
+    ws1, ws2 = G.mapping(z1), G.mapping(z2)
+    gen = torch.Generator().manual_seed(3)
+    mixed = G.mix_styles(ws1, ws2, prob=1.0, generator=gen)
+    used = G.synthesis.num_used_ws()
+    for i in range(8):
+        from_2 = [(mixed[i, k] == ws2[i, k]).all().item() for k in range(G.num_ws)]
+        from_1 = [(mixed[i, k] == ws1[i, k]).all().item() for k in range(G.num_ws)]
+        cross = from_2.index(True)
+        assert 1 <= cross < used
+        assert all(from_1[:cross]) and all(from_2[cross:])
+    # prob 0: nothing changes
+    assert torch.equal(G.mix_styles(ws1, ws2, prob=0.0), ws1)
+    # a crossover draw per sample: at prob 0.5 some rows are mixed and some are not
+    mixed = G.mix_styles(ws1, ws2, prob=0.5, generator=torch.Generator().manual_seed(0))
+    untouched = [(mixed[i] == ws1[i]).all().item() for i in range(8)]
+    assert any(untouched) and not all(untouched)
+
+
+def test_synthesis_levels_control_what_they_should():
+    cfg = make_cfg(16)
+    G = Generator(cfg).eval()
+    z = torch.randn(2, cfg.z_dim)
+    with torch.no_grad():
+        G.set_stage(1, 1.0)  # 8x8 reads ws[0:4]
+        ws = G.mapping(z)
+        base = G.synthesis(ws, noise_mode="const")
+        other = G.mapping(torch.randn(2, cfg.z_dim))
+        # ws beyond the current stage are not read
+        unused = ws.clone()
+        unused[:, 4:] = other[:, 4:]
+        assert torch.equal(G.synthesis(unused, noise_mode="const"), base)
+        # a fine-level change (the last used w: toRGB) changes the output
+        fine = ws.clone()
+        fine[:, 3] = other[:, 3]
+        assert not torch.allclose(G.synthesis(fine, noise_mode="const"), base)
+        # style mixing through G.forward is reproducible from the same RNG state
+        torch.manual_seed(5)
+        a = G(z, style_mixing_prob=1.0, noise_mode="const")
+        torch.manual_seed(5)
+        b = G(z, style_mixing_prob=1.0, noise_mode="const")
+        assert torch.equal(a, b) and not torch.allclose(a, base)
+
+
+# ---------------------------------------------------------------- noise
+
+
+def test_noise_modes():
+    cfg = make_cfg(8)
+    G = Generator(cfg).eval()
+    with torch.no_grad():
+        for m in G.modules():
+            if hasattr(m, "strength"):
+                m.strength.fill_(1.0)
+        z = torch.randn(2, cfg.z_dim)
+        assert torch.equal(G(z, noise_mode="const"), G(z, noise_mode="const"))
+        assert torch.equal(G(z, noise_mode="none"), G(z, noise_mode="none"))
+        assert not torch.allclose(G(z, noise_mode="random"), G(z, noise_mode="random"))
+        assert not torch.allclose(G(z, noise_mode="const"), G(z, noise_mode="none"))
+        with pytest.raises(ValueError, match="noise_mode"):
+            G(z, noise_mode="loud")
+    G_nonoise = Generator(make_cfg(8, noise=False)).eval()
+    with torch.no_grad():
+        assert torch.equal(G_nonoise(z), G_nonoise(z))
+
+
+# ---------------------------------------------------------------- conditioning
+
+
+def test_encode_attributes():
+    cfg = make_cfg(8, True)  # age buckets [0, 13, 20, 30, 40, 50, 60, 70]
+    c = encode_attributes([5, 13, 29.5, 75, None, -1], [0, 1, None, -1, 0, 1], 4, cfg)
+    assert c.dtype == torch.long and c.shape == (6, 3)
+    assert c[:, 0].tolist() == [0, 1, 2, 7, -1, -1]
+    assert c[:, 1].tolist() == [0, 1, -1, -1, 0, 1]
+    assert c[:, 2].tolist() == [4] * 6
+    assert encode_attributes(None, None, None, cfg).tolist() == [[-1, -1, -1]]
+    with pytest.raises(UserError, match="gender"):
+        encode_attributes(30, 2, 0, cfg)
+    with pytest.raises(UserError, match="race"):
+        encode_attributes(30, 0, 9, cfg)
+    with pytest.raises(UserError, match="age"):
+        encode_attributes("old", 0, 0, cfg)
+
+
+def test_conditioning_changes_output():
+    cfg = make_cfg(8, True)
+    G, D = Generator(cfg).eval(), Discriminator(cfg)
+    z = torch.randn(1, cfg.z_dim).repeat(3, 1)
+    c = torch.tensor([[1, 0, 0], [6, 1, 3], [-1, -1, -1]])
+    with torch.no_grad():
+        img = G(z, c, noise_mode="const")
+        assert not torch.allclose(img[0], img[1]) and not torch.allclose(img[0], img[2])
+        # None == all attributes unknown (tolerance: batch size changes float summation order)
+        torch.testing.assert_close(G(z[:1], None, noise_mode="const"), img[2:], atol=1e-5, rtol=1e-5)
+        same = img[:1].repeat(3, 1, 1, 1)
+        logits = D(same, c)
+        assert not torch.isclose(logits[0], logits[1]) and not torch.isclose(logits[0], logits[2])
+
+
+def test_unconditional_ignores_c():
+    cfg = make_cfg(8)
+    G = Generator(cfg).eval()
+    z = torch.randn(2, cfg.z_dim)
+    with torch.no_grad():
+        assert torch.equal(G(z, torch.tensor([[1, 0, 0], [2, 1, 1]]), noise_mode="const"), G(z, noise_mode="const"))
+
+
+# ---------------------------------------------------------------- layers
+
+
+def test_equalized_linear_runtime_scaling():
+    layer = EqualizedLinear(64, 8, lr_mul=0.01)
+    x = torch.randn(5, 64)
+    expected = F.linear(x, layer.weight * 0.01 / 8.0, layer.bias * 0.01)
+    torch.testing.assert_close(layer(x), expected)
+    # stored weights are N(0,1)/lr_mul, effective weights N(0, 1/fan_in): unit-variance outputs
+    big = EqualizedLinear(512, 512, lr_mul=0.01)
+    y = big(torch.randn(256, 512))
+    assert 0.8 < y.std().item() < 1.2
+
+
+def test_modulated_conv_demodulation_normalises_output_weights():
+    conv = ModulatedConv2d(4, 6, 3, w_dim=8, demodulate=True)
+    x = torch.randn(2, 4, 8, 8)
+    w = torch.randn(2, 8)
+    y = conv(x, w)
+    assert y.shape == (2, 6, 8, 8)
+    # scaling the style uniformly does not change a demodulated conv's output
+    with torch.no_grad():
+        conv2 = copy.deepcopy(conv)
+        conv2.affine.weight.mul_(3.0)
+        conv2.affine.bias.mul_(3.0)
+    torch.testing.assert_close(conv2(x, w), y, atol=1e-4, rtol=1e-4)
+    # per-sample: equals a plain conv with that sample's modulated, demodulated weight
+    s = conv.affine(w)[0]
+    wgt = conv.weight * conv.weight_gain * s.view(1, -1, 1, 1)
+    wgt = wgt / wgt.square().sum(dim=(1, 2, 3), keepdim=True).add(1e-8).sqrt()
+    torch.testing.assert_close(y[:1], F.conv2d(x[:1], wgt, padding=1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 6, 8])
+def test_minibatch_stddev_any_batch(n):
+    layer = MinibatchStdDev(group_size=4, num_channels=1)
+    x = torch.randn(n, 4, 2, 2)
+    y = layer(x)
+    assert y.shape == (n, 5, 2, 2) and torch.isfinite(y).all()
+    assert torch.equal(y[:, :4], x)
+    if n == 1:
+        assert y[:, 4].abs().max() < 1e-3
+
+
+def test_minibatch_stddev_value():
+    layer = MinibatchStdDev(group_size=2, num_channels=1)
+    x = torch.zeros(2, 1, 1, 1)
+    x[0] = 1.0
+    x[1] = 3.0  # std over the group of 2 (population) = 1
+    y = layer(x)
+    torch.testing.assert_close(y[:, 1], torch.ones(2, 1, 1), atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------- precision / autograd / DDP
+
+
+def test_float32_and_autocast_bfloat16():
+    cfg = make_cfg(16, True)
+    G, D = Generator(cfg), Discriminator(cfg)
+    z = torch.randn(4, cfg.z_dim)
+    c = torch.tensor([[0, 0, 0], [1, 1, 1], [-1, 0, 2], [3, -1, -1]])
+    for stage, alpha in ((2, 1.0), (1, 0.5)):
+        G.set_stage(stage, alpha)
+        D.set_stage(stage, alpha)
+        img32 = G(z, c, noise_mode="const")
+        assert img32.dtype == torch.float32
+        D(img32, c).sum().backward()
+        G.zero_grad()
+        D.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            img = G(z, c, noise_mode="const")
+            logits = D(img, c)
+            mixed = G(z, c, style_mixing_prob=0.5, update_w_avg=True)
+        assert mixed.dtype == torch.bfloat16 and torch.isfinite(mixed.float()).all()
+        assert img.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+        logits.float().sum().backward()
+        grads = [p.grad for p in G.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+        torch.testing.assert_close(img.float(), img32, atol=0.15, rtol=0.1)
+
+
+def test_gradients_reach_every_active_parameter():
+    cfg = make_cfg(16, True)
+    G, D = Generator(cfg), Discriminator(cfg)
+    with torch.no_grad():  # noise strengths start at 0; give them a value so grads are generic
+        for m in G.modules():
+            if hasattr(m, "strength"):
+                m.strength.fill_(0.1)
+    G.set_stage(2, 0.5)
+    D.set_stage(2, 0.5)
+    z = torch.randn(4, cfg.z_dim)
+    c = torch.tensor([[0, 0, 0], [1, 1, 1], [2, 0, 3], [3, 1, 4]])
+    D(G(z, c), c).sum().backward()
+    missing = [n for n, p in G.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    missing_d = [n for n, p in D.named_parameters() if (p.grad is None or p.grad.abs().sum() == 0)]
+    # only the toRGB of stages below the fading one (stage 1's is used for the blend) and
+    # stage 0's FromRGB are idle at stage 2
+    assert sorted(missing) == sorted(n for n, _ in G.named_parameters() if n.startswith("synthesis.blocks.0.torgb."))
+    assert sorted(missing_d) == ["fromrgb.0.conv.bias", "fromrgb.0.conv.weight"]
+
+
+def test_distributed_data_parallel_single_process(tmp_path):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    store = dist.FileStore(os.fspath(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        cfg = make_cfg(8)
+        G, D = Generator(cfg), Discriminator(cfg)
+        G.set_stage(1, 0.5)
+        D.set_stage(1, 0.5)
+        Gd, Dd = DDP(G, find_unused_parameters=True), DDP(D, find_unused_parameters=True)
+        for _ in range(2):
+            z = torch.randn(4, cfg.z_dim)
+            Dd(Gd(z, style_mixing_prob=0.9, update_w_avg=True)).sum().backward()
+        assert torch.count_nonzero(G.mapping.w_avg) > 0
+        ema = copy.deepcopy(G)
+        update_ema(ema, Gd, 0.0)  # DDP-wrapped source is unwrapped
+        for a, b in zip(ema.parameters(), G.parameters()):
+            assert torch.equal(a, b)
+    finally:
+        dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------- EMA
+
+
+def test_update_ema():
+    cfg = make_cfg(8)
+    G = Generator(cfg)
+    ema = copy.deepcopy(G)
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(1.0)
+    G.set_stage(0, 1.0)
+    G.mapping.w_avg.fill_(2.0)
+    before = [p.clone() for p in ema.parameters()]
+    update_ema(ema, G, 0.75)
+    for b, e, g in zip(before, ema.parameters(), G.parameters()):
+        torch.testing.assert_close(e, 0.75 * b + 0.25 * g)
+    assert ema.stage == 0 and torch.equal(ema.mapping.w_avg, G.mapping.w_avg)
+    update_ema(ema, G, 0.0)
+    assert all(torch.equal(a, b) for a, b in zip(ema.parameters(), G.parameters()))
+    with pytest.raises(ValueError):
+        update_ema(ema, G, 1.5)
+
+
+# ---------------------------------------------------------------- model directory
+
+
+def test_save_load_round_trip(tmp_path):
+    cfg = make_cfg(16, True, modulation="adain")
+    G = Generator(cfg)
+    G(torch.randn(16, cfg.z_dim), update_w_avg=True)
+    G.set_stage(1, 0.6)
+    storage = Storage(StorageConfig(root=str(tmp_path)))
+    uri = join(str(tmp_path), "models", "v1")
+    save_model_dir(storage, uri, G, cfg, {"version": "v1", "images_seen": 123})
+    assert sorted(os.listdir(uri)) == ["generator.pt", "model.json"]
+    G2, cfg2, meta = load_model_dir(storage, uri)
+    assert cfg2 == cfg and meta["version"] == "v1" and meta["images_seen"] == 123
+    assert not G2.training and G2.stage == 1 and abs(G2.alpha - 0.6) < 1e-6
+    assert all(not p.requires_grad for p in G2.parameters())
+    z = torch.randn(3, cfg.z_dim)
+    c = torch.tensor([[0, 1, 2], [-1, 0, 1], [5, -1, -1]])
+    with torch.no_grad():
+        G.eval()
+        assert torch.equal(G(z, c, noise_mode="const", truncation_psi=0.7), G2(z, c, noise_mode="const", truncation_psi=0.7))
+
+
+def test_load_model_dir_errors(tmp_path):
+    storage = Storage(StorageConfig(root=str(tmp_path)))
+    with pytest.raises(UserError, match="not a model directory"):
+        load_model_dir(storage, str(tmp_path / "nope"))
+    cfg = make_cfg(8)
+    uri = str(tmp_path / "m")
+    save_model_dir(storage, uri, Generator(cfg), cfg, {})
+    good = storage.read_bytes(join(uri, "generator.pt"))
+    storage.write_bytes(join(uri, "generator.pt"), b"not a torch file")
+    with pytest.raises(UserError, match="corrupt"):
+        load_model_dir(storage, uri)
+    storage.write_bytes(join(uri, "generator.pt"), good)
+    storage.write_text(join(uri, "model.json"), "{broken")
+    with pytest.raises(UserError, match="corrupt"):
+        load_model_dir(storage, uri)
+    # weights from a different architecture
+    other = make_cfg(16)
+    save_model_dir(storage, uri, Generator(cfg), other, {})
+    with pytest.raises(UserError, match="does not match"):
+        load_model_dir(storage, uri)
+
+
+def test_one_condition_row_broadcasts_and_wrong_rows_fail():
+    cfg = make_cfg(8, True)
+    G, D = Generator(cfg).eval(), Discriminator(cfg)
+    z = torch.randn(3, cfg.z_dim)
+    c1 = encode_attributes(35, 1, 2, cfg)  # [1, 3]
+    with torch.no_grad():
+        torch.testing.assert_close(G(z, c1, noise_mode="const"), G(z, c1.repeat(3, 1), noise_mode="const"))
+        img = G(z, c1)
+        torch.testing.assert_close(D(img, c1), D(img, c1.repeat(3, 1)))
+        with pytest.raises(ValueError, match="rows"):
+            G(z, c1.repeat(2, 1))
+
+
+def test_models_cast_to_bfloat16_for_inference():
+    cfg = make_cfg(16, True)
+    G, D = Generator(cfg), Discriminator(cfg)
+    G(torch.randn(8, cfg.z_dim), update_w_avg=True)
+    G, D = G.to(torch.bfloat16).eval(), D.to(torch.bfloat16)
+    with torch.no_grad():
+        img = G(torch.randn(2, cfg.z_dim), torch.tensor([[0, 1, 2], [-1, -1, -1]]), truncation_psi=0.7)
+        assert img.dtype == torch.bfloat16 and torch.isfinite(img.float()).all()
+        assert torch.isfinite(D(img).float()).all()
