@@ -50,6 +50,7 @@ class DataConfig(_Section):
     shard_target_mb: float = Field(default=128.0, gt=0)
     image_format: Literal["png", "jpeg"] = "png"
     jpeg_quality: int = Field(default=95, ge=50, le=100)
+    png_compress_level: int = Field(default=1, ge=0, le=9, description="zlib level of stored PNGs (1: ~2.5x faster than 6, ~15% larger)")
     balance: Literal["none", "reweight", "resample"] = "none"
     seed: int = 0
 
@@ -131,6 +132,9 @@ class TrainConfig(_Section):
     num_workers: int = Field(default=1, ge=1)
     use_gpu: bool = False
     resources_per_worker: dict[str, float] | None = None
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        default="PACK", description="Ray placement of the train workers (STRICT_SPREAD: one per node)"
+    )
     # progressive schedule
     start_resolution: int = 4
     stabilize_images: int = Field(default=600_000, ge=1, description="images shown per stage at alpha=1")
@@ -220,6 +224,13 @@ class ServeConfig(_Section):
     max_request_bytes: int = Field(default=16_384, ge=256)
     admin_token: str | None = Field(default_factory=lambda: os.environ.get("FACEGEN_ADMIN_TOKEN"))
     default_truncation: float = Field(default=0.7, ge=0, le=1)
+    max_ongoing_requests: int = Field(default=32, ge=1, description="per generator replica; >= requests one batch may gather")
+    ingress_replicas: int = Field(default=1, ge=1)
+    ingress_num_cpus: float = Field(default=0.5, ge=0)
+    ingress_max_ongoing_requests: int = Field(default=256, ge=1)
+    image_format_quality: int = Field(default=95, ge=50, le=100, description="JPEG quality of served images")
+    model_poll_interval_s: float = Field(default=1.0, gt=0, description="how often replicas check the model pointer")
+    reload_timeout_s: float = Field(default=300.0, gt=0, description="admin reload waits this long for every replica")
 
     @model_validator(mode="after")
     def _replicas(self) -> "ServeConfig":

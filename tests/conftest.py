@@ -47,6 +47,7 @@ def ray_session():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # always a fresh instance, never someone else's cluster
             num_cpus=8,
             object_store_memory=1_000_000_000,
             include_dashboard=False,
