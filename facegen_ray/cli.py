@@ -13,6 +13,7 @@ from facegen_ray.errors import UserError
 # One line per subcommand module (facegen_ray/commands/<name>.py defines register()).
 COMMAND_MODULES = [
     "facegen_ray.commands.prepare",
+    "facegen_ray.commands.train",
 ]
 
 

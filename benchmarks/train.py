@@ -1,0 +1,115 @@
+"""Training throughput: real images/s per resolution, one JSON line.
+
+Times the same GAN steps the Ray Train workers run (facegen_ray.train.loop.GANSteps: n_critic
+D steps + one G step, with the configured lazy regularisation and EMA) on synthetic reals,
+at the final stage of a model built for each resolution. No Ray: this measures the step, not
+the data path.
+
+    python benchmarks/train.py                                   # CPU, reduced widths
+    python benchmarks/train.py --device cuda --variants          # GPU: fp32 / AMP / +channels_last / +compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a checkout
+
+from facegen_ray.config import FacegenConfig
+from facegen_ray.train.loop import GANSteps
+from facegen_ray.train.schedule import ProgressiveSchedule
+
+
+def bench_one(res: int, args, amp: bool, channels_last: bool, compile_: bool) -> dict:
+    cfg = FacegenConfig.model_validate({
+        "model": {"resolution": res, "z_dim": args.z_dim, "w_dim": args.z_dim, "mapping_layers": args.mapping_layers,
+                  "fmap_base": args.fmap_base, "fmap_max": args.fmap_max, "fmap_min": 8},
+        "loss": {"name": args.loss, "r1_interval": 16, "pl_weight": args.pl_weight},
+        "train": {"start_resolution": res, "batch_size": {res: args.batch}, "amp": amp,
+                  "channels_last": channels_last, "compile": compile_, "total_images": 10**9},
+    })
+    device = torch.device(args.device)
+    gan = GANSteps(cfg, device)
+    point = ProgressiveSchedule(cfg.train, cfg.model, num_workers=1).at(0)
+    gan.apply(point)
+    reals = torch.rand(args.batch, 3, res, res) * 2 - 1
+
+    def iteration(i: int) -> None:
+        for k in range(gan.n_critic):
+            gan.d_step(gan.to_device_reals(reals, point), None, i * gan.n_critic + k)
+        gan.g_step(args.batch, None, i)
+        gan.ema(10**6, args.batch)
+
+    for i in range(args.warmup):
+        iteration(i)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    n = 0
+    while n < args.min_iters or (time.perf_counter() - t0 < args.min_seconds and n < args.max_iters):
+        iteration(args.warmup + n)
+        n += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {
+        "img_per_s": round(n * gan.n_critic * args.batch / dt, 2),
+        "iters": n, "seconds": round(dt, 3),
+        "g_params": sum(p.numel() for p in gan.G.parameters()),
+        "d_params": sum(p.numel() for p in gan.D.parameters()),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--resolutions", default="8,16,32,64")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--fmap-base", type=int, default=1024, help="reduced from 16384 so CPU runs finish")
+    ap.add_argument("--fmap-max", type=int, default=128)
+    ap.add_argument("--z-dim", type=int, default=128)
+    ap.add_argument("--mapping-layers", type=int, default=4)
+    ap.add_argument("--loss", default="nonsaturating")
+    ap.add_argument("--pl-weight", type=float, default=0.0)
+    ap.add_argument("--amp", action="store_true")
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--variants", action="store_true", help="GPU: fp32, amp, amp+channels_last, amp+channels_last+compile")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--min-iters", type=int, default=3)
+    ap.add_argument("--max-iters", type=int, default=200)
+    ap.add_argument("--min-seconds", type=float, default=5.0)
+    args = ap.parse_args()
+    resolutions = [int(r) for r in args.resolutions.split(",")]
+    if args.variants:
+        variants = {"fp32": (False, False, False), "amp": (True, False, False),
+                    "amp+channels_last": (True, True, False), "amp+channels_last+compile": (True, True, True)}
+    else:
+        name = "+".join([n for n, f in (("amp", args.amp), ("channels_last", args.channels_last), ("compile", args.compile)) if f]) or "fp32"
+        variants = {name: (args.amp, args.channels_last, args.compile)}
+    results: dict[str, dict[str, dict]] = {}
+    for vname, (amp, cl, comp) in variants.items():
+        results[vname] = {str(r): bench_one(r, args, amp, cl, comp) for r in resolutions}
+    out = {
+        "benchmark": "train_step_throughput",
+        "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or platform.machine(),
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+        "batch": args.batch, "widths": {"fmap_base": args.fmap_base, "fmap_max": args.fmap_max, "z_dim": args.z_dim,
+                                        "mapping_layers": args.mapping_layers},
+        "loss": args.loss,
+        "img_per_s": {v: {r: res["img_per_s"] for r, res in rs.items()} for v, rs in results.items()},
+        "details": results,
+    }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

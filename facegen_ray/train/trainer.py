@@ -1,0 +1,266 @@
+"""Driver side of `facegen train`: validate, wire Ray Train's TorchTrainer, export at the end.
+
+    train(cfg) -> TrainOutcome
+      1. validate on the driver, before any Ray Train machinery starts: storage writable,
+         dataset present/non-empty/at least model.resolution, run folder compatible,
+         GPUs present when asked for (UserError -> `facegen train` exits 2);
+      2. TorchTrainer(train_loop_per_worker, ScalingConfig, RunConfig(storage_path=<root>/runs,
+         name=run_name, CheckpointConfig(num_to_keep), FailureConfig(max_failures)),
+         datasets={"train": ...}); re-running the same run name resumes from the run's latest
+         checkpoint (Ray Train V2 restores it from the run folder's snapshot);
+      3. export G_ema of the final checkpoint to <root>/runs/<run>/model/ and register it.
+
+Cluster use: `ray job submit --working-dir . -- facegen train --config configs/utkface-64.yaml
+--root s3://bucket/prefix`; locally (no RAY_ADDRESS) an embedded Ray instance is started.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from facegen_ray.config import FacegenConfig
+from facegen_ray.errors import UserError
+from facegen_ray.storage import Layout, Storage, StorageError, is_remote, join, normalize
+
+log = logging.getLogger(__name__)
+
+FAULT_ENV = "FACEGEN_TRAIN_FAULT"  # test hook: "RANK:AFTER_IMAGES:MARKER_FILE"
+FORWARD_ENV = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL", "FACEGEN_S3_ENDPOINT_URL",
+)
+RUN_FILE = "run.json"
+
+
+@dataclass
+class TrainOutcome:
+    """What a finished `train()` hands back (and the CLI prints)."""
+
+    run_name: str
+    run_uri: str
+    images_seen: int
+    checkpoint_path: str | None
+    model_uri: str | None = None
+    version: str | None = None
+    workers: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def dataset_uri(cfg: FacegenConfig) -> str:
+    return normalize(cfg.train.dataset) if cfg.train.dataset else Layout(cfg.storage.root).dataset("faces")
+
+
+def _architecture(cfg: FacegenConfig) -> dict[str, Any]:
+    """The parts of a config a checkpoint's weights depend on (must match to resume)."""
+    return {"model": cfg.model.model_dump(mode="json"), "loss": cfg.loss.name}
+
+
+def validate(cfg: FacegenConfig, storage: Storage) -> dict[str, Any]:
+    """Every check a user's input can fail, on the driver. Returns the dataset manifest."""
+    from facegen_ray.data.shards import read_manifest
+
+    layout = Layout(cfg.storage.root)
+    try:
+        storage.check_writable(layout.runs())
+    except StorageError as e:
+        raise UserError(f"cannot train: {e}. Check --root / storage.root and your credentials.") from None
+    ds_uri = dataset_uri(cfg)
+    manifest = read_manifest(storage, ds_uri)  # UserError when missing
+    n = int(manifest.get("num_images") or 0)
+    if n <= 0:
+        raise UserError(f"dataset {ds_uri} is empty (num_images = 0): run `facegen prepare` on a folder with faces")
+    data_res = int(manifest.get("resolution") or 0)
+    if data_res < cfg.model.resolution:
+        raise UserError(
+            f"model.resolution {cfg.model.resolution} is larger than the dataset's resolution {data_res} "
+            f"({ds_uri}): prepare the data at --resolution {cfg.model.resolution} or lower model.resolution"
+        )
+    if n < cfg.train.num_workers:
+        raise UserError(f"dataset {ds_uri} has {n} images, fewer than train.num_workers ({cfg.train.num_workers})")
+    run_file = join(layout.run(cfg.train.run_name), RUN_FILE)
+    if storage.exists(run_file):
+        prev = storage.read_json(run_file)
+        if prev.get("architecture") != _architecture(cfg):
+            raise UserError(
+                f"run {cfg.train.run_name!r} already exists with a different model/loss config "
+                f"({run_file}); resuming it would not load: pick another train.run_name"
+            )
+    return manifest
+
+
+def _run_storage(storage: Storage, runs_uri: str):
+    """(storage_path, storage_filesystem) for RunConfig. For s3:// the filesystem is built
+    with the driver's credentials so Ray Train's controller (which does not inherit our
+    environment) can read and write checkpoints."""
+    import pyarrow.fs as pafs
+
+    if not is_remote(runs_uri):
+        return runs_uri, None
+    if runs_uri.startswith("s3://"):
+        import botocore.session
+
+        creds = botocore.session.get_session().get_credentials()
+        kw: dict[str, Any] = {}
+        if creds is not None:
+            frozen = creds.get_frozen_credentials()
+            kw.update(access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token)
+        elif storage.cfg.anon:
+            kw["anonymous"] = True
+        endpoint = storage.cfg.endpoint_url
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
+            kw.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+        kw["region"] = storage.cfg.region or "us-east-1"
+        return runs_uri[len("s3://"):], pafs.S3FileSystem(**kw)
+    fs, path = storage.pyarrow_fs(runs_uri)
+    return path, fs
+
+
+def _fault_from_env() -> dict[str, Any] | None:
+    raw = os.environ.get(FAULT_ENV)
+    if not raw:
+        return None
+    rank, after, marker = raw.split(":", 2)
+    return {"rank": int(rank), "after_images": int(after), "marker": marker}
+
+
+def _ensure_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        # RAY_ADDRESS set (ray job submit, or a user's cluster) -> connect; else embedded local Ray.
+        # When facegen_ray runs from a source checkout (not pip-installed), workers need the
+        # checkout on their path; with `ray job submit --working-dir .` Ray ships it instead.
+        import facegen_ray
+
+        src = os.path.dirname(os.path.dirname(os.path.abspath(facegen_ray.__file__)))
+        runtime_env = None
+        if "site-packages" not in src and not os.environ.get("RAY_ADDRESS"):
+            path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
+            runtime_env = {"env_vars": {"PYTHONPATH": path}}
+        ray.init(log_to_driver=True, runtime_env=runtime_env)
+
+
+def train(cfg: FacegenConfig, storage: Storage | None = None, *, export: bool | None = None) -> TrainOutcome:
+    """Run (or resume) the training run `cfg.train.run_name`; see the module docstring."""
+    storage = storage or Storage(cfg.storage)
+    manifest = validate(cfg, storage)
+    layout = Layout(cfg.storage.root)
+    run_name = cfg.train.run_name
+    run_uri = layout.run(run_name)
+    ds_uri = dataset_uri(cfg)
+
+    _ensure_ray()
+    import ray
+
+    from facegen_ray.data.shards import read_training_dataset
+    from facegen_ray.train.loop import DATA_COLUMNS
+    from facegen_ray.train.schedule import ProgressiveSchedule
+
+    if cfg.train.use_gpu and ray.cluster_resources().get("GPU", 0) < 1:
+        raise UserError("train.use_gpu is true but the Ray cluster has no GPUs: set train.use_gpu=false or add GPU nodes")
+
+    storage.write_json(join(run_uri, RUN_FILE), {
+        "run": run_name, "architecture": _architecture(cfg), "dataset": ds_uri,
+        "dataset_version": manifest.get("version"), "config": cfg.model_dump(mode="json"),
+        "schedule": ProgressiveSchedule(cfg.train, cfg.model).describe(),
+        "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    })
+
+    ds = read_training_dataset(storage, ds_uri, resolution=cfg.model.resolution).select_columns(DATA_COLUMNS)
+    result = fit(cfg, storage, ds)
+    ret = result.return_value or {}
+    counters = ret.get("counters", {})
+    outcome = TrainOutcome(
+        run_name=run_name, run_uri=run_uri,
+        images_seen=int(counters.get("images_seen", (result.metrics or {}).get("images_seen", 0))),
+        checkpoint_path=result.checkpoint.path if result.checkpoint else None,
+        workers=list(ret.get("workers", [])), history=list(ret.get("history", [])),
+    )
+    if (cfg.train.export if export is None else export) and result.checkpoint is not None:
+        outcome.model_uri, outcome.version = export_checkpoint(cfg, storage, result.checkpoint, run_name)
+    return outcome
+
+
+def fit(cfg: FacegenConfig, storage: Storage, dataset) -> Any:
+    """Wire and run the TorchTrainer on a Ray Dataset with columns image/age/gender/race.
+    Returns Ray Train's Result; raises RuntimeError when the run failed for good."""
+    import ray.train
+    from ray.data import ExecutionOptions
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from facegen_ray.train.loop import train_loop_per_worker
+
+    layout = Layout(cfg.storage.root)
+    run_name = cfg.train.run_name
+    run_uri = layout.run(run_name)
+    storage_path, storage_fs = _run_storage(storage, layout.runs())
+    env = {k: os.environ[k] for k in FORWARD_ENV if os.environ.get(k)}
+    env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # progress lines go to stdout once, not twice
+    resources = dict(cfg.train.resources_per_worker) if cfg.train.resources_per_worker else None
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_uri": run_uri, "fault": _fault_from_env()},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources,
+            placement_strategy=cfg.train.placement_strategy,
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            worker_runtime_env={"env_vars": env},
+        ),
+        datasets={"train": dataset},
+        # preserve_order: deterministic split across workers (exact resume; see loop.py)
+        dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        raise RuntimeError(f"training run {run_name!r} failed: {e}") from e
+    return result
+
+
+def export_checkpoint(cfg: FacegenConfig, storage: Storage, checkpoint, run_name: str) -> tuple[str, str]:
+    """G_ema of a Ray Train checkpoint -> <root>/runs/<run>/model/ -> registry version."""
+    import torch
+
+    from facegen_ray.models import Generator
+    from facegen_ray.models.export import save_model_dir
+    from facegen_ray.serve.registry import Registry
+    from facegen_ray.train.checkpoint import load_checkpoint
+
+    with checkpoint.as_directory() as d:
+        state, _ = load_checkpoint(d, 0, map_location="cpu")
+    G_ema = Generator(cfg.model)
+    G_ema.load_state_dict(state["G_ema"])
+    G_ema.eval()
+    counters = state["counters"]
+    layout = Layout(cfg.storage.root)
+    model_uri = join(layout.run(run_name), "model")
+    registry = Registry(storage, cfg.storage.root)
+    marker = join(model_uri, "model.json")
+    if storage.exists(marker):  # re-run of a finished run: same weights -> same version
+        prev = storage.read_json(marker).get("metadata", {})
+        known = registry.versions()
+        if prev.get("images_seen") == int(counters["images_seen"]) and prev.get("version") in known:
+            return known[prev["version"]]["uri"], prev["version"]
+    version = registry.next_version()
+    metadata = {
+        "version": version, "run": run_name, "images_seen": int(counters["images_seen"]),
+        "resolution": int(cfg.model.resolution), "stage": int(state["stage"]), "alpha": float(state["alpha"]),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "conditional": bool(cfg.model.conditional), "loss": cfg.loss.name,
+        "dataset": dataset_uri(cfg), "torch": torch.__version__,
+    }
+    save_model_dir(storage, model_uri, G_ema, cfg.model, metadata)
+    version = registry.register(model_uri, version, source=run_name)
+    return layout.model(version), version
