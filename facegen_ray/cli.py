@@ -14,6 +14,9 @@ from facegen_ray.errors import UserError
 COMMAND_MODULES = [
     "facegen_ray.commands.prepare",
     "facegen_ray.commands.train",
+    "facegen_ray.commands.serve",
+    "facegen_ray.commands.generate",
+    "facegen_ray.commands.promote",
 ]
 
 

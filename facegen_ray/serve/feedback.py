@@ -1,0 +1,234 @@
+"""Feedback store: every generated image and every vote on it, append-only, local or s3://.
+
+Layout below `Layout(root).feedback()` (two-hex-char fan-out keeps folders small):
+
+    images/<id[:2]>/<image_id>.png     the first rendering of that image id (lossless)
+    images/<id[:2]>/<image_id>.json    its record: seed, truncation, attributes, condition codes,
+                                       model_version, model_uri, weights_sha256, created, ...
+                                       (written after the PNG: it marks a complete image)
+    records/<id[:2]>/<feedback_id>.json  one feedback record per object
+
+Every object is written once with `Storage.create_exclusive` (temp file + link locally, a
+conditional PUT on S3): a crash mid-write leaves no torn record, concurrent writers of the
+same id collapse into one object, and nothing is ever rewritten or deleted here.
+
+Ids are strict lowercase hex (32 chars) and are checked before any path is built, so no
+request can name an object outside this prefix.
+
+Idempotency: feedback_id = sha256("<image_id>|<client key>")[:32]. The client key is the
+`Idempotency-Key` header when given (1-128 chars of [A-Za-z0-9._:-]); without it the key is
+derived from the canonical body (approved, rating, comment), so an exact retry collapses
+while different opinions on the same image are stored separately.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from facegen_ray.storage import Layout, Storage, join
+
+ID_RE = re.compile(r"^[0-9a-f]{32}$")
+CLIENT_KEY_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+RECORD_FORMAT = 1
+_OBJ_RE = re.compile(r"^([0-9a-f]{32})\.(json|png)$")
+
+
+class UnknownImage(KeyError):
+    """Feedback names an image id the store has no record of."""
+
+
+def check_id(value: str, what: str = "id") -> str:
+    """Return value if it is 32 lowercase hex chars, else raise ValueError (never build a path from it)."""
+    if not isinstance(value, str) or not ID_RE.match(value):
+        raise ValueError(f"invalid {what} {value!r}: expected 32 lowercase hex characters")
+    return value
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def derive_client_key(approved: bool, rating: int | None, comment: str | None) -> str:
+    """Client key for a request without Idempotency-Key: a digest of the canonical body."""
+    body = json.dumps([bool(approved), rating, comment or ""], separators=(",", ":"), ensure_ascii=False)
+    return "body-" + hashlib.sha256(body.encode("utf-8")).hexdigest()[:32]
+
+
+def feedback_id(image_id: str, client_key: str) -> str:
+    """Deterministic id of one (image, client key) pair: sha256 -> 32 hex chars."""
+    check_id(image_id, "image_id")
+    return hashlib.sha256(f"{image_id}|{client_key}".encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    feedback_id: str
+    created: bool  # False: an identical (image_id, client key) record already existed
+
+
+class FeedbackStore:
+    """Append-only image + feedback records under Layout(root).feedback()."""
+
+    def __init__(self, storage: Storage, root: str):
+        self.storage = storage
+        self.prefix = Layout(root).feedback()
+        self.images_dir = join(self.prefix, "images")
+        self.records_dir = join(self.prefix, "records")
+
+    # ---- paths (ids validated first)
+    def image_uri(self, image_id: str) -> str:
+        check_id(image_id, "image_id")
+        return join(self.images_dir, image_id[:2], f"{image_id}.png")
+
+    def image_record_uri(self, image_id: str) -> str:
+        check_id(image_id, "image_id")
+        return join(self.images_dir, image_id[:2], f"{image_id}.json")
+
+    def feedback_uri(self, fid: str) -> str:
+        check_id(fid, "feedback_id")
+        return join(self.records_dir, fid[:2], f"{fid}.json")
+
+    # ---- images
+    def record_image(self, image_id: str, png: bytes, meta: dict[str, Any]) -> bytes:
+        """Store an image and its record unless that id is already stored; return the PNG bytes
+        that are stored for it (the earlier rendering on a repeat), so every response for an
+        image id carries the same pixels."""
+        img_uri = self.image_uri(image_id)
+        stored = png
+        if not self.storage.create_exclusive(img_uri, png):
+            stored = self.storage.read_bytes(img_uri)
+        rec_uri = self.image_record_uri(image_id)
+        if not self.storage.exists(rec_uri):
+            record = {"format": RECORD_FORMAT, **meta, "image_id": image_id,
+                      "image": f"images/{image_id[:2]}/{image_id}.png", "created": _now()}
+            self.storage.create_exclusive(rec_uri, _dumps(record))
+        return stored
+
+    def has_image(self, image_id: str) -> bool:
+        return self.storage.exists(self.image_record_uri(image_id))
+
+    def get_image_record(self, image_id: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.storage.read_bytes(self.image_record_uri(image_id)))
+        except FileNotFoundError:
+            return None
+
+    def read_image(self, image_id: str) -> bytes:
+        return self.storage.read_bytes(self.image_uri(image_id))
+
+    # ---- feedback
+    def add_feedback(
+        self,
+        image_id: str,
+        approved: bool,
+        rating: int | None = None,
+        comment: str | None = None,
+        client_key: str | None = None,
+    ) -> FeedbackResult:
+        """Append one feedback record (idempotent per (image_id, client key)).
+
+        Raises ValueError for a malformed id/key and UnknownImage when the image was never
+        generated here."""
+        check_id(image_id, "image_id")
+        if client_key is None:
+            client_key = derive_client_key(approved, rating, comment)
+        elif not CLIENT_KEY_RE.match(client_key):
+            raise ValueError("Idempotency-Key must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")
+        fid = feedback_id(image_id, client_key)
+        uri = self.feedback_uri(fid)
+        if self.storage.exists(uri):
+            return FeedbackResult(fid, created=False)
+        image = self.get_image_record(image_id)
+        if image is None:
+            raise UnknownImage(image_id)
+        record = {
+            "format": RECORD_FORMAT,
+            "feedback_id": fid,
+            "image_id": image_id,
+            "approved": bool(approved),
+            "rating": rating,
+            "comment": comment,
+            "client_key_sha256": hashlib.sha256(client_key.encode("utf-8")).hexdigest()[:16],
+            "created": _now(),
+            "model_version": image.get("model_version"),
+            "seed": image.get("seed"),
+            "truncation": image.get("truncation"),
+            "attributes": image.get("attributes"),
+            "condition": image.get("condition"),
+        }
+        created = self.storage.create_exclusive(uri, _dumps(record))
+        return FeedbackResult(fid, created=created)
+
+    def get_feedback(self, fid: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.storage.read_bytes(self.feedback_uri(fid)))
+        except FileNotFoundError:
+            return None
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return (json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+
+
+def _complete_objects(storage: Storage, folder: str, ext: str) -> Iterator[str]:
+    """URIs of finished objects below folder (temp files of in-flight writes are skipped)."""
+    for uri in storage.find(folder):
+        m = _OBJ_RE.match(uri.rsplit("/", 1)[-1])
+        if m and m.group(2) == ext:
+            yield uri
+
+
+def iter_feedback(storage: Storage, root: str) -> Iterator[dict[str, Any]]:
+    """Every feedback record under <root>/feedback (order: by feedback id)."""
+    store = FeedbackStore(storage, root)
+    for uri in _complete_objects(storage, store.records_dir, "json"):
+        yield json.loads(storage.read_bytes(uri))
+
+
+def iter_images(storage: Storage, root: str) -> Iterator[dict[str, Any]]:
+    """Every generated-image record under <root>/feedback (order: by image id)."""
+    store = FeedbackStore(storage, root)
+    for uri in _complete_objects(storage, store.images_dir, "json"):
+        yield json.loads(storage.read_bytes(uri))
+
+
+def summarize_feedback(storage: Storage, root: str) -> dict[str, dict[str, Any]]:
+    """image_id -> {"approvals", "rejections", "ratings": [..]} over all feedback records."""
+    out: dict[str, dict[str, Any]] = {}
+    for rec in iter_feedback(storage, root):
+        s = out.setdefault(rec["image_id"], {"approvals": 0, "rejections": 0, "ratings": []})
+        if rec.get("approved"):
+            s["approvals"] += 1
+        else:
+            s["rejections"] += 1
+        if rec.get("rating") is not None:
+            s["ratings"].append(int(rec["rating"]))
+    return out
+
+
+def approved_images(storage: Storage, root: str, min_approvals: int = 1) -> list[dict[str, Any]]:
+    """Images the users approved, for retraining: at least `min_approvals` approvals and more
+    approvals than rejections. Each entry is the image record plus "image_uri" (the stored
+    PNG), "approvals", "rejections" and "mean_rating" (None without ratings); sorted by id."""
+    store = FeedbackStore(storage, root)
+    out = []
+    for iid, s in sorted(summarize_feedback(storage, root).items()):
+        if s["approvals"] < min_approvals or s["approvals"] <= s["rejections"]:
+            continue
+        rec = store.get_image_record(iid)
+        if rec is None:  # feedback always refers to a recorded image; skip defensively
+            continue
+        ratings = s["ratings"]
+        out.append({
+            **rec,
+            "image_uri": store.image_uri(iid),
+            "approvals": s["approvals"],
+            "rejections": s["rejections"],
+            "mean_rating": (sum(ratings) / len(ratings)) if ratings else None,
+        })
+    return out

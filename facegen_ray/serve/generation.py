@@ -1,0 +1,254 @@
+"""Deterministic sampling: seed -> latent -> image, shared by the Serve app and `facegen generate`.
+
+No Ray here (the CLI uses it without a cluster). The pieces:
+
+- `seeds_to_z(seeds, z_dim)`: each seed draws its own latent from a CPU `torch.Generator`,
+  so a seed means the same z whatever else is in the batch and on whichever device G runs.
+- `generate(G, seeds, truncation, c, device)`: uint8 images NHWC with `noise_mode="const"`
+  (the stored noise buffers), so a (model, seed, psi, attributes) tuple fixes the image. The
+  float output may still differ in the last bits between batch compositions (matrix kernels
+  block differently for different N); the Serve app therefore stores the first rendering of
+  every image id and serves those stored bytes on repeats -- see feedback.FeedbackStore.
+- `image_id(...)`: the hex id the feedback store files an image under: sha256 over
+  (model version, weights digest, seed, quantised psi, condition codes), 32 hex chars. Same
+  request on the same model -> same id; any change of weights -> a different id.
+- `LoadedModel` / `load_model(storage, ref, root, device)`: a model directory or registry
+  version resolved, loaded and fingerprinted (sha256 of generator.pt).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from facegen_ray.config import ModelConfig
+from facegen_ray.errors import UserError
+from facegen_ray.storage import Storage, join
+
+MAX_SEED = 2**31 - 1  # fits a JS number and every RNG API
+PSI_DECIMALS = 4  # truncation is quantised to 1e-4: the id and the image use the same value
+IMAGE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+WEIGHTS_FILE = "generator.pt"
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
+
+
+def quantize_psi(psi: float) -> float:
+    """Truncation psi rounded to PSI_DECIMALS (so 0.7 and 0.70000001 are the same image)."""
+    return round(float(psi), PSI_DECIMALS)
+
+
+def seeds_to_z(seeds: Sequence[int], z_dim: int) -> torch.Tensor:
+    """One standard-normal latent per seed, drawn on the CPU -> z [N, z_dim] float32."""
+    rows = []
+    for s in seeds:
+        g = torch.Generator(device="cpu").manual_seed(int(s))
+        rows.append(torch.randn(1, z_dim, generator=g))
+    return torch.cat(rows, dim=0) if rows else torch.zeros(0, z_dim)
+
+
+def to_uint8(img: torch.Tensor) -> np.ndarray:
+    """img [N,3,H,W] roughly in [-1,1] -> uint8 [N,H,W,3]."""
+    x = ((img.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # [N,3,H,W]
+    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+@torch.no_grad()
+def generate(
+    G: torch.nn.Module,
+    seeds: Sequence[int],
+    truncation: float | Sequence[float] = 1.0,
+    c: torch.Tensor | None = None,
+    device: str | torch.device | None = None,
+    batch_size: int | None = None,
+) -> np.ndarray:
+    """Seeds -> uint8 images [N,H,W,3] with constant noise.
+
+    truncation: one psi for all, or one per seed (rows sharing a psi run together).
+    c: condition codes [N,3] or [1,3] (broadcast) for conditional models, None otherwise.
+    device: where to run (default: where G's parameters are). batch_size bounds the images per
+    forward pass (default: all rows of one psi at once).
+    """
+    seeds = [int(s) for s in seeds]
+    n = len(seeds)
+    if not n:
+        raise UserError("no seeds given")
+    if isinstance(truncation, (int, float)):
+        psis = [quantize_psi(truncation)] * n
+    else:
+        psis = [quantize_psi(t) for t in truncation]
+        if len(psis) != n:
+            raise ValueError(f"{len(psis)} truncation values for {n} seeds")
+    dev = torch.device(device) if device is not None else next(G.parameters()).device
+    cutoff = getattr(getattr(G, "cfg", None), "truncation_cutoff", None)
+    z = seeds_to_z(seeds, G.z_dim)  # [N, z_dim]
+    if c is not None:
+        c = c.to(torch.long)
+        if c.dim() == 1:
+            c = c.unsqueeze(0)
+        if c.shape[0] == 1 and n > 1:
+            c = c.expand(n, -1)
+        if c.shape[0] != n:
+            raise ValueError(f"condition has {c.shape[0]} rows for {n} seeds")
+    out: list[np.ndarray | None] = [None] * n
+    for psi in dict.fromkeys(psis):
+        rows = [i for i in range(n) if psis[i] == psi]
+        step = batch_size or len(rows)
+        for k in range(0, len(rows), step):
+            idx = torch.tensor(rows[k : k + step])
+            zi = z[idx].to(dev)  # [n_i, z_dim]
+            ci = c[idx].to(dev) if c is not None else None  # [n_i, 3]
+            img = G(zi, ci, truncation_psi=psi, truncation_cutoff=cutoff, noise_mode="const")  # [n_i,3,R,R]
+            for j, arr in zip(rows[k : k + step], to_uint8(img)):
+                out[j] = arr
+    return np.stack(out, axis=0)
+
+
+def encode_image(arr: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
+    """uint8 [H,W,3] -> PNG or JPEG bytes (deterministic: no timestamps or random chunks)."""
+    from PIL import Image
+
+    if fmt not in CONTENT_TYPES:
+        raise UserError(f"unknown image format {fmt!r}; use png or jpeg")
+    buf = io.BytesIO()
+    im = Image.fromarray(np.ascontiguousarray(arr), mode="RGB")
+    if fmt == "png":
+        im.save(buf, format="PNG", compress_level=6)
+    else:
+        im.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """PNG/JPEG bytes -> uint8 [H,W,3]."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def make_grid(images: np.ndarray, cols: int | None = None, pad: int = 2) -> np.ndarray:
+    """uint8 [N,H,W,3] -> one uint8 [rows*(H+pad)-pad, cols*(W+pad)-pad, 3] grid (black padding)."""
+    n, h, w, _ = images.shape
+    cols = cols or max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / cols)
+    grid = np.zeros((rows * (h + pad) - pad, cols * (w + pad) - pad, 3), dtype=np.uint8)
+    for i in range(n):
+        r, col = divmod(i, cols)
+        grid[r * (h + pad) : r * (h + pad) + h, col * (w + pad) : col * (w + pad) + w] = images[i]
+    return grid
+
+
+def parse_seeds(spec: str, max_count: int = 10_000) -> list[int]:
+    """"0-15" / "1,5,9" / "3" / "0-3,10" -> list of seeds (order kept, duplicates dropped)."""
+    seeds: list[int] = []
+    text = str(spec).strip()
+    if not text:
+        raise UserError("--seeds is empty; use e.g. 0-15 or 1,5,9")
+    for part in text.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
+        if m:
+            a, b = int(m.group(1)), int(m.group(2))
+            if b < a:
+                raise UserError(f"seed range {part!r} is backwards; write it low-high (e.g. 0-15)")
+            if b - a + 1 > max_count:
+                raise UserError(f"seed range {part!r} has more than {max_count} seeds")
+            seeds.extend(range(a, b + 1))
+        elif re.fullmatch(r"\d+", part):
+            seeds.append(int(part))
+        else:
+            raise UserError(f"cannot parse seed {part!r}: use non-negative integers, ranges like 0-15, separated by commas")
+    out = list(dict.fromkeys(seeds))
+    if len(out) > max_count:
+        raise UserError(f"too many seeds ({len(out)} > {max_count})")
+    bad = [s for s in out if s > MAX_SEED]
+    if bad:
+        raise UserError(f"seed {bad[0]} is too large (max {MAX_SEED})")
+    return out
+
+
+def image_id(model_version: str, weights_digest: str, seed: int, truncation: float, condition: Sequence[int] | None) -> str:
+    """32 hex chars identifying one rendered image: sha256 of the canonical JSON of
+    (model version, weights digest, seed, quantised psi, condition codes or null)."""
+    payload = json.dumps(
+        [1, str(model_version), str(weights_digest), int(seed), f"{quantize_psi(truncation):.{PSI_DECIMALS}f}",
+         [int(x) for x in condition] if condition is not None else None],
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
+def choose_device(num_gpus: float) -> str:
+    """cuda when the replica asked for a GPU and one is visible, else cpu."""
+    if num_gpus > 0 and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+@dataclass
+class LoadedModel:
+    """A generator ready to sample, plus what identifies it."""
+
+    G: torch.nn.Module
+    cfg: ModelConfig
+    metadata: dict[str, Any]
+    uri: str
+    version: str  # label shown to clients
+    digest: str  # sha256 of generator.pt (hex)
+    device: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.cfg.conditional)
+
+    @property
+    def resolution(self) -> int:
+        return int(self.G.current_resolution)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model_version": self.version,
+            "model_uri": self.uri,
+            "weights_sha256": self.digest,
+            "conditional": self.conditional,
+            "resolution": self.resolution,
+            "device": self.device,
+        }
+
+
+def resolve_model(storage: Storage, ref: str, root: str) -> tuple[str, str]:
+    """MODEL (dir URI / registry version / serving / latest) -> (model dir URI, registry label or "")."""
+    from facegen_ray.serve.registry import Registry, RegistryError
+
+    try:
+        return Registry(storage, root).resolve(ref)
+    except RegistryError as e:
+        raise UserError(str(e)) from None
+
+
+def load_model(
+    storage: Storage, ref: str, root: str, device: str = "cpu", *, resolved: tuple[str, str] | None = None
+) -> LoadedModel:
+    """Resolve and load a model; the version label is the registry name, else metadata["version"],
+    else "sha-<first 12 hex of the weights digest>". `resolved` = (uri, label) skips the
+    registry lookup (the Serve replicas load what the ingress already resolved). Raises
+    UserError for bad references."""
+    from facegen_ray.models import load_model_dir
+
+    uri, label = resolved if resolved is not None else resolve_model(storage, ref, root)
+    G, cfg, meta = load_model_dir(storage, uri, device=device)
+    try:
+        digest = hashlib.sha256(storage.read_bytes(join(uri, WEIGHTS_FILE))).hexdigest()
+    except OSError as e:
+        raise UserError(f"cannot read {join(uri, WEIGHTS_FILE)}: {e}") from e
+    version = label or str(meta.get("version") or "") or f"sha-{digest[:12]}"
+    return LoadedModel(G=G, cfg=cfg, metadata=meta, uri=uri, version=version, digest=digest, device=str(device))

@@ -1,0 +1,79 @@
+"""HTTP request bodies of the Serve app (pydantic v2). Unknown fields are rejected (422) so a
+typo never silently changes what is generated or stored."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+
+from facegen_ray.serve.feedback import ID_RE
+from facegen_ray.serve.generation import MAX_SEED
+
+MAX_IMAGES_PER_REQUEST = 16
+MAX_COMMENT_CHARS = 2000
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Attributes(_Body):
+    """Requested attributes of a conditional model (UTKFace coding; null = any)."""
+
+    age: Annotated[int, Field(ge=0, le=130, description="years")] | None = None
+    gender: Annotated[int, Field(ge=0, le=1, description="0 male, 1 female")] | None = None
+    race: Annotated[int, Field(ge=0, le=4, description="0 white, 1 black, 2 asian, 3 indian, 4 other")] | None = None
+
+
+class GenerateRequest(_Body):
+    """POST /generate. Seeds seed..seed+num_images-1; a random seed when absent."""
+
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
+    num_images: Annotated[int, Field(ge=1, le=MAX_IMAGES_PER_REQUEST)] = 1
+    truncation: Annotated[float, Field(ge=0, le=1)] | None = None
+    attributes: Attributes | None = None
+    format: Literal["png", "jpeg"] = "png"
+
+    @model_validator(mode="after")
+    def _seed_range(self) -> "GenerateRequest":
+        if self.seed is not None and self.seed + self.num_images - 1 > MAX_SEED:
+            raise ValueError(f"seed + num_images - 1 must be <= {MAX_SEED}")
+        return self
+
+
+class GenerateQuery(_Body):
+    """GET /generate query string: one image."""
+
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
+    truncation: Annotated[float, Field(ge=0, le=1)] | None = None
+    format: Literal["png", "jpeg"] = "png"
+    age: Annotated[int, Field(ge=0, le=130)] | None = None
+    gender: Annotated[int, Field(ge=0, le=1)] | None = None
+    race: Annotated[int, Field(ge=0, le=4)] | None = None
+
+    def attributes(self) -> Attributes | None:
+        if self.age is None and self.gender is None and self.race is None:
+            return None
+        return Attributes(age=self.age, gender=self.gender, race=self.race)
+
+
+class FeedbackRequest(_Body):
+    """POST /feedback. image_id is 32 lowercase hex chars (what /generate returned)."""
+
+    image_id: Annotated[str, Field(pattern=ID_RE.pattern)]
+    approved: StrictBool
+    rating: Annotated[int, Field(ge=1, le=5, strict=True)] | None = None
+    comment: Annotated[str, Field(max_length=MAX_COMMENT_CHARS)] | None = None
+
+
+class ReloadRequest(_Body):
+    """POST /admin/reload: a model directory URI or registry version (or serving/latest)."""
+
+    model: Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+class PromoteRequest(_Body):
+    """POST /admin/promote: a registry version to make the serving model (then reload)."""
+
+    version: Annotated[str, Field(min_length=1, max_length=64)]
