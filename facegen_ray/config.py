@@ -27,6 +27,12 @@ def _is_pow2(n: int) -> bool:
     return n > 0 and (n & (n - 1)) == 0
 
 
+def _check_resolution(v: int, name: str) -> int:
+    if not (_is_pow2(v) and 4 <= v <= 1024):
+        raise ValueError(f"{name} must be a power of two between 4 and 1024, got {v}")
+    return v
+
+
 class StorageConfig(_Section):
     """Where everything lives. `root` is a local folder or an s3:// prefix."""
 
@@ -54,12 +60,7 @@ class DataConfig(_Section):
     balance: Literal["none", "reweight", "resample"] = "none"
     seed: int = 0
 
-    @field_validator("resolution")
-    @classmethod
-    def _res(cls, v: int) -> int:
-        if not (_is_pow2(v) and 4 <= v <= 1024):
-            raise ValueError(f"resolution must be a power of two between 4 and 1024, got {v}")
-        return v
+    _res = field_validator("resolution")(classmethod(lambda cls, v: _check_resolution(v, "resolution")))
 
 
 class ModelConfig(_Section):
@@ -85,12 +86,7 @@ class ModelConfig(_Section):
     age_buckets: list[int] = Field(default_factory=lambda: [0, 13, 20, 30, 40, 50, 60, 70])
     cond_embed_dim: int = Field(default=64, ge=1)
 
-    @field_validator("resolution")
-    @classmethod
-    def _res(cls, v: int) -> int:
-        if not (_is_pow2(v) and 4 <= v <= 1024):
-            raise ValueError(f"resolution must be a power of two between 4 and 1024, got {v}")
-        return v
+    _res = field_validator("resolution")(classmethod(lambda cls, v: _check_resolution(v, "resolution")))
 
     @property
     def num_stages(self) -> int:
@@ -165,12 +161,7 @@ class TrainConfig(_Section):
     shuffle_buffer: int = Field(default=1000, ge=0)
     export: bool = True
 
-    @field_validator("start_resolution")
-    @classmethod
-    def _res(cls, v: int) -> int:
-        if not (_is_pow2(v) and 4 <= v <= 1024):
-            raise ValueError(f"start_resolution must be a power of two between 4 and 1024, got {v}")
-        return v
+    _res = field_validator("start_resolution")(classmethod(lambda cls, v: _check_resolution(v, "start_resolution")))
 
     @field_validator("batch_size")
     @classmethod

@@ -35,18 +35,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from facegen_ray.config import LossConfig
+from facegen_ray.models.ema import unwrap
 
 PL_DECAY = 0.01  # running mean of path lengths: a <- a + 0.01 (mean - a)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
+_unwrap = unwrap
 
 
 def _call_d(D: nn.Module, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:

@@ -53,6 +53,17 @@ def normalize(uri: str) -> str:
     return os.path.abspath(os.path.expanduser(uri))
 
 
+def _write_temp(path: str, data: bytes) -> str:
+    """Write data durably to a unique temp file beside `path`; returns the temp file's name."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
+
+
 class Storage:
     def __init__(self, cfg: StorageConfig | None = None):
         self.cfg = cfg or StorageConfig()
@@ -171,13 +182,7 @@ class Storage:
                 fs, path = self.fs(uri)
                 fs.pipe_file(path, data)
                 return
-            os.makedirs(os.path.dirname(uri) or ".", exist_ok=True)
-            tmp = f"{uri}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, uri)
+            os.replace(_write_temp(uri, data), uri)
         except OSError as e:
             raise StorageError(f"cannot write {uri}: {e}") from e
 
@@ -205,12 +210,7 @@ class Storage:
             except TypeError:
                 fs.pipe_file(path, data)
             return True
-        os.makedirs(os.path.dirname(uri) or ".", exist_ok=True)
-        tmp = f"{uri}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        tmp = _write_temp(uri, data)
         try:
             os.link(tmp, uri)  # atomic, fails if the name exists
             return True

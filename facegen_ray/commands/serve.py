@@ -51,10 +51,10 @@ def run(args: argparse.Namespace) -> int:
     def _stop(signum, frame):  # SIGTERM (docker stop, kill) shuts down like Ctrl-C
         raise KeyboardInterrupt
 
-    import os
+    from facegen_ray.runtime import ensure_ray
 
     # a new local instance unless RAY_ADDRESS says which cluster to join ("auto" = a `ray start` one)
-    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", ignore_reinit_error=True)
+    ensure_ray()
     signal.signal(signal.SIGTERM, _stop)  # after ray.init, which installs its own handler
     try:
         serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})

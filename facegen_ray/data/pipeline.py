@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import math
-import os
 import time
 import zlib
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from facegen_ray.data.ingest import plan_sources, read_sources
 from facegen_ray.data.shards import write_version
 from facegen_ray.data.transforms import REJECT_REASONS, process_batch
 from facegen_ray.errors import UserError
+from facegen_ray.runtime import ensure_ray
 from facegen_ray.storage import Layout, Storage, StorageError, normalize
 
 log = logging.getLogger(__name__)
@@ -48,22 +48,6 @@ class PrepareResult:
     version_uri: str
     manifest_uri: str
     elapsed_s: float
-
-
-def ensure_ray() -> None:
-    """Connect to RAY_ADDRESS if set, else start an embedded local Ray (no-op if running)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    import facegen_ray
-
-    src = os.path.dirname(os.path.dirname(os.path.abspath(facegen_ray.__file__)))
-    runtime_env = None
-    if "site-packages" not in src and not os.environ.get("RAY_ADDRESS"):
-        path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
-        runtime_env = {"env_vars": {"PYTHONPATH": path}}
-    ray.init(log_to_driver=True, runtime_env=runtime_env)
 
 
 def _filter_rows(batch, *, drop: list[str]):

@@ -19,7 +19,13 @@ from torch import nn
 from facegen_ray.config import ModelConfig
 from facegen_ray.models.conditioning import ConditionEmbedding
 from facegen_ray.models.generator import _broadcast_condition
-from facegen_ray.models.layers import EqualizedConv2d, EqualizedLinear, MinibatchStdDev, downsample2x
+from facegen_ray.models.layers import (
+    EqualizedConv2d,
+    EqualizedLinear,
+    MinibatchStdDev,
+    downsample2x,
+    set_progressive_state,
+)
 
 
 class FromRGB(nn.Module):
@@ -91,14 +97,7 @@ class Discriminator(nn.Module):
         self.register_buffer("alpha", torch.tensor(1.0))
 
     def set_stage(self, stage: int, alpha: float = 1.0) -> None:
-        stage, alpha = int(stage), float(alpha)
-        if not 0 <= stage < self.num_stages:
-            raise ValueError(f"stage must be in [0, {self.num_stages - 1}], got {stage}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        with torch.no_grad():
-            self.stage.fill_(stage)
-            self.alpha.fill_(alpha)
+        set_progressive_state(self.stage, self.alpha, self.num_stages, stage, alpha)
 
     @property
     def current_resolution(self) -> int:

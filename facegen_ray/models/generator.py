@@ -27,6 +27,7 @@ from facegen_ray.models.layers import (
     NoiseInjection,
     lrelu,
     normalize_2nd_moment,
+    set_progressive_state,
     upsample2x,
 )
 
@@ -202,14 +203,7 @@ class SynthesisNetwork(nn.Module):
         self.register_buffer("alpha", torch.tensor(1.0))
 
     def set_stage(self, stage: int, alpha: float = 1.0) -> None:
-        stage, alpha = int(stage), float(alpha)
-        if not 0 <= stage < self.num_stages:
-            raise ValueError(f"stage must be in [0, {self.num_stages - 1}], got {stage}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        with torch.no_grad():
-            self.stage.fill_(stage)
-            self.alpha.fill_(alpha)
+        set_progressive_state(self.stage, self.alpha, self.num_stages, stage, alpha)
 
     @property
     def current_stage(self) -> int:

@@ -267,3 +267,16 @@ class MinibatchStdDev(nn.Module):
         y = y.mean(dim=(2, 3, 4))  # [M, F]
         y = y.reshape(-1, f, 1, 1).repeat(g, 1, h, w)  # [N, F, H, W]
         return torch.cat([x, y.to(x.dtype)], dim=1)
+
+
+def set_progressive_state(stage_buf: torch.Tensor, alpha_buf: torch.Tensor, num_stages: int,
+                          stage: int, alpha: float) -> None:
+    """Validate and store (stage, fade-in alpha) in a network's buffers (so they checkpoint)."""
+    stage, alpha = int(stage), float(alpha)
+    if not 0 <= stage < num_stages:
+        raise ValueError(f"stage must be in [0, {num_stages - 1}], got {stage}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    with torch.no_grad():
+        stage_buf.fill_(stage)
+        alpha_buf.fill_(alpha)

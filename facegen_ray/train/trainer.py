@@ -128,23 +128,6 @@ def _fault_from_env() -> dict[str, Any] | None:
     return {"rank": int(rank), "after_images": int(after), "marker": marker}
 
 
-def _ensure_ray() -> None:
-    import ray
-
-    if not ray.is_initialized():
-        # RAY_ADDRESS set (ray job submit, or a user's cluster) -> connect; else embedded local Ray.
-        # When facegen_ray runs from a source checkout (not pip-installed), workers need the
-        # checkout on their path; with `ray job submit --working-dir .` Ray ships it instead.
-        import facegen_ray
-
-        src = os.path.dirname(os.path.dirname(os.path.abspath(facegen_ray.__file__)))
-        runtime_env = None
-        if "site-packages" not in src and not os.environ.get("RAY_ADDRESS"):
-            path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
-            runtime_env = {"env_vars": {"PYTHONPATH": path}}
-        ray.init(log_to_driver=True, runtime_env=runtime_env)
-
-
 def train(cfg: FacegenConfig, storage: Storage | None = None, *, export: bool | None = None) -> TrainOutcome:
     """Run (or resume) the training run `cfg.train.run_name`; see the module docstring."""
     storage = storage or Storage(cfg.storage)
@@ -154,7 +137,9 @@ def train(cfg: FacegenConfig, storage: Storage | None = None, *, export: bool | 
     run_uri = layout.run(run_name)
     ds_uri = dataset_uri(cfg)
 
-    _ensure_ray()
+    from facegen_ray.runtime import ensure_ray
+
+    ensure_ray()
     import ray
 
     from facegen_ray.data.shards import read_training_dataset
