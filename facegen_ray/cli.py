@@ -17,6 +17,8 @@ COMMAND_MODULES = [
     "facegen_ray.commands.serve",
     "facegen_ray.commands.generate",
     "facegen_ray.commands.promote",
+    "facegen_ray.commands.evaluate",
+    "facegen_ray.commands.attributes",
 ]
 
 
