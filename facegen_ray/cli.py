@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "facegen_ray.commands.promote",
     "facegen_ray.commands.evaluate",
     "facegen_ray.commands.attributes",
+    "facegen_ray.commands.quickstart",
 ]
 
 

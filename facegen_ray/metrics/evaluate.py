@@ -20,9 +20,15 @@ import torch
 from facegen_ray.config import EvalConfig
 from facegen_ray.errors import UserError
 from facegen_ray.metrics.fid import feature_stats, frechet_distance
-from facegen_ray.metrics.inception import EXTRACTOR_ID, IS_UNAVAILABLE_REASON, InceptionExtractor, resolve_device
+from facegen_ray.metrics.inception import (
+    EXTRACTOR_ID,
+    IS_UNAVAILABLE_REASON,
+    InceptionExtractor,
+    resolve_device,
+)
 from facegen_ray.metrics.kid import kernel_inception_distance
 from facegen_ray.metrics.precision_recall import precision_recall
+from facegen_ray.models.sampling import generate as sample_images
 from facegen_ray.storage import Layout, Storage
 
 log = logging.getLogger(__name__)
@@ -234,27 +240,13 @@ def reference_features(storage: Storage, data_uri: str, cfg: EvalConfig, *, use_
 
 # ---------------------------------------------------------------- generated images
 
-def latents(seeds: Sequence[int], z_dim: int) -> torch.Tensor:
-    """z [N,z_dim]: one standard-normal vector per seed (numpy RandomState(seed), as the serve path)."""
-    return torch.from_numpy(np.stack([np.random.RandomState(int(s) % (2**32)).randn(z_dim) for s in seeds])).float()
-
-
-def to_uint8(img: torch.Tensor) -> np.ndarray:
-    """[N,3,R,R] in ~[-1,1] -> uint8 [N,R,R,3] ((x+1)*127.5, rounded, clamped)."""
-    x = ((img.detach().float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
-
-
-@torch.no_grad()
 def generate_uint8(G: torch.nn.Module, seeds: Sequence[int], truncation: float, *, c: torch.Tensor | None = None,
                    batch_size: int = 64, device: str = "cpu") -> np.ndarray:
-    """Images for seeds with truncation ψ and const noise -> uint8 [N,R,R,3]."""
-    out = []
-    for i in range(0, len(seeds), batch_size):
-        z = latents(seeds[i:i + batch_size], G.z_dim).to(device)
-        cb = c[i:i + batch_size].to(device) if c is not None else None
-        out.append(to_uint8(G(z, cb, truncation_psi=truncation, noise_mode="const")))
-    return np.concatenate(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
+    """Images for seeds with truncation ψ and const noise -> uint8 [N,R,R,3] — the same
+    seed -> face mapping as serving (facegen_ray.models.sampling)."""
+    if not len(seeds):
+        return np.zeros((0, 0, 0, 3), np.uint8)
+    return sample_images(G, list(seeds), truncation, c=c, device=device, batch_size=batch_size)
 
 
 def conditioning_for(G: torch.nn.Module, labels: dict[str, np.ndarray] | None, n: int, seed: int) -> torch.Tensor | None:
@@ -429,6 +421,6 @@ def plot_sweep(rows: Sequence[dict[str, Any]]) -> bytes:
 
 
 __all__ = [
-    "select_reals", "reference_key", "reference_features", "data_labels", "latents", "to_uint8", "generate_uint8",
+    "select_reals", "reference_key", "reference_features", "data_labels", "generate_uint8",
     "GeneratedFeatureWorker", "generated_features", "compute_metrics", "evaluate_model", "plot_sweep",
 ]
