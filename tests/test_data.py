@@ -6,8 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import sys
-import types
 import zipfile
 
 import numpy as np
@@ -249,34 +247,32 @@ def test_cli_errors(ray_session, tmp_path, capsys):
     assert ex.value.code == 2 and "DEST" in capsys.readouterr().err
 
 
-def test_attribute_model_tags_unlabelled_rows(ray_session, messy_folder, tmp_path, monkeypatch):
-    class MeanTagger:  # a stand-in classifier: deterministic, from mean brightness
-        def __call__(self, images):  # uint8 [N,H,W,3]
-            n = len(images)
-            return {"age": np.full(n, 30, np.int64), "gender": np.ones(n, np.int64),
-                    "race": (images.mean(axis=(1, 2, 3)) > 127).astype(np.int64)}
+def test_attribute_model_tags_unlabelled_rows(ray_session, messy_folder, tmp_path):
+    """--attribute-model: a real (tiny, 1-epoch) attribute classifier trained on the labelled
+    rows tags the row whose file name has no labels; file-name labels are kept as they are."""
+    from facegen_ray.metrics.attributes import read_labelled, save_classifier, train_attribute_classifier
 
-    seen = {}
-
-    def load_tagger(storage, uri):
-        seen["uri"] = uri
-        return MeanTagger()
-
-    monkeypatch.setitem(sys.modules, "facegen_ray.metrics.attributes",
-                        types.SimpleNamespace(load_tagger=load_tagger))
     cfg = config_from_dict({"data": {"resolution": 8}})
-    r = prepare(cfg, [str(messy_folder)], str(tmp_path / "faces"), attribute_model="models/tagger")
-    assert seen["uri"] == "models/tagger"
+    first = prepare(cfg, [str(messy_folder)], str(tmp_path / "labelled"))
+    assert first.manifest["attributes"]["label_source"] == {"filename": 6, "null": 1}
+    data = read_labelled(Storage(), str(tmp_path / "labelled"), cfg.model.age_buckets)
+    model, meta = train_attribute_classifier(data, cfg.model.age_buckets, resolution=8, epochs=1, width=8, holdout=0.34)
+    save_classifier(Storage(), str(tmp_path / "tagger"), model, meta)
+
+    r = prepare(cfg, [str(messy_folder)], str(tmp_path / "faces"), attribute_model=str(tmp_path / "tagger"))
     m = r.manifest
     assert m["attributes"]["label_source"] == {"classifier": 1, "filename": 6}
-    assert "null" not in m["attributes"]["race"] and m["attributes"]["gender"]["1"] == 4
+    assert "null" not in m["attributes"]["race"] and "null" not in m["attributes"]["gender"]
     rows = pq.read_table(os.path.join(m["path"], m["files"][0]["name"])).to_pylist()
     tagged = [r for r in rows if r["label_source"] == "classifier"]
-    assert len(tagged) == 1 and tagged[0]["age"] == 30 and "39_1_2017" in tagged[0]["source"]
+    assert len(tagged) == 1 and "39_1_2017" in tagged[0]["source"]
+    assert tagged[0]["gender"] in (0, 1) and 0 <= tagged[0]["race"] <= 4 and tagged[0]["age"] >= 0
+    by_source = {os.path.basename(r["source"]): r for r in rows}
+    assert by_source["61_1_3_20170109150557335.JPG"]["age"] == 61  # file-name labels untouched
 
-    monkeypatch.setitem(sys.modules, "facegen_ray.metrics.attributes", types.SimpleNamespace())
-    with pytest.raises(UserError, match="load_tagger"):
-        prepare(cfg, [str(messy_folder)], str(tmp_path / "faces2"), attribute_model="x")
+    with pytest.raises(UserError, match="attributes train"):
+        prepare(cfg, [str(messy_folder)], str(tmp_path / "faces2"), attribute_model=str(tmp_path / "nothing"))
+    assert not (tmp_path / "faces2" / "manifest.json").exists()
 
 
 @pytest.mark.slow  # ~30-50 s on 2 cores; test_train.py covers the same path by default

@@ -168,23 +168,10 @@ def resample_repeats(keys: Sequence[str], seed: int = 0) -> np.ndarray:
 # ---------------------------------------------------------------- classifier tagging
 
 def load_tagger_fn():
-    """facegen_ray.metrics.attributes.load_tagger, or a UserError saying it is not available."""
-    from facegen_ray.errors import UserError
+    """The attribute classifier's loader (facegen_ray.metrics.attributes.load_tagger)."""
+    from facegen_ray.metrics.attributes import load_tagger
 
-    try:
-        from facegen_ray.metrics import attributes as _attrs
-    except ImportError as e:
-        raise UserError(
-            f"--attribute-model needs facegen_ray.metrics.attributes (the attribute classifier), "
-            f"which cannot be imported here ({e}); run prepare without --attribute-model"
-        ) from None
-    fn = getattr(_attrs, "load_tagger", None)
-    if fn is None:
-        raise UserError(
-            "--attribute-model needs facegen_ray.metrics.attributes.load_tagger, which this "
-            "installation does not provide; run prepare without --attribute-model"
-        )
-    return fn
+    return load_tagger
 
 
 class TagNullLabels:
