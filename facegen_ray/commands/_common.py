@@ -24,3 +24,10 @@ def config_from_args(args: argparse.Namespace, extra: list[str] | None = None) -
     overrides += list(extra or [])
     overrides += list(getattr(args, "overrides", []) or [])
     return load_config(getattr(args, "config", None), overrides)
+
+
+def option_overrides(args: argparse.Namespace, mapping: dict[str, str]) -> list[str]:
+    """Command options that mirror config fields -> `--set` style overrides, for the ones given.
+
+    mapping: argparse attribute name -> config key, e.g. {"resolution": "data.resolution"}."""
+    return [f"{key}={getattr(args, attr)}" for attr, key in mapping.items() if getattr(args, attr, None) is not None]

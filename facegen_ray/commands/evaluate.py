@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from facegen_ray.commands._common import add_config_args, config_from_args
+from facegen_ray.commands._common import add_config_args, config_from_args, option_overrides
 from facegen_ray.errors import UserError
 
 
@@ -52,12 +52,7 @@ def run(args: argparse.Namespace) -> int:
     extra = []
     if args.metrics:
         extra.append("eval.metrics=[" + ",".join(m.strip() for m in args.metrics.split(",") if m.strip()) + "]")
-    if args.num_gen is not None:
-        extra.append(f"eval.num_gen={args.num_gen}")
-    if args.num_real is not None:
-        extra.append(f"eval.num_real={args.num_real}")
-    if args.truncation is not None:
-        extra.append(f"eval.truncation={args.truncation}")
+    extra += option_overrides(args, {"num_gen": "eval.num_gen", "num_real": "eval.num_real", "truncation": "eval.truncation"})
     cfg = config_from_args(args, extra)
     if args.sweep_plot and not args.sweep:
         raise UserError("--sweep-plot needs --sweep PSI,PSI,... (e.g. --sweep 0.5,0.7,1.0)")

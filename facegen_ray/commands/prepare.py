@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from facegen_ray.commands._common import add_config_args, config_from_args
+from facegen_ray.commands._common import add_config_args, config_from_args, option_overrides
 from facegen_ray.errors import UserError
 
 
@@ -42,13 +42,7 @@ def run(args: argparse.Namespace) -> int:
     sources, dest = list(args.sources), args.dest
     if not sources:
         raise UserError("prepare needs SOURCE and DEST (e.g. facegen prepare faces.zip ./facegen-data/datasets/faces)")
-    extra = []
-    if args.resolution is not None:
-        extra.append(f"data.resolution={args.resolution}")
-    if args.limit is not None:
-        extra.append(f"data.limit={args.limit}")
-    if args.balance is not None:
-        extra.append(f"data.balance={args.balance}")
+    extra = option_overrides(args, {"resolution": "data.resolution", "limit": "data.limit", "balance": "data.balance"})
     cfg = config_from_args(args, extra)
     result = prepare(cfg, sources, dest, attribute_model=args.attribute_model)
     print(f"[facegen] {summary(result)}")
