@@ -9,7 +9,7 @@ import torch
 
 from facegen_ray.errors import UserError
 from facegen_ray.metrics.diversity import distribution, total_variation
-from facegen_ray.metrics.fid import feature_stats, fid_from_features, frechet_distance
+from facegen_ray.metrics.fid import feature_stats, fid_from_features, fid_to_stats, frechet_distance
 from facegen_ray.metrics.inception_score import inception_score
 from facegen_ray.metrics.kid import kernel_inception_distance, polynomial_mmd2_unbiased
 from facegen_ray.metrics.precision_recall import knn_radii, precision_recall
@@ -194,3 +194,22 @@ def test_frechet_very_singular_matches_symmetric_form():
     d = a.mean(0) - b.mean(0)
     expected = d @ d + np.trace(s1) + np.trace(s2) - 2 * tr
     assert frechet_distance(a.mean(0), s1, b.mean(0), s2) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("n,m,d", [(6, 40, 32), (20, 300, 64), (90, 200, 64)])
+def test_fid_to_stats_matches_full_sqrtm(n, m, d):
+    """The N x N eigen path (N <= D) and the D x D path (N > D) equal the sqrtm definition."""
+    rng = np.random.default_rng(n)
+    a = rng.normal(size=(n, d)) * rng.uniform(0.5, 2.0, size=d)
+    b = rng.normal(size=(m, d)) @ rng.normal(size=(d, d)) * 0.3 + 0.2
+    mu, sigma = feature_stats(b)
+    expected = frechet_distance(*feature_stats(a), mu, sigma)
+    assert fid_to_stats(a, mu, sigma) == pytest.approx(expected, rel=1e-6)
+    assert fid_from_features(a, b) == pytest.approx(expected, rel=1e-6)
+
+
+def test_fid_to_stats_rejects_mismatched_inputs():
+    with pytest.raises(ValueError, match="at least 2"):
+        fid_to_stats(np.zeros((1, 4)), np.zeros(4), np.eye(4))
+    with pytest.raises(ValueError, match="mismatched"):
+        fid_to_stats(np.zeros((3, 4)), np.zeros(5), np.eye(5))

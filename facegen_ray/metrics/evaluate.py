@@ -19,7 +19,7 @@ import torch
 
 from facegen_ray.config import EvalConfig
 from facegen_ray.errors import UserError
-from facegen_ray.metrics.fid import feature_stats, frechet_distance
+from facegen_ray.metrics.fid import feature_stats, fid_to_stats
 from facegen_ray.metrics.inception import (
     EXTRACTOR_ID,
     IS_UNAVAILABLE_REASON,
@@ -310,7 +310,7 @@ def compute_metrics(gen: np.ndarray, real: np.ndarray, metrics: Sequence[str], c
     out: dict[str, Any] = {"num_gen": int(len(gen)), "num_real": int(len(real))}
     if "fid" in metrics:
         mu_r, s_r = real_stats if real_stats is not None else feature_stats(real)
-        out["fid"] = frechet_distance(*feature_stats(gen), mu_r, s_r)
+        out["fid"] = fid_to_stats(gen, mu_r, s_r)
     if "kid" in metrics:
         out["kid"] = kernel_inception_distance(gen, real, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
     if "pr" in metrics:
