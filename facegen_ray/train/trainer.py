@@ -171,24 +171,49 @@ def train(cfg: FacegenConfig, storage: Storage | None = None, *, export: bool | 
     return outcome
 
 
-def fit(cfg: FacegenConfig, storage: Storage, dataset) -> Any:
+def torch_trainer_class():
+    """Ray Train's TorchTrainer without its PlacementGroupCleaner callback.
+
+    Ray 2.5x's Train adds a detached actor that polls the State API every second and removes
+    the run's placement group as soon as the controller actor is not found. With the CPUs
+    saturated the State API can answer without the (alive) controller, and the cleaner then
+    destroys a healthy worker group ("Destroying worker since its placement group was
+    removed"; seen on the 2-core CI machine). The driver owns the controller here, and Ray
+    removes a job's placement groups when the job ends, so nothing leaks without it.
+    """
+    from ray.train.torch import TorchTrainer
+
+    if not hasattr(TorchTrainer, "_create_default_callbacks"):  # private in Ray: other versions
+        return TorchTrainer
+
+    class FacegenTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            return [c for c in callbacks if type(c).__name__ != "PlacementGroupCleanerCallback"]
+
+    return FacegenTorchTrainer
+
+
+def fit(cfg: FacegenConfig, storage: Storage, dataset, *, runs_uri: str | None = None,
+        callbacks: list[Any] | None = None) -> Any:
     """Wire and run the TorchTrainer on a Ray Dataset with columns image/age/gender/race.
-    Returns Ray Train's Result; raises RuntimeError when the run failed for good."""
+    Returns Ray Train's Result; raises RuntimeError when the run failed for good.
+
+    runs_uri: folder holding the run (default <root>/runs; `facegen tune` puts each trial's run
+    below its experiment); callbacks: Ray Train UserCallbacks (Tune's report forwarding)."""
     import ray.train
     from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from facegen_ray.train.loop import train_loop_per_worker
 
     layout = Layout(cfg.storage.root)
     run_name = cfg.train.run_name
-    run_uri = layout.run(run_name)
-    storage_path, storage_fs = _run_storage(storage, layout.runs())
+    run_uri = join(runs_uri, run_name) if runs_uri else layout.run(run_name)
+    storage_path, storage_fs = _run_storage(storage, runs_uri or layout.runs())
     env = {k: os.environ[k] for k in FORWARD_ENV if os.environ.get(k)}
     env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # progress lines go to stdout once, not twice
     resources = dict(cfg.train.resources_per_worker) if cfg.train.resources_per_worker else None
-    trainer = TorchTrainer(
+    trainer = torch_trainer_class()(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_uri": run_uri, "fault": _fault_from_env()},
         scaling_config=ScalingConfig(
@@ -202,6 +227,7 @@ def fit(cfg: FacegenConfig, storage: Storage, dataset) -> Any:
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             worker_runtime_env={"env_vars": env},
+            callbacks=list(callbacks or []),
         ),
         datasets={"train": dataset},
         # preserve_order: deterministic split across workers (exact resume; see loop.py)
