@@ -40,3 +40,19 @@ def test_example_configs_validate():
     for path in [REPO / "configs" / "utkface-64.yaml", REPO / "facegen_ray" / "configs" / "quickstart.yaml"]:
         cfg = load_config(path)
         assert cfg.model.resolution == cfg.data.resolution
+
+
+def test_every_ray_pod_exposes_the_metrics_port_the_podmonitor_scrapes():
+    """PodMonitor scrapes the container port named in podMetricsEndpoints; each head and worker
+    group of the long-running manifests must declare it and start Ray exporting on it."""
+    (monitor,) = _docs(REPO / "cluster" / "kuberay" / "podmonitor.yaml")
+    port_name = monitor["spec"]["podMetricsEndpoints"][0]["port"]
+    (cluster,) = _docs(REPO / "cluster" / "kuberay" / "raycluster.yaml")
+    service = next(d for d in _docs(REPO / "deployments" / "rayservice.yaml") if d.get("kind") == "RayService")
+    for spec in (cluster["spec"], service["spec"]["rayClusterConfig"]):
+        groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+        for group in groups:
+            (container,) = group["template"]["spec"]["containers"]
+            ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+            assert port_name in ports, container["name"]
+            assert str(ports[port_name]) == str(group["rayStartParams"]["metrics-export-port"])

@@ -47,6 +47,8 @@ from ray import serve
 
 from facegen_ray.config import FacegenConfig, ServeConfig, StorageConfig, load_config
 from facegen_ray.errors import UserError
+from facegen_ray.observability.asgi import RequestMetricsMiddleware
+from facegen_ray.observability.metrics import serving_metrics
 from facegen_ray.serve import generation as gen
 from facegen_ray.serve.feedback import FeedbackStore, UnknownImage
 from facegen_ray.serve.schemas import (
@@ -210,11 +212,14 @@ class GeneratorDeployment:
                 )
             except Exception as e:  # noqa: BLE001 - keep serving the old model, report the failure
                 self.failed = {"epoch": key[0], "generation": key[1], "error": str(e)}
+                serving_metrics().model_load_failed()
                 log.error("replica %s: loading model %s failed: %s", self.replica, target["uri"], e)
                 if raise_errors:
                     raise
                 return
+            previous = self.model.version if self.model is not None else None
             self.model = model  # the swap: batches already running keep their snapshot
+            serving_metrics().model_loaded(model.version, previous)
             self.loaded_key = key
             self.loaded_target = wanted
             self.failed = None
@@ -311,9 +316,11 @@ class GeneratorDeployment:
 
             c = torch.tensor(conds, dtype=torch.long) if model.conditional else None  # [N,3]
             try:
+                t_batch = time.perf_counter()
                 images = await asyncio.to_thread(
                     gen.generate, model.G, seeds, psis, c, model.device, self.forward_batch
                 )  # uint8 [N,H,W,3]
+                serving_metrics().batch(model.version, len(seeds), len(set(owners)), time.perf_counter() - t_batch)
             except Exception as e:  # noqa: BLE001 - report per request, keep the replica alive
                 log.exception("replica %s: generation failed", self.replica)
                 images, err = None, f"generation failed: {e}"
@@ -337,6 +344,7 @@ class GeneratorDeployment:
 
 # --------------------------------------------------------------------------- ingress
 api = FastAPI(title="facegen", docs_url=None, redoc_url=None, openapi_url=None)
+api.add_middleware(RequestMetricsMiddleware)  # facegen_serve_requests / _request_seconds / _feedback
 
 
 def _page_html() -> str:
@@ -488,6 +496,7 @@ class FacegenIngress:
     async def feedback(self, request: Request) -> JSONResponse:
         req: FeedbackRequest = await self._body(request, FeedbackRequest)
         key = request.headers.get("idempotency-key")
+        request.state.feedback_approved = req.approved  # for the feedback outcome metric
         try:
             res = await asyncio.to_thread(
                 self.store.add_feedback, req.image_id, req.approved, req.rating, req.comment, key

@@ -31,6 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from facegen_ray.config import FacegenConfig
+from facegen_ray.observability.metrics import training_metrics
 from facegen_ray.storage import Storage
 from facegen_ray.train import report as rep
 from facegen_ray.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
@@ -461,6 +462,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
                 metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                 checkpoint_dir_name=f"checkpoint-{counters['images_seen']:012d}",
             )
+        if rank == 0:
+            training_metrics().checkpoint(tcfg.run_name, rank)  # Prometheus (never raises)
 
     last_ckpt = started_at = counters["images_seen"]
     t_last, img_last = time.perf_counter(), counters["images_seen"]
@@ -501,6 +504,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             }
             history.append(entry)
             acc = {"d": 0.0, "g": 0.0, "n_d": 0, "n_g": 0}
+            training_metrics().progress(tcfg.run_name, rank, entry)  # Prometheus gauges, tag rank (never raises)
             if rank == 0:
                 print(rep.progress_line(entry), flush=True)
             if crossed_ckpt or next_point.done:
