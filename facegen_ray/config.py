@@ -158,6 +158,10 @@ class TrainConfig(_Section):
     max_failures: int = Field(default=3, ge=-1)
     log_every_images: int = Field(default=10_000, ge=1)
     sample_grid: int = Field(default=16, ge=1, description="number of fixed latents in the sample grid")
+    eval_every_images: int | None = Field(
+        default=None, ge=1,
+        description="rank 0 reports FID (eval.num_gen/num_real) of G_ema every N images and at the end; None: off",
+    )
     shuffle_buffer: int = Field(default=1000, ge=0)
     export: bool = True
 

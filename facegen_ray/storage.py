@@ -10,6 +10,7 @@ so it travels to Ray workers. `Layout(root)` is the only place that knows where 
     <root>/models/registry.json                    model registry
     <root>/models/<version>/                       exported model directories
     <root>/feedback/...                            feedback store
+    <root>/tune/<sweep>/...                        Ray Tune experiment, trial runs, results
 """
 
 from __future__ import annotations
@@ -291,6 +292,13 @@ class Layout:
     # feedback
     def feedback(self) -> str:
         return join(self.root, "feedback")
+
+    # hyperparameter sweeps (Ray Tune experiments: state, trial runs, results.json/csv)
+    def tunes(self) -> str:
+        return join(self.root, "tune")
+
+    def tune(self, name: str) -> str:
+        return join(self.root, "tune", name)
 
 
 def iter_lines(storage: Storage, uri: str) -> Iterator[str]:

@@ -437,6 +437,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     )
     sample_z, sample_c = fixed_latents(cfg, device)
     fault = config.get("fault") or None
+    evaluator = None  # FID of G_ema at eval points, for Ray Tune (train.eval_every_images; off by default)
+    if tcfg.eval_every_images and rank == 0:
+        from facegen_ray.train.periodic_eval import PeriodicEvaluator
+        from facegen_ray.train.trainer import dataset_uri
+
+        evaluator = PeriodicEvaluator(cfg, storage, dataset_uri(cfg), device)
 
     def write_checkpoint(point: SchedulePoint, final: bool) -> None:
         """Every rank writes its part (RNG); rank 0 adds the model state, grid and curves."""
@@ -493,7 +499,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         next_point = schedule.at(seen)
         crossed_log = seen // tcfg.log_every_images > prev // tcfg.log_every_images
         crossed_ckpt = seen // tcfg.checkpoint_every_images > prev // tcfg.checkpoint_every_images
-        if crossed_log or crossed_ckpt or next_point.done:
+        every_eval = tcfg.eval_every_images
+        crossed_eval = bool(every_eval) and seen // every_eval > prev // every_eval
+        if crossed_log or crossed_ckpt or crossed_eval or next_point.done:
             now = time.perf_counter()
             entry = {
                 "images_seen": seen, "stage": point.stage, "alpha": round(point.alpha, 6),
@@ -502,6 +510,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
                 "img_per_s": (seen - img_last) / max(now - t_last, 1e-9),
                 "d_steps": counters["d_steps"], "g_steps": counters["g_steps"], **gan.reg_stats,
             }
+            if evaluator is not None and (crossed_eval or next_point.done):
+                entry.update(evaluator(gan.G_ema))  # rank 0 only: "fid" goes out with this report
+                print(f"[facegen] {seen} img: FID {entry['fid']:.2f} ({entry['eval_num_gen']} generated vs "
+                      f"{entry['eval_num_real']} real, {entry['eval_s']:.1f}s)", flush=True)
             history.append(entry)
             acc = {"d": 0.0, "g": 0.0, "n_d": 0, "n_g": 0}
             training_metrics().progress(tcfg.run_name, rank, entry)  # Prometheus gauges, tag rank (never raises)

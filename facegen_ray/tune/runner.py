@@ -1,0 +1,428 @@
+"""`facegen tune`: Ray Tune over Ray Train runs, ranked by FID (or KID) — lower is better.
+
+How it is wired (Ray 2.60, Ray Train V2 — the default, RAY_TRAIN_V2_ENABLED unset = on):
+Train V2's TorchTrainer is no longer a Tune Trainable, so `Tuner(trainer, param_space=
+{"train_loop_config": ...})` (the V1 pattern) is not available. Ray's documented V2 pattern is
+a Tune *function* trainable per trial that builds and fits a TorchTrainer, with a Train
+callback forwarding the workers' reports to Tune (ray.tune.integration.ray_train.
+TuneReportCallback). That is what `run_trial` does, through the same `trainer.fit` that
+`facegen train` uses, so a trial is exactly a training run (same loop, checkpoints, fault
+tolerance) whose rank 0 also reports FID at `train.eval_every_images` points and at the end
+(train/periodic_eval.py). `MetricReportCallback` forwards only the reports that carry the
+metric, so the trial's Tune results are its evaluation points (images_seen is the time axis,
+which ASHA uses to stop bad trials early).
+
+Resources: the trial function only drives the run, so it asks Tune for no CPU; the Train
+workers reserve `train.num_workers` x (resources_per_worker or 1 CPU [+1 GPU]) in their own
+placement group. Tune cannot see that, so the number of concurrent trials is capped
+(max_concurrent_trials, by default what the cluster fits, keeping one CPU for Ray Data).
+
+Storage (Layout.tune(name), local or s3://):
+    <root>/tune/<name>/                 Tune experiment (state, one folder per trial)
+    <root>/tune/<name>/sweep.json       the validated sweep + resolved base config
+    <root>/tune/<name>/runs/<trial_id>/ each trial's training run (checkpoints, samples)
+    <root>/tune/<name>/results.json     ranked trials (+ results.csv, best_config.yaml)
+Re-running a sweep name that exists is an error unless --resume: then Tuner.restore continues
+unfinished and errored trials (each trial's training run resumes from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from facegen_ray.errors import UserError
+from facegen_ray.storage import Layout, Storage, StorageError, join
+from facegen_ray.tune.spec import Sweep, param_space, trial_config
+
+log = logging.getLogger(__name__)
+
+# What a trial's driver function asks Tune for: no CPU (its Train workers reserve theirs, and even
+# a fractional CPU here would leave Ray Data's read tasks without a whole CPU on a small node);
+# Tune refuses an all-zero request, so a token 1 MiB of the "memory" resource.
+TRIAL_DRIVER_RESOURCES = {"cpu": 0, "memory": 2**20}
+SWEEP_FILE = "sweep.json"
+RESULTS_JSON = "results.json"
+RESULTS_CSV = "results.csv"
+BEST_CONFIG = "best_config.yaml"
+# what the trial driver keeps of a rank-0 report (the rest is per-step detail)
+REPORT_KEYS = ("images_seen", "stage", "resolution", "alpha", "d_loss", "g_loss", "fid", "kid", "kid_std",
+               "eval_num_gen", "eval_num_real", "eval_s", "final")
+
+
+@dataclass
+class TrialSetup:
+    """What every trial needs besides its sampled params (shipped once via tune.with_parameters)."""
+
+    base: dict[str, Any]
+    paths: dict[str, list[str]]
+    data_uri: str
+    runs_uri: str
+    metric: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _report_callback(metric: str):
+    """A Ray Train callback forwarding rank 0's reports that carry `metric` to the Tune trial."""
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
+
+    class MetricReportCallback(TuneReportCallback):
+        def __init__(self, metric: str):
+            super().__init__()
+            self.metric = metric
+
+        def after_report(self, run_context, metrics, checkpoint):
+            rank0 = metrics[0] if metrics else {}
+            if self.metric not in rank0:  # a loss log point or a checkpoint without an evaluation
+                return
+            out = {k: rank0[k] for k in REPORT_KEYS if k in rank0}
+            if checkpoint is not None:
+                out[CHECKPOINT_PATH_KEY] = checkpoint.path
+            self._training_actor_item_queue.put(out)
+
+    return MetricReportCallback(metric)
+
+
+def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
+    """Tune function trainable: one training run with the sampled params (config["params"])."""
+    from ray import tune
+
+    from facegen_ray.data.shards import read_training_dataset
+    from facegen_ray.train.loop import DATA_COLUMNS
+    from facegen_ray.train.trainer import fit
+
+    for k, v in setup.env.items():  # S3 credentials for _run_storage in this actor
+        os.environ.setdefault(k, v)
+    trial_id = tune.get_context().get_trial_id()
+    cfg = trial_config(setup.base, setup.paths, dict(config["params"]), run_name=trial_id)
+    storage = Storage(cfg.storage)
+    ds = read_training_dataset(storage, setup.data_uri, resolution=cfg.model.resolution).select_columns(DATA_COLUMNS)
+    fit(cfg, storage, ds, runs_uri=setup.runs_uri, callbacks=[_report_callback(setup.metric)])
+
+
+# ------------------------------------------------------------------ driver
+
+def _validate_data(sweep: Sweep, storage: Storage) -> tuple[str, dict[str, Any]]:
+    """Dataset present, non-empty and at least as large as every model resolution the sweep may use."""
+    from facegen_ray.data.shards import read_manifest
+    from facegen_ray.train.trainer import dataset_uri
+
+    cfg = sweep.base_cfg
+    data_uri = dataset_uri(cfg)
+    manifest = read_manifest(storage, data_uri)  # UserError when missing
+    n = int(manifest.get("num_images") or 0)
+    if n <= 0:
+        raise UserError(f"dataset {data_uri} is empty (num_images = 0): run `facegen prepare` on a folder with faces")
+    res_dist = sweep.spec.search_space.get("model.resolution")
+    res = int(res_dist.max_value()) if res_dist is not None and res_dist.max_value() else cfg.model.resolution
+    if int(manifest.get("resolution") or 0) < res:
+        raise UserError(f"model.resolution {res} is larger than the dataset's resolution {manifest.get('resolution')} "
+                        f"({data_uri}): prepare the data at a higher --resolution or lower model.resolution")
+    return data_uri, manifest
+
+
+def trial_resources(sweep: Sweep) -> dict[str, float]:
+    """What one trial's Train workers reserve (the largest num_workers the sweep may use)."""
+    t = sweep.base_cfg.train
+    nw_dist = sweep.spec.search_space.get("train.num_workers")
+    workers = int(nw_dist.max_value()) if nw_dist is not None and nw_dist.max_value() else t.num_workers
+    per = {k.upper(): float(v) for k, v in (t.resources_per_worker or {}).items()}
+    cpu = per.pop("CPU", 1.0)
+    gpu = per.pop("GPU", 1.0 if t.use_gpu else 0.0)
+    out = {"CPU": cpu * workers, "GPU": gpu * workers}
+    out.update({k: v * workers for k, v in per.items()})
+    return out
+
+
+def concurrency(sweep: Sweep, cluster: dict[str, float]) -> int:
+    """max_concurrent_trials: the sweep's value, else how many trials the cluster fits at once
+    (one CPU stays free for Ray Data). UserError when not even one trial fits."""
+    need = trial_resources(sweep)
+    cpus = float(cluster.get("CPU", 0))
+    spare = {"CPU": max(cpus - 1, 1.0) if cpus > 1 else cpus}
+    fits = math.inf
+    for k, v in need.items():
+        if v <= 0:
+            continue
+        have = spare.get(k, float(cluster.get(k, 0)))
+        if have < v:
+            raise UserError(
+                f"one trial needs {v:g} {k} (train.num_workers x per-worker resources) but the Ray cluster has "
+                f"{float(cluster.get(k, 0)):g}: lower train.num_workers"
+                + (" or set train.use_gpu=false" if k == "GPU" else "") + " (with --set)"
+            )
+        fits = min(fits, int(have // v))
+    auto = max(1, int(fits)) if fits != math.inf else 1
+    return int(sweep.spec.max_concurrent_trials or auto)
+
+
+def _scheduler(sweep: Sweep):
+    sched = sweep.spec.scheduler
+    if sched is None or sched.type == "fifo":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="images_seen", max_t=sweep.max_total_images(),
+        grace_period=sched.grace_period_images or int(sweep.base_cfg.train.eval_every_images or 1),
+        reduction_factor=sched.reduction_factor, brackets=sched.brackets,
+    )
+
+
+def _sweep_record(sweep: Sweep) -> dict[str, Any]:
+    return {"spec": sweep.spec.model_dump(mode="json"), "base": json.loads(json.dumps(sweep.base, default=str))}
+
+
+def _prepare_experiment(sweep: Sweep, storage: Storage, exp_uri: str, resume: bool, fs) -> bool:
+    """True when an existing experiment is to be restored. Errors for a name clash without
+    --resume, or a sweep that changed since the experiment started."""
+    from ray.tune import Tuner
+
+    from facegen_ray.train.trainer import _run_storage
+
+    path, _ = _run_storage(storage, exp_uri)
+    restorable = Tuner.can_restore(path, storage_filesystem=fs)
+    sweep_file = join(exp_uri, SWEEP_FILE)
+    if not restorable:
+        if storage.exists(sweep_file) and not resume:
+            raise UserError(f"sweep {sweep.name!r} was started before at {exp_uri} but has no restorable state yet: "
+                            f"pass --resume to start it again there, or use --name NEW")
+        return False
+    if not resume:
+        raise UserError(f"sweep {sweep.name!r} already exists at {exp_uri}: pass --resume to continue it "
+                        f"(or to re-print its results), or use --name NEW for a new sweep")
+    if storage.exists(sweep_file):
+        prev = storage.read_json(sweep_file)
+        if prev.get("spec", {}).get("search_space") != sweep.spec.model_dump(mode="json")["search_space"]:
+            raise UserError(f"sweep {sweep.name!r} at {exp_uri} was started with a different search space; "
+                            f"resume it with the original sweep file or use --name NEW")
+    return True
+
+
+def run_sweep(sweep: Sweep, storage: Storage | None = None, *, resume: bool = False) -> dict[str, Any]:
+    """Run (or --resume) the sweep; returns the summary that `facegen tune` prints as JSON.
+    Writes results.json/results.csv/best_config.yaml below <root>/tune/<name>/."""
+    storage = storage or Storage(sweep.base_cfg.storage)
+    layout = Layout(sweep.base_cfg.storage.root)
+    exp_uri = layout.tune(sweep.name)
+    try:
+        storage.check_writable(layout.tunes())
+    except StorageError as e:
+        raise UserError(f"cannot tune: {e}. Check --root / storage.root and your credentials.") from None
+    data_uri, manifest = _validate_data(sweep, storage)
+
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from facegen_ray.metrics.evaluate import reference_features
+    from facegen_ray.runtime import ensure_ray
+    from facegen_ray.train.trainer import FORWARD_ENV, _run_storage
+
+    storage_path, fs = _run_storage(storage, layout.tunes())
+    restoring = _prepare_experiment(sweep, storage, exp_uri, resume, fs)  # name clash: error before Ray starts
+    ensure_ray()
+    import ray
+
+    max_conc = concurrency(sweep, ray.cluster_resources())
+
+    # the reference statistics once, here: trials then only read the cache (no race, no repeat)
+    ecfg = sweep.base_cfg.eval
+    _, ref = reference_features(storage, data_uri, ecfg, use_ray=bool(ecfg.num_real is None or ecfg.num_real > 2000))
+    ref.pop("selection", None)
+    storage.write_json(join(exp_uri, SWEEP_FILE), {
+        **_sweep_record(sweep), "data": data_uri, "data_version": manifest.get("version"),
+        "updated": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    })
+
+    setup = TrialSetup(
+        base=sweep.base, paths=sweep.paths, data_uri=data_uri, runs_uri=join(exp_uri, "runs"),
+        metric=sweep.spec.metric, env={k: os.environ[k] for k in FORWARD_ENV if os.environ.get(k)},
+    )
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), TRIAL_DRIVER_RESOURCES)
+    run_config = tune.RunConfig(
+        name=sweep.name, storage_path=storage_path, storage_filesystem=fs,
+        failure_config=tune.FailureConfig(max_failures=0),  # worker faults are Ray Train's (train.max_failures)
+        callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
+        verbose=1,
+    )
+    print(f"[facegen] sweep {sweep.name}: {sweep.num_trials()} trials, up to {max_conc} at a time, "
+          f"{sweep.spec.metric} on {ecfg.num_gen} generated vs {ref['n_real']} real images; experiment {exp_uri}",
+          flush=True)
+    if restoring:
+        path, _ = _run_storage(storage, exp_uri)
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
+                                   param_space=param_space(sweep.spec), storage_filesystem=fs)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(sweep.spec),
+            tune_config=tune.TuneConfig(
+                metric=sweep.spec.metric, mode="min", num_samples=sweep.spec.num_samples,
+                scheduler=_scheduler(sweep), time_budget_s=sweep.spec.time_budget_s,
+                search_alg=BasicVariantGenerator(random_state=sweep.spec.seed, max_concurrent=max_conc),
+                trial_dirname_creator=lambda trial: trial.trial_id,
+                trial_name_creator=lambda trial: trial.trial_id,
+            ),
+            run_config=run_config,
+        )
+    grid = tuner.fit()
+    rows = [_trial_row(r, sweep, exp_uri) for r in grid]
+    summary = summarize(rows, sweep, exp_uri, reference={k: ref[k] for k in ("uri", "key", "n_real", "cached")},
+                        num_gen=ecfg.num_gen)
+    write_results(storage, exp_uri, summary, sweep)
+    return summary
+
+
+def _trial_row(result, sweep: Sweep, exp_uri: str) -> dict[str, Any]:
+    """One Tune Result -> the row of results.json/csv."""
+    import numpy as np
+
+    metric = sweep.spec.metric
+    params = dict((result.config or {}).get("params", {}))
+    trial_id = os.path.basename(str(result.path).rstrip("/"))
+    last = result.metrics or {}
+    evals: list[dict[str, Any]] = []
+    df = result.metrics_dataframe
+    if df is not None and metric in df.columns:
+        for rec in df.to_dict("records"):
+            if rec.get(metric) is not None and not (isinstance(rec[metric], float) and np.isnan(rec[metric])):
+                evals.append({"images_seen": int(rec.get("images_seen", 0)), metric: float(rec[metric])})
+    elif metric in last:
+        evals.append({"images_seen": int(last.get("images_seen", 0)), metric: float(last[metric])})
+    try:
+        total = trial_config(sweep.base, sweep.paths, params).train.total_images
+    except Exception:  # noqa: BLE001 - an invalid sample shows up as the trial's error
+        total = None
+    value = float(last[metric]) if metric in last else None
+    images = int(last["images_seen"]) if "images_seen" in last else None
+    if result.error is not None:
+        status = "error"
+    elif value is None:
+        status = "no-result"
+    elif total is not None and images is not None and images < total:
+        status = "stopped"  # by the scheduler (ASHA) or the time budget
+    else:
+        status = "finished"
+    best = min(evals, key=lambda e: e[metric]) if evals else None
+    row: dict[str, Any] = {
+        "trial_id": trial_id, "status": status, "params": params, metric: value,
+        "images_seen": images, "evals": evals,
+        f"best_{metric}": best[metric] if best else None,
+        "best_images_seen": best["images_seen"] if best else None,
+        "checkpoint": last.get("checkpoint_path"),
+        "run_uri": join(exp_uri, "runs", trial_id),
+        "error": _error_line(result.error),
+    }
+    if metric != "fid" and "fid" in last:
+        row["fid"] = float(last["fid"])
+    return row
+
+
+def _error_line(error: BaseException | None) -> str | None:
+    """A trial's exception as one line (its type and the last line of its message)."""
+    if error is None:
+        return None
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[-1][:500] if lines else ''}"
+
+
+def rank_trials(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """Rows sorted by their final metric value, lowest first; trials without one last.
+    Adds "rank" (1-based; None for trials without a value)."""
+    ok = sorted((r for r in rows if r.get(metric) is not None), key=lambda r: (r[metric], r["trial_id"]))
+    rest = sorted((r for r in rows if r.get(metric) is None), key=lambda r: r["trial_id"])
+    out = []
+    for i, r in enumerate(ok, 1):
+        out.append({**r, "rank": i})
+    out += [{**r, "rank": None} for r in rest]
+    return out
+
+
+def summarize(rows: list[dict[str, Any]], sweep: Sweep, exp_uri: str, *, reference: dict[str, Any] | None = None,
+              num_gen: int | None = None) -> dict[str, Any]:
+    metric = sweep.spec.metric
+    ranked = rank_trials(rows, metric)
+    best = ranked[0] if ranked and ranked[0]["rank"] == 1 else None
+    best_out = None
+    if best is not None:
+        best_out = {
+            "trial_id": best["trial_id"], metric: best[metric], "params": best["params"],
+            "images_seen": best["images_seen"], "checkpoint": best["checkpoint"], "run_uri": best["run_uri"],
+            "config": trial_config(sweep.base, sweep.paths, best["params"],
+                                   run_name=f"{sweep.name}-best").model_dump(mode="json"),
+        }
+    return {
+        "sweep": sweep.name, "metric": metric, "mode": "min", "experiment": exp_uri,
+        "num_trials": len(rows), "num_finished": sum(r["status"] == "finished" for r in rows),
+        "num_stopped": sum(r["status"] == "stopped" for r in rows), "num_errors": sum(r["status"] == "error" for r in rows),
+        "num_gen": num_gen, "num_real": (reference or {}).get("n_real"), "reference": reference,
+        "best": best_out, "trials": ranked,
+        "results": {"json": join(exp_uri, RESULTS_JSON), "csv": join(exp_uri, RESULTS_CSV),
+                    "best_config": join(exp_uri, BEST_CONFIG) if best_out else None},
+    }
+
+
+def write_results(storage: Storage, exp_uri: str, summary: dict[str, Any], sweep: Sweep) -> None:
+    metric = summary["metric"]
+    storage.write_json(join(exp_uri, RESULTS_JSON), summary)
+    keys = list(sweep.spec.search_space)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["rank", "trial_id", "status", metric, f"best_{metric}", "images_seen", *keys, "checkpoint", "error"])
+    for r in summary["trials"]:
+        w.writerow([r["rank"], r["trial_id"], r["status"], r[metric], r[f"best_{metric}"], r["images_seen"],
+                    *(r["params"].get(k) for k in keys), r["checkpoint"], r["error"]])
+    storage.write_text(join(exp_uri, RESULTS_CSV), buf.getvalue())
+    if summary["best"] is not None:
+        head = (f"# best trial {summary['best']['trial_id']} of sweep {summary['sweep']} "
+                f"({metric} {summary['best'][metric]:.3f}); train it further with\n"
+                f"#   facegen train --config best_config.yaml\n")
+        storage.write_text(join(exp_uri, BEST_CONFIG), head + yaml.safe_dump(summary["best"]["config"], sort_keys=False))
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}" if (abs(v) < 1e-2 or abs(v) >= 1e4) and v != 0 else f"{v:.4f}".rstrip("0").rstrip(".")
+    return str(v)
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The ranked trials as a fixed-width text table."""
+    metric = summary["metric"]
+    keys = sorted({k for r in summary["trials"] for k in r["params"]})
+    head = ["rank", "trial", "status", metric, f"best {metric}", "kimg", *keys]
+    rows = [[_fmt(r["rank"]), r["trial_id"], r["status"], _fmt(r[metric]), _fmt(r[f"best_{metric}"]),
+             _fmt(None if r["images_seen"] is None else r["images_seen"] / 1000), *(_fmt(r["params"].get(k)) for k in keys)]
+            for r in summary["trials"]]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    out = [line(head), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+    for r in summary["trials"]:
+        if r["error"]:
+            out.append(f"  {r['trial_id']}: {r['error']}")
+    return "\n".join(out)
+
+
+__all__ = [
+    "TrialSetup",
+    "concurrency",
+    "format_table",
+    "rank_trials",
+    "run_sweep",
+    "run_trial",
+    "summarize",
+    "trial_resources",
+    "write_results",
+]

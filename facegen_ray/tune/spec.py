@@ -1,0 +1,419 @@
+"""Sweep files (tune_configs/*.yaml): schema, validation and the Ray Tune search space.
+
+A sweep file names a base facegen config, fixed overrides and a search space over any config
+field, addressed by its dotted key (`train.g_lr`, `loss.clip_value`, ...):
+
+    name: ttur-lr                               # experiment name: <root>/tune/<name>/
+    base_config: ../configs/utkface-64.yaml     # optional, relative to the sweep file
+    overrides: {train.total_images: 2000000}    # optional fixed settings (dotted keys)
+    metric: fid                                 # fid | kid; lower is better
+    num_samples: 8                              # samples of the random dimensions, per grid point
+    search_space:
+      train.g_lr: {loguniform: [1.0e-4, 1.0e-2]}
+      loss.name: {choice: [wgan, wgan-gp]}
+      loss.clip_value: {grid: [0.005, 0.01, 0.02]}
+    scheduler: {type: asha, grace_period_images: 400000, reduction_factor: 2}
+    max_concurrent_trials: 2
+    eval: {num_gen: 2000, num_real: 5000, every_images: 200000}
+
+Distributions: grid (every value, each one a separate trial set), choice (uniform over the
+values), uniform [lo, hi], loguniform [lo, hi] (lo > 0), randint [lo, hi) (hi exclusive).
+Number of trials = num_samples x (product of the grid sizes), as in Ray Tune.
+
+Everything is checked here, before Ray starts: unknown keys, unknown config fields, malformed
+distributions, and whether the values a distribution can produce (every grid/choice value, the
+bounds of the ranges) give a valid facegen config. Errors raise SweepError (a UserError: the
+CLI prints it and exits 2) naming the offending field.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from facegen_ray.config import (
+    ConfigError,
+    FacegenConfig,
+    apply_overrides,
+    config_from_dict,
+)
+from facegen_ray.errors import UserError
+
+DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+MAX_PRODUCT_CHECK = 256  # validate every combination of discrete values up to this many
+
+
+class SweepError(UserError):
+    """A sweep file (or its base config / --set) is invalid; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Distribution(_Strict):
+    """Exactly one of: grid, choice (non-empty lists), uniform, loguniform ([lo, hi] floats),
+    randint ([lo, hi) ints)."""
+
+    grid: list[Any] | None = Field(default=None, min_length=1)
+    choice: list[Any] | None = Field(default=None, min_length=1)
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_kind(cls, data: Any) -> Any:
+        if not isinstance(data, dict):  # ValueError: pydantic turns only that into a located error
+            raise ValueError(  # noqa: TRY004
+                f"a distribution must be a mapping with one of {', '.join(DISTRIBUTIONS)}, e.g. "
+                f"{{loguniform: [1.0e-4, 1.0e-2]}}, got {data!r} (fixed values go under `overrides`)"
+            )
+        unknown = sorted(set(data) - set(DISTRIBUTIONS))
+        if unknown:
+            raise ValueError(f"unknown distribution {unknown[0]!r}; use one of {', '.join(DISTRIBUTIONS)}")
+        if len(data) != 1:
+            raise ValueError(f"give exactly one distribution ({', '.join(DISTRIBUTIONS)}), got {sorted(data) or 'none'}")
+        return data
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Distribution:
+        if self.uniform is not None and not self.uniform[0] < self.uniform[1]:
+            raise ValueError(f"uniform needs [low, high] with low < high, got {list(self.uniform)}")
+        if self.loguniform is not None:
+            lo, hi = self.loguniform
+            if not (0 < lo < hi):
+                raise ValueError(f"loguniform needs [low, high] with 0 < low < high, got {[lo, hi]}")
+        if self.randint is not None and not self.randint[0] < self.randint[1]:
+            raise ValueError(f"randint needs [low, high) with low < high (high exclusive), got {list(self.randint)}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in DISTRIBUTIONS if getattr(self, k) is not None)
+
+    @property
+    def args(self) -> Any:
+        return getattr(self, self.kind)
+
+    def probe_values(self) -> list[Any]:
+        """Values this distribution can produce that are worth validating: every grid/choice
+        value; the bounds of a range (a config constraint is an interval, so the bounds decide)."""
+        k, a = self.kind, self.args
+        if k in ("grid", "choice"):
+            return list(a)
+        if k == "randint":
+            return [int(a[0]), int(a[1]) - 1]
+        return [float(a[0]), float(a[1])]
+
+    def max_value(self) -> Any:
+        vals = self.probe_values()
+        try:
+            return max(vals)
+        except TypeError:
+            return None
+
+
+class SchedulerSpec(_Strict):
+    """Early stopping. asha: Ray Tune's ASHA on the reported metric, with images seen as time."""
+
+    type: Literal["asha", "fifo"] = "asha"
+    grace_period_images: int | None = Field(default=None, ge=1, description="default: eval.every_images")
+    reduction_factor: float = Field(default=2.0, gt=1)
+    brackets: int = Field(default=1, ge=1)
+
+
+class EvalSpec(_Strict):
+    """How trials measure the metric; shorthand for eval.* / train.eval_every_images."""
+
+    num_gen: int | None = Field(default=None, ge=2, description="generated images per FID (eval.num_gen)")
+    num_real: int | None = Field(default=None, ge=2, description="reference reals (eval.num_real); default all")
+    every_images: int | None = Field(default=None, ge=1, description="train.eval_every_images; default: only at the end")
+    batch_size: int | None = Field(default=None, ge=1)
+    truncation: float | None = Field(default=None, ge=0, le=1)
+
+
+class SweepSpec(_Strict):
+    name: str = Field(pattern=NAME_PATTERN, description="experiment name: <root>/tune/<name>")
+    description: str | None = None
+    base_config: str | None = Field(default=None, description="facegen config YAML, relative to the sweep file")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="fixed settings, dotted keys")
+    metric: Literal["fid", "kid"] = "fid"
+    num_samples: int = Field(default=1, ge=1)
+    search_space: dict[str, Distribution] = Field(min_length=1)
+    scheduler: SchedulerSpec | None = None
+    max_concurrent_trials: int | None = Field(default=None, ge=1)
+    time_budget_s: float | None = Field(default=None, gt=0)
+    seed: int = 0
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+
+
+# ------------------------------------------------------------------ config paths
+
+def _section_fields(section: str) -> dict[str, Any]:
+    info = FacegenConfig.model_fields.get(section)
+    return info.annotation.model_fields if info is not None else {}  # type: ignore[union-attr]
+
+
+def check_config_path(key: str, where: str) -> list[str]:
+    """`train.g_lr` -> ["train", "g_lr"]; SweepError naming `where` when no such config field.
+    Deeper keys are allowed below mapping fields (`train.batch_size.16`)."""
+    parts = key.split(".")
+    sections = list(FacegenConfig.model_fields)
+    if len(parts) < 2 or any(not p for p in parts):
+        raise SweepError(f"{where}: {key!r} is not a config field; use section.field, e.g. train.g_lr")
+    if parts[0] not in sections:
+        hint = difflib.get_close_matches(parts[0], sections, n=1)
+        raise SweepError(f"{where}: unknown config section {parts[0]!r} in {key!r}"
+                         + (f" (did you mean {hint[0]!r}?)" if hint else f"; sections: {', '.join(sections)}"))
+    fields = _section_fields(parts[0])
+    if parts[1] not in fields:
+        hint = difflib.get_close_matches(parts[1], list(fields), n=1)
+        raise SweepError(f"{where}: unknown config field {key!r}"
+                         + (f" (did you mean {parts[0]}.{hint[0]}?)" if hint else f"; see facegen_ray/config.py ({parts[0]} section)"))
+    if len(parts) > 2:
+        ann = str(fields[parts[1]].annotation)
+        if not ann.startswith("dict"):
+            raise SweepError(f"{where}: {parts[0]}.{parts[1]} is not a mapping, so {key!r} does not exist")
+    return parts
+
+
+def set_path(data: dict[str, Any], parts: list[str], value: Any) -> None:
+    """data[a][b]... = value, creating sections; mapping keys that look like ints become ints
+    (batch_size / lr_scale are keyed by resolution)."""
+    node = data
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if not isinstance(nxt, dict):
+            nxt = node[p] = {}
+        node = nxt
+    last: Any = parts[-1]
+    if len(parts) > 2 and last.isdigit():
+        last = int(last)
+    node[last] = value
+
+
+def _fmt_config_error(e: ConfigError) -> str:
+    lines = str(e).splitlines()
+    return "; ".join(s.strip() for s in lines[1:]) if len(lines) > 1 else str(e)
+
+
+# ------------------------------------------------------------------ the loaded sweep
+
+@dataclass
+class Sweep:
+    """A validated sweep: the spec, the resolved base config (dict + model) and where it came from."""
+
+    spec: SweepSpec
+    source: str
+    base: dict[str, Any]
+    base_cfg: FacegenConfig
+    paths: dict[str, list[str]] = field(default_factory=dict)  # search key -> config path
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def trial_config(self, params: dict[str, Any], run_name: str | None = None) -> FacegenConfig:
+        """The facegen config of one trial: base + sampled params (ConfigError when invalid)."""
+        return trial_config(self.base, self.paths, params, run_name)
+
+    def num_trials(self) -> int:
+        return expected_trials(self.spec)
+
+    def max_total_images(self) -> int:
+        d = self.spec.search_space.get("train.total_images")
+        if d is not None and d.max_value() is not None:
+            return int(d.max_value())
+        return int(self.base_cfg.train.total_images)
+
+
+def trial_config(base: dict[str, Any], paths: dict[str, list[str]], params: dict[str, Any],
+                 run_name: str | None = None) -> FacegenConfig:
+    data = copy.deepcopy(base)
+    for key, value in params.items():
+        set_path(data, paths.get(key) or key.split("."), value)
+    if run_name is not None:
+        set_path(data, ["train", "run_name"], run_name)
+    return config_from_dict(data)
+
+
+def expected_trials(spec: SweepSpec) -> int:
+    grid = [len(d.grid) for d in spec.search_space.values() if d.grid is not None]
+    return spec.num_samples * math.prod(grid)
+
+
+def _format_spec_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid sweep file {source}:"]
+    for e in err.errors():
+        loc = list(e["loc"])
+        parts: list[str] = []
+        for i, p in enumerate(loc):
+            if i > 0 and loc[i - 1] in ("search_space", "overrides"):
+                parts[-1] += f"[{p!r}]"
+            elif isinstance(p, int):
+                parts[-1] += f"[{p}]"
+            else:
+                parts.append(str(p))
+        where = ".".join(parts) or "<root>"
+        if e["type"] == "extra_forbidden":
+            allowed = {"eval": EvalSpec, "scheduler": SchedulerSpec}.get(parts[0] if len(parts) > 1 else "", SweepSpec)
+            lines.append(f"  {where}: unknown key (allowed: {', '.join(allowed.model_fields)})")
+        elif e["type"] == "missing":
+            lines.append(f"  {where}: required")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"  {where}: {msg}" + ("" if e["type"] == "value_error" else f" (got {e.get('input')!r})"))
+    return "\n".join(lines)
+
+
+def load_sweep(path: str | Path, sets: list[str] | None = None, *, name: str | None = None,
+               root: str | None = None) -> Sweep:
+    """Read and validate a sweep file. sets: `--set key=value` applied to the base config
+    (after the sweep's overrides); name/root replace the sweep name / storage root."""
+    p = Path(path)
+    if not p.is_file():
+        raise SweepError(f"sweep file not found: {path}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SweepError(f"sweep file {path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise SweepError(f"sweep file {path} must be a mapping (name, search_space, ...)")
+    if name is not None:
+        raw["name"] = name
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SweepError(_format_spec_error(e, str(path))) from None
+
+    # base config: file, then the sweep's fixed overrides, eval shorthand, then --set
+    base: dict[str, Any] = {}
+    if spec.base_config:
+        bp = (p.parent / spec.base_config) if not Path(spec.base_config).is_absolute() else Path(spec.base_config)
+        if not bp.is_file():
+            raise SweepError(f"base_config: file not found: {spec.base_config} (resolved to {bp}; paths are relative to the sweep file)")
+        try:
+            base = yaml.safe_load(bp.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise SweepError(f"base_config {bp} is not valid YAML: {e}") from None
+        if not isinstance(base, dict):
+            raise SweepError(f"base_config {bp} must hold a mapping of sections (storage, data, model, ...)")
+    for key, value in spec.overrides.items():
+        set_path(base, check_config_path(key, f"overrides[{key!r}]"), value)
+    ev = spec.eval
+    shorthand = {
+        "eval.num_gen": ev.num_gen, "eval.num_real": ev.num_real, "train.eval_every_images": ev.every_images,
+        "eval.batch_size": ev.batch_size, "eval.truncation": ev.truncation,
+    }
+    for key, value in shorthand.items():
+        if value is not None:
+            set_path(base, key.split("."), value)
+    set_path(base, ["eval", "metrics"], ["fid", "kid"] if spec.metric == "kid" else ["fid"])
+    paths = {key: check_config_path(key, f"search_space[{key!r}]") for key in spec.search_space}
+    sets = list(sets or [])
+    if root:
+        sets = [f"storage.root={root}", *sets]
+    for item in sets:
+        key = item.split("=", 1)[0].strip()
+        if key in spec.search_space:
+            raise SweepError(f"--set {key}: that field is in the search space; change search_space[{key!r}] instead")
+        check_config_path(key, f"--set {key}")
+    try:
+        base = apply_overrides(base, sets)
+        base_cfg = config_from_dict(base)
+    except ConfigError as e:
+        raise SweepError(f"base configuration of sweep {spec.name!r} (base_config + overrides + --set) is invalid: "
+                         f"{_fmt_config_error(e)}") from None
+
+    sweep = Sweep(spec=spec, source=str(p), base=base, base_cfg=base_cfg, paths=paths)
+    _check_samples(sweep)
+    _check_scheduler(sweep)
+    return sweep
+
+
+def _check_samples(sweep: Sweep) -> None:
+    """Every value a distribution can produce must give a valid config: each key's probe values
+    one at a time, then (when small) every combination of them."""
+    probes = {k: d.probe_values() for k, d in sweep.spec.search_space.items()}
+    for key, values in probes.items():
+        for v in values:
+            try:
+                sweep.trial_config({key: v})
+            except ConfigError as e:
+                kind = sweep.spec.search_space[key].kind
+                raise SweepError(f"search_space[{key!r}] ({kind}): value {v!r} gives an invalid config: "
+                                 f"{_fmt_config_error(e)}") from None
+    if len(probes) > 1 and math.prod(len(v) for v in probes.values()) <= MAX_PRODUCT_CHECK:
+        keys = list(probes)
+        for combo in itertools.product(*(probes[k] for k in keys)):
+            params = dict(zip(keys, combo))
+            try:
+                sweep.trial_config(params)
+            except ConfigError as e:
+                raise SweepError(f"search_space: the combination {params} gives an invalid config: "
+                                 f"{_fmt_config_error(e)}") from None
+
+
+def _check_scheduler(sweep: Sweep) -> None:
+    sched = sweep.spec.scheduler
+    every = sweep.base_cfg.train.eval_every_images
+    if sched is not None and sched.type == "asha":
+        if not every:
+            raise SweepError("scheduler: asha stops trials on intermediate results; set eval.every_images "
+                             "(how often trials report the metric)")
+        grace = sched.grace_period_images or every
+        if grace > sweep.max_total_images():
+            raise SweepError(f"scheduler.grace_period_images ({grace}) exceeds train.total_images "
+                             f"({sweep.max_total_images()}): no trial could ever be stopped early")
+
+
+# ------------------------------------------------------------------ Ray Tune search space
+
+def to_tune_domain(dist: Distribution) -> Any:
+    """One distribution -> the Ray Tune object (grid -> {"grid_search": [...]})."""
+    from ray import tune
+
+    k, a = dist.kind, dist.args
+    if k == "grid":
+        return tune.grid_search(list(a))
+    if k == "choice":
+        return tune.choice(list(a))
+    if k == "uniform":
+        return tune.uniform(float(a[0]), float(a[1]))
+    if k == "loguniform":
+        return tune.loguniform(float(a[0]), float(a[1]))
+    return tune.randint(int(a[0]), int(a[1]))
+
+
+def param_space(spec: SweepSpec) -> dict[str, Any]:
+    """Tune's param_space: {"params": {dotted key: domain}} (a trial's config["params"] holds
+    the sampled values under the same keys)."""
+    return {"params": {k: to_tune_domain(d) for k, d in spec.search_space.items()}}
+
+
+__all__ = [
+    "DISTRIBUTIONS",
+    "Distribution",
+    "EvalSpec",
+    "SchedulerSpec",
+    "Sweep",
+    "SweepError",
+    "SweepSpec",
+    "check_config_path",
+    "expected_trials",
+    "load_sweep",
+    "param_space",
+    "set_path",
+    "to_tune_domain",
+    "trial_config",
+]

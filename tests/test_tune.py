@@ -1,0 +1,294 @@
+"""`facegen tune`: sweep-file validation (before Ray starts), the Ray Tune search space, trial
+ranking, and one real 2-trial sweep (Ray Tune over Ray Train runs, FID from the real Inception)
+on the session's local Ray instance. Tiny models (8x8, widths 8-32), 96 images per trial,
+FID on 16 generated vs 16 real images.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from facegen_ray.cli import main as cli_main
+from facegen_ray.config import load_config
+from facegen_ray.errors import UserError
+from facegen_ray.storage import Layout, Storage, join
+from facegen_ray.tune.spec import (
+    Distribution,
+    SweepSpec,
+    expected_trials,
+    load_sweep,
+    param_space,
+    to_tune_domain,
+)
+from tests.conftest import tiny_model_dict
+
+TRAIN = {
+    "start_resolution": 4, "stabilize_images": 32, "fade_images": 16, "total_images": 96,
+    "batch_size": {4: 16, 8: 16}, "checkpoint_every_images": 48, "log_every_images": 48,
+    "keep_checkpoints": 2, "shuffle_buffer": 16, "ema_half_life_images": 100,
+    "max_failures": 0, "seed": 3, "amp": False, "num_workers": 1,
+}
+
+
+def write_base(path: Path) -> Path:
+    path.write_text(yaml.safe_dump({
+        "model": tiny_model_dict(8),
+        "loss": {"name": "nonsaturating", "r1_gamma": 1.0, "r1_interval": 4},
+        "train": TRAIN,
+    }))
+    return path
+
+
+def write_sweep(path: Path, **fields) -> Path:
+    base = write_base(path.parent / "base.yaml")
+    sweep = {
+        "name": "t", "base_config": base.name, "metric": "fid", "num_samples": 1,
+        "search_space": {"train.g_lr": {"grid": [0.0005, 0.004]}},
+        "max_concurrent_trials": 2,
+        "eval": {"num_gen": 16, "num_real": 16, "every_images": 48, "batch_size": 16},
+    }
+    sweep.update(fields)
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------ validation (no Ray)
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fail the test if the command gets as far as starting Ray / the sweep."""
+    import facegen_ray.runtime
+    import facegen_ray.tune.runner
+
+    def boom(*a, **k):
+        raise AssertionError("validation should have failed before Ray starts")
+
+    monkeypatch.setattr(facegen_ray.runtime, "ensure_ray", boom)
+    monkeypatch.setattr(facegen_ray.tune.runner, "run_sweep", boom)
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ({"bogus": 1}, "bogus: unknown key"),
+    ({"eval": {"num_gen": 16, "every": 5}}, "eval.every: unknown key"),
+    ({"search_space": {"train.g_lr": {"lognormal": [0.1, 1]}}}, "search_space['train.g_lr']: unknown distribution 'lognormal'"),
+    ({"search_space": {"train.g_lr": {"loguniform": [0, 0.01]}}}, "search_space['train.g_lr']: loguniform needs"),
+    ({"search_space": {"train.g_lr": {"uniform": [0.1, 0.01]}}}, "uniform needs [low, high] with low < high"),
+    ({"search_space": {"train.g_lr": 0.001}}, "search_space['train.g_lr']: a distribution must be a mapping"),
+    ({"search_space": {"train.glr": {"choice": [0.1]}}}, "search_space['train.glr']: unknown config field 'train.glr' (did you mean train.g_lr?)"),
+    ({"search_space": {"trian.g_lr": {"choice": [0.1]}}}, "unknown config section 'trian'"),
+    ({"overrides": {"loss.clip": 0.1}}, "overrides['loss.clip']: unknown config field"),
+    ({"search_space": {"loss.clip_value": {"uniform": [-0.01, 0.02]}}},
+     "search_space['loss.clip_value'] (uniform): value -0.01 gives an invalid config: loss.clip_value: Input should be greater than 0"),
+    ({"search_space": {"loss.name": {"choice": ["wgan", "hinge"]}}}, "search_space['loss.name'] (choice): value 'hinge'"),
+    ({"search_space": {"train.start_resolution": {"grid": [4, 16]}}}, "exceeds model.resolution"),
+    ({"scheduler": {"type": "asha"}, "eval": {"num_gen": 16}}, "scheduler: asha stops trials on intermediate results"),
+    ({"metric": "is"}, "metric: Input should be 'fid' or 'kid'"),
+    ({"num_samples": 0}, "num_samples: Input should be greater than or equal to 1"),
+])
+def test_bad_sweep_files_exit_2_naming_the_field(tmp_path, capsys, no_ray, fields, expected):
+    path = write_sweep(tmp_path / "sweep.yaml", **fields)
+    rc = cli_main(["tune", str(path), "--root", str(tmp_path / "root")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert expected in err, err
+    assert not (tmp_path / "root" / "tune").exists()
+
+
+def test_bad_set_and_missing_files_exit_2(tmp_path, capsys, no_ray):
+    path = write_sweep(tmp_path / "sweep.yaml")
+    assert cli_main(["tune", str(path), "--set", "train.g_lr=0.1"]) == 2
+    assert "that field is in the search space" in capsys.readouterr().err
+    assert cli_main(["tune", str(path), "--set", "train.total_imgs=5"]) == 2
+    assert "unknown config field 'train.total_imgs'" in capsys.readouterr().err
+    assert cli_main(["tune", str(path), "--set", "train.total_images=-5"]) == 2
+    assert "train.total_images" in capsys.readouterr().err
+    assert cli_main(["tune", str(tmp_path / "nope.yaml")]) == 2
+    assert "sweep file not found" in capsys.readouterr().err
+    bad = write_sweep(tmp_path / "sweep2.yaml", base_config="missing.yaml")
+    assert cli_main(["tune", str(bad)]) == 2
+    assert "base_config: file not found" in capsys.readouterr().err
+
+
+def test_shipped_sweeps_validate():
+    root = Path(__file__).resolve().parents[1] / "tune_configs"
+    files = sorted(root.glob("*.yaml"))
+    names = {f.stem for f in files}
+    assert {"quickstart-cpu", "utkface-64-ttur-lr", "utkface-64-wgan-clip", "utkface-64-wgan-gp-lambda",
+            "utkface-64-lsgan-lambda"} <= names
+    losses = {}
+    for f in files:
+        s = load_sweep(f)
+        assert s.name == f.stem
+        losses[f.stem] = s.base_cfg.loss.name
+        for key in s.spec.search_space:  # each sampled config validates (bounds checked at load)
+            assert s.trial_config({key: s.spec.search_space[key].probe_values()[0]})
+    assert losses["utkface-64-wgan-clip"] == "wgan" and losses["utkface-64-wgan-gp-lambda"] == "wgan-gp"
+    assert losses["utkface-64-lsgan-lambda"] == "lsgan" and losses["utkface-64-ttur-lr"] == "nonsaturating"
+
+
+# ------------------------------------------------------------------ search space
+
+def test_distributions_map_to_tune_domains():
+    from ray.tune.search import sample
+    from ray.tune.search.variant_generator import generate_variants
+
+    d = lambda **kw: Distribution.model_validate(kw)
+    lu = to_tune_domain(d(loguniform=[1e-4, 1e-2]))
+    assert isinstance(lu, sample.Float) and isinstance(lu.get_sampler(), sample.Float._LogUniform)
+    assert (lu.lower, lu.upper) == (1e-4, 1e-2)
+    un = to_tune_domain(d(uniform=[0.1, 0.5]))
+    assert isinstance(un, sample.Float) and isinstance(un.get_sampler(), sample.Float._Uniform)
+    ri = to_tune_domain(d(randint=[1, 6]))
+    assert isinstance(ri, sample.Integer) and (ri.lower, ri.upper) == (1, 6)
+    ch = to_tune_domain(d(choice=["wgan", "wgan-gp"]))
+    assert isinstance(ch, sample.Categorical) and ch.categories == ["wgan", "wgan-gp"]
+    assert to_tune_domain(d(grid=[0.005, 0.01])) == {"grid_search": [0.005, 0.01]}
+    rng = np.random.default_rng(0)
+    assert all(1e-4 <= v <= 1e-2 for v in lu.sample(size=200, random_state=rng))
+    assert set(ri.sample(size=200, random_state=rng)) == {1, 2, 3, 4, 5}  # high exclusive
+
+    spec = SweepSpec.model_validate({
+        "name": "x", "num_samples": 4,
+        "search_space": {
+            "loss.clip_value": {"grid": [0.005, 0.01, 0.02]}, "loss.name": {"grid": ["wgan", "wgan-gp"]},
+            "train.g_lr": {"loguniform": [1e-4, 1e-2]},
+        },
+    })
+    assert expected_trials(spec) == 4 * 3 * 2
+    space = param_space(spec)
+    variants = list(generate_variants(space, random_state=np.random.default_rng(1)))
+    assert len(variants) * spec.num_samples == expected_trials(spec)  # Tune expands grids the same way
+    seen = {(v["params"]["loss.clip_value"], v["params"]["loss.name"]) for _, v in variants}
+    assert len(seen) == 6 and all(1e-4 <= v["params"]["train.g_lr"] <= 1e-2 for _, v in variants)
+
+
+def test_rank_trials_and_concurrency():
+    from facegen_ray.tune.runner import concurrency, rank_trials, trial_resources
+
+    rows = [{"trial_id": "a", "fid": 30.0}, {"trial_id": "b", "fid": None}, {"trial_id": "c", "fid": 12.5},
+            {"trial_id": "d", "fid": 12.5}]
+    ranked = rank_trials(rows, "fid")
+    assert [(r["trial_id"], r["rank"]) for r in ranked] == [("c", 1), ("d", 2), ("a", 3), ("b", None)]
+
+    spec_path = Path(__file__).resolve().parents[1] / "tune_configs" / "quickstart-cpu.yaml"
+    s = load_sweep(spec_path)
+    assert trial_resources(s) == {"CPU": 1.0, "GPU": 0.0}
+    s.spec.max_concurrent_trials = None
+    assert concurrency(s, {"CPU": 2.0}) == 1  # one CPU stays free for Ray Data
+    assert concurrency(s, {"CPU": 9.0}) == 8
+    gpu = load_sweep(Path(__file__).resolve().parents[1] / "tune_configs" / "utkface-64-ttur-lr.yaml")
+    assert trial_resources(gpu) == {"CPU": 16.0, "GPU": 4.0}
+    with pytest.raises(UserError, match="needs 4 GPU"):
+        concurrency(gpu, {"CPU": 64.0})
+    assert concurrency(gpu, {"CPU": 64.0, "GPU": 16.0}) == 4  # the sweep's max_concurrent_trials
+
+
+# ------------------------------------------------------------------ a real sweep
+
+@pytest.fixture(scope="module")
+def faces_root(ray_session, sample_zip, tmp_path_factory) -> str:
+    root = str(tmp_path_factory.mktemp("tune-root"))
+    rc = cli_main(["prepare", str(sample_zip), Layout(root).dataset("faces"), "--resolution", "16", "--limit", "48"])
+    assert rc == 0
+    return root
+
+
+def _fid_of_checkpoint(root: str, ckpt: str, eval_cfg) -> float:
+    """Recompute FID of a trial's final checkpoint outside Ray Tune: G_ema at the checkpoint's
+    stage, seeds 0..num_gen-1, the cached reference statistics."""
+    import torch
+
+    from facegen_ray.config import ModelConfig
+    from facegen_ray.metrics.evaluate import generate_uint8, reference_features
+    from facegen_ray.metrics.fid import feature_stats, fid_to_stats
+    from facegen_ray.metrics.inception import InceptionExtractor
+    from facegen_ray.models import Generator
+    from facegen_ray.train.checkpoint import load_checkpoint
+
+    state, _ = load_checkpoint(ckpt, 0, map_location="cpu")
+    G = Generator(ModelConfig.model_validate(state["config"]["model"]))
+    G.load_state_dict(state["G_ema"])
+    G.eval()
+    real, info = reference_features(Storage(), Layout(root).dataset("faces"), eval_cfg)
+    assert info["cached"]  # computed once by the sweep's driver
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the 1-CPU Ray worker: same summation order, same features
+    try:
+        imgs = generate_uint8(G, list(range(eval_cfg.num_gen)), 1.0, batch_size=16)
+        feats = InceptionExtractor(None, "cpu", 16)(imgs)
+    finally:
+        torch.set_num_threads(threads)
+    return fid_to_stats(feats, *feature_stats(real))
+
+
+def test_two_trial_sweep_ranks_by_real_fid(faces_root, tmp_path, capsys):
+    sweep = write_sweep(tmp_path / "sweep.yaml", name="lr2")
+    rc = cli_main(["tune", str(sweep), "--root", faces_root])
+    out = capsys.readouterr().out
+    assert rc == 0, out[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["sweep"] == "lr2" and summary["metric"] == "fid" and summary["mode"] == "min"
+    assert summary["num_trials"] == 2 and summary["num_finished"] == 2 and summary["num_errors"] == 0
+    assert summary["num_gen"] == 16 and summary["num_real"] == 16
+    trials = summary["trials"]
+    assert sorted(t["params"]["train.g_lr"] for t in trials) == [0.0005, 0.004]
+    for t in trials:
+        assert t["status"] == "finished" and t["images_seen"] == 96
+        assert math.isfinite(t["fid"]) and t["fid"] > 0
+        # FID reported at every eval point (48 images) and at the end; the last one is the trial's value
+        assert [e["images_seen"] for e in t["evals"]] == [48, 96]
+        assert t["evals"][-1]["fid"] == t["fid"] and t["best_fid"] == min(e["fid"] for e in t["evals"])
+        assert t["checkpoint"] and t["checkpoint"].endswith("checkpoint-000000000096")
+    best = summary["best"]
+    assert best["fid"] == min(t["fid"] for t in trials) and trials[0]["trial_id"] == best["trial_id"]
+    assert [t["rank"] for t in trials] == [1, 2] and trials[0]["fid"] <= trials[1]["fid"]
+    assert best["config"]["train"]["g_lr"] == best["params"]["train.g_lr"]
+    # the table
+    assert "rank  trial" in out and "train.g_lr" in out and f"best: trial {best['trial_id']}" in out
+
+    # the reported FID is the real thing: recomputed from the best trial's final checkpoint
+    # (once: a 2048-d FID on 16 images costs ~20 s of sqrtm on 2 cores)
+    eval_cfg = load_config(None, ["eval.num_gen=16", "eval.num_real=16", "eval.batch_size=16"]).eval
+    assert _fid_of_checkpoint(faces_root, best["checkpoint"], eval_cfg) == pytest.approx(best["fid"], rel=1e-3)
+    assert trials[0]["evals"] != trials[1]["evals"]  # two different trainings, two different curves
+
+    # results under <root>/tune/lr2/
+    st, exp = Storage(), Layout(faces_root).tune("lr2")
+    assert summary["experiment"] == exp
+    saved = st.read_json(join(exp, "results.json"))
+    assert saved["best"]["trial_id"] == best["trial_id"] and len(saved["trials"]) == 2
+    rows = list(csv.DictReader(io.StringIO(st.read_text(join(exp, "results.csv")))))
+    assert [r["trial_id"] for r in rows] == [t["trial_id"] for t in trials]
+    assert float(rows[0]["fid"]) == pytest.approx(best["fid"])
+    best_cfg = load_config(join(exp, "best_config.yaml"))
+    assert best_cfg.train.g_lr == best["params"]["train.g_lr"] and best_cfg.train.run_name == "lr2-best"
+    for t in trials:  # each trial's training run lives below the experiment
+        assert st.exists(join(exp, "runs", t["trial_id"], "history.json"))
+
+    # same name again: refused without --resume (nothing touched); --resume re-reads the finished sweep
+    assert cli_main(["tune", str(sweep), "--root", faces_root]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert cli_main(["tune", str(sweep), "--root", faces_root, "--resume"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["best"]["trial_id"] == best["trial_id"] and again["best"]["fid"] == best["fid"]
+
+
+def test_asha_scheduler_uses_images_seen():
+    from ray.tune.schedulers import ASHAScheduler
+
+    from facegen_ray.tune.runner import _scheduler
+
+    s = load_sweep(Path(__file__).resolve().parents[1] / "tune_configs" / "utkface-64-ttur-lr.yaml")
+    sched = _scheduler(s)
+    assert isinstance(sched, ASHAScheduler)
+    assert sched._time_attr == "images_seen" and sched._max_t == 3_000_000
+    assert sched._reduction_factor == 2 and sorted(m for m, _ in sched._brackets[0]._rungs) == [400_000, 800_000, 1_600_000]
+    assert _scheduler(load_sweep(Path(__file__).resolve().parents[1] / "tune_configs" / "quickstart-cpu.yaml")) is None
