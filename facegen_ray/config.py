@@ -164,6 +164,11 @@ class TrainConfig(_Section):
     )
     shuffle_buffer: int = Field(default=1000, ge=0)
     export: bool = True
+    init_from: str | None = Field(
+        default=None,
+        description="warm start (facegen retrain): a checkpoint dir (state.pt) or model dir URI whose weights "
+                    "a NEW run starts from; ignored when the run resumes from its own checkpoint",
+    )
 
     _res = field_validator("start_resolution")(classmethod(lambda cls, v: _check_resolution(v, "start_resolution")))
 
@@ -234,6 +239,40 @@ class ServeConfig(_Section):
         return self
 
 
+class RetrainConfig(_Section):
+    """`facegen retrain`: base dataset + approved feedback images -> a candidate model.
+
+    An image is merged when it has >= min_approvals approvals and strictly more approvals than
+    rejections (the rule of serve.feedback.approved_images), and, if set, a mean rating >= min_rating."""
+
+    dataset: str | None = Field(default=None, description="base dataset URI; default: the serving model's dataset")
+    min_approvals: int = Field(default=1, ge=1)
+    min_rating: float | None = Field(default=None, ge=1, le=5, description="skip images rated lower on average")
+    feedback_weight: float = Field(default=1.0, gt=0, description="'weight' column of merged feedback rows")
+    feedback_repeats: int = Field(default=1, ge=1, le=100, description="rows written per merged image (oversampling)")
+    images: int = Field(default=100_000, ge=1, description="images the candidate trains beyond the serving model")
+    run_prefix: str = Field(default="retrain", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,40}$")
+
+
+class GateConfig(_Section):
+    """Promotion gate: candidate vs serving model, same seeds, same reals, same Inception.
+
+    Promote iff candidate FID <= serving FID * (1 + fid_tolerance) and every margin that is set
+    holds (KID mean not higher by more than kid_margin; precision / recall not lower by more
+    than their margins)."""
+
+    fid_tolerance: float = Field(default=0.0, ge=-1, description="relative slack on FID (-1: never promote)")
+    kid_margin: float | None = Field(default=None, ge=0)
+    precision_margin: float | None = Field(default=None, ge=0)
+    recall_margin: float | None = Field(default=None, ge=0)
+    num_gen: int | None = Field(default=None, ge=2, description="generated images per model; default eval.num_gen")
+    num_real: int | None = Field(default=None, ge=2, description="reals; default eval.num_real")
+    data: str | None = Field(default=None, description="reference dataset; default: the real (prepared) version "
+                                                       "behind the candidate's training data")
+    require_promotion: bool = Field(default=False, description="exit 1 when the gate rejects the candidate")
+    use_ray: bool = Field(default=False, description="extract features with Ray actors instead of in-process")
+
+
 class FacegenConfig(_Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -242,6 +281,8 @@ class FacegenConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> "FacegenConfig":

@@ -24,30 +24,41 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def admin_token(cfg) -> str:
+    """The bearer token for the app's admin routes (FACEGEN_ADMIN_TOKEN or serve.admin_token);
+    UserError when there is none (checked before anything is changed)."""
+    token = os.environ.get("FACEGEN_ADMIN_TOKEN") or cfg.serve.admin_token
+    if not token:
+        raise UserError("--serve-url needs the admin token: set FACEGEN_ADMIN_TOKEN")
+    return token
+
+
+def reload_app(serve_url: str, version: str, token: str, timeout: float = 600.0) -> dict:
+    """Ask a running Serve app to load registry `version` (POST URL/admin/reload); returns its
+    JSON answer ({"model_version", "replicas", ...}). UserError when the call fails (the
+    registry has already been updated by then, and the message says so)."""
+    import httpx
+
+    url = serve_url.rstrip("/") + "/admin/reload"
+    try:
+        resp = httpx.post(url, json={"model": version}, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+    except httpx.HTTPError as e:
+        raise UserError(f"registry updated, but reloading {url} failed: {e}") from e
+    if resp.status_code != 200:
+        raise UserError(f"registry updated, but {url} answered {resp.status_code}: {resp.text[:500]}")
+    return resp.json()
+
+
 def run(args: argparse.Namespace) -> int:
     from facegen_ray.serve.registry import Registry
     from facegen_ray.storage import Storage
 
     cfg = config_from_args(args)
-    token = None
-    if args.serve_url:
-        token = os.environ.get("FACEGEN_ADMIN_TOKEN") or cfg.serve.admin_token
-        if not token:
-            raise UserError("--serve-url needs the admin token: set FACEGEN_ADMIN_TOKEN")
+    token = admin_token(cfg) if args.serve_url else None
     reg = Registry(Storage(cfg.storage), cfg.storage.root)
     entry = reg.promote(args.version)
     print(f"[facegen] {args.version} is now serving ({entry['uri']})")
     if args.serve_url:
-        import httpx
-
-        url = args.serve_url.rstrip("/") + "/admin/reload"
-        try:
-            resp = httpx.post(url, json={"model": args.version}, headers={"Authorization": f"Bearer {token}"},
-                              timeout=args.timeout)
-        except httpx.HTTPError as e:
-            raise UserError(f"registry updated, but reloading {url} failed: {e}") from e
-        if resp.status_code != 200:
-            raise UserError(f"registry updated, but {url} answered {resp.status_code}: {resp.text[:500]}")
-        body = resp.json()
+        body = reload_app(args.serve_url, args.version, token, args.timeout)
         print(f"[facegen] {args.serve_url} now serves {body.get('model_version')} on {body.get('replicas')} replica(s)")
     return 0

@@ -428,6 +428,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             restore_rng(rng)
         if rank == 0:
             print(f"[facegen] resumed from checkpoint at {counters['images_seen']} images", flush=True)
+    elif tcfg.init_from:  # warm start of a new run (facegen retrain): weights + counters, new data
+        from facegen_ray.train.warm_start import warm_start
+
+        counters.update(warm_start(gan, storage, tcfg.init_from, device))
+        if rank == 0:
+            print(f"[facegen] warm start from {tcfg.init_from} at {counters['images_seen']} images", flush=True)
     gan.sync_initial_state()
 
     schedule = ProgressiveSchedule(tcfg, cfg.model, num_workers=world)

@@ -89,6 +89,10 @@ def validate(cfg: FacegenConfig, storage: Storage) -> dict[str, Any]:
                 f"run {cfg.train.run_name!r} already exists with a different model/loss config "
                 f"({run_file}); resuming it would not load: pick another train.run_name"
             )
+    if cfg.train.init_from:  # warm start source present and of the same architecture
+        from facegen_ray.train.warm_start import check_init_from
+
+        check_init_from(storage, normalize(cfg.train.init_from), cfg.model)
     return manifest
 
 

@@ -1,0 +1,340 @@
+"""Feedback merge: a new dataset version = the base dataset's latest version + the generated
+images users approved (what `facegen retrain` trains the candidate on).
+
+    select   one pass over <root>/feedback/records: per image, approvals / rejections /
+             ratings / feedback ids. An image is merged when it has >= retrain.min_approvals
+             approvals AND strictly more approvals than rejections (a tie or a rejection majority
+             excludes it: the rule of serve.feedback.approved_images) AND, if
+             retrain.min_rating is set, a mean rating >= it (unrated images pass).
+    convert  each selected PNG -> the dataset's resolution and image format: equal size as is;
+             smaller by a power-of-two factor -> nearest-neighbour upscale (the training loader's
+             box downsampling gives the original pixels back exactly); larger by an integer
+             factor -> box (area) downscale; anything else is skipped ("resolution").
+             Rows: origin "feedback", source = the stored PNG's URI, weight =
+             retrain.feedback_weight, labels = the attributes the image was generated for when
+             the model was conditional (label_source "requested"), else null. Each image is
+             written retrain.feedback_repeats times (oversampling: the training loop reads no
+             weight column, repeats are what changes how often it sees an image).
+    dedupe   by sha256 of the stored pixels against every base row and among the feedback
+             ("in_base" / "duplicate"), so re-running a merge never adds an image twice.
+    write    base rows + feedback rows, shuffled (seeded), through shards.write_version: the
+             same atomic version commit as `facegen prepare`. The base version is not touched.
+
+The manifest is the base manifest (source, resolution, format, ...) with the counts of the new
+version and a "feedback" block: base_version, base_path, reference (the prepared, real-only
+version behind the base: the reals the promotion gate compares against), merged, rows, skipped
+(reason -> count), image_ids, feedback_ids, min_approvals, min_rating, weight, repeats.
+
+No approved image left after the rules -> NoApprovedFeedback (a UserError) and nothing written.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from facegen_ray.config import FacegenConfig
+from facegen_ray.errors import UserError
+from facegen_ray.storage import Layout, Storage, normalize
+
+log = logging.getLogger(__name__)
+
+SKIP_REASONS = ("too_few_approvals", "rejected", "low_rating", "missing_image", "unreadable", "resolution",
+                "in_base", "duplicate")
+LABEL_SOURCE = "requested"  # labels = the attributes the image was generated for
+
+
+class NoApprovedFeedback(UserError):
+    """No approved feedback image is left to merge (nothing was written)."""
+
+    def __init__(self, message: str, skipped: dict[str, int]):
+        super().__init__(message)
+        self.skipped = skipped
+
+
+@dataclass
+class FeedbackImage:
+    """One approved image chosen for the merge (before conversion)."""
+
+    image_id: str
+    record: dict[str, Any]
+    image_uri: str
+    approvals: int
+    rejections: int
+    mean_rating: float | None
+    feedback_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MergeResult:
+    """What a merge wrote: the committed manifest of the new version and its counts."""
+
+    manifest: dict[str, Any]
+    dataset_uri: str
+    version_uri: str
+    base_version: int
+    merged: int
+    skipped: dict[str, int]
+    elapsed_s: float
+
+
+def reference_dataset(storage: Storage, dataset_uri: str) -> str:
+    """The real-only dataset version behind `dataset_uri`: its manifest's feedback.reference
+    for a merged version, else the version itself (a URI DEST/v<N>)."""
+    from facegen_ray.data.shards import read_manifest
+
+    m = read_manifest(storage, dataset_uri)
+    fb = m.get("feedback")
+    return normalize(fb["reference"]) if isinstance(fb, dict) and fb.get("reference") else m["path"]
+
+
+# ------------------------------------------------------------------ selection
+
+def select_feedback(storage: Storage, root: str, min_approvals: int = 1,
+                    min_rating: float | None = None) -> tuple[list[FeedbackImage], dict[str, int]]:
+    """(approved images sorted by id, skipped reason -> count) over all feedback records; see
+    the module docstring for the rule."""
+    from facegen_ray.serve.feedback import FeedbackStore, iter_feedback
+
+    store = FeedbackStore(storage, root)
+    votes: dict[str, dict[str, Any]] = {}
+    for rec in iter_feedback(storage, root):
+        v = votes.setdefault(rec["image_id"], {"approvals": 0, "rejections": 0, "ratings": [], "ids": []})
+        v["approvals" if rec.get("approved") else "rejections"] += 1
+        if rec.get("rating") is not None:
+            v["ratings"].append(int(rec["rating"]))
+        v["ids"].append(rec["feedback_id"])
+    skipped = {r: 0 for r in SKIP_REASONS}
+    out: list[FeedbackImage] = []
+    for iid, v in sorted(votes.items()):
+        if v["approvals"] <= v["rejections"]:
+            skipped["rejected"] += 1
+            continue
+        if v["approvals"] < min_approvals:
+            skipped["too_few_approvals"] += 1
+            continue
+        mean = sum(v["ratings"]) / len(v["ratings"]) if v["ratings"] else None
+        if min_rating is not None and mean is not None and mean < min_rating:
+            skipped["low_rating"] += 1
+            continue
+        rec = store.get_image_record(iid)
+        if rec is None:
+            skipped["missing_image"] += 1
+            continue
+        out.append(FeedbackImage(iid, rec, store.image_uri(iid), v["approvals"], v["rejections"], mean,
+                                 sorted(v["ids"])))
+    return out, skipped
+
+
+# ------------------------------------------------------------------ conversion
+
+def fit_resolution(arr: np.ndarray, resolution: int) -> np.ndarray | None:
+    """uint8 [r,r,3] -> uint8 [R,R,3] at the dataset resolution, or None when the sizes do not
+    divide (see the module docstring: nearest upscale, box downscale)."""
+    h, w = arr.shape[:2]
+    if h != w:
+        return None
+    if h == resolution:
+        return arr
+    if h < resolution:
+        f = resolution // h
+        if f * h != resolution or f & (f - 1):
+            return None
+        return np.repeat(np.repeat(arr, f, axis=0), f, axis=1)
+    if h % resolution:
+        return None
+    from facegen_ray.data.shards import downsample
+
+    return np.clip(np.rint(downsample(arr[None], resolution)[0]), 0, 255).astype(np.uint8)
+
+
+def _labels(record: dict[str, Any]) -> tuple[int | None, int | None, int | None, str | None]:
+    """(age years, gender, race, label_source) of a generated image: the requested attributes
+    when the model was conditional (the record carries condition codes), else all null."""
+    cond = record.get("condition")
+    if cond is None:
+        return None, None, None, None
+    attrs = record.get("attributes") or {}
+
+    def code(key: str, idx: int) -> int | None:
+        v = attrs.get(key)
+        if v is None and len(cond) > idx and int(cond[idx]) >= 0:
+            v = int(cond[idx])
+        return None if v is None else int(v)
+
+    age = attrs.get("age")
+    age = None if age is None else int(age)
+    gender, race = code("gender", 1), code("race", 2)
+    any_label = any(x is not None for x in (age, gender, race))
+    return age, gender, race, (LABEL_SOURCE if any_label else None)
+
+
+def _convert(storage: Storage, items: list[FeedbackImage], manifest: dict[str, Any], base_hashes: set[str],
+             skipped: dict[str, int], weight: float) -> tuple[list[dict[str, Any]], list[FeedbackImage]]:
+    """Selected images -> shard rows (one per image) at the dataset's resolution/format."""
+    from PIL import Image
+
+    from facegen_ray.data.shards import decode_image
+    from facegen_ray.data.transforms import encode_image, pixel_sha256
+
+    res = int(manifest["resolution"])
+    fmt = manifest.get("image_format") or "png"
+    rows: list[dict[str, Any]] = []
+    used: list[FeedbackImage] = []
+    seen: set[str] = set()
+    for it in items:
+        try:
+            arr = decode_image(storage.read_bytes(it.image_uri))
+        except FileNotFoundError:
+            skipped["missing_image"] += 1
+            continue
+        except Exception:  # noqa: BLE001 - a corrupt stored image is skipped, counted
+            skipped["unreadable"] += 1
+            continue
+        fitted = fit_resolution(arr, res)
+        if fitted is None:
+            skipped["resolution"] += 1
+            continue
+        img = Image.fromarray(np.ascontiguousarray(fitted), mode="RGB")
+        data = encode_image(img, fmt)
+        if fmt == "jpeg":  # hash what the JPEG decodes to, as prepare does
+            fitted = decode_image(data)
+        sha = pixel_sha256(fitted)
+        if sha in base_hashes:
+            skipped["in_base"] += 1
+            continue
+        if sha in seen:
+            skipped["duplicate"] += 1
+            continue
+        seen.add(sha)
+        age, gender, race, label_source = _labels(it.record)
+        rows.append({"image": data, "sha256": sha, "source": it.image_uri, "age": age, "gender": gender,
+                     "race": race, "origin": "feedback", "weight": float(weight), "label_source": label_source})
+        used.append(it)
+    return rows, used
+
+
+def _base_metadata(storage: Storage, manifest: dict[str, Any]):
+    """Metadata columns of every base row (no image bytes), as a pandas DataFrame."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from facegen_ray.data.ingest import worker_filesystem, worker_filesystem_path
+    from facegen_ray.data.shards import shard_uris
+
+    uris = shard_uris(manifest)
+    fs, _ = worker_filesystem(storage, uris[0])
+    cols = ["sha256", "age", "gender", "race", "label_source", "origin"]
+    tables = [pq.read_table(worker_filesystem_path(u), filesystem=fs, columns=cols) for u in uris]
+    return pa.concat_tables(tables).to_pandas()
+
+
+# ------------------------------------------------------------------ the merge
+
+def merge_feedback(cfg: FacegenConfig, base: str, *, storage: Storage | None = None,
+                   feedback_root: str | None = None) -> MergeResult:
+    """Write base (its latest version, or the version named by a DEST/v<N> URI) + approved
+    feedback images as the next version of the base dataset. NoApprovedFeedback when no new
+    approved image is left (nothing written); UserError for a missing/empty base."""
+    import pyarrow as pa
+
+    from facegen_ray.data import attributes as attrs
+    from facegen_ray.data.shards import _split_version, read_manifest, shard_schema, shard_uris, write_version
+
+    t0 = time.perf_counter()
+    storage = storage or Storage(cfg.storage)
+    rcfg = cfg.retrain
+    feedback_root = feedback_root or cfg.storage.root
+    manifest = read_manifest(storage, base)  # UserError when missing
+    if int(manifest.get("num_images") or 0) <= 0 or not manifest.get("files"):
+        raise UserError(f"base dataset {base} is empty: run `facegen prepare` first")
+    dest, _ = _split_version(normalize(base))
+    reference = reference_dataset(storage, manifest["path"])
+
+    items, skipped = select_feedback(storage, feedback_root, rcfg.min_approvals, rcfg.min_rating)
+    meta = _base_metadata(storage, manifest)
+    rows, used = _convert(storage, items, manifest, set(meta["sha256"].tolist()), skipped, rcfg.feedback_weight)
+    if not rows:
+        detail = ", ".join(f"{k}={v}" for k, v in skipped.items() if v) or "no feedback records at all"
+        raise NoApprovedFeedback(
+            f"no new approved feedback images to merge into {manifest['path']} ({detail}; rule: >= "
+            f"{rcfg.min_approvals} approval(s) and more approvals than rejections). Collect approvals on the "
+            f"feedback page, lower retrain.min_approvals, or pass --allow-empty to retrain on the base data only",
+            skipped,
+        )
+    fb_table = pa.Table.from_pylist(rows * rcfg.feedback_repeats, schema=shard_schema())
+
+    from facegen_ray.data.ingest import worker_filesystem, worker_filesystem_path
+    from facegen_ray.runtime import ensure_ray
+
+    ensure_ray()
+    import ray
+
+    uris = shard_uris(manifest)
+    fs, _ = worker_filesystem(storage, uris[0])
+    base_ds = ray.data.read_parquet([worker_filesystem_path(u) for u in uris], filesystem=fs,
+                                    schema=shard_schema())
+    num_rows = int(manifest["num_images"]) + fb_table.num_rows
+    rows_per_shard = int(manifest.get("rows_per_shard") or cfg.data.shard_rows)
+    ds = base_ds.union(ray.data.from_arrow(fb_table)).random_shuffle(seed=cfg.data.seed)
+    num_shards = max(1, math.ceil(num_rows / rows_per_shard))
+    ds = ds.repartition(num_shards)
+
+    fb_meta = [{"age": r["age"], "gender": r["gender"], "race": r["race"], "label_source": r["label_source"]}
+               for r in rows] * rcfg.feedback_repeats
+    import pandas as pd
+
+    all_meta = pd.concat([meta[["age", "gender", "race", "label_source"]], pd.DataFrame(fb_meta)], ignore_index=True)
+    new_manifest = {k: v for k, v in manifest.items()
+                    if k not in ("path", "files", "version", "num_images", "num_shards", "format", "feedback")}
+    base_unique = int(manifest.get("num_unique_images") or meta["sha256"].nunique())
+    new_manifest.update({
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": list(manifest.get("source") or []) + [Layout(feedback_root).feedback()],
+        "num_unique_images": base_unique + len(rows),
+        "attributes": attrs.attribute_counts(all_meta, cfg.model.age_buckets),
+        "rows_per_shard": rows_per_shard,
+        "parent": {"version": int(manifest["version"]), "path": manifest["path"]},
+        "feedback": {
+            "base_version": int(manifest["version"]),
+            "base_path": manifest["path"],
+            "reference": reference,
+            "merged": len(rows),
+            "rows": fb_table.num_rows,
+            "base_feedback_rows": int((meta["origin"] == "feedback").sum()),
+            "skipped": skipped,
+            "image_ids": [u.image_id for u in used],
+            "feedback_ids": sorted(fid for u in used for fid in u.feedback_ids),
+            "min_approvals": rcfg.min_approvals,
+            "min_rating": rcfg.min_rating,
+            "weight": rcfg.feedback_weight,
+            "repeats": rcfg.feedback_repeats,
+            "feedback_root": Layout(feedback_root).feedback(),
+        },
+    })
+    written = write_version(storage, dest, ds, new_manifest, rows_per_shard, expected_rows=num_rows)
+    log.info("feedback merge: %d images (%d rows) + %d base rows -> %s", len(rows), fb_table.num_rows,
+             manifest["num_images"], written["path"])
+    return MergeResult(manifest=written, dataset_uri=dest, version_uri=written["path"],
+                       base_version=int(manifest["version"]), merged=len(rows), skipped=skipped,
+                       elapsed_s=time.perf_counter() - t0)
+
+
+def summary(result: MergeResult) -> str:
+    """One human line, e.g. "merged 3 approved image(s) (3 rows) with base v1 -> .../faces/v2
+    (99 rows; skipped: rejected=1)"."""
+    fb = result.manifest["feedback"]
+    skipped = ", ".join(f"{k}={v}" for k, v in result.skipped.items() if v)
+    return (f"merged {result.merged} approved image(s) ({fb['rows']} rows) with base "
+            f"v{result.base_version} -> {result.version_uri} ({result.manifest['num_images']} rows"
+            f"{'; skipped: ' + skipped if skipped else ''})")
+
+
+__all__ = ["merge_feedback", "select_feedback", "fit_resolution", "reference_dataset", "MergeResult",
+           "NoApprovedFeedback", "FeedbackImage", "SKIP_REASONS", "summary"]

@@ -1,0 +1,226 @@
+"""Promotion gate: does a candidate model beat the serving one? If so, promote it.
+
+Both generators are evaluated with ONE evaluation config (eval.* with gate.num_gen /
+gate.num_real): the same seeds (eval.seed .. + num_gen), the same seeded subset of reals from
+the same dataset version (whose Inception features are cached next to its manifest, so the
+second evaluation reuses them), the same truncation and the standard Inception. The reals are
+the prepared, real-only version behind the candidate's training data (a feedback-merged
+version names it in manifest["feedback"]["reference"]), or gate.data / --data.
+
+Decision (gate.*):  promote iff  FID_cand <= FID_serving * (1 + fid_tolerance)
+                               [and KID_cand <= KID_serving + kid_margin]
+                               [and precision_cand >= precision_serving - precision_margin]
+                               [and recall_cand >= recall_serving - recall_margin]
+(bracketed checks only when their margin is set). A non-finite metric fails its check.
+Decision "promoted" | "rejected" | "passed" (the checks hold but the caller said promote=False).
+
+Recorded: a report JSON at <root>/models/<candidate>/gate/<time>.json, and the candidate's
+registry entry gets its metrics plus metrics["gate"] = {decision, reasons, serving version
+and metrics, report URI, time}. On "promoted" the registry's serving pointer moves to the
+candidate (Registry.promote); on "rejected" it is left alone.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from facegen_ray.config import EvalConfig, FacegenConfig, GateConfig
+from facegen_ray.errors import UserError
+from facegen_ray.storage import Layout, Storage, join
+
+log = logging.getLogger(__name__)
+
+GATE_METRICS = ["fid", "kid", "pr"]
+PROMOTED, REJECTED, PASSED = "promoted", "rejected", "passed"
+
+
+@dataclass
+class GateResult:
+    """Outcome of one gate run (JSON-able with to_json())."""
+
+    candidate: str
+    serving: str
+    decision: str  # "promoted" | "rejected" | "passed" (passed, but promote=False)
+    reasons: list[str]
+    checks: list[dict[str, Any]]
+    candidate_metrics: dict[str, Any]
+    serving_metrics: dict[str, Any]
+    eval: dict[str, Any]
+    report_uri: str
+    time: str
+    serving_after: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def promoted(self) -> bool:
+        return self.decision == PROMOTED
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def gate_eval_config(cfg: FacegenConfig) -> EvalConfig:
+    """eval.* with the gate's sample counts; KID subsets no larger than the samples."""
+    g = cfg.gate
+    num_gen = g.num_gen or cfg.eval.num_gen
+    num_real = g.num_real or cfg.eval.num_real
+    upd: dict[str, Any] = {"num_gen": num_gen, "num_real": num_real,
+                           "kid_subset_size": max(2, min(cfg.eval.kid_subset_size, num_gen, num_real or num_gen))}
+    return cfg.eval.model_copy(update=upd)
+
+
+def summarize_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """evaluate_model() output -> the flat figures the gate compares and records."""
+    kid = result.get("kid")
+    return {
+        "fid": result.get("fid"),
+        "kid": kid.get("mean") if isinstance(kid, dict) else kid,
+        "kid_std": kid.get("std") if isinstance(kid, dict) else None,
+        "precision": result.get("precision"),
+        "recall": result.get("recall"),
+        "num_gen": result.get("num_gen"),
+        "num_real": result.get("num_real"),
+        "data": result.get("data"),
+        "data_version": result.get("data_version"),
+        "seeds": result.get("seeds"),
+        "truncation": result.get("truncation"),
+        "extractor": result.get("extractor"),
+        "reference_cached": (result.get("reference") or {}).get("cached"),
+    }
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(float(x))
+
+
+def decide(candidate: dict[str, Any], serving: dict[str, Any], gcfg: GateConfig) -> tuple[str, list[str], list[dict[str, Any]]]:
+    """(decision, reasons, checks) from two summarize_metrics() dicts; see the module docstring."""
+    checks: list[dict[str, Any]] = []
+
+    def check(metric: str, cand: Any, serv: Any, limit_fn, better: str, rule: str) -> None:
+        ok = _finite(cand) and _finite(serv)
+        limit = limit_fn(float(serv)) if ok else None
+        passed = bool(ok and (cand <= limit if better == "lower" else cand >= limit))
+        checks.append({"metric": metric, "candidate": cand, "serving": serv, "limit": limit, "better": better,
+                       "rule": rule, "passed": passed})
+
+    tol = gcfg.fid_tolerance
+    check("fid", candidate.get("fid"), serving.get("fid"), lambda s: s * (1.0 + tol), "lower",
+          f"candidate FID <= serving FID x (1 + {tol:g})")
+    if gcfg.kid_margin is not None:
+        m = gcfg.kid_margin
+        check("kid", candidate.get("kid"), serving.get("kid"), lambda s: s + m, "lower",
+              f"candidate KID <= serving KID + {m:g}")
+    for name, margin in (("precision", gcfg.precision_margin), ("recall", gcfg.recall_margin)):
+        if margin is not None:
+            check(name, candidate.get(name), serving.get(name), lambda s, m=margin: s - m, "higher",
+                  f"candidate {name} >= serving {name} - {margin:g}")
+    reasons = []
+    for c in checks:
+        if c["limit"] is None:
+            reasons.append(f"{c['metric']}: not finite (candidate {c['candidate']}, serving {c['serving']}) -> fails")
+            continue
+        if c["better"] == "lower":
+            op = "<=" if c["passed"] else ">"
+        else:
+            op = ">=" if c["passed"] else "<"
+        verdict = "ok" if c["passed"] else "FAILS"
+        reasons.append(f"{c['metric']}: candidate {c['candidate']:.6g} {op} limit {c['limit']:.6g} "
+                       f"(serving {c['serving']:.6g}; {c['rule']}) -> {verdict}")
+    decision = PROMOTED if checks and all(c["passed"] for c in checks) else REJECTED
+    return decision, reasons, checks
+
+
+def reference_for(storage: Storage, cfg: FacegenConfig, cand_meta: dict[str, Any], serv_meta: dict[str, Any],
+                  data: str | None = None) -> str:
+    """Reals to compare on: --data / gate.data, else the real-only version behind the
+    candidate's (then the serving model's) training dataset."""
+    from facegen_ray.data.feedback_merge import reference_dataset
+
+    explicit = data or cfg.gate.data
+    if explicit:
+        return reference_dataset(storage, explicit)
+    for meta in (cand_meta, serv_meta):
+        ds = meta.get("dataset")
+        if ds:
+            return reference_dataset(storage, ds)
+    raise UserError("cannot tell which dataset to evaluate on (the models' metadata name none): pass --data URI")
+
+
+def run_gate(cfg: FacegenConfig, candidate: str, *, storage: Storage | None = None, data: str | None = None,
+             promote: bool = True, progress=print) -> GateResult:
+    """Evaluate `candidate` (a registry version) and the serving model with one eval config,
+    decide, record, and (when `promote` and it passes) make the candidate the serving model.
+
+    UserError / RegistryError for an unknown candidate, no serving model, or the candidate
+    already serving."""
+    from facegen_ray.metrics.evaluate import evaluate_model
+    from facegen_ray.models.export import MODEL_FILE
+    from facegen_ray.serve.registry import Registry
+
+    storage = storage or Storage(cfg.storage)
+    reg = Registry(storage, cfg.storage.root)
+    cand_entry = reg.get(candidate)  # RegistryError (exit 2) when unknown
+    serving = reg.serving()
+    if not serving:
+        raise UserError("no model is serving, so there is nothing to gate against: promote one first "
+                        "(`facegen promote VERSION`)")
+    if serving == candidate:
+        raise UserError(f"{candidate} is already the serving model; gate a different candidate")
+    serv_entry = reg.get(serving)
+
+    def meta_of(entry: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return dict(storage.read_json(join(entry["uri"], MODEL_FILE)).get("metadata") or {})
+        except FileNotFoundError:
+            raise UserError(f"model directory {entry['uri']} is missing its {MODEL_FILE}") from None
+
+    ref = reference_for(storage, cfg, meta_of(cand_entry), meta_of(serv_entry), data)
+    ev = gate_eval_config(cfg)
+    if cfg.gate.use_ray:
+        from facegen_ray.runtime import ensure_ray
+
+        ensure_ray()
+    results = {}
+    for label, version, entry in (("candidate", candidate, cand_entry), ("serving", serving, serv_entry)):
+        progress(f"[facegen] gate: evaluating {label} {version} ({ev.num_gen} generated vs "
+                 f"{ev.num_real or 'all'} reals of {ref})")
+        res = evaluate_model(storage, entry["uri"], ref, ev, metrics=GATE_METRICS, use_ray=cfg.gate.use_ray)
+        results[label] = summarize_metrics(res)
+    decision, reasons, checks = decide(results["candidate"], results["serving"], cfg.gate)
+    now = _dt.datetime.now(_dt.timezone.utc)
+    stamp = now.strftime("%Y%m%dT%H%M%S%fZ")
+    report_uri = join(Layout(cfg.storage.root).model(candidate), "gate", f"{stamp}.json")
+    eval_info = {"data": ref, "num_gen": ev.num_gen, "num_real": results["candidate"]["num_real"],
+                 "seeds": results["candidate"]["seeds"], "truncation": ev.truncation,
+                 "data_version": results["candidate"]["data_version"], "metrics": GATE_METRICS}
+    result = GateResult(
+        candidate=candidate, serving=serving, decision=decision, reasons=reasons, checks=checks,
+        candidate_metrics=results["candidate"], serving_metrics=results["serving"], eval=eval_info,
+        report_uri=report_uri, time=now.isoformat(timespec="seconds"),
+    )
+    promoting = promote and decision == PROMOTED
+    if decision == PROMOTED and not promote:
+        decision = PASSED  # passed the gate, but the caller asked not to promote
+        result.decision = decision
+    result.serving_after = candidate if promoting else serving
+    report = {**result.to_json(), "gate": cfg.gate.model_dump(mode="json")}
+    storage.write_json(report_uri, report)
+    cand = results["candidate"]
+    reg.set_metrics(candidate, {
+        **{k: cand[k] for k in ("fid", "kid", "precision", "recall", "num_gen", "num_real", "data_version")},
+        "gate": {"decision": decision, "reasons": reasons, "time": result.time, "report": report_uri,
+                 "serving_version": serving, "candidate": cand, "serving": results["serving"],
+                 "tolerance": cfg.gate.fid_tolerance, "promoted": promoting},
+    })
+    if promoting:
+        reg.promote(candidate)
+    return result
+
+
+__all__ = ["GateResult", "gate_eval_config", "summarize_metrics", "decide", "reference_for", "run_gate",
+           "PROMOTED", "REJECTED", "PASSED"]
