@@ -158,6 +158,11 @@ class TrainConfig(_Section):
     max_failures: int = Field(default=3, ge=-1)
     log_every_images: int = Field(default=10_000, ge=1)
     sample_grid: int = Field(default=16, ge=1, description="number of fixed latents in the sample grid")
+    row_weights: bool = Field(
+        default=True,
+        description="weight the reals' loss terms by the dataset's `weight` column (--balance reweight, "
+                    "retrain.feedback_weight); false: every row counts the same",
+    )
     eval_every_images: int | None = Field(
         default=None, ge=1,
         description="rank 0 reports FID (eval.num_gen/num_real) of G_ema every N images and at the end; None: off",
@@ -334,21 +339,28 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def read_yaml_mapping(path: str | os.PathLike, what: str, expected: str, *,
+                      error: type[Exception] = ConfigError, missing: str | None = None) -> dict[str, Any]:
+    """A YAML file that must hold a mapping -> dict; `error` (a UserError) with a message naming
+    `what` when the file is missing (`missing` replaces that message), not YAML, or not a mapping."""
+    p = Path(path)
+    if not p.is_file():
+        raise error(missing or f"{what} not found: {path}")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise error(f"{what} {path} is not valid YAML: {e}") from None
+    if not isinstance(loaded, dict):
+        raise error(f"{what} {path} must hold a mapping of {expected}")
+    return loaded
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> FacegenConfig:
     """Defaults <- YAML file <- overrides. Raises ConfigError with a readable message."""
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections (storage, data, model, ...)")
-        data = loaded
+        data = read_yaml_mapping(path, "config file", "sections (storage, data, model, ...)")
         source = str(path)
     if overrides:
         data = apply_overrides(data, list(overrides))

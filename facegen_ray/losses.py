@@ -2,8 +2,8 @@
 
     loss = build_loss(cfg.loss)
     for _ in range(loss.n_critic):                # D steps per G step
-        l, stats = loss.d_loss(D, real, fake.detach(), c); l.backward(); opt_d.step()
-        r, stats = loss.d_reg(D, real, c, step=d_step)       # lazy R1, None when not due
+        l, stats = loss.d_loss(D, real, fake.detach(), c, weight=w); l.backward(); opt_d.step()
+        r, stats = loss.d_reg(D, real, c, step=d_step, weight=w)  # lazy R1, None when not due
         loss.after_d_step(D)                                  # WGAN weight clipping
     l, stats = loss.g_loss(D, G(z, c), c); l.backward(); opt_g.step()
     r, stats = loss.g_reg(G, z, c, step=g_step)               # path length, None when not due
@@ -21,7 +21,9 @@ R1 (nonsaturating): gamma/2 * ||grad_x D(x)||^2 on reals, every r1_interval D st
 r1_interval (lazy regularisation). Path length (any objective, pl_weight > 0): every
 pl_interval G steps, pl_weight * pl_interval * (||J_w^T y|| - a)^2 with a running mean a kept
 in this object (state_dict / load_state_dict for checkpoints). Gradient penalties are
-computed in float32 with autocast disabled. Averages are over the batch.
+computed in float32 with autocast disabled. Averages are over the batch; with `weight` (the
+real rows' dataset weights: --balance reweight, merged feedback) the expectations over reals —
+the real term, R1, the WGAN-GP drift — are weighted means sum(w x) / sum(w) on each worker.
 """
 
 from __future__ import annotations
@@ -48,6 +50,15 @@ def _call_d(D: nn.Module, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tens
     return out.reshape(out.shape[0])  # [N]
 
 
+def wmean(x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean of the per-row values x [N], weighted by the dataset rows' `weight` [N] when given
+    (sum(w x) / sum(w): row weights re-balance the real batch, their scale does not matter)."""
+    if weight is None:
+        return x.mean()
+    w = weight.to(device=x.device, dtype=x.dtype)
+    return (x * w).sum() / w.sum().clamp_min(1e-12)
+
+
 def _no_autocast(device: torch.device):
     return torch.autocast(device_type=device.type, enabled=False)
 
@@ -69,7 +80,9 @@ class GANLoss:
             return x + torch.randn_like(x) * self.cfg.instance_noise
         return x
 
-    def _d_objective(self, r: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def _d_objective(self, r: torch.Tensor, f: torch.Tensor, w: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, dict[str, float]]:
+        """D's objective from real logits r [N] (rows weighted by w [N] when given) and fake f [N]."""
         raise NotImplementedError
 
     def _g_objective(self, f: torch.Tensor) -> torch.Tensor:
@@ -77,20 +90,24 @@ class GANLoss:
 
     # ---- discriminator
     def d_loss(
-        self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor, c: torch.Tensor | None = None
+        self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor, c: torch.Tensor | None = None,
+        weight: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """D's loss on a real and a (detached) fake batch; returns (scalar, stats)."""
+        """D's loss on a real and a (detached) fake batch; returns (scalar, stats). weight [N]:
+        the real rows' dataset weights (expectations over reals become weighted means)."""
         r = _call_d(D, self._noisy(real), c).float()  # [N]
         f = _call_d(D, self._noisy(fake.detach()), c).float()  # [N]
-        loss, extra = self._d_objective(r, f)
+        loss, extra = self._d_objective(r, f, weight)
         stats = {"d_loss": float(loss.detach()), "d_real": float(r.detach().mean()), "d_fake": float(f.detach().mean())}
         stats.update(extra)
         return loss, stats
 
     def d_reg(
-        self, D: nn.Module, real: torch.Tensor, c: torch.Tensor | None = None, step: int = 0
+        self, D: nn.Module, real: torch.Tensor, c: torch.Tensor | None = None, step: int = 0,
+        weight: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, dict[str, float]]:
-        """Lazy regulariser for D (R1 for nonsaturating); (None, {}) when none is due at `step`."""
+        """Lazy regulariser for D (R1 for nonsaturating); (None, {}) when none is due at `step`.
+        weight [N]: the real rows' dataset weights, as in d_loss."""
         return None, {}
 
     def after_d_step(self, D: nn.Module) -> None:
@@ -148,8 +165,8 @@ class MinimaxLoss(GANLoss):
 
     name = "minimax"
 
-    def _d_objective(self, r, f):
-        real_loss = F.binary_cross_entropy_with_logits(r, torch.full_like(r, self.real_target))
+    def _d_objective(self, r, f, w=None):
+        real_loss = wmean(F.binary_cross_entropy_with_logits(r, torch.full_like(r, self.real_target), reduction="none"), w)
         fake_loss = F.binary_cross_entropy_with_logits(f, torch.zeros_like(f))
         return real_loss + fake_loss, {}
 
@@ -165,7 +182,7 @@ class NonSaturatingLoss(MinimaxLoss):
     def _g_objective(self, f):
         return F.softplus(-f).mean()
 
-    def d_reg(self, D, real, c=None, step: int = 0):
+    def d_reg(self, D, real, c=None, step: int = 0, weight=None):
         gamma, interval = self.cfg.r1_gamma, self.cfg.r1_interval
         if gamma <= 0 or step % interval != 0:
             return None, {}
@@ -173,7 +190,7 @@ class NonSaturatingLoss(MinimaxLoss):
             x = real.detach().float().requires_grad_(True)
             r = _call_d(D, x, c).float()
             (grad,) = torch.autograd.grad(r.sum(), x, create_graph=True)
-            penalty = grad.square().flatten(1).sum(dim=1).mean()  # E ||grad_x D(x)||^2
+            penalty = wmean(grad.square().flatten(1).sum(dim=1), weight)  # E ||grad_x D(x)||^2 over reals
             # + 0 * r: every D parameter is reachable from the loss (DDP waits for all grads)
             loss = penalty * (gamma / 2) * interval + r.sum() * 0
         return loss, {"r1_penalty": float(penalty.detach())}
@@ -185,8 +202,9 @@ class WGANLoss(GANLoss):
 
     name = "wgan"
 
-    def _d_objective(self, r, f):
-        return f.mean() - r.mean(), {"wasserstein": float((r.mean() - f.mean()).detach())}
+    def _d_objective(self, r, f, w=None):
+        r_mean = wmean(r, w)
+        return f.mean() - r_mean, {"wasserstein": float((r_mean - f.mean()).detach())}
 
     def _g_objective(self, f):
         return -f.mean()
@@ -221,13 +239,13 @@ class WGANGPLoss(WGANLoss):
             # + 0 * out: every D parameter is reachable from the penalty (DDP waits for all grads)
             return (norm - 1).square().mean() + out.sum() * 0
 
-    def d_loss(self, D, real, fake, c=None):
+    def d_loss(self, D, real, fake, c=None, weight=None):
         real_in, fake_in = self._noisy(real), self._noisy(fake.detach())
         r = _call_d(D, real_in, c).float()
         f = _call_d(D, fake_in, c).float()
-        wdist = r.mean() - f.mean()
-        gp = self.gradient_penalty(D, real_in, fake_in, c)
-        drift = r.square().mean()
+        wdist = wmean(r, weight) - f.mean()
+        gp = self.gradient_penalty(D, real_in, fake_in, c)  # interpolates: pairs of real and fake, unweighted
+        drift = wmean(r.square(), weight)
         loss = -wdist + self.cfg.gp_lambda * gp + self.cfg.drift_epsilon * drift
         stats = {
             "d_loss": float(loss.detach()),
@@ -246,9 +264,9 @@ class LSGANLoss(GANLoss):
 
     name = "lsgan"
 
-    def _d_objective(self, r, f):
+    def _d_objective(self, r, f, w=None):
         lam = self.cfg.ls_lambda
-        return lam * 0.5 * ((r - self.real_target).square().mean() + f.square().mean()), {}
+        return lam * 0.5 * (wmean((r - self.real_target).square(), w) + f.square().mean()), {}
 
     def _g_objective(self, f):
         return self.cfg.ls_lambda * 0.5 * (f - 1).square().mean()

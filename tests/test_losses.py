@@ -326,3 +326,74 @@ def test_losses_and_regularisers_work_through_ddp(tmp_path):
         assert all(torch.isfinite(q.grad).all() for q in G.parameters() if q.grad is not None)
     finally:
         dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------- row weights
+
+
+class QuadD(nn.Module):
+    """D(x) = a . x^2 + b . x: a non-constant input gradient, so R1 differs per row."""
+
+    def __init__(self, a: list[float], b: list[float]):
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(a))
+        self.b = nn.Parameter(torch.tensor(b))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        x = x.flatten(1)
+        return x.square() @ self.a + x @ self.b
+
+
+WEIGHTS = torch.tensor([3.0, 1.0, 2.0])
+
+
+def _repeated(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return torch.repeat_interleave(x, w.long(), dim=0)
+
+
+@pytest.mark.parametrize("name", ["minimax", "nonsaturating", "wgan", "lsgan"])
+def test_integer_row_weights_equal_repeating_the_reals(name):
+    """Weighting real rows by w is the same objective (value and gradient) as repeating each
+    real row w times; scaling every weight leaves it unchanged; all-ones equals no weights."""
+    D = QuadD([0.3], [0.7])
+    L = loss_of(name, ls_lambda=1.5)
+    weighted, stats = L.d_loss(D, REAL, FAKE, weight=WEIGHTS)
+    repeated, stats_rep = L.d_loss(D, _repeated(REAL, WEIGHTS), FAKE)
+    torch.testing.assert_close(weighted, repeated)
+    torch.testing.assert_close(grads(weighted, D.a, D.b), grads(repeated, D.a, D.b))
+    torch.testing.assert_close(L.d_loss(D, REAL, FAKE, weight=WEIGHTS * 7.5)[0], repeated)
+    torch.testing.assert_close(L.d_loss(D, REAL, FAKE, weight=torch.ones(3))[0], L.d_loss(D, REAL, FAKE)[0])
+    assert not torch.allclose(weighted, L.d_loss(D, REAL, FAKE)[0])  # the weights do change it
+
+
+def test_row_weights_in_wgan_gp_and_r1():
+    """WGAN-GP: the Wasserstein estimate and the drift term are weighted means over reals (the
+    penalty at real/fake interpolates is not); R1 is the weighted mean of per-row penalties."""
+    D = QuadD([0.4, -0.2], [0.1, 0.5])
+    real, fake = torch.randn(3, 2), torch.randn(3, 2)
+    L = loss_of("wgan-gp", gp_lambda=0.0, drift_epsilon=0.01)
+    loss, stats = L.d_loss(D, real, fake, weight=WEIGHTS)
+    r, f = D(real).detach(), D(fake).detach()
+    w = WEIGHTS / WEIGHTS.sum()
+    assert stats["wasserstein"] == pytest.approx(float((w * r).sum() - f.mean()), rel=1e-5)
+    torch.testing.assert_close(loss, f.mean() - (w * r).sum() + 0.01 * (w * r.square()).sum())
+    R1 = loss_of("nonsaturating", r1_gamma=2.0, r1_interval=1)
+    reg_w, _ = R1.d_reg(D, real, step=0, weight=WEIGHTS)
+    reg_rep, _ = R1.d_reg(D, _repeated(real, WEIGHTS), step=0)
+    torch.testing.assert_close(reg_w, reg_rep)
+    assert not torch.allclose(reg_w, R1.d_reg(D, real, step=0)[0])
+
+
+def test_training_loop_row_weights_from_the_batch():
+    from facegen_ray.train.loop import DATA_COLUMNS, row_weights
+
+    assert "weight" in DATA_COLUMNS
+    cpu = torch.device("cpu")
+    assert row_weights({"weight": torch.ones(4)}, True, cpu) is None  # unweighted fast path
+    assert row_weights({"image": torch.zeros(4)}, True, cpu) is None
+    w = torch.tensor([0.5, 2.0, 1.0])
+    assert row_weights({"weight": w}, False, cpu) is None  # train.row_weights=false
+    torch.testing.assert_close(row_weights({"weight": w}, True, cpu), w)
+    for bad in ([1.0, -1.0], [float("nan"), 1.0], [0.0, 0.0]):
+        with pytest.raises(ValueError, match="invalid weights"):
+            row_weights({"weight": torch.tensor(bad)}, True, cpu)

@@ -14,6 +14,7 @@ import torch
 
 from facegen_ray.cli import main as cli_main
 from facegen_ray.config import FacegenConfig
+from facegen_ray.data.shards import read_manifest
 from facegen_ray.storage import Layout, Storage, join
 from tests.conftest import tiny_model_dict
 
@@ -38,10 +39,14 @@ def make_cfg(root: str, run_name: str, **train) -> FacegenConfig:
 @pytest.fixture(scope="module")
 def faces_root(ray_session, sample_zip, tmp_path_factory) -> str:
     """<root>/datasets/faces prepared at 16x16 from 96 sample faces (the model trains at 8x8,
-    so the worker downsamples on device)."""
+    so the worker downsamples on device), reweighted by race x gender: the D losses of every
+    run here (DDP, exact resume, worker replacement) take the weighted path."""
     root = str(tmp_path_factory.mktemp("train-root"))
-    rc = cli_main(["prepare", str(sample_zip), Layout(root).dataset("faces"), "--resolution", "16", "--limit", "96"])
+    rc = cli_main(["prepare", str(sample_zip), Layout(root).dataset("faces"), "--resolution", "16", "--limit", "96",
+                   "--balance", "reweight"])
     assert rc == 0
+    weights = read_manifest(Storage(), Layout(root).dataset("faces"))["balance"]["weights"]
+    assert len(set(weights.values())) > 1  # uneven groups: weights other than 1 reach training
     return root
 
 

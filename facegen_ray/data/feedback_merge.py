@@ -13,8 +13,8 @@ images users approved (what `facegen retrain` trains the candidate on).
              Rows: origin "feedback", source = the stored PNG's URI, weight =
              retrain.feedback_weight, labels = the attributes the image was generated for when
              the model was conditional (label_source "requested"), else null. Each image is
-             written retrain.feedback_repeats times (oversampling: the training loop reads no
-             weight column, repeats are what changes how often it sees an image).
+             written retrain.feedback_repeats times (oversampling: how often training sees it;
+             the weight scales its share of D's real-loss terms, train.row_weights).
     dedupe   by sha256 of the stored pixels against every base row and among the feedback
              ("in_base" / "duplicate"), so re-running a merge never adds an image twice.
     write    base rows + feedback rows, shuffled (seeded), through shards.write_version: the

@@ -37,7 +37,7 @@ from facegen_ray.train import report as rep
 from facegen_ray.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from facegen_ray.train.schedule import ProgressiveSchedule, SchedulePoint
 
-DATA_COLUMNS = ["image", "age", "gender", "race"]
+DATA_COLUMNS = ["image", "age", "gender", "race", "weight"]
 
 
 # ---------------------------------------------------------------------------- data
@@ -134,6 +134,17 @@ class ShardFeeder:
             self._pending_rows -= k
             got += k
         return {c: torch.cat([b[c] for b in out]) for c in out[0]}
+
+
+def row_weights(batch: dict[str, torch.Tensor], enabled: bool, device: torch.device) -> torch.Tensor | None:
+    """The batch's `weight` column [n] for the D loss, or None when disabled, absent or all 1
+    (the unweighted path: plain means, bit-identical to datasets without weights)."""
+    w = batch.get("weight")
+    if not enabled or w is None or bool(torch.all(w == 1)):
+        return None
+    if not bool(torch.all(torch.isfinite(w))) or bool(torch.any(w < 0)) or not bool(w.sum() > 0):
+        raise ValueError("dataset rows have invalid weights (negative, NaN/inf or all zero in a batch)")
+    return w.to(device=device, dtype=torch.float32, non_blocking=True)
 
 
 def prepare_reals(images: torch.Tensor, point: SchedulePoint) -> torch.Tensor:
@@ -330,8 +341,10 @@ class GANSteps:
         return real
 
     # -- steps
-    def d_step(self, real: torch.Tensor, c: torch.Tensor | None, d_step_index: int) -> float:
-        """One discriminator update on a real batch and as many fakes; lazy R1 when due."""
+    def d_step(self, real: torch.Tensor, c: torch.Tensor | None, d_step_index: int,
+               weight: torch.Tensor | None = None) -> float:
+        """One discriminator update on a real batch and as many fakes; lazy R1 when due.
+        weight [n]: the real rows' dataset weights (None: unweighted)."""
         G, D = self.G, self.D
         G.requires_grad_(False)
         D.requires_grad_(True)
@@ -341,9 +354,9 @@ class GANSteps:
         with self._autocast():
             with torch.no_grad():
                 fake = self.G_run(z, c, style_mixing_prob=self.cfg.model.style_mixing_prob)
-            d_loss, _ = self.loss.d_loss(self.D_run, real, fake.detach(), c)
+            d_loss, _ = self.loss.d_loss(self.D_run, real, fake.detach(), c, weight=weight)
         total = d_loss.float()
-        reg, stats = self.loss.d_reg(self.D_run, real, c, step=d_step_index)  # fp32, outside autocast
+        reg, stats = self.loss.d_reg(self.D_run, real, c, step=d_step_index, weight=weight)  # fp32, no autocast
         if reg is not None:
             total = total + reg.float()
             self.reg_stats.update({f"d_{k}": float(v) for k, v in stats.items()})
@@ -489,7 +502,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             batch = feeder.take(nb)
             real = gan.to_device_reals(batch["image"], point)  # [nb,3,R,R]
             c = _attributes(batch, cfg, device)
-            acc["d"] += gan.d_step(real, c, counters["d_steps"])
+            acc["d"] += gan.d_step(real, c, counters["d_steps"], row_weights(batch, tcfg.row_weights, device))
             acc["n_d"] += 1
             counters["d_steps"] += 1
             counters["images_seen"] += point.global_batch

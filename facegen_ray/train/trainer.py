@@ -200,7 +200,7 @@ def torch_trainer_class():
 
 def fit(cfg: FacegenConfig, storage: Storage, dataset, *, runs_uri: str | None = None,
         callbacks: list[Any] | None = None) -> Any:
-    """Wire and run the TorchTrainer on a Ray Dataset with columns image/age/gender/race.
+    """Wire and run the TorchTrainer on a Ray Dataset with columns image/age/gender/race/weight.
     Returns Ray Train's Result; raises RuntimeError when the run failed for good.
 
     runs_uri: folder holding the run (default <root>/runs; `facegen tune` puts each trial's run

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from facegen_ray.config import (
@@ -44,6 +43,7 @@ from facegen_ray.config import (
     FacegenConfig,
     apply_overrides,
     config_from_dict,
+    read_yaml_mapping,
 )
 from facegen_ray.errors import UserError
 
@@ -281,14 +281,7 @@ def load_sweep(path: str | Path, sets: list[str] | None = None, *, name: str | N
     """Read and validate a sweep file. sets: `--set key=value` applied to the base config
     (after the sweep's overrides); name/root replace the sweep name / storage root."""
     p = Path(path)
-    if not p.is_file():
-        raise SweepError(f"sweep file not found: {path}")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise SweepError(f"sweep file {path} is not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise SweepError(f"sweep file {path} must be a mapping (name, search_space, ...)")
+    raw = read_yaml_mapping(p, "sweep file", "sweep settings (name, search_space, ...)", error=SweepError)
     if name is not None:
         raw["name"] = name
     try:
@@ -300,14 +293,10 @@ def load_sweep(path: str | Path, sets: list[str] | None = None, *, name: str | N
     base: dict[str, Any] = {}
     if spec.base_config:
         bp = (p.parent / spec.base_config) if not Path(spec.base_config).is_absolute() else Path(spec.base_config)
-        if not bp.is_file():
-            raise SweepError(f"base_config: file not found: {spec.base_config} (resolved to {bp}; paths are relative to the sweep file)")
-        try:
-            base = yaml.safe_load(bp.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise SweepError(f"base_config {bp} is not valid YAML: {e}") from None
-        if not isinstance(base, dict):
-            raise SweepError(f"base_config {bp} must hold a mapping of sections (storage, data, model, ...)")
+        base = read_yaml_mapping(
+            bp, "base_config", "sections (storage, data, model, ...)", error=SweepError,
+            missing=f"base_config: file not found: {spec.base_config} (resolved to {bp}; paths are relative to the sweep file)",
+        )
     for key, value in spec.overrides.items():
         set_path(base, check_config_path(key, f"overrides[{key!r}]"), value)
     ev = spec.eval
