@@ -20,19 +20,26 @@ def test_quickstart_runs_the_whole_loop(tmp_path):
     env.pop("RAY_ADDRESS")
     out = subprocess.run(
         [sys.executable, "-m", "facegen_ray.cli", "quickstart", "--root", str(root), "--port", str(free_port()),
-         "--num-gen", "32"],
+         "--num-gen", "32", "--set", "gate.fid_tolerance=100"],  # any finite FID passes: the swap runs
         capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    for step in range(1, 8):
-        assert f"[quickstart {step}/7]" in out.stdout
+    for step in range(1, 10):
+        assert f"[quickstart {step}/9]" in out.stdout
     metrics = json.loads(next(line for line in out.stdout.splitlines() if line.startswith('{"fid"')))
     assert metrics["num_gen"] == 32 and metrics["num_real"] > 300 and metrics["fid"] > 0
     assert (root / "quickstart-grid.png").stat().st_size > 0
     registry = json.loads((root / "models" / "registry.json").read_text())
-    assert registry["serving"] == "v1"
     records = list((root / "feedback").rglob("*.json"))
     assert any('"approved": true' in p.read_text() for p in records)
+    # retrain: the approved face merged into dataset v2, candidate v2 warm-started from v1, gated
+    merged = json.loads((root / "datasets" / "faces" / "v2" / "manifest.json").read_text())
+    assert merged["feedback"]["merged"] == 1
+    gate_reports = list((root / "models" / "v2" / "gate").glob("*.json"))
+    assert len(gate_reports) == 1
+    assert json.loads(gate_reports[0].read_text())["decision"] == "promoted"
+    assert registry["serving"] == "v2"
+    assert "/healthz: v2; generate answered by v2" in out.stdout  # the running app swapped, no restart
     assert "done in" in out.stdout
 
 

@@ -2,10 +2,13 @@
 
 prepare (Ray Data) -> train a few hundred images (Ray Train, tiny StyleGAN, progressive
 4 -> 16) -> evaluate (FID/KID/precision-recall with the standard Inception) -> promote ->
-serve (Ray Serve on localhost) -> generate (HTTP + a grid PNG) -> feedback (HTTP) -> done.
+serve (Ray Serve on localhost) -> generate (HTTP + a grid PNG) -> feedback (HTTP) -> retrain
+(the approved face merged into a new dataset version, a candidate warm-started from the
+serving model) -> promotion gate (FID of candidate vs serving) -> swap the running app's model
+when the gate promotes -> done.
 
-Everything lands below --root (default ./facegen-quickstart): a new dataset version, a new
-run (named quickstart-<time>), a registered model version, feedback records. Nothing already
+Everything lands below --root (default ./facegen-quickstart): new dataset versions, new runs
+(quickstart-<time>, quickstart-retrain-<time>), registered model versions, feedback records. Nothing already
 there is deleted. The samples are blurry 16x16 blobs: the point is the plumbing; quality
 comes from real runs (configs/utkface-64.yaml on GPUs).
 """
@@ -16,6 +19,7 @@ import argparse
 import base64
 import datetime as _dt
 import json
+import secrets
 import time
 from importlib import resources
 from pathlib import Path
@@ -31,6 +35,11 @@ def _step(n: int, total: int, what: str) -> float:
 
 def _done(t0: float, msg: str) -> None:
     print(f"[quickstart] {msg} ({time.perf_counter() - t0:.1f}s)", flush=True)
+
+
+def _fid(metrics: dict | None) -> str:
+    value = (metrics or {}).get("fid")
+    return f"{value:.1f}" if isinstance(value, (int, float)) else "n/a"
 
 
 def quickstart_config_path() -> Path:
@@ -56,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     from facegen_ray.storage import Layout, Storage, join
 
-    total = 7
+    total = 9
     t_start = time.perf_counter()
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     # the bundled tiny CPU config unless --config names another; --root/--set apply on top
@@ -115,8 +124,13 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = _step(5, total, f"serve: Ray Serve app on http://127.0.0.1:{cfg.serve.port}/")
     serve.start(http_options={"host": "127.0.0.1", "port": cfg.serve.port})
+    # one replica; no CPU reservations, so the retrain step's Ray Train worker and Ray Data
+    # tasks can be scheduled next to the running app on a 2-core machine. A fresh admin token
+    # (unless FACEGEN_ADMIN_TOKEN is set) lets step 9 swap the model through /admin/reload.
+    admin = cfg.serve.admin_token or secrets.token_hex(16)
     app_args = {"model": "serving", "root": cfg.storage.root, "config": args.config,
-                "set": ["serve.min_replicas=1", "serve.max_replicas=1"]}
+                "set": ["serve.min_replicas=1", "serve.max_replicas=1", "serve.num_cpus=0",
+                        "serve.ingress_num_cpus=0", f"serve.admin_token={admin}"]}
     serve.run(build_app(app_args), name=APP_NAME, route_prefix="/")
     url = f"http://127.0.0.1:{cfg.serve.port}"
     try:
@@ -154,6 +168,32 @@ def run(args: argparse.Namespace) -> int:
             stored = list(iter_feedback(storage, cfg.storage.root))
             _done(t0, f"feedback ids {a.json()['feedback_id']}, {b.json()['feedback_id']} (unknown image -> "
                       f"{bad.status_code}); {len(stored)} feedback records in {layout.feedback()}")
+
+            # 8. retrain + gate -------------------------------------------------------------
+            from facegen_ray.train.retrain import retrain
+
+            t0 = _step(8, total, f"retrain: approved feedback -> new dataset version -> candidate warm-started "
+                                 f"from {outcome.version} ({cfg.retrain.images} images, Ray Train) -> promotion gate")
+            rcfg = cfg.model_copy(deep=True)
+            rcfg.gate.num_gen = rcfg.gate.num_gen or args.num_gen
+            out = retrain(rcfg, storage=storage, run_name=f"quickstart-retrain-{stamp}")
+            _done(t0, f"candidate {out['candidate']}: {out['decision']} (FID {_fid(out['candidate_metrics'])} vs "
+                      f"serving {_fid(out['serving_metrics'])}, tolerance {rcfg.gate.fid_tolerance:+.0%}); "
+                      f"registry serving: {out['serving']}")
+
+            # 9. swap -----------------------------------------------------------------------
+            if out["decision"] == "promoted":
+                from facegen_ray.commands.promote import reload_app
+
+                t0 = _step(9, total, f"swap: POST /admin/reload -> the running app serves {out['candidate']} (no restart)")
+                body = reload_app(url, out["candidate"], admin, timeout=300)
+                after = client.post("/generate", json={"seed": 0, "num_images": 1, "truncation": 0.7}).json()
+                _done(t0, f"/healthz: {client.get('/healthz').json()['model_version']}; "
+                          f"generate answered by {after['model_version']} ({body.get('replicas')} replica(s))")
+            else:
+                t0 = _step(9, total, f"swap: none, the gate kept {out['serving']} (the running app is unchanged)")
+                _done(t0, f"/healthz: {client.get('/healthz').json()['model_version']}; "
+                          f"`facegen gate {out['candidate']} --tolerance 0.5` re-runs the gate with more slack")
     finally:
         serve.shutdown()
         ray.shutdown()
