@@ -273,6 +273,57 @@ def test_gate_rejects_with_impossible_tolerance(world, capsys):
     assert reg.serving() == "v2"
 
 
+def test_allow_empty_no_gate_and_refusals_write_nothing(world, capsys):
+    """No approved feedback -> exit 2 and no new dataset version; --set model.* -> exit 2 before
+    any write; --allow-empty --no-gate -> a candidate trained on the base data, registered but
+    not evaluated or promoted."""
+    from facegen_ray.data.shards import list_versions
+    from facegen_ray.serve.registry import Registry
+
+    storage, root = Storage(), world["root"]
+    reg = Registry(storage, root)
+    serving = reg.serving()
+    versions = list_versions(storage, world["faces"])
+    assert cli_main(["retrain", "--root", root, "--min-approvals", "9", "--images", "32"]) == 2
+    assert "no new approved feedback images" in capsys.readouterr().err
+    assert cli_main(["retrain", "--root", root, "--set", "model.w_dim=16"]) == 2
+    assert "keeps the serving model's architecture" in capsys.readouterr().err
+    assert list_versions(storage, world["faces"]) == versions
+    rc = cli_main(["retrain", "--root", root, "--min-approvals", "9", "--allow-empty", "--no-gate", "--images", "32"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    doc = _last_json(out)
+    assert doc["decision"] is None and doc["serving"] == serving and doc["dataset"]["merged"] == 0
+    assert doc["dataset"]["uri"] == storage.read_json(join(world["faces"], "manifest.json"))["path"]
+    assert list_versions(storage, world["faces"]) == versions
+    entry = Registry(storage, root).get(doc["candidate"])
+    assert entry["status"] == "candidate" and "gate" not in entry.get("metrics", {})
+    assert Registry(storage, root).serving() == serving
+
+
+def test_init_from_with_another_architecture_is_refused(world, tmp_path, capsys):
+    from facegen_ray.errors import UserError
+    from facegen_ray.train.retrain import serving_source
+    from facegen_ray.train.warm_start import check_init_from
+
+    storage = Storage()
+    src = serving_source(storage, world["root"])
+    same = base_cfg(world["root"]).model
+    assert check_init_from(storage, src.init_from, same) == "checkpoint"
+    assert check_init_from(storage, src.model_uri, same) == "model"
+    other = same.model_copy(update={"w_dim": same.w_dim * 2})
+    for uri in (src.init_from, src.model_uri):
+        with pytest.raises(UserError, match="different model config"):
+            check_init_from(storage, uri, other)
+    # through `facegen train`: exit 2 before Ray Train starts, no run folder
+    model_sets = [a for k, v in {**tiny_model_dict(8), "w_dim": other.w_dim}.items()
+                  for a in ("--set", f"model.{k}={str(v).lower() if isinstance(v, bool) else v}")]
+    rc = cli_main(["train", "--root", world["root"], "--set", "train.run_name=wrong-arch",
+                   "--set", f"train.init_from={src.model_uri}", *model_sets])
+    assert rc == 2 and "different model config" in capsys.readouterr().err
+    assert not storage.exists(Layout(world["root"]).run("wrong-arch"))
+
+
 def test_decide_rules():
     from facegen_ray.config import GateConfig
     from facegen_ray.serve.gate import decide

@@ -109,6 +109,13 @@ def base_dataset(storage: Storage, cfg: FacegenConfig, source: WarmStartSource, 
     return Layout(cfg.storage.root).dataset("faces")
 
 
+def check_overrides(overrides: list[str] | None) -> None:
+    """UserError for --set model.*: the candidate keeps the serving model's architecture (its
+    weights are the starting point). Checked before anything is written."""
+    if any(o.split("=", 1)[0].strip().startswith("model.") for o in (overrides or [])):
+        raise UserError("retrain keeps the serving model's architecture: drop the --set model.* options")
+
+
 def retrain_config(storage: Storage, cfg: FacegenConfig, source: WarmStartSource, train_data: str, run_name: str,
                    overrides: list[str] | None = None) -> FacegenConfig:
     """The candidate run's config (see the module docstring, step 3)."""
@@ -121,9 +128,8 @@ def retrain_config(storage: Storage, cfg: FacegenConfig, source: WarmStartSource
                 if section in prev:
                     data[section] = prev[section]
     data["model"] = source.model_doc["model"]
+    check_overrides(overrides)
     mine = [o for o in (overrides or []) if o.split("=", 1)[0].strip().split(".")[0] in ("train", "loss")]
-    if any(o.split("=", 1)[0].strip().startswith("model.") for o in (overrides or [])):
-        raise UserError("retrain keeps the serving model's architecture: drop the --set model.* options")
     data = apply_overrides(data, mine)
     data["train"].update({
         "run_name": run_name, "dataset": train_data, "start_resolution": int(data["model"]["resolution"]),
@@ -154,6 +160,7 @@ def retrain(cfg: FacegenConfig, *, storage: Storage | None = None, overrides: li
     from facegen_ray.data.feedback_merge import NoApprovedFeedback, merge_feedback, summary
     from facegen_ray.data.shards import read_manifest
 
+    check_overrides(overrides)
     storage = storage or Storage(cfg.storage)
     source = serving_source(storage, cfg.storage.root)
     progress(f"[facegen] serving model {source.version} ({source.model_uri}, {source.images_seen} images); "
@@ -227,4 +234,5 @@ def dumps(obj: dict[str, Any]) -> str:
     return json.dumps(obj, default=str, sort_keys=True)
 
 
-__all__ = ["WarmStartSource", "serving_source", "base_dataset", "retrain_config", "retrain", "dumps"]
+__all__ = ["WarmStartSource", "serving_source", "base_dataset", "check_overrides", "retrain_config", "retrain",
+           "dumps"]
