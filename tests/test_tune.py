@@ -255,7 +255,6 @@ def test_two_trial_sweep_ranks_by_real_fid(faces_root, tmp_path, capsys):
     assert "rank  trial" in out and "train.g_lr" in out and f"best: trial {best['trial_id']}" in out
 
     # the reported FID is the real thing: recomputed from the best trial's final checkpoint
-    # (once: a 2048-d FID on 16 images costs ~20 s of sqrtm on 2 cores)
     eval_cfg = load_config(None, ["eval.num_gen=16", "eval.num_real=16", "eval.batch_size=16"]).eval
     assert _fid_of_checkpoint(faces_root, best["checkpoint"], eval_cfg) == pytest.approx(best["fid"], rel=1e-3)
     assert trials[0]["evals"] != trials[1]["evals"]  # two different trainings, two different curves
