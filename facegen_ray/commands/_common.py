@@ -16,6 +16,15 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=None, help="storage root (local folder or s3://bucket/prefix); same as --set storage.root=...")
 
 
+def add_action_parsers(sub: argparse._SubParsersAction, name: str, help: str, doc: str | None):
+    """`facegen NAME ACTION ...`: a command whose first argument picks one of its actions;
+    returns the subparsers to add the actions to (an action is required)."""
+    p = sub.add_parser(name, help=help, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = p.add_subparsers(dest=f"{name}_command", metavar="ACTION")
+    actions.required = True
+    return actions
+
+
 def config_from_args(args: argparse.Namespace, extra: list[str] | None = None) -> FacegenConfig:
     """Load the config: file, then command-specific options (extra), then --set (which wins)."""
     overrides: list[str] = []

@@ -9,14 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from facegen_ray.commands._common import add_config_args, config_from_args
+from facegen_ray.commands._common import add_action_parsers, add_config_args, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("attributes", help="attribute classifier (age bucket, gender, race) for tagging and diversity",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    asub = p.add_subparsers(dest="attributes_command", metavar="ACTION")
-    asub.required = True
+    asub = add_action_parsers(sub, "attributes", "attribute classifier (age bucket, gender, race) for tagging "
+                              "and diversity", __doc__)
     t = asub.add_parser("train", help="train on the labelled images of a dataset and save to --out")
     t.add_argument("--data", required=True, metavar="URI", help="dataset URI (DEST of prepare, or DEST/v<N>)")
     t.add_argument("--out", required=True, metavar="URI", help="folder to write attributes.pt + attributes.json")

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 
-from facegen_ray.commands._common import add_config_args, config_from_args
+from facegen_ray.commands._common import add_action_parsers, add_config_args, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("dashboards", help="push the Grafana dashboards (serving, training) or export them",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    dsub = p.add_subparsers(dest="dashboards_command", metavar="ACTION")
-    dsub.required = True
+    dsub = add_action_parsers(sub, "dashboards", "push the Grafana dashboards (serving, training) or export them",
+                              __doc__)
 
     push = dsub.add_parser("push", help="create/overwrite the dashboards in a Grafana folder")
     push.add_argument("--grafana-url", required=True, metavar="URL", help="Grafana base URL, e.g. http://127.0.0.1:3000")
