@@ -291,3 +291,34 @@ def test_asha_scheduler_uses_images_seen():
     assert sched._time_attr == "images_seen" and sched._max_t == 3_000_000
     assert sched._reduction_factor == 2 and sorted(m for m, _ in sched._brackets[0]._rungs) == [400_000, 800_000, 1_600_000]
     assert _scheduler(load_sweep(Path(__file__).resolve().parents[1] / "tune_configs" / "quickstart-cpu.yaml")) is None
+
+
+@pytest.mark.slow
+def test_asha_stops_the_worse_trial_at_a_rung(faces_root, tmp_path, capsys):
+    """Two trials one after the other, FID every 48 images up to 144, ASHA with grace 48 and
+    reduction factor 2: rungs at 48 and 96. The first trial always continues (one value per
+    rung is fewer than the reduction factor); the second is stopped at the first rung where its
+    FID is worse than the first trial's there (the median of two), else it finishes. The
+    outcome is predicted from the trials' own reported FIDs and must match what happened."""
+    sweep = write_sweep(
+        tmp_path / "sweep.yaml", name="asha2", max_concurrent_trials=1,
+        overrides={"train.total_images": 144},
+        scheduler={"type": "asha", "grace_period_images": 48, "reduction_factor": 2},
+    )
+    rc = cli_main(["tune", str(sweep), "--root", faces_root])
+    out = capsys.readouterr().out
+    assert rc == 0, out[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    by_lr = {t["params"]["train.g_lr"]: t for t in summary["trials"]}
+    first, second = by_lr[0.0005], by_lr[0.004]  # grid order = submission order, one at a time
+    assert first["status"] == "finished" and [e["images_seen"] for e in first["evals"]] == [48, 96, 144]
+    fid1 = {e["images_seen"]: e["fid"] for e in first["evals"]}
+    fid2 = {e["images_seen"]: e["fid"] for e in second["evals"]}
+    expected_stop = next((rung for rung in (48, 96) if fid2[rung] > fid1[rung]), None)
+    if expected_stop is None:
+        assert second["status"] == "finished" and second["images_seen"] == 144
+    else:
+        assert second["status"] == "stopped" and second["images_seen"] == expected_stop
+        assert max(fid2) == expected_stop  # no evaluation after the stop
+    assert summary["num_stopped"] == (expected_stop is not None)
+    print(f"asha: first {fid1}, second {fid2}, stopped at {expected_stop}")
