@@ -8,9 +8,9 @@ serving model) -> promotion gate (FID of candidate vs serving) -> swap the runni
 when the gate promotes -> done.
 
 Everything lands below --root (default ./facegen-quickstart): new dataset versions, new runs
-(quickstart-<time>, quickstart-retrain-<time>), registered model versions, feedback records. Nothing already
-there is deleted. The samples are blurry 16x16 blobs: the point is the plumbing; quality
-comes from real runs (configs/utkface-64.yaml on GPUs).
+(quickstart-<time>, quickstart-retrain-<time>), registered model versions, feedback records.
+Nothing already there is deleted. The samples are blurry 16x16 blobs: the point is the
+plumbing; quality comes from real runs (configs/utkface-64.yaml on GPUs).
 """
 
 from __future__ import annotations
