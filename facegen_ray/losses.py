@@ -23,12 +23,16 @@ pl_interval G steps, pl_weight * pl_interval * (||J_w^T y|| - a)^2 with a runnin
 in this object (state_dict / load_state_dict for checkpoints). Gradient penalties are
 computed in float32 with autocast disabled. Averages are over the batch; with `weight` (the
 real rows' dataset weights: --balance reweight, merged feedback) the expectations over reals —
-the real term, R1, the WGAN-GP drift — are weighted means sum(w x) / sum(w) on each worker.
+the real term, R1, the WGAN-GP drift — are weighted means sum(w x) / sum(w). Given as
+`RowWeights` (what training passes), the denominator is the global batch's weight sum over
+the number of workers, so the gradient averaged over DDP workers is that of one weighted mean
+over all workers' reals, not a mean of per-worker means.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -50,11 +54,27 @@ def _call_d(D: nn.Module, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tens
     return out.reshape(out.shape[0])  # [N]
 
 
-def wmean(x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """Mean of the per-row values x [N], weighted by the dataset rows' `weight` [N] when given
-    (sum(w x) / sum(w): row weights re-balance the real batch, their scale does not matter)."""
+@dataclass(frozen=True)
+class RowWeights:
+    """The real rows' weights w [n] on this worker, with the denominator of their weighted mean.
+
+    With W data-parallel workers whose gradients are averaged, denom = (sum of w over every
+    worker's batch) / W makes the averaged gradient of sum_k(w x) / denom equal to that of one
+    weighted mean over the global batch. On one worker, denom = sum(w)."""
+
+    w: torch.Tensor
+    denom: torch.Tensor  # scalar
+
+
+def wmean(x: torch.Tensor, weight: torch.Tensor | RowWeights | None) -> torch.Tensor:
+    """Mean of the per-row values x [N], weighted by the dataset rows' `weight` [N] when given:
+    sum(w x) / sum(w) for a tensor (row weights re-balance the real batch, their scale does
+    not matter), sum(w x) / denom for RowWeights (the global-batch denominator under DDP)."""
     if weight is None:
         return x.mean()
+    if isinstance(weight, RowWeights):
+        w = weight.w.to(device=x.device, dtype=x.dtype)
+        return (x * w).sum() / weight.denom.to(device=x.device, dtype=x.dtype).clamp_min(1e-12)
     w = weight.to(device=x.device, dtype=x.dtype)
     return (x * w).sum() / w.sum().clamp_min(1e-12)
 

@@ -393,7 +393,84 @@ def test_training_loop_row_weights_from_the_batch():
     assert row_weights({"image": torch.zeros(4)}, True, cpu) is None
     w = torch.tensor([0.5, 2.0, 1.0])
     assert row_weights({"weight": w}, False, cpu) is None  # train.row_weights=false
-    torch.testing.assert_close(row_weights({"weight": w}, True, cpu), w)
+    rw = row_weights({"weight": w}, True, cpu)
+    torch.testing.assert_close(rw.w, w)
+    torch.testing.assert_close(rw.denom, w.sum())  # one worker: the plain weighted mean
     for bad in ([1.0, -1.0], [float("nan"), 1.0], [0.0, 0.0]):
         with pytest.raises(ValueError, match="invalid weights"):
             row_weights({"weight": torch.tensor(bad)}, True, cpu)
+
+
+# Two workers' shards of one global batch: 3 reals (with weights) and 3 fakes each.
+DDP_REAL = [torch.tensor([[1.0], [2.0], [0.5]]), torch.tensor([[-0.5], [1.5], [0.2]])]
+DDP_FAKE = [torch.tensor([[-1.0], [0.0], [3.0]]), torch.tensor([[0.7], [-2.0], [1.0]])]
+DDP_W = [torch.tensor([3.0, 1.0, 2.0]), torch.tensor([0.5, 0.5, 4.0])]  # unequal sums per worker
+DDP_LOSSES = {
+    "minimax": {}, "nonsaturating": {"r1_gamma": 2.0, "r1_interval": 1}, "wgan": {},
+    "wgan-gp": {"gp_lambda": 0.0, "drift_epsilon": 0.1}, "lsgan": {"ls_lambda": 1.5},
+}
+
+
+def _d_grads(name: str, real, fake, weight) -> list[torch.Tensor]:
+    D = QuadD([0.3], [0.7])
+    L = loss_of(name, **DDP_LOSSES[name])
+    total = L.d_loss(D, real, fake, weight=weight)[0]
+    reg, _ = L.d_reg(D, real, step=0, weight=weight)
+    if reg is not None:
+        total = total + reg
+    return grads(total, D.a, D.b)
+
+
+def _ddp_worker(rank: int, world: int, tmp: str) -> None:
+    """One of `world` gloo processes: D gradients from this worker's shard, averaged across
+    workers as the training loop does (all-reduce / world), saved by rank 0."""
+    import os
+
+    import torch.distributed as dist
+
+    from facegen_ray.train.loop import row_weights
+
+    dist.init_process_group("gloo", store=dist.FileStore(os.path.join(tmp, "store"), world), rank=rank, world_size=world)
+    try:
+        out = {}
+        for name in DDP_LOSSES:
+            rw = row_weights({"weight": DDP_W[rank]}, True, torch.device("cpu"))
+            gs = _d_grads(name, DDP_REAL[rank], DDP_FAKE[rank], rw)
+            for g in gs:
+                dist.all_reduce(g)
+                g /= world
+            out[name] = gs
+        # one worker with an invalid weight: every worker raises (none waits in a collective)
+        bad = torch.tensor([1.0, -1.0, 1.0]) if rank == 1 else torch.tensor([1.0, 2.0, 1.0])
+        try:
+            row_weights({"weight": bad}, True, torch.device("cpu"))
+            out["invalid_raised"] = False
+        except ValueError:
+            out["invalid_raised"] = True
+        # all weights 1 on every worker: all take the unweighted path
+        out["all_ones"] = row_weights({"weight": torch.ones(3)}, True, torch.device("cpu")) is None
+        torch.save(out, os.path.join(tmp, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_row_weights_under_ddp_give_the_global_weighted_mean(tmp_path):
+    """Two gloo workers with unequal weight sums: the averaged D gradient equals the gradient
+    of one weighted mean over the global batch (not the mean of per-worker weighted means), for
+    every objective, R1 and the WGAN-GP drift included."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    real, fake, w = torch.cat(DDP_REAL), torch.cat(DDP_FAKE), torch.cat(DDP_W)
+    for name in DDP_LOSSES:
+        reference = _d_grads(name, real, fake, w)
+        per_worker_means = [
+            (a + b) / 2 for a, b in zip(*(_d_grads(name, DDP_REAL[k], DDP_FAKE[k], DDP_W[k]) for k in range(2)))
+        ]
+        for r in ranks:
+            for got, ref in zip(r[name], reference):
+                torch.testing.assert_close(got, ref)
+            assert not all(torch.allclose(g, o) for g, o in zip(r[name], per_worker_means)), name
+    assert all(r["invalid_raised"] for r in ranks)
+    assert all(r["all_ones"] for r in ranks)

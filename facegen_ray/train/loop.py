@@ -31,6 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from facegen_ray.config import FacegenConfig
+from facegen_ray.losses import RowWeights
 from facegen_ray.observability.metrics import training_metrics
 from facegen_ray.storage import Storage
 from facegen_ray.train import report as rep
@@ -136,15 +137,31 @@ class ShardFeeder:
         return {c: torch.cat([b[c] for b in out]) for c in out[0]}
 
 
-def row_weights(batch: dict[str, torch.Tensor], enabled: bool, device: torch.device) -> torch.Tensor | None:
+def row_weights(batch: dict[str, torch.Tensor], enabled: bool, device: torch.device) -> RowWeights | None:
     """The batch's `weight` column [n] for the D loss, or None when disabled, absent or all 1
-    (the unweighted path: plain means, bit-identical to datasets without weights)."""
+    over the global batch (the unweighted path: plain means, bit-identical to datasets without
+    weights).
+
+    Under DDP every worker calls this each D step (one small all-reduce of [sum w, #w != 1,
+    #invalid]): the denominator is the global weight sum / world size (see RowWeights), the
+    fast path is taken by all workers or none, and invalid weights fail on every worker."""
     w = batch.get("weight")
-    if not enabled or w is None or bool(torch.all(w == 1)):
+    if not enabled or w is None:
         return None
-    if not bool(torch.all(torch.isfinite(w))) or bool(torch.any(w < 0)) or not bool(w.sum() > 0):
+    w = w.to(device=device, dtype=torch.float32, non_blocking=True)
+    invalid = (~torch.isfinite(w)) | (w < 0)
+    stats = torch.stack([
+        torch.where(invalid, torch.zeros_like(w), w).sum(), (w != 1).sum().float(), invalid.sum().float(),
+    ])
+    world = _world()
+    if world > 1:
+        dist.all_reduce(stats)
+    total, not_one, n_invalid = stats.tolist()
+    if n_invalid > 0 or not total > 0:
         raise ValueError("dataset rows have invalid weights (negative, NaN/inf or all zero in a batch)")
-    return w.to(device=device, dtype=torch.float32, non_blocking=True)
+    if not_one == 0:
+        return None
+    return RowWeights(w, torch.tensor(total / world, device=device))
 
 
 def prepare_reals(images: torch.Tensor, point: SchedulePoint) -> torch.Tensor:
@@ -342,9 +359,9 @@ class GANSteps:
 
     # -- steps
     def d_step(self, real: torch.Tensor, c: torch.Tensor | None, d_step_index: int,
-               weight: torch.Tensor | None = None) -> float:
+               weight: RowWeights | torch.Tensor | None = None) -> float:
         """One discriminator update on a real batch and as many fakes; lazy R1 when due.
-        weight [n]: the real rows' dataset weights (None: unweighted)."""
+        weight: the real rows' dataset weights (row_weights(); None: unweighted)."""
         G, D = self.G, self.D
         G.requires_grad_(False)
         D.requires_grad_(True)
