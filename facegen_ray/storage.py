@@ -45,6 +45,14 @@ def join(uri: str, *parts: str) -> str:
     return out
 
 
+def fs_path_to_uri(path: str | None, like: str) -> str | None:
+    """A path on a pyarrow filesystem (how Ray reports checkpoint locations: `bucket/key`, no
+    scheme) as a URI on the same storage as `like` (`s3://bucket/key`); local paths unchanged."""
+    if path is None or "://" in path or not is_remote(like):
+        return path
+    return f"{like.split('://', 1)[0]}://{path.lstrip('/')}"
+
+
 def normalize(uri: str) -> str:
     """Local paths become absolute (so they survive a change of working directory on workers)."""
     if uri.startswith("file://"):

@@ -12,7 +12,7 @@ import pytest
 from facegen_ray.cli import main
 from facegen_ray.config import ConfigError, load_config
 from facegen_ray.serve.registry import Registry, RegistryError
-from facegen_ray.storage import Layout, Storage, StorageError, join
+from facegen_ray.storage import Layout, Storage, StorageError, fs_path_to_uri, join
 
 
 # ---------------------------------------------------------------- config
@@ -193,3 +193,11 @@ def test_cli_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "facegen_ray.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
     assert "prepare" in out.stdout
+
+
+def test_fs_path_to_uri():
+    """Ray reports checkpoint paths on its pyarrow filesystem; we hand users URIs."""
+    assert fs_path_to_uri("bucket/p/run/checkpoint-1", "s3://bucket/p/run") == "s3://bucket/p/run/checkpoint-1"
+    assert fs_path_to_uri("s3://bucket/k", "s3://bucket") == "s3://bucket/k"
+    assert fs_path_to_uri("/data/runs/r/checkpoint-1", "/data/runs/r") == "/data/runs/r/checkpoint-1"
+    assert fs_path_to_uri(None, "s3://bucket") is None

@@ -255,6 +255,7 @@ def test_s3_storage_on_moto(s3_server, s3_root, s3_storage, ray_session, sample_
     names = [p[len(run) + 1:] for p in s3_storage.find(run)]
     assert "checkpoint-000000000064/state.pt" in names and "checkpoint-000000000064/rng-rank1.pt" in names
     assert "checkpoint-000000000032/meta.json" in names
+    assert out.checkpoint_path == join(run, "checkpoint-000000000064")  # a URI the user can pass on
     assert "loss_curves.png" in names and any(n.startswith("samples/grid-") for n in names)
     assert out.model_uri.startswith("s3://") and s3_storage.exists(join(out.model_uri, "model.json"))
     assert Registry(s3_storage, s3_root).get(out.version)["uri"] == out.model_uri

@@ -1,6 +1,6 @@
 """`facegen tune`: sweep-file validation (before Ray starts), the Ray Tune search space, trial
-ranking, and one real 2-trial sweep (Ray Tune over Ray Train runs, FID from the real Inception)
-on the session's local Ray instance. Tiny models (8x8, widths 8-32), 96 images per trial,
+ranking, one real 2-trial sweep (Ray Tune over Ray Train runs, FID from the real Inception)
+on the session's local Ray instance, and a 1-trial sweep with storage on S3 (moto). Tiny models (8x8, widths 8-32), 96 images per trial,
 FID on 16 generated vs 16 real images.
 """
 
@@ -322,3 +322,28 @@ def test_asha_stops_the_worse_trial_at_a_rung(faces_root, tmp_path, capsys):
         assert max(fid2) == expected_stop  # no evaluation after the stop
     assert summary["num_stopped"] == (expected_stop is not None)
     print(f"asha: first {fid1}, second {fid2}, stopped at {expected_stop}")
+
+
+def test_sweep_on_s3(s3_server, s3_root, s3_storage, sample_zip, tmp_path, capsys):
+    """storage.root = s3:// (moto): the data is read from the bucket, the trial's Ray Train run,
+    its checkpoints and the sweep's results are written there, and --resume reads them back."""
+    data = Layout(s3_root).dataset("faces")
+    s3_set = ["--set", f"storage.endpoint_url={s3_server}", "--set", "storage.region=us-east-1"]
+    assert cli_main(["prepare", str(sample_zip), data, "--resolution", "8", "--limit", "48", *s3_set]) == 0
+    capsys.readouterr()
+    sweep = write_sweep(tmp_path / "sweep.yaml", name="s3sweep", search_space={"train.g_lr": {"grid": [0.002]}})
+    rc = cli_main(["tune", str(sweep), "--root", s3_root, *s3_set])
+    out = capsys.readouterr().out
+    assert rc == 0, out[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    exp = Layout(s3_root).tune("s3sweep")
+    assert summary["experiment"] == exp and summary["num_finished"] == 1 and summary["num_errors"] == 0
+    (trial,) = summary["trials"]
+    assert math.isfinite(trial["fid"]) and [e["images_seen"] for e in trial["evals"]] == [48, 96]
+    assert trial["checkpoint"].startswith(exp + "/runs/") and s3_storage.exists(join(trial["checkpoint"], "meta.json"))
+    saved = s3_storage.read_json(join(exp, "results.json"))
+    assert saved["best"]["trial_id"] == trial["trial_id"] and saved["best"]["fid"] == trial["fid"]
+    assert s3_storage.exists(join(exp, "results.csv")) and s3_storage.exists(join(exp, "best_config.yaml"))
+    assert cli_main(["tune", str(sweep), "--root", s3_root, *s3_set, "--resume"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["best"]["trial_id"] == trial["trial_id"] and again["best"]["fid"] == trial["fid"]

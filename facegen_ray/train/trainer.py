@@ -24,7 +24,7 @@ from typing import Any
 
 from facegen_ray.config import FacegenConfig
 from facegen_ray.errors import UserError
-from facegen_ray.storage import Layout, Storage, StorageError, is_remote, join, normalize
+from facegen_ray.storage import Layout, Storage, StorageError, fs_path_to_uri, is_remote, join, normalize
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def train(cfg: FacegenConfig, storage: Storage | None = None, *, export: bool | 
     outcome = TrainOutcome(
         run_name=run_name, run_uri=run_uri,
         images_seen=int(counters.get("images_seen", (result.metrics or {}).get("images_seen", 0))),
-        checkpoint_path=result.checkpoint.path if result.checkpoint else None,
+        checkpoint_path=fs_path_to_uri(result.checkpoint.path, run_uri) if result.checkpoint else None,
         workers=list(ret.get("workers", [])), history=list(ret.get("history", [])),
     )
     if (cfg.train.export if export is None else export) and result.checkpoint is not None:

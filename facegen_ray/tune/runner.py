@@ -41,7 +41,7 @@ from typing import Any
 import yaml
 
 from facegen_ray.errors import UserError
-from facegen_ray.storage import Layout, Storage, StorageError, join
+from facegen_ray.storage import Layout, Storage, StorageError, fs_path_to_uri, join
 from facegen_ray.tune.spec import Sweep, param_space, trial_config
 
 log = logging.getLogger(__name__)
@@ -319,7 +319,7 @@ def _trial_row(result, sweep: Sweep, exp_uri: str) -> dict[str, Any]:
         "images_seen": images, "evals": evals,
         f"best_{metric}": best[metric] if best else None,
         "best_images_seen": best["images_seen"] if best else None,
-        "checkpoint": last.get("checkpoint_path"),
+        "checkpoint": fs_path_to_uri(last.get("checkpoint_path"), exp_uri),
         "run_uri": join(exp_uri, "runs", trial_id),
         "error": _error_line(result.error),
     }
