@@ -187,7 +187,7 @@ def test_resample_equalises_groups(ray_session, sample_zip, tmp_path):
     assert len(read_images_uint8(Storage(), str(tmp_path / "faces"))) == m["num_unique_images"]
 
 
-def test_s3_prefix_and_zip(ray_session, s3_storage, s3_root, messy_folder, sample_zip):
+def test_s3_prefix_and_zip(ray_session, s3_storage, s3_root, messy_folder, sample_zip, monkeypatch):
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=s3_storage.cfg.endpoint_url, region_name="us-east-1")
@@ -218,6 +218,18 @@ def test_s3_prefix_and_zip(ray_session, s3_storage, s3_root, messy_folder, sampl
     m2 = read_manifest(s3_storage, dest)
     assert m2["version"] == 2 and m2["num_images"] == 7 and m2["rejected"]["unreadable"] == 3
     assert read_manifest(s3_storage, f"{dest}/v1")["num_candidates"] == 40
+    # a racing prepare that listed the versions before v1 and v2 were claimed: it must not
+    # write into them (their claims win), it takes v3, and v1/v2 stay exactly as they were
+    import facegen_ray.data.shards as shards
+
+    before = {v: (read_manifest(s3_storage, f"{dest}/v{v}"), sorted(s3_storage.find(f"{dest}/v{v}"))) for v in (1, 2)}
+    monkeypatch.setattr(shards, "next_version", lambda storage, uri: 1)
+    r3 = prepare(cfg.model_copy(update={"data": cfg.data.model_copy(update={"limit": 5})}),
+                 [f"{s3_root}/zips/sample.zip"], dest, storage=s3_storage)
+    assert r3.manifest["version"] == 3 and read_manifest(s3_storage, dest)["version"] == 3
+    assert all(s3_storage.exists(f"{dest}/v{v}/{shards.CLAIM_FILE}") for v in (1, 2, 3))
+    for v, (manifest, files) in before.items():
+        assert (read_manifest(s3_storage, f"{dest}/v{v}"), sorted(s3_storage.find(f"{dest}/v{v}"))) == (manifest, files)
 
 
 def test_cli_errors(ray_session, tmp_path, capsys):

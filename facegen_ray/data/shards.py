@@ -10,8 +10,10 @@ Commit protocol (a crash at any point never leaves DEST/manifest.json pointing a
 shards, and nothing stored before is deleted):
   local  shards are written into DEST/_staging-<id>/, which is renamed (atomically) to v<N>;
          then v<N>/manifest.json, then DEST/manifest.json (Storage.write_json: temp + rename).
-  s3://  object stores have no rename: shards go straight to DEST/v<N>/; the version manifest
-         is the commit marker, written last, then DEST/manifest.json (a PUT is atomic).
+  s3://  object stores have no rename: v<N> is claimed first by creating DEST/v<N>/_claim.json
+         with a conditional PUT (If-None-Match: *, so two prepares racing for the same N
+         cannot both win: the loser takes N+1); shards go straight to DEST/v<N>/; the version
+         manifest is the commit marker, written last, then DEST/manifest.json (a PUT is atomic).
 Readers only trust versions that have a manifest and read only the files it lists, so a
 leftover _staging-* folder or a manifest-less v<N> is ignored; the next prepare picks a
 version number above every v<N> folder that exists, complete or not.
@@ -19,7 +21,9 @@ version number above every v<N> folder that exists, complete or not.
 
 from __future__ import annotations
 
+import datetime as _dt
 import io
+import json
 import os
 import re
 import uuid
@@ -33,6 +37,7 @@ from facegen_ray.storage import Layout, Storage, StorageError, is_remote, join, 
 MANIFEST_FORMAT = 1
 _VERSION_RE = re.compile(r"^v(\d+)$")
 STAGING_PREFIX = "_staging-"
+CLAIM_FILE = "_claim.json"
 TRAINING_COLUMNS = ["image", "age", "gender", "race", "weight"]
 
 
@@ -127,7 +132,10 @@ def write_version(storage: Storage, dest: str, ds, manifest: dict[str, Any], row
     remote = is_remote(dest)
     version = next_version(storage, dest)
     target = staging = Layout.dataset_version(dest, version)
-    if not remote:
+    if remote:
+        target = staging = _claim_version(storage, dest, version)
+        version = _split_version(target)[1]
+    else:
         staging = join(dest, f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
         storage.makedirs(dest)
     fs, fs_path = worker_filesystem(storage, staging)
@@ -158,6 +166,21 @@ def write_version(storage: Storage, dest: str, ds, manifest: dict[str, Any], row
     storage.write_json(Layout.manifest(target), manifest)   # commits the version
     storage.write_json(Layout.manifest(dest), manifest)     # then points DEST at it
     return manifest
+
+
+def _claim_version(storage: Storage, dest: str, version: int) -> str:
+    """Claim DEST/v<N> on an object store for this writer, N >= version: the first N whose
+    claim object this call creates (conditional PUT) and that holds no manifest (a version
+    written before claims existed). Returns the claimed version's URI."""
+    while True:
+        target = Layout.dataset_version(dest, version)
+        claim = json.dumps({
+            "writer": uuid.uuid4().hex,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }).encode()
+        if storage.create_exclusive(join(target, CLAIM_FILE), claim) and not storage.exists(Layout.manifest(target)):
+            return target
+        version += 1
 
 
 def _describe_shards(storage: Storage, version_uri: str) -> list[dict[str, Any]]:
