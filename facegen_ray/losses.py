@@ -12,7 +12,7 @@ Objectives (r = D(real), f = D(fake) logits; t = 1 - label_smoothing, the real t
 
     minimax        D: BCE(r, t) + BCE(f, 0)             G: log(1 - sigmoid(f)) = -softplus(f)
     nonsaturating  D: as minimax (+ lazy R1)            G: softplus(-f) = -log sigmoid(f)
-    wgan           D: f - r, weights clipped to [-c, c] G: -f
+    wgan           D: f - r, applied weights in [-c, c] G: -f
     wgan-gp        D: f - r + gp_lambda (||grad D(x_hat)|| - 1)^2 + drift_epsilon r^2     G: -f
     lsgan          D: ls_lambda/2 ((r - t)^2 + f^2)     G: ls_lambda/2 (f - 1)^2
 
@@ -42,6 +42,7 @@ from torch import nn
 
 from facegen_ray.config import LossConfig
 from facegen_ray.models.ema import unwrap
+from facegen_ray.models.layers import runtime_gains
 
 PL_DECAY = 0.01  # running mean of path lengths: a <- a + 0.01 (mean - a)
 
@@ -231,9 +232,11 @@ class WGANLoss(GANLoss):
 
     @torch.no_grad()
     def after_d_step(self, D: nn.Module) -> None:
+        """Clip the weights the critic applies to [-c, c]: an equalized layer's stored weight w
+        is used as w * gain (gain = 1/sqrt(fan_in)), so w is clamped to [-c/gain, c/gain]."""
         c = self.cfg.clip_value
-        for p in _unwrap(D).parameters():
-            p.clamp_(-c, c)
+        for p, gain in runtime_gains(_unwrap(D)):
+            p.clamp_(-c / gain, c / gain)
 
 
 class WGANGPLoss(WGANLoss):

@@ -190,19 +190,32 @@ def test_lazy_r1_value_gradient_and_schedule():
 
 
 def test_wgan_clipping_keeps_weights_in_range():
+    """The weights the critic applies (stored equalized-LR weight x its runtime gain
+    1/sqrt(fan_in); biases and embeddings as stored) end in [-c, c] after every D step."""
+    from facegen_ray.models.layers import runtime_gains
+
     cfg = ModelConfig(**tiny_model_dict(8, conditional=True))
     D = Discriminator(cfg)
     c = 0.01
     L = loss_of("wgan", clip_value=c)
     opt = torch.optim.SGD(D.parameters(), lr=1.0)
     real, fake = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    gains = list(runtime_gains(D))
+    assert len(gains) == len(list(D.parameters()))
+    conv = D.blocks[1].conv0
+    assert [g for p, g in gains if p is conv.weight] == [pytest.approx(1 / math.sqrt(16 * 9))]
+    assert [g for p, g in gains if p is conv.bias] == [1.0]
     for _ in range(2):
         opt.zero_grad()
         L.d_loss(D, real, fake)[0].backward()
         opt.step()
-        assert max(p.abs().max().item() for p in D.parameters()) > c  # the step left the box
+        assert max((p * g).abs().max().item() for p, g in gains) > c  # the step left the box
         L.after_d_step(D)
-        assert all(p.min().item() >= -c and p.max().item() <= c for p in D.parameters())
+        for p, g in gains:
+            assert (p * g).abs().max().item() <= c * (1 + 1e-6)
+        # applied, not stored: a 3x3 conv over 16 channels keeps stored weights up to 12 c
+        assert conv.weight.abs().max().item() > c
+        assert conv.weight.abs().max().item() == pytest.approx(c * math.sqrt(16 * 9))
     assert L.n_critic == 5 and loss_of("wgan", n_critic=2).n_critic == 2
     assert loss_of("nonsaturating").n_critic == 1 and loss_of("wgan-gp").n_critic == 5
     # only plain WGAN clips

@@ -38,6 +38,22 @@ def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> to
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
 
 
+def runtime_gains(module: nn.Module):
+    """(parameter, gain) for every parameter of `module`, each once: the factor forward()
+    multiplies the stored parameter by (weight_gain / bias_gain of the equalized layers, 1 for
+    anything else). The weights the network actually applies are parameter * gain."""
+    seen: set[int] = set()
+    for m in module.modules():
+        for name, attr in (("weight", "weight_gain"), ("bias", "bias_gain")):
+            p = m._parameters.get(name)
+            if p is not None and hasattr(m, attr) and id(p) not in seen:
+                seen.add(id(p))
+                yield p, float(getattr(m, attr))
+    for p in module.parameters():
+        if id(p) not in seen:
+            yield p, 1.0
+
+
 class PixelNorm(nn.Module):
     """Normalizes each feature vector to unit RMS (applied to z before the mapping network)."""
 
