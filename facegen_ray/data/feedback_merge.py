@@ -100,24 +100,15 @@ def select_feedback(storage: Storage, root: str, min_approvals: int = 1,
                     min_rating: float | None = None) -> tuple[list[FeedbackImage], dict[str, int]]:
     """(approved images sorted by id, skipped reason -> count) over all feedback records; see
     the module docstring for the rule."""
-    from facegen_ray.serve.feedback import FeedbackStore, iter_feedback
+    from facegen_ray.serve.feedback import FeedbackStore, approval_verdict, summarize_feedback
 
     store = FeedbackStore(storage, root)
-    votes: dict[str, dict[str, Any]] = {}
-    for rec in iter_feedback(storage, root):
-        v = votes.setdefault(rec["image_id"], {"approvals": 0, "rejections": 0, "ratings": [], "ids": []})
-        v["approvals" if rec.get("approved") else "rejections"] += 1
-        if rec.get("rating") is not None:
-            v["ratings"].append(int(rec["rating"]))
-        v["ids"].append(rec["feedback_id"])
     skipped = {r: 0 for r in SKIP_REASONS}
     out: list[FeedbackImage] = []
-    for iid, v in sorted(votes.items()):
-        if v["approvals"] <= v["rejections"]:
-            skipped["rejected"] += 1
-            continue
-        if v["approvals"] < min_approvals:
-            skipped["too_few_approvals"] += 1
+    for iid, v in sorted(summarize_feedback(storage, root).items()):
+        verdict = approval_verdict(v, min_approvals)
+        if verdict is not None:
+            skipped[verdict] += 1
             continue
         mean = sum(v["ratings"]) / len(v["ratings"]) if v["ratings"] else None
         if min_rating is not None and mean is not None and mean < min_rating:
@@ -128,7 +119,7 @@ def select_feedback(storage: Storage, root: str, min_approvals: int = 1,
             skipped["missing_image"] += 1
             continue
         out.append(FeedbackImage(iid, rec, store.image_uri(iid), v["approvals"], v["rejections"], mean,
-                                 sorted(v["ids"])))
+                                 sorted(v["feedback_ids"])))
     return out, skipped
 
 

@@ -198,17 +198,30 @@ def iter_images(storage: Storage, root: str) -> Iterator[dict[str, Any]]:
 
 
 def summarize_feedback(storage: Storage, root: str) -> dict[str, dict[str, Any]]:
-    """image_id -> {"approvals", "rejections", "ratings": [..]} over all feedback records."""
+    """image_id -> {"approvals", "rejections", "ratings": [..], "feedback_ids": [..]} over all
+    feedback records."""
     out: dict[str, dict[str, Any]] = {}
     for rec in iter_feedback(storage, root):
-        s = out.setdefault(rec["image_id"], {"approvals": 0, "rejections": 0, "ratings": []})
+        s = out.setdefault(rec["image_id"], {"approvals": 0, "rejections": 0, "ratings": [], "feedback_ids": []})
         if rec.get("approved"):
             s["approvals"] += 1
         else:
             s["rejections"] += 1
         if rec.get("rating") is not None:
             s["ratings"].append(int(rec["rating"]))
+        s["feedback_ids"].append(rec["feedback_id"])
     return out
+
+
+def approval_verdict(summary: dict[str, Any], min_approvals: int = 1) -> str | None:
+    """The approval rule for one image's summary (summarize_feedback): None when approved (at
+    least `min_approvals` approvals and more approvals than rejections), else why not:
+    "rejected" (a tie or a rejection majority) or "too_few_approvals"."""
+    if summary["approvals"] <= summary["rejections"]:
+        return "rejected"
+    if summary["approvals"] < min_approvals:
+        return "too_few_approvals"
+    return None
 
 
 def approved_images(storage: Storage, root: str, min_approvals: int = 1) -> list[dict[str, Any]]:
@@ -218,7 +231,7 @@ def approved_images(storage: Storage, root: str, min_approvals: int = 1) -> list
     store = FeedbackStore(storage, root)
     out = []
     for iid, s in sorted(summarize_feedback(storage, root).items()):
-        if s["approvals"] < min_approvals or s["approvals"] <= s["rejections"]:
+        if approval_verdict(s, min_approvals) is not None:
             continue
         rec = store.get_image_record(iid)
         if rec is None:  # feedback always refers to a recorded image; skip defensively
