@@ -7,8 +7,10 @@ import argparse
 from facegen_ray.config import FacegenConfig, load_config
 
 
-def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", default=None, help="config YAML (sections: storage, data, model, loss, train, eval, serve)")
+def add_config_args(p: argparse.ArgumentParser, config_file: bool = True) -> None:
+    """--config (unless config_file=False: the command names its config another way), --set, --root."""
+    if config_file:
+        p.add_argument("--config", "-c", default=None, help="config YAML (sections: storage, data, model, loss, train, eval, serve)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config field, e.g. --set train.num_workers=2 (repeatable)",

@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from facegen_ray.commands._common import add_config_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -24,11 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("sweep", metavar="SWEEP_YAML", help="sweep file, e.g. tune_configs/quickstart-cpu.yaml")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a field of the base config, e.g. --set train.total_images=20000 (repeatable)",
-    )
-    p.add_argument("--root", default=None, help="storage root (local folder or s3://bucket/prefix); same as --set storage.root=...")
+    add_config_args(p, config_file=False)  # --set / --root apply to the sweep's base config
     p.add_argument("--name", default=None, help="experiment name (default: the sweep file's name)")
     p.add_argument("--resume", action="store_true", help="continue the existing experiment of this name")
     p.set_defaults(func=run)
