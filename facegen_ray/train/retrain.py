@@ -64,6 +64,7 @@ def serving_source(storage: Storage, root: str) -> WarmStartSource:
     UserError when nothing is serving or its model directory is gone."""
     from facegen_ray.models.export import MODEL_FILE
     from facegen_ray.serve.registry import Registry
+    from facegen_ray.train.checkpoint import META_FILE, STATE_FILE
 
     reg = Registry(storage, root)
     version = reg.serving()
@@ -81,8 +82,8 @@ def serving_source(storage: Storage, root: str) -> WarmStartSource:
     images = int(meta.get("images_seen") or 0)
     if run:
         ckpt = join(Layout(root).run(run), f"checkpoint-{images:012d}")
-        if storage.exists(join(ckpt, "state.pt")) and storage.exists(join(ckpt, "meta.json")):
-            saved = storage.read_json(join(ckpt, "meta.json")).get("g_ema_digest")
+        if storage.exists(join(ckpt, STATE_FILE)) and storage.exists(join(ckpt, META_FILE)):
+            saved = storage.read_json(join(ckpt, META_FILE)).get("g_ema_digest")
             if saved and saved == _g_ema_digest(storage, model_uri):
                 return WarmStartSource(version, model_uri, doc, run, images, ckpt, "checkpoint",
                                        f"checkpoint of run {run} at {images} images (G, D, G_ema, optimisers)")

@@ -26,12 +26,9 @@ import torch
 
 from facegen_ray.config import ModelConfig
 from facegen_ray.errors import UserError
+from facegen_ray.models.export import MODEL_FILE, WEIGHTS_FILE
 from facegen_ray.storage import Storage, join
-
-STATE_FILE = "state.pt"  # train.checkpoint.STATE_FILE
-META_FILE = "meta.json"  # train.checkpoint.META_FILE
-MODEL_FILE = "model.json"  # models.export.MODEL_FILE
-WEIGHTS_FILE = "generator.pt"  # models.export.WEIGHTS_FILE
+from facegen_ray.train.checkpoint import META_FILE, STATE_FILE
 
 
 def source_kind(storage: Storage, uri: str) -> str:
