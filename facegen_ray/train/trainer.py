@@ -59,26 +59,33 @@ def _architecture(cfg: FacegenConfig) -> dict[str, Any]:
     return {"model": cfg.model.model_dump(mode="json"), "loss": cfg.loss.name}
 
 
-def validate(cfg: FacegenConfig, storage: Storage) -> dict[str, Any]:
-    """Every check a user's input can fail, on the driver. Returns the dataset manifest."""
+def check_dataset(storage: Storage, ds_uri: str, resolution: int) -> dict[str, Any]:
+    """The manifest of a dataset to train a `resolution` model on; UserError when it is missing,
+    empty, or at a lower resolution."""
     from facegen_ray.data.shards import read_manifest
 
+    manifest = read_manifest(storage, ds_uri)  # UserError when missing
+    if int(manifest.get("num_images") or 0) <= 0:
+        raise UserError(f"dataset {ds_uri} is empty (num_images = 0): run `facegen prepare` on a folder with faces")
+    data_res = int(manifest.get("resolution") or 0)
+    if data_res < resolution:
+        raise UserError(
+            f"model.resolution {resolution} is larger than the dataset's resolution {data_res} "
+            f"({ds_uri}): prepare the data at --resolution {resolution} or lower model.resolution"
+        )
+    return manifest
+
+
+def validate(cfg: FacegenConfig, storage: Storage) -> dict[str, Any]:
+    """Every check a user's input can fail, on the driver. Returns the dataset manifest."""
     layout = Layout(cfg.storage.root)
     try:
         storage.check_writable(layout.runs())
     except StorageError as e:
         raise UserError(f"cannot train: {e}. Check --root / storage.root and your credentials.") from None
     ds_uri = dataset_uri(cfg)
-    manifest = read_manifest(storage, ds_uri)  # UserError when missing
-    n = int(manifest.get("num_images") or 0)
-    if n <= 0:
-        raise UserError(f"dataset {ds_uri} is empty (num_images = 0): run `facegen prepare` on a folder with faces")
-    data_res = int(manifest.get("resolution") or 0)
-    if data_res < cfg.model.resolution:
-        raise UserError(
-            f"model.resolution {cfg.model.resolution} is larger than the dataset's resolution {data_res} "
-            f"({ds_uri}): prepare the data at --resolution {cfg.model.resolution} or lower model.resolution"
-        )
+    manifest = check_dataset(storage, ds_uri, cfg.model.resolution)
+    n = int(manifest["num_images"])
     if n < cfg.train.num_workers:
         raise UserError(f"dataset {ds_uri} has {n} images, fewer than train.num_workers ({cfg.train.num_workers})")
     run_file = join(layout.run(cfg.train.run_name), RUN_FILE)
@@ -146,8 +153,6 @@ def train(cfg: FacegenConfig, storage: Storage | None = None, *, export: bool | 
     ensure_ray()
     import ray
 
-    from facegen_ray.data.shards import read_training_dataset
-    from facegen_ray.train.loop import DATA_COLUMNS
     from facegen_ray.train.schedule import ProgressiveSchedule
 
     if cfg.train.use_gpu and ray.cluster_resources().get("GPU", 0) < 1:
@@ -160,8 +165,7 @@ def train(cfg: FacegenConfig, storage: Storage | None = None, *, export: bool | 
         "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     })
 
-    ds = read_training_dataset(storage, ds_uri, resolution=cfg.model.resolution).select_columns(DATA_COLUMNS)
-    result = fit(cfg, storage, ds)
+    result = fit(cfg, storage, training_dataset(storage, ds_uri, cfg))
     ret = result.return_value or {}
     counters = ret.get("counters", {})
     outcome = TrainOutcome(
@@ -173,6 +177,14 @@ def train(cfg: FacegenConfig, storage: Storage | None = None, *, export: bool | 
     if (cfg.train.export if export is None else export) and result.checkpoint is not None:
         outcome.model_uri, outcome.version = export_checkpoint(cfg, storage, result.checkpoint, run_name)
     return outcome
+
+
+def training_dataset(storage: Storage, ds_uri: str, cfg: FacegenConfig):
+    """The Ray Dataset the workers read: the columns the loop uses, at the model's resolution."""
+    from facegen_ray.data.shards import read_training_dataset
+    from facegen_ray.train.loop import DATA_COLUMNS
+
+    return read_training_dataset(storage, ds_uri, resolution=cfg.model.resolution).select_columns(DATA_COLUMNS)
 
 
 def torch_trainer_class():

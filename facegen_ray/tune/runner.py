@@ -96,38 +96,28 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """Tune function trainable: one training run with the sampled params (config["params"])."""
     from ray import tune
 
-    from facegen_ray.data.shards import read_training_dataset
-    from facegen_ray.train.loop import DATA_COLUMNS
-    from facegen_ray.train.trainer import fit
+    from facegen_ray.train.trainer import fit, training_dataset
 
     for k, v in setup.env.items():  # S3 credentials for _run_storage in this actor
         os.environ.setdefault(k, v)
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(setup.base, setup.paths, dict(config["params"]), run_name=trial_id)
     storage = Storage(cfg.storage)
-    ds = read_training_dataset(storage, setup.data_uri, resolution=cfg.model.resolution).select_columns(DATA_COLUMNS)
-    fit(cfg, storage, ds, runs_uri=setup.runs_uri, callbacks=[_report_callback(setup.metric)])
+    fit(cfg, storage, training_dataset(storage, setup.data_uri, cfg), runs_uri=setup.runs_uri,
+        callbacks=[_report_callback(setup.metric)])
 
 
 # ------------------------------------------------------------------ driver
 
 def _validate_data(sweep: Sweep, storage: Storage) -> tuple[str, dict[str, Any]]:
     """Dataset present, non-empty and at least as large as every model resolution the sweep may use."""
-    from facegen_ray.data.shards import read_manifest
-    from facegen_ray.train.trainer import dataset_uri
+    from facegen_ray.train.trainer import check_dataset, dataset_uri
 
     cfg = sweep.base_cfg
     data_uri = dataset_uri(cfg)
-    manifest = read_manifest(storage, data_uri)  # UserError when missing
-    n = int(manifest.get("num_images") or 0)
-    if n <= 0:
-        raise UserError(f"dataset {data_uri} is empty (num_images = 0): run `facegen prepare` on a folder with faces")
     res_dist = sweep.spec.search_space.get("model.resolution")
     res = int(res_dist.max_value()) if res_dist is not None and res_dist.max_value() else cfg.model.resolution
-    if int(manifest.get("resolution") or 0) < res:
-        raise UserError(f"model.resolution {res} is larger than the dataset's resolution {manifest.get('resolution')} "
-                        f"({data_uri}): prepare the data at a higher --resolution or lower model.resolution")
-    return data_uri, manifest
+    return data_uri, check_dataset(storage, data_uri, res)
 
 
 def trial_resources(sweep: Sweep) -> dict[str, float]:
