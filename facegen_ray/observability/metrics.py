@@ -156,8 +156,12 @@ class MetricSet:
                 self._objects[name] = m
             return m
 
+    @staticmethod
+    def _series_key(name: str, tags: Mapping[str, Any]) -> tuple[str, tuple[tuple[str, str], ...]]:
+        return name, tuple(sorted((k, str(v)) for k, v in tags.items()))
+
     def _keep_alive(self, name: str, tags: Mapping[str, Any], value: float) -> None:
-        key = (name, tuple(sorted((k, str(v)) for k, v in tags.items())))
+        key = self._series_key(name, tags)
         with self._lock:
             self._live[key] = float(value)
             if self._refresher is None:
@@ -189,7 +193,7 @@ class MetricSet:
 
     def forget(self, name: str, **tags: Any) -> None:
         """Stop refreshing the gauge series (name, tags): it leaves Prometheus within ~20 s."""
-        key = (name, tuple(sorted((k, str(v)) for k, v in tags.items())))
+        key = self._series_key(name, tags)
         with self._lock:
             self._live.pop(key, None)
 
