@@ -34,7 +34,7 @@ def _wait_for(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
-            pass
+            pass  # the dashboard is not listening yet: poll again
         time.sleep(1)
     raise TimeoutError(f"{url} did not answer in {seconds}s")
 

@@ -132,8 +132,8 @@ class GrafanaDouble:
         double = self
 
         class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):  # quiet
-                pass
+            def log_message(self, *a):
+                pass  # keep the test output free of the double's access log
 
             def _send(self, code: int, obj) -> None:
                 data = json.dumps(obj).encode()
@@ -439,7 +439,7 @@ def test_training_run_exports_progress_per_rank(ray_session, sample_zip, tmp_pat
                         if name.startswith("ray_facegen_train_") and labels.get("run") == "obs-run":
                             seen[(name, labels.get("rank"), labels.get("network"))] = value
                 except OSError:
-                    pass
+                    pass  # a node's exporter not up yet: scraped again in 2 s
             stop.wait(2)
 
     t = threading.Thread(target=scrape_loop, daemon=True)
