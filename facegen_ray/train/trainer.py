@@ -261,7 +261,7 @@ def export_checkpoint(cfg: FacegenConfig, storage: Storage, checkpoint, run_name
     import torch
 
     from facegen_ray.models import Generator
-    from facegen_ray.models.export import save_model_dir
+    from facegen_ray.models.export import MODEL_FILE, save_model_dir
     from facegen_ray.serve.registry import Registry
     from facegen_ray.train.checkpoint import load_checkpoint
 
@@ -274,7 +274,7 @@ def export_checkpoint(cfg: FacegenConfig, storage: Storage, checkpoint, run_name
     layout = Layout(cfg.storage.root)
     model_uri = join(layout.run(run_name), "model")
     registry = Registry(storage, cfg.storage.root)
-    marker = join(model_uri, "model.json")
+    marker = join(model_uri, MODEL_FILE)
     if storage.exists(marker):  # re-run of a finished run: same weights -> same version
         prev = storage.read_json(marker).get("metadata", {})
         known = registry.versions()
