@@ -127,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
     # one replica; no CPU reservations, so the retrain step's Ray Train worker and Ray Data
     # tasks can be scheduled next to the running app on a 2-core machine. A fresh admin token
     # (unless FACEGEN_ADMIN_TOKEN is set) lets step 9 swap the model through /admin/reload.
-    admin = cfg.serve.admin_token or secrets.token_hex(16)
+    from facegen_ray.serve.admin_client import configured_token
+
+    admin = configured_token(cfg) or secrets.token_hex(16)
     app_args = {"model": "serving", "root": cfg.storage.root, "config": args.config,
                 "set": ["serve.min_replicas=1", "serve.max_replicas=1", "serve.num_cpus=0",
                         "serve.ingress_num_cpus=0", f"serve.admin_token={admin}"]}
@@ -183,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
 
             # 9. swap -----------------------------------------------------------------------
             if out["decision"] == "promoted":
-                from facegen_ray.commands.promote import reload_app
+                from facegen_ray.serve.admin_client import reload_app
 
                 t0 = _step(9, total, f"swap: POST /admin/reload -> the running app serves {out['candidate']} (no restart)")
                 body = reload_app(url, out["candidate"], admin, timeout=300)

@@ -58,7 +58,7 @@ _GATE_OPTS = {"tolerance": "gate.fid_tolerance", "num_gen": "gate.num_gen", "num
 
 def _finish(cfg, args, out: dict, candidate: str | None) -> int:
     """Reload the app after a promotion (--serve-url), print the JSON, pick the exit code."""
-    from facegen_ray.commands.promote import reload_app
+    from facegen_ray.serve.admin_client import reload_app
     from facegen_ray.train.retrain import dumps
 
     if out.get("decision") == "promoted" and args.serve_url and candidate:
@@ -72,7 +72,7 @@ def _finish(cfg, args, out: dict, candidate: str | None) -> int:
 
 
 def _token(cfg, args) -> str | None:
-    from facegen_ray.commands.promote import admin_token
+    from facegen_ray.serve.admin_client import admin_token
 
     return admin_token(cfg) if args.serve_url else None  # fail before any work when it is missing
 
