@@ -1,6 +1,6 @@
 """Training throughput: real images/s per resolution, one JSON line.
 
-Times the same GAN steps the Ray Train workers run (facegen_ray.train.loop.GANSteps: n_critic
+Times the same GAN steps the Ray Train workers run (facegen_ray.train.steps.GANSteps: n_critic
 D steps + one G step, with the configured lazy regularisation and EMA) on synthetic reals,
 at the final stage of a model built for each resolution. No Ray: this measures the step, not
 the data path.
@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a checkout
 
 from facegen_ray.config import FacegenConfig
-from facegen_ray.train.loop import GANSteps
+from facegen_ray.train.steps import GANSteps
 from facegen_ray.train.schedule import ProgressiveSchedule
 
 

@@ -398,7 +398,8 @@ def test_row_weights_in_wgan_gp_and_r1():
 
 
 def test_training_loop_row_weights_from_the_batch():
-    from facegen_ray.train.loop import DATA_COLUMNS, row_weights
+    from facegen_ray.data.feeder import DATA_COLUMNS
+    from facegen_ray.train.steps import row_weights
 
     assert "weight" in DATA_COLUMNS
     cpu = torch.device("cpu")
@@ -441,7 +442,7 @@ def _ddp_worker(rank: int, world: int, tmp: str) -> None:
 
     import torch.distributed as dist
 
-    from facegen_ray.train.loop import row_weights
+    from facegen_ray.train.steps import row_weights
 
     dist.init_process_group("gloo", store=dist.FileStore(os.path.join(tmp, "store"), world), rank=rank, world_size=world)
     try:

@@ -191,7 +191,8 @@ def test_no_serving_model_unknown_dataset_unknown_candidate_exit_2(world, tmp_pa
 # ---------------------------------------------------------------------------- warm start
 def test_warm_start_loads_the_serving_checkpoint(world):
     from facegen_ray.train.checkpoint import load_checkpoint
-    from facegen_ray.train.loop import GANSteps, module_digest
+    from facegen_ray.train.distributed import module_digest
+    from facegen_ray.train.steps import GANSteps
     from facegen_ray.train.retrain import serving_source
     from facegen_ray.train.warm_start import warm_start
 

@@ -10,7 +10,7 @@ import torch
 
 from facegen_ray.config import FacegenConfig
 from facegen_ray.train.checkpoint import capture_rng, load_checkpoint, read_meta, restore_rng, save_checkpoint
-from facegen_ray.train.loop import ema_beta, prepare_reals
+from facegen_ray.train.steps import ema_beta, prepare_reals
 from facegen_ray.train.schedule import ProgressiveSchedule, resolution_of_stage, stage_of_resolution
 
 

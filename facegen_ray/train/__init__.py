@@ -2,7 +2,9 @@
 
 schedule.py    progressive schedule: images seen -> stage, alpha, resolution, batch, lr scale
 checkpoint.py  full training state <-> checkpoint directory (per-rank RNG files)
-loop.py        GANSteps (D/G steps, EMA, AMP) and the per-worker train function
+steps.py       GANSteps: the D/G steps, EMA, AMP; reals, row weights, fixed latents
+distributed.py collectives of the hand-written DDP (gradient all-reduce, broadcast, digests)
+loop.py        the per-worker train function Ray Train runs
 report.py      progress line, sample grid and loss-curve PNGs in the run folder
 trainer.py     driver: validation, TorchTrainer wiring, export + registry at the end
 

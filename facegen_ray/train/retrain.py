@@ -53,7 +53,7 @@ class WarmStartSource:
 
 def _g_ema_digest(storage: Storage, model_uri: str) -> str:
     from facegen_ray.models.export import load_model_dir
-    from facegen_ray.train.loop import module_digest
+    from facegen_ray.train.distributed import module_digest
 
     G, _, _ = load_model_dir(storage, model_uri)
     return module_digest(G)

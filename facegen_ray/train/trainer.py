@@ -182,7 +182,7 @@ def train(cfg: FacegenConfig, storage: Storage | None = None, *, export: bool | 
 def training_dataset(storage: Storage, ds_uri: str, cfg: FacegenConfig):
     """The Ray Dataset the workers read: the columns the loop uses, at the model's resolution."""
     from facegen_ray.data.shards import read_training_dataset
-    from facegen_ray.train.loop import DATA_COLUMNS
+    from facegen_ray.data.feeder import DATA_COLUMNS
 
     return read_training_dataset(storage, ds_uri, resolution=cfg.model.resolution).select_columns(DATA_COLUMNS)
 
@@ -231,7 +231,8 @@ def fit(cfg: FacegenConfig, storage: Storage, dataset, *, runs_uri: str | None =
     resources = dict(cfg.train.resources_per_worker) if cfg.train.resources_per_worker else None
     trainer = torch_trainer_class()(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_uri": run_uri, "fault": _fault_from_env()},
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_uri": run_uri, "dataset_uri": dataset_uri(cfg),
+                           "fault": _fault_from_env()},
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources,
             placement_strategy=cfg.train.placement_strategy,

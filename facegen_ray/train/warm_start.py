@@ -84,7 +84,7 @@ def load_init_state(storage: Storage, uri: str, map_location: str | torch.device
 
 
 def apply_init_state(gan, init: dict[str, Any]) -> dict[str, int]:
-    """Load a load_init_state() result into a GANSteps (train.loop); returns the counters to
+    """Load a load_init_state() result into a GANSteps (train.steps); returns the counters to
     continue from. Parts the source lacks (D, optimisers for a model dir) stay freshly initialised."""
     gan.G.load_state_dict(init["G"])
     gan.G_ema.load_state_dict(init["G_ema"])
