@@ -75,6 +75,10 @@ class ModelConfig(_Section):
     fmap_max: int = Field(default=512, ge=1)
     fmap_min: int = Field(default=16, ge=1)
     modulation: Literal["modulated", "adain"] = "modulated"
+    architecture: Literal["skip", "orig"] = Field(
+        default="skip",
+        description="G output: 'skip' sums every block's upsampled toRGB (StyleGAN2); 'orig' uses the last block's only (ProGAN)",
+    )
     noise: bool = True
     style_mixing_prob: float = Field(default=0.9, ge=0, le=1)
     w_avg_beta: float = Field(default=0.995, ge=0, lt=1)
@@ -101,7 +105,11 @@ class LossConfig(_Section):
     """GAN objective and its regularisers; see facegen_ray/losses.py."""
 
     name: Literal["minimax", "nonsaturating", "wgan", "wgan-gp", "lsgan"] = "nonsaturating"
-    r1_gamma: float = Field(default=10.0, ge=0, description="R1 penalty weight (nonsaturating); 0 disables")
+    r1_gamma: float | Literal["auto"] = Field(
+        default="auto",
+        description="R1 penalty weight (nonsaturating); 0 disables; 'auto': NVlabs' heuristic 0.0002 * res^2 / batch "
+                    "from the stage's resolution and global batch",
+    )
     r1_interval: int = Field(default=16, ge=1, description="lazy regularisation: apply R1 every N D steps")
     clip_value: float = Field(default=0.01, gt=0, description="WGAN weight clipping c")
     n_critic: int | None = Field(default=None, ge=1, description="D steps per G step; default 5 for wgan/wgan-gp, else 1")
@@ -112,6 +120,20 @@ class LossConfig(_Section):
     label_smoothing: float = Field(default=0.0, ge=0, lt=0.5, description="one-sided: real target 1-s")
     pl_weight: float = Field(default=0.0, ge=0, description="path-length regularisation for G; 0 disables")
     pl_interval: int = Field(default=4, ge=1)
+
+    @field_validator("r1_gamma")
+    @classmethod
+    def _r1(cls, v):
+        if v != "auto" and not (v >= 0 and v == v and v != float("inf")):
+            raise ValueError(f"r1_gamma must be a number >= 0 or 'auto', got {v!r}")
+        return v
+
+    def r1_gamma_at(self, resolution: int, global_batch: int) -> float:
+        """R1 gamma at a stage: the configured number, or (auto) 0.0002 * res^2 / batch (NVlabs'
+        heuristic for faces: 0.0064 at 32^2 and 0.0256 at 64^2 with a global batch of 32)."""
+        if self.r1_gamma == "auto":
+            return 0.0002 * float(resolution) ** 2 / max(int(global_batch), 1)
+        return float(self.r1_gamma)
 
     @property
     def critic_steps(self) -> int:
@@ -150,6 +172,10 @@ class TrainConfig(_Section):
     grad_clip: float | None = Field(default=None, gt=0)
     amp: bool = True
     channels_last: bool = False
+    mirror: bool = Field(default=True, description="x-flip reals at random (faces are left-right symmetric; doubles the data)")
+    augment: Literal["none", "diffaugment"] = Field(
+        default="none", description="differentiable augmentation of every D input (DiffAugment: colour, translation, cutout)")
+    augment_policy: str = Field(default="color,translation,cutout", description="DiffAugment ops, comma-separated")
     compile: bool = False
     seed: int = 0
     # checkpoints / reporting

@@ -18,7 +18,7 @@ Objectives (r = D(real), f = D(fake) logits; t = 1 - label_smoothing, the real t
 
 Instance noise (N(0, instance_noise^2)) is added to every D input in d_loss and g_loss.
 R1 (nonsaturating): gamma/2 * ||grad_x D(x)||^2 on reals, every r1_interval D steps, scaled by
-r1_interval (lazy regularisation). Path length (any objective, pl_weight > 0): every
+r1_interval (lazy regularisation); gamma 'auto' = 0.0002 res^2 / global batch at each stage. Path length (any objective, pl_weight > 0): every
 pl_interval G steps, pl_weight * pl_interval * (||J_w^T y|| - a)^2 with a running mean a kept
 in this object (state_dict / load_state_dict for checkpoints). Gradient penalties are
 computed in float32 with autocast disabled. Averages are over the batch; with `weight` (the
@@ -160,7 +160,10 @@ class GANLoss:
             img = G(z, c, ws_offset=delta).float()  # [N,3,R,R]
             y = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
             (grad,) = torch.autograd.grad((img * y).sum(), delta, create_graph=True)  # [N,num_ws,w_dim]
-            lengths = grad.float().square().sum(dim=2).mean(dim=1).sqrt()  # [N]
+            # mean over the ws this stage reads: the others get no gradient and would shrink the
+            # length (and the penalty's effective weight) at early stages of progressive growing
+            used = g.synthesis.num_used_ws() if hasattr(g, "synthesis") else g.num_ws
+            lengths = grad[:, :used].float().square().sum(dim=2).mean(dim=1).sqrt()  # [N]
             batch_mean = lengths.detach().mean()
             if dist.is_available() and dist.is_initialized():
                 dist.all_reduce(batch_mean)
@@ -204,7 +207,9 @@ class NonSaturatingLoss(MinimaxLoss):
         return F.softplus(-f).mean()
 
     def d_reg(self, D, real, c=None, step: int = 0, weight=None):
-        gamma, interval = self.cfg.r1_gamma, self.cfg.r1_interval
+        interval = self.cfg.r1_interval
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        gamma = self.cfg.r1_gamma_at(real.shape[-1], real.shape[0] * world)  # the stage's res and global batch
         if gamma <= 0 or step % interval != 0:
             return None, {}
         with _no_autocast(real.device):
@@ -214,7 +219,7 @@ class NonSaturatingLoss(MinimaxLoss):
             penalty = wmean(grad.square().flatten(1).sum(dim=1), weight)  # E ||grad_x D(x)||^2 over reals
             # + 0 * r: every D parameter is reachable from the loss (DDP waits for all grads)
             loss = penalty * (gamma / 2) * interval + r.sum() * 0
-        return loss, {"r1_penalty": float(penalty.detach())}
+        return loss, {"r1_penalty": float(penalty.detach()), "r1_gamma": gamma}
 
 
 class WGANLoss(GANLoss):

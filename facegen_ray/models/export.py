@@ -66,8 +66,12 @@ def load_model_dir(
         raise UserError(f"{marker} is missing the 'model' section; the model directory is corrupt")
     if int(doc.get("format", 0)) > FORMAT:
         raise UserError(f"{marker} has format {doc.get('format')}; this facegen reads format <= {FORMAT}; upgrade facegen")
+    model_doc = dict(doc["model"]) if isinstance(doc["model"], dict) else doc["model"]
+    if isinstance(model_doc, dict):
+        # models exported before `architecture` existed were all ProGAN-style ('orig') generators
+        model_doc.setdefault("architecture", "orig")
     try:
-        cfg = ModelConfig.model_validate(doc["model"])
+        cfg = ModelConfig.model_validate(model_doc)
     except ValidationError as e:
         raise UserError(f"{marker} holds an invalid model config: {e}") from e
     weights = join(uri, WEIGHTS_FILE)

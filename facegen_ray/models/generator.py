@@ -7,9 +7,17 @@ Layer <-> w index (num_ws = 2 * num_stages, StyleGAN2's sharing scheme):
     stage s >= 1:    conv up (ws[2s-1]) -> conv (ws[2s])          -> toRGB (ws[2s+1])
 
 so ws[0:2] are the coarsest styles and the toRGB of stage s shares its w with the first conv
-of stage s+1. While stage s fades in (alpha < 1) the output is
-lerp(upsample(toRGB_{s-1}(x_{s-1})), toRGB_s(x_s), alpha); at alpha = 0 it equals the upsampled
-output of stage s-1 exactly.
+of stage s+1.
+
+Two output architectures (`model.architecture`):
+- "skip" (StyleGAN2's default, the one its FID figures come from): every block's toRGB
+  contributes, img_s = upsample(img_{s-1}) + toRGB_s(x_s). While stage s fades in, the new
+  block's toRGB enters scaled by alpha: img = upsample(img_{s-1}) + alpha * toRGB_s(x_s).
+- "orig" (ProGAN / StyleGAN1 style): only the last block's toRGB is used; while stage s fades
+  in, img = lerp(upsample(toRGB_{s-1}(x_{s-1})), toRGB_s(x_s), alpha).
+In both, at alpha = 0 the output is exactly the upsampled output of stage s-1, and the
+upsampling is `upsample2x` (bilinear = the [1,3,3,1] FIR filter), the same operator the
+training loop applies to reals during a fade (train.steps.prepare_reals).
 """
 
 from __future__ import annotations
@@ -197,6 +205,7 @@ class SynthesisNetwork(nn.Module):
         self.num_stages = cfg.num_stages
         self.num_ws = 2 * cfg.num_stages
         self.w_dim = cfg.w_dim
+        self.architecture = cfg.architecture
         self.const = nn.Parameter(torch.randn(cfg.channels(4), 4, 4))
         self.blocks = nn.ModuleList(SynthesisBlock(cfg, s) for s in range(cfg.num_stages))
         self.register_buffer("stage", torch.tensor(cfg.num_stages - 1, dtype=torch.long))
@@ -226,6 +235,15 @@ class SynthesisNetwork(nn.Module):
         stage, alpha = self.current_stage, self.current_alpha
         n = ws.shape[0]
         x = self.const.unsqueeze(0).repeat(n, 1, 1, 1)  # [N, C4, 4, 4]
+        if self.architecture == "skip":
+            img = None
+            for s in range(stage + 1):
+                x = self.blocks[s](x, ws, noise_mode)
+                y = self.blocks[s].rgb(x, ws)  # [N, 3, R_s, R_s]
+                if s == stage and s > 0 and alpha < 1.0:
+                    y = y * alpha  # the new block's toRGB fades in
+                img = y if img is None else upsample2x(img).to(y.dtype) + y
+            return img
         prev_x = None
         for s in range(stage + 1):
             if s == stage:

@@ -19,8 +19,10 @@ import torch.nn.functional as F
 from facegen_ray.config import FacegenConfig
 from facegen_ray.losses import RowWeights, build_loss
 from facegen_ray.models import Discriminator, Generator
+from facegen_ray.models.augment import AugmentedDiscriminator
 from facegen_ray.models.conditioning import encode_attributes
 from facegen_ray.models.ema import update_ema
+from facegen_ray.models.layers import downsample2x, upsample2x
 from facegen_ray.train.distributed import allreduce_grads, average_buffers, broadcast_module, world_size
 from facegen_ray.train.schedule import SchedulePoint
 
@@ -56,16 +58,29 @@ def prepare_reals(images: torch.Tensor, point: SchedulePoint) -> torch.Tensor:
     """Reals [N,3,R0,R0] at the loader's resolution -> [N,3,R,R] at the stage resolution.
 
     Downsampling is a box filter (average pooling, antialiased for power-of-two factors).
-    While a block fades in, reals are blended with their half-resolution version upsampled,
-    matching what the generator produces at that alpha (ProGAN)."""
+    While a block fades in, reals are blended with their half-resolution version brought back
+    up with `upsample2x`, the operator G's fade path applies to the previous stage's output,
+    so at any alpha reals and fakes differ in content only, never in the upsampling filter
+    (ProGAN's fade-in; a different filter would hand D a free cue)."""
     r0 = images.shape[-1]
     x = images
     if r0 > point.resolution:
         x = F.avg_pool2d(x, r0 // point.resolution)
     if point.fading and point.alpha < 1.0:
-        low = F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="nearest")
+        low = upsample2x(downsample2x(x))
         x = torch.lerp(low, x, point.alpha)
     return x
+
+
+def mirror_batch(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """x-flip each image [N,3,H,W] with probability 1/2 (StyleGAN's --mirror augmentation).
+    Draws N uniforms from `generator` (default: torch's global CPU RNG, which checkpoints
+    restore, so a resumed run flips the same rows)."""
+    flip = torch.rand(images.shape[0], generator=generator) < 0.5  # [N]
+    if not bool(flip.any()):
+        return images
+    flip = flip.to(images.device).view(-1, 1, 1, 1)
+    return torch.where(flip, images.flip(-1), images)
 
 
 def ema_beta(cfg_train, images_seen: int, global_batch: int) -> float:
@@ -121,10 +136,18 @@ class GANSteps:
         if self.channels_last:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
-        self.G_run, self.D_run = self.G, self.D
+        # what D's inputs pass through: DiffAugment (train.augment) wraps D, so reals, fakes and
+        # R1's reals are all augmented the same way
+        self.D_aug: torch.nn.Module = self.D
+        if tcfg.augment == "diffaugment":
+            self.D_aug = AugmentedDiscriminator(self.D, tcfg.augment_policy)
+        self.G_run, self.D_run = self.G, self.D_aug
         self._compiled = None
-        if tcfg.compile and self.on_gpu:
-            self._compiled = (torch.compile(self.G), torch.compile(self.D))
+        if tcfg.compile:
+            # compiled graphs serve the main losses only: R1 and path length need double
+            # backward, which torch.compile does not support, so they run the eager modules
+            # (same parameters)
+            self._compiled = (torch.compile(self.G), torch.compile(self.D_aug))
         self._stage: tuple[int, float] | None = None
         self.reg_stats: dict[str, float] = {}
 
@@ -164,7 +187,7 @@ class GANSteps:
             # compiled graphs specialise on stage/alpha: use them only at alpha = 1 (one
             # recompile per stage), eager while a block fades in (alpha changes every step)
             if self._compiled is not None:
-                self.G_run, self.D_run = self._compiled if point.alpha >= 1.0 else (self.G, self.D)
+                self.G_run, self.D_run = self._compiled if point.alpha >= 1.0 else (self.G, self.D_aug)
         for g in self.opt_g.param_groups:
             g["lr"] = self.cfg.train.g_lr * point.lr_scale
         for g in self.opt_d.param_groups:
@@ -183,6 +206,10 @@ class GANSteps:
         scaler.update()
 
     def to_device_reals(self, images: torch.Tensor, point: SchedulePoint) -> torch.Tensor:
+        """Loader images -> reals for D: x-flipped at random (train.mirror), at the stage's
+        resolution and fade-in blend, on the device."""
+        if self.cfg.train.mirror:
+            images = mirror_batch(images)
         real = prepare_reals(images.to(self.device, non_blocking=True), point)  # [n,3,R,R]
         if self.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
@@ -204,7 +231,8 @@ class GANSteps:
                 fake = self.G_run(z, c, style_mixing_prob=self.cfg.model.style_mixing_prob)
             d_loss, _ = self.loss.d_loss(self.D_run, real, fake.detach(), c, weight=weight)
         total = d_loss.float()
-        reg, stats = self.loss.d_reg(self.D_run, real, c, step=d_step_index, weight=weight)  # fp32, no autocast
+        # fp32, no autocast, eager D (double backward)
+        reg, stats = self.loss.d_reg(self.D_aug, real, c, step=d_step_index, weight=weight)
         if reg is not None:
             total = total + reg.float()
             self.reg_stats.update({f"d_{k}": float(v) for k, v in stats.items()})

@@ -54,6 +54,8 @@ def check_init_from(storage: Storage, uri: str, model_cfg: ModelConfig) -> str:
         saved = json.loads(storage.read_text(join(uri, META_FILE))).get("config", {}).get("model")
     else:
         saved = json.loads(storage.read_text(join(uri, MODEL_FILE))).get("model")
+    if isinstance(saved, dict):
+        saved = {"architecture": "orig", **saved}  # saved before `architecture` existed: ProGAN-style G
     if saved is not None and ModelConfig.model_validate(saved) != model_cfg:
         raise UserError(
             f"train.init_from {uri} was trained with a different model config than this run's "
