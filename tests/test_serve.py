@@ -30,6 +30,8 @@ from facegen_ray.serve.generation import decode_png, generate, load_model
 from facegen_ray.serve.registry import Registry
 from facegen_ray.storage import Storage
 from conftest import free_port, tiny_model_dict
+from hypothesis import HealthCheck, settings
+from serve_fuzz import openapi_schema, send_and_validate
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "test-admin-token-123"
@@ -307,6 +309,40 @@ def test_admin_routes_need_the_token(client):
     r = client.post("/admin/reload", json={"model": "no-such-model"}, headers=auth)
     assert r.status_code == 422 and "neither a registered model version" in r.json()["detail"]
     assert client.post("/admin/promote", json={"version": "v99"}, headers=auth).status_code == 404
+
+
+# ----------------------------------------------------------------------------- hostile input
+def _feedback_objects(app) -> dict[str, bytes]:
+    base = Path(app["root"]) / "feedback"
+    return {str(p): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("route", ["/generate", "/feedback"])
+def test_hostile_bodies_get_readable_422_and_store_nothing(client, app, route):
+    """Not UTF-8, NaN/Infinity/-Infinity, a float overflow: through Serve's proxy, each gets a
+    422 with a JSON message (was 500: the error handler could not serialise the input)."""
+    _new_image(client)
+    before = _feedback_objects(app)
+    for body in [b"\x00\xff\xfe\xfd", b'{"truncation": NaN}', b'{"seed": Infinity}', b'{"truncation": -Infinity}',
+                 b'{"image_id": "' + b"a" * 32 + b'", "approved": true, "rating": NaN}', b'{"truncation": 1e999}']:
+        r = client.post(route, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422, (body, r.status_code, r.text)
+        assert r.headers["content-type"].startswith("application/json")
+        assert isinstance(r.json()["detail"], (str, list)) and r.json()["detail"]
+    assert _feedback_objects(app) == before
+
+
+_LIVE_SCHEMA = openapi_schema()
+
+
+@_LIVE_SCHEMA.parametrize()
+@settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
+def test_openapi_fuzz_live(case, app):
+    """Schema fuzzing of every route and method against the live app (over HTTP, through Serve's
+    proxy), a few examples per operation (the in-process run in test_serve_hostile.py does more).
+    No admin token is sent, so the serving model is never changed by the fuzzer."""
+    with httpx.Client(timeout=120) as c:
+        send_and_validate(c, case, app["url"])
 
 
 def test_model_swaps_mid_traffic_drop_nothing(app, monkeypatch):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -36,6 +37,8 @@ ID_RE = re.compile(r"^[0-9a-f]{32}$")
 CLIENT_KEY_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 RECORD_FORMAT = 1
 _OBJ_RE = re.compile(r"^([0-9a-f]{32})\.(json|png)$")
+
+log = logging.getLogger(__name__)
 
 
 class UnknownImage(KeyError):
@@ -113,10 +116,9 @@ class FeedbackStore:
         return self.storage.exists(self.image_record_uri(image_id))
 
     def get_image_record(self, image_id: str) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.storage.read_bytes(self.image_record_uri(image_id)))
-        except FileNotFoundError:
-            return None
+        """The image's record; None when there is none, or when the stored one is unreadable
+        (logged: such an image is treated as never generated)."""
+        return _read_record(self.storage, self.image_record_uri(image_id), image_record_problem)
 
     def read_image(self, image_id: str) -> bytes:
         return self.storage.read_bytes(self.image_uri(image_id))
@@ -165,10 +167,8 @@ class FeedbackStore:
         return FeedbackResult(fid, created=created)
 
     def get_feedback(self, fid: str) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.storage.read_bytes(self.feedback_uri(fid)))
-        except FileNotFoundError:
-            return None
+        """The feedback record; None when there is none or it is unreadable (logged)."""
+        return _read_record(self.storage, self.feedback_uri(fid), feedback_record_problem)
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
@@ -183,18 +183,72 @@ def _complete_objects(storage: Storage, folder: str, ext: str) -> Iterator[str]:
             yield uri
 
 
+def _is_id(value: Any) -> bool:
+    return isinstance(value, str) and ID_RE.match(value) is not None
+
+
+def image_record_problem(rec: Any) -> str | None:
+    """Why `rec` is not a usable image record (None when it is)."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    if not _is_id(rec.get("image_id")):
+        return "no valid image_id"
+    return None
+
+
+def feedback_record_problem(rec: Any) -> str | None:
+    """Why `rec` is not a usable feedback record (None when it is): what summarize_feedback and
+    the retrain merge rely on is checked, so one bad object never stops a read."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    if not _is_id(rec.get("feedback_id")) or not _is_id(rec.get("image_id")):
+        return "no valid feedback_id/image_id"
+    if not isinstance(rec.get("approved"), bool):
+        return "approved is not true/false"
+    rating = rec.get("rating")
+    if rating is not None and (isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5):
+        return "rating is not an integer 1-5"
+    return None
+
+
+def _read_record(storage: Storage, uri: str, problem) -> dict[str, Any] | None:
+    """A stored JSON record, or None (logged) when it is missing, truncated, not UTF-8/JSON or
+    fails `problem`. The store only writes whole objects, so a bad one came from elsewhere (a
+    hand edit, a foreign writer, disk damage); skipping it keeps every other record readable."""
+    try:
+        raw = storage.read_bytes(uri)
+    except FileNotFoundError:
+        return None
+    try:
+        rec = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        log.warning("skipping unreadable feedback-store record %s: %s", uri, e)
+        return None
+    why = problem(rec)
+    if why is not None:
+        log.warning("skipping malformed feedback-store record %s: %s", uri, why)
+        return None
+    return rec
+
+
 def iter_feedback(storage: Storage, root: str) -> Iterator[dict[str, Any]]:
-    """Every feedback record under <root>/feedback (order: by feedback id)."""
+    """Every readable feedback record under <root>/feedback (order: by feedback id); unreadable
+    or malformed objects are skipped with a warning."""
     store = FeedbackStore(storage, root)
     for uri in _complete_objects(storage, store.records_dir, "json"):
-        yield json.loads(storage.read_bytes(uri))
+        rec = _read_record(storage, uri, feedback_record_problem)
+        if rec is not None:
+            yield rec
 
 
 def iter_images(storage: Storage, root: str) -> Iterator[dict[str, Any]]:
-    """Every generated-image record under <root>/feedback (order: by image id)."""
+    """Every readable generated-image record under <root>/feedback (order: by image id);
+    unreadable or malformed objects are skipped with a warning."""
     store = FeedbackStore(storage, root)
     for uri in _complete_objects(storage, store.images_dir, "json"):
-        yield json.loads(storage.read_bytes(uri))
+        rec = _read_record(storage, uri, image_record_problem)
+        if rec is not None:
+            yield rec
 
 
 def summarize_feedback(storage: Storage, root: str) -> dict[str, dict[str, Any]]:

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import secrets
 import time
@@ -23,8 +24,10 @@ from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import models_json_schema
 from ray import serve
 
 from facegen_ray.config import ServeConfig, StorageConfig
@@ -32,14 +35,19 @@ from facegen_ray.errors import UserError
 from facegen_ray.observability.asgi import RequestMetricsMiddleware
 from facegen_ray.serve import generation as gen
 from facegen_ray.serve.admin_client import TOKEN_ENV
-from facegen_ray.serve.feedback import FeedbackStore, UnknownImage
+from facegen_ray.serve.feedback import CLIENT_KEY_RE, FeedbackStore, UnknownImage
 from facegen_ray.serve.schemas import (
     MAX_IMAGES_PER_REQUEST,
+    ErrorResponse,
     FeedbackRequest,
+    FeedbackResponse,
     GenerateQuery,
     GenerateRequest,
+    GenerateResponse,
+    HealthResponse,
     PromoteRequest,
     ReloadRequest,
+    ReloadResponse,
 )
 from facegen_ray.storage import Storage
 
@@ -48,8 +56,56 @@ log = logging.getLogger("ray.serve")
 INGRESS_NAME = "FacegenIngress"
 
 
+# The OpenAPI schema is not served (openapi_url=None); `api.openapi()` builds it for the
+# schema-fuzzing tests. Routes read their bodies themselves (size limit, strict JSON), so the
+# request bodies and query parameters are declared here by hand from the pydantic models.
 api = FastAPI(title="facegen", docs_url=None, redoc_url=None, openapi_url=None)
 api.add_middleware(RequestMetricsMiddleware)  # facegen_serve_requests / _request_seconds / _feedback
+
+_REQUEST_MODELS = (GenerateRequest, FeedbackRequest, ReloadRequest, PromoteRequest)
+_REASONS = {400: "bad request header", 401: "no bearer token", 403: "admin routes disabled or wrong token",
+            404: "unknown image, model or version", 413: "request body too large",
+            422: "malformed request (not UTF-8 JSON, or fails the schema)", 500: "a replica could not load the model",
+            504: "replicas did not all switch in time"}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {c: {"model": ErrorResponse, "description": _REASONS[c]} for c in codes}
+
+
+def _json_body(model: type[BaseModel], **extra: Any) -> dict[str, Any]:
+    """openapi_extra of a route that reads a `model` JSON body itself."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}, **extra}
+
+
+def _query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """Optional query parameters from a model's fields (null is never sent in a query string)."""
+    out = []
+    for name, schema in model.model_json_schema()["properties"].items():
+        schema = dict(schema)
+        options = [o for o in schema.pop("anyOf", []) if o.get("type") != "null"]
+        if options:
+            schema.update(options[0])
+        schema.pop("default", None)
+        out.append({"name": name, "in": "query", "required": False, "schema": schema})
+    return out
+
+
+def _openapi() -> dict[str, Any]:
+    if api.openapi_schema is None:
+        doc = get_openapi(title=api.title, version=api.version, routes=api.routes)
+        _, defs = models_json_schema([(m, "validation") for m in _REQUEST_MODELS],
+                                     ref_template="#/components/schemas/{model}")
+        components = doc.setdefault("components", {})
+        components.setdefault("schemas", {}).update(defs.get("$defs", {}))
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        api.openapi_schema = doc
+    return api.openapi_schema
+
+
+api.openapi = _openapi  # type: ignore[method-assign]
 
 
 def _page_html() -> str:
@@ -77,14 +133,94 @@ def check_admin(authorization: str | None, digest: str | None) -> None:
         raise HTTPException(403, "invalid admin token")
 
 
-def _validation_detail(e: ValidationError) -> list[dict[str, Any]]:
-    return json.loads(e.json(include_url=False))
+# ---- hostile input: every body is parsed here, strictly, before any model or store sees it
+def json_safe(value: Any) -> Any:
+    """value as plain JSON that any encoder accepts: non-finite floats, bytes, lone surrogates
+    and other objects become text (error details must never fail to serialise)."""
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(json_safe(k)): json_safe(v) for k, v in value.items()}
+    return json_safe(str(value))
 
 
-@serve.deployment(name=INGRESS_NAME)
-@serve.ingress(api)
-class FacegenIngress:
-    """HTTP front door: validation, size limits, encoding, the feedback store, admin routes."""
+def validation_detail(e: ValidationError) -> list[dict[str, Any]]:
+    """A 422 detail for a ValidationError: type, loc, msg (and ctx), JSON-safe; the offending
+    input is never echoed (it may be bytes, NaN, or just large)."""
+    out = []
+    for err in e.errors(include_url=False, include_input=False):
+        item = {"type": err["type"], "loc": list(err["loc"]), "msg": err["msg"]}
+        if err.get("ctx"):
+            item["ctx"] = err["ctx"]
+        out.append(json_safe(item))
+    return out
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed: JSON numbers must be finite (no NaN or Infinity)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:32]} is out of range (JSON numbers must be finite)")
+    return value
+
+
+def _check_strings(obj: Any) -> None:
+    """ValueError when a string or key holds a lone UTF-16 surrogate (a \\ud800 escape): such
+    text cannot be stored or echoed as UTF-8."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("a string holds a lone UTF-16 surrogate escape (\\ud800-\\udfff)") from None
+
+
+def parse_json_body(raw: bytes, model: type[BaseModel]) -> Any:
+    """Request body bytes -> a validated `model`, or HTTPException 422 whose detail is plain JSON.
+
+    Stricter than JSON parsers usually are: the bytes must be UTF-8, NaN/Infinity/-Infinity and
+    numbers that overflow a float are refused, and so are lone surrogate escapes. Only a body
+    that passes all that reaches pydantic (in JSON mode, so field rules are unchanged)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise HTTPException(422, f"request body is not valid UTF-8 (byte {e.start}): send a JSON object "
+                                 "encoded as UTF-8") from None
+    try:
+        _check_strings(json.loads(text, parse_constant=_no_constants, parse_float=_finite_float))
+    except RecursionError:
+        raise HTTPException(422, "request body is not valid JSON: nested too deeply") from None
+    except ValueError as e:  # json.JSONDecodeError included; its message says where
+        raise HTTPException(422, f"request body is not valid JSON: {json_safe(str(e))}") from None
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as e:
+        raise HTTPException(422, validation_detail(e)) from None
+
+
+class Ingress:
+    """HTTP front door: validation, size limits, encoding, the feedback store, admin routes.
+
+    The plain class (its routes are registered on `api`); the Serve deployment is
+    FacegenIngress below. Tests drive `api` in process with an instance of this class."""
 
     def __init__(self, generator, state, root: str, storage: dict, serve_cfg: dict, admin_token_sha256: str | None) -> None:
         self.generator = generator
@@ -113,10 +249,7 @@ class FacegenIngress:
             buf += chunk
             if len(buf) > limit:
                 raise HTTPException(413, f"request body exceeds the {limit}-byte limit")
-        try:
-            return model.model_validate_json(bytes(buf))
-        except ValidationError as e:
-            raise HTTPException(422, _validation_detail(e)) from None
+        return parse_json_body(bytes(buf), model)
 
     def _admin(self, request: Request) -> None:
         check_admin(request.headers.get("authorization"), self.admin_digest)
@@ -155,7 +288,7 @@ class FacegenIngress:
         return out
 
     # ---- routes
-    @api.get("/healthz")
+    @api.get("/healthz", responses={200: {"model": HealthResponse}, 503: {"model": HealthResponse, "description": "no model loaded"}})
     async def healthz(self) -> JSONResponse:
         try:
             info = await asyncio.wait_for(self.generator.info.remote(), timeout=30)
@@ -164,7 +297,7 @@ class FacegenIngress:
         return JSONResponse({"status": "ok", "model_version": info["model_version"], "model_uri": info["model_uri"],
                              "conditional": info["conditional"], "resolution": info["resolution"]})
 
-    @api.get("/")
+    @api.get("/", response_class=HTMLResponse)
     async def page(self) -> HTMLResponse:
         return HTMLResponse(self.page, headers={
             "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
@@ -172,7 +305,8 @@ class FacegenIngress:
             "Cache-Control": "no-store",
         })
 
-    @api.post("/generate")
+    @api.post("/generate", responses={200: {"model": GenerateResponse}, **_errors(400, 413, 422)},
+              openapi_extra=_json_body(GenerateRequest))
     async def generate_json(self, request: Request) -> JSONResponse:
         req: GenerateRequest = await self._body(request, GenerateRequest)
         attrs = req.attributes.model_dump() if req.attributes is not None else None
@@ -184,12 +318,15 @@ class FacegenIngress:
             "images": [{"image_id": iid, "seed": s, "data": base64.b64encode(b).decode("ascii")} for iid, s, b in out],
         })
 
-    @api.get("/generate")
+    @api.get("/generate", response_class=Response,
+             responses={200: {"description": "the image", "content": {"image/png": _BINARY, "image/jpeg": _BINARY}},
+                        **_errors(422)},
+             openapi_extra={"parameters": _query_params(GenerateQuery)})
     async def generate_bytes(self, request: Request) -> Response:
         try:
             q = GenerateQuery.model_validate(dict(request.query_params))
         except ValidationError as e:
-            raise HTTPException(422, _validation_detail(e)) from None
+            raise HTTPException(422, validation_detail(e)) from None
         attrs = q.attributes()
         model, out = await self._render(q.seed, 1, q.truncation, attrs.model_dump() if attrs else None, q.format)
         iid, seed, data = out[0]
@@ -197,7 +334,11 @@ class FacegenIngress:
             "X-Image-Id": iid, "X-Seed": str(seed), "X-Model-Version": model["model_version"],
         })
 
-    @api.post("/feedback")
+    @api.post("/feedback", status_code=201, openapi_extra=_json_body(FeedbackRequest, parameters=[{
+        "name": "Idempotency-Key", "in": "header", "required": False,
+        "schema": {"type": "string", "pattern": CLIENT_KEY_RE.pattern}}]),
+        responses={200: {"model": FeedbackResponse, "description": "the same feedback was already stored"},
+                   201: {"model": FeedbackResponse}, **_errors(400, 404, 413, 422)})
     async def feedback(self, request: Request) -> JSONResponse:
         req: FeedbackRequest = await self._body(request, FeedbackRequest)
         key = request.headers.get("idempotency-key")
@@ -236,13 +377,15 @@ class FacegenIngress:
                                          f"{self.cfg.reload_timeout_s:.0f}s; the rest will follow when they can")
             await asyncio.sleep(0.2)
 
-    @api.post("/admin/reload")
+    @api.post("/admin/reload", responses={200: {"model": ReloadResponse}, **_errors(400, 401, 403, 413, 422, 500, 504)},
+              openapi_extra=_json_body(ReloadRequest, security=[{"bearer": []}]))
     async def admin_reload(self, request: Request) -> JSONResponse:
         self._admin(request)
         req: ReloadRequest = await self._body(request, ReloadRequest)
         return JSONResponse(await self._reload(req.model))
 
-    @api.post("/admin/promote")
+    @api.post("/admin/promote", responses={200: {"model": ReloadResponse}, **_errors(400, 401, 403, 404, 413, 422, 500, 504)},
+              openapi_extra=_json_body(PromoteRequest, security=[{"bearer": []}]))
     async def admin_promote(self, request: Request) -> JSONResponse:
         self._admin(request)
         req: PromoteRequest = await self._body(request, PromoteRequest)
@@ -255,3 +398,6 @@ class FacegenIngress:
         out = await self._reload(req.version)
         return JSONResponse({**out, "promoted": req.version})
 
+
+# the deployment (Serve keeps its own copy of the class; `Ingress` stays the module's)
+FacegenIngress = serve.deployment(name=INGRESS_NAME)(serve.ingress(api)(Ingress))

@@ -1,9 +1,11 @@
-"""HTTP request bodies of the Serve app (pydantic v2). Unknown fields are rejected (422) so a
-typo never silently changes what is generated or stored."""
+"""HTTP request and response bodies of the Serve app (pydantic v2). Unknown fields are rejected
+(422) so a typo never silently changes what is generated or stored; numbers must be finite.
+The response models only document the API (the OpenAPI schema that the schema-fuzzing test
+checks answers against); the ingress builds its answers itself."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
@@ -15,7 +17,7 @@ MAX_COMMENT_CHARS = 2000
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Attributes(_Body):
@@ -77,3 +79,54 @@ class PromoteRequest(_Body):
     """POST /admin/promote: a registry version to make the serving model (then reload)."""
 
     version: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+# ----------------------------------------------------------------------------- responses
+class ErrorItem(BaseModel):
+    """One problem with a request (a 422 for a body that fails the schema)."""
+
+    type: str
+    loc: list[str | int]
+    msg: str
+    ctx: dict[str, Any] | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx answer: a message, or a list of problems for a body that fails the schema."""
+
+    detail: str | list[ErrorItem]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "unavailable"]
+    model_version: str | None
+    model_uri: str | None = None
+    conditional: bool | None = None
+    resolution: int | None = None
+    error: str | None = None
+
+
+class GeneratedImage(BaseModel):
+    image_id: Annotated[str, Field(pattern=ID_RE.pattern)]
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)]
+    data: Annotated[str, Field(description="base64 of the PNG or JPEG bytes")]
+
+
+class GenerateResponse(BaseModel):
+    model_version: str
+    truncation: float
+    format: Literal["png", "jpeg"]
+    images: Annotated[list[GeneratedImage], Field(min_length=1, max_length=MAX_IMAGES_PER_REQUEST)]
+
+
+class FeedbackResponse(BaseModel):
+    feedback_id: Annotated[str, Field(pattern=ID_RE.pattern)]
+    created: bool
+
+
+class ReloadResponse(BaseModel):
+    model_version: str
+    model_uri: str
+    generation: int
+    replicas: int
+    promoted: str | None = None
