@@ -194,6 +194,10 @@ class TrainConfig(_Section):
         description="rank 0 reports FID (eval.num_gen/num_real) of G_ema every N images and at the end; None: off",
     )
     shuffle_buffer: int = Field(default=1000, ge=0)
+    cache_dataset_bytes: int = Field(
+        default=2 * 1024**3, ge=0,
+        description="materialize the decoded training dataset in Ray's object store when it is at most this "
+                    "large (epochs then skip re-reading and decoding the shards); 0 disables")
     export: bool = True
     init_from: str | None = Field(
         default=None,

@@ -25,4 +25,28 @@ def ensure_ray() -> None:
     if "site-packages" not in src and not address:
         path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
         runtime_env = {"env_vars": {"PYTHONPATH": path}}
-    ray.init(address=address or "local", log_to_driver=True, runtime_env=runtime_env)
+    if address:
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
+        return
+    # an embedded instance on this machine: no dashboard (its processes compete for the cores
+    # of a small machine), and one logical CPU more than the cores so that Ray Data's read
+    # tasks can run while the train workers hold every core (see train.trainer.worker_resources)
+    # Ray starts its workers at nice 15 (RAY_worker_niceness) so that its own processes stay
+    # responsive on a busy node; on a machine facegen has to itself that hands the cores to
+    # Ray's daemons before the training step, so workers run at normal priority here
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    ray.init(address="local", log_to_driver=True, runtime_env=runtime_env, include_dashboard=False,
+             num_cpus=local_cpus() + 1)
+
+
+def local_cpus() -> int:
+    """Cores this process may use (affinity-aware)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def embedded() -> bool:
+    """True when facegen starts its own Ray on this machine (no RAY_ADDRESS to join)."""
+    return not os.environ.get("RAY_ADDRESS")

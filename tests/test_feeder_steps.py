@@ -115,3 +115,21 @@ def test_step_state_round_trips(tmp_path):
     for name in ("G", "D", "G_ema"):
         assert module_digest(getattr(other, name)) == module_digest(getattr(gan, name))
     assert other.loss.state_dict() == gan.loss.state_dict()
+
+
+def test_worker_resources_share_the_machine_only_when_facegen_started_ray(tmp_path, monkeypatch):
+    from facegen_ray import runtime
+    from facegen_ray.train.trainer import worker_resources
+
+    def cfg(**train):
+        return FacegenConfig.model_validate({"storage": {"root": str(tmp_path)}, "train": train})
+
+    monkeypatch.setattr(runtime, "local_cpus", lambda: 8)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert worker_resources(cfg(num_workers=1)) == {"CPU": 8.0}
+    assert worker_resources(cfg(num_workers=3)) == {"CPU": 2.0}
+    assert worker_resources(cfg(num_workers=16)) == {"CPU": 1.0}
+    assert worker_resources(cfg(num_workers=2, use_gpu=True)) == {"CPU": 4.0, "GPU": 1.0}
+    assert worker_resources(cfg(resources_per_worker={"CPU": 3})) == {"CPU": 3.0}
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")  # a cluster: Ray Train's default reservation
+    assert worker_resources(cfg(num_workers=2)) == {"CPU": 1.0}

@@ -69,6 +69,8 @@ def test_two_nodes_one_worker_each_stay_identical(tmp_path, sample_zip):
     assert len(workers) == 2
     assert len({w["node_id"] for w in workers}) == 2, "workers did not run on two different nodes"
     assert all(w["d_steps"] == 8 and w["g_steps"] == 8 for w in workers), workers
+    # each worker runs torch on the one CPU it reserved (resources_per_worker), not the node's 2
+    assert [w["torch_threads"] for w in workers] == [1, 1], workers
     assert workers[0]["g_digest"] == workers[1]["g_digest"]
     assert workers[0]["d_digest"] == workers[1]["d_digest"]
     assert workers[0]["g_ema_digest"] == workers[1]["g_ema_digest"]

@@ -104,6 +104,9 @@ TRAINING_SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("facegen_train_images_seen", "gauge", "real images shown to D so far (all workers)", ("run", "rank")),
     MetricSpec("facegen_train_images_per_second", "gauge",
                "training throughput since the previous progress point (images/s, all workers)", ("run", "rank")),
+    MetricSpec("facegen_train_data_wait_ratio", "gauge",
+               "share of wall time the worker waited for its next batch since the previous progress point",
+               ("run", "rank")),
     MetricSpec("facegen_train_stage", "gauge", "progressive-growing stage (resolution 4*2**stage)", ("run", "rank")),
     MetricSpec("facegen_train_resolution", "gauge", "current training resolution (px)", ("run", "rank")),
     MetricSpec("facegen_train_alpha", "gauge", "fade-in alpha of the newest block (1 = fully faded in)", ("run", "rank")),
@@ -274,7 +277,8 @@ class TrainingMetrics(MetricSet):
         tags = {"run": run, "rank": rank}
         for name, key in (("facegen_train_images_seen", "images_seen"), ("facegen_train_images_per_second", "img_per_s"),
                           ("facegen_train_stage", "stage"), ("facegen_train_resolution", "resolution"),
-                          ("facegen_train_alpha", "alpha"), ("facegen_train_fid", "fid")):
+                          ("facegen_train_alpha", "alpha"), ("facegen_train_fid", "fid"),
+                          ("facegen_train_data_wait_ratio", "data_wait")):
             if entry.get(key) is not None:
                 self.set(name, entry[key], **tags)
         for network, key in (("G", "g_loss"), ("D", "d_loss")):

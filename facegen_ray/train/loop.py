@@ -62,6 +62,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if tcfg.use_gpu else torch.device("cpu")
+    threads = int(config.get("threads") or 1)
+    torch.set_num_threads(threads)  # the CPUs this worker reserved, no more (trainer.worker_resources)
     gan = GANSteps(cfg, device, world=world_size())
 
     counters = {"images_seen": 0, "d_steps": 0, "g_steps": 0, "iterations": 0}
@@ -134,6 +136,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     # ------------------------------------------------------------------ the loop
     last_ckpt = started_at = counters["images_seen"]
     t_last, img_last = time.perf_counter(), counters["images_seen"]
+    # where the wall time goes between two log lines: waiting for data, the steps, checkpoints
+    # (sample grid + save + report) and evaluation; data_wait is the share of the whole
+    timing = {"data": 0.0, "checkpoint": 0.0}
     acc = {"d": 0.0, "g": 0.0, "n_d": 0, "n_g": 0}
     point = schedule.at(counters["images_seen"])
     while not point.done:
@@ -141,7 +146,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         nb = point.worker_batch
         c = None
         for _ in range(gan.n_critic):  # each D step on a fresh real batch
+            t_data = time.perf_counter()
             batch = feeder.take(nb)
+            timing["data"] += time.perf_counter() - t_data
             real = gan.to_device_reals(batch["image"], point)  # [nb,3,R,R]
             c = batch_attributes(batch, cfg, device)
             acc["d"] += gan.d_step(real, c, counters["d_steps"], row_weights(batch, tcfg.row_weights, device))
@@ -165,11 +172,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         crossed_eval = bool(every_eval) and seen // every_eval > prev // every_eval
         if crossed_log or crossed_ckpt or crossed_eval or next_point.done:
             now = time.perf_counter()
+            wall = max(now - t_last, 1e-9)
             entry = {
                 "images_seen": seen, "stage": point.stage, "alpha": round(point.alpha, 6),
                 "resolution": point.resolution, "global_batch": point.global_batch,
                 "d_loss": acc["d"] / max(acc["n_d"], 1), "g_loss": acc["g"] / max(acc["n_g"], 1),
-                "img_per_s": (seen - img_last) / max(now - t_last, 1e-9),
+                "img_per_s": (seen - img_last) / wall,
+                "data_wait": timing["data"] / wall, "checkpoint_s": timing["checkpoint"],
+                "threads": threads,
                 "d_steps": counters["d_steps"], "g_steps": counters["g_steps"], **gan.reg_stats,
             }
             if evaluator is not None and (crossed_eval or next_point.done):
@@ -182,11 +192,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             if rank == 0:
                 print(rep.progress_line(entry), flush=True)
             if crossed_ckpt or next_point.done:
+                t_ckpt = time.perf_counter()
                 write_checkpoint(point, final=next_point.done)
                 last_ckpt = seen
+                ckpt_s = time.perf_counter() - t_ckpt
             else:
                 ray.train.report(dict(entry))
-            t_last, img_last = time.perf_counter(), seen  # throughput excludes checkpoint/report time
+                ckpt_s = 0.0
+            # img_per_s and data_wait cover the steps and data since the last line; a checkpoint's
+            # time is reported in the next line (it happens after this one), evaluation's in eval_s
+            t_last, img_last = time.perf_counter(), seen
+            timing = {"data": 0.0, "checkpoint": ckpt_s}
         # -------------------------------------------------------------- fault injection (tests)
         if fault and rank == int(fault["rank"]) and seen >= int(fault["after_images"]) and last_ckpt > 0:
             marker = fault["marker"]
@@ -206,6 +222,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     # for the driver (rank 0's return value): every rank's step counts and weight digests
     summary = {
         "rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+        "torch_threads": torch.get_num_threads(),
         **counters, "started_at": started_at, "data_position": feeder.position,
         "g_digest": module_digest(gan.G), "d_digest": module_digest(gan.D),
         "g_ema_digest": module_digest(gan.G_ema),

@@ -21,12 +21,13 @@ from facegen_ray.storage import Storage, join
 
 
 def progress_line(point: dict[str, Any]) -> str:
-    """`[facegen] 12.3k img | stage 2 (16x16) α=0.45 | D 0.62 G 1.10 | 85 img/s`"""
+    """`[facegen] 12.3k img | stage 2 (16x16) α=0.45 | D 0.62 G 1.10 | 85 img/s (data wait 0.4%)`"""
     res = int(point["resolution"])
     return (
         f"[facegen] {point['images_seen'] / 1000:.1f}k img | stage {int(point['stage'])} ({res}x{res}) "
         f"α={float(point['alpha']):.2f} | D {float(point['d_loss']):.3f} G {float(point['g_loss']):.3f} | "
         f"{float(point.get('img_per_s', 0.0)):.0f} img/s"
+        + (f" (data wait {100 * float(point['data_wait']):.1f}%)" if "data_wait" in point else "")
     )
 
 

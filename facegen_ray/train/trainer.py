@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,11 +181,45 @@ def train(cfg: FacegenConfig, storage: Storage | None = None, *, export: bool | 
 
 
 def training_dataset(storage: Storage, ds_uri: str, cfg: FacegenConfig):
-    """The Ray Dataset the workers read: the columns the loop uses, at the model's resolution."""
-    from facegen_ray.data.shards import read_training_dataset
-    from facegen_ray.data.feeder import DATA_COLUMNS
+    """The Ray Dataset the workers read: the columns the loop uses, at the model's resolution.
 
-    return read_training_dataset(storage, ds_uri, resolution=cfg.model.resolution).select_columns(DATA_COLUMNS)
+    Every epoch re-runs a Ray Data pipeline from its source. When the decoded dataset fits
+    train.cache_dataset_bytes, it is materialized once into the object store, so an epoch
+    reads blocks that are already decoded instead of re-reading and re-decoding the Parquet
+    shards (the order of rows is the same either way, so exact resume is unaffected)."""
+    from facegen_ray.data.feeder import DATA_COLUMNS
+    from facegen_ray.data.shards import read_manifest, read_training_dataset
+
+    ds = read_training_dataset(storage, ds_uri, resolution=cfg.model.resolution).select_columns(DATA_COLUMNS)
+    limit = cfg.train.cache_dataset_bytes
+    rows = int(read_manifest(storage, ds_uri).get("num_images") or 0)
+    decoded = rows * (3 * cfg.model.resolution**2 * 4 + 32)  # float32 image + labels and weight
+    if limit and decoded <= limit:
+        t0 = time.perf_counter()
+        ds = ds.materialize()
+        print(f"[facegen] dataset cached in the object store: {rows} rows, ~{decoded / 2**20:.0f} MB "
+              f"({time.perf_counter() - t0:.1f}s)", flush=True)
+    return ds
+
+
+def worker_resources(cfg: FacegenConfig) -> dict[str, float]:
+    """What each train worker reserves; the worker runs torch on exactly that many CPU threads.
+
+    train.resources_per_worker wins. Otherwise a run on an embedded Ray (facegen started it on
+    this machine; no RAY_ADDRESS) gives each worker an equal share of the machine's cores (the
+    embedded Ray has one logical CPU more, for Ray Data's tasks), and a run on a cluster takes
+    Ray Train's default of one CPU per worker (plus one GPU with train.use_gpu)."""
+    from facegen_ray.runtime import embedded, local_cpus
+
+    if cfg.train.resources_per_worker:
+        return dict(cfg.train.resources_per_worker)
+    if embedded():
+        res: dict[str, float] = {"CPU": float(max(1, local_cpus() // cfg.train.num_workers))}
+    else:
+        res = {"CPU": 1.0}
+    if cfg.train.use_gpu:
+        res["GPU"] = 1.0
+    return res
 
 
 def torch_trainer_class():
@@ -228,11 +263,11 @@ def fit(cfg: FacegenConfig, storage: Storage, dataset, *, runs_uri: str | None =
     storage_path, storage_fs = _run_storage(storage, runs_uri or layout.runs())
     env = {k: os.environ[k] for k in FORWARD_ENV if os.environ.get(k)}
     env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # progress lines go to stdout once, not twice
-    resources = dict(cfg.train.resources_per_worker) if cfg.train.resources_per_worker else None
+    resources = worker_resources(cfg)
     trainer = torch_trainer_class()(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_uri": run_uri, "dataset_uri": dataset_uri(cfg),
-                           "fault": _fault_from_env()},
+                           "threads": max(1, int(resources.get("CPU", 1))), "fault": _fault_from_env()},
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources,
             placement_strategy=cfg.train.placement_strategy,
