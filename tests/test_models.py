@@ -504,3 +504,23 @@ def test_models_cast_to_bfloat16_for_inference():
         img = G(torch.randn(2, cfg.z_dim), torch.tensor([[0, 1, 2], [-1, -1, -1]]), truncation_psi=0.7)
         assert img.dtype == torch.bfloat16 and torch.isfinite(img.float()).all()
         assert torch.isfinite(D(img).float()).all()
+
+
+@pytest.mark.parametrize("demodulate,up", [(True, False), (True, True), (False, False)])
+def test_modulated_conv_unfused_equals_grouped(demodulate, up):
+    """The training path (input scaled by the styles, one shared conv, output scaled by the
+    demodulation coefficients) computes the same function as the per-sample grouped conv,
+    values and gradients."""
+    conv = ModulatedConv2d(8, 6, 3, w_dim=16, demodulate=demodulate, up=up)
+    with torch.no_grad():
+        conv.affine.weight.normal_()
+    x = torch.randn(5, 8, 6, 6, requires_grad=True)
+    w = torch.randn(5, 16)
+    conv.fused = True
+    y_ref = conv(x, w)
+    (gx_ref,) = torch.autograd.grad(y_ref.square().sum(), x)
+    conv.fused = False
+    y = conv(x, w)
+    (gx,) = torch.autograd.grad(y.square().sum(), x)
+    torch.testing.assert_close(y, y_ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gx, gx_ref, atol=1e-3, rtol=1e-3)

@@ -140,7 +140,14 @@ class EqualizedConv2d(nn.Module):
 class ModulatedConv2d(nn.Module):
     """StyleGAN2 modulated convolution: the style s = A(w) scales the input channels of the
     weight, and (with `demodulate`) each output channel's weight is renormalised to unit L2
-    norm, replacing AdaIN's instance normalisation. One grouped conv handles the whole batch.
+    norm, replacing AdaIN's instance normalisation.
+
+    Two equal ways to compute it (StyleGAN2's fused_modconv switch):
+    - fused=False (default): scale the input by the styles, one ordinary conv with the shared
+      weight for the whole batch, scale the output by the demodulation coefficients
+      d = rsqrt(s^2 @ sum_k(w^2)). One large conv instead of N small ones: much faster on CPU
+      and in training.
+    - fused=True: build each sample's weight and run one grouped conv (groups = N).
 
     x [N,in,H,W], w [N,w_dim] -> [N,out,H',W'] (H' = 2H with `up`). No bias, no activation.
     """
@@ -160,6 +167,7 @@ class ModulatedConv2d(nn.Module):
         self.kernel_size = kernel_size
         self.demodulate = demodulate
         self.up = up
+        self.fused = False
         self.affine = EqualizedLinear(w_dim, in_channels, bias_init=1.0)  # styles start at 1
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
@@ -169,12 +177,19 @@ class ModulatedConv2d(nn.Module):
         # modulation and demodulation in float32 even under autocast (sum of squares overflows fp16)
         styles = self.affine(w).float()  # [N, in]
         weight = self.weight.float() * self.weight_gain  # [out, in, k, k]
+        if self.up:
+            x = upsample2x(x)
+        if not self.fused:
+            x = x * styles.to(x.dtype).view(n, -1, 1, 1)
+            x = F.conv2d(x, weight.to(x.dtype), padding=self.kernel_size // 2)  # [N, out, H, W]
+            if self.demodulate:
+                dcoefs = (styles.square() @ weight.square().sum(dim=(2, 3)).t() + 1e-8).rsqrt()  # [N, out]
+                x = x * dcoefs.to(x.dtype).view(n, -1, 1, 1)
+            return x
         wgt = weight.unsqueeze(0) * styles.view(n, 1, -1, 1, 1)  # [N, out, in, k, k]
         if self.demodulate:
             dcoefs = (wgt.square().sum(dim=(2, 3, 4)) + 1e-8).rsqrt()  # [N, out]
             wgt = wgt * dcoefs.view(n, -1, 1, 1, 1)
-        if self.up:
-            x = upsample2x(x)
         h, w_ = x.shape[2], x.shape[3]
         x = x.reshape(1, n * self.in_channels, h, w_)
         wgt = wgt.reshape(n * self.out_channels, self.in_channels, self.kernel_size, self.kernel_size)
@@ -184,7 +199,7 @@ class ModulatedConv2d(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in={self.in_channels}, out={self.out_channels}, k={self.kernel_size}, "
-            f"demodulate={self.demodulate}, up={self.up}"
+            f"demodulate={self.demodulate}, up={self.up}, fused={self.fused}"
         )
 
 
