@@ -120,6 +120,7 @@ class LossConfig(_Section):
     label_smoothing: float = Field(default=0.0, ge=0, lt=0.5, description="one-sided: real target 1-s")
     pl_weight: float = Field(default=0.0, ge=0, description="path-length regularisation for G; 0 disables")
     pl_interval: int = Field(default=4, ge=1)
+    pl_batch_shrink: int = Field(default=2, ge=1, description="path length on 1/N of the batch (StyleGAN2: 2)")
 
     @field_validator("r1_gamma")
     @classmethod

@@ -19,7 +19,8 @@ Objectives (r = D(real), f = D(fake) logits; t = 1 - label_smoothing, the real t
 Instance noise (N(0, instance_noise^2)) is added to every D input in d_loss and g_loss.
 R1 (nonsaturating): gamma/2 * ||grad_x D(x)||^2 on reals, every r1_interval D steps, scaled by
 r1_interval (lazy regularisation); gamma 'auto' = 0.0002 res^2 / global batch at each stage. Path length (any objective, pl_weight > 0): every
-pl_interval G steps, pl_weight * pl_interval * (||J_w^T y|| - a)^2 with a running mean a kept
+pl_interval G steps on 1/pl_batch_shrink of the batch, pl_weight * pl_interval * (||J_w^T y|| - a)^2
+with a running mean a kept
 in this object (state_dict / load_state_dict for checkpoints). Gradient penalties are
 computed in float32 with autocast disabled. Averages are over the batch; with `weight` (the
 real rows' dataset weights: --balance reweight, merged feedback) the expectations over reals —
@@ -155,6 +156,11 @@ class GANLoss:
         if self.cfg.pl_weight <= 0 or step % self.cfg.pl_interval != 0:
             return None, {}
         g = _unwrap(G)
+        shrink = max(1, int(self.cfg.pl_batch_shrink))
+        if shrink > 1 and z.shape[0] > 1:  # StyleGAN2: the penalty on a fraction of the batch
+            keep = max(1, z.shape[0] // shrink)
+            z = z[:keep]
+            c = c[:keep] if c is not None and c.dim() > 1 and c.shape[0] > 1 else c
         with _no_autocast(z.device):
             delta = torch.zeros(z.shape[0], g.num_ws, g.w_dim, device=z.device, requires_grad=True)
             img = G(z, c, ws_offset=delta).float()  # [N,3,R,R]

@@ -64,7 +64,7 @@ def test_path_length_averages_over_the_ws_the_stage_uses():
     G = Generator(cfg)
     G.set_stage(1, 1.0)  # reads ws[0:4]
     assert G.synthesis.num_used_ws() == 4 < G.num_ws
-    loss = build_loss(LossConfig(name="nonsaturating", pl_weight=2.0, pl_interval=1))
+    loss = build_loss(LossConfig(name="nonsaturating", pl_weight=2.0, pl_interval=1, pl_batch_shrink=1))
     z = torch.randn(6, cfg.z_dim)
     torch.manual_seed(11)
     _, stats = loss.g_reg(G, z, None, step=0)
@@ -224,3 +224,22 @@ def test_compiled_models_train_with_r1_and_path_length(tmp_path):
         assert math.isfinite(gan.d_step(gan.to_device_reals(torch.rand(4, 3, 8, 8), point), None, i))
         assert math.isfinite(gan.g_step(4, None, i))
     assert "d_r1_penalty" in gan.reg_stats and "g_pl_penalty" in gan.reg_stats
+
+
+def test_path_length_runs_on_a_fraction_of_the_batch():
+    cfg = ModelConfig(**tiny_model_dict(8))
+    G = Generator(cfg)
+    calls = []
+    orig_forward = G.forward
+
+    def spy(z, *a, **k):
+        calls.append(z.shape[0])
+        return orig_forward(z, *a, **k)
+
+    G.forward = spy
+    z = torch.randn(8, cfg.z_dim)
+    for shrink, expected in ((2, 4), (1, 8), (16, 1)):
+        calls.clear()
+        loss = build_loss(LossConfig(pl_weight=1.0, pl_interval=1, pl_batch_shrink=shrink))
+        reg, _ = loss.g_reg(G, z, None, step=0)
+        assert reg is not None and calls == [expected]
