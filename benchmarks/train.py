@@ -7,6 +7,14 @@ the data path.
 
     python benchmarks/train.py                                   # CPU, reduced widths
     python benchmarks/train.py --device cuda --variants          # GPU: fp32 / AMP / +channels_last / +compile
+    python benchmarks/train.py --preset reference-64             # the NVlabs StyleGAN2 comparison (README)
+    python benchmarks/train.py --compare-ray --config configs/cpu-32.yaml --data DATASET_URI
+        # the step alone vs `facegen train` (Ray Train, real data) on the same model: the ratio
+        # and where facegen train's wall time goes (steps, data wait, checkpoints, start-up)
+
+Preset reference-64: 64x64, batch 8, channel base 4096 / max 512, z and w 512, 8 mapping layers,
+style mixing 0.9, R1 every 16 D steps, path length weight 2 every 4 G steps on half the batch:
+the configuration the NVlabs stylegan3 repository trains with cfg=stylegan2 at this size.
 """
 
 from __future__ import annotations
@@ -32,7 +40,8 @@ def bench_one(res: int, args, amp: bool, channels_last: bool, compile_: bool) ->
     cfg = FacegenConfig.model_validate({
         "model": {"resolution": res, "z_dim": args.z_dim, "w_dim": args.z_dim, "mapping_layers": args.mapping_layers,
                   "fmap_base": args.fmap_base, "fmap_max": args.fmap_max, "fmap_min": 8},
-        "loss": {"name": args.loss, "r1_interval": 16, "pl_weight": args.pl_weight},
+        "loss": {"name": args.loss, "r1_interval": 16, "pl_weight": args.pl_weight, "pl_interval": 4,
+                 "pl_batch_shrink": 2},
         "train": {"start_resolution": res, "batch_size": {res: args.batch}, "amp": amp,
                   "channels_last": channels_last, "compile": compile_, "total_images": 10**9},
     })
@@ -68,6 +77,74 @@ def bench_one(res: int, args, amp: bool, channels_last: bool, compile_: bool) ->
     }
 
 
+def compare_ray(args) -> dict:
+    """The GAN step alone (GANSteps on random reals, this process) vs `facegen train` (embedded
+    Ray, Ray Train worker, the real dataset) on the same model, batch and fixed resolution."""
+    import tempfile
+
+    import yaml
+
+    from facegen_ray.runtime import ensure_ray
+    from facegen_ray.train.trainer import train
+
+    if not args.config or not args.data:
+        raise SystemExit("--compare-ray needs --config FILE and --data DATASET_URI")
+    with open(args.config) as f:
+        doc = yaml.safe_load(f)
+    res = int(doc["model"]["resolution"])
+    batch = int(doc["train"]["batch_size"].get(res, doc["train"]["batch_size"].get(str(res), 32)))
+    root = tempfile.mkdtemp(prefix="facegen-compare-")
+    doc["storage"] = {"root": root}
+    doc["train"].update({
+        "dataset": args.data, "run_name": "compare-ray", "start_resolution": res, "total_images": args.images,
+        "checkpoint_every_images": args.images, "log_every_images": max(batch, args.images // 6),
+        "eval_every_images": None, "num_workers": 1, "use_gpu": False,
+    })
+    cfg = FacegenConfig.model_validate(doc)
+    # 1. the step alone, same model/loss/batch
+    gan = GANSteps(cfg, torch.device("cpu"))
+    point = ProgressiveSchedule(cfg.train, cfg.model, num_workers=1).at(0)
+    gan.apply(point)
+    reals = torch.rand(batch, 3, res, res) * 2 - 1
+    i = 0
+
+    def iteration() -> None:
+        nonlocal i
+        gan.d_step(gan.to_device_reals(reals, point), None, i)
+        gan.g_step(batch, None, i)
+        gan.ema(10**6, batch)
+        i += 1
+
+    for _ in range(args.warmup):
+        iteration()
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < max(args.min_seconds, 20.0):
+        iteration()
+    step_rate = (i - args.warmup) * batch / (time.perf_counter() - t0)
+    del gan
+    # 2. facegen train (Ray started here the way the CLI starts it)
+    ensure_ray()
+    t0 = time.perf_counter()
+    out = train(cfg, export=False)
+    wall = time.perf_counter() - t0
+    hist = out.history
+    steady = hist[1:] if len(hist) > 2 else hist  # the first interval includes warm-up
+    ray_rate = sum(h["img_per_s"] for h in steady) / len(steady)
+    return {
+        "benchmark": "train_compare_ray", "config": args.config, "resolution": res, "batch": batch,
+        "threads_step": torch.get_num_threads(), "threads_worker": hist[-1].get("threads"),
+        "step_img_per_s": round(step_rate, 2), "facegen_train_img_per_s": round(ray_rate, 2),
+        "ratio": round(ray_rate / step_rate, 3),
+        "split": {
+            "data_wait_share": round(sum(h.get("data_wait", 0.0) for h in steady) / len(steady), 4),
+            "checkpoint_s": round(sum(h.get("checkpoint_s", 0.0) for h in hist), 2),
+            "train_wall_s": round(wall, 1),
+            "stepping_s": round(out.images_seen / ray_rate, 1),
+        },
+        "images": out.images_seen,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -87,7 +164,18 @@ def main() -> None:
     ap.add_argument("--min-iters", type=int, default=3)
     ap.add_argument("--max-iters", type=int, default=200)
     ap.add_argument("--min-seconds", type=float, default=5.0)
+    ap.add_argument("--preset", choices=["reference-64"], help="a named configuration (overrides widths/batch)")
+    ap.add_argument("--compare-ray", action="store_true", help="also run `facegen train` on --data and compare")
+    ap.add_argument("--config", default=None, help="--compare-ray: config YAML whose model/loss/batch to use")
+    ap.add_argument("--data", default=None, help="--compare-ray: prepared dataset URI")
+    ap.add_argument("--images", type=int, default=6000, help="--compare-ray: images facegen train runs for")
     args = ap.parse_args()
+    if args.preset == "reference-64":
+        args.resolutions, args.batch, args.fmap_base, args.fmap_max = "64", 8, 4096, 512
+        args.z_dim, args.mapping_layers, args.pl_weight = 512, 8, 2.0
+    if args.compare_ray:
+        print(json.dumps(compare_ray(args)))
+        return
     resolutions = [int(r) for r in args.resolutions.split(",")]
     if args.variants:
         variants = {"fp32": (False, False, False), "amp": (True, False, False),
