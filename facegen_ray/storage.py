@@ -312,3 +312,52 @@ class Layout:
 def iter_lines(storage: Storage, uri: str) -> Iterator[str]:
     with storage.open(uri, "rt") as f:
         yield from f
+
+
+def s3_worker_options(cfg: StorageConfig) -> dict[str, Any]:
+    """Keyword arguments for pyarrow's S3FileSystem that work inside Ray workers and Ray
+    Train's controller, whose environment may lack the driver's credentials.
+
+    Order of precedence (one rule for every caller):
+      1. storage.anon: anonymous access, even when credentials exist (a public bucket);
+      2. credentials botocore finds on the driver (env vars, ~/.aws, instance role), frozen
+         into the filesystem so it pickles with them;
+      3. none: pyarrow's own credential chain on the worker.
+    Plus the endpoint (storage.endpoint_url / FACEGEN_S3_ENDPOINT_URL, scheme kept) and region
+    (default us-east-1)."""
+    kw: dict[str, Any] = {}
+    if cfg.anon:
+        kw["anonymous"] = True
+    else:
+        try:
+            import botocore.session
+
+            creds = botocore.session.get_session().get_credentials()
+        except Exception:  # noqa: BLE001 - no botocore or a broken profile: pyarrow's chain decides
+            creds = None
+        if creds is not None:
+            frozen = creds.get_frozen_credentials()
+            kw.update(access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token)
+    if cfg.endpoint_url:
+        scheme, _, host = cfg.endpoint_url.partition("://")
+        kw.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+    kw["region"] = cfg.region or "us-east-1"
+    return kw
+
+
+def worker_filesystem(storage: Storage, uri: str) -> tuple[Any, str]:
+    """(pyarrow FileSystem, path) that also works inside Ray workers: for s3:// pyarrow's native
+    S3FileSystem from s3_worker_options (it pickles with the driver's credentials); other URIs
+    use Storage.pyarrow_fs."""
+    uri = normalize(uri)
+    if not uri.startswith("s3://"):
+        return storage.pyarrow_fs(uri)
+    import pyarrow.fs as pafs
+
+    return pafs.S3FileSystem(**s3_worker_options(storage.cfg)), uri[len("s3://"):]
+
+
+def worker_filesystem_path(uri: str) -> str:
+    """A URI as a path within its pyarrow filesystem (bucket/key for s3://)."""
+    uri = normalize(uri)
+    return uri[len("s3://"):] if uri.startswith("s3://") else uri if not is_remote(uri) else uri.split("://", 1)[1]

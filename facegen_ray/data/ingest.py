@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from facegen_ray.errors import UserError
-from facegen_ray.storage import Storage, is_remote, normalize
+# the one builder of worker filesystems lives in storage.py; re-exported for the data readers
+from facegen_ray.storage import Storage, is_remote, normalize, worker_filesystem, worker_filesystem_path  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -105,40 +106,6 @@ def plan_sources(storage: Storage, sources: list[str], limit: int | None = None,
     return plan
 
 
-def worker_filesystem(storage: Storage, uri: str) -> tuple[Any, str]:
-    """(pyarrow FileSystem, path) that also works inside Ray workers.
-
-    For s3:// this is pyarrow's native S3FileSystem built from the storage config (endpoint,
-    region) and the driver's credentials as found by botocore (env vars, ~/.aws, instance
-    role); it pickles with them, so workers whose environment lacks the credentials (a
-    local Ray started before they were set, a cluster node) can still read and write.
-    Other URIs use Storage.pyarrow_fs.
-    """
-    uri = normalize(uri)
-    if not uri.startswith("s3://"):
-        return storage.pyarrow_fs(uri)
-    import pyarrow.fs as pafs
-
-    kw: dict[str, Any] = {}
-    try:
-        import botocore.session
-
-        creds = botocore.session.get_session().get_credentials()
-    except Exception:  # noqa: BLE001 - no botocore: let pyarrow's own chain decide
-        creds = None
-    if storage.cfg.anon:
-        kw["anonymous"] = True
-    elif creds is not None:
-        frozen = creds.get_frozen_credentials()
-        kw.update(access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token)
-    endpoint = storage.cfg.endpoint_url
-    if endpoint:
-        scheme, _, host = endpoint.partition("://")
-        kw.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
-    kw["region"] = storage.cfg.region or "us-east-1"
-    return pafs.S3FileSystem(**kw), uri[len("s3://"):]
-
-
 def _scheme(uri: str) -> str:
     return uri.split("://", 1)[0] if is_remote(uri) else "file"
 
@@ -202,7 +169,3 @@ def read_sources(storage: Storage, plan: SourcePlan, rows_per_block: int = 128):
     return ds.map_batches(read_items, fn_kwargs={"filesystems": filesystems}, batch_format="pyarrow", batch_size=None)
 
 
-def worker_filesystem_path(uri: str) -> str:
-    """A URI as a path within its pyarrow filesystem (bucket/key for s3://)."""
-    uri = normalize(uri)
-    return uri[len("s3://"):] if uri.startswith("s3://") else uri if not is_remote(uri) else uri.split("://", 1)[1]

@@ -25,7 +25,9 @@ from typing import Any
 
 from facegen_ray.config import FacegenConfig
 from facegen_ray.errors import UserError
-from facegen_ray.storage import Layout, Storage, StorageError, fs_path_to_uri, is_remote, join, normalize
+from facegen_ray.storage import (
+    Layout, Storage, StorageError, fs_path_to_uri, is_remote, join, normalize, worker_filesystem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,27 +110,9 @@ def _run_storage(storage: Storage, runs_uri: str):
     """(storage_path, storage_filesystem) for RunConfig. For s3:// the filesystem is built
     with the driver's credentials so Ray Train's controller (which does not inherit our
     environment) can read and write checkpoints."""
-    import pyarrow.fs as pafs
-
     if not is_remote(runs_uri):
         return runs_uri, None
-    if runs_uri.startswith("s3://"):
-        import botocore.session
-
-        creds = botocore.session.get_session().get_credentials()
-        kw: dict[str, Any] = {}
-        if creds is not None:
-            frozen = creds.get_frozen_credentials()
-            kw.update(access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token)
-        elif storage.cfg.anon:
-            kw["anonymous"] = True
-        endpoint = storage.cfg.endpoint_url
-        if endpoint:
-            scheme, _, host = endpoint.partition("://")
-            kw.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
-        kw["region"] = storage.cfg.region or "us-east-1"
-        return runs_uri[len("s3://"):], pafs.S3FileSystem(**kw)
-    fs, path = storage.pyarrow_fs(runs_uri)
+    fs, path = worker_filesystem(storage, runs_uri)
     return path, fs
 
 
