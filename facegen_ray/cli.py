@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "facegen_ray.commands.train",
     "facegen_ray.commands.serve",
     "facegen_ray.commands.generate",
+    "facegen_ray.commands.detect",
     "facegen_ray.commands.promote",
     "facegen_ray.commands.evaluate",
     "facegen_ray.commands.attributes",

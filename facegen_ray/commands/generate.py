@@ -49,7 +49,10 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(storage, args.model, cfg.storage.root, device=args.device)
     images = generate(model.G, seeds, psi, None, args.device, args.batch_size)  # uint8 [N,H,W,3]
     grid = make_grid(images, cols=args.cols)
-    storage.write_bytes(out, encode_image(grid, fmt))
+    from facegen_ray.provenance import grid_id, provenance_record
+
+    prov = provenance_record(model.version, grid_id(model.version, model.digest, seeds, psi), seeds, psi)
+    storage.write_bytes(out, encode_image(grid, fmt, provenance=prov))
     print(f"[facegen] wrote {out}: {len(seeds)} faces ({images.shape[1]}px, psi={psi}) "
           f"from model {model.version} ({model.uri})")
     return 0

@@ -46,12 +46,18 @@ WEIGHTS_FILE = "generator.pt"
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
 
 
-def encode_image(arr: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
-    """uint8 [H,W,3] -> PNG or JPEG bytes (deterministic: no timestamps or random chunks)."""
+def encode_image(arr: np.ndarray, fmt: str = "png", quality: int = 95, provenance: dict[str, Any] | None = None) -> bytes:
+    """uint8 [H,W,3] -> PNG or JPEG bytes (deterministic: no timestamps or random chunks).
+    With `provenance` (facegen_ray.provenance.provenance_record): the invisible watermark goes
+    into the pixels and the record into a PNG text chunk / JPEG EXIF."""
     from PIL import Image
 
     if fmt not in CONTENT_TYPES:
         raise UserError(f"unknown image format {fmt!r}; use png or jpeg")
+    if provenance is not None:
+        from facegen_ray.provenance import encode as encode_with_provenance
+
+        return encode_with_provenance(arr, fmt, quality, provenance)
     buf = io.BytesIO()
     im = Image.fromarray(np.ascontiguousarray(arr), mode="RGB")
     if fmt == "png":
@@ -121,6 +127,19 @@ def image_id(model_version: str, weights_digest: str, seed: int, truncation: flo
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 
+def image_provenance(model: dict[str, Any], item: dict[str, Any], seed: int, image_id: str) -> dict[str, Any]:
+    """The provenance record of one served image: model version, seed, psi, and every other
+    request field (attributes, edits, style mixing) under "edit"."""
+    from facegen_ray.provenance import provenance_record
+
+    edit = {"attributes": item["attributes"]} if item.get("attributes") else {}
+    control = item.get("control")
+    if control is None:
+        control = {k: v for k, v in item.items() if k not in ("seeds", "truncation", "attributes")}
+    edit.update({k: v for k, v in control.items() if v is not None})
+    return provenance_record(model["model_version"], image_id, int(seed), float(item["truncation"]), edit)
+
+
 def choose_device(num_gpus: float) -> str:
     """cuda when the replica asked for a GPU and one is visible, else cpu."""
     if num_gpus > 0 and torch.cuda.is_available():
@@ -187,3 +206,13 @@ def load_model(
         raise UserError(f"cannot read {join(uri, WEIGHTS_FILE)}: {e}") from e
     version = label or str(meta.get("version") or "") or f"sha-{digest[:12]}"
     return LoadedModel(G=G, cfg=cfg, metadata=meta, uri=uri, version=version, digest=digest, device=str(device))
+
+
+def response_provenance(model: dict[str, Any], truncation: float) -> dict[str, Any]:
+    """What a /generate response says about its images (each image also carries it inside)."""
+    from facegen_ray.provenance import GENERATOR, METADATA_KEY, WATERMARK_ID
+
+    return {"synthetic": True, "generator": GENERATOR, "model_version": model["model_version"],
+            "psi": quantize_psi(truncation), "watermark": WATERMARK_ID,
+            "metadata": f"PNG text chunk {METADATA_KEY!r} / JPEG EXIF ImageDescription (JSON)",
+            "notice": "AI-generated faces: not photographs of real people"}

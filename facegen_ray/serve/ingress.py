@@ -272,7 +272,7 @@ class Ingress:
         for j, seed in enumerate(item["seeds"]):
             cond = conditions[j] if conditions else None
             iid = gen.image_id(model["model_version"], model["weights_sha256"], seed, item["truncation"], cond)
-            png = gen.encode_image(images[j], "png")
+            png = gen.encode_image(images[j], "png", provenance=gen.image_provenance(model, item, seed, iid))
             meta = {
                 "seed": seed, "truncation": item["truncation"], "attributes": item["attributes"], "condition": cond,
                 "model_version": model["model_version"], "model_uri": model["model_uri"],
@@ -283,7 +283,8 @@ class Ingress:
                 data = stored
             else:
                 arr = images[j] if stored == png else gen.decode_png(stored)
-                data = gen.encode_image(arr, "jpeg", self.cfg.image_format_quality)
+                data = gen.encode_image(arr, "jpeg", self.cfg.image_format_quality,
+                                        provenance=gen.image_provenance(model, item, seed, iid))
             out.append((iid, seed, data))
         return out
 
@@ -315,6 +316,7 @@ class Ingress:
             "model_version": model["model_version"],
             "truncation": gen.quantize_psi(self.cfg.default_truncation if req.truncation is None else req.truncation),
             "format": req.format,
+            "provenance": gen.response_provenance(model, req.truncation if req.truncation is not None else self.cfg.default_truncation),
             "images": [{"image_id": iid, "seed": s, "data": base64.b64encode(b).decode("ascii")} for iid, s, b in out],
         })
 
@@ -331,7 +333,7 @@ class Ingress:
         model, out = await self._render(q.seed, 1, q.truncation, attrs.model_dump() if attrs else None, q.format)
         iid, seed, data = out[0]
         return Response(content=data, media_type=gen.CONTENT_TYPES[q.format], headers={
-            "X-Image-Id": iid, "X-Seed": str(seed), "X-Model-Version": model["model_version"],
+            "X-Image-Id": iid, "X-Seed": str(seed), "X-Model-Version": model["model_version"], "X-Synthetic": "true",
         })
 
     @api.post("/feedback", status_code=201, openapi_extra=_json_body(FeedbackRequest, parameters=[{
