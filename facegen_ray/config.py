@@ -59,6 +59,8 @@ class DataConfig(_Section):
     png_compress_level: int = Field(default=1, ge=0, le=9, description="zlib level of stored PNGs (1: ~2.5x faster than 6, ~15% larger)")
     balance: Literal["none", "reweight", "resample"] = "none"
     seed: int = 0
+    holdout_fraction: float = Field(default=0.0, ge=0, lt=1, description="real faces kept out of training (by content "
+                                    "hash) in a held-out split, for the memorisation report")
 
     _res = field_validator("resolution")(classmethod(lambda cls, v: _check_resolution(v, "resolution")))
 
@@ -226,7 +228,7 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     """`facegen evaluate`: sample-quality metrics against a dataset."""
 
-    metrics: list[Literal["fid", "kid", "pr", "is", "diversity"]] = Field(default_factory=lambda: ["fid", "kid", "pr"])
+    metrics: list[Literal["fid", "kid", "pr", "is", "diversity", "memorisation"]] = Field(default_factory=lambda: ["fid", "kid", "pr"])
     num_gen: int = Field(default=10_000, ge=2)
     num_real: int | None = Field(default=None, ge=2, description="reals to use; default all")
     batch_size: int = Field(default=64, ge=1)
@@ -239,6 +241,10 @@ class EvalConfig(_Section):
     pr_k: int = Field(default=3, ge=1)
     num_actors: int = Field(default=1, ge=1, description="Ray actors extracting features in parallel")
     seed: int = 0
+    memorisation_percentile: float = Field(default=1.0, gt=0, lt=100, description="a generated face nearer a training "
+                                           "face than this percentile of held-out faces is a suspected copy")
+    memorisation_num_train: int | None = Field(default=None, ge=1, description="training faces searched; default all")
+    memorisation_sheet: int = Field(default=16, ge=1, description="closest (generated, training) pairs in the contact sheet")
 
 
 class ServeConfig(_Section):
@@ -307,6 +313,8 @@ class GateConfig(_Section):
                                                        "behind the candidate's training data")
     require_promotion: bool = Field(default=False, description="exit 1 when the gate rejects the candidate")
     use_ray: bool = Field(default=False, description="extract features with Ray actors instead of in-process")
+    max_copy_rate: float | None = Field(default=None, ge=0, le=1, description="refuse promotion when the candidate's "
+                                        "memorisation copy rate is above this (needs a held-out split); None: not checked")
 
 
 class FacegenConfig(_Section):

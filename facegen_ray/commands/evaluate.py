@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help="registry version (v1, serving, latest) or model directory URI")
     p.add_argument("--data", required=True, metavar="URI", help="dataset URI (DEST of prepare, or DEST/v<N>)")
-    p.add_argument("--metrics", default=None, help="comma-separated subset of fid,kid,pr,is,diversity (default eval.metrics)")
+    p.add_argument("--metrics", default=None, help="comma-separated subset of fid,kid,pr,is,diversity,memorisation (default eval.metrics)")
     p.add_argument("--num-gen", type=int, default=None, help="generated images (default eval.num_gen)")
     p.add_argument("--num-real", type=int, default=None, help="real images (default: all distinct images)")
     p.add_argument("--truncation", type=float, default=None, help="truncation ψ in [0,1] (default eval.truncation)")
@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also FID and precision/recall for each ψ (e.g. 0.5,0.7,1.0)")
     p.add_argument("--sweep-plot", default=None, metavar="PNG", help="write the sweep plot (FID, P/R vs ψ) here")
     p.add_argument("--attribute-model", default=None, metavar="URI", help="attribute classifier folder (for diversity)")
+    p.add_argument("--sheet", default=None, metavar="PNG",
+                   help="memorisation contact sheet (generated | nearest training face); default MODEL_DIR/memorisation-sheet.png")
     p.add_argument("--local", action="store_true", help="extract features in this process instead of Ray")
     add_config_args(p)
     p.set_defaults(func=run)
@@ -62,8 +64,11 @@ def run(args: argparse.Namespace) -> int:
         from facegen_ray.runtime import ensure_ray
 
         ensure_ray()
+    from facegen_ray.storage import join
+
     result = evaluate_model(storage, model_uri, args.data, cfg.eval, sweep=args.sweep,
-                            attribute_model=args.attribute_model, use_ray=not args.local)
+                            attribute_model=args.attribute_model, use_ray=not args.local,
+                            sheet_uri=args.sheet or join(model_uri, "memorisation-sheet.png"))
     result["model"] = args.model
     result["model_dir"] = model_uri
     result["model_version"] = version or result.get("model_version")

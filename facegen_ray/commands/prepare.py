@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="even out race x gender groups: row weights (reweight) or oversampling (resample)")
     p.add_argument("--attribute-model", default=None, metavar="URI",
                    help="attribute classifier (facegen_ray.metrics.attributes) to tag images without file-name labels")
+    p.add_argument("--holdout-fraction", type=float, default=None, metavar="F",
+                   help="keep this fraction of faces (chosen by content hash) out of training, in a held-out split "
+                        "for the memorisation report (default data.holdout_fraction = 0)")
     p.add_argument("--json", action="store_true", help="also print the manifest as one JSON line")
     add_config_args(p)
     p.set_defaults(func=run)
@@ -42,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     sources, dest = list(args.sources), args.dest
     if not sources:
         raise UserError("prepare needs SOURCE and DEST (e.g. facegen prepare faces.zip ./facegen-data/datasets/faces)")
-    extra = option_overrides(args, {"resolution": "data.resolution", "limit": "data.limit", "balance": "data.balance"})
+    extra = option_overrides(args, {"resolution": "data.resolution", "limit": "data.limit", "balance": "data.balance",
+                                    "holdout_fraction": "data.holdout_fraction"})
     cfg = config_from_args(args, extra)
     result = prepare(cfg, sources, dest, attribute_model=args.attribute_model)
     print(f"[facegen] {summary(result)}")

@@ -93,6 +93,16 @@ def _to_shard_rows(batch, *, weights: dict[str, float] | None, repeats: dict[str
     return table
 
 
+def _split_rows(batch, *, fraction: float, holdout: bool):
+    """UDF: the rows of the held-out split (holdout=True) or the others (shards.in_holdout)."""
+    import pyarrow as pa
+
+    from facegen_ray.data.shards import in_holdout
+
+    mask = [in_holdout(h, fraction) == holdout for h in batch.column("sha256").to_pylist()]
+    return batch.filter(pa.array(mask, type=pa.bool_()))
+
+
 def _rows_per_shard(cfg_rows: int, target_mb: float, mean_bytes: float) -> int:
     """Rows per shard: data.shard_rows, fewer if that would exceed ~data.shard_target_mb."""
     by_size = int(target_mb * 2**20 / max(mean_bytes, 1.0))
@@ -140,12 +150,25 @@ def prepare(cfg: FacegenConfig, sources: list[str] | str, dest: str, *, storage:
     drop = ok.loc[dup_mask, "source"].tolist()
     rejected["duplicate"] = len(drop)
     ok = ok[~dup_mask]
+    from facegen_ray.data.shards import in_holdout
+
+    held_mask = ok["sha256"].map(lambda h: in_holdout(h, dcfg.holdout_fraction)).astype(bool)
+    num_holdout = int(held_mask.sum())
+    ok = ok[~held_mask]  # held-out faces are never balanced, tagged into training or counted as training rows
     num_rejected = sum(rejected.values())
     if ok.empty:
         detail = ", ".join(f"{k}={v}" for k, v in rejected.items() if v)
         raise UserError(f"no usable images in {', '.join(sources)}: all {plan.num_candidates} files were rejected ({detail})")
 
     ds = processed.map_batches(_filter_rows, fn_kwargs={"drop": drop}, batch_format="pyarrow", batch_size=None)
+    holdout_ds = None
+    if num_holdout:
+        holdout_ds = ds.map_batches(_split_rows, fn_kwargs={"fraction": dcfg.holdout_fraction, "holdout": True},
+                                    batch_format="pyarrow", batch_size=None).map_batches(
+            _to_shard_rows, fn_kwargs={"weights": None, "repeats": None, "seed": dcfg.seed},
+            batch_format="pyarrow", batch_size=None)
+        ds = ds.map_batches(_split_rows, fn_kwargs={"fraction": dcfg.holdout_fraction, "holdout": False},
+                            batch_format="pyarrow", batch_size=None)
     if tagger is not None:
         ds = ds.map_batches(attrs.TagNullLabels, fn_constructor_args=(tagger,),
                             batch_format="pyarrow", batch_size=64, concurrency=1).materialize()
@@ -200,8 +223,10 @@ def prepare(cfg: FacegenConfig, sources: list[str] | str, dest: str, *, storage:
         "seed": dcfg.seed,
         "rows_per_shard": rows_per_shard,
         "dedupe": "sha256 of the stored RGB pixels (uint8 [R,R,3]); first in source order kept",
+        "holdout": {"fraction": dcfg.holdout_fraction, "num_images": num_holdout, "files": [],
+                    "rule": "int(sha256[:8], 16) / 2**32 < fraction; held-out rows are never trained on"},
     }
-    manifest = write_version(storage, dest, ds, manifest, rows_per_shard, expected_rows=num_rows)
+    manifest = write_version(storage, dest, ds, manifest, rows_per_shard, expected_rows=num_rows, holdout=holdout_ds)
     elapsed = time.perf_counter() - t0
 
     return PrepareResult(manifest=manifest, dataset_uri=dest, version_uri=manifest["path"],

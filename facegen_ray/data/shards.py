@@ -39,6 +39,18 @@ _VERSION_RE = re.compile(r"^v(\d+)$")
 STAGING_PREFIX = "_staging-"
 CLAIM_FILE = "_claim.json"
 TRAINING_COLUMNS = ["image", "age", "gender", "race", "weight"]
+HOLDOUT_DIR = "holdout"  # v<N>/holdout/*.parquet: held-out rows, listed in manifest["holdout"], never trained on
+
+
+def in_holdout(sha256: str, fraction: float) -> bool:
+    """Whether a row (by its content hash) belongs to the held-out split: the first 8 hex digits
+    as a number in [0,1) below `fraction`. Stable across runs and for repeated rows."""
+    return fraction > 0 and int(sha256[:8], 16) / 2**32 < fraction
+
+
+def holdout_uris(manifest: dict[str, Any]) -> list[str]:
+    """Full URIs of a version's held-out shards ([] when it has none)."""
+    return [join(manifest["path"], f["name"]) for f in (manifest.get("holdout") or {}).get("files", [])]
 
 
 def shard_schema():
@@ -122,10 +134,12 @@ def shard_uris(manifest: dict[str, Any]) -> list[str]:
 
 
 def write_version(storage: Storage, dest: str, ds, manifest: dict[str, Any], rows_per_shard: int,
-                  expected_rows: int | None = None) -> dict[str, Any]:
+                  expected_rows: int | None = None, holdout=None) -> dict[str, Any]:
     """Write a Ray Dataset (SHARD_SCHEMA rows) as the next version of DEST, commit it, and
     return the complete manifest (with version, path, files, num_images). With
-    `expected_rows`, a version whose shards hold a different count is never committed."""
+    `expected_rows`, a version whose shards hold a different count is never committed.
+    `holdout` (a Ray Dataset of the same schema): written to v<N>/holdout/ and listed in
+    manifest["holdout"] = {num_images, files}; "files" (what training reads) never lists it."""
     from facegen_ray.data.ingest import worker_filesystem, worker_filesystem_path
 
     dest = normalize(dest)
@@ -144,6 +158,10 @@ def write_version(storage: Storage, dest: str, ds, manifest: dict[str, Any], row
         min_rows_per_file=rows_per_shard, max_rows_per_file=rows_per_shard,
         compression="zstd", try_create_dir=True,
     )
+    if holdout is not None:
+        holdout.write_parquet(worker_filesystem_path(join(staging, HOLDOUT_DIR)), filesystem=fs,
+                              min_rows_per_file=rows_per_shard, max_rows_per_file=rows_per_shard,
+                              compression="zstd", try_create_dir=True)
     if not remote:
         while True:  # atomic claim of v<N>: rename fails if another prepare took it
             try:
@@ -154,7 +172,12 @@ def write_version(storage: Storage, dest: str, ds, manifest: dict[str, Any], row
                     raise
                 version += 1
                 target = Layout.dataset_version(dest, version)
-    files = _describe_shards(storage, target)
+    described = _describe_shards(storage, target)
+    files = [f for f in described if not f["name"].startswith(HOLDOUT_DIR + "/")]
+    held = [f for f in described if f["name"].startswith(HOLDOUT_DIR + "/")]
+    if holdout is not None:
+        manifest = {**manifest, "holdout": {**(manifest.get("holdout") or {}), "num_images": sum(f["rows"] for f in held),
+                                            "files": held}}
     written = sum(f["rows"] for f in files)
     if expected_rows is not None and written != expected_rows:
         raise StorageError(f"{target}: shards hold {written} rows, expected {expected_rows}; not committed")
@@ -320,5 +343,5 @@ def read_images_uint8(storage: Storage, dataset_uri: str, limit: int | None = No
 
 __all__ = [
     "shard_schema", "read_manifest", "read_training_dataset", "read_images_uint8", "decode_image",
-    "write_version", "list_versions", "next_version", "shard_uris", "downsample",
+    "write_version", "list_versions", "next_version", "shard_uris", "downsample", "holdout_uris", "in_holdout",
 ]

@@ -73,15 +73,24 @@ class RealSelection:
     hashes: list[str]
 
 
-def select_reals(storage: Storage, data_uri: str, num_real: int | None, seed: int) -> RealSelection:
-    """Distinct images (by sha256) of the dataset version; a seeded subset of num_real of them."""
+def select_reals(storage: Storage, data_uri: str, num_real: int | None, seed: int, split: str = "train") -> RealSelection:
+    """Distinct images (by sha256) of the dataset version; a seeded subset of num_real of them.
+    split "holdout": the held-out rows (`facegen prepare --holdout-fraction`) instead."""
     import pyarrow.parquet as pq
 
     from facegen_ray.data.ingest import worker_filesystem, worker_filesystem_path
     from facegen_ray.data.shards import read_manifest, shard_uris
 
     manifest = read_manifest(storage, data_uri)
-    uris = shard_uris(manifest)
+    if split == "holdout":
+        from facegen_ray.data.shards import holdout_uris
+
+        uris = holdout_uris(manifest)
+        if not uris:
+            raise UserError(f"dataset {data_uri} has no held-out split: prepare it with "
+                            "`facegen prepare SOURCE DEST --holdout-fraction 0.05` (memorisation needs one)")
+    else:
+        uris = shard_uris(manifest)
     if not uris or int(manifest.get("num_images") or 0) <= 0:
         raise UserError(f"dataset {data_uri} is empty: run `facegen prepare` on a source with faces")
     fs, _ = worker_filesystem(storage, uris[0])
@@ -100,9 +109,28 @@ def select_reals(storage: Storage, data_uri: str, num_real: int | None, seed: in
     return RealSelection(manifest, uris, [where[k] for k in order], [hashes[k] for k in order])
 
 
-def reference_key(manifest: dict[str, Any], n_real: int, seed: int) -> str:
-    """Cache key: dataset version, resolution, sample count (+ subset seed), extractor id."""
-    return f"v{manifest['version']}-r{manifest['resolution']}-n{n_real}-s{seed}-{EXTRACTOR_ID}"
+def reference_key(manifest: dict[str, Any], n_real: int, seed: int, split: str = "train") -> str:
+    """Cache key: dataset version, resolution, sample count (+ subset seed), extractor id (+ split)."""
+    key = f"v{manifest['version']}-r{manifest['resolution']}-n{n_real}-s{seed}-{EXTRACTOR_ID}"
+    return key if split == "train" else f"{key}-{split}"
+
+
+def read_selected_images(storage: Storage, sel: RealSelection, indices: Sequence[int]) -> np.ndarray:
+    """uint8 [k,H,W,3]: the images of sel.rows[i] for i in indices (in that order)."""
+    import pyarrow.parquet as pq
+
+    from facegen_ray.data.ingest import worker_filesystem, worker_filesystem_path
+    from facegen_ray.data.shards import decode_image
+
+    fs, _ = worker_filesystem(storage, sel.shards[0])
+    cols: dict[int, Any] = {}
+    out = []
+    for k in indices:
+        i, j = sel.rows[int(k)]
+        if i not in cols:
+            cols[i] = pq.read_table(worker_filesystem_path(sel.shards[i]), filesystem=fs, columns=["image"]).column("image")
+        out.append(decode_image(cols[i][j].as_py()))
+    return np.stack(out)
 
 
 def data_labels(storage: Storage, sel: RealSelection, age_buckets: Sequence[int]) -> dict[str, np.ndarray]:
@@ -204,15 +232,15 @@ def _real_features_ray(storage: Storage, sel: RealSelection, cfg: EvalConfig) ->
 
 
 def reference_features(storage: Storage, data_uri: str, cfg: EvalConfig, *, use_ray: bool = False,
-                       extractor: InceptionExtractor | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                       extractor: InceptionExtractor | None = None, split: str = "train") -> tuple[np.ndarray, dict[str, Any]]:
     """Features [n_real,2048] (float64 of stored float32) of the dataset version's reals, cached
     at Layout.reference_stats(version, key) together with their mean/covariance.
 
     Returns (features, info) where info has n_real, key, uri, cached (bool), version, resolution.
     """
-    sel = select_reals(storage, data_uri, cfg.num_real, cfg.seed)
+    sel = select_reals(storage, data_uri, cfg.num_real if split == "train" else None, cfg.seed, split)
     manifest = sel.manifest
-    key = reference_key(manifest, len(sel.rows), cfg.seed)
+    key = reference_key(manifest, len(sel.rows), cfg.seed, split)
     uri = Layout.reference_stats(manifest["path"], key)
     info = {"n_real": len(sel.rows), "key": key, "uri": uri, "version": manifest["version"],
             "resolution": manifest["resolution"], "selection": sel}
@@ -324,16 +352,17 @@ def compute_metrics(gen: np.ndarray, real: np.ndarray, metrics: Sequence[str], c
 
 def evaluate_model(storage: Storage, model_uri: str, data_uri: str, cfg: EvalConfig, *,
                    metrics: Sequence[str] | None = None, sweep: Sequence[float] | None = None,
-                   attribute_model: str | None = None, use_ray: bool = False) -> dict[str, Any]:
+                   attribute_model: str | None = None, use_ray: bool = False,
+                   sheet_uri: str | None = None) -> dict[str, Any]:
     """Evaluate the generator in `model_uri` against the dataset at `data_uri`.
 
     metrics ⊆ {fid, kid, pr, is, diversity}; with `sweep`, also FID and precision/recall for
     each ψ (under "sweep"). Returns a JSON-able dict (n_gen/n_real with the metrics).
     """
     metrics = list(metrics or cfg.metrics)
-    unknown = sorted(set(metrics) - {"fid", "kid", "pr", "is", "diversity"})
+    unknown = sorted(set(metrics) - {"fid", "kid", "pr", "is", "diversity", "memorisation"})
     if unknown:
-        raise UserError(f"unknown metrics {unknown}; choose from fid,kid,pr,is,diversity")
+        raise UserError(f"unknown metrics {unknown}; choose from fid,kid,pr,is,diversity,memorisation")
     tagger = None
     if "diversity" in metrics:
         if not attribute_model:
@@ -369,7 +398,10 @@ def evaluate_model(storage: Storage, model_uri: str, data_uri: str, cfg: EvalCon
             "seeds": [seeds[0], seeds[-1]], "reference": {k: info[k] for k in ("uri", "key", "cached")},
             "extractor": EXTRACTOR_ID,
         }
-        result.update(compute_metrics(gen, real, [m for m in metrics if m != "diversity"], cfg, mu_sigma))
+        result.update(compute_metrics(gen, real, [m for m in metrics if m not in ("diversity", "memorisation")], cfg, mu_sigma))
+        if "memorisation" in metrics:
+            result["memorisation"] = _memorisation(storage, data_uri, cfg, G, seeds, c, gen, use_ray,
+                                                   local.extractor if local else None, sheet_uri)
         if tagger is not None:
             from facegen_ray.metrics.diversity import diversity_report
 
@@ -389,6 +421,31 @@ def evaluate_model(storage: Storage, model_uri: str, data_uri: str, cfg: EvalCon
                 ray.kill(a)
     result["elapsed_s"] = round(time.time() - t0, 2)
     return result
+
+
+def _memorisation(storage: Storage, data_uri: str, cfg: EvalConfig, G: torch.nn.Module, seeds: list[int],
+                  c: torch.Tensor | None, gen: np.ndarray, use_ray: bool, extractor: InceptionExtractor | None,
+                  sheet_uri: str | None) -> dict[str, Any]:
+    """Nearest-training-neighbour distances of the generated faces vs held-out reals; the
+    contact sheet of the closest pairs goes to sheet_uri (see metrics/memorisation.py)."""
+    from facegen_ray.metrics.memorisation import contact_sheet, memorisation_report
+
+    tcfg = cfg.model_copy(update={"num_real": cfg.memorisation_num_train})
+    train, tinfo = reference_features(storage, data_uri, tcfg, use_ray=use_ray, extractor=extractor)
+    hold, _ = reference_features(storage, data_uri, cfg, use_ray=use_ray, extractor=extractor, split="holdout")
+    rep = memorisation_report(gen, train, hold, percentile=cfg.memorisation_percentile, worst=cfg.memorisation_sheet)
+    pairs = rep.pop("_pairs")
+    rep["closest"] = [{"seed": seeds[g], "train_sha256": tinfo["selection"].hashes[t], "distance": d,
+                       "suspected": d < rep["threshold"]} for g, t, d in pairs]
+    if sheet_uri and pairs:
+        gi = [g for g, _, _ in pairs]
+        gimgs = generate_uint8(G, [seeds[g] for g in gi], cfg.truncation, c=c[gi] if c is not None else None,
+                               batch_size=cfg.batch_size, device="cpu" if extractor is None else extractor.device)
+        timgs = read_selected_images(storage, tinfo["selection"], [t for _, t, _ in pairs])
+        storage.write_bytes(sheet_uri, contact_sheet([(g, t, d, d < rep["threshold"])
+                                                      for g, t, (_, _, d) in zip(gimgs, timgs, pairs)]))
+        rep["contact_sheet"] = sheet_uri
+    return rep
 
 
 def plot_sweep(rows: Sequence[dict[str, Any]]) -> bytes:

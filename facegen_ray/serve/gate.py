@@ -11,7 +11,8 @@ Decision (gate.*):  promote iff  FID_cand <= FID_serving * (1 + fid_tolerance)
                                [and KID_cand <= KID_serving + kid_margin]
                                [and precision_cand >= precision_serving - precision_margin]
                                [and recall_cand >= recall_serving - recall_margin]
-(bracketed checks only when their margin is set). A non-finite metric fails its check.
+(bracketed checks only when their margin is set), and, when gate.max_copy_rate is set,
+the candidate's memorisation copy rate (metrics/memorisation.py) <= max_copy_rate. A non-finite metric fails its check.
 Decision "promoted" | "rejected" | "passed" (the checks hold but the caller said promote=False).
 
 Recorded: a report JSON at <root>/models/<candidate>/gate/<time>.json, and the candidate's
@@ -90,6 +91,8 @@ def summarize_metrics(result: dict[str, Any]) -> dict[str, Any]:
         "truncation": result.get("truncation"),
         "extractor": result.get("extractor"),
         "reference_cached": (result.get("reference") or {}).get("cached"),
+        **({"copy_rate": result["memorisation"]["copy_rate"], "memorisation": result["memorisation"]}
+           if "memorisation" in result else {}),
     }
 
 
@@ -119,8 +122,21 @@ def decide(candidate: dict[str, Any], serving: dict[str, Any], gcfg: GateConfig)
         if margin is not None:
             check(name, candidate.get(name), serving.get(name), lambda s, m=margin: s - m, "higher",
                   f"candidate {name} >= serving {name} - {margin:g}")
+    if gcfg.max_copy_rate is not None:
+        rate = candidate.get("copy_rate")
+        checks.append({"metric": "copy_rate", "candidate": rate, "serving": None,
+                       "limit": gcfg.max_copy_rate if _finite(rate) else None, "better": "lower",
+                       "rule": f"candidate suspected-copy rate <= {gcfg.max_copy_rate:g}",
+                       "passed": bool(_finite(rate) and rate <= gcfg.max_copy_rate)})
     reasons = []
     for c in checks:
+        if c["metric"] == "copy_rate":
+            if c["limit"] is None:
+                reasons.append(f"copy_rate: not measured (candidate {c['candidate']}) -> fails")
+            else:
+                reasons.append(f"copy_rate: candidate {c['candidate']:.6g} {'<=' if c['passed'] else '>'} limit "
+                               f"{c['limit']:.6g} ({c['rule']}) -> {'ok' if c['passed'] else 'FAILS'}")
+            continue
         if c["limit"] is None:
             reasons.append(f"{c['metric']}: not finite (candidate {c['candidate']}, serving {c['serving']}) -> fails")
             continue
@@ -189,7 +205,10 @@ def run_gate(cfg: FacegenConfig, candidate: str, *, storage: Storage | None = No
     for label, version, entry in (("candidate", candidate, cand_entry), ("serving", serving, serv_entry)):
         progress(f"[facegen] gate: evaluating {label} {version} ({ev.num_gen} generated vs "
                  f"{ev.num_real or 'all'} reals of {ref})")
-        res = evaluate_model(storage, entry["uri"], ref, ev, metrics=GATE_METRICS, use_ray=cfg.gate.use_ray)
+        metrics = GATE_METRICS + (["memorisation"] if label == "candidate" and cfg.gate.max_copy_rate is not None else [])
+        res = evaluate_model(storage, entry["uri"], ref, ev, metrics=metrics, use_ray=cfg.gate.use_ray,
+                             sheet_uri=join(Layout(cfg.storage.root).model(candidate), "gate", "memorisation-sheet.png")
+                             if "memorisation" in metrics else None)
         results[label] = summarize_metrics(res)
     decision, reasons, checks = decide(results["candidate"], results["serving"], cfg.gate)
     now = _dt.datetime.now(_dt.timezone.utc)
