@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "facegen_ray.commands.promote",
     "facegen_ray.commands.evaluate",
     "facegen_ray.commands.attributes",
+    "facegen_ray.commands.directions",
     "facegen_ray.commands.quickstart",
     "facegen_ray.commands.dashboards",
     "facegen_ray.commands.retrain",
