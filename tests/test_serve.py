@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import hashlib
 import io
 import json
 import os
@@ -25,6 +26,7 @@ from PIL import Image
 
 from facegen_ray.config import ModelConfig
 from facegen_ray.models import Generator, save_model_dir
+from facegen_ray.models.directions import save_directions
 from facegen_ray.serve.feedback import FeedbackStore, approved_images, iter_feedback
 from facegen_ray.serve.generation import decode_png, generate, load_model
 from facegen_ray.serve.registry import Registry
@@ -32,6 +34,7 @@ from facegen_ray.storage import Storage
 from conftest import free_port, tiny_model_dict
 from hypothesis import HealthCheck, settings
 from serve_fuzz import openapi_schema, send_and_validate
+from test_control import synthetic_directions
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "test-admin-token-123"
@@ -46,6 +49,9 @@ def _save_tiny(storage: Storage, uri: str, conditional: bool, seed: int, version
     with torch.no_grad():  # a non-zero w_avg so truncation changes the image
         G.mapping.w_avg.normal_()
     save_model_dir(storage, uri, G, cfg, {"version": version})
+    doc = synthetic_directions(cfg.w_dim, seed=seed)  # so the page has sliders and edits work
+    doc["weights_sha256"] = hashlib.sha256(storage.read_bytes(f"{uri}/generator.pt")).hexdigest()
+    save_directions(storage, uri, doc)
 
 
 def _serve_config(root: str, port: int) -> dict:
@@ -345,6 +351,45 @@ def test_openapi_fuzz_live(case, app):
         send_and_validate(c, case, app["url"])
 
 
+def test_controls_live(client, app):
+    """Mix / interpolate / edit through Serve: requests with and without controls sent together
+    (so @serve.batch gathers them) all answer, plain faces are the faces a plain request gives,
+    records keep the controls, bad controls are 422 with a message."""
+    info = client.get("/healthz").json()
+    assert info["directions"] == ["age", "gender", "race_white"] and info["num_ws"] == 6
+    plain_alone = client.post("/generate", json={"seed": 70, "num_images": 2}).json()["images"]
+    bodies = [{"seed": 70, "num_images": 2}, {"seed": 70, "num_images": 2, "mix": {"seed": 90, "crossover": 2}},
+              {"seed": 70, "edit": {"age": 2.0}}, {"seed": 70, "interpolate": {"seed_b": 90, "t": 0.5, "space": "z"}},
+              {"seed": 70, "edit": {"age": 2.0}, "mix": {"seed": 90, "crossover": 5}}] * 2
+
+    async def together():
+        async with httpx.AsyncClient(base_url=app["url"], timeout=120) as ac:
+            return await asyncio.gather(*[ac.post("/generate", json=b) for b in bodies])
+
+    answers = asyncio.run(together())
+    assert all(r.status_code == 200 for r in answers), [r.text for r in answers if r.status_code != 200]
+    assert [im["image_id"] for im in answers[0].json()["images"]] == [im["image_id"] for im in plain_alone]
+    for a, b in zip(answers[:5], answers[5:]):  # the same request twice -> the same ids
+        assert [im["image_id"] for im in a.json()["images"]] == [im["image_id"] for im in b.json()["images"]]
+    ids = {im["image_id"] for r in answers[:5] for im in r.json()["images"]}
+    assert len(ids) == 2 + 2 + 1 + 1 + 1
+    rec = app["store"].get_image_record(answers[4].json()["images"][0]["image_id"])
+    assert rec["control"] == {"edit": {"age": 2.0}, "mix": {"seed": 90, "crossover": 5}}
+    from facegen_ray.models.latent import mix_ws, seed_ws, synthesize
+
+    model = load_model(app["storage"], "v1", app["root"])  # what the replicas serve
+    want = synthesize(model.G, mix_ws(seed_ws(model.G, [70, 71], 0.7), seed_ws(model.G, [90], 0.7), 2))
+    got = np.stack([_png(im["data"]) for im in answers[1].json()["images"]])
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # batch composition may move the last bit
+    for body, fragment in [({"seed": 1, "mix": {"seed": 2, "crossover": 6}}, "between 1 and 5"),
+                           ({"seed": 1, "edit": {"smile": 1}}, "unknown attribute"),
+                           ({"seed": 1, "edit": {"age": 9}}, "less than or equal to 5"),
+                           ({"seed": 1, "mix": {"seed": 2, "crossover": 1}, "interpolate": {"seed_b": 3, "t": 0}},
+                            "cannot be combined")]:
+        r = client.post("/generate", json=body)
+        assert r.status_code == 422 and fragment in json.dumps(r.json()["detail"]), r.text
+
+
 def test_model_swaps_mid_traffic_drop_nothing(app, monkeypatch):
     """user_config change (declarative redeploy), admin reload and `facegen promote --serve-url`
     while a request loop runs: every request succeeds and the served version follows."""
@@ -469,10 +514,31 @@ def test_page_flow_in_chromium(app, tmp_path):
             fid = status.get_attribute("data-feedback-id")
             cards.nth(1).locator("button.reject").click()
             page.wait_for_selector(".face:nth-child(2) .status.ok", timeout=30_000)
+            # a direction slider: the same faces re-rendered with the edit; feedback records it
+            page.wait_for_selector("#controls[data-ready='true']", timeout=30_000)
+            sliders = page.locator("#sliders input.direction")
+            assert sliders.count() == 3 and sliders.nth(0).get_attribute("data-name") == "age"
+            seed_before = cards.nth(0).locator(".seed").inner_text()
+            sliders.nth(0).evaluate("el => { el.value = '2'; el.dispatchEvent(new Event('input')); "
+                                    "el.dispatchEvent(new Event('change')); }")
+            page.wait_for_function("document.querySelector('.face .control') && "
+                                   "document.querySelector('.face .control').textContent.includes('age +2')",
+                                   timeout=60_000)
+            page.wait_for_selector("body[data-loaded='true']", timeout=60_000)
+            edited = page.locator(".face").nth(0)
+            assert edited.locator(".seed").inner_text() == seed_before
+            edited_id = edited.get_attribute("data-image-id")
+            assert edited_id != image_id
+            edited.locator("button.approve").click()
+            page.wait_for_selector(".face:nth-child(1) .status.ok", timeout=30_000)
+            edited_fid = edited.locator(".status").get_attribute("data-feedback-id")
             page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
             assert not errors, errors
         finally:
             browser.close()
     rec = app["store"].get_feedback(fid)
     assert rec is not None and rec["image_id"] == image_id and rec["approved"] is True
+    edited_rec = app["store"].get_feedback(edited_fid)
+    assert edited_rec["image_id"] == edited_id and edited_rec["control"] == {"edit": {"age": 2.0}}
+    assert app["store"].get_image_record(edited_id)["control"] == {"edit": {"age": 2.0}}
     assert (tmp_path / "page.png").stat().st_size > 0

@@ -4,6 +4,7 @@ Layout below `Layout(root).feedback()` (two-hex-char fan-out keeps folders small
 
     images/<id[:2]>/<image_id>.png     the first rendering of that image id (lossless)
     images/<id[:2]>/<image_id>.json    its record: seed, truncation, attributes, condition codes,
+                                       control (mix/interpolate/edit, edited faces only),
                                        model_version, model_uri, weights_sha256, created, ...
                                        (written after the PNG: it marks a complete image)
     records/<id[:2]>/<feedback_id>.json  one feedback record per object
@@ -162,6 +163,7 @@ class FeedbackStore:
             "truncation": image.get("truncation"),
             "attributes": image.get("attributes"),
             "condition": image.get("condition"),
+            "control": image.get("control"),  # mix / interpolate / edit of the face, None for a plain one
         }
         created = self.storage.create_exclusive(uri, _dumps(record))
         return FeedbackResult(fid, created=created)

@@ -116,14 +116,17 @@ def parse_seeds(spec: str, max_count: int = 10_000) -> list[int]:
     return out
 
 
-def image_id(model_version: str, weights_digest: str, seed: int, truncation: float, condition: Sequence[int] | None) -> str:
+def image_id(model_version: str, weights_digest: str, seed: int, truncation: float, condition: Sequence[int] | None,
+             control: dict[str, Any] | None = None) -> str:
     """32 hex chars identifying one rendered image: sha256 of the canonical JSON of
-    (model version, weights digest, seed, quantised psi, condition codes or null)."""
-    payload = json.dumps(
-        [1, str(model_version), str(weights_digest), int(seed), f"{quantize_psi(truncation):.{PSI_DECIMALS}f}",
-         [int(x) for x in condition] if condition is not None else None],
-        separators=(",", ":"),
-    )
+    (model version, weights digest, seed, quantised psi, condition codes or null[, controls]).
+    control: `models.latent.Control.describe()` (mix / interpolate / edit); plain images (no
+    controls) keep the ids they always had."""
+    fields: list[Any] = [1, str(model_version), str(weights_digest), int(seed), f"{quantize_psi(truncation):.{PSI_DECIMALS}f}",
+                         [int(x) for x in condition] if condition is not None else None]
+    if control:
+        fields.append(control)
+    payload = json.dumps(fields, separators=(",", ":"), sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 
@@ -159,6 +162,8 @@ class LoadedModel:
     digest: str  # sha256 of generator.pt (hex)
     device: str
     extra: dict[str, Any] = field(default_factory=dict)
+    directions: Any = None  # models.directions.Directions when the directory has directions.json
+    directions_error: str | None = None  # why directions.json could not be used (edits answer it)
 
     @property
     def conditional(self) -> bool:
@@ -176,6 +181,8 @@ class LoadedModel:
             "conditional": self.conditional,
             "resolution": self.resolution,
             "device": self.device,
+            "num_ws": int(self.G.num_ws),
+            "directions": list(self.directions.names) if self.directions is not None else None,
         }
 
 
@@ -205,7 +212,14 @@ def load_model(
     except OSError as e:
         raise UserError(f"cannot read {join(uri, WEIGHTS_FILE)}: {e}") from e
     version = label or str(meta.get("version") or "") or f"sha-{digest[:12]}"
-    return LoadedModel(G=G, cfg=cfg, metadata=meta, uri=uri, version=version, digest=digest, device=str(device))
+    model = LoadedModel(G=G, cfg=cfg, metadata=meta, uri=uri, version=version, digest=digest, device=str(device))
+    from facegen_ray.models.directions import load_directions
+
+    try:  # a bad directions.json must not stop the model from serving: edits report it
+        model.directions = load_directions(storage, uri, cfg.w_dim, digest)
+    except (UserError, OSError) as e:
+        model.directions_error = str(e)
+    return model
 
 
 def response_provenance(model: dict[str, Any], truncation: float) -> dict[str, Any]:

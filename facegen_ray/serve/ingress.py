@@ -32,6 +32,7 @@ from ray import serve
 
 from facegen_ray.config import ServeConfig, StorageConfig
 from facegen_ray.errors import UserError
+from facegen_ray.models.latent import MAX_EDIT_STRENGTH, Control
 from facegen_ray.observability.asgi import RequestMetricsMiddleware
 from facegen_ray.serve import generation as gen
 from facegen_ray.serve.admin_client import TOKEN_ENV
@@ -254,12 +255,21 @@ class Ingress:
     def _admin(self, request: Request) -> None:
         check_admin(request.headers.get("authorization"), self.admin_digest)
 
-    async def _render(self, seed: int | None, k: int, truncation: float | None, attributes: dict | None, fmt: str):
-        """Render k images and record each; -> (model describe dict, [(image_id, seed, bytes)])."""
+    async def _render(self, seed: int | None, k: int, truncation: float | None, attributes: dict | None, fmt: str,
+                      controls: dict[str, Any] | None = None):
+        """Render k images and record each; -> (model describe dict, [(image_id, seed, bytes)]).
+        controls: {"mix", "interpolate", "edit"} of the request (values None when absent)."""
         if seed is None:
             seed = secrets.randbelow(gen.MAX_SEED - MAX_IMAGES_PER_REQUEST)
         psi = gen.quantize_psi(self.cfg.default_truncation if truncation is None else truncation)
         item = {"seeds": list(range(seed, seed + k)), "truncation": psi, "attributes": attributes}
+        try:
+            ctl = Control.from_item(controls or {})
+        except UserError as e:
+            raise HTTPException(422, str(e)) from None
+        if ctl is not None:
+            item["control"] = ctl.describe()  # quantised: what the image id, the record and the replica use
+            item.update(item["control"])
         res = await self.generator.render.remote(item)
         if not res["ok"]:
             raise HTTPException(res["status"], res["error"])
@@ -271,13 +281,16 @@ class Ingress:
         out = []
         for j, seed in enumerate(item["seeds"]):
             cond = conditions[j] if conditions else None
-            iid = gen.image_id(model["model_version"], model["weights_sha256"], seed, item["truncation"], cond)
+            control = item.get("control")
+            iid = gen.image_id(model["model_version"], model["weights_sha256"], seed, item["truncation"], cond, control)
             png = gen.encode_image(images[j], "png", provenance=gen.image_provenance(model, item, seed, iid))
             meta = {
                 "seed": seed, "truncation": item["truncation"], "attributes": item["attributes"], "condition": cond,
                 "model_version": model["model_version"], "model_uri": model["model_uri"],
                 "weights_sha256": model["weights_sha256"], "resolution": int(images[j].shape[0]),
             }
+            if control:  # mix / interpolate / edit parameters: feedback on this face refers to them
+                meta["control"] = control
             stored = self.store.record_image(iid, png, meta)
             if fmt == "png":
                 data = stored
@@ -296,7 +309,9 @@ class Ingress:
         except Exception as e:  # noqa: BLE001 - any failure means not healthy
             return JSONResponse({"status": "unavailable", "model_version": None, "error": str(e)}, status_code=503)
         return JSONResponse({"status": "ok", "model_version": info["model_version"], "model_uri": info["model_uri"],
-                             "conditional": info["conditional"], "resolution": info["resolution"]})
+                             "conditional": info["conditional"], "resolution": info["resolution"],
+                             "num_ws": info.get("num_ws"), "directions": info.get("directions"),
+                             "max_edit_strength": MAX_EDIT_STRENGTH})
 
     @api.get("/", response_class=HTMLResponse)
     async def page(self) -> HTMLResponse:
@@ -311,7 +326,7 @@ class Ingress:
     async def generate_json(self, request: Request) -> JSONResponse:
         req: GenerateRequest = await self._body(request, GenerateRequest)
         attrs = req.attributes.model_dump() if req.attributes is not None else None
-        model, out = await self._render(req.seed, req.num_images, req.truncation, attrs, req.format)
+        model, out = await self._render(req.seed, req.num_images, req.truncation, attrs, req.format, req.controls())
         return JSONResponse({
             "model_version": model["model_version"],
             "truncation": gen.quantize_psi(self.cfg.default_truncation if req.truncation is None else req.truncation),

@@ -25,6 +25,7 @@ from facegen_ray.config import ServeConfig, StorageConfig
 from facegen_ray.errors import UserError
 from facegen_ray.observability.metrics import serving_metrics
 from facegen_ray.serve import generation as gen
+from facegen_ray.serve.control import control_of, render_controlled
 from facegen_ray.serve.schemas import MAX_IMAGES_PER_REQUEST
 from facegen_ray.storage import Storage
 
@@ -48,7 +49,9 @@ def _replica_id() -> str:
 class GeneratorDeployment:
     """Holds G_ema on its device and renders batches of requests.
 
-    Item (one HTTP request): {"seeds": [int], "truncation": float, "attributes": dict | None}.
+    Item (one HTTP request): {"seeds": [int], "truncation": float, "attributes": dict | None,
+    "mix"?, "interpolate"?, "edit"? (see serve/control.py: such requests get their own ws and
+    share one synthesis pass per batch; plain requests render exactly as before)}.
     Result: {"ok": True, "model": LoadedModel.describe(), "images": uint8 [k,H,W,3],
     "conditions": [[a,g,r]] | None} or {"ok": False, "status": 422, "error": message}.
     """
@@ -203,6 +206,7 @@ class GeneratorDeployment:
         psis: list[float] = []
         conds: list[list[int]] = []
         owners: list[int] = []
+        controlled: list[tuple[int, Any]] = []  # (item index, its controls): rendered by serve/control.py
         for i, it in enumerate(items):
             attrs = it.get("attributes")
             cond = None
@@ -221,6 +225,15 @@ class GeneratorDeployment:
                 except UserError as e:
                     results[i] = {"ok": False, "status": 422, "error": str(e)}
                     continue
+            try:
+                ctl = control_of(it)
+            except UserError as e:
+                results[i] = {"ok": False, "status": 422, "error": str(e)}
+                continue
+            if ctl is not None:
+                controlled.append((i, (cond, ctl)))
+                results[i] = {"pending": True}  # filled below; the plain rows skip it
+                continue
             for s in it["seeds"]:
                 seeds.append(int(s))
                 psis.append(float(it["truncation"]))
@@ -241,7 +254,7 @@ class GeneratorDeployment:
                 images, err = None, f"generation failed: {e}"
             pos = 0
             for i in range(len(items)):
-                if results[i] is not None:
+                if results[i] is not None:  # refused, or a request with controls
                     continue
                 k = len(items[i]["seeds"])
                 if images is None:
@@ -254,5 +267,29 @@ class GeneratorDeployment:
                         "conditions": [conds[pos + j] for j in range(k)] if model.conditional else None,
                     }
                 pos += k
+        if controlled:
+            await self._render_controlled(model, items, controlled, results)
         return results  # type: ignore[return-value]
+
+    async def _render_controlled(self, model: gen.LoadedModel, items: list[dict[str, Any]],
+                                 controlled: list[tuple[int, Any]], results: list[dict[str, Any] | None]) -> None:
+        """Requests with mix / interpolate / edit: their own ws, one synthesis pass for all of them."""
+        jobs = [(list(items[i]["seeds"]), float(items[i]["truncation"]), cond, ctl) for i, (cond, ctl) in controlled]
+        try:
+            t_batch = time.perf_counter()
+            out = await asyncio.to_thread(render_controlled, model, jobs, self.forward_batch)
+            n = sum(len(j[0]) for j, o in zip(jobs, out) if not isinstance(o, Exception))
+            if n:
+                serving_metrics().batch(model.version, n, len(jobs), time.perf_counter() - t_batch)
+        except Exception as e:  # noqa: BLE001 - report per request, keep the replica alive
+            log.exception("replica %s: controlled generation failed", self.replica)
+            out = [RuntimeError(f"generation failed: {e}")] * len(jobs)
+        for (i, (cond, _)), o in zip(controlled, out):
+            if isinstance(o, UserError):
+                results[i] = {"ok": False, "status": 422, "error": str(o)}
+            elif isinstance(o, Exception):
+                results[i] = {"ok": False, "status": 500, "error": str(o)}
+            else:
+                results[i] = {"ok": True, "model": model.describe(), "images": o,
+                              "conditions": [cond] * len(o) if model.conditional else None}
 

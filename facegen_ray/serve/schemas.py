@@ -10,9 +10,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from facegen_ray.serve.feedback import ID_RE
+from facegen_ray.models.latent import MAX_EDIT_STRENGTH
 from facegen_ray.serve.generation import MAX_SEED
 
 MAX_IMAGES_PER_REQUEST = 16
+MAX_CROSSOVER = 63  # the schema's bound; the model's num_ws - 1 is checked by the replica
 MAX_COMMENT_CHARS = 2000
 
 
@@ -28,20 +30,57 @@ class Attributes(_Body):
     race: Annotated[int, Field(ge=0, le=4, description="0 white, 1 black, 2 asian, 3 indian, 4 other")] | None = None
 
 
+class Mix(_Body):
+    """Style mixing: w layers >= crossover come from the face of `seed` (its fine styles); the
+    requested face keeps layers < crossover (its coarse styles). 1 <= crossover <= num_ws - 1
+    (num_ws: /healthz), checked against the serving model."""
+
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)]
+    crossover: Annotated[int, Field(ge=1, le=MAX_CROSSOVER)]
+
+
+class Interpolate(_Body):
+    """The requested face moved a fraction t of the way to the face of seed_b (W: linear, Z: slerp)."""
+
+    seed_b: Annotated[int, Field(ge=0, le=MAX_SEED)]
+    t: Annotated[float, Field(ge=0, le=1)]
+    space: Literal["w", "z"] = "w"
+
+
+EditStrengths = Annotated[
+    dict[Annotated[str, Field(pattern=r"^[a-z_]{1,32}$")], Annotated[float, Field(ge=-MAX_EDIT_STRENGTH, le=MAX_EDIT_STRENGTH)]],
+    Field(max_length=16, description="attribute direction -> strength in units of its margin_scale (/healthz lists "
+                                     "the model's directions)"),
+]
+
+
 class GenerateRequest(_Body):
-    """POST /generate. Seeds seed..seed+num_images-1; a random seed when absent."""
+    """POST /generate. Seeds seed..seed+num_images-1; a random seed when absent. mix and
+    interpolate are exclusive; edit combines with either (applied last)."""
 
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
     num_images: Annotated[int, Field(ge=1, le=MAX_IMAGES_PER_REQUEST)] = 1
     truncation: Annotated[float, Field(ge=0, le=1)] | None = None
     attributes: Attributes | None = None
     format: Literal["png", "jpeg"] = "png"
+    mix: Mix | None = None
+    interpolate: Interpolate | None = None
+    edit: EditStrengths | None = None
 
     @model_validator(mode="after")
     def _seed_range(self) -> "GenerateRequest":
         if self.seed is not None and self.seed + self.num_images - 1 > MAX_SEED:
             raise ValueError(f"seed + num_images - 1 must be <= {MAX_SEED}")
+        if self.mix is not None and self.interpolate is not None:
+            raise ValueError("mix and interpolate cannot be combined in one request; send one of them "
+                             "(edit combines with either)")
         return self
+
+    def controls(self) -> dict[str, Any]:
+        """The request item's control keys (None when absent)."""
+        return {"mix": self.mix.model_dump() if self.mix else None,
+                "interpolate": self.interpolate.model_dump() if self.interpolate else None,
+                "edit": dict(self.edit) if self.edit else None}
 
 
 class GenerateQuery(_Body):
@@ -103,6 +142,9 @@ class HealthResponse(BaseModel):
     model_uri: str | None = None
     conditional: bool | None = None
     resolution: int | None = None
+    num_ws: int | None = None
+    directions: list[str] | None = None
+    max_edit_strength: float | None = None
     error: str | None = None
 
 
