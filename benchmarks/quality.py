@@ -35,6 +35,7 @@ import time
 import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # run from a checkout
 DEFAULT_DATA = sorted(glob.glob(os.path.join(REPO, "..", "shared", "data", "utkface", "utkface-part-*.zip")))
 
 
@@ -65,7 +66,7 @@ def main() -> None:
     ap.add_argument("--final-num-gen", type=int, default=None, help="generated images at the last point (default --num-gen)")
     ap.add_argument("--num-real", type=int, default=None, help="default: all reals")
     ap.add_argument("--first-segment", type=int, default=8000, help="images of the first segment (rate unknown)")
-    ap.add_argument("--max-segment-minutes", type=float, default=12.0)
+    ap.add_argument("--max-segment-minutes", type=float, default=8.0)
     ap.add_argument("--out", default=None, help="default <root>/quality")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
     args = ap.parse_args()
@@ -84,6 +85,15 @@ def main() -> None:
     if eval_at[-1] < args.minutes:
         eval_at.append(args.minutes)
     eval_at = [m for m in eval_at if m <= args.minutes]
+
+    from facegen_ray.config import FacegenConfig
+    from facegen_ray.train.schedule import ProgressiveSchedule
+
+    fcfg = FacegenConfig.model_validate(cfg)
+    schedule = ProgressiveSchedule(fcfg.train, fcfg.model, num_workers=fcfg.train.num_workers)
+
+    def resolution_at(n_images: int) -> int:
+        return schedule.at(n_images).resolution
 
     state_file = os.path.join(out, "state.json")
     state = {"segments": [], "evals": [], "config": args.config, "started": dt.datetime.now().isoformat(timespec="seconds")}
@@ -147,8 +157,13 @@ def main() -> None:
         if not state["segments"]:
             goal = args.first_segment
         else:
+            # images/s of the last segment (start-up included), scaled by the pixel count when
+            # the schedule moves to a higher resolution (a step costs ~ res^2): the segment ends
+            # near the next evaluation point instead of overshooting it
             last = state["segments"][-1]
-            rate = last["segment_images"] / max(last["wall_s"], 1e-9)  # images/s incl. start-up
+            rate = last["segment_images"] / max(last["wall_s"], 1e-9)
+            r_last, r_next = resolution_at(last["images"]), resolution_at(images() + int(rate * 60))
+            rate *= (r_last / r_next) ** 2
             minutes = min(target - t_now, args.max_segment_minutes)
             goal = images() + max(1000, int(rate * minutes * 60))
         t0 = time.perf_counter()
