@@ -134,8 +134,13 @@ def test_prepare_reals_downsamples_and_fades():
     assert y.shape == (2, 3, 8, 8)
     assert torch.allclose(y[0, 0, 0, 0], x[0, 0, :2, :2].mean())  # box filter
     p0 = SchedulePoint(0, 1, 0.0, 8, 2, 2, 1.0, True, False)
-    y0 = prepare_reals(x, p0)  # alpha 0: the 4x4 image upsampled
-    assert torch.allclose(y0[:, :, 0, 0], y0[:, :, 1, 1]) and torch.allclose(y0[0, 0, 0, 0], x[0, 0, :4, :4].mean())
+    y0 = prepare_reals(x, p0)  # alpha 0: the 4x4 image brought up with G's (bilinear) upsampling
+    import torch.nn.functional as F
+    from facegen_ray.models.layers import upsample2x
+
+    low = F.avg_pool2d(x, 4)  # [2,3,4,4]: box means of 4x4 blocks
+    assert torch.allclose(low[0, 0, 0, 0], x[0, 0, :4, :4].mean())
+    torch.testing.assert_close(y0, upsample2x(low))
 
 
 def test_ema_beta_half_life_and_rampup():
