@@ -251,7 +251,7 @@ def test_path_length_regulariser_matches_definition_and_checkpoints():
     G = Generator(cfg)
     z = torch.randn(4, cfg.z_dim)
     w, interval = 2.0, 4
-    L = loss_of("nonsaturating", pl_weight=w, pl_interval=interval)
+    L = loss_of("nonsaturating", pl_weight=w, pl_interval=interval, pl_batch_shrink=1)  # whole batch: the definition
     assert L.g_reg(G, z, step=1) == (None, {})
     assert loss_of("nonsaturating").g_reg(G, z, step=0) == (None, {})
 
