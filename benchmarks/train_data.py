@@ -69,7 +69,7 @@ def main() -> None:
 
     from facegen_ray.data.shards import read_manifest
     from facegen_ray.runtime import ensure_ray
-    from facegen_ray.train.trainer import torch_trainer_class, training_dataset, worker_resources
+    from facegen_ray.train.trainer import caches_dataset, torch_trainer_class, training_dataset, worker_resources
 
     train_over = {"shuffle_buffer": args.shuffle_buffer}
     if args.cache_bytes is not None:
@@ -96,7 +96,7 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "train_data_wait", "dataset_rows": rows, "resolution": args.resolution,
         "rate_img_per_s": args.rate, "batch": args.batch, "images": m["images"], "epochs": m["epochs"],
-        "cached": cfg.train.cache_dataset_bytes > 0 and rows * (3 * args.resolution**2 * 4 + 32) <= cfg.train.cache_dataset_bytes,
+        "cached": caches_dataset(cfg, rows),
         "dataset_setup_s": round(setup_s, 1), "first_batch_s": round(m["first_batch_s"], 2),
         "data_wait_share": round(m["wait_s"] / max(m["wall_s"], 1e-9), 4),
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus",

@@ -164,6 +164,17 @@ def train(cfg: FacegenConfig, storage: Storage | None = None, *, export: bool | 
     return outcome
 
 
+def decoded_bytes(cfg: FacegenConfig, rows: int) -> int:
+    """Approximate size of `rows` decoded training rows: float32 image + labels and weight."""
+    return rows * (3 * cfg.model.resolution**2 * 4 + 32)
+
+
+def caches_dataset(cfg: FacegenConfig, rows: int) -> bool:
+    """Whether training_dataset materializes a dataset of `rows` rows (train.cache_dataset_bytes)."""
+    limit = cfg.train.cache_dataset_bytes
+    return bool(limit) and decoded_bytes(cfg, rows) <= limit
+
+
 def training_dataset(storage: Storage, ds_uri: str, cfg: FacegenConfig):
     """The Ray Dataset the workers read: the columns the loop uses, at the model's resolution.
 
@@ -175,10 +186,9 @@ def training_dataset(storage: Storage, ds_uri: str, cfg: FacegenConfig):
     from facegen_ray.data.shards import read_manifest, read_training_dataset
 
     ds = read_training_dataset(storage, ds_uri, resolution=cfg.model.resolution).select_columns(DATA_COLUMNS)
-    limit = cfg.train.cache_dataset_bytes
     rows = int(read_manifest(storage, ds_uri).get("num_images") or 0)
-    decoded = rows * (3 * cfg.model.resolution**2 * 4 + 32)  # float32 image + labels and weight
-    if limit and decoded <= limit:
+    decoded = decoded_bytes(cfg, rows)
+    if caches_dataset(cfg, rows):
         t0 = time.perf_counter()
         ds = ds.materialize()
         print(f"[facegen] dataset cached in the object store: {rows} rows, ~{decoded / 2**20:.0f} MB "
