@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from facegen_ray.serve.registry import RegistryError
+    from facegen_ray.lifecycle.registry import RegistryError
     from facegen_ray.storage import StorageError
 
     try:

@@ -285,7 +285,7 @@ class RetrainConfig(_Section):
     """`facegen retrain`: base dataset + approved feedback images -> a candidate model.
 
     An image is merged when it has >= min_approvals approvals and strictly more approvals than
-    rejections (the rule of serve.feedback.approved_images), and, if set, a mean rating >= min_rating."""
+    rejections (the rule of data.feedback.approved_images), and, if set, a mean rating >= min_rating."""
 
     dataset: str | None = Field(default=None, description="base dataset URI; default: the serving model's dataset")
     min_approvals: int = Field(default=1, ge=1)

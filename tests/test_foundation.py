@@ -11,7 +11,7 @@ import pytest
 
 from facegen_ray.cli import main
 from facegen_ray.config import ConfigError, load_config
-from facegen_ray.serve.registry import Registry, RegistryError
+from facegen_ray.lifecycle.registry import Registry, RegistryError
 from facegen_ray.storage import Layout, Storage, StorageError, fs_path_to_uri, join
 
 

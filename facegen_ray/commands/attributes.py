@@ -28,8 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from facegen_ray.data.attributes import read_labelled
     from facegen_ray.errors import UserError
-    from facegen_ray.metrics.attributes import read_labelled, save_classifier, train_attribute_classifier
+    from facegen_ray.models.attributes import save_classifier, train_attribute_classifier
     from facegen_ray.storage import Storage
 
     if args.epochs < 1 or args.resolution < 4 or args.batch_size < 2 or args.width < 1:

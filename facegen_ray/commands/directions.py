@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facegen_ray.metrics.attributes import load_tagger
+    from facegen_ray.models.attributes import load_tagger
     from facegen_ray.models.directions import boundaries, directions_doc, sample_and_label, save_directions
     from facegen_ray.serve.generation import load_model
     from facegen_ray.storage import Storage

@@ -47,8 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from facegen_ray.lifecycle.registry import Registry
     from facegen_ray.metrics.evaluate import evaluate_model, plot_sweep
-    from facegen_ray.serve.registry import Registry
     from facegen_ray.storage import Storage
 
     extra = []

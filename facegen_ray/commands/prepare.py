@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--balance", choices=["none", "reweight", "resample"], default=None,
                    help="even out race x gender groups: row weights (reweight) or oversampling (resample)")
     p.add_argument("--attribute-model", default=None, metavar="URI",
-                   help="attribute classifier (facegen_ray.metrics.attributes) to tag images without file-name labels")
+                   help="attribute classifier (facegen_ray.models.attributes) to tag images without file-name labels")
     p.add_argument("--holdout-fraction", type=float, default=None, metavar="F",
                    help="keep this fraction of faces (chosen by content hash) out of training, in a held-out split "
                         "for the memorisation report (default data.holdout_fraction = 0)")

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facegen_ray.serve.registry import Registry
+    from facegen_ray.lifecycle.registry import Registry
     from facegen_ray.storage import Storage
 
     cfg = config_from_args(args)

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     _done(t0, "evaluated (a few hundred images of a few-second run: expect a large FID)")
 
     # 4. promote ------------------------------------------------------------------------
-    from facegen_ray.serve.registry import Registry
+    from facegen_ray.lifecycle.registry import Registry
 
     t0 = _step(4, total, f"promote: registry version {outcome.version} -> serving")
     reg = Registry(storage, cfg.storage.root)
@@ -165,14 +165,14 @@ def run(args: argparse.Namespace) -> int:
             bad = client.post("/feedback", json={"image_id": "0" * 32, "approved": True})
             for resp in (a, b):
                 resp.raise_for_status()
-            from facegen_ray.serve.feedback import iter_feedback
+            from facegen_ray.data.feedback import iter_feedback
 
             stored = list(iter_feedback(storage, cfg.storage.root))
             _done(t0, f"feedback ids {a.json()['feedback_id']}, {b.json()['feedback_id']} (unknown image -> "
                       f"{bad.status_code}); {len(stored)} feedback records in {layout.feedback()}")
 
             # 8. retrain + gate -------------------------------------------------------------
-            from facegen_ray.train.retrain import retrain
+            from facegen_ray.lifecycle.retrain import retrain
 
             t0 = _step(8, total, f"retrain: approved feedback -> new dataset version -> candidate warm-started "
                                  f"from {outcome.version} ({cfg.retrain.images} images, Ray Train) -> promotion gate")

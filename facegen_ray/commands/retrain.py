@@ -58,8 +58,8 @@ _GATE_OPTS = {"tolerance": "gate.fid_tolerance", "num_gen": "gate.num_gen", "num
 
 def _finish(cfg, args, out: dict, candidate: str | None) -> int:
     """Reload the app after a promotion (--serve-url), print the JSON, pick the exit code."""
+    from facegen_ray.lifecycle.retrain import dumps
     from facegen_ray.serve.admin_client import reload_app
-    from facegen_ray.train.retrain import dumps
 
     if out.get("decision") == "promoted" and args.serve_url and candidate:
         body = reload_app(args.serve_url, candidate, args._token, args.timeout)
@@ -78,8 +78,8 @@ def _token(cfg, args) -> str | None:
 
 
 def run_retrain(args: argparse.Namespace) -> int:
+    from facegen_ray.lifecycle.retrain import retrain
     from facegen_ray.storage import Storage
-    from facegen_ray.train.retrain import retrain
 
     extra = option_overrides(args, {**_GATE_OPTS, "images": "retrain.images", "min_approvals": "retrain.min_approvals"})
     cfg = config_from_args(args, extra)
@@ -91,7 +91,7 @@ def run_retrain(args: argparse.Namespace) -> int:
 
 
 def run_gate_cmd(args: argparse.Namespace) -> int:
-    from facegen_ray.serve.gate import run_gate
+    from facegen_ray.lifecycle.gate import run_gate
     from facegen_ray.storage import Storage
 
     cfg = config_from_args(args, option_overrides(args, _GATE_OPTS))

@@ -4,7 +4,7 @@ images users approved (what `facegen retrain` trains the candidate on).
     select   one pass over <root>/feedback/records: per image, approvals / rejections /
              ratings / feedback ids. An image is merged when it has >= retrain.min_approvals
              approvals AND strictly more approvals than rejections (a tie or a rejection majority
-             excludes it: the rule of serve.feedback.approved_images) AND, if
+             excludes it: the rule of data.feedback.approved_images) AND, if
              retrain.min_rating is set, a mean rating >= it (unrated images pass).
     convert  each selected PNG -> the dataset's resolution and image format: equal size as is;
              smaller by a power-of-two factor -> nearest-neighbour upscale (the training loader's
@@ -100,7 +100,7 @@ def select_feedback(storage: Storage, root: str, min_approvals: int = 1,
                     min_rating: float | None = None) -> tuple[list[FeedbackImage], dict[str, int]]:
     """(approved images sorted by id, skipped reason -> count) over all feedback records; see
     the module docstring for the rule."""
-    from facegen_ray.serve.feedback import FeedbackStore, approval_verdict, summarize_feedback
+    from facegen_ray.data.feedback import FeedbackStore, approval_verdict, summarize_feedback
 
     store = FeedbackStore(storage, root)
     skipped = {r: 0 for r in SKIP_REASONS}

@@ -367,7 +367,7 @@ def evaluate_model(storage: Storage, model_uri: str, data_uri: str, cfg: EvalCon
     if "diversity" in metrics:
         if not attribute_model:
             raise UserError("the diversity metric needs --attribute-model URI (train one with `facegen attributes train`)")
-        from facegen_ray.metrics.attributes import load_tagger
+        from facegen_ray.models.attributes import load_tagger
 
         tagger = load_tagger(storage, attribute_model)
     t0 = time.time()

@@ -188,7 +188,7 @@ class LoadedModel:
 
 def resolve_model(storage: Storage, ref: str, root: str) -> tuple[str, str]:
     """MODEL (dir URI / registry version / serving / latest) -> (model dir URI, registry label or "")."""
-    from facegen_ray.serve.registry import Registry, RegistryError
+    from facegen_ray.lifecycle.registry import Registry, RegistryError
 
     try:
         return Registry(storage, root).resolve(ref)

@@ -290,9 +290,9 @@ def export_checkpoint(cfg: FacegenConfig, storage: Storage, checkpoint, run_name
     """G_ema of a Ray Train checkpoint -> <root>/runs/<run>/model/ -> registry version."""
     import torch
 
+    from facegen_ray.lifecycle.registry import Registry
     from facegen_ray.models import Generator
     from facegen_ray.models.export import MODEL_FILE, save_model_dir
-    from facegen_ray.serve.registry import Registry
     from facegen_ray.train.checkpoint import load_checkpoint
 
     with checkpoint.as_directory() as d:

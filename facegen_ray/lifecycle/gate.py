@@ -174,9 +174,9 @@ def run_gate(cfg: FacegenConfig, candidate: str, *, storage: Storage | None = No
 
     UserError / RegistryError for an unknown candidate, no serving model, or the candidate
     already serving."""
+    from facegen_ray.lifecycle.registry import Registry
     from facegen_ray.metrics.evaluate import evaluate_model
     from facegen_ray.models.export import MODEL_FILE
-    from facegen_ray.serve.registry import Registry
 
     storage = storage or Storage(cfg.storage)
     reg = Registry(storage, cfg.storage.root)

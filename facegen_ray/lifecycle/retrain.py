@@ -13,7 +13,7 @@ the promotion gate. What `facegen retrain` runs.
        stage, alpha 1), train.init_from = step 1's source, train.total_images = the source's
        images_seen + retrain.images (counters continue, so EMA/regulariser phases carry on);
        exported and registered as a candidate version;
-    4. the gate (serve/gate.py): candidate vs serving on the same eval, promote on pass.
+    4. the gate (lifecycle/gate.py): candidate vs serving on the same eval, promote on pass.
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ def _g_ema_digest(storage: Storage, model_uri: str) -> str:
 def serving_source(storage: Storage, root: str) -> WarmStartSource:
     """Resolve the serving version and pick its warm-start source (see the module docstring).
     UserError when nothing is serving or its model directory is gone."""
+    from facegen_ray.lifecycle.registry import Registry
     from facegen_ray.models.export import MODEL_FILE
-    from facegen_ray.serve.registry import Registry
     from facegen_ray.train.checkpoint import META_FILE, STATE_FILE
 
     reg = Registry(storage, root)
@@ -195,7 +195,7 @@ def retrain(cfg: FacegenConfig, *, storage: Storage | None = None, overrides: li
     if merge_only:
         return out
 
-    from facegen_ray.serve.registry import Registry
+    from facegen_ray.lifecycle.registry import Registry
     from facegen_ray.train.trainer import train
 
     name = _run_name(storage, cfg, source.version, run_name)
@@ -218,7 +218,7 @@ def retrain(cfg: FacegenConfig, *, storage: Storage | None = None, overrides: li
         out.update({"decision": None, "serving": reg.serving()})
         return out
 
-    from facegen_ray.serve.gate import run_gate
+    from facegen_ray.lifecycle.gate import run_gate
 
     result = run_gate(cfg, outcome.version, storage=storage, data=data, progress=progress)
     for line in result.reasons:
