@@ -325,6 +325,30 @@ def test_init_from_with_another_architecture_is_refused(world, tmp_path, capsys)
     assert not storage.exists(Layout(world["root"]).run("wrong-arch"))
 
 
+def test_retrain_config_takes_typed_overrides(tmp_path):
+    """The candidate's config: the serving model's architecture, the command's train.*/loss.*
+    overrides (parsed values, not --set strings), then the fields retrain fixes; --set model.*
+    is refused."""
+    from facegen_ray.errors import UserError
+    from facegen_ray.lifecycle.retrain import WarmStartSource, retrain_config
+
+    cfg = base_cfg(str(tmp_path))
+    model = {**tiny_model_dict(8), "w_dim": 16}
+    src = WarmStartSource(version="v1", model_uri="/m/v1", model_doc={"model": model}, run=None, images_seen=96,
+                          init_from="/m/v1", kind="model", note="")
+    overrides = {"train.g_lr": 0.01, "loss.r1_gamma": 2.5, "train.run_name": "mine", "eval.num_gen": 7}
+    rcfg = retrain_config(Storage(), cfg, src, "/d/faces/v2", "cand", overrides)
+    assert rcfg.model.w_dim == 16 and rcfg.model.resolution == 8  # the serving model's, not cfg's
+    assert rcfg.train.g_lr == 0.01 and rcfg.loss.r1_gamma == 2.5
+    assert rcfg.eval.num_gen == cfg.eval.num_gen  # only train.* and loss.* overrides apply
+    assert rcfg.train.run_name == "cand" and rcfg.train.dataset == "/d/faces/v2" and rcfg.train.export is True
+    assert rcfg.train.start_resolution == 8 and rcfg.train.total_images == 96 + cfg.retrain.images
+    assert rcfg.train.init_from == "/m/v1"
+    assert cfg.model.w_dim != 16 and cfg.train.run_name == "base"  # cfg itself is unchanged
+    with pytest.raises(UserError, match="keeps the serving model's architecture"):
+        retrain_config(Storage(), cfg, src, "/d/faces/v2", "cand", {"model.w_dim": 32})
+
+
 def test_decide_rules():
     from facegen_ray.config import GateConfig
     from facegen_ray.lifecycle.gate import decide

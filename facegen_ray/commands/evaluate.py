@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
-from facegen_ray.commands._common import add_config_args, config_from_args, option_overrides
+from facegen_ray.commands._common import add_config_args, config_from_args, option_updates
 from facegen_ray.errors import UserError
 
 
@@ -51,11 +52,12 @@ def run(args: argparse.Namespace) -> int:
     from facegen_ray.metrics.evaluate import evaluate_model, plot_sweep
     from facegen_ray.storage import Storage
 
-    extra = []
+    updates: dict[str, Any] = {}
     if args.metrics:
-        extra.append("eval.metrics=[" + ",".join(m.strip() for m in args.metrics.split(",") if m.strip()) + "]")
-    extra += option_overrides(args, {"num_gen": "eval.num_gen", "num_real": "eval.num_real", "truncation": "eval.truncation"})
-    cfg = config_from_args(args, extra)
+        updates["eval.metrics"] = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    updates.update(option_updates(args, {"num_gen": "eval.num_gen", "num_real": "eval.num_real",
+                                         "truncation": "eval.truncation"}))
+    cfg = config_from_args(args, updates)
     if args.sweep_plot and not args.sweep:
         raise UserError("--sweep-plot needs --sweep PSI,PSI,... (e.g. --sweep 0.5,0.7,1.0)")
     storage = Storage(cfg.storage)

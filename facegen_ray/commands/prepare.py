@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from facegen_ray.commands._common import add_config_args, config_from_args, option_overrides
+from facegen_ray.commands._common import add_config_args, config_from_args, option_updates
 from facegen_ray.errors import UserError
 
 
@@ -45,9 +45,9 @@ def run(args: argparse.Namespace) -> int:
     sources, dest = list(args.sources), args.dest
     if not sources:
         raise UserError("prepare needs SOURCE and DEST (e.g. facegen prepare faces.zip ./facegen-data/datasets/faces)")
-    extra = option_overrides(args, {"resolution": "data.resolution", "limit": "data.limit", "balance": "data.balance",
+    updates = option_updates(args, {"resolution": "data.resolution", "limit": "data.limit", "balance": "data.balance",
                                     "holdout_fraction": "data.holdout_fraction"})
-    cfg = config_from_args(args, extra)
+    cfg = config_from_args(args, updates)
     result = prepare(cfg, sources, dest, attribute_model=args.attribute_model)
     print(f"[facegen] {summary(result)}")
     print(f"[facegen] manifest: {result.manifest_uri} (version {result.manifest['version']}, "

@@ -25,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 
 from facegen_ray.commands._common import add_config_args, config_from_args
+from facegen_ray.config import with_updates
 from facegen_ray.errors import UserError
 
 
@@ -70,13 +71,13 @@ def run(args: argparse.Namespace) -> int:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     # the bundled tiny CPU config unless --config names another; --root/--set apply on top
     args.config = args.config or str(quickstart_config_path())
-    cfg = config_from_args(args, [f"storage.root={args.root or './facegen-quickstart'}",
-                                  f"train.run_name=quickstart-{stamp}", f"serve.port={args.port}"])
+    cfg = config_from_args(args, {"storage.root": args.root or "./facegen-quickstart",
+                                  "train.run_name": f"quickstart-{stamp}", "serve.port": args.port})
     storage = Storage(cfg.storage)
     layout = Layout(cfg.storage.root)
     storage.check_writable(cfg.storage.root)
     dataset = layout.dataset("faces")
-    cfg.train.dataset = dataset
+    cfg = with_updates(cfg, {"train.dataset": dataset})
     print(f"[quickstart] storage root: {layout.root}", flush=True)
 
     # 1. prepare ------------------------------------------------------------------------
@@ -130,9 +131,8 @@ def run(args: argparse.Namespace) -> int:
     from facegen_ray.serve.admin_client import configured_token
 
     admin = configured_token(cfg) or secrets.token_hex(16)
-    app_args = {"model": "serving", "root": cfg.storage.root, "config": args.config,
-                "set": ["serve.min_replicas=1", "serve.max_replicas=1", "serve.num_cpus=0",
-                        "serve.ingress_num_cpus=0", f"serve.admin_token={admin}"]}
+    app_args = {"model": "serving", "root": cfg.storage.root, "config": args.config, "min_replicas": 1,
+                "max_replicas": 1, "num_cpus": 0, "ingress_num_cpus": 0, "admin_token": admin}
     serve.run(build_app(app_args), name=APP_NAME, route_prefix="/")
     url = f"http://127.0.0.1:{cfg.serve.port}"
     try:
@@ -176,8 +176,7 @@ def run(args: argparse.Namespace) -> int:
 
             t0 = _step(8, total, f"retrain: approved feedback -> new dataset version -> candidate warm-started "
                                  f"from {outcome.version} ({cfg.retrain.images} images, Ray Train) -> promotion gate")
-            rcfg = cfg.model_copy(deep=True)
-            rcfg.gate.num_gen = rcfg.gate.num_gen or args.num_gen
+            rcfg = with_updates(cfg, {"gate.num_gen": cfg.gate.num_gen or args.num_gen})
             out = retrain(rcfg, storage=storage, run_name=f"quickstart-retrain-{stamp}")
             _done(t0, f"candidate {out['candidate']}: {out['decision']} (FID {_fid(out['candidate_metrics'])} vs "
                       f"serving {_fid(out['serving_metrics'])}, tolerance {rcfg.gate.fid_tolerance:+.0%}); "

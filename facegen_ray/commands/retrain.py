@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from facegen_ray.commands._common import add_config_args, config_from_args, option_overrides
+from facegen_ray.commands._common import add_config_args, config_from_args, option_updates
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -78,13 +78,14 @@ def _token(cfg, args) -> str | None:
 
 
 def run_retrain(args: argparse.Namespace) -> int:
+    from facegen_ray.config import parse_overrides
     from facegen_ray.lifecycle.retrain import retrain
     from facegen_ray.storage import Storage
 
-    extra = option_overrides(args, {**_GATE_OPTS, "images": "retrain.images", "min_approvals": "retrain.min_approvals"})
-    cfg = config_from_args(args, extra)
+    updates = option_updates(args, {**_GATE_OPTS, "images": "retrain.images", "min_approvals": "retrain.min_approvals"})
+    cfg = config_from_args(args, updates)
     args._token = _token(cfg, args)
-    out = retrain(cfg, storage=Storage(cfg.storage), overrides=list(args.overrides or []), dataset=args.dataset,
+    out = retrain(cfg, storage=Storage(cfg.storage), overrides=parse_overrides(args.overrides or []), dataset=args.dataset,
                   run_name=args.run_name, allow_empty=args.allow_empty, merge_only=args.merge_only,
                   gate=not args.no_gate, data=args.data)
     return _finish(cfg, args, out, out.get("candidate"))
@@ -94,7 +95,7 @@ def run_gate_cmd(args: argparse.Namespace) -> int:
     from facegen_ray.lifecycle.gate import run_gate
     from facegen_ray.storage import Storage
 
-    cfg = config_from_args(args, option_overrides(args, _GATE_OPTS))
+    cfg = config_from_args(args, option_updates(args, _GATE_OPTS))
     args._token = _token(cfg, args)
     result = run_gate(cfg, args.candidate, storage=Storage(cfg.storage), data=args.data, promote=not args.no_promote)
     for line in result.reasons:

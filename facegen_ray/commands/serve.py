@@ -32,19 +32,15 @@ def run(args: argparse.Namespace) -> int:
     from facegen_ray.serve.app import APP_NAME, build_app
     from facegen_ray.serve.generation import resolve_model
 
-    extra = []
-    if args.port is not None:
-        extra.append(f"serve.port={args.port}")
-    if args.host is not None:
-        extra.append(f"serve.host={args.host}")
-    cfg = config_from_args(args, extra)
+    serve_opts = {k: getattr(args, k) for k in ("port", "host") if getattr(args, k) is not None}
+    cfg = config_from_args(args, {f"serve.{k}": v for k, v in serve_opts.items()})
     from facegen_ray.storage import Storage
 
     model = args.model or cfg.serve.model or "serving"
     resolve_model(Storage(cfg.storage), model, cfg.storage.root)  # fail fast with a clear message
     app_args = {
         "model": model, "root": cfg.storage.root, "config": getattr(args, "config", None),
-        "set": list(getattr(args, "overrides", []) or []) + extra,
+        "set": list(getattr(args, "overrides", []) or []), **serve_opts,  # serve fields as app args
     }
     if cfg.serve.admin_token:
         app_args["admin_token"] = cfg.serve.admin_token

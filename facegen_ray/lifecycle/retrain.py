@@ -22,9 +22,9 @@ import datetime as _dt
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-from facegen_ray.config import FacegenConfig, apply_overrides, config_from_dict
+from facegen_ray.config import FacegenConfig, with_updates
 from facegen_ray.errors import UserError
 from facegen_ray.storage import Layout, Storage, join, normalize
 
@@ -110,34 +110,33 @@ def base_dataset(storage: Storage, cfg: FacegenConfig, source: WarmStartSource, 
     return Layout(cfg.storage.root).dataset("faces")
 
 
-def check_overrides(overrides: list[str] | None) -> None:
+def check_overrides(overrides: Mapping[str, Any] | None) -> None:
     """UserError for --set model.*: the candidate keeps the serving model's architecture (its
     weights are the starting point). Checked before anything is written."""
-    if any(o.split("=", 1)[0].strip().startswith("model.") for o in (overrides or [])):
+    if any(key.startswith("model.") for key in (overrides or {})):
         raise UserError("retrain keeps the serving model's architecture: drop the --set model.* options")
 
 
 def retrain_config(storage: Storage, cfg: FacegenConfig, source: WarmStartSource, train_data: str, run_name: str,
-                   overrides: list[str] | None = None) -> FacegenConfig:
-    """The candidate run's config (see the module docstring, step 3)."""
-    data = cfg.model_dump(mode="json")
+                   overrides: Mapping[str, Any] | None = None) -> FacegenConfig:
+    """The candidate run's config (see the module docstring, step 3). overrides: the command's
+    --set, parsed (dotted key -> value); the train.* and loss.* ones apply."""
+    sections: dict[str, Any] = {}
     if source.run:
         run_file = join(Layout(cfg.storage.root).run(source.run), RUN_FILE)
         if storage.exists(run_file):
             prev = storage.read_json(run_file).get("config") or {}
-            for section in ("loss", "train"):
-                if section in prev:
-                    data[section] = prev[section]
-    data["model"] = source.model_doc["model"]
+            sections = {section: prev[section] for section in ("loss", "train") if section in prev}
+    sections["model"] = source.model_doc["model"]
     check_overrides(overrides)
-    mine = [o for o in (overrides or []) if o.split("=", 1)[0].strip().split(".")[0] in ("train", "loss")]
-    data = apply_overrides(data, mine)
-    data["train"].update({
-        "run_name": run_name, "dataset": train_data, "start_resolution": int(data["model"]["resolution"]),
-        "total_images": source.images_seen + int(cfg.retrain.images), "init_from": source.init_from,
-        "export": True,
-    })
-    return config_from_dict(data)
+    mine = {k: v for k, v in (overrides or {}).items() if k.split(".")[0] in ("train", "loss")}
+    fixed = {
+        "train.run_name": run_name, "train.dataset": train_data,
+        "train.start_resolution": int(source.model_doc["model"]["resolution"]),
+        "train.total_images": source.images_seen + int(cfg.retrain.images), "train.init_from": source.init_from,
+        "train.export": True,
+    }
+    return with_updates(cfg, sections, mine, fixed)
 
 
 def _run_name(storage: Storage, cfg: FacegenConfig, serving: str, name: str | None) -> str:
@@ -151,7 +150,7 @@ def _run_name(storage: Storage, cfg: FacegenConfig, serving: str, name: str | No
     return out
 
 
-def retrain(cfg: FacegenConfig, *, storage: Storage | None = None, overrides: list[str] | None = None,
+def retrain(cfg: FacegenConfig, *, storage: Storage | None = None, overrides: Mapping[str, Any] | None = None,
             dataset: str | None = None, run_name: str | None = None, allow_empty: bool = False,
             merge_only: bool = False, gate: bool = True, data: str | None = None,
             progress: Callable[[str], None] = print) -> dict[str, Any]:
