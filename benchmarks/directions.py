@@ -25,7 +25,7 @@ import json
 import numpy as np
 import torch
 
-from facegen_ray.metrics.attributes import load_tagger, representative_ages, to_input
+from facegen_ray.models.attributes import load_tagger, representative_ages, to_input
 from facegen_ray.models.directions import RACE_NAMES
 from facegen_ray.models.latent import MAX_EDIT_STRENGTH, seed_ws, synthesize
 from facegen_ray.serve.generation import load_model

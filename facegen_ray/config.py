@@ -1,15 +1,25 @@
 """One configuration tree for the whole system.
 
-Every command reads a `FacegenConfig`: defaults below, then an optional YAML file, then
-`--set a.b=c` overrides (values parsed as YAML, so `--set train.num_workers=2` is an int and
-`--set eval.metrics=[fid,kid]` a list). Invalid values raise `ConfigError` naming the field.
+Every command reads a `FacegenConfig`: defaults below, then an optional YAML file, then the
+command's own options, then `--set a.b=c` overrides (values parsed as YAML, so
+`--set train.num_workers=2` is an int and `--set eval.metrics=[fid,kid]` a list). Invalid
+values raise `ConfigError` naming the field.
+
+Between layers a config travels as a FacegenConfig; a changed copy is
+`with_updates(cfg, {"train.num_workers": 2, ...})` (typed values by dotted key, validated).
+`set_dotted` is the one writer of dotted keys (--set, with_updates, sweep files).
+
+Over 400 lines on purpose: every field with its default and validation, and every way a field
+is set (file, --set, with_updates), in one file, so that a field is found in one place.
 """
 
 from __future__ import annotations
 
+import copy
+import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -285,7 +295,7 @@ class RetrainConfig(_Section):
     """`facegen retrain`: base dataset + approved feedback images -> a candidate model.
 
     An image is merged when it has >= min_approvals approvals and strictly more approvals than
-    rejections (the rule of serve.feedback.approved_images), and, if set, a mean rating >= min_rating."""
+    rejections (the rule of data.feedback.approved_images), and, if set, a mean rating >= min_rating."""
 
     dataset: str | None = Field(default=None, description="base dataset URI; default: the serving model's dataset")
     min_approvals: int = Field(default=1, ge=1)
@@ -348,6 +358,53 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------ dotted keys
+
+
+def config_key(key: str) -> list[str]:
+    """`train.g_lr` -> ["train", "g_lr"], checked against the schema: a section (`model`, the
+    whole section), a section.field, or a deeper key below a mapping field
+    (`train.batch_size.16`). ConfigError naming the key (with a close match when there is one)."""
+    parts = key.split(".")
+    sections = list(FacegenConfig.model_fields)
+    if not key or any(not p for p in parts):
+        raise ConfigError(f"{key!r} is not a config field; use section.field, e.g. train.g_lr")
+    if parts[0] not in sections:
+        hint = difflib.get_close_matches(parts[0], sections, n=1)
+        raise ConfigError(f"unknown config section {parts[0]!r} in {key!r}"
+                          + (f" (did you mean {hint[0]!r}?)" if hint else f"; sections: {', '.join(sections)}"))
+    if len(parts) == 1:
+        return parts
+    fields = FacegenConfig.model_fields[parts[0]].annotation.model_fields  # type: ignore[union-attr]
+    if parts[1] not in fields:
+        hint = difflib.get_close_matches(parts[1], list(fields), n=1)
+        raise ConfigError(f"unknown config field {key!r}"
+                          + (f" (did you mean {parts[0]}.{hint[0]}?)" if hint else f"; see facegen_ray/config.py ({parts[0]} section)"))
+    if len(parts) > 2 and not str(fields[parts[1]].annotation).startswith("dict"):
+        raise ConfigError(f"{parts[0]}.{parts[1]} is not a mapping, so {key!r} does not exist")
+    return parts
+
+
+def set_dotted(data: dict[str, Any], key: str | list[str], value: Any) -> None:
+    """data[a][b]... = value for the dotted key `a.b...`: the one writer of dotted keys (--set,
+    with_updates, sweep files). Missing sections are created; a key below a mapping field that
+    looks like an int becomes one (batch_size / lr_scale are keyed by resolution). ConfigError
+    when a step of the path holds something other than a mapping."""
+    parts = key.split(".") if isinstance(key, str) else list(key)
+    node = data
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{'.'.join(parts)}: {part!r} is not a section")
+        node = nxt
+    last: Any = parts[-1]
+    if len(parts) > 2 and last.isdigit():
+        last = int(last)
+    node[last] = value
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """`a.b=c` -> (["a", "b"], yaml-parsed c)."""
     if "=" not in item:
@@ -363,19 +420,48 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`--set` strings -> {dotted key: parsed value}, parsed once at the command line; a key
+    given again moves to the end with its last value (applying the result in order is applying
+    the strings in order)."""
+    out: dict[str, Any] = {}
     for item in overrides:
         path, value = parse_override(item)
-        node = data
-        for part in path[:-1]:
-            nxt = node.get(part)
-            if nxt is None:
-                nxt = node[part] = {}
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"--set {'.'.join(path)}: {part!r} is not a section")
-            node = nxt
-        node[path[-1]] = value
+        key = ".".join(path)
+        out.pop(key, None)
+        out[key] = value
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`--set` strings applied in order to a config dict (a file's contents)."""
+    for item in overrides:
+        path, value = parse_override(item)
+        try:
+            set_dotted(data, path, value)
+        except ConfigError as e:
+            raise ConfigError(f"--set {e}") from None
     return data
+
+
+def with_updates(cfg: FacegenConfig, *updates: Mapping[str, Any]) -> FacegenConfig:
+    """A new, validated config: `cfg` with each dotted key (see config_key) set to its value,
+    the mappings and their keys in order (a later one wins). `cfg` itself is not changed, and
+    neither are the values passed (they are copied). ConfigError for an unknown key or an
+    invalid result, naming the field.
+
+        with_updates(cfg, {"train.num_workers": 2, "train.batch_size.64": 16})
+    """
+    data = cfg.model_dump()
+    keys: list[str] = []
+    for mapping in updates:
+        for key, value in mapping.items():
+            set_dotted(data, config_key(key), copy.deepcopy(value))
+            keys.append(key)
+    try:
+        return FacegenConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, "updates to " + ", ".join(keys))) from None
 
 
 def read_yaml_mapping(path: str | os.PathLike, what: str, expected: str, *,
@@ -394,13 +480,17 @@ def read_yaml_mapping(path: str | os.PathLike, what: str, expected: str, *,
     return loaded
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> FacegenConfig:
-    """Defaults <- YAML file <- overrides. Raises ConfigError with a readable message."""
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                updates: Mapping[str, Any] | None = None) -> FacegenConfig:
+    """Defaults <- YAML file <- updates (typed values by dotted key: a command's own options)
+    <- overrides (`--set` strings, which win). Raises ConfigError with a readable message."""
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
         data = read_yaml_mapping(path, "config file", "sections (storage, data, model, ...)")
         source = str(path)
+    for key, value in (updates or {}).items():
+        set_dotted(data, config_key(key), copy.deepcopy(value))
     if overrides:
         data = apply_overrides(data, list(overrides))
         source += " + --set"

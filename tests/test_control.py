@@ -25,8 +25,8 @@ from conftest import REPO, tiny_model_dict
 from facegen_ray.cli import main as cli_main
 from facegen_ray.config import ModelConfig
 from facegen_ray.errors import UserError
-from facegen_ray.metrics.attributes import AttributeNet, save_classifier, to_input
 from facegen_ray.models import Generator, save_model_dir
+from facegen_ray.models.attributes import AttributeNet, save_classifier, to_input
 from facegen_ray.models.directions import (
     DIRECTIONS_FILE,
     Directions,
@@ -365,7 +365,7 @@ def http(tmp_path_factory):
     from ray import serve
     from starlette.testclient import TestClient
 
-    from facegen_ray.serve.feedback import FeedbackStore
+    from facegen_ray.data.feedback import FeedbackStore
     from facegen_ray.serve.ingress import Ingress, api
 
     root = str(tmp_path_factory.mktemp("control-http"))

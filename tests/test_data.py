@@ -262,7 +262,8 @@ def test_cli_errors(ray_session, tmp_path, capsys):
 def test_attribute_model_tags_unlabelled_rows(ray_session, messy_folder, tmp_path):
     """--attribute-model: a real (tiny, 1-epoch) attribute classifier trained on the labelled
     rows tags the row whose file name has no labels; file-name labels are kept as they are."""
-    from facegen_ray.metrics.attributes import read_labelled, save_classifier, train_attribute_classifier
+    from facegen_ray.data.attributes import read_labelled
+    from facegen_ray.models.attributes import save_classifier, train_attribute_classifier
 
     cfg = config_from_dict({"data": {"resolution": 8}})
     first = prepare(cfg, [str(messy_folder)], str(tmp_path / "labelled"))

@@ -10,8 +10,16 @@ import threading
 import pytest
 
 from facegen_ray.cli import main
-from facegen_ray.config import ConfigError, load_config
-from facegen_ray.serve.registry import Registry, RegistryError
+from facegen_ray.config import (
+    ConfigError,
+    FacegenConfig,
+    apply_overrides,
+    load_config,
+    parse_overrides,
+    set_dotted,
+    with_updates,
+)
+from facegen_ray.lifecycle.registry import Registry, RegistryError
 from facegen_ray.storage import Layout, Storage, StorageError, fs_path_to_uri, join
 
 
@@ -56,6 +64,66 @@ def test_bad_override_syntax_and_missing_file(tmp_path):
 def test_start_resolution_cannot_exceed_model_resolution():
     with pytest.raises(ConfigError, match="start_resolution"):
         load_config(None, ["model.resolution=16", "train.start_resolution=32"])
+
+
+def test_with_updates_sets_nested_keys_and_leaves_the_original_alone():
+    cfg = load_config(None, ["train.batch_size={4: 64, 16: 8}"])
+    before = cfg.model_dump()
+    model = {**cfg.model.model_dump(), "resolution": 32}
+    new = with_updates(cfg, {"train.num_workers": 3, "train.batch_size.16": 4, "eval.metrics": ["fid", "kid"],
+                             "model": model})
+    assert isinstance(new, FacegenConfig) and new is not cfg
+    assert new.train.num_workers == 3 and new.eval.metrics == ["fid", "kid"] and new.model.resolution == 32
+    assert new.train.batch_size == {4: 64, 16: 4}  # "16" below a mapping field is the int key 16
+    assert cfg.model_dump() == before  # the original is unchanged
+    model["resolution"] = 64
+    assert new.model.resolution == 32  # and holds no reference to the values passed
+    # mappings and keys apply in order: a later one wins, a key below a section set earlier lands in it
+    later = with_updates(cfg, {"train": {**cfg.train.model_dump(), "g_lr": 0.5}, "train.num_workers": 2},
+                         {"train.num_workers": 4})
+    assert later.train.g_lr == 0.5 and later.train.num_workers == 4
+    assert with_updates(cfg) == cfg  # nothing to update: an equal copy
+
+
+@pytest.mark.parametrize("key, message", [
+    ("train.num_workerz", "unknown config field 'train.num_workerz' (did you mean train.num_workers?)"),
+    ("trian.num_workers", "unknown config section 'trian' in 'trian.num_workers' (did you mean 'train'?)"),
+    ("train.num_workers.x", "train.num_workers is not a mapping, so 'train.num_workers.x' does not exist"),
+    ("train..g_lr", "is not a config field; use section.field"),
+])
+def test_with_updates_unknown_key_names_it(key, message):
+    cfg = FacegenConfig()
+    with pytest.raises(ConfigError) as e:
+        with_updates(cfg, {key: 1})
+    assert message in str(e.value)
+    assert cfg == FacegenConfig()
+
+
+def test_with_updates_validates_the_result():
+    cfg = FacegenConfig()
+    with pytest.raises(ConfigError) as e:
+        with_updates(cfg, {"model.resolution": 48})
+    assert "model.resolution" in str(e.value) and "power of two" in str(e.value)
+    with pytest.raises(ConfigError, match="start_resolution"):
+        with_updates(cfg, {"model.resolution": 16, "train.start_resolution": 32})
+    with pytest.raises(ConfigError, match="train.num_workers"):
+        with_updates(cfg, {"train.num_workers": 0})
+    assert cfg == FacegenConfig()
+
+
+def test_set_dotted_is_the_one_writer_of_dotted_keys():
+    """--set strings and parsed overrides write through set_dotted: same dict either way,
+    int keys below mapping fields, a non-mapping on the path is an error."""
+    sets = ["train.batch_size.64=8", "train.batch_size={4: 2}", "train.batch_size.64=16", "train.g_lr=0.01"]
+    by_string = apply_overrides({}, sets)
+    by_value: dict = {}
+    for key, value in parse_overrides(sets).items():
+        set_dotted(by_value, key, value)
+    assert by_string == by_value == {"train": {"batch_size": {4: 2, 64: 16}, "g_lr": 0.01}}
+    with pytest.raises(ConfigError, match="'g_lr' is not a section"):
+        set_dotted(by_value, "train.g_lr.x", 1)
+    with pytest.raises(ConfigError, match=r"--set train.g_lr.x: 'g_lr' is not a section"):
+        apply_overrides(by_string, ["train.g_lr.x=1"])
 
 
 def test_batch_for_falls_back_to_nearest_smaller():

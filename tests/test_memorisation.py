@@ -15,9 +15,9 @@ import torch
 
 from facegen_ray.config import EvalConfig, GateConfig, ModelConfig
 from facegen_ray.errors import UserError
+from facegen_ray.lifecycle.gate import decide
 from facegen_ray.metrics import evaluate as ev
 from facegen_ray.metrics.memorisation import memorisation_report, nearest
-from facegen_ray.serve.gate import decide
 from facegen_ray.storage import Layout, Storage, join
 from conftest import tiny_model_dict
 from test_metrics_inception import RES, _sample_faces

@@ -124,7 +124,7 @@ def test_distribution_and_tv():
 # ---------------------------------------------------------------- attribute classifier
 
 def _toy_labelled(n: int = 24, res: int = 16, seed: int = 0):
-    from facegen_ray.metrics.attributes import LabelledImages
+    from facegen_ray.models.attributes import LabelledImages
 
     rng = np.random.default_rng(seed)
     gender = rng.integers(0, 2, n)
@@ -136,7 +136,7 @@ def _toy_labelled(n: int = 24, res: int = 16, seed: int = 0):
 
 
 def test_attribute_classifier_trains_predicts_and_round_trips(tmp_path):
-    from facegen_ray.metrics.attributes import load_tagger, save_classifier, train_attribute_classifier
+    from facegen_ray.models.attributes import load_tagger, save_classifier, train_attribute_classifier
     from facegen_ray.models.conditioning import age_to_bucket
     from facegen_ray.storage import Storage
 
@@ -166,7 +166,7 @@ def test_attribute_classifier_trains_predicts_and_round_trips(tmp_path):
 
 
 def test_multi_head_loss_ignores_unknown():
-    from facegen_ray.metrics.attributes import multi_head_loss
+    from facegen_ray.models.attributes import multi_head_loss
 
     logits = {"age": torch.randn(4, 3), "gender": torch.randn(4, 2), "race": torch.randn(4, 5)}
     t = {"age": torch.full((4,), -1), "gender": torch.tensor([0, 1, -1, -1]), "race": torch.full((4,), -1)}

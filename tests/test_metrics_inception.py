@@ -228,8 +228,8 @@ def test_cli_evaluate_json_and_errors(tiny_env, capsys):
 
 def test_attributes_train_cli_and_diversity(tiny_env, capsys, tmp_path):
     from facegen_ray.cli import main
-    from facegen_ray.metrics.attributes import load_tagger
     from facegen_ray.metrics.evaluate import evaluate_model
+    from facegen_ray.models.attributes import load_tagger
 
     storage, data_uri, model_uri, root = tiny_env
     out_uri = str(tmp_path / "attr")

@@ -52,9 +52,9 @@ def record(store, loaded, seed: int, psi: float) -> str:
 @pytest.fixture(scope="module")
 def world(ray_session, sample_zip, tmp_path_factory):
     """root with datasets/faces v1 (16 px), model v1 serving (8 px, 96 images), feedback."""
-    from facegen_ray.serve.feedback import FeedbackStore
+    from facegen_ray.data.feedback import FeedbackStore
+    from facegen_ray.lifecycle.registry import Registry
     from facegen_ray.serve.generation import load_model
-    from facegen_ray.serve.registry import Registry
     from facegen_ray.train.trainer import train
 
     root = str(tmp_path_factory.mktemp("retrain-root"))
@@ -92,8 +92,8 @@ def _last_json(out: str) -> dict:
 
 # ---------------------------------------------------------------------------- merge
 def test_selection_rule_matches_approved_images(world):
+    from facegen_ray.data.feedback import approved_images
     from facegen_ray.data.feedback_merge import select_feedback
-    from facegen_ray.serve.feedback import approved_images
 
     storage, root, ids = Storage(), world["root"], world["ids"]
     items, skipped = select_feedback(storage, root, 1)
@@ -190,10 +190,10 @@ def test_no_serving_model_unknown_dataset_unknown_candidate_exit_2(world, tmp_pa
 
 # ---------------------------------------------------------------------------- warm start
 def test_warm_start_loads_the_serving_checkpoint(world):
+    from facegen_ray.lifecycle.retrain import serving_source
     from facegen_ray.train.checkpoint import load_checkpoint
     from facegen_ray.train.distributed import module_digest
     from facegen_ray.train.steps import GANSteps
-    from facegen_ray.train.retrain import serving_source
     from facegen_ray.train.warm_start import warm_start
 
     storage = Storage()
@@ -221,7 +221,7 @@ def test_warm_start_loads_the_serving_checkpoint(world):
 
 # ---------------------------------------------------------------------------- retrain + gate
 def test_retrain_end_to_end_promotes_with_huge_tolerance(world, capsys):
-    from facegen_ray.serve.registry import Registry
+    from facegen_ray.lifecycle.registry import Registry
 
     storage, root, ids = Storage(), world["root"], world["ids"]
     world["store"].add_feedback(ids["unvoted"], True, client_key="carol")  # one new approval since the merge
@@ -254,7 +254,7 @@ def test_retrain_end_to_end_promotes_with_huge_tolerance(world, capsys):
 
 
 def test_gate_rejects_with_impossible_tolerance(world, capsys):
-    from facegen_ray.serve.registry import Registry
+    from facegen_ray.lifecycle.registry import Registry
 
     storage, root = Storage(), world["root"]
     reg = Registry(storage, root)
@@ -279,7 +279,7 @@ def test_allow_empty_no_gate_and_refusals_write_nothing(world, capsys):
     any write; --allow-empty --no-gate -> a candidate trained on the base data, registered but
     not evaluated or promoted."""
     from facegen_ray.data.shards import list_versions
-    from facegen_ray.serve.registry import Registry
+    from facegen_ray.lifecycle.registry import Registry
 
     storage, root = Storage(), world["root"]
     reg = Registry(storage, root)
@@ -304,7 +304,7 @@ def test_allow_empty_no_gate_and_refusals_write_nothing(world, capsys):
 
 def test_init_from_with_another_architecture_is_refused(world, tmp_path, capsys):
     from facegen_ray.errors import UserError
-    from facegen_ray.train.retrain import serving_source
+    from facegen_ray.lifecycle.retrain import serving_source
     from facegen_ray.train.warm_start import check_init_from
 
     storage = Storage()
@@ -325,9 +325,33 @@ def test_init_from_with_another_architecture_is_refused(world, tmp_path, capsys)
     assert not storage.exists(Layout(world["root"]).run("wrong-arch"))
 
 
+def test_retrain_config_takes_typed_overrides(tmp_path):
+    """The candidate's config: the serving model's architecture, the command's train.*/loss.*
+    overrides (parsed values, not --set strings), then the fields retrain fixes; --set model.*
+    is refused."""
+    from facegen_ray.errors import UserError
+    from facegen_ray.lifecycle.retrain import WarmStartSource, retrain_config
+
+    cfg = base_cfg(str(tmp_path))
+    model = {**tiny_model_dict(8), "w_dim": 16}
+    src = WarmStartSource(version="v1", model_uri="/m/v1", model_doc={"model": model}, run=None, images_seen=96,
+                          init_from="/m/v1", kind="model", note="")
+    overrides = {"train.g_lr": 0.01, "loss.r1_gamma": 2.5, "train.run_name": "mine", "eval.num_gen": 7}
+    rcfg = retrain_config(Storage(), cfg, src, "/d/faces/v2", "cand", overrides)
+    assert rcfg.model.w_dim == 16 and rcfg.model.resolution == 8  # the serving model's, not cfg's
+    assert rcfg.train.g_lr == 0.01 and rcfg.loss.r1_gamma == 2.5
+    assert rcfg.eval.num_gen == cfg.eval.num_gen  # only train.* and loss.* overrides apply
+    assert rcfg.train.run_name == "cand" and rcfg.train.dataset == "/d/faces/v2" and rcfg.train.export is True
+    assert rcfg.train.start_resolution == 8 and rcfg.train.total_images == 96 + cfg.retrain.images
+    assert rcfg.train.init_from == "/m/v1"
+    assert cfg.model.w_dim != 16 and cfg.train.run_name == "base"  # cfg itself is unchanged
+    with pytest.raises(UserError, match="keeps the serving model's architecture"):
+        retrain_config(Storage(), cfg, src, "/d/faces/v2", "cand", {"model.w_dim": 32})
+
+
 def test_decide_rules():
     from facegen_ray.config import GateConfig
-    from facegen_ray.serve.gate import decide
+    from facegen_ray.lifecycle.gate import decide
 
     cand = {"fid": 11.0, "kid": 0.02, "precision": 0.5, "recall": 0.4}
     serv = {"fid": 10.0, "kid": 0.01, "precision": 0.6, "recall": 0.4}
@@ -344,11 +368,11 @@ def test_merge_on_s3(s3_server, s3_root, s3_storage, ray_session, sample_zip):
     new version there; a 16 px feedback image is box-downscaled to the 8 px dataset."""
     import pyarrow.parquet as pq
 
+    from facegen_ray.data.feedback import FeedbackStore
     from facegen_ray.data.feedback_merge import merge_feedback
     from facegen_ray.data.ingest import worker_filesystem, worker_filesystem_path
     from facegen_ray.data.shards import read_manifest, shard_uris
     from facegen_ray.serve import generation as gen
-    from facegen_ray.serve.feedback import FeedbackStore
 
     faces = Layout(s3_root).dataset("faces")
     assert cli_main(["prepare", str(sample_zip), faces, "--resolution", "8", "--limit", "24",

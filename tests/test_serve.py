@@ -25,11 +25,11 @@ import yaml
 from PIL import Image
 
 from facegen_ray.config import ModelConfig
+from facegen_ray.data.feedback import FeedbackStore, approved_images, iter_feedback
+from facegen_ray.lifecycle.registry import Registry
 from facegen_ray.models import Generator, save_model_dir
 from facegen_ray.models.directions import save_directions
-from facegen_ray.serve.feedback import FeedbackStore, approved_images, iter_feedback
 from facegen_ray.serve.generation import decode_png, generate, load_model
-from facegen_ray.serve.registry import Registry
 from facegen_ray.storage import Storage
 from conftest import free_port, tiny_model_dict
 from hypothesis import HealthCheck, settings

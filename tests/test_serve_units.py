@@ -17,13 +17,13 @@ from pydantic import ValidationError
 from conftest import tiny_model_dict
 from facegen_ray.cli import main as cli_main
 from facegen_ray.config import ModelConfig
-from facegen_ray.errors import UserError
-from facegen_ray.models import Generator, save_model_dir
-from facegen_ray.serve import generation as gen
-from facegen_ray.serve.feedback import (
+from facegen_ray.data.feedback import (
     FeedbackStore, UnknownImage, approved_images, check_id, iter_feedback, iter_images,
 )
-from facegen_ray.serve.registry import Registry
+from facegen_ray.errors import UserError
+from facegen_ray.lifecycle.registry import Registry
+from facegen_ray.models import Generator, save_model_dir
+from facegen_ray.serve import generation as gen
 from facegen_ray.serve.schemas import FeedbackRequest, GenerateRequest
 from facegen_ray.storage import Storage
 

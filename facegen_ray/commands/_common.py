@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any, Mapping
 
 from facegen_ray.config import FacegenConfig, load_config
 
@@ -27,18 +28,18 @@ def add_action_parsers(sub: argparse._SubParsersAction, name: str, help: str, do
     return actions
 
 
-def config_from_args(args: argparse.Namespace, extra: list[str] | None = None) -> FacegenConfig:
-    """Load the config: file, then command-specific options (extra), then --set (which wins)."""
-    overrides: list[str] = []
+def config_from_args(args: argparse.Namespace, updates: Mapping[str, Any] | None = None) -> FacegenConfig:
+    """Load the config: file, then --root and the command's own options (`updates`: typed
+    values by dotted key), then --set (which wins)."""
+    typed: dict[str, Any] = {}
     if getattr(args, "root", None):
-        overrides.append(f"storage.root={args.root}")
-    overrides += list(extra or [])
-    overrides += list(getattr(args, "overrides", []) or [])
-    return load_config(getattr(args, "config", None), overrides)
+        typed["storage.root"] = args.root
+    typed.update(updates or {})
+    return load_config(getattr(args, "config", None), list(getattr(args, "overrides", []) or []), updates=typed)
 
 
-def option_overrides(args: argparse.Namespace, mapping: dict[str, str]) -> list[str]:
-    """Command options that mirror config fields -> `--set` style overrides, for the ones given.
+def option_updates(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, Any]:
+    """Command options that mirror config fields -> {config key: value}, for the ones given.
 
     mapping: argparse attribute name -> config key, e.g. {"resolution": "data.resolution"}."""
-    return [f"{key}={getattr(args, attr)}" for attr, key in mapping.items() if getattr(args, attr, None) is not None]
+    return {key: getattr(args, attr) for attr, key in mapping.items() if getattr(args, attr, None) is not None}

@@ -11,9 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
-from facegen_ray.commands._common import add_config_args, config_from_args, option_overrides
+from facegen_ray.commands._common import add_config_args, config_from_args, option_updates
 from facegen_ray.errors import UserError
+from facegen_ray.lifecycle.registry import Registry
+from facegen_ray.runtime import ensure_ray
+from facegen_ray.storage import Storage, join
+
+# Imported where used, not here: metrics.evaluate (torch): cli.py imports every command module to
+# build the parser, which loads no numpy/torch/ray (tests/test_layers.py).
 
 
 def _floats(text: str) -> list[float]:
@@ -48,23 +55,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from facegen_ray.metrics.evaluate import evaluate_model, plot_sweep
-    from facegen_ray.serve.registry import Registry
-    from facegen_ray.storage import Storage
 
-    extra = []
+    updates: dict[str, Any] = {}
     if args.metrics:
-        extra.append("eval.metrics=[" + ",".join(m.strip() for m in args.metrics.split(",") if m.strip()) + "]")
-    extra += option_overrides(args, {"num_gen": "eval.num_gen", "num_real": "eval.num_real", "truncation": "eval.truncation"})
-    cfg = config_from_args(args, extra)
+        updates["eval.metrics"] = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    updates.update(option_updates(args, {"num_gen": "eval.num_gen", "num_real": "eval.num_real",
+                                         "truncation": "eval.truncation"}))
+    cfg = config_from_args(args, updates)
     if args.sweep_plot and not args.sweep:
         raise UserError("--sweep-plot needs --sweep PSI,PSI,... (e.g. --sweep 0.5,0.7,1.0)")
     storage = Storage(cfg.storage)
     model_uri, version = Registry(storage, cfg.storage.root).resolve(args.model)
     if not args.local:
-        from facegen_ray.runtime import ensure_ray
-
         ensure_ray()
-    from facegen_ray.storage import join
 
     result = evaluate_model(storage, model_uri, args.data, cfg.eval, sweep=args.sweep,
                             attribute_model=args.attribute_model, use_ray=not args.local,

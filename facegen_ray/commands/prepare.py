@@ -12,8 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from facegen_ray.commands._common import add_config_args, config_from_args, option_overrides
+from facegen_ray.commands._common import add_config_args, config_from_args, option_updates
 from facegen_ray.errors import UserError
+
+# Imported where used, not here: data.pipeline (numpy, pyarrow, PIL): cli.py imports every command
+# module to build the parser, which loads no numpy/torch/ray (tests/test_layers.py).
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--balance", choices=["none", "reweight", "resample"], default=None,
                    help="even out race x gender groups: row weights (reweight) or oversampling (resample)")
     p.add_argument("--attribute-model", default=None, metavar="URI",
-                   help="attribute classifier (facegen_ray.metrics.attributes) to tag images without file-name labels")
+                   help="attribute classifier (facegen_ray.models.attributes) to tag images without file-name labels")
     p.add_argument("--holdout-fraction", type=float, default=None, metavar="F",
                    help="keep this fraction of faces (chosen by content hash) out of training, in a held-out split "
                         "for the memorisation report (default data.holdout_fraction = 0)")
@@ -45,9 +48,9 @@ def run(args: argparse.Namespace) -> int:
     sources, dest = list(args.sources), args.dest
     if not sources:
         raise UserError("prepare needs SOURCE and DEST (e.g. facegen prepare faces.zip ./facegen-data/datasets/faces)")
-    extra = option_overrides(args, {"resolution": "data.resolution", "limit": "data.limit", "balance": "data.balance",
+    updates = option_updates(args, {"resolution": "data.resolution", "limit": "data.limit", "balance": "data.balance",
                                     "holdout_fraction": "data.holdout_fraction"})
-    cfg = config_from_args(args, extra)
+    cfg = config_from_args(args, updates)
     result = prepare(cfg, sources, dest, attribute_model=args.attribute_model)
     print(f"[facegen] {summary(result)}")
     print(f"[facegen] manifest: {result.manifest_uri} (version {result.manifest['version']}, "

@@ -25,7 +25,16 @@ from importlib import resources
 from pathlib import Path
 
 from facegen_ray.commands._common import add_config_args, config_from_args
+from facegen_ray.config import with_updates
+from facegen_ray.data.feedback import iter_feedback
 from facegen_ray.errors import UserError
+from facegen_ray.lifecycle.registry import Registry
+from facegen_ray.serve.admin_client import configured_token, reload_app
+from facegen_ray.storage import Layout, Storage, join
+
+# Imported where used, not here: ray, httpx and the data/train/metrics/serve/lifecycle modules each
+# step uses: cli.py imports every command module to build the parser, which loads no numpy/torch/ray
+# (tests/test_layers.py).
 
 
 def _step(n: int, total: int, what: str) -> float:
@@ -63,20 +72,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import httpx
 
-    from facegen_ray.storage import Layout, Storage, join
-
     total = 9
     t_start = time.perf_counter()
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     # the bundled tiny CPU config unless --config names another; --root/--set apply on top
     args.config = args.config or str(quickstart_config_path())
-    cfg = config_from_args(args, [f"storage.root={args.root or './facegen-quickstart'}",
-                                  f"train.run_name=quickstart-{stamp}", f"serve.port={args.port}"])
+    cfg = config_from_args(args, {"storage.root": args.root or "./facegen-quickstart",
+                                  "train.run_name": f"quickstart-{stamp}", "serve.port": args.port})
     storage = Storage(cfg.storage)
     layout = Layout(cfg.storage.root)
     storage.check_writable(cfg.storage.root)
     dataset = layout.dataset("faces")
-    cfg.train.dataset = dataset
+    cfg = with_updates(cfg, {"train.dataset": dataset})
     print(f"[quickstart] storage root: {layout.root}", flush=True)
 
     # 1. prepare ------------------------------------------------------------------------
@@ -108,8 +115,6 @@ def run(args: argparse.Namespace) -> int:
     _done(t0, "evaluated (a few hundred images of a few-second run: expect a large FID)")
 
     # 4. promote ------------------------------------------------------------------------
-    from facegen_ray.serve.registry import Registry
-
     t0 = _step(4, total, f"promote: registry version {outcome.version} -> serving")
     reg = Registry(storage, cfg.storage.root)
     reg.set_metrics(outcome.version, {k: metrics.get(k) for k in ("fid", "num_gen", "num_real") if k in metrics})
@@ -127,12 +132,9 @@ def run(args: argparse.Namespace) -> int:
     # one replica; no CPU reservations, so the retrain step's Ray Train worker and Ray Data
     # tasks can be scheduled next to the running app on a 2-core machine. A fresh admin token
     # (unless FACEGEN_ADMIN_TOKEN is set) lets step 9 swap the model through /admin/reload.
-    from facegen_ray.serve.admin_client import configured_token
-
     admin = configured_token(cfg) or secrets.token_hex(16)
-    app_args = {"model": "serving", "root": cfg.storage.root, "config": args.config,
-                "set": ["serve.min_replicas=1", "serve.max_replicas=1", "serve.num_cpus=0",
-                        "serve.ingress_num_cpus=0", f"serve.admin_token={admin}"]}
+    app_args = {"model": "serving", "root": cfg.storage.root, "config": args.config, "min_replicas": 1,
+                "max_replicas": 1, "num_cpus": 0, "ingress_num_cpus": 0, "admin_token": admin}
     serve.run(build_app(app_args), name=APP_NAME, route_prefix="/")
     url = f"http://127.0.0.1:{cfg.serve.port}"
     try:
@@ -165,19 +167,17 @@ def run(args: argparse.Namespace) -> int:
             bad = client.post("/feedback", json={"image_id": "0" * 32, "approved": True})
             for resp in (a, b):
                 resp.raise_for_status()
-            from facegen_ray.serve.feedback import iter_feedback
 
             stored = list(iter_feedback(storage, cfg.storage.root))
             _done(t0, f"feedback ids {a.json()['feedback_id']}, {b.json()['feedback_id']} (unknown image -> "
                       f"{bad.status_code}); {len(stored)} feedback records in {layout.feedback()}")
 
             # 8. retrain + gate -------------------------------------------------------------
-            from facegen_ray.train.retrain import retrain
+            from facegen_ray.lifecycle.retrain import retrain
 
             t0 = _step(8, total, f"retrain: approved feedback -> new dataset version -> candidate warm-started "
                                  f"from {outcome.version} ({cfg.retrain.images} images, Ray Train) -> promotion gate")
-            rcfg = cfg.model_copy(deep=True)
-            rcfg.gate.num_gen = rcfg.gate.num_gen or args.num_gen
+            rcfg = with_updates(cfg, {"gate.num_gen": cfg.gate.num_gen or args.num_gen})
             out = retrain(rcfg, storage=storage, run_name=f"quickstart-retrain-{stamp}")
             _done(t0, f"candidate {out['candidate']}: {out['decision']} (FID {_fid(out['candidate_metrics'])} vs "
                       f"serving {_fid(out['serving_metrics'])}, tolerance {rcfg.gate.fid_tolerance:+.0%}); "
@@ -185,8 +185,6 @@ def run(args: argparse.Namespace) -> int:
 
             # 9. swap -----------------------------------------------------------------------
             if out["decision"] == "promoted":
-                from facegen_ray.serve.admin_client import reload_app
-
                 t0 = _step(9, total, f"swap: POST /admin/reload -> the running app serves {out['candidate']} (no restart)")
                 body = reload_app(url, out["candidate"], admin, timeout=300)
                 after = client.post("/generate", json={"seed": 0, "num_images": 1, "truncation": 0.7}).json()

@@ -14,7 +14,13 @@ from __future__ import annotations
 
 import argparse
 
-from facegen_ray.commands._common import add_config_args, config_from_args, option_overrides
+from facegen_ray.commands._common import add_config_args, config_from_args, option_updates
+from facegen_ray.config import parse_overrides
+from facegen_ray.serve.admin_client import admin_token, reload_app
+from facegen_ray.storage import Storage
+
+# Imported where used, not here: lifecycle.retrain, lifecycle.gate (numpy, pyarrow): cli.py imports
+# every command module to build the parser, which loads no numpy/torch/ray (tests/test_layers.py).
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,8 +64,7 @@ _GATE_OPTS = {"tolerance": "gate.fid_tolerance", "num_gen": "gate.num_gen", "num
 
 def _finish(cfg, args, out: dict, candidate: str | None) -> int:
     """Reload the app after a promotion (--serve-url), print the JSON, pick the exit code."""
-    from facegen_ray.serve.admin_client import reload_app
-    from facegen_ray.train.retrain import dumps
+    from facegen_ray.lifecycle.retrain import dumps
 
     if out.get("decision") == "promoted" and args.serve_url and candidate:
         body = reload_app(args.serve_url, candidate, args._token, args.timeout)
@@ -72,29 +77,25 @@ def _finish(cfg, args, out: dict, candidate: str | None) -> int:
 
 
 def _token(cfg, args) -> str | None:
-    from facegen_ray.serve.admin_client import admin_token
-
     return admin_token(cfg) if args.serve_url else None  # fail before any work when it is missing
 
 
 def run_retrain(args: argparse.Namespace) -> int:
-    from facegen_ray.storage import Storage
-    from facegen_ray.train.retrain import retrain
+    from facegen_ray.lifecycle.retrain import retrain
 
-    extra = option_overrides(args, {**_GATE_OPTS, "images": "retrain.images", "min_approvals": "retrain.min_approvals"})
-    cfg = config_from_args(args, extra)
+    updates = option_updates(args, {**_GATE_OPTS, "images": "retrain.images", "min_approvals": "retrain.min_approvals"})
+    cfg = config_from_args(args, updates)
     args._token = _token(cfg, args)
-    out = retrain(cfg, storage=Storage(cfg.storage), overrides=list(args.overrides or []), dataset=args.dataset,
+    out = retrain(cfg, storage=Storage(cfg.storage), overrides=parse_overrides(args.overrides or []), dataset=args.dataset,
                   run_name=args.run_name, allow_empty=args.allow_empty, merge_only=args.merge_only,
                   gate=not args.no_gate, data=args.data)
     return _finish(cfg, args, out, out.get("candidate"))
 
 
 def run_gate_cmd(args: argparse.Namespace) -> int:
-    from facegen_ray.serve.gate import run_gate
-    from facegen_ray.storage import Storage
+    from facegen_ray.lifecycle.gate import run_gate
 
-    cfg = config_from_args(args, option_overrides(args, _GATE_OPTS))
+    cfg = config_from_args(args, option_updates(args, _GATE_OPTS))
     args._token = _token(cfg, args)
     result = run_gate(cfg, args.candidate, storage=Storage(cfg.storage), data=args.data, promote=not args.no_promote)
     for line in result.reasons:

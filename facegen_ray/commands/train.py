@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from facegen_ray.commands._common import add_config_args, config_from_args
+
+# Imported where used, not here: train.trainer (numpy, pyarrow): cli.py imports every command module
+# to build the parser, which loads no numpy/torch/ray (tests/test_layers.py).
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,14 +33,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from facegen_ray.train.trainer import train
 
-    extra = []
+    updates: dict[str, Any] = {}
     if args.run_name:
-        extra.append(f"train.run_name={args.run_name}")
+        updates["train.run_name"] = args.run_name
     if args.dataset:
-        extra.append(f"train.dataset={args.dataset}")
+        updates["train.dataset"] = args.dataset
     if args.num_workers is not None:
-        extra.append(f"train.num_workers={args.num_workers}")
-    cfg = config_from_args(args, extra)
+        updates["train.num_workers"] = args.num_workers
+    cfg = config_from_args(args, updates)
     out = train(cfg, export=False if args.no_export else None)
     print(f"[facegen] run {out.run_name}: {out.images_seen} images seen; run folder {out.run_uri}")
     if out.version:

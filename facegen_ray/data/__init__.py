@@ -2,5 +2,6 @@
 
 ingest (sources -> raw files), transforms (decode/validate/crop/resize/hash), attributes
 (UTKFace labels, balancing, classifier tagging), shards (schema, versions, manifests,
-read-back), pipeline (`facegen prepare`).
+read-back), pipeline (`facegen prepare`), feeder (batches for the training loop), feedback
+(the store of generated images and votes), feedback_merge (approved feedback -> a new version).
 """

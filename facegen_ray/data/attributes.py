@@ -1,5 +1,6 @@
 """Face attributes: UTKFace file-name labels, attribute counts, race x gender balancing,
-and the optional classifier tagging of unlabelled rows.
+the labelled rows the attribute classifier (models/attributes.py) trains on, and the optional
+classifier tagging of unlabelled rows.
 
 UTKFace names its files `<age>_<gender>_<race>_<datetime>.jpg.chip.jpg` (gender 0 male /
 1 female; race 0 white / 1 black / 2 asian / 3 indian / 4 other). The public release has a
@@ -13,9 +14,22 @@ from __future__ import annotations
 
 import posixpath
 import re
-from typing import Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from facegen_ray.data.ingest import worker_filesystem, worker_filesystem_path
+from facegen_ray.data.shards import decode_image, read_manifest, shard_uris
+from facegen_ray.errors import UserError
+from facegen_ray.storage import Storage
+
+# Imported where used, not here: models.attributes, models.conditioning (torch): only read_labelled
+# and --attribute-model tagging need them; `facegen prepare` runs without torch.
+
+if TYPE_CHECKING:
+    from facegen_ray.models.attributes import LabelledImages
 
 GENDER_NAMES = {0: "male", 1: "female"}
 RACE_NAMES = {0: "white", 1: "black", 2: "asian", 3: "indian", 4: "other"}
@@ -165,11 +179,44 @@ def resample_repeats(keys: Sequence[str], seed: int = 0) -> np.ndarray:
     return repeats
 
 
+# ---------------------------------------------------------------- the classifier's training set
+
+def read_labelled(storage: Storage, dataset_uri: str, age_buckets: Sequence[int]) -> LabelledImages:
+    """Rows with at least one label from a dataset's shards (deduplicated by sha256): the
+    attribute classifier's training set (models.attributes.train_attribute_classifier)."""
+    from facegen_ray.models.attributes import LabelledImages
+    from facegen_ray.models.conditioning import NUM_GENDERS, NUM_RACES, age_to_bucket
+
+    manifest = read_manifest(storage, dataset_uri)
+    uris = shard_uris(manifest)
+    if not uris:
+        raise UserError(f"dataset {dataset_uri} is empty: run `facegen prepare` first")
+    fs, _ = worker_filesystem(storage, uris[0])
+    seen: set[str] = set()
+    imgs, ages, genders, races = [], [], [], []
+    for u in uris:
+        t = pq.read_table(worker_filesystem_path(u), filesystem=fs, columns=["image", "sha256", "age", "gender", "race"])
+        cols = {c: t.column(c).to_pylist() for c in ("sha256", "age", "gender", "race")}
+        img_col = t.column("image")
+        for j, h in enumerate(cols["sha256"]):
+            a, g, r = cols["age"][j], cols["gender"][j], cols["race"][j]
+            if h in seen or (a is None and g is None and r is None):
+                continue
+            seen.add(h)
+            imgs.append(decode_image(img_col[j].as_py()))
+            ages.append(age_to_bucket(a, age_buckets))
+            genders.append(-1 if g is None or not 0 <= g < NUM_GENDERS else int(g))
+            races.append(-1 if r is None or not 0 <= r < NUM_RACES else int(r))
+    if len(imgs) < 4:
+        raise UserError(f"dataset {dataset_uri} has {len(imgs)} labelled images; the attribute classifier needs at least 4")
+    return LabelledImages(np.stack(imgs), np.asarray(ages, np.int64), np.asarray(genders, np.int64), np.asarray(races, np.int64))
+
+
 # ---------------------------------------------------------------- classifier tagging
 
 def load_tagger_fn():
-    """The attribute classifier's loader (facegen_ray.metrics.attributes.load_tagger)."""
-    from facegen_ray.metrics.attributes import load_tagger
+    """The attribute classifier's loader (facegen_ray.models.attributes.load_tagger)."""
+    from facegen_ray.models.attributes import load_tagger
 
     return load_tagger
 
@@ -188,10 +235,6 @@ class TagNullLabels:
         self.tagger = tagger
 
     def __call__(self, batch):
-        import pyarrow as pa
-
-        from facegen_ray.data.shards import decode_image
-
         src = batch.column("label_source").to_pylist()
         todo = [i for i, s in enumerate(src) if s is None]
         if not todo:

@@ -1,3 +1,3 @@
-"""Sample-quality metrics (FID, KID, precision/recall, IS) and the attribute classifier.
+"""Sample-quality metrics (FID, KID, precision/recall, IS, diversity, memorisation).
 
-Import the submodules directly (facegen_ray.metrics.fid, .evaluate, .attributes, ...)."""
+Import the submodules directly (facegen_ray.metrics.fid, .evaluate, .diversity, ...)."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from facegen_ray.metrics.attributes import HEADS, AttributeTagger
+from facegen_ray.models.attributes import HEADS, AttributeTagger
 
 
 def distribution(values: np.ndarray, num_classes: int) -> np.ndarray:

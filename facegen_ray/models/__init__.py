@@ -1,4 +1,5 @@
-"""StyleGAN models (pure torch, no Ray): generator, discriminator, EMA, conditioning, export."""
+"""StyleGAN models (pure torch, no Ray): generator, discriminator, EMA, conditioning, export;
+and the attribute classifier (attributes.py) that tags data and measures generated faces."""
 
 from facegen_ray.models.conditioning import encode_attributes
 from facegen_ray.models.discriminator import Discriminator

@@ -24,9 +24,10 @@ Build with `build_app(args)` (the import path deployments/serve.yaml uses:
 facegen_ray.serve.app:build_app); `python -m facegen_ray.serve.app` writes such a Serve config.
 """
 
-import json
+import argparse
 from typing import Annotated, Any
 
+import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
 
 from facegen_ray.config import FacegenConfig, ServeConfig, load_config
@@ -75,16 +76,17 @@ class AppArgs(BaseModel):
                              "(ServeConfig fields, model, root, config, set, endpoint_url)")
         return self
 
-    def overrides(self) -> list[str]:
-        """The `--set` overrides these args stand for (storage root/endpoint, serve fields, set)."""
-        out: list[str] = []
+    def updates(self) -> dict[str, Any]:
+        """The config values these args stand for, by dotted key (storage root/endpoint, serve
+        fields); `set` applies on top of them."""
+        out: dict[str, Any] = {}
         if self.root:
-            out.append(f"storage.root={json.dumps(self.root)}")
+            out["storage.root"] = self.root
         if self.endpoint_url:
-            out.append(f"storage.endpoint_url={json.dumps(self.endpoint_url)}")
+            out["storage.endpoint_url"] = self.endpoint_url
         extra = self.model_extra or {}
-        out += [f"serve.{k}={json.dumps(extra[k])}" for k in sorted(extra)]
-        return out + list(self.set or [])
+        out.update({f"serve.{k}": extra[k] for k in sorted(extra)})
+        return out
 
 
 def app_config(args: dict[str, Any] | None) -> tuple[FacegenConfig, str]:
@@ -98,7 +100,7 @@ def app_config(args: dict[str, Any] | None) -> tuple[FacegenConfig, str]:
             for err in e.errors(include_url=False, include_input=False)
         )
         raise UserError(f"invalid facegen app arguments: {problems}") from None
-    cfg = load_config(a.config, a.overrides())
+    cfg = load_config(a.config, list(a.set or []), updates=a.updates())
     return cfg, str(a.model or cfg.serve.model or "serving")
 
 
@@ -167,10 +169,6 @@ def serve_config_dict(args: dict[str, Any], host: str = "0.0.0.0", port: int = 8
 def main(argv: list[str] | None = None) -> int:
     """`python -m facegen_ray.serve.app --root URI --model REF [--set serve.k=v] > serve.yaml`:
     write a Serve config for this app (what deployments/serve.yaml was generated with)."""
-    import argparse
-
-    import yaml
-
     p = argparse.ArgumentParser(prog="python -m facegen_ray.serve.app", description=main.__doc__)
     p.add_argument("--root", required=True)
     p.add_argument("--model", default="serving")

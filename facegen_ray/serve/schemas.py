@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
-from facegen_ray.serve.feedback import ID_RE
+from facegen_ray.data.feedback import ID_RE
 from facegen_ray.models.latent import MAX_EDIT_STRENGTH
 from facegen_ray.serve.generation import MAX_SEED
 

@@ -29,7 +29,6 @@ CLI prints it and exits 2) naming the offending field.
 from __future__ import annotations
 
 import copy
-import difflib
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -43,9 +42,14 @@ from facegen_ray.config import (
     FacegenConfig,
     apply_overrides,
     config_from_dict,
+    config_key,
     read_yaml_mapping,
+    set_dotted,
 )
 from facegen_ray.errors import UserError
+
+# Imported where used, not here: ray: only to_tune_domain builds Ray Tune objects; sweep files are
+# validated before Ray starts.
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
@@ -159,47 +163,15 @@ class SweepSpec(_Strict):
 
 # ------------------------------------------------------------------ config paths
 
-def _section_fields(section: str) -> dict[str, Any]:
-    info = FacegenConfig.model_fields.get(section)
-    return info.annotation.model_fields if info is not None else {}  # type: ignore[union-attr]
-
-
 def check_config_path(key: str, where: str) -> list[str]:
-    """`train.g_lr` -> ["train", "g_lr"]; SweepError naming `where` when no such config field.
-    Deeper keys are allowed below mapping fields (`train.batch_size.16`)."""
-    parts = key.split(".")
-    sections = list(FacegenConfig.model_fields)
-    if len(parts) < 2 or any(not p for p in parts):
+    """`train.g_lr` -> ["train", "g_lr"] (config.config_key; a whole section is not a sweep
+    key); SweepError naming `where` when no such config field."""
+    if "." not in key:
         raise SweepError(f"{where}: {key!r} is not a config field; use section.field, e.g. train.g_lr")
-    if parts[0] not in sections:
-        hint = difflib.get_close_matches(parts[0], sections, n=1)
-        raise SweepError(f"{where}: unknown config section {parts[0]!r} in {key!r}"
-                         + (f" (did you mean {hint[0]!r}?)" if hint else f"; sections: {', '.join(sections)}"))
-    fields = _section_fields(parts[0])
-    if parts[1] not in fields:
-        hint = difflib.get_close_matches(parts[1], list(fields), n=1)
-        raise SweepError(f"{where}: unknown config field {key!r}"
-                         + (f" (did you mean {parts[0]}.{hint[0]}?)" if hint else f"; see facegen_ray/config.py ({parts[0]} section)"))
-    if len(parts) > 2:
-        ann = str(fields[parts[1]].annotation)
-        if not ann.startswith("dict"):
-            raise SweepError(f"{where}: {parts[0]}.{parts[1]} is not a mapping, so {key!r} does not exist")
-    return parts
-
-
-def set_path(data: dict[str, Any], parts: list[str], value: Any) -> None:
-    """data[a][b]... = value, creating sections; mapping keys that look like ints become ints
-    (batch_size / lr_scale are keyed by resolution)."""
-    node = data
-    for p in parts[:-1]:
-        nxt = node.get(p)
-        if not isinstance(nxt, dict):
-            nxt = node[p] = {}
-        node = nxt
-    last: Any = parts[-1]
-    if len(parts) > 2 and last.isdigit():
-        last = int(last)
-    node[last] = value
+    try:
+        return config_key(key)
+    except ConfigError as e:
+        raise SweepError(f"{where}: {e}") from None
 
 
 def _fmt_config_error(e: ConfigError) -> str:
@@ -241,9 +213,9 @@ def trial_config(base: dict[str, Any], paths: dict[str, list[str]], params: dict
                  run_name: str | None = None) -> FacegenConfig:
     data = copy.deepcopy(base)
     for key, value in params.items():
-        set_path(data, paths.get(key) or key.split("."), value)
+        set_dotted(data, paths.get(key) or key.split("."), value)
     if run_name is not None:
-        set_path(data, ["train", "run_name"], run_name)
+        set_dotted(data, ["train", "run_name"], run_name)
     return config_from_dict(data)
 
 
@@ -297,27 +269,26 @@ def load_sweep(path: str | Path, sets: list[str] | None = None, *, name: str | N
             bp, "base_config", "sections (storage, data, model, ...)", error=SweepError,
             missing=f"base_config: file not found: {spec.base_config} (resolved to {bp}; paths are relative to the sweep file)",
         )
-    for key, value in spec.overrides.items():
-        set_path(base, check_config_path(key, f"overrides[{key!r}]"), value)
     ev = spec.eval
     shorthand = {
         "eval.num_gen": ev.num_gen, "eval.num_real": ev.num_real, "train.eval_every_images": ev.every_images,
         "eval.batch_size": ev.batch_size, "eval.truncation": ev.truncation,
     }
-    for key, value in shorthand.items():
-        if value is not None:
-            set_path(base, key.split("."), value)
-    set_path(base, ["eval", "metrics"], ["fid", "kid"] if spec.metric == "kid" else ["fid"])
-    paths = {key: check_config_path(key, f"search_space[{key!r}]") for key in spec.search_space}
-    sets = list(sets or [])
-    if root:
-        sets = [f"storage.root={root}", *sets]
-    for item in sets:
-        key = item.split("=", 1)[0].strip()
-        if key in spec.search_space:
-            raise SweepError(f"--set {key}: that field is in the search space; change search_space[{key!r}] instead")
-        check_config_path(key, f"--set {key}")
-    try:
+    try:  # SweepError (a bad key) passes through; ConfigError (a bad value or shape) is reworded
+        for key, value in spec.overrides.items():
+            set_dotted(base, check_config_path(key, f"overrides[{key!r}]"), value)
+        for key, value in shorthand.items():
+            if value is not None:
+                set_dotted(base, key, value)
+        set_dotted(base, "eval.metrics", ["fid", "kid"] if spec.metric == "kid" else ["fid"])
+        paths = {key: check_config_path(key, f"search_space[{key!r}]") for key in spec.search_space}
+        sets = list(sets or [])
+        for key in (["storage.root"] if root else []) + [item.split("=", 1)[0].strip() for item in sets]:
+            if key in spec.search_space:
+                raise SweepError(f"--set {key}: that field is in the search space; change search_space[{key!r}] instead")
+            check_config_path(key, f"--set {key}")
+        if root:
+            set_dotted(base, "storage.root", root)
         base = apply_overrides(base, sets)
         base_cfg = config_from_dict(base)
     except ConfigError as e:
@@ -402,7 +373,6 @@ __all__ = [
     "expected_trials",
     "load_sweep",
     "param_space",
-    "set_path",
     "to_tune_domain",
     "trial_config",
 ]

@@ -13,7 +13,7 @@ the promotion gate. What `facegen retrain` runs.
        stage, alpha 1), train.init_from = step 1's source, train.total_images = the source's
        images_seen + retrain.images (counters continue, so EMA/regulariser phases carry on);
        exported and registered as a candidate version;
-    4. the gate (serve/gate.py): candidate vs serving on the same eval, promote on pass.
+    4. the gate (lifecycle/gate.py): candidate vs serving on the same eval, promote on pass.
 """
 
 from __future__ import annotations
@@ -22,11 +22,19 @@ import datetime as _dt
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-from facegen_ray.config import FacegenConfig, apply_overrides, config_from_dict
+from facegen_ray.config import FacegenConfig, with_updates
+from facegen_ray.data.feedback_merge import NoApprovedFeedback, merge_feedback, summary
+from facegen_ray.data.shards import _split_version, read_manifest
 from facegen_ray.errors import UserError
+from facegen_ray.lifecycle.gate import run_gate
+from facegen_ray.lifecycle.registry import Registry
 from facegen_ray.storage import Layout, Storage, join, normalize
+from facegen_ray.train.trainer import train
+
+# Imported where used, not here: models.export, train.distributed, train.checkpoint (torch): only
+# choosing the warm start reads weights.
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +71,6 @@ def serving_source(storage: Storage, root: str) -> WarmStartSource:
     """Resolve the serving version and pick its warm-start source (see the module docstring).
     UserError when nothing is serving or its model directory is gone."""
     from facegen_ray.models.export import MODEL_FILE
-    from facegen_ray.serve.registry import Registry
     from facegen_ray.train.checkpoint import META_FILE, STATE_FILE
 
     reg = Registry(storage, root)
@@ -99,8 +106,6 @@ def serving_source(storage: Storage, root: str) -> WarmStartSource:
 def base_dataset(storage: Storage, cfg: FacegenConfig, source: WarmStartSource, dataset: str | None = None) -> str:
     """The dataset to merge into: --dataset / retrain.dataset, else the dataset folder the
     serving model was trained on (its latest version), else <root>/datasets/faces."""
-    from facegen_ray.data.shards import _split_version
-
     uri = dataset or cfg.retrain.dataset
     if uri:
         return normalize(uri)
@@ -110,34 +115,33 @@ def base_dataset(storage: Storage, cfg: FacegenConfig, source: WarmStartSource, 
     return Layout(cfg.storage.root).dataset("faces")
 
 
-def check_overrides(overrides: list[str] | None) -> None:
+def check_overrides(overrides: Mapping[str, Any] | None) -> None:
     """UserError for --set model.*: the candidate keeps the serving model's architecture (its
     weights are the starting point). Checked before anything is written."""
-    if any(o.split("=", 1)[0].strip().startswith("model.") for o in (overrides or [])):
+    if any(key.startswith("model.") for key in (overrides or {})):
         raise UserError("retrain keeps the serving model's architecture: drop the --set model.* options")
 
 
 def retrain_config(storage: Storage, cfg: FacegenConfig, source: WarmStartSource, train_data: str, run_name: str,
-                   overrides: list[str] | None = None) -> FacegenConfig:
-    """The candidate run's config (see the module docstring, step 3)."""
-    data = cfg.model_dump(mode="json")
+                   overrides: Mapping[str, Any] | None = None) -> FacegenConfig:
+    """The candidate run's config (see the module docstring, step 3). overrides: the command's
+    --set, parsed (dotted key -> value); the train.* and loss.* ones apply."""
+    sections: dict[str, Any] = {}
     if source.run:
         run_file = join(Layout(cfg.storage.root).run(source.run), RUN_FILE)
         if storage.exists(run_file):
             prev = storage.read_json(run_file).get("config") or {}
-            for section in ("loss", "train"):
-                if section in prev:
-                    data[section] = prev[section]
-    data["model"] = source.model_doc["model"]
+            sections = {section: prev[section] for section in ("loss", "train") if section in prev}
+    sections["model"] = source.model_doc["model"]
     check_overrides(overrides)
-    mine = [o for o in (overrides or []) if o.split("=", 1)[0].strip().split(".")[0] in ("train", "loss")]
-    data = apply_overrides(data, mine)
-    data["train"].update({
-        "run_name": run_name, "dataset": train_data, "start_resolution": int(data["model"]["resolution"]),
-        "total_images": source.images_seen + int(cfg.retrain.images), "init_from": source.init_from,
-        "export": True,
-    })
-    return config_from_dict(data)
+    mine = {k: v for k, v in (overrides or {}).items() if k.split(".")[0] in ("train", "loss")}
+    fixed = {
+        "train.run_name": run_name, "train.dataset": train_data,
+        "train.start_resolution": int(source.model_doc["model"]["resolution"]),
+        "train.total_images": source.images_seen + int(cfg.retrain.images), "train.init_from": source.init_from,
+        "train.export": True,
+    }
+    return with_updates(cfg, sections, mine, fixed)
 
 
 def _run_name(storage: Storage, cfg: FacegenConfig, serving: str, name: str | None) -> str:
@@ -151,16 +155,13 @@ def _run_name(storage: Storage, cfg: FacegenConfig, serving: str, name: str | No
     return out
 
 
-def retrain(cfg: FacegenConfig, *, storage: Storage | None = None, overrides: list[str] | None = None,
+def retrain(cfg: FacegenConfig, *, storage: Storage | None = None, overrides: Mapping[str, Any] | None = None,
             dataset: str | None = None, run_name: str | None = None, allow_empty: bool = False,
             merge_only: bool = False, gate: bool = True, data: str | None = None,
             progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Steps 1-4 of the module docstring; returns the JSON-able summary the CLI prints.
     Raises UserError (exit 2) for a missing serving model / base dataset, or no approved
     feedback without allow_empty; nothing is written in those cases."""
-    from facegen_ray.data.feedback_merge import NoApprovedFeedback, merge_feedback, summary
-    from facegen_ray.data.shards import read_manifest
-
     check_overrides(overrides)
     storage = storage or Storage(cfg.storage)
     source = serving_source(storage, cfg.storage.root)
@@ -195,9 +196,6 @@ def retrain(cfg: FacegenConfig, *, storage: Storage | None = None, overrides: li
     if merge_only:
         return out
 
-    from facegen_ray.serve.registry import Registry
-    from facegen_ray.train.trainer import train
-
     name = _run_name(storage, cfg, source.version, run_name)
     rcfg = retrain_config(storage, cfg, source, train_data, name, overrides)
     progress(f"[facegen] training candidate: run {name}, {cfg.retrain.images} images from {source.images_seen} "
@@ -217,8 +215,6 @@ def retrain(cfg: FacegenConfig, *, storage: Storage | None = None, overrides: li
     if not gate:
         out.update({"decision": None, "serving": reg.serving()})
         return out
-
-    from facegen_ray.serve.gate import run_gate
 
     result = run_gate(cfg, outcome.version, storage=storage, data=data, progress=progress)
     for line in result.reasons:

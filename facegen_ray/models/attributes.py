@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from facegen_ray.errors import UserError
-from facegen_ray.models.conditioning import NUM_GENDERS, NUM_RACES, age_to_bucket
+from facegen_ray.models.conditioning import NUM_GENDERS, NUM_RACES
 from facegen_ray.storage import Storage, join, normalize
 
 log = logging.getLogger(__name__)
@@ -83,44 +83,13 @@ def representative_ages(age_buckets: Sequence[int]) -> list[int]:
 
 @dataclass
 class LabelledImages:
-    """Distinct labelled images of a dataset: images uint8 [N,H,W,3]; labels int64 [N] (-1 unknown)."""
+    """Distinct labelled images of a dataset (data.attributes.read_labelled): images uint8 [N,H,W,3];
+    labels int64 [N] (-1 unknown)."""
 
     images: np.ndarray
     age_bucket: np.ndarray
     gender: np.ndarray
     race: np.ndarray
-
-
-def read_labelled(storage: Storage, dataset_uri: str, age_buckets: Sequence[int]) -> LabelledImages:
-    """Rows with at least one label from a dataset's shards (deduplicated by sha256)."""
-    import pyarrow.parquet as pq
-
-    from facegen_ray.data.ingest import worker_filesystem, worker_filesystem_path
-    from facegen_ray.data.shards import decode_image, read_manifest, shard_uris
-
-    manifest = read_manifest(storage, dataset_uri)
-    uris = shard_uris(manifest)
-    if not uris:
-        raise UserError(f"dataset {dataset_uri} is empty: run `facegen prepare` first")
-    fs, _ = worker_filesystem(storage, uris[0])
-    seen: set[str] = set()
-    imgs, ages, genders, races = [], [], [], []
-    for u in uris:
-        t = pq.read_table(worker_filesystem_path(u), filesystem=fs, columns=["image", "sha256", "age", "gender", "race"])
-        cols = {c: t.column(c).to_pylist() for c in ("sha256", "age", "gender", "race")}
-        img_col = t.column("image")
-        for j, h in enumerate(cols["sha256"]):
-            a, g, r = cols["age"][j], cols["gender"][j], cols["race"][j]
-            if h in seen or (a is None and g is None and r is None):
-                continue
-            seen.add(h)
-            imgs.append(decode_image(img_col[j].as_py()))
-            ages.append(age_to_bucket(a, age_buckets))
-            genders.append(-1 if g is None or not 0 <= g < NUM_GENDERS else int(g))
-            races.append(-1 if r is None or not 0 <= r < NUM_RACES else int(r))
-    if len(imgs) < 4:
-        raise UserError(f"dataset {dataset_uri} has {len(imgs)} labelled images; the attribute classifier needs at least 4")
-    return LabelledImages(np.stack(imgs), np.asarray(ages, np.int64), np.asarray(genders, np.int64), np.asarray(races, np.int64))
 
 
 def _accuracy(model: AttributeNet, x: torch.Tensor, y: dict[str, torch.Tensor]) -> dict[str, dict[str, float | int]]:
@@ -239,6 +208,6 @@ def load_tagger(storage: Storage, uri: str) -> AttributeTagger:
 
 
 __all__ = [
-    "AttributeNet", "AttributeTagger", "LabelledImages", "read_labelled", "train_attribute_classifier",
+    "AttributeNet", "AttributeTagger", "LabelledImages", "train_attribute_classifier",
     "save_classifier", "load_tagger", "multi_head_loss", "representative_ages", "to_input",
 ]

@@ -1,4 +1,6 @@
 """Feedback store: every generated image and every vote on it, append-only, local or s3://.
+Written by the serve app (POST /feedback); read by data/feedback_merge.py, which turns the
+approved images into a dataset version.
 
 Layout below `Layout(root).feedback()` (two-hex-char fan-out keeps folders small):
 
