@@ -267,6 +267,9 @@ def test_two_trial_sweep_ranks_by_real_fid(faces_root, tmp_path, capsys):
     rows = list(csv.DictReader(io.StringIO(st.read_text(join(exp, "results.csv")))))
     assert [r["trial_id"] for r in rows] == [t["trial_id"] for t in trials]
     assert float(rows[0]["fid"]) == pytest.approx(best["fid"])
+    for r, t in zip(rows, trials):  # KID of the same last evaluation, and the trial's wall time, beside FID
+        assert math.isfinite(float(r["kid"])) and float(r["kid"]) == pytest.approx(t["kid"])
+        assert float(r["time_total_s"]) > 0
     best_cfg = load_config(join(exp, "best_config.yaml"))
     assert best_cfg.train.g_lr == best["params"]["train.g_lr"] and best_cfg.train.run_name == "lr2-best"
     for t in trials:  # each trial's training run lives below the experiment

@@ -309,8 +309,11 @@ def _trial_row(result, sweep: Sweep, exp_uri: str) -> dict[str, Any]:
         "run_uri": join(exp_uri, "runs", trial_id),
         "error": _error_line(result.error),
     }
-    if metric != "fid" and "fid" in last:
-        row["fid"] = float(last["fid"])
+    for key in ("fid", "kid", "kid_std"):  # the other metrics of the trial's last evaluation, beside its own
+        if key != metric and last.get(key) is not None:
+            row[key] = float(last[key])
+    if last.get("time_total_s") is not None:
+        row["time_total_s"] = round(float(last["time_total_s"]), 1)  # the trial's wall time (Tune's clock)
     return row
 
 
@@ -364,10 +367,12 @@ def write_results(storage: Storage, exp_uri: str, summary: dict[str, Any], sweep
     keys = list(sweep.spec.search_space)
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["rank", "trial_id", "status", metric, f"best_{metric}", "images_seen", *keys, "checkpoint", "error"])
+    extra = [k for k in ("fid", "kid", "kid_std", "time_total_s") if k != metric]
+    w.writerow(["rank", "trial_id", "status", metric, f"best_{metric}", "images_seen", *extra, *keys,
+                "checkpoint", "error"])
     for r in summary["trials"]:
         w.writerow([r["rank"], r["trial_id"], r["status"], r[metric], r[f"best_{metric}"], r["images_seen"],
-                    *(r["params"].get(k) for k in keys), r["checkpoint"], r["error"]])
+                    *(r.get(k) for k in extra), *(r["params"].get(k) for k in keys), r["checkpoint"], r["error"]])
     storage.write_text(join(exp_uri, RESULTS_CSV), buf.getvalue())
     if summary["best"] is not None:
         head = (f"# best trial {summary['best']['trial_id']} of sweep {summary['sweep']} "

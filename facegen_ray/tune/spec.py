@@ -280,7 +280,8 @@ def load_sweep(path: str | Path, sets: list[str] | None = None, *, name: str | N
         for key, value in shorthand.items():
             if value is not None:
                 set_dotted(base, key, value)
-        set_dotted(base, "eval.metrics", ["fid", "kid"] if spec.metric == "kid" else ["fid"])
+        # KID comes from the same Inception features as FID (no extra generation): every trial reports both
+        set_dotted(base, "eval.metrics", ["fid", "kid"])
         paths = {key: check_config_path(key, f"search_space[{key!r}]") for key in spec.search_space}
         sets = list(sets or [])
         for key in (["storage.root"] if root else []) + [item.split("=", 1)[0].strip() for item in sets]:
