@@ -120,7 +120,7 @@ def _machine() -> dict:
             "niceness": os.nice(0), "platform": platform.platform(), "python": platform.python_version()}
 
 
-def _start_ray(attempts: int = 3, **kwargs):
+def _start_ray(attempts: int = 5, **kwargs):
     """ray.init(address="local", ...), tried again when the node fails to start: on a saturated
     machine Ray 2.60's raylet can abort while waiting (15 s, fixed) for its agents' port files."""
     import ray

@@ -241,9 +241,12 @@ def test_sigkill_during_checkpoint_upload_resumes_from_previous(where, ray_sessi
         source_kind(storage, cut)
 
     # 3. the same command again resumes from 32 and finishes
-    second = subprocess.run(_train_cmd(cfg_path), cwd=REPO, capture_output=True, text=True, env=_env(),
-                            timeout=1800)
-    log = second.stdout + second.stderr
+    for _ in range(3):  # started again only when its Ray node did not come up at all
+        second = subprocess.run(_train_cmd(cfg_path), cwd=REPO, capture_output=True, text=True, env=_env(),
+                                timeout=1800)
+        log = second.stdout + second.stderr
+        if second.returncode == 0 or RAY_DID_NOT_START not in log:
+            break
     assert second.returncode == 0, log[-4000:]
     assert "resumed from checkpoint at 32 images" in log, log[-4000:]
     result = next(json.loads(line) for line in reversed(second.stdout.splitlines())
