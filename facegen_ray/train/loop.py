@@ -39,7 +39,7 @@ from facegen_ray.data.feeder import ShardFeeder
 from facegen_ray.observability.metrics import training_metrics
 from facegen_ray.storage import Storage
 from facegen_ray.train import report as rep
-from facegen_ray.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from facegen_ray.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint, upload_checkpoint
 from facegen_ray.train.distributed import module_digest, world_size
 from facegen_ray.train.schedule import ProgressiveSchedule, SchedulePoint
 from facegen_ray.train.periodic_eval import PeriodicEvaluator
@@ -52,7 +52,9 @@ from facegen_ray.train.warm_start import warm_start
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     """Ray Train entry point. config: {"cfg": FacegenConfig dump, "run_uri": str,
     "dataset_uri": str (the dataset the run reads; periodic FID's reals),
-    "fault": {"rank", "after_images", "marker"} | None (test hook: os._exit once)}.
+    "fault": {"rank", "after_images", "marker"} | None (test hook: os._exit once),
+    "checkpoint_fault": {"after_images", "marker", "pause_s"} | None (test hook: rank 0 stops
+    halfway through uploading a checkpoint, so that a test can SIGKILL it there)}.
     Returns (rank 0) {"workers": [per-rank summary], "history": [...], "counters": {...}}."""
     import ray.train
     import ray.train.torch
@@ -109,6 +111,27 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         evaluator = PeriodicEvaluator(cfg, storage, config["dataset_uri"], device)
 
     # ------------------------------------------------------------------ checkpoint (every rank writes its part)
+    ckpt_fault = config.get("checkpoint_fault") or None
+
+    def upload(checkpoint: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
+        """Ray Train's upload step, done crash-safely (checkpoint.upload_checkpoint)."""
+        sc = ray.train.get_context().get_storage()
+        check = getattr(sc, "_check_validation_file", None)  # what Ray's own upload checks first: the
+        if check is not None:  # run folder is reachable from this node (not another node's local disk)
+            check()
+        fs, dest = sc.storage_filesystem, sc.build_checkpoint_path_from_name(dir_name)
+        after_file = None
+        if (ckpt_fault and rank == 0 and counters["images_seen"] >= int(ckpt_fault["after_images"])
+                and not os.path.exists(ckpt_fault["marker"])):
+            def after_file(name: str) -> None:
+                if name == "state.pt":  # meta.json not written yet: the folder is incomplete
+                    with open(ckpt_fault["marker"], "w") as f:
+                        f.write(f"{os.getpid()} {dest}\n")
+                    print(f"[facegen] fault injection: checkpoint upload paused in {dest}", flush=True)
+                    time.sleep(float(ckpt_fault.get("pause_s", 600)))
+        upload_checkpoint(checkpoint.path, fs, dest, after_file)
+        return ray.train.Checkpoint(path=dest, filesystem=fs)
+
     def write_checkpoint(point: SchedulePoint, final: bool) -> None:
         """Every rank writes its part (RNG); rank 0 adds the model state, grid and curves."""
         state = meta = None
@@ -131,7 +154,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             metrics = {**(history[-1] if history else {}), **counters, "checkpoint": True, "final": final}
             ray.train.report(
                 metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                checkpoint_dir_name=f"checkpoint-{counters['images_seen']:012d}",
+                checkpoint_dir_name=f"checkpoint-{counters['images_seen']:012d}", checkpoint_upload_fn=upload,
             )
         if rank == 0:
             training_metrics().checkpoint(tcfg.run_name, rank)  # Prometheus (never raises)

@@ -47,6 +47,7 @@ from facegen_ray.train.schedule import ProgressiveSchedule
 log = logging.getLogger(__name__)
 
 FAULT_ENV = "FACEGEN_TRAIN_FAULT"  # test hook: "RANK:AFTER_IMAGES:MARKER_FILE"
+CHECKPOINT_FAULT_ENV = "FACEGEN_CHECKPOINT_FAULT"  # test hook: "AFTER_IMAGES:MARKER_FILE" (loop.py)
 FORWARD_ENV = (
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
     "AWS_ENDPOINT_URL", "FACEGEN_S3_ENDPOINT_URL",
@@ -135,6 +136,14 @@ def _fault_from_env() -> dict[str, Any] | None:
         return None
     rank, after, marker = raw.split(":", 2)
     return {"rank": int(rank), "after_images": int(after), "marker": marker}
+
+
+def _checkpoint_fault_from_env() -> dict[str, Any] | None:
+    raw = os.environ.get(CHECKPOINT_FAULT_ENV)
+    if not raw:
+        return None
+    after, marker = raw.split(":", 1)
+    return {"after_images": int(after), "marker": marker}
 
 
 def train(cfg: FacegenConfig, storage: Storage | None = None, *, export: bool | None = None) -> TrainOutcome:
@@ -268,7 +277,8 @@ def fit(cfg: FacegenConfig, storage: Storage, dataset, *, runs_uri: str | None =
     trainer = torch_trainer_class()(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_uri": run_uri, "dataset_uri": dataset_uri(cfg),
-                           "threads": max(1, int(resources.get("CPU", 1))), "fault": _fault_from_env()},
+                           "threads": max(1, int(resources.get("CPU", 1))), "fault": _fault_from_env(),
+                           "checkpoint_fault": _checkpoint_fault_from_env()},
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources,
             placement_strategy=cfg.train.placement_strategy,
