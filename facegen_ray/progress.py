@@ -89,3 +89,58 @@ def configure_ray_data(ctx: Any = None) -> bool:
         except ImportError:
             pass
     return on
+
+
+class PolledBar:
+    """A bar for work that runs elsewhere (Ray Train workers): a thread calls `poll()` every
+    `interval` seconds and moves the bar to the count it returns (None: nothing yet).
+
+    poll() -> (count, postfix text) | None. Nothing runs when bars are off (enabled() false),
+    so logs and CI pay nothing for it. Use as a context manager."""
+
+    def __init__(self, poll, total: int | None, desc: str, unit: str = "it", *, interval: float = 1.0,
+                 stream: IO[str] | None = None):
+        self.poll, self.interval = poll, interval
+        self.on = enabled(stream)
+        self.bar = bar(total=total, desc=desc, unit=unit, stream=stream, unit_scale=True) if self.on else None
+        self._stop = None
+        self._thread = None
+
+    def update_once(self) -> None:
+        """One poll: move the bar to the reported count (never backwards) and show the postfix."""
+        if self.bar is None:
+            return
+        try:
+            got = self.poll()
+        except Exception:  # noqa: BLE001 - a progress bar never breaks the work it shows
+            return
+        if not got:
+            return
+        count, postfix = got
+        if count > self.bar.n:
+            self.bar.update(count - self.bar.n)
+        if postfix:
+            self.bar.set_postfix_str(postfix, refresh=False)
+        self.bar.refresh()
+
+    def __enter__(self):
+        if self.on:
+            import threading
+
+            self._stop = threading.Event()
+
+            def loop():
+                while not self._stop.wait(self.interval):
+                    self.update_once()
+
+            self._thread = threading.Thread(target=loop, name="facegen-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=5)
+            self.update_once()
+        if self.bar is not None:
+            self.bar.close()

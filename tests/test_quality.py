@@ -1,5 +1,5 @@
 """The data quality filter of `facegen prepare` (blurry / near-constant / too small after the
-crop), its report and demographic-mix arithmetic, and the progress-bar decision."""
+crop), its report and demographic-mix arithmetic."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from facegen_ray import progress
 from facegen_ray.cli import main as cli_main
 from facegen_ray.config import ConfigError, config_from_dict, load_config
 from facegen_ray.data import quality as q
@@ -258,51 +257,3 @@ def test_report_written_when_every_image_is_rejected(ray_session, quality_folder
     assert not (dest / "manifest.json").exists()  # nothing stored
     page = report.read_text()
     assert "nothing (no usable image)" in page and "<h3>blurry</h3><img" in page
-
-
-# ---------------------------------------------------------------- progress bars
-
-class _Stream(io.StringIO):
-    def __init__(self, tty: bool):
-        super().__init__()
-        self._tty = tty
-
-    def isatty(self) -> bool:
-        return self._tty
-
-
-def test_progress_enabled_follows_the_terminal(monkeypatch):
-    monkeypatch.delenv(progress.ENV, raising=False)
-    assert progress.enabled(_Stream(True)) is True
-    assert progress.enabled(_Stream(False)) is False
-    assert progress.enabled(object()) is False  # no isatty at all
-    closed = io.StringIO()
-    closed.close()  # isatty() raises ValueError
-    assert progress.enabled(closed) is False
-    monkeypatch.setenv(progress.ENV, "0")
-    assert progress.enabled(_Stream(True)) is False
-    monkeypatch.setenv(progress.ENV, "1")
-    assert progress.enabled(_Stream(False)) is True
-
-
-def test_progress_bar_draws_only_on_a_terminal(monkeypatch):
-    monkeypatch.delenv(progress.ENV, raising=False)
-    log, tty = _Stream(False), _Stream(True)
-    for stream in (log, tty):
-        with progress.bar(total=50, desc="features", unit="img", stream=stream, mininterval=0) as b:
-            for _ in range(5):
-                b.update(10)
-    assert log.getvalue() == ""  # a log file or CI gets nothing
-    assert "features" in tty.getvalue() and "50/50" in tty.getvalue()
-
-
-def test_configure_ray_data_follows_the_decision(monkeypatch):
-    class Ctx:
-        enable_progress_bars = True
-
-    ctx = Ctx()
-    monkeypatch.setattr("sys.stderr", _Stream(False))
-    monkeypatch.delenv(progress.ENV, raising=False)
-    assert progress.configure_ray_data(ctx) is False and ctx.enable_progress_bars is False
-    monkeypatch.setattr("sys.stderr", _Stream(True))
-    assert progress.configure_ray_data(ctx) is True and ctx.enable_progress_bars is True

@@ -64,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
         from facegen_ray.runtime import ensure_ray
 
         ensure_ray()
+        from facegen_ray.progress import configure_ray_data
+
+        configure_ray_data()
     from facegen_ray.storage import join
 
     result = evaluate_model(storage, model_uri, args.data, cfg.eval, sweep=args.sweep,
