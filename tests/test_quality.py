@@ -198,10 +198,10 @@ def quality_folder(tmp_path, sample_zip):
     for race in (0, 2, 3, 4):
         for name, img in by_race[race][:3]:
             img.save(d / name.replace(".jpg.chip.jpg", ".png"))
-    for i, (name, img) in enumerate(by_race[1][:3]):
-        img.filter(ImageFilter.GaussianBlur(2)).save(d / f"30_{i % 2}_1_2017010100000000{i}.png")
-    Image.new("RGB", (64, 64), (128, 128, 128)).save(d / "30_0_2_20170101000000099.png")
-    by_race[0][5][1].resize((40, 40), Image.Resampling.LANCZOS).save(d / "30_0_0_20170101000000098.png")
+    for i, (name, img) in enumerate(by_race[1][:3]):  # ages 25, 45, 65: one per age bucket
+        img.filter(ImageFilter.GaussianBlur(2)).save(d / f"{25 + 20 * i}_{i % 2}_1_2017010100000000{i}.png")
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(d / "8_1_2_20170101000000099.png")
+    by_race[0][5][1].resize((40, 40), Image.Resampling.LANCZOS).save(d / "55_1_0_20170101000000098.png")
     (d / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
     return d
 
@@ -214,7 +214,8 @@ def test_prepare_rejects_counts_report_and_flag(ray_session, quality_folder, tmp
     assert rc == 0, out
     assert "prepared 12 images (6 rejected: unreadable=1, low_resolution=1, near_constant=1, blurry=3)" in out
     assert "quality filter: 5 of 17 rejected (low_resolution=1, near_constant=1, blurry=3)" in out
-    assert "DISPROPORTIONATE: race=black any" in out and f"report: {report}" in out
+    assert "DISPROPORTIONATE: race=black any 3.4x the overall rate, race=black blurry 5.7x" in out
+    assert f"report: {report}" in out
     m = read_manifest(Storage(), str(dest))
     assert m["rejected"] == {"unreadable": 1, "too_small": 0, "unsupported_mode": 0, "low_resolution": 1,
                              "near_constant": 1, "blurry": 3, "duplicate": 0}
@@ -226,13 +227,14 @@ def test_prepare_rejects_counts_report_and_flag(ray_session, quality_folder, tmp
     assert (race["1"]["before"], race["1"]["after"], race["1"]["flagged"]) == (3, 0, ["any", "blurry"])
     assert (race["2"]["before"], race["2"]["rejected"], race["2"]["flagged"]) == (4, 1, [])
     assert race["0"]["by_reason"]["low_resolution"] == 1 and race["0"]["flagged"] == []
-    assert {(f["group"], f["reason"]) for f in qm["mix"]["flags"]} == {("1", "any"), ("1", "blurry")}
+    assert {(f["attribute"], f["group"], f["reason"]) for f in qm["mix"]["flags"]} == {("race", "1", "any"),
+                                                                                      ("race", "1", "blurry")}
     # nothing rejected reached the shards
     sources = [f for f in (dest / "v1").glob("*.parquet")]
     import pyarrow.parquet as pq
 
     stored = [r.rsplit("/", 1)[-1] for p in sources for r in pq.read_table(p, columns=["source"]).column("source").to_pylist()]
-    assert len(stored) == 12 and not any(s.startswith("30_") for s in stored)
+    assert len(stored) == 12 and not any("2017010100000000" in s for s in stored)
 
     page = report.read_text()
     for section in ("id='rules'", "id='rejects'", "id='scores'", "id='sheets'", "id='mix'"):
