@@ -71,6 +71,18 @@ class DataConfig(_Section):
     seed: int = 0
     holdout_fraction: float = Field(default=0.0, ge=0, lt=1, description="real faces kept out of training (by content "
                                     "hash) in a held-out split, for the memorisation report")
+    # quality filter (facegen_ray/data/quality.py); 0 turns a rule off. Defaults read off UTKFace (README).
+    max_upscale: float = Field(default=2.0, ge=0, description="reject as low_resolution when the square crop is smaller "
+                               "than resolution / max_upscale source pixels (the face would be mostly interpolation)")
+    min_contrast: float = Field(default=8.0, ge=0, description="reject as near_constant when the grey levels' standard "
+                                "deviation (0-255) is below this")
+    min_sharpness: float = Field(default=40.0, ge=0, description="reject as blurry when the variance of the Laplacian of "
+                                 "the grey crop at quality_size px is below this (UTKFace: 0.1st pct ~41, median ~640)")
+    quality_size: int = Field(default=64, ge=3, le=1024, description="side (px) the crop is measured at, whatever the "
+                              "resolution, so one threshold fits every resolution (smaller crops: their own size)")
+    disparity_ratio: float = Field(default=2.0, ge=1, description="prepare flags a demographic group whose quality-reject "
+                                   "rate is above disparity_ratio x the overall rate ...")
+    disparity_min_rejected: int = Field(default=5, ge=1, description="... and that lost at least this many images")
 
     _res = field_validator("resolution")(classmethod(lambda cls, v: _check_resolution(v, "resolution")))
 

@@ -23,10 +23,14 @@ from facegen_ray.storage import Storage
 
 
 def _face(seed: int, h: int = 48, w: int = 40) -> Image.Image:
-    """A smooth random image (distinct per seed, survives resizing as distinct)."""
+    """A random image: smooth colour patches plus fine grey texture, so it is distinct per
+    seed, stays distinct when resized, and is sharp enough for the quality filter (sharpness
+    ~4000 at its own size; data.min_sharpness defaults to 40)."""
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
-    return Image.fromarray(small).resize((w, h), Image.Resampling.BILINEAR)
+    base = np.asarray(Image.fromarray(small).resize((w, h), Image.Resampling.BILINEAR), dtype=np.int16)
+    texture = rng.integers(-24, 25, (h, w, 1))
+    return Image.fromarray(np.clip(base + texture, 0, 255).astype(np.uint8))
 
 
 def _save(img: Image.Image, path, fmt: str | None = None) -> bytes:
@@ -71,7 +75,8 @@ def test_folder_bad_files_manifest_rerun_and_readback(ray_session, messy_folder,
     m = read_manifest(Storage(), str(dest))
     assert m["version"] == 1 and m["path"] == str(dest / "v1")
     assert m["num_images"] == 7 and m["num_rejected"] == 6 and m["num_ignored"] == 1
-    assert m["rejected"] == {"unreadable": 3, "too_small": 1, "unsupported_mode": 1, "duplicate": 1}
+    assert m["rejected"] == {"unreadable": 3, "too_small": 1, "unsupported_mode": 1, "duplicate": 1,
+                             "low_resolution": 0, "near_constant": 0, "blurry": 0}
     assert m["resolution"] == 16 and m["image_format"] == "png" and m["source"] == [str(messy_folder)]
     assert m["attributes"]["race"]["null"] == 1 and m["attributes"]["label_source"] == {"filename": 6, "null": 1}
     assert m["attributes"]["gender"] == {"0": 3, "1": 3, "null": 1}

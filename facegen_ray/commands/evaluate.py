@@ -16,6 +16,7 @@ from typing import Any
 from facegen_ray.commands._common import add_config_args, config_from_args, option_updates
 from facegen_ray.errors import UserError
 from facegen_ray.lifecycle.registry import Registry
+from facegen_ray.progress import configure_ray_data
 from facegen_ray.runtime import ensure_ray
 from facegen_ray.storage import Storage, join
 
@@ -68,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     model_uri, version = Registry(storage, cfg.storage.root).resolve(args.model)
     if not args.local:
         ensure_ray()
+        configure_ray_data()
 
     result = evaluate_model(storage, model_uri, args.data, cfg.eval, sweep=args.sweep,
                             attribute_model=args.attribute_model, use_ray=not args.local,

@@ -8,6 +8,9 @@ Reject reasons (the keys of the manifest's `rejected`):
   unreadable        empty, truncated, corrupt, not an image, or a decompression bomb
   too_small         shorter side < data.min_size
   unsupported_mode  pixel data that has no faithful 8-bit RGB form (float or 32-bit ints, ...)
+  low_resolution    the quality filter (quality.py, thresholds in data.*): face too small
+  near_constant       after the crop, a blank frame, a blurry image. These rows keep their
+  blurry              encoded image (never written to a shard) so `prepare --report` can show them
   duplicate         same content hash as an earlier row (decided globally, in pipeline.py)
 
 Content hash: sha256 of the final RGB pixels (uint8 [R,R,3], row-major) at the dataset
@@ -27,8 +30,9 @@ import pyarrow as pa
 from PIL import Image, ImageFile, ImageOps
 
 from facegen_ray.data.attributes import parse_utkface_name
+from facegen_ray.data.quality import QUALITY_REASONS, Measures, QualityRules, judge, measure
 
-REJECT_REASONS = ("unreadable", "too_small", "unsupported_mode", "duplicate")
+REJECT_REASONS = ("unreadable", "too_small", "unsupported_mode", *QUALITY_REASONS, "duplicate")
 
 # 8-bit modes Pillow converts to RGB faithfully; 16-bit greyscale is scaled down by hand.
 _RGB_CONVERTIBLE = {"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
@@ -48,11 +52,14 @@ class Rejected(Exception):
 
 @dataclass
 class Processed:
-    """One accepted image: encoded bytes at the dataset resolution and its pixel hash."""
+    """One decoded image: encoded bytes at the dataset resolution and its pixel hash, with the
+    quality filter's measurements and verdict (None: kept) when it ran."""
 
     image: bytes
     sha256: str
     upscaled: bool  # the square crop was smaller than the resolution
+    measures: Measures | None = None
+    quality_reject: str | None = None  # one of quality.QUALITY_REASONS
 
 
 def decode_rgb(data: bytes, min_size: int = 1) -> Image.Image:
@@ -132,44 +139,54 @@ def encode_image(img: Image.Image, image_format: str = "png", jpeg_quality: int 
 
 
 def process_image(data: bytes, *, resolution: int, min_size: int, image_format: str = "png",
-                  jpeg_quality: int = 95, png_compress_level: int = 1) -> Processed:
+                  jpeg_quality: int = 95, png_compress_level: int = 1, quality: QualityRules | None = None) -> Processed:
     """Source bytes -> Processed (decode, validate, centre-crop, resize, encode, hash).
-    Raises Rejected with the reason."""
-    img = center_crop_square(decode_rgb(data, min_size))
-    upscaled = img.size[0] < resolution
-    img = resize_square(img, resolution)
+    Raises Rejected with the reason. With `quality`, the crop is also measured and judged
+    (Processed.quality_reject); the image is still encoded, for the report's contact sheets."""
+    crop = center_crop_square(decode_rgb(data, min_size))
+    measures = verdict = None
+    if quality is not None:
+        measures = measure(crop, quality.quality_size)
+        verdict = judge(measures, quality)
+    upscaled = crop.size[0] < resolution
+    img = resize_square(crop, resolution)
     arr = np.asarray(img, dtype=np.uint8)  # [R,R,3]
     if image_format == "jpeg":
         # the stored pixels are what the JPEG decodes to; hash those, not the pre-encode ones
         enc = encode_image(img, "jpeg", jpeg_quality)
         arr = np.asarray(Image.open(io.BytesIO(enc)).convert("RGB"), dtype=np.uint8)
-        return Processed(enc, pixel_sha256(arr), upscaled)
-    return Processed(encode_image(img, "png", png_compress_level=png_compress_level), pixel_sha256(arr), upscaled)
+        return Processed(enc, pixel_sha256(arr), upscaled, measures, verdict)
+    return Processed(encode_image(img, "png", png_compress_level=png_compress_level), pixel_sha256(arr), upscaled,
+                     measures, verdict)
 
 
 def process_batch(batch, *, resolution: int, min_size: int, image_format: str = "png", jpeg_quality: int = 95,
-                  png_compress_level: int = 1):
+                  png_compress_level: int = 1, quality: QualityRules | None = None):
     """Ray Data UDF (pyarrow batches): rows (source, bytes) -> one output row per input.
 
     Output columns (PROCESSED_SCHEMA): source, image (binary | null), sha256 (str | null),
     reject (reason | null), upscaled (bool), age, gender, race (int64 | null, from the file
-    name), label_source ("filename" | null), nbytes (encoded size). Rejected files keep their row (image null) so the
-    driver can count them; pipeline.py filters them out.
+    name), label_source ("filename" | null), nbytes (encoded size), crop (side of the square
+    crop, px), contrast, sharpness (quality.py's measures; null when not measured). Rejected
+    files keep their row so the driver can count them (image null, except for the quality
+    filter's rejects, which keep it for the report); pipeline.py filters them out.
     """
     kw = dict(resolution=resolution, min_size=min_size, image_format=image_format, jpeg_quality=jpeg_quality,
-              png_compress_level=png_compress_level)
+              png_compress_level=png_compress_level, quality=quality)
     sources = batch.column("source").to_pylist()
     blobs = batch.column("bytes").to_pylist()
     out: dict[str, list] = {f.name: [] for f in PROCESSED_SCHEMA}
     for src, data in zip(sources, blobs):
+        m = None
         try:
             p = process_image(data or b"", **kw)
-            image, sha, reject, up = p.image, p.sha256, None, p.upscaled
+            image, sha, reject, up, m = p.image, p.sha256, p.quality_reject, p.upscaled, p.measures
         except Rejected as r:
             image, sha, reject, up = None, None, r.reason, False
         except Exception:  # noqa: BLE001 - never let one file stop the run
             image, sha, reject, up = None, None, "unreadable", False
-        labels = parse_utkface_name(src) if reject is None else None
+        # labels of the quality filter's rejects too: the report compares the groups it removed
+        labels = parse_utkface_name(src) if image is not None else None
         out["source"].append(src)
         out["image"].append(image)
         out["sha256"].append(sha)
@@ -180,6 +197,9 @@ def process_batch(batch, *, resolution: int, min_size: int, image_format: str = 
         out["race"].append(labels.race if labels else None)
         out["label_source"].append("filename" if labels else None)
         out["nbytes"].append(len(image) if image is not None else 0)
+        out["crop"].append(m.crop if m else None)
+        out["contrast"].append(m.contrast if m else None)
+        out["sharpness"].append(m.sharpness if m else None)
     return pa.table(out, schema=PROCESSED_SCHEMA)
 
 
@@ -188,6 +208,7 @@ def _processed_schema():
         ("source", pa.string()), ("image", pa.binary()), ("sha256", pa.string()), ("reject", pa.string()),
         ("upscaled", pa.bool_()), ("age", pa.int64()), ("gender", pa.int64()), ("race", pa.int64()),
         ("label_source", pa.string()), ("nbytes", pa.int64()),
+        ("crop", pa.int64()), ("contrast", pa.float64()), ("sharpness", pa.float64()),
     ])
 
 

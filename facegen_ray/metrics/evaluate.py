@@ -51,16 +51,14 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- progress
 
 class _Progress:
-    """tqdm on stderr when installed, else a log line every ~10%."""
+    """A tqdm bar on stderr in a terminal (facegen_ray.progress); elsewhere (logs, CI, Ray
+    workers) a log line every ~10% instead."""
 
     def __init__(self, total: int, desc: str):
-        self.total, self.desc, self.n, self._next = total, desc, 0, 0.1
-        try:
-            from tqdm import tqdm
+        from facegen_ray import progress
 
-            self._bar = tqdm(total=total, desc=desc, unit="img", leave=False)
-        except ImportError:
-            self._bar = None
+        self.total, self.desc, self.n, self._next = total, desc, 0, 0.1
+        self._bar = progress.bar(total=total, desc=desc, unit="img") if progress.enabled() else None
 
     def update(self, k: int) -> None:
         self.n += k
@@ -68,7 +66,8 @@ class _Progress:
             self._bar.update(k)
         elif self.total and self.n / self.total >= self._next:
             log.info("%s: %d/%d images", self.desc, self.n, self.total)
-            self._next += 0.1
+            while self._next <= self.n / self.total:
+                self._next += 0.1
 
     def close(self) -> None:
         if self._bar is not None:

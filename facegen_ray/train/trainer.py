@@ -16,6 +16,7 @@ Cluster use: `ray job submit --working-dir . -- facegen train --config configs/u
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
@@ -38,6 +39,7 @@ from facegen_ray.storage import (
     normalize,
     worker_filesystem,
 )
+from facegen_ray.progress import configure_ray_data
 from facegen_ray.train.schedule import ProgressiveSchedule
 
 # Imported where used, not here: ray, torch and the modules that load torch (models, train.loop,
@@ -158,6 +160,8 @@ def train(cfg: FacegenConfig, storage: Storage | None = None, *, export: bool | 
     runtime.ensure_ray()
     import ray
 
+    configure_ray_data()  # the dataset below (cached: executed here) and the Trainer carry this context
+
     if cfg.train.use_gpu and ray.cluster_resources().get("GPU", 0) < 1:
         raise UserError("train.use_gpu is true but the Ray cluster has no GPUs: set train.use_gpu=false or add GPU nodes")
 
@@ -254,13 +258,79 @@ def torch_trainer_class():
     return FacegenTorchTrainer
 
 
+class _ProgressBoard:
+    """A Ray actor holding rank 0's latest training report, for the driver's progress bar."""
+
+    def __init__(self):
+        self.latest: dict[str, Any] | None = None
+
+    def put(self, point: dict[str, Any]) -> None:
+        self.latest = point
+
+    def get(self) -> dict[str, Any] | None:
+        return self.latest
+
+
+PROGRESS_KEYS = ("images_seen", "stage", "resolution", "alpha", "d_loss", "g_loss", "img_per_s")
+
+
+def _progress_callback(board):
+    """A Ray Train callback (it runs in the Train controller) sending rank 0's reports to the board."""
+    from ray.train import UserCallback
+
+    class ProgressForward(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            rank0 = metrics[0] if metrics else {}
+            if "images_seen" in rank0:
+                board.put.remote({k: rank0[k] for k in PROGRESS_KEYS if k in rank0})
+
+    return ProgressForward()
+
+
+def progress_postfix(point: dict[str, Any]) -> str:
+    """The bar's text after the count: `32x32 α=0.45 D 0.612 G 1.104 85 img/s`."""
+    parts = []
+    if "resolution" in point:
+        parts.append(f"{int(point['resolution'])}x{int(point['resolution'])}")
+    if "alpha" in point:
+        parts.append(f"α={float(point['alpha']):.2f}")
+    if "d_loss" in point and "g_loss" in point:
+        parts.append(f"D {float(point['d_loss']):.3f} G {float(point['g_loss']):.3f}")
+    if "img_per_s" in point:
+        parts.append(f"{float(point['img_per_s']):.0f} img/s")
+    return " ".join(parts)
+
+
+def training_bar(cfg: FacegenConfig):
+    """(Ray Train callbacks to add, context manager drawing the bar) for this driver: images
+    seen out of train.total_images, updated from rank 0's reports (every
+    train.log_every_images). In a terminal only; elsewhere ([], a no-op context)."""
+    from facegen_ray import progress
+
+    if not progress.enabled():
+        return [], contextlib.nullcontext()
+    import ray
+
+    board = ray.remote(num_cpus=0)(_ProgressBoard).remote()
+
+    def poll():
+        point = ray.get(board.get.remote(), timeout=10)
+        return (int(point["images_seen"]), progress_postfix(point)) if point else None
+
+    return [_progress_callback(board)], progress.PolledBar(poll, cfg.train.total_images,
+                                                           f"train {cfg.train.run_name}", unit="img")
+
+
 def fit(cfg: FacegenConfig, storage: Storage, dataset, *, runs_uri: str | None = None,
-        callbacks: list[Any] | None = None) -> Any:
+        callbacks: list[Any] | None = None, show_bar: bool = True) -> Any:
     """Wire and run the TorchTrainer on a Ray Dataset with columns image/age/gender/race/weight.
     Returns Ray Train's Result; raises RuntimeError when the run failed for good.
 
     runs_uri: folder holding the run (default <root>/runs; `facegen tune` puts each trial's run
-    below its experiment); callbacks: Ray Train UserCallbacks (Tune's report forwarding)."""
+    below its experiment); callbacks: Ray Train UserCallbacks (Tune's report forwarding);
+    show_bar: draw the images-seen bar when this process's stderr is a terminal (tune's trials
+    run in actors: off). Ray Data's bars follow facegen_ray.progress either way (the Trainer
+    hands this process's DataContext to the workers)."""
     import ray.train
     from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -274,6 +344,10 @@ def fit(cfg: FacegenConfig, storage: Storage, dataset, *, runs_uri: str | None =
     env = {k: os.environ[k] for k in FORWARD_ENV if os.environ.get(k)}
     env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # progress lines go to stdout once, not twice
     resources = worker_resources(cfg)
+    from facegen_ray.progress import configure_ray_data
+
+    configure_ray_data()  # before the Trainer captures the DataContext
+    bar_callbacks, bar = training_bar(cfg) if show_bar else ([], contextlib.nullcontext())
     trainer = torch_trainer_class()(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_uri": run_uri, "dataset_uri": dataset_uri(cfg),
@@ -290,14 +364,15 @@ def fit(cfg: FacegenConfig, storage: Storage, dataset, *, runs_uri: str | None =
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             worker_runtime_env={"env_vars": env},
-            callbacks=list(callbacks or []),
+            callbacks=list(callbacks or []) + bar_callbacks,
         ),
         datasets={"train": dataset},
         # preserve_order: deterministic split across workers (exact resume; see loop.py)
         dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
     )
     try:
-        result = trainer.fit()
+        with bar:
+            result = trainer.fit()
     except ray.train.TrainingFailedError as e:
         raise RuntimeError(f"training run {run_name!r} failed: {e}") from e
     return result

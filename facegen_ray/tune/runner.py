@@ -107,8 +107,11 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(setup.base, setup.paths, dict(config["params"]), run_name=trial_id)
     storage = Storage(cfg.storage)
+    from facegen_ray.progress import configure_ray_data
+
+    configure_ray_data()  # FACEGEN_PROGRESS comes from the driver (setup.env): bars only if it has a terminal
     fit(cfg, storage, training_dataset(storage, setup.data_uri, cfg), runs_uri=setup.runs_uri,
-        callbacks=[_report_callback(setup.metric)])
+        callbacks=[_report_callback(setup.metric)], show_bar=False)
 
 
 # ------------------------------------------------------------------ driver
@@ -198,6 +201,40 @@ def _prepare_experiment(sweep: Sweep, storage: Storage, exp_uri: str, resume: bo
     return True
 
 
+def trials_bar_callback(total: int, metric: str):
+    """A Tune callback (it runs on this driver) drawing trials finished out of `total`, with the
+    best `metric` so far; None when bars are off (not a terminal: Tune's own status lines stay)."""
+    from facegen_ray import progress
+
+    if not progress.enabled():
+        return None
+    from ray.tune import Callback
+
+    class TrialsBar(Callback):
+        def __init__(self):
+            self.bar = progress.bar(total=total, desc="tune trials", unit="trial")
+            self.best: float | None = None
+
+        def _done(self, trial, status: str) -> None:
+            value = (trial.last_result or {}).get(metric)
+            if isinstance(value, (int, float)) and value == value:
+                self.best = value if self.best is None else min(self.best, value)
+            self.bar.update(1)
+            self.bar.set_postfix_str(f"last {trial.trial_id} {status}"
+                                     + (f", best {metric} {self.best:.3g}" if self.best is not None else ""))
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._done(trial, "done")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._done(trial, "error")
+
+        def on_experiment_end(self, trials, **info):
+            self.bar.close()
+
+    return TrialsBar()
+
+
 def run_sweep(sweep: Sweep, storage: Storage | None = None, *, resume: bool = False) -> dict[str, Any]:
     """Run (or --resume) the sweep; returns the summary that `facegen tune` prints as JSON.
     Writes results.json/results.csv/best_config.yaml below <root>/tune/<name>/."""
@@ -221,6 +258,9 @@ def run_sweep(sweep: Sweep, storage: Storage | None = None, *, resume: bool = Fa
     ensure_ray()
     import ray
 
+    from facegen_ray.progress import configure_ray_data
+
+    configure_ray_data()
     max_conc = concurrency(sweep, ray.cluster_resources())
 
     # the reference statistics once, here: trials then only read the cache (no race, no repeat)
@@ -236,11 +276,15 @@ def run_sweep(sweep: Sweep, storage: Storage | None = None, *, resume: bool = Fa
         base=sweep.base, paths=sweep.paths, data_uri=data_uri, runs_uri=join(exp_uri, "runs"),
         metric=sweep.spec.metric, env={k: os.environ[k] for k in FORWARD_ENV if os.environ.get(k)},
     )
+    from facegen_ray import progress
+
+    setup.env[progress.ENV] = "1" if progress.enabled() else "0"
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), TRIAL_DRIVER_RESOURCES)
     run_config = tune.RunConfig(
         name=sweep.name, storage_path=storage_path, storage_filesystem=fs,
         failure_config=tune.FailureConfig(max_failures=0),  # worker faults are Ray Train's (train.max_failures)
-        callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
+        callbacks=[JsonLoggerCallback(), CSVLoggerCallback(),
+                   *filter(None, [trials_bar_callback(sweep.num_trials(), sweep.spec.metric)])],
         verbose=1,
     )
     print(f"[facegen] sweep {sweep.name}: {sweep.num_trials()} trials, up to {max_conc} at a time, "
