@@ -323,7 +323,7 @@ def _feedback_objects(app) -> dict[str, bytes]:
     return {str(p): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("route", ["/generate", "/feedback"])
+@pytest.mark.parametrize("route", ["/generate", "/feedback", "/compare"])
 def test_hostile_bodies_get_readable_422_and_store_nothing(client, app, route):
     """Not UTF-8, NaN/Infinity/-Infinity, a float overflow: through Serve's proxy, each gets a
     422 with a JSON message (was 500: the error handler could not serialise the input)."""
