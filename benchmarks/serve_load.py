@@ -278,7 +278,7 @@ def verify_store(root: str, posts: list[dict], tag: str) -> dict:
     import collections
     import re
 
-    from facegen_ray.serve.feedback import FeedbackStore, feedback_id, feedback_record_problem
+    from facegen_ray.data.feedback import FeedbackStore, feedback_id, feedback_record_problem
     from facegen_ray.storage import Storage
 
     storage = Storage()
@@ -409,7 +409,7 @@ def feedback_main(argv: list[str]) -> int:
         finally:
             ray.shutdown()
 
-    from facegen_ray.serve.feedback import feedback_id
+    from facegen_ray.data.feedback import feedback_id
 
     expected = {q["key"]: feedback_id(q["image_id"], q["key"]) for q in posts}
     disk = verify_store(root, posts, tag)

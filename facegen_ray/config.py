@@ -295,6 +295,8 @@ class ServeConfig(_Section):
     image_format_quality: int = Field(default=95, ge=50, le=100, description="JPEG quality of served images")
     model_poll_interval_s: float = Field(default=1.0, gt=0, description="how often replicas check the model pointer")
     reload_timeout_s: float = Field(default=300.0, gt=0, description="admin reload waits this long for every replica")
+    compare_pair_ttl_s: float = Field(default=3600.0, gt=0, description="a pair shown by the /compare page takes a vote "
+                                      "for this long (then 410)")
 
     @model_validator(mode="after")
     def _replicas(self) -> "ServeConfig":
@@ -323,7 +325,8 @@ class GateConfig(_Section):
 
     Promote iff candidate FID <= serving FID * (1 + fid_tolerance) and every margin that is set
     holds (KID mean not higher by more than kid_margin; precision / recall not lower by more
-    than their margins)."""
+    than their margins). With min_human_win_rate set, people's /compare votes (candidate vs the
+    serving model) must also agree: see serve/comparison.py (fewer than min_votes -> "pending")."""
 
     fid_tolerance: float = Field(default=0.0, ge=-1, description="relative slack on FID (-1: never promote)")
     kid_margin: float | None = Field(default=None, ge=0)
@@ -337,6 +340,19 @@ class GateConfig(_Section):
     use_ray: bool = Field(default=False, description="extract features with Ray actors instead of in-process")
     max_copy_rate: float | None = Field(default=None, ge=0, le=1, description="refuse promotion when the candidate's "
                                         "memorisation copy rate is above this (needs a held-out split); None: not checked")
+    min_human_win_rate: float | None = Field(default=None, ge=0, le=1, description="human rule (pairwise /compare "
+                                             "votes): promote only when the lower end of the Wilson interval of the "
+                                             "candidate's win rate is >= this; None: votes are not required")
+    min_votes: int | None = Field(default=None, ge=1, description="votes the human rule needs before it decides (fewer: "
+                                  "'pending'); default 30 when min_human_win_rate is set")
+    human_confidence: float = Field(default=0.95, gt=0.5, lt=1, description="confidence level of that Wilson interval")
+
+    @model_validator(mode="after")
+    def _human_rule(self) -> "GateConfig":
+        if self.min_votes is not None and self.min_human_win_rate is None:
+            raise ValueError("gate.min_votes applies to the human rule only: set gate.min_human_win_rate too "
+                             "(e.g. 0.4), or leave both unset")
+        return self
 
 
 class FacegenConfig(_Section):

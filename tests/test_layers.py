@@ -26,7 +26,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
 LAYERS: list[list[str]] = [
     ["facegen_ray", "facegen_ray.errors"],
     ["facegen_ray.config"],
-    ["facegen_ray.storage", "facegen_ray.runtime"],
+    ["facegen_ray.storage", "facegen_ray.runtime", "facegen_ray.progress"],
     # the registry needs only storage: train registers an export, serve resolves MODEL
     ["facegen_ray.lifecycle.registry"],
     ["facegen_ray.models"],  # pure torch

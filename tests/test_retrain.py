@@ -349,6 +349,53 @@ def test_retrain_config_takes_typed_overrides(tmp_path):
         retrain_config(Storage(), cfg, src, "/d/faces/v2", "cand", {"model.w_dim": 32})
 
 
+def test_gate_with_human_votes_pending_then_promoted(world, capsys):
+    """The human rule on (gate.min_human_win_rate / min_votes): a candidate without enough
+    /compare votes against the serving model is "pending" (exit 3, not promoted, recorded);
+    with them the gate promotes it, and the report shows the votes, win rate and Wilson
+    interval beside FID/KID/PR."""
+    from facegen_ray.serve.comparison import ComparisonStore, wilson_interval
+    from facegen_ray.lifecycle.registry import Registry
+
+    storage, root = Storage(), world["root"]
+    reg = Registry(storage, root)
+    serving = reg.serving()
+    cand = reg.register(reg.get(serving)["uri"], "human-1")  # the serving weights: FID/KID/PR pass
+    human_sets = ["--tolerance", "1e6", "--set", "gate.min_human_win_rate=0.2", "--set", "gate.min_votes=4"]
+    rc = cli_main(["gate", cand, "--root", root, *human_sets, *GATE_SETS])
+    out = capsys.readouterr().out
+    assert rc == 3, out
+    doc = _last_json(out)
+    assert doc["decision"] == "pending" and doc["serving"] == serving and "is pending human votes" in out
+    assert doc["human"]["verdict"] == "pending" and doc["human"]["votes"] == 0 and doc["human"]["min_votes"] == 4
+    assert reg.serving() == serving
+    gate = reg.get(cand)["metrics"]["gate"]
+    assert gate["decision"] == "pending" and gate["promoted"] is False and gate["human"]["verdict"] == "pending"
+    # people vote: 3 for the candidate, 1 can't tell (half a win) -> 3.5 of 4; Wilson lower bound 0.396 >= 0.2
+    store = ComparisonStore(storage, root)
+    sides = {v: {"version": v, "uri": reg.get(v)["uri"], "weights_sha256": "-"} for v in (serving, cand)}
+    c = store.start(sides[serving], sides[cand])
+    for choice in ["left", "right", "left", "cant_tell"]:
+        cand_side = "left" if choice != "right" else "right"
+        other = "right" if cand_side == "left" else "left"
+        pair = store.record_pair(c, cand_side, {cand_side: {"version": cand, "seed": 1},
+                                                other: {"version": serving, "seed": 2}}, 0.7, 60)
+        store.vote(pair["pair_id"], choice)
+    store.stop()
+    rc = cli_main(["gate", cand, "--root", root, *human_sets, *GATE_SETS])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    doc = _last_json(out)
+    assert doc["decision"] == "promoted" and doc["serving"] == cand and reg.serving() == cand
+    h = doc["human"]
+    assert (h["votes"], h["wins"], h["losses"], h["cant_tell"], h["win_rate"]) == (4, 3, 0, 1, 0.875)
+    assert h["ci"] == pytest.approx(list(wilson_interval(3.5, 4, 0.95))) and h["ci"][0] == pytest.approx(0.3958, abs=1e-3)
+    assert h["verdict"] == "pass" and h["comparisons"] == [c["comparison_id"]]
+    report = storage.read_json(doc["gate_report"])
+    assert report["human"] == h and report["decision"] == "promoted"
+    assert [r.split(":")[0] for r in report["reasons"]] == ["fid", "human votes"]
+
+
 def test_decide_rules():
     from facegen_ray.config import GateConfig
     from facegen_ray.lifecycle.gate import decide

@@ -323,7 +323,7 @@ def _feedback_objects(app) -> dict[str, bytes]:
     return {str(p): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("route", ["/generate", "/feedback"])
+@pytest.mark.parametrize("route", ["/generate", "/feedback", "/compare"])
 def test_hostile_bodies_get_readable_422_and_store_nothing(client, app, route):
     """Not UTF-8, NaN/Infinity/-Infinity, a float overflow: through Serve's proxy, each gets a
     422 with a JSON message (was 500: the error handler could not serialise the input)."""
@@ -542,3 +542,82 @@ def test_page_flow_in_chromium(app, tmp_path):
     assert edited_rec["image_id"] == edited_id and edited_rec["control"] == {"edit": {"age": 2.0}}
     assert app["store"].get_image_record(edited_id)["control"] == {"edit": {"age": 2.0}}
     assert (tmp_path / "page.png").stat().st_size > 0
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed (apt-get install chromium)")
+def test_compare_page_in_chromium(app, client, tmp_path):
+    """The pairwise comparison through Serve: an admin starts serving-vs-v3, the page shows a
+    pair rendered by the real replicas (render_version) from the two versions the pair record
+    names, a click and a key press vote, and the stored votes say which version won."""
+    from playwright.sync_api import sync_playwright
+
+    from facegen_ray.serve.comparison import ComparisonStore
+
+    storage, root = app["storage"], app["root"]
+    store = ComparisonStore(storage, root)
+    _save_tiny(storage, f"{root}/exports/c", conditional=False, seed=3, version="c")
+    reg = Registry(storage, root)
+    reg.register(f"{root}/exports/c", "v3")
+    serving = reg.serving()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    r = client.post("/admin/compare/start", json={"candidate": "v3"}, headers=auth)
+    assert r.status_code == 201, r.text
+    assert (r.json()["baseline"], r.json()["candidate"]) == (serving, "v3")
+    shown: list[tuple[str, dict[str, str]]] = []  # (pair id, side -> base64 PNG as the page showed it)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        ])
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 700})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(app["url"] + "/compare", timeout=60_000)
+            page.wait_for_selector("body[data-loaded='true']", timeout=60_000)
+            text = page.inner_text("body")  # (the markup holds the images' base64, where any string may occur)
+            assert serving not in text and "v3" not in text
+
+            def current() -> tuple[str, dict[str, str]]:
+                pid = page.locator("body").get_attribute("data-pair-id")
+                imgs = {side: page.locator(f"#img-{side}").get_attribute("src").split(",", 1)[1]
+                        for side in ("left", "right")}
+                return pid, imgs
+
+            shown.append(current())
+            page.locator("#choose-left").click()
+            page.wait_for_selector(f"#status.ok[data-pair-id='{shown[0][0]}']", timeout=30_000)
+            vote_id = page.locator("#status").get_attribute("data-vote-id")
+            # the next pair comes by itself; vote "can't tell" on it with the keyboard
+            page.wait_for_selector(f"body[data-loaded='true']:not([data-pair-id='{shown[0][0]}'])", timeout=60_000)
+            shown.append(current())
+            page.keyboard.press("ArrowDown")
+            page.wait_for_selector(f"#status.ok[data-pair-id='{shown[1][0]}']", timeout=30_000)
+            page.wait_for_selector(f"body[data-loaded='true']:not([data-pair-id='{shown[1][0]}'])", timeout=60_000)
+            assert "1 vote" not in page.locator("#count").inner_text() and "2 votes" in page.locator("#count").inner_text()
+            page.screenshot(path=str(tmp_path / "compare-page.png"), full_page=True)
+            assert not errors, errors
+        finally:
+            browser.close()
+    first = store.get_vote(shown[0][0])
+    pair = store.get_pair(shown[0][0])
+    assert first["vote_id"] == vote_id and first["choice"] == "left"
+    assert first["winner"] == ("candidate" if pair["candidate_side"] == "left" else "baseline")
+    assert first["winner_version"] == pair[pair["candidate_side"] if first["winner"] == "candidate" else
+                                           ("right" if pair["candidate_side"] == "left" else "left")]["version"]
+    assert {pair["left"]["version"], pair["right"]["version"]} == {serving, "v3"}
+    assert store.get_vote(shown[1][0])["choice"] == "cant_tell"
+    # what the page showed is what the recorded versions draw at the recorded seeds
+    for pid, imgs in shown:
+        rec = store.get_pair(pid)
+        for side, data in imgs.items():
+            model = load_model(storage, rec[side]["version"], root)
+            c = torch.full((1, 3), -1, dtype=torch.long) if model.conditional else None
+            want = generate(model.G, [rec[side]["seed"]], rec["truncation"], c)[0].astype(int)
+            assert np.abs(_png(data).astype(int) - want).max() <= 1, (side, rec[side]["version"])
+    status = client.get("/admin/compare", headers=auth).json()["active"]
+    assert (status["votes"], status["cant_tell"]) == (2, 1)
+    assert client.post("/admin/compare/stop", json={}, headers=auth).status_code == 200
+    assert client.post("/compare/pairs").status_code == 409
+    assert (tmp_path / "compare-page.png").stat().st_size > 0

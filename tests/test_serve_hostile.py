@@ -32,7 +32,7 @@ from facegen_ray.data.feedback import FeedbackStore, UnknownImage, iter_feedback
 from facegen_ray.models import Generator, save_model_dir
 from facegen_ray.serve import generation as gen
 from facegen_ray.serve.ingress import Ingress, api, json_safe, parse_json_body, validation_detail
-from facegen_ray.serve.schemas import MAX_COMMENT_CHARS, FeedbackRequest, GenerateRequest
+from facegen_ray.serve.schemas import MAX_COMMENT_CHARS, CompareVoteRequest, FeedbackRequest, GenerateRequest
 from facegen_ray.storage import Storage
 
 TOKEN = "hostile-test-token"
@@ -137,7 +137,7 @@ def test_in_process_app_serves_the_happy_path(client, ingress):
     assert ingress["store"].get_feedback(f.json()["feedback_id"])["rating"] == 4
 
 
-@pytest.mark.parametrize("route", ["/generate", "/feedback"])
+@pytest.mark.parametrize("route", ["/generate", "/feedback", "/compare"])
 @pytest.mark.parametrize("body", HOSTILE_BODIES)
 def test_hostile_bodies_get_422_and_store_nothing(client, ingress, route, body):
     client.post("/generate", json={"seed": 1})  # the store holds something to leave alone
@@ -170,6 +170,8 @@ def test_admin_routes_check_hostile_bodies_after_the_token(client):
     assert client.post("/admin/reload", content=b'{"model": NaN}', headers={"content-type": "application/json"}).status_code == 401
     _assert_readable_4xx(client.post("/admin/reload", content=b'{"model": NaN}', headers=auth))
     _assert_readable_4xx(client.post("/admin/promote", content=b"\xff\xfe", headers=auth))
+    _assert_readable_4xx(client.post("/admin/compare/start", content=b'{"candidate": NaN}', headers=auth))
+    _assert_readable_4xx(client.post("/admin/compare/stop", content=b"\xff", headers=auth))
 
 
 # ----------------------------------------------------------------------------- the parser, directly
@@ -227,7 +229,7 @@ _json_like = st.recursive(_json_leaf, lambda kids: st.one_of(st.lists(kids, max_
                                                              st.dictionaries(st.text(max_size=12), kids, max_size=4)),
                           max_leaves=12)
 _field_names = st.sampled_from(["seed", "num_images", "truncation", "attributes", "format", "image_id",
-                                "approved", "rating", "comment", "age"])
+                                "approved", "rating", "comment", "age", "pair_id", "choice"])
 _bodyish = st.dictionaries(_field_names, _json_like, max_size=5)
 
 
@@ -246,7 +248,7 @@ def _expect_model_or_422(raw: bytes, model) -> None:
 @given(raw=st.binary(max_size=200))
 @settings(max_examples=200, deadline=None)
 def test_any_bytes_parse_or_422(raw):
-    for model in (GenerateRequest, FeedbackRequest):
+    for model in (GenerateRequest, FeedbackRequest, CompareVoteRequest):
         _expect_model_or_422(raw, model)
 
 
@@ -254,7 +256,7 @@ def test_any_bytes_parse_or_422(raw):
 @settings(max_examples=300, deadline=None)
 def test_json_with_nan_surrogates_and_wrong_types_parse_or_422(body):
     raw = json.dumps(body, allow_nan=True).encode("utf-8", "surrogatepass")
-    for model in (GenerateRequest, FeedbackRequest):
+    for model in (GenerateRequest, FeedbackRequest, CompareVoteRequest):
         _expect_model_or_422(raw, model)
     has_nonfinite = "NaN" in raw.decode("utf-8", "replace") or "Infinity" in raw.decode("utf-8", "replace")
     if has_nonfinite:

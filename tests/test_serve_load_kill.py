@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facegen_ray.serve.feedback import FeedbackStore, feedback_id, iter_feedback
+from facegen_ray.data.feedback import FeedbackStore, feedback_id, iter_feedback
 from facegen_ray.serve.generation import encode_image
 from facegen_ray.storage import Storage
 

@@ -7,7 +7,10 @@ gate:    the gate alone, on an already registered candidate version.
 Both print `[facegen] ...` progress lines, then ONE JSON object on the last line. Exit codes:
 0 done (whether the gate promoted or rejected; the JSON's "decision" says which), 1 when the
 gate rejected and --require-promotion (or gate.require_promotion) was given, 2 bad input (no
-serving model, unknown dataset/candidate, no approved feedback without --allow-empty).
+serving model, unknown dataset/candidate, no approved feedback without --allow-empty), 3
+"pending": the human rule is on (gate.min_human_win_rate) and the candidate has fewer than
+gate.min_votes /compare votes against the serving model -- not promoted; collect votes
+(POST /admin/compare/start) and run `facegen gate CANDIDATE` again.
 """
 
 from __future__ import annotations
@@ -71,7 +74,13 @@ def _finish(cfg, args, out: dict, candidate: str | None) -> int:
         out["reloaded"] = {"url": args.serve_url, "model_version": body.get("model_version"),
                            "replicas": body.get("replicas")}
         print(f"[facegen] {args.serve_url} now serves {body.get('model_version')} on {body.get('replicas')} replica(s)")
+    if out.get("decision") == "pending" and candidate:
+        print(f"[facegen] gate: {candidate} is pending human votes, not promoted: compare it with the serving "
+              f"model (POST /admin/compare/start {{\"candidate\": \"{candidate}\"}}), let people vote on /compare, "
+              f"then run `facegen gate {candidate}` again")
     print(dumps(out), flush=True)
+    if out.get("decision") == "pending":
+        return 3
     rejected = out.get("decision") == "rejected"
     return 1 if rejected and (args.require_promotion or cfg.gate.require_promotion) else 0
 
@@ -104,5 +113,5 @@ def run_gate_cmd(args: argparse.Namespace) -> int:
     out = {"candidate": result.candidate, "serving_before": result.serving, "decision": result.decision,
            "reasons": result.reasons, "candidate_metrics": result.candidate_metrics,
            "serving_metrics": result.serving_metrics, "eval": result.eval, "gate_report": result.report_uri,
-           "serving": result.serving_after}
+           "serving": result.serving_after, "human": result.human}
     return _finish(cfg, args, out, result.candidate)

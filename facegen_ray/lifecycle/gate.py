@@ -13,7 +13,12 @@ Decision (gate.*):  promote iff  FID_cand <= FID_serving * (1 + fid_tolerance)
                                [and recall_cand >= recall_serving - recall_margin]
 (bracketed checks only when their margin is set), and, when gate.max_copy_rate is set,
 the candidate's memorisation copy rate (metrics/memorisation.py) <= max_copy_rate. A non-finite metric fails its check.
-Decision "promoted" | "rejected" | "passed" (the checks hold but the caller said promote=False).
+Human rule (gate.min_human_win_rate set; serve/comparison.py): people's /compare votes on
+pairs of the candidate and the serving model must also pass -- the lower end of the Wilson
+interval of the candidate's win rate >= min_human_win_rate -- and with fewer than
+gate.min_votes votes the decision is "pending" (not promoted; `facegen gate` exits 3). Votes
+are reported (verdict "off") even when the rule is off.
+Decision "promoted" | "rejected" | "pending" | "passed" (the checks hold but the caller said promote=False).
 
 Recorded: a report JSON at <root>/models/<candidate>/gate/<time>.json, and the candidate's
 registry entry gets its metrics plus metrics["gate"] = {decision, reasons, serving version
@@ -42,7 +47,7 @@ from facegen_ray.storage import Layout, Storage, join
 log = logging.getLogger(__name__)
 
 GATE_METRICS = ["fid", "kid", "pr"]
-PROMOTED, REJECTED, PASSED = "promoted", "rejected", "passed"
+PROMOTED, REJECTED, PASSED, PENDING = "promoted", "rejected", "passed", "pending"
 
 
 @dataclass
@@ -51,7 +56,7 @@ class GateResult:
 
     candidate: str
     serving: str
-    decision: str  # "promoted" | "rejected" | "passed" (passed, but promote=False)
+    decision: str  # "promoted" | "rejected" | "pending" (human votes) | "passed" (passed, but promote=False)
     reasons: list[str]
     checks: list[dict[str, Any]]
     candidate_metrics: dict[str, Any]
@@ -61,6 +66,7 @@ class GateResult:
     time: str
     serving_after: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    human: dict[str, Any] | None = None  # comparison.human_verdict(): votes, win rate, Wilson CI, verdict
 
     @property
     def promoted(self) -> bool:
@@ -157,6 +163,18 @@ def decide(candidate: dict[str, Any], serving: dict[str, Any], gcfg: GateConfig)
     return decision, reasons, checks
 
 
+def _human(storage: Storage, cfg: FacegenConfig, candidate: str, serving: str) -> dict[str, Any] | None:
+    """The human verdict on candidate vs serving (comparison.human_verdict), or None when the
+    rule is off and nobody voted on that pair of versions."""
+    from facegen_ray.serve.comparison import human_verdict, tally_votes
+
+    g = cfg.gate
+    tally = tally_votes(storage, cfg.storage.root, candidate, serving)
+    if g.min_human_win_rate is None and not tally["votes"]:
+        return None
+    return human_verdict(tally, g.min_human_win_rate, g.min_votes, g.human_confidence)
+
+
 def reference_for(storage: Storage, cfg: FacegenConfig, cand_meta: dict[str, Any], serv_meta: dict[str, Any],
                   data: str | None = None) -> str:
     """Reals to compare on: --data / gate.data, else the real-only version behind the
@@ -199,6 +217,7 @@ def run_gate(cfg: FacegenConfig, candidate: str, *, storage: Storage | None = No
             raise UserError(f"model directory {entry['uri']} is missing its {MODEL_FILE}") from None
 
     ref = reference_for(storage, cfg, meta_of(cand_entry), meta_of(serv_entry), data)
+    human = _human(storage, cfg, candidate, serving)
     ev = gate_eval_config(cfg)
     if cfg.gate.use_ray:
         ensure_ray()
@@ -212,6 +231,11 @@ def run_gate(cfg: FacegenConfig, candidate: str, *, storage: Storage | None = No
                              if "memorisation" in metrics else None)
         results[label] = summarize_metrics(res)
     decision, reasons, checks = decide(results["candidate"], results["serving"], cfg.gate)
+    if human is not None:
+        from facegen_ray.serve.comparison import combine_decision
+
+        reasons.append(human["reason"])
+        decision = combine_decision(decision, human)
     now = _dt.datetime.now(_dt.timezone.utc)
     stamp = now.strftime("%Y%m%dT%H%M%S%fZ")
     report_uri = join(Layout(cfg.storage.root).model(candidate), "gate", f"{stamp}.json")
@@ -221,7 +245,7 @@ def run_gate(cfg: FacegenConfig, candidate: str, *, storage: Storage | None = No
     result = GateResult(
         candidate=candidate, serving=serving, decision=decision, reasons=reasons, checks=checks,
         candidate_metrics=results["candidate"], serving_metrics=results["serving"], eval=eval_info,
-        report_uri=report_uri, time=now.isoformat(timespec="seconds"),
+        report_uri=report_uri, time=now.isoformat(timespec="seconds"), human=human,
     )
     promoting = promote and decision == PROMOTED
     if decision == PROMOTED and not promote:
@@ -235,7 +259,7 @@ def run_gate(cfg: FacegenConfig, candidate: str, *, storage: Storage | None = No
         **{k: cand[k] for k in ("fid", "kid", "precision", "recall", "num_gen", "num_real", "data_version")},
         "gate": {"decision": decision, "reasons": reasons, "time": result.time, "report": report_uri,
                  "serving_version": serving, "candidate": cand, "serving": results["serving"],
-                 "tolerance": cfg.gate.fid_tolerance, "promoted": promoting},
+                 "tolerance": cfg.gate.fid_tolerance, "promoted": promoting, "human": human},
     })
     if promoting:
         reg.promote(candidate)
@@ -243,4 +267,4 @@ def run_gate(cfg: FacegenConfig, candidate: str, *, storage: Storage | None = No
 
 
 __all__ = ["GateResult", "gate_eval_config", "summarize_metrics", "decide", "reference_for", "run_gate",
-           "PROMOTED", "REJECTED", "PASSED"]
+           "PROMOTED", "REJECTED", "PASSED", "PENDING"]

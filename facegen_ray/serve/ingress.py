@@ -1,8 +1,10 @@
 """The HTTP front door (FastAPI under @serve.ingress): validation, size limits, encoding, the
-feedback store, the feedback page and the admin routes.
+feedback store, the feedback page, the pairwise comparison page and the admin routes.
 
     HTTP ──► FacegenIngress   /generate /feedback / /healthz /admin/reload /admin/promote
+                              /compare (page + votes) /compare/pairs /admin/compare[/start|/stop]
                │  handle.render.remote(request item)   (serve/replica.py: GeneratorDeployment)
+               │  handle.render_version.remote(item)   (a /compare pair: a named registry version)
                │  state.set_target / replicas          (serve/model_state.py: ModelState)
 
 Admin routes need `Authorization: Bearer <token>` (ServeConfig.admin_token or
@@ -36,10 +38,18 @@ from facegen_ray.errors import UserError
 from facegen_ray.lifecycle.registry import Registry, RegistryError
 from facegen_ray.models.latent import MAX_EDIT_STRENGTH, Control
 from facegen_ray.observability.asgi import RequestMetricsMiddleware
+from facegen_ray.serve import comparison as cmpstore
 from facegen_ray.serve import generation as gen
 from facegen_ray.serve.admin_client import TOKEN_ENV
 from facegen_ray.serve.schemas import (
     MAX_IMAGES_PER_REQUEST,
+    ComparePairResponse,
+    CompareStartRequest,
+    CompareStatusResponse,
+    CompareStopRequest,
+    CompareVoteRequest,
+    CompareVoteResponse,
+    ComparisonInfo,
     ErrorResponse,
     FeedbackRequest,
     FeedbackResponse,
@@ -64,11 +74,16 @@ INGRESS_NAME = "FacegenIngress"
 api = FastAPI(title="facegen", docs_url=None, redoc_url=None, openapi_url=None)
 api.add_middleware(RequestMetricsMiddleware)  # facegen_serve_requests / _request_seconds / _feedback
 
-_REQUEST_MODELS = (GenerateRequest, FeedbackRequest, ReloadRequest, PromoteRequest)
+_REQUEST_MODELS = (GenerateRequest, FeedbackRequest, ReloadRequest, PromoteRequest, CompareVoteRequest,
+                   CompareStartRequest, CompareStopRequest)
 _REASONS = {400: "bad request header", 401: "no bearer token", 403: "admin routes disabled or wrong token",
-            404: "unknown image, model or version", 413: "request body too large",
+            404: "unknown image, pair, model or version",
+            409: "not now: no comparison running / one running already / the pair's comparison stopped or it has a vote",
+            410: "the pair expired", 413: "request body too large",
             422: "malformed request (not UTF-8 JSON, or fails the schema)", 500: "a replica could not load the model",
             504: "replicas did not all switch in time"}
+_IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
+                    "schema": {"type": "string", "pattern": CLIENT_KEY_RE.pattern}}
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 
 
@@ -110,8 +125,15 @@ def _openapi() -> dict[str, Any]:
 api.openapi = _openapi  # type: ignore[method-assign]
 
 
-def _page_html() -> str:
-    return resources.files("facegen_ray.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+def _page_html(name: str = "index.html") -> str:
+    return resources.files("facegen_ray.serve").joinpath(f"static/{name}").read_text(encoding="utf-8")
+
+
+PAGE_HEADERS = {  # the pages' CSP: own scripts and data: images only, nothing from elsewhere
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+                               "script-src 'self' 'unsafe-inline'; connect-src 'self'",
+    "Cache-Control": "no-store",
+}
 
 
 def _token_digest(token: str | None) -> str | None:
@@ -231,9 +253,11 @@ class Ingress:
         self.root = root
         self.storage = Storage(StorageConfig.model_validate(storage))
         self.store = FeedbackStore(self.storage, root)
+        self.compare = cmpstore.ComparisonStore(self.storage, root)
         # the token itself never travels in deployment arguments: its digest, or this process's env
         self.admin_digest = admin_digest(admin_token_sha256)
         self.page = _page_html()
+        self.compare_page_html = _page_html("compare.html")
 
     # ---- helpers
     async def _body(self, request: Request, model: type[BaseModel]) -> Any:
@@ -316,11 +340,7 @@ class Ingress:
 
     @api.get("/", response_class=HTMLResponse)
     async def page(self) -> HTMLResponse:
-        return HTMLResponse(self.page, headers={
-            "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-                                       "script-src 'self' 'unsafe-inline'; connect-src 'self'",
-            "Cache-Control": "no-store",
-        })
+        return HTMLResponse(self.page, headers=PAGE_HEADERS)
 
     @api.post("/generate", responses={200: {"model": GenerateResponse}, **_errors(400, 413, 422)},
               openapi_extra=_json_body(GenerateRequest))
@@ -352,9 +372,7 @@ class Ingress:
             "X-Image-Id": iid, "X-Seed": str(seed), "X-Model-Version": model["model_version"], "X-Synthetic": "true",
         })
 
-    @api.post("/feedback", status_code=201, openapi_extra=_json_body(FeedbackRequest, parameters=[{
-        "name": "Idempotency-Key", "in": "header", "required": False,
-        "schema": {"type": "string", "pattern": CLIENT_KEY_RE.pattern}}]),
+    @api.post("/feedback", status_code=201, openapi_extra=_json_body(FeedbackRequest, parameters=[_IDEMPOTENCY_KEY]),
         responses={200: {"model": FeedbackResponse, "description": "the same feedback was already stored"},
                    201: {"model": FeedbackResponse}, **_errors(400, 404, 413, 422)})
     async def feedback(self, request: Request) -> JSONResponse:
@@ -370,6 +388,128 @@ class Ingress:
         except ValueError as e:  # malformed Idempotency-Key
             raise HTTPException(422, str(e)) from None
         return JSONResponse({"feedback_id": res.feedback_id, "created": res.created}, status_code=201 if res.created else 200)
+
+    # ---- pairwise comparison (serve/comparison.py: the store, the tally the gate reads)
+    @api.get("/compare", response_class=HTMLResponse)
+    async def compare_page(self) -> HTMLResponse:
+        return HTMLResponse(self.compare_page_html, headers=PAGE_HEADERS)
+
+    @api.post("/compare/pairs", status_code=201, responses={201: {"model": ComparePairResponse}, **_errors(409, 500)})
+    async def compare_pair(self) -> JSONResponse:
+        """Two faces of the running comparison, one per version, sides and seeds drawn at random;
+        the pair is recorded (which side is which) before it is answered."""
+        cmp = await asyncio.to_thread(self.compare.active)
+        if cmp is None:
+            raise HTTPException(409, "no comparison is running: an admin starts one (POST /admin/compare/start)")
+        psi = gen.quantize_psi(self.cfg.default_truncation)
+        cand_side = cmpstore.SIDES[secrets.randbelow(2)]
+        plan = {side: cmp["candidate" if side == cand_side else "baseline"] for side in cmpstore.SIDES}
+        seeds = {side: secrets.randbelow(gen.MAX_SEED + 1) for side in cmpstore.SIDES}
+        answers = await asyncio.gather(*(self.generator.render_version.remote({
+            "model": {"uri": plan[side]["uri"], "label": plan[side]["version"]}, "seeds": [seeds[side]],
+            "truncation": psi}) for side in cmpstore.SIDES))
+        for res in answers:
+            if not res["ok"]:
+                raise HTTPException(res["status"], res["error"])
+        rendered = dict(zip(cmpstore.SIDES, answers))
+
+        def record() -> tuple[dict[str, Any], dict[str, bytes]]:
+            sides = {}
+            for side, res in rendered.items():
+                m = res["model"]
+                cond = res["conditions"][0] if res["conditions"] else None
+                sides[side] = {"version": m["model_version"], "seed": seeds[side], "weights_sha256": m["weights_sha256"],
+                               "image_id": gen.image_id(m["model_version"], m["weights_sha256"], seeds[side], psi, cond),
+                               "condition": cond}
+            pair = self.compare.record_pair(cmp, cand_side, sides, psi, self.cfg.compare_pair_ttl_s)
+            from facegen_ray.provenance import provenance_record
+
+            pngs = {side: gen.encode_image(res["images"][0], "png", provenance=provenance_record(
+                cmpstore.BLIND_LABEL, cmpstore.blind_image_id(pair["pair_id"], side), None, psi))
+                for side, res in rendered.items()}
+            return pair, pngs
+
+        pair, pngs = await asyncio.to_thread(record)
+        return JSONResponse({"pair_id": pair["pair_id"], "expires": pair["expires"],
+                             **{side: {"data": base64.b64encode(pngs[side]).decode("ascii")} for side in cmpstore.SIDES}},
+                            status_code=201, headers={"Cache-Control": "no-store"})
+
+    @api.post("/compare", status_code=201, openapi_extra=_json_body(CompareVoteRequest, parameters=[_IDEMPOTENCY_KEY]),
+              responses={200: {"model": CompareVoteResponse, "description": "this vote was already stored"},
+                         201: {"model": CompareVoteResponse}, **_errors(400, 404, 409, 410, 413, 422)})
+    async def compare_vote(self, request: Request) -> JSONResponse:
+        req: CompareVoteRequest = await self._body(request, CompareVoteRequest)
+        key = request.headers.get("idempotency-key")
+        try:
+            res = await asyncio.to_thread(self.compare.vote, req.pair_id, req.choice, key)
+        except cmpstore.CompareError as e:
+            raise HTTPException(e.status, str(e)) from None
+        except ValueError as e:  # malformed Idempotency-Key
+            raise HTTPException(422, str(e)) from None
+        return JSONResponse({"vote_id": res.vote_id, "pair_id": req.pair_id, "choice": res.record["choice"],
+                             "created": res.created}, status_code=201 if res.created else 200)
+
+    def _version(self, reg, version: str) -> dict[str, Any]:
+        """A registered version as a comparison side, test-loaded (a broken model is refused now,
+        not on every pair): {"version", "uri", "weights_sha256"}."""
+        try:
+            entry = reg.get(reg.check_version(version))
+            model = gen.load_model(self.storage, version, self.root, "cpu", resolved=(entry["uri"], version))
+        except RegistryError as e:
+            raise HTTPException(404 if "unknown" in str(e) else 422, str(e)) from None
+        except UserError as e:
+            raise HTTPException(422, f"version {version} cannot be loaded: {e}") from None
+        return {"version": version, "uri": entry["uri"], "weights_sha256": model.digest}
+
+    @api.post("/admin/compare/start", status_code=201,
+              responses={201: {"model": ComparisonInfo}, **_errors(400, 401, 403, 404, 409, 413, 422)},
+              openapi_extra=_json_body(CompareStartRequest, security=[{"bearer": []}]))
+    async def admin_compare_start(self, request: Request) -> JSONResponse:
+        self._admin(request)
+        req: CompareStartRequest = await self._body(request, CompareStartRequest)
+
+        def start() -> dict[str, Any]:
+            reg = Registry(self.storage, self.root)
+            baseline = req.baseline or reg.serving()
+            if not baseline:
+                raise HTTPException(422, "no model is serving: name the baseline version ({\"baseline\": ...})")
+            if baseline == req.candidate:
+                raise HTTPException(422, f"baseline and candidate are both {baseline}: compare two different versions")
+            sides = self._version(reg, baseline), self._version(reg, req.candidate)
+            try:
+                return cmpstore.comparison_info(self.compare.start(*sides), {})
+            except cmpstore.CompareError as e:
+                raise HTTPException(e.status, str(e)) from None
+
+        return JSONResponse(await asyncio.to_thread(start), status_code=201)
+
+    @api.post("/admin/compare/stop", responses={200: {"model": ComparisonInfo}, **_errors(400, 401, 403, 409, 413, 422)},
+              openapi_extra=_json_body(CompareStopRequest, security=[{"bearer": []}]))
+    async def admin_compare_stop(self, request: Request) -> JSONResponse:
+        self._admin(request)
+        req: CompareStopRequest = await self._body(request, CompareStopRequest)
+
+        def stop() -> dict[str, Any]:
+            try:
+                cmp = self.compare.stop(req.comparison_id)
+            except cmpstore.CompareError as e:
+                raise HTTPException(e.status, str(e)) from None
+            return cmpstore.comparison_info(cmp, self.compare.counts())
+
+        return JSONResponse(await asyncio.to_thread(stop))
+
+    @api.get("/admin/compare", responses={200: {"model": CompareStatusResponse}, **_errors(401, 403)},
+             openapi_extra={"security": [{"bearer": []}]})
+    async def admin_compare_status(self, request: Request) -> JSONResponse:
+        self._admin(request)
+
+        def status() -> dict[str, Any]:
+            counts = self.compare.counts()
+            active = self.compare.active()
+            return {"active": cmpstore.comparison_info(active, counts) if active else None,
+                    "comparisons": [cmpstore.comparison_info(c, counts) for c in self.compare.comparisons()]}
+
+        return JSONResponse(await asyncio.to_thread(status))
 
     async def _reload(self, ref: str) -> dict[str, Any]:
         try:

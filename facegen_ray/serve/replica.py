@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -34,6 +35,7 @@ from facegen_ray.storage import Storage
 log = logging.getLogger("ray.serve")
 
 GENERATOR_NAME = "GeneratorDeployment"
+MAX_OTHER_MODELS = 2  # versions held besides the pointer's model (render_version: a comparison's two)
 
 
 def _images_in(items: list[dict[str, Any]]) -> int:
@@ -76,6 +78,8 @@ class GeneratorDeployment:
         self._ready: asyncio.Event | None = None
         self._poller: asyncio.Task | None = None
         self._loading: asyncio.Task | None = None
+        self._others: OrderedDict[tuple[str, str], gen.LoadedModel] = OrderedDict()  # render_version's, LRU
+        self._others_lock: asyncio.Lock | None = None
         self._set_batching(self.cfg.max_batch_size, self.cfg.batch_wait_timeout_s)
 
     # ---- batching parameters
@@ -196,6 +200,48 @@ class GeneratorDeployment:
     async def render(self, item: dict[str, Any]) -> dict[str, Any]:
         await self._wait_ready()
         return await self.render_batch(item)
+
+    async def render_version(self, item: dict[str, Any]) -> dict[str, Any]:
+        """Render with a given model instead of the pointer's: item {"model": {"uri", "label"},
+        "seeds", "truncation"} (the /compare pairs, serve/comparison.py). The held model when it
+        is that one, else one loaded here and kept (at most MAX_OTHER_MODELS, least recently
+        used dropped). Not batched: a pair is one person's click. Conditional models render
+        with unknown attributes. Answers what render() answers."""
+        await self._wait_ready()
+        wanted = (str(item["model"]["uri"]), str(item["model"]["label"]))
+        try:
+            model = self.model if self.loaded_target == wanted and self.model is not None else await self._other(wanted)
+        except Exception as e:  # noqa: BLE001 - report to the ingress, keep the replica alive
+            log.error("replica %s: loading model %s for a comparison failed: %s", self.replica, wanted[0], e)
+            return {"ok": False, "status": 500, "error": f"could not load model {wanted[1] or wanted[0]}: {e}"}
+        seeds = [int(s) for s in item["seeds"]]
+        c = None
+        if model.conditional:
+            import torch
+
+            c = torch.full((len(seeds), 3), -1, dtype=torch.long)  # [N,3] unknown age/gender/race
+        try:
+            images = await asyncio.to_thread(gen.generate, model.G, seeds, float(item["truncation"]), c, model.device,
+                                             self.forward_batch)
+        except Exception as e:  # noqa: BLE001
+            log.exception("replica %s: generation with %s failed", self.replica, model.version)
+            return {"ok": False, "status": 500, "error": f"generation failed: {e}"}
+        return {"ok": True, "model": model.describe(), "images": images,
+                "conditions": [[-1, -1, -1]] * len(seeds) if model.conditional else None}
+
+    async def _other(self, wanted: tuple[str, str]) -> gen.LoadedModel:
+        if self._others_lock is None:
+            self._others_lock = asyncio.Lock()
+        async with self._others_lock:
+            model = self._others.pop(wanted, None)
+            if model is None:
+                model = await asyncio.to_thread(gen.load_model, self.storage, wanted[0], self.root, self.device,
+                                                resolved=wanted)
+                log.info("replica %s: loaded %s (%s) for comparisons", self.replica, model.version, model.uri)
+            self._others[wanted] = model
+            while len(self._others) > MAX_OTHER_MODELS:
+                self._others.popitem(last=False)
+            return model
 
     @serve.batch(max_batch_size=MAX_IMAGES_PER_REQUEST, batch_wait_timeout_s=0.01, batch_size_fn=_images_in)
     async def render_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:

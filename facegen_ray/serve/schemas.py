@@ -120,6 +120,28 @@ class PromoteRequest(_Body):
     version: Annotated[str, Field(min_length=1, max_length=64)]
 
 
+class CompareVoteRequest(_Body):
+    """POST /compare: the vote on a pair that POST /compare/pairs served: which face looks more
+    photorealistic ("left" / "right"), or "cant_tell"."""
+
+    pair_id: Annotated[str, Field(pattern=ID_RE.pattern)]
+    choice: Literal["left", "right", "cant_tell"]
+
+
+class CompareStartRequest(_Body):
+    """POST /admin/compare/start: compare a registered candidate version with a baseline
+    version (default: the registry's serving version)."""
+
+    candidate: Annotated[str, Field(min_length=1, max_length=64)]
+    baseline: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+
+class CompareStopRequest(_Body):
+    """POST /admin/compare/stop: stop the running comparison ({} or its id, to be sure)."""
+
+    comparison_id: Annotated[str, Field(pattern=ID_RE.pattern)] | None = None
+
+
 # ----------------------------------------------------------------------------- responses
 class ErrorItem(BaseModel):
     """One problem with a request (a 422 for a body that fails the schema)."""
@@ -172,3 +194,42 @@ class ReloadResponse(BaseModel):
     generation: int
     replicas: int
     promoted: str | None = None
+
+
+class PairImage(BaseModel):
+    data: Annotated[str, Field(description="base64 of the PNG (provenance names no model: the comparison is blind)")]
+
+
+class ComparePairResponse(BaseModel):
+    """A pair to vote on: two faces, which model drew which is not told."""
+
+    pair_id: Annotated[str, Field(pattern=ID_RE.pattern)]
+    expires: str
+    left: PairImage
+    right: PairImage
+
+
+class CompareVoteResponse(BaseModel):
+    vote_id: Annotated[str, Field(pattern=ID_RE.pattern)]
+    pair_id: Annotated[str, Field(pattern=ID_RE.pattern)]
+    choice: Literal["left", "right", "cant_tell"]
+    created: bool
+
+
+class ComparisonInfo(BaseModel):
+    """A comparison and its votes so far (admin routes only: it names the versions)."""
+
+    comparison_id: Annotated[str, Field(pattern=ID_RE.pattern)]
+    baseline: str
+    candidate: str
+    started: str
+    stopped: str | None
+    votes: int
+    wins: int
+    losses: int
+    cant_tell: int
+
+
+class CompareStatusResponse(BaseModel):
+    active: ComparisonInfo | None
+    comparisons: list[ComparisonInfo]

@@ -1,0 +1,473 @@
+"""Pairwise human evaluation: two faces side by side, one from each of two registered model
+versions, and which one a person finds more photorealistic (or "can't tell"). The store
+behind GET/POST /compare, POST /compare/pairs and the /admin/compare routes, and the vote
+tally + Wilson interval that the promotion gate (lifecycle/gate.py) reads.
+
+Layout below `<root>/feedback/compare/` (the feedback store's conventions: every object is
+written once with `Storage.create_exclusive`, ids are strict lowercase hex checked before any
+path is built; only the `active.json` pointer is ever rewritten, by the admin routes):
+
+    active.json                       {"comparison_id": <cid> | null, "updated": iso}
+    comparisons/<cid>/start.json      baseline + candidate: version, model URI, weights digest; started
+    comparisons/<cid>/stop.json       when it was stopped (its pairs take no votes after that)
+    pairs/<pid[:2]>/<pair_id>.json    one served pair: its comparison, which version is on which
+                                      side (seed, image id, weights digest of each), psi,
+                                      created, expires
+    votes/<pid[:2]>/<pair_id>.json    the vote on that pair: choice (left | right | cant_tell),
+                                      winner (candidate | baseline | cant_tell), winner_version,
+                                      both versions, vote_id, client_key_sha256, created
+
+The pair record is written before the pair is answered, so the server knows which side was
+which and a vote can only name a pair it served (pair ids are 128 random bits). The page gets
+neither the versions nor the seeds (the images' provenance record names a blind label, see
+`blind_image_id`).
+
+Idempotency, as for feedback: vote_id = sha256("<pair_id>|<client key>")[:32], the client key
+being the Idempotency-Key header or, without one, derived from the body (the choice). One vote
+per pair: the vote object is named by the pair id, so a retry with the same key gets the
+stored vote back (created=False) while another key -- or, without a key, another choice -- is
+refused with 409: a pair is one person's judgement, and one client cannot stuff the count by
+re-voting on it.
+
+The tally counts, for two versions A (candidate) and B (baseline), every vote on a pair of A
+and B whichever was the baseline of its comparison: wins (A chosen), losses (B chosen),
+cant_tell. "Can't tell" counts as half a win and half a loss: it is a vote (it counts toward
+gate.min_votes) that says the candidate looked as real as the baseline, so all-"can't tell"
+gives a win rate of exactly 0.5. The interval is Wilson's score interval for a binomial
+proportion, at gate.human_confidence, with n = all votes and successes = wins + cant_tell / 2.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import math
+import secrets
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any, Iterator
+
+from facegen_ray.data.feedback import CLIENT_KEY_RE, check_id
+from facegen_ray.storage import Layout, Storage, join
+
+RECORD_FORMAT = 1
+SIDES = ("left", "right")
+CHOICES = ("left", "right", "cant_tell")
+CANT_TELL_WEIGHT = 0.5  # a "can't tell" is half a win
+DEFAULT_MIN_VOTES = 30  # gate.min_votes when only gate.min_human_win_rate is set
+BLIND_LABEL = "blind-comparison"  # the model_version in a pair image's provenance record
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- errors
+class CompareError(Exception):
+    """A comparison request that cannot be satisfied; `status` is its HTTP status."""
+
+    status = 422
+
+
+class NoComparison(CompareError):
+    """No comparison is running (pairs are refused)."""
+
+    status = 409
+
+
+class ComparisonConflict(CompareError):
+    """The comparison state does not allow this (one running already, stopped, already voted)."""
+
+    status = 409
+
+
+class UnknownPair(CompareError):
+    """A vote names a pair id that was never served here."""
+
+    status = 404
+
+
+class PairExpired(CompareError):
+    """A vote came after the pair's time to live."""
+
+    status = 410
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+def _iso(t: _dt.datetime) -> str:
+    return t.isoformat(timespec="milliseconds")
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return (json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+
+
+def derive_client_key(choice: str) -> str:
+    """Client key of a vote without Idempotency-Key: a digest of the canonical body."""
+    return "body-" + hashlib.sha256(json.dumps([choice]).encode("utf-8")).hexdigest()[:32]
+
+
+def vote_id(pair_id: str, client_key: str) -> str:
+    """Deterministic id of one (pair, client key): sha256 -> 32 hex chars."""
+    check_id(pair_id, "pair_id")
+    return hashlib.sha256(f"{pair_id}|{client_key}".encode("utf-8")).hexdigest()[:32]
+
+
+def blind_image_id(pair_id: str, side: str) -> str:
+    """The image id a pair image's provenance record carries: derived from the pair, so it says
+    nothing about the model (the real image id would: GET /generate returns it per seed)."""
+    return hashlib.sha256(f"compare|{pair_id}|{side}".encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class VoteResult:
+    vote_id: str
+    created: bool  # False: this (pair, client key) had voted already; `record` is that vote
+    record: dict[str, Any]
+
+
+# ----------------------------------------------------------------------------- the store
+class ComparisonStore:
+    """Comparisons, served pairs and votes under <root>/feedback/compare (see module docstring)."""
+
+    def __init__(self, storage: Storage, root: str):
+        self.storage = storage
+        self.prefix = join(Layout(root).feedback(), "compare")
+        self.pairs_dir = join(self.prefix, "pairs")
+        self.votes_dir = join(self.prefix, "votes")
+        self.comparisons_dir = join(self.prefix, "comparisons")
+
+    # ---- paths (ids validated first)
+    def active_uri(self) -> str:
+        return join(self.prefix, "active.json")
+
+    def start_uri(self, cid: str) -> str:
+        return join(self.comparisons_dir, check_id(cid, "comparison_id"), "start.json")
+
+    def stop_uri(self, cid: str) -> str:
+        return join(self.comparisons_dir, check_id(cid, "comparison_id"), "stop.json")
+
+    def pair_uri(self, pid: str) -> str:
+        check_id(pid, "pair_id")
+        return join(self.pairs_dir, pid[:2], f"{pid}.json")
+
+    def vote_uri(self, pid: str) -> str:
+        check_id(pid, "pair_id")
+        return join(self.votes_dir, pid[:2], f"{pid}.json")
+
+    def _read(self, uri: str, problem) -> dict[str, Any] | None:
+        try:
+            raw = self.storage.read_bytes(uri)
+        except FileNotFoundError:
+            return None
+        try:
+            rec = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            log.warning("skipping unreadable comparison-store record %s: %s", uri, e)
+            return None
+        why = problem(rec)
+        if why is not None:
+            log.warning("skipping malformed comparison-store record %s: %s", uri, why)
+            return None
+        return rec
+
+    # ---- comparisons
+    def get_comparison(self, cid: str) -> dict[str, Any] | None:
+        """The start record plus "stopped" (the stop time or None); None when unknown."""
+        rec = self._read(self.start_uri(cid), comparison_record_problem)
+        if rec is None:
+            return None
+        stop = self._read(self.stop_uri(cid), lambda r: None if isinstance(r, dict) else "not a JSON object")
+        return {**rec, "stopped": (stop or {}).get("stopped")}
+
+    def active(self) -> dict[str, Any] | None:
+        """The running comparison (get_comparison) or None."""
+        ptr = self._read(self.active_uri(), lambda r: None if isinstance(r, dict) else "not a JSON object")
+        cid = (ptr or {}).get("comparison_id")
+        if not isinstance(cid, str):
+            return None
+        try:
+            cmp = self.get_comparison(cid)
+        except ValueError:  # a hand-edited pointer
+            return None
+        return cmp if cmp is not None and cmp["stopped"] is None else None
+
+    def comparisons(self) -> list[dict[str, Any]]:
+        """Every comparison (get_comparison), oldest first."""
+        out = []
+        for uri in self.storage.find(self.comparisons_dir):
+            parts = uri.rsplit("/", 2)
+            if len(parts) == 3 and parts[2] == "start.json" and _is_id(parts[1]):
+                cmp = self.get_comparison(parts[1])
+                if cmp is not None:
+                    out.append(cmp)
+        return sorted(out, key=lambda c: c["started"])
+
+    def start(self, baseline: dict[str, Any], candidate: dict[str, Any]) -> dict[str, Any]:
+        """Start comparing two model versions; each side is {"version", "uri", "weights_sha256"}.
+        ComparisonConflict when one is running already (stop it first); CompareError when the
+        two are the same version. Returns the comparison (get_comparison)."""
+        if baseline["version"] == candidate["version"]:
+            raise CompareError(f"baseline and candidate are both {candidate['version']}: compare two different versions")
+        running = self.active()
+        if running is not None:
+            raise ComparisonConflict(f"comparison {running['comparison_id']} ({running['candidate']['version']} vs "
+                                     f"{running['baseline']['version']}) is running: stop it first "
+                                     "(POST /admin/compare/stop)")
+        cid = secrets.token_hex(16)
+        rec = {"format": RECORD_FORMAT, "comparison_id": cid, "started": _iso(_now()),
+               "baseline": dict(baseline), "candidate": dict(candidate)}
+        self.storage.create_exclusive(self.start_uri(cid), _dumps(rec))
+        self.storage.write_json(self.active_uri(), {"comparison_id": cid, "updated": rec["started"]})
+        return {**rec, "stopped": None}
+
+    def stop(self, comparison_id: str | None = None) -> dict[str, Any]:
+        """Stop the running comparison (and check it is `comparison_id` when given).
+        ComparisonConflict when none is running or another one is."""
+        running = self.active()
+        if running is None:
+            raise ComparisonConflict("no comparison is running")
+        if comparison_id is not None and comparison_id != running["comparison_id"]:
+            raise ComparisonConflict(f"comparison {comparison_id} is not the running one "
+                                     f"({running['comparison_id']})")
+        cid = running["comparison_id"]
+        t = _iso(_now())
+        self.storage.create_exclusive(self.stop_uri(cid), _dumps({"comparison_id": cid, "stopped": t}))
+        self.storage.write_json(self.active_uri(), {"comparison_id": None, "updated": t})
+        return self.get_comparison(cid) or {**running, "stopped": t}
+
+    # ---- pairs
+    def record_pair(self, comparison: dict[str, Any], candidate_side: str, sides: dict[str, dict[str, Any]],
+                    truncation: float, ttl_s: float) -> dict[str, Any]:
+        """Store a pair about to be served. sides: {"left"|"right": {"version", "seed",
+        "image_id", "weights_sha256"}}; candidate_side: where the candidate's face is."""
+        if candidate_side not in SIDES or set(sides) != set(SIDES):
+            raise ValueError(f"a pair has a left and a right side, got {sorted(sides)} / {candidate_side!r}")
+        pid = secrets.token_hex(16)
+        created = _now()
+        rec = {
+            "format": RECORD_FORMAT, "pair_id": pid, "comparison_id": comparison["comparison_id"],
+            "candidate": comparison["candidate"]["version"], "baseline": comparison["baseline"]["version"],
+            "candidate_side": candidate_side, "left": dict(sides["left"]), "right": dict(sides["right"]),
+            "truncation": truncation, "created": _iso(created),
+            "expires": _iso(created + _dt.timedelta(seconds=float(ttl_s))),
+        }
+        if not self.storage.create_exclusive(self.pair_uri(pid), _dumps(rec)):  # 128 random bits: never
+            raise RuntimeError(f"pair id {pid} already exists")
+        return rec
+
+    def get_pair(self, pid: str) -> dict[str, Any] | None:
+        return self._read(self.pair_uri(pid), pair_record_problem)
+
+    # ---- votes
+    def get_vote(self, pid: str) -> dict[str, Any] | None:
+        return self._read(self.vote_uri(pid), vote_record_problem)
+
+    def vote(self, pair_id: str, choice: str, client_key: str | None = None) -> VoteResult:
+        """Record the vote on a served pair (idempotent per (pair_id, client key); one per pair).
+
+        ValueError for a malformed id/key; CompareError (422) for a choice not in CHOICES;
+        UnknownPair (404), PairExpired (410), ComparisonConflict (409: the comparison was
+        stopped, or the pair has another client's vote)."""
+        check_id(pair_id, "pair_id")
+        if choice not in CHOICES:
+            raise CompareError(f"choice must be one of {', '.join(CHOICES)}, got {choice!r}")
+        if client_key is None:
+            client_key = derive_client_key(choice)
+        elif not CLIENT_KEY_RE.match(client_key):
+            raise ValueError("Idempotency-Key must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")
+        vid = vote_id(pair_id, client_key)
+        uri = self.vote_uri(pair_id)
+        if self.storage.exists(uri):
+            return self._replay(pair_id, vid)
+        pair = self.get_pair(pair_id)
+        if pair is None:
+            raise UnknownPair(f"unknown pair_id {pair_id}: only pairs served by POST /compare/pairs take a vote")
+        cmp = self.get_comparison(pair["comparison_id"])
+        if cmp is None or cmp["stopped"] is not None:
+            raise ComparisonConflict(f"the comparison of pair {pair_id} was stopped: it takes no more votes")
+        now = _now()
+        if now > _dt.datetime.fromisoformat(pair["expires"]):
+            raise PairExpired(f"pair {pair_id} expired at {pair['expires']}: load a new pair and vote on that")
+        if choice == "cant_tell":
+            winner, winner_version = "cant_tell", None
+        else:
+            winner = "candidate" if choice == pair["candidate_side"] else "baseline"
+            winner_version = pair[winner]
+        rec = {
+            "format": RECORD_FORMAT, "vote_id": vid, "pair_id": pair_id, "comparison_id": pair["comparison_id"],
+            "choice": choice, "winner": winner, "winner_version": winner_version,
+            "candidate": pair["candidate"], "baseline": pair["baseline"], "candidate_side": pair["candidate_side"],
+            "client_key_sha256": hashlib.sha256(client_key.encode("utf-8")).hexdigest()[:16],
+            "pair_created": pair["created"], "created": _iso(now),
+        }
+        if self.storage.create_exclusive(uri, _dumps(rec)):
+            return VoteResult(vid, True, rec)
+        return self._replay(pair_id, vid)  # another request stored its vote first
+
+    def _replay(self, pair_id: str, vid: str) -> VoteResult:
+        stored = self.get_vote(pair_id)
+        if stored is not None and stored["vote_id"] == vid:
+            return VoteResult(vid, False, stored)
+        raise ComparisonConflict(f"pair {pair_id} already has a vote: each pair takes one; load a new pair")
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """comparison id -> {"votes", "wins", "losses", "cant_tell"} (a win: its candidate chosen)."""
+        out: dict[str, dict[str, int]] = {}
+        for v in self.iter_votes():
+            c = out.setdefault(v["comparison_id"], {"votes": 0, "wins": 0, "losses": 0, "cant_tell": 0})
+            c["votes"] += 1
+            c[{"candidate": "wins", "baseline": "losses", "cant_tell": "cant_tell"}[v["winner"]]] += 1
+        return out
+
+    def iter_votes(self) -> Iterator[dict[str, Any]]:
+        """Every readable vote record (order: by pair id); malformed ones skipped with a warning."""
+        for uri in self.storage.find(self.votes_dir):
+            name = uri.rsplit("/", 1)[-1]
+            if name.endswith(".json") and _is_id(name[:-5]):
+                rec = self._read(uri, vote_record_problem)
+                if rec is not None:
+                    yield rec
+
+
+def comparison_info(cmp: dict[str, Any], counts: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """A comparison as the admin routes show it (schemas.ComparisonInfo)."""
+    c = counts.get(cmp["comparison_id"], {})
+    return {"comparison_id": cmp["comparison_id"], "baseline": cmp["baseline"]["version"],
+            "candidate": cmp["candidate"]["version"], "started": cmp["started"], "stopped": cmp.get("stopped"),
+            **{k: int(c.get(k, 0)) for k in ("votes", "wins", "losses", "cant_tell")}}
+
+
+# ----------------------------------------------------------------------------- record checks
+def _is_id(value: Any) -> bool:
+    try:
+        check_id(value)
+        return True
+    except ValueError:
+        return False
+
+
+def _is_version(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def comparison_record_problem(rec: Any) -> str | None:
+    if not isinstance(rec, dict) or not _is_id(rec.get("comparison_id")):
+        return "no valid comparison_id"
+    for side in ("baseline", "candidate"):
+        if not isinstance(rec.get(side), dict) or not _is_version(rec[side].get("version")):
+            return f"no {side} version"
+    if not isinstance(rec.get("started"), str):
+        return "no start time"
+    return None
+
+
+def pair_record_problem(rec: Any) -> str | None:
+    if not isinstance(rec, dict) or not _is_id(rec.get("pair_id")) or not _is_id(rec.get("comparison_id")):
+        return "no valid pair_id/comparison_id"
+    if rec.get("candidate_side") not in SIDES:
+        return "candidate_side is not left/right"
+    if not _is_version(rec.get("candidate")) or not _is_version(rec.get("baseline")):
+        return "no candidate/baseline version"
+    try:
+        _dt.datetime.fromisoformat(rec["expires"])
+    except (KeyError, TypeError, ValueError):
+        return "no valid expiry time"
+    return None
+
+
+def vote_record_problem(rec: Any) -> str | None:
+    """Why `rec` is not a usable vote (None when it is): what the tally relies on is checked."""
+    if not isinstance(rec, dict) or not _is_id(rec.get("pair_id")) or not _is_id(rec.get("vote_id")):
+        return "no valid pair_id/vote_id"
+    if rec.get("choice") not in CHOICES or rec.get("winner") not in ("candidate", "baseline", "cant_tell"):
+        return "choice/winner is not one of the known values"
+    if not _is_version(rec.get("candidate")) or not _is_version(rec.get("baseline")):
+        return "no candidate/baseline version"
+    if rec["winner"] != "cant_tell" and rec.get("winner_version") != rec[rec["winner"]]:
+        return "winner_version does not match the winner"
+    return None
+
+
+# ----------------------------------------------------------------------------- tally + statistics
+def tally_votes(storage: Storage, root: str, candidate: str, baseline: str) -> dict[str, Any]:
+    """Votes on pairs of `candidate` and `baseline` (in any comparison, either side its baseline):
+    {"candidate", "baseline", "votes", "wins", "losses", "cant_tell", "comparisons": [ids]}."""
+    out = {"candidate": candidate, "baseline": baseline, "votes": 0, "wins": 0, "losses": 0, "cant_tell": 0}
+    cids: set[str] = set()
+    for v in ComparisonStore(storage, root).iter_votes() if candidate != baseline else ():
+        if {v["candidate"], v["baseline"]} != {candidate, baseline}:
+            continue
+        out["votes"] += 1
+        cids.add(v["comparison_id"])
+        if v["winner"] == "cant_tell":
+            out["cant_tell"] += 1
+        elif v["winner_version"] == candidate:
+            out["wins"] += 1
+        else:
+            out["losses"] += 1
+    out["comparisons"] = sorted(cids)
+    return out
+
+
+def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion successes/n at `confidence` (two-sided):
+    (p + z^2/2n -/+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n). (0, 1) when n == 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes {successes} outside 0..{n}")
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    p = successes / n
+    z2n = z * z / n
+    centre = (p + z2n / 2) / (1 + z2n)
+    half = z / (1 + z2n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def human_verdict(tally: dict[str, Any], min_win_rate: float | None, min_votes: int | None,
+                  confidence: float = 0.95) -> dict[str, Any]:
+    """The human rule on a tally_votes() result: the win rate (cant_tell = half a win), its
+    Wilson interval and a verdict: "pass" (lower bound >= min_win_rate), "fail", "pending"
+    (fewer than min_votes votes), or "off" (min_win_rate None: shown, not required)."""
+    n = int(tally["votes"])
+    wins = tally["wins"] + CANT_TELL_WEIGHT * tally["cant_tell"]
+    rate = wins / n if n else None
+    lo, hi = wilson_interval(wins, n, confidence)
+    need = (min_votes or DEFAULT_MIN_VOTES) if min_win_rate is not None else None
+    out = {**tally, "win_rate": rate, "ci": [lo, hi] if n else None, "confidence": confidence,
+           "min_win_rate": min_win_rate, "min_votes": need}
+    pct = f"{confidence:.0%}"
+    seen = (f"{n} vote(s): {tally['wins']} for the candidate, {tally['losses']} for the serving model, "
+            f"{tally['cant_tell']} can't tell")
+    if n:
+        seen += f"; win rate {rate:.3f} ({pct} Wilson CI {lo:.3f}-{hi:.3f})"
+    if min_win_rate is None:
+        out.update(verdict="off", reason=f"human votes: {seen} -> not required (gate.min_human_win_rate unset)")
+    elif n < need:
+        out.update(verdict="pending", reason=f"human votes: {seen} -> PENDING: {need} votes needed "
+                                             f"(gate.min_votes), {need - n} to go")
+    else:
+        ok = lo >= min_win_rate
+        out.update(verdict="pass" if ok else "fail",
+                   reason=f"human votes: {seen} -> CI lower bound {lo:.3f} {'>=' if ok else '<'} "
+                          f"{min_win_rate:g} (gate.min_human_win_rate) -> {'ok' if ok else 'FAILS'}")
+    return out
+
+
+def combine_decision(automatic: str, human: dict[str, Any] | None) -> str:
+    """The gate's decision from the automatic one ("promoted" | "rejected") and the human
+    verdict: automatic rejection stands; then "fail" rejects, "pending" waits, "pass"/"off"/None
+    keep the automatic decision."""
+    if automatic != "promoted" or human is None:
+        return automatic
+    return {"fail": "rejected", "pending": "pending"}.get(human["verdict"], automatic)
+
+
+__all__ = ["ComparisonStore", "CompareError", "NoComparison", "ComparisonConflict", "UnknownPair", "PairExpired",
+           "VoteResult", "CHOICES", "SIDES", "CANT_TELL_WEIGHT", "DEFAULT_MIN_VOTES", "BLIND_LABEL",
+           "blind_image_id", "comparison_info", "derive_client_key", "vote_id", "tally_votes", "wilson_interval", "human_verdict",
+           "combine_decision"]
