@@ -247,6 +247,7 @@ def test_attributes_train_cli_and_diversity(tiny_env, capsys, tmp_path):
         assert 0 <= div[k]["tv_distance"] <= 1 and sum(div[k]["generated"]) == pytest.approx(1.0, abs=1e-3)
 
 
+@pytest.mark.slow  # Ray Data actor pool over the extractor; the local extractor is tested in the default run
 def test_ray_extraction_matches_local(tiny_env, ray_session, extractor):
     from facegen_ray.metrics.evaluate import evaluate_model, reference_features
 

@@ -133,6 +133,7 @@ def test_killed_worker_is_replaced_and_run_finishes(reference_run, faces_root, t
     assert [w["g_digest"] for w in out.workers] == [w["g_digest"] for w in ref.workers]
 
 
+@pytest.mark.slow  # the CLI train path stays in the default run through the bad-input tests below
 def test_cli_train_quickstart_config(faces_root, capsys):
     """The CLI path (`facegen train --config facegen_ray/configs/quickstart.yaml`) with a shorter schedule."""
     cfg_path = os.path.join(os.path.dirname(__file__), "..", "facegen_ray", "configs", "quickstart.yaml")
@@ -244,6 +245,7 @@ def _s3_run(s3_server, s3_root, s3_storage, sample_zip, run: str, total: int) ->
     return cfg, train(cfg, s3_storage, export=True)
 
 
+@pytest.mark.slow  # ~1 min in CI; S3 checkpoints are also covered by test_checkpoint_crash (moto) in the default run
 def test_s3_storage_on_moto(s3_server, s3_root, s3_storage, ray_session, sample_zip):
     """storage.root = s3:// (moto): shards, checkpoints (both ranks' parts), samples, curves and
     the exported, registered model all live in the bucket."""

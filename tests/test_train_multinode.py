@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,6 +54,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a 2-node cluster_utils cluster: ~75 s in CI; run with -m slow
 def test_two_nodes_one_worker_each_stay_identical(tmp_path, sample_zip):
     script = tmp_path / "multinode.py"
     script.write_text(SCRIPT.format(repo=str(REPO)))

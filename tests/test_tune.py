@@ -327,6 +327,7 @@ def test_asha_stops_the_worse_trial_at_a_rung(faces_root, tmp_path, capsys):
     print(f"asha: first {fid1}, second {fid2}, stopped at {expected_stop}")
 
 
+@pytest.mark.slow  # ~2 min in CI; S3 storage is covered in the default run by test_train/test_retrain/test_data
 def test_sweep_on_s3(s3_server, s3_root, s3_storage, sample_zip, tmp_path, capsys):
     """storage.root = s3:// (moto): the data is read from the bucket, the trial's Ray Train run,
     its checkpoints and the sweep's results are written there, and --resume reads them back."""
