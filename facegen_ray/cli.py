@@ -9,6 +9,8 @@ import sys
 
 from facegen_ray.config import ConfigError
 from facegen_ray.errors import UserError
+from facegen_ray.lifecycle.registry import RegistryError
+from facegen_ray.storage import StorageError
 
 # One line per subcommand module (facegen_ray/commands/<name>.py defines register()).
 COMMAND_MODULES = [
@@ -45,8 +47,6 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from facegen_ray.lifecycle.registry import RegistryError
-    from facegen_ray.storage import StorageError
 
     try:
         return int(args.func(args) or 0)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import os
 
+import facegen_ray
+
+# Imported where used, not here: ray: in ensure_ray(), so that importing this module does not load
+# Ray.
+
 
 def ensure_ray() -> None:
     """Join RAY_ADDRESS if set (`ray job submit`, a user's cluster); else start an embedded
@@ -17,7 +22,6 @@ def ensure_ray() -> None:
 
     if ray.is_initialized():
         return
-    import facegen_ray
 
     src = os.path.dirname(os.path.dirname(os.path.abspath(facegen_ray.__file__)))
     address = os.environ.get("RAY_ADDRESS")

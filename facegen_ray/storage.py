@@ -26,6 +26,10 @@ import fsspec
 
 from facegen_ray.config import StorageConfig
 
+# Imported where used, not here: pyarrow.fs, botocore: only Ray Data / pyarrow readers and s3://
+# credentials need them; cli.py imports every command module to build the parser, which loads no
+# numpy/torch/ray (tests/test_layers.py).
+
 
 class StorageError(OSError):
     """Storage could not be read or written; the message names the URI."""

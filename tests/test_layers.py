@@ -1,5 +1,6 @@
 """The package's import graph, read from the source (ast; nothing is imported): no import
-circle, and no import from a lower layer to a higher one.
+circle, and no import from a lower layer to a higher one. And the one exception to imports at
+module top: building the CLI's parser loads no heavy package (checked in a subprocess).
 
 Every `import` counts, at module top or inside a function: a lazy import is still an arrow
 between the two modules. Importing `a.b.c` also runs the `__init__` of `a.b`, so that is an
@@ -9,7 +10,9 @@ arrow too; a package's `__init__` therefore sits at the layer of its lowest modu
 from __future__ import annotations
 
 import ast
-from collections import defaultdict
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -204,6 +207,20 @@ def test_the_graph_sees_lazy_and_relative_imports(graph):
     assert "facegen_ray.serve.generation" in graph["facegen_ray.serve.ingress"]  # from facegen_ray.serve import generation
     assert "facegen_ray.lifecycle" in graph["facegen_ray.serve.generation"]  # __init__ of lifecycle.registry
     assert "facegen_ray.models" in graph["facegen_ray.train.steps"]
+
+
+def test_building_the_cli_parser_loads_no_heavy_package():
+    """cli.py imports every command module to build `facegen`'s parser; they import their heavy
+    dependencies in the functions that run the command, so the CLI answers --help and
+    argument errors without loading them (the one exception to imports at module top)."""
+    heavy = ["numpy", "torch", "ray", "pyarrow", "pandas", "PIL", "httpx", "matplotlib", "scipy", "fastapi"]
+    code = ("import sys; from facegen_ray.cli import build_parser; build_parser(); "
+            "from facegen_ray.lifecycle.registry import RegistryError; from facegen_ray.storage import StorageError; "
+            f"print([m for m in {heavy!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=PACKAGE_DIR.parent, env={**os.environ, "PYTHONPATH": str(PACKAGE_DIR.parent)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", f"loaded while building the parser: {out.stdout.strip()}"
 
 
 # ------------------------------------------------------------------ the checker itself

@@ -8,9 +8,12 @@ import io
 import re
 
 import numpy as np
+from PIL import Image
 
 from facegen_ray.errors import UserError
-from facegen_ray.models.latent import MAX_EDIT_STRENGTH, Control, ControlError, control_ws, synthesize
+from facegen_ray.models.latent import MAX_EDIT_STRENGTH, Control, ControlError, control_ws, mix_ws, seed_ws, synthesize
+from facegen_ray.serve.generation import encode_image, load_model, make_grid, parse_seeds
+from facegen_ray.storage import Storage
 
 _NUM = r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))"
 _EDIT_RE = re.compile(r"^\s*([a-z_]+)\s*=\s*" + _NUM + r"\s*(?:\.\.\s*" + _NUM + r")?\s*$")
@@ -39,8 +42,6 @@ def parse_edit(specs: list[str]) -> dict[str, tuple[float, float]]:
 
 def gif_bytes(frames: list[np.ndarray], frame_ms: int) -> bytes:
     """uint8 [H,W,3] frames -> an animated GIF that loops (Pillow's GIF writer)."""
-    from PIL import Image
-
     ims = [Image.fromarray(np.ascontiguousarray(f), mode="RGB") for f in frames]
     buf = io.BytesIO()
     ims[0].save(buf, format="GIF", save_all=True, append_images=ims[1:], duration=int(frame_ms), loop=0,
@@ -52,8 +53,6 @@ def mixing_grid(G, row_seeds: list[int], col_seeds: list[int], crossover: int, p
                 batch_size: int) -> np.ndarray:
     """uint8 [R+1, C+1, H, W, 3]: [0, 0] blank, [0, 1+c] column faces, [1+r, 0] row faces,
     [1+r, 1+c] row face r's layers < crossover with column face c's layers >= crossover."""
-    from facegen_ray.models.latent import mix_ws, seed_ws
-
     rows = seed_ws(G, row_seeds, psi)  # [R,L,D]
     cols = seed_ws(G, col_seeds, psi)  # [C,L,D]
     mixed = [mix_ws(rows, cols[c:c + 1], crossover) for c in range(len(col_seeds))]  # C x [R,L,D]
@@ -75,9 +74,6 @@ def _tiles(cells: np.ndarray) -> np.ndarray:
 
 
 def run(args: argparse.Namespace, cfg, psi: float, out: str, fmt: str, mode: str) -> int:
-    from facegen_ray.serve.generation import encode_image, load_model, make_grid, parse_seeds
-    from facegen_ray.storage import Storage
-
     storage = Storage(cfg.storage)
     model = load_model(storage, args.model, cfg.storage.root, device=args.device)
     G = model.G

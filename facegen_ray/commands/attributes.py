@@ -10,6 +10,11 @@ import argparse
 import json
 
 from facegen_ray.commands._common import add_action_parsers, add_config_args, config_from_args
+from facegen_ray.errors import UserError
+from facegen_ray.storage import Storage
+
+# Imported where used, not here: data.attributes, models.attributes (numpy, torch): cli.py imports
+# every command module to build the parser, which loads no numpy/torch/ray (tests/test_layers.py).
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,9 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from facegen_ray.data.attributes import read_labelled
-    from facegen_ray.errors import UserError
     from facegen_ray.models.attributes import save_classifier, train_attribute_classifier
-    from facegen_ray.storage import Storage
 
     if args.epochs < 1 or args.resolution < 4 or args.batch_size < 2 or args.width < 1:
         raise UserError("--epochs >= 1, --resolution >= 4, --batch-size >= 2 and --width >= 1 are required")

@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 
 from facegen_ray.commands._common import add_action_parsers, add_config_args, config_from_args
+from facegen_ray.observability.grafana import export_dashboards, public_url, push_dashboards, resolve_token
+from facegen_ray.storage import Storage
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,12 +41,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_push(args: argparse.Namespace) -> int:
-    from facegen_ray.observability.grafana import (
-        public_url,
-        push_dashboards,
-        resolve_token,
-    )
-
     token = resolve_token(args.token)
     results = push_dashboards(args.grafana_url, token=token, folder=args.folder, timeout=args.timeout)
     print(f"[facegen] pushed {len(results)} dashboards to {public_url(args.grafana_url)} (folder {args.folder!r})")
@@ -54,9 +50,6 @@ def run_push(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from facegen_ray.observability.grafana import export_dashboards
-    from facegen_ray.storage import Storage
-
     cfg = config_from_args(args)
     for uri in export_dashboards(Storage(cfg.storage), args.dest):
         print(uri)

@@ -14,6 +14,10 @@ import json
 
 from facegen_ray.commands._common import add_config_args, config_from_args
 from facegen_ray.errors import UserError
+from facegen_ray.storage import Storage
+
+# Imported where used, not here: provenance (numpy, PIL): cli.py imports every command module to
+# build the parser, which loads no numpy/torch/ray (tests/test_layers.py).
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from facegen_ray.provenance import inspect, summary_line
-    from facegen_ray.storage import Storage
 
     cfg = config_from_args(args)
     storage = Storage(cfg.storage)

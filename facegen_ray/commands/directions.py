@@ -17,6 +17,11 @@ import json
 
 from facegen_ray.commands._common import add_config_args, config_from_args
 from facegen_ray.errors import UserError
+from facegen_ray.storage import Storage
+
+# Imported where used, not here: models.attributes, models.directions, serve.generation (torch):
+# cli.py imports every command module to build the parser, which loads no numpy/torch/ray
+# (tests/test_layers.py).
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +42,6 @@ def run(args: argparse.Namespace) -> int:
     from facegen_ray.models.attributes import load_tagger
     from facegen_ray.models.directions import boundaries, directions_doc, sample_and_label, save_directions
     from facegen_ray.serve.generation import load_model
-    from facegen_ray.storage import Storage
 
     if args.num_samples < 20:
         raise UserError("--num-samples must be >= 20 (a boundary needs faces on both sides and a held-out fifth)")

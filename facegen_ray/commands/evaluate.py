@@ -15,6 +15,12 @@ from typing import Any
 
 from facegen_ray.commands._common import add_config_args, config_from_args, option_updates
 from facegen_ray.errors import UserError
+from facegen_ray.lifecycle.registry import Registry
+from facegen_ray.runtime import ensure_ray
+from facegen_ray.storage import Storage, join
+
+# Imported where used, not here: metrics.evaluate (torch): cli.py imports every command module to
+# build the parser, which loads no numpy/torch/ray (tests/test_layers.py).
 
 
 def _floats(text: str) -> list[float]:
@@ -48,9 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facegen_ray.lifecycle.registry import Registry
     from facegen_ray.metrics.evaluate import evaluate_model, plot_sweep
-    from facegen_ray.storage import Storage
 
     updates: dict[str, Any] = {}
     if args.metrics:
@@ -63,10 +67,7 @@ def run(args: argparse.Namespace) -> int:
     storage = Storage(cfg.storage)
     model_uri, version = Registry(storage, cfg.storage.root).resolve(args.model)
     if not args.local:
-        from facegen_ray.runtime import ensure_ray
-
         ensure_ray()
-    from facegen_ray.storage import join
 
     result = evaluate_model(storage, model_uri, args.data, cfg.eval, sweep=args.sweep,
                             attribute_model=args.attribute_model, use_ray=not args.local,

@@ -22,6 +22,11 @@ import argparse
 
 from facegen_ray.commands._common import add_config_args, config_from_args
 from facegen_ray.errors import UserError
+from facegen_ray.storage import Storage
+
+# Imported where used, not here: serve.generation, commands._control (torch), provenance (numpy):
+# cli.py imports every command module to build the parser, which loads no numpy/torch/ray
+# (tests/test_layers.py).
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,7 +57,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from facegen_ray.serve.generation import encode_image, generate, load_model, make_grid, parse_seeds
-    from facegen_ray.storage import Storage
 
     cfg = config_from_args(args)
     psi = cfg.serve.default_truncation if args.truncation is None else args.truncation

@@ -15,6 +15,9 @@ import json
 from facegen_ray.commands._common import add_config_args, config_from_args, option_updates
 from facegen_ray.errors import UserError
 
+# Imported where used, not here: data.pipeline (numpy, pyarrow, PIL): cli.py imports every command
+# module to build the parser, which loads no numpy/torch/ray (tests/test_layers.py).
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(

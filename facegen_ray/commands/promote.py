@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 
 from facegen_ray.commands._common import add_config_args, config_from_args
+from facegen_ray.lifecycle.registry import Registry
 from facegen_ray.serve.admin_client import admin_token, reload_app
+from facegen_ray.storage import Storage
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,9 +26,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facegen_ray.lifecycle.registry import Registry
-    from facegen_ray.storage import Storage
-
     cfg = config_from_args(args)
     token = admin_token(cfg) if args.serve_url else None
     reg = Registry(Storage(cfg.storage), cfg.storage.root)

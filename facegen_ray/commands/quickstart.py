@@ -26,7 +26,15 @@ from pathlib import Path
 
 from facegen_ray.commands._common import add_config_args, config_from_args
 from facegen_ray.config import with_updates
+from facegen_ray.data.feedback import iter_feedback
 from facegen_ray.errors import UserError
+from facegen_ray.lifecycle.registry import Registry
+from facegen_ray.serve.admin_client import configured_token, reload_app
+from facegen_ray.storage import Layout, Storage, join
+
+# Imported where used, not here: ray, httpx and the data/train/metrics/serve/lifecycle modules each
+# step uses: cli.py imports every command module to build the parser, which loads no numpy/torch/ray
+# (tests/test_layers.py).
 
 
 def _step(n: int, total: int, what: str) -> float:
@@ -63,8 +71,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import httpx
-
-    from facegen_ray.storage import Layout, Storage, join
 
     total = 9
     t_start = time.perf_counter()
@@ -109,8 +115,6 @@ def run(args: argparse.Namespace) -> int:
     _done(t0, "evaluated (a few hundred images of a few-second run: expect a large FID)")
 
     # 4. promote ------------------------------------------------------------------------
-    from facegen_ray.lifecycle.registry import Registry
-
     t0 = _step(4, total, f"promote: registry version {outcome.version} -> serving")
     reg = Registry(storage, cfg.storage.root)
     reg.set_metrics(outcome.version, {k: metrics.get(k) for k in ("fid", "num_gen", "num_real") if k in metrics})
@@ -128,8 +132,6 @@ def run(args: argparse.Namespace) -> int:
     # one replica; no CPU reservations, so the retrain step's Ray Train worker and Ray Data
     # tasks can be scheduled next to the running app on a 2-core machine. A fresh admin token
     # (unless FACEGEN_ADMIN_TOKEN is set) lets step 9 swap the model through /admin/reload.
-    from facegen_ray.serve.admin_client import configured_token
-
     admin = configured_token(cfg) or secrets.token_hex(16)
     app_args = {"model": "serving", "root": cfg.storage.root, "config": args.config, "min_replicas": 1,
                 "max_replicas": 1, "num_cpus": 0, "ingress_num_cpus": 0, "admin_token": admin}
@@ -165,7 +167,6 @@ def run(args: argparse.Namespace) -> int:
             bad = client.post("/feedback", json={"image_id": "0" * 32, "approved": True})
             for resp in (a, b):
                 resp.raise_for_status()
-            from facegen_ray.data.feedback import iter_feedback
 
             stored = list(iter_feedback(storage, cfg.storage.root))
             _done(t0, f"feedback ids {a.json()['feedback_id']}, {b.json()['feedback_id']} (unknown image -> "
@@ -184,8 +185,6 @@ def run(args: argparse.Namespace) -> int:
 
             # 9. swap -----------------------------------------------------------------------
             if out["decision"] == "promoted":
-                from facegen_ray.serve.admin_client import reload_app
-
                 t0 = _step(9, total, f"swap: POST /admin/reload -> the running app serves {out['candidate']} (no restart)")
                 body = reload_app(url, out["candidate"], admin, timeout=300)
                 after = client.post("/generate", json={"seed": 0, "num_images": 1, "truncation": 0.7}).json()

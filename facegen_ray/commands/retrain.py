@@ -15,6 +15,12 @@ from __future__ import annotations
 import argparse
 
 from facegen_ray.commands._common import add_config_args, config_from_args, option_updates
+from facegen_ray.config import parse_overrides
+from facegen_ray.serve.admin_client import admin_token, reload_app
+from facegen_ray.storage import Storage
+
+# Imported where used, not here: lifecycle.retrain, lifecycle.gate (numpy, pyarrow): cli.py imports
+# every command module to build the parser, which loads no numpy/torch/ray (tests/test_layers.py).
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,7 +65,6 @@ _GATE_OPTS = {"tolerance": "gate.fid_tolerance", "num_gen": "gate.num_gen", "num
 def _finish(cfg, args, out: dict, candidate: str | None) -> int:
     """Reload the app after a promotion (--serve-url), print the JSON, pick the exit code."""
     from facegen_ray.lifecycle.retrain import dumps
-    from facegen_ray.serve.admin_client import reload_app
 
     if out.get("decision") == "promoted" and args.serve_url and candidate:
         body = reload_app(args.serve_url, candidate, args._token, args.timeout)
@@ -72,15 +77,11 @@ def _finish(cfg, args, out: dict, candidate: str | None) -> int:
 
 
 def _token(cfg, args) -> str | None:
-    from facegen_ray.serve.admin_client import admin_token
-
     return admin_token(cfg) if args.serve_url else None  # fail before any work when it is missing
 
 
 def run_retrain(args: argparse.Namespace) -> int:
-    from facegen_ray.config import parse_overrides
     from facegen_ray.lifecycle.retrain import retrain
-    from facegen_ray.storage import Storage
 
     updates = option_updates(args, {**_GATE_OPTS, "images": "retrain.images", "min_approvals": "retrain.min_approvals"})
     cfg = config_from_args(args, updates)
@@ -93,7 +94,6 @@ def run_retrain(args: argparse.Namespace) -> int:
 
 def run_gate_cmd(args: argparse.Namespace) -> int:
     from facegen_ray.lifecycle.gate import run_gate
-    from facegen_ray.storage import Storage
 
     cfg = config_from_args(args, option_updates(args, _GATE_OPTS))
     args._token = _token(cfg, args)

@@ -12,6 +12,11 @@ import signal
 import time
 
 from facegen_ray.commands._common import add_config_args, config_from_args
+from facegen_ray.runtime import ensure_ray
+from facegen_ray.storage import Storage
+
+# Imported where used, not here: ray, serve.app, serve.generation (torch, Ray Serve): cli.py imports
+# every command module to build the parser, which loads no numpy/torch/ray (tests/test_layers.py).
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +39,6 @@ def run(args: argparse.Namespace) -> int:
 
     serve_opts = {k: getattr(args, k) for k in ("port", "host") if getattr(args, k) is not None}
     cfg = config_from_args(args, {f"serve.{k}": v for k, v in serve_opts.items()})
-    from facegen_ray.storage import Storage
 
     model = args.model or cfg.serve.model or "serving"
     resolve_model(Storage(cfg.storage), model, cfg.storage.root)  # fail fast with a clear message
@@ -46,8 +50,6 @@ def run(args: argparse.Namespace) -> int:
         app_args["admin_token"] = cfg.serve.admin_token
     def _stop(signum, frame):  # SIGTERM (docker stop, kill) shuts down like Ctrl-C
         raise KeyboardInterrupt
-
-    from facegen_ray.runtime import ensure_ray
 
     # a new local instance unless RAY_ADDRESS says which cluster to join ("auto" = a `ray start` one)
     ensure_ray()

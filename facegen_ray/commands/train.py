@@ -13,6 +13,9 @@ from typing import Any
 
 from facegen_ray.commands._common import add_config_args, config_from_args
 
+# Imported where used, not here: train.trainer (numpy, pyarrow): cli.py imports every command module
+# to build the parser, which loads no numpy/torch/ray (tests/test_layers.py).
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(

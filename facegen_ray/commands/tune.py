@@ -18,6 +18,11 @@ import argparse
 import json
 
 from facegen_ray.commands._common import add_config_args
+from facegen_ray.tune.spec import load_sweep
+
+# Imported where used, not here: tune.runner (numpy, pyarrow; tests replace its run_sweep): cli.py
+# imports every command module to build the parser, which loads no numpy/torch/ray
+# (tests/test_layers.py).
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,8 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facegen_ray.tune.spec import load_sweep
-
     sweep = load_sweep(args.sweep, args.overrides, name=args.name, root=args.root)  # SweepError -> exit 2, before Ray
 
     from facegen_ray.tune.runner import format_table, run_sweep

@@ -17,9 +17,16 @@ import re
 from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from facegen_ray.data.ingest import worker_filesystem, worker_filesystem_path
+from facegen_ray.data.shards import decode_image, read_manifest, shard_uris
 from facegen_ray.errors import UserError
 from facegen_ray.storage import Storage
+
+# Imported where used, not here: models.attributes, models.conditioning (torch): only read_labelled
+# and --attribute-model tagging need them; `facegen prepare` runs without torch.
 
 if TYPE_CHECKING:
     from facegen_ray.models.attributes import LabelledImages
@@ -177,10 +184,6 @@ def resample_repeats(keys: Sequence[str], seed: int = 0) -> np.ndarray:
 def read_labelled(storage: Storage, dataset_uri: str, age_buckets: Sequence[int]) -> LabelledImages:
     """Rows with at least one label from a dataset's shards (deduplicated by sha256): the
     attribute classifier's training set (models.attributes.train_attribute_classifier)."""
-    import pyarrow.parquet as pq
-
-    from facegen_ray.data.ingest import worker_filesystem, worker_filesystem_path
-    from facegen_ray.data.shards import decode_image, read_manifest, shard_uris
     from facegen_ray.models.attributes import LabelledImages
     from facegen_ray.models.conditioning import NUM_GENDERS, NUM_RACES, age_to_bucket
 
@@ -232,10 +235,6 @@ class TagNullLabels:
         self.tagger = tagger
 
     def __call__(self, batch):
-        import pyarrow as pa
-
-        from facegen_ray.data.shards import decode_image
-
         src = batch.column("label_source").to_pylist()
         todo = [i for i, s in enumerate(src) if s is None]
         if not todo:

@@ -38,10 +38,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
 
 from facegen_ray.config import FacegenConfig
+from facegen_ray.data import attributes as attrs
+from facegen_ray.data.feedback import FeedbackStore, approval_verdict, summarize_feedback
+from facegen_ray.data.ingest import worker_filesystem, worker_filesystem_path
+from facegen_ray.data.shards import (
+    _split_version,
+    decode_image,
+    downsample,
+    read_manifest,
+    shard_schema,
+    shard_uris,
+    write_version,
+)
+from facegen_ray.data.transforms import encode_image, pixel_sha256
 from facegen_ray.errors import UserError
+from facegen_ray.runtime import ensure_ray
 from facegen_ray.storage import Layout, Storage, normalize
+
+# Imported where used, not here: ray, pandas: only the merge itself writes through Ray Data;
+# selecting feedback and converting images run without them.
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +107,6 @@ class MergeResult:
 def reference_dataset(storage: Storage, dataset_uri: str) -> str:
     """The real-only dataset version behind `dataset_uri`: its manifest's feedback.reference
     for a merged version, else the version itself (a URI DEST/v<N>)."""
-    from facegen_ray.data.shards import read_manifest
-
     m = read_manifest(storage, dataset_uri)
     fb = m.get("feedback")
     return normalize(fb["reference"]) if isinstance(fb, dict) and fb.get("reference") else m["path"]
@@ -100,8 +118,6 @@ def select_feedback(storage: Storage, root: str, min_approvals: int = 1,
                     min_rating: float | None = None) -> tuple[list[FeedbackImage], dict[str, int]]:
     """(approved images sorted by id, skipped reason -> count) over all feedback records; see
     the module docstring for the rule."""
-    from facegen_ray.data.feedback import FeedbackStore, approval_verdict, summarize_feedback
-
     store = FeedbackStore(storage, root)
     skipped = {r: 0 for r in SKIP_REASONS}
     out: list[FeedbackImage] = []
@@ -140,7 +156,6 @@ def fit_resolution(arr: np.ndarray, resolution: int) -> np.ndarray | None:
         return np.repeat(np.repeat(arr, f, axis=0), f, axis=1)
     if h % resolution:
         return None
-    from facegen_ray.data.shards import downsample
 
     return np.clip(np.rint(downsample(arr[None], resolution)[0]), 0, 255).astype(np.uint8)
 
@@ -169,11 +184,6 @@ def _labels(record: dict[str, Any]) -> tuple[int | None, int | None, int | None,
 def _convert(storage: Storage, items: list[FeedbackImage], manifest: dict[str, Any], base_hashes: set[str],
              skipped: dict[str, int], weight: float) -> tuple[list[dict[str, Any]], list[FeedbackImage]]:
     """Selected images -> shard rows (one per image) at the dataset's resolution/format."""
-    from PIL import Image
-
-    from facegen_ray.data.shards import decode_image
-    from facegen_ray.data.transforms import encode_image, pixel_sha256
-
     res = int(manifest["resolution"])
     fmt = manifest.get("image_format") or "png"
     rows: list[dict[str, Any]] = []
@@ -213,12 +223,6 @@ def _convert(storage: Storage, items: list[FeedbackImage], manifest: dict[str, A
 
 def _base_metadata(storage: Storage, manifest: dict[str, Any]):
     """Metadata columns of every base row (no image bytes), as a pandas DataFrame."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from facegen_ray.data.ingest import worker_filesystem, worker_filesystem_path
-    from facegen_ray.data.shards import shard_uris
-
     uris = shard_uris(manifest)
     fs, _ = worker_filesystem(storage, uris[0])
     cols = ["sha256", "age", "gender", "race", "label_source", "origin"]
@@ -233,11 +237,6 @@ def merge_feedback(cfg: FacegenConfig, base: str, *, storage: Storage | None = N
     """Write base (its latest version, or the version named by a DEST/v<N> URI) + approved
     feedback images as the next version of the base dataset. NoApprovedFeedback when no new
     approved image is left (nothing written); UserError for a missing/empty base."""
-    import pyarrow as pa
-
-    from facegen_ray.data import attributes as attrs
-    from facegen_ray.data.shards import _split_version, read_manifest, shard_schema, shard_uris, write_version
-
     t0 = time.perf_counter()
     storage = storage or Storage(cfg.storage)
     rcfg = cfg.retrain
@@ -260,9 +259,6 @@ def merge_feedback(cfg: FacegenConfig, base: str, *, storage: Storage | None = N
             skipped,
         )
     fb_table = pa.Table.from_pylist(rows * rcfg.feedback_repeats, schema=shard_schema())
-
-    from facegen_ray.data.ingest import worker_filesystem, worker_filesystem_path
-    from facegen_ray.runtime import ensure_ray
 
     ensure_ray()
     import ray

@@ -23,10 +23,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from facegen_ray.errors import UserError
+
 # the one builder of worker filesystems lives in storage.py; re-exported for the data readers
 from facegen_ray.storage import Storage, is_remote, normalize, worker_filesystem, worker_filesystem_path  # noqa: F401
+
+# Imported where used, not here: ray: only read_sources builds a Ray Dataset; planning sources runs
+# without Ray.
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +123,6 @@ def read_items(batch, *, filesystems: dict[str, Any]):
     file or member that cannot be read yields empty bytes, which the transform counts as
     unreadable (never fatal).
     """
-    import pyarrow as pa
-
     containers = batch.column("container").to_pylist()
     names = batch.column("name").to_pylist()
     blobs: list[bytes] = [b""] * len(names)

@@ -24,15 +24,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from facegen_ray.config import FacegenConfig
 from facegen_ray.data import attributes as attrs
 from facegen_ray.data.ingest import plan_sources, read_sources
-from facegen_ray.data.shards import write_version
+from facegen_ray.data.shards import in_holdout, shard_schema, write_version
 from facegen_ray.data.transforms import REJECT_REASONS, process_batch
 from facegen_ray.errors import UserError
 from facegen_ray.runtime import ensure_ray
 from facegen_ray.storage import Layout, Storage, StorageError, normalize
+
+# Imported where used, not here: ray: after ensure_ray() in prepare.
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +56,6 @@ class PrepareResult:
 
 def _filter_rows(batch, *, drop: list[str]):
     """UDF: keep accepted rows whose source is not a duplicate."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     mask = pc.is_null(batch.column("reject"))
     if drop:
         mask = pc.and_(mask, pc.invert(pc.is_in(batch.column("source"), value_set=pa.array(drop, type=pa.string()))))
@@ -65,10 +66,6 @@ def _to_shard_rows(batch, *, weights: dict[str, float] | None, repeats: dict[str
     """UDF: processed rows -> SHARD_SCHEMA rows (origin "dataset"), with --balance applied:
     `weights` per race x gender group, or `repeats` per source (oversampled copies, shuffled
     within the batch so copies do not sit next to each other)."""
-    import pyarrow as pa
-
-    from facegen_ray.data.shards import shard_schema
-
     n = batch.num_rows
     genders = batch.column("gender").to_pylist()
     races = batch.column("race").to_pylist()
@@ -95,10 +92,6 @@ def _to_shard_rows(batch, *, weights: dict[str, float] | None, repeats: dict[str
 
 def _split_rows(batch, *, fraction: float, holdout: bool):
     """UDF: the rows of the held-out split (holdout=True) or the others (shards.in_holdout)."""
-    import pyarrow as pa
-
-    from facegen_ray.data.shards import in_holdout
-
     mask = [in_holdout(h, fraction) == holdout for h in batch.column("sha256").to_pylist()]
     return batch.filter(pa.array(mask, type=pa.bool_()))
 
@@ -150,7 +143,6 @@ def prepare(cfg: FacegenConfig, sources: list[str] | str, dest: str, *, storage:
     drop = ok.loc[dup_mask, "source"].tolist()
     rejected["duplicate"] = len(drop)
     ok = ok[~dup_mask]
-    from facegen_ray.data.shards import in_holdout
 
     held_mask = ok["sha256"].map(lambda h: in_holdout(h, dcfg.holdout_fraction)).astype(bool)
     num_holdout = int(held_mask.sum())

@@ -30,9 +30,16 @@ import uuid
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
 
+from facegen_ray.data.ingest import worker_filesystem, worker_filesystem_path
 from facegen_ray.errors import UserError
 from facegen_ray.storage import Layout, Storage, StorageError, is_remote, join, normalize
+
+# Imported where used, not here: ray: only read_training_dataset builds a Ray Dataset; manifests and
+# plain reads run without Ray.
 
 MANIFEST_FORMAT = 1
 _VERSION_RE = re.compile(r"^v(\d+)$")
@@ -55,8 +62,6 @@ def holdout_uris(manifest: dict[str, Any]) -> list[str]:
 
 def shard_schema():
     """Parquet row schema of every shard (dataset prepare and feedback merge alike)."""
-    import pyarrow as pa
-
     return pa.schema([
         ("image", pa.binary()),        # encoded PNG/JPEG at the dataset resolution
         ("sha256", pa.string()),       # content hash (transforms.pixel_sha256)
@@ -140,8 +145,6 @@ def write_version(storage: Storage, dest: str, ds, manifest: dict[str, Any], row
     `expected_rows`, a version whose shards hold a different count is never committed.
     `holdout` (a Ray Dataset of the same schema): written to v<N>/holdout/ and listed in
     manifest["holdout"] = {num_images, files}; "files" (what training reads) never lists it."""
-    from facegen_ray.data.ingest import worker_filesystem, worker_filesystem_path
-
     dest = normalize(dest)
     remote = is_remote(dest)
     version = next_version(storage, dest)
@@ -208,10 +211,6 @@ def _claim_version(storage: Storage, dest: str, version: int) -> str:
 
 def _describe_shards(storage: Storage, version_uri: str) -> list[dict[str, Any]]:
     """[{name, rows, bytes}] for the Parquet files of a just-written version (sorted)."""
-    import pyarrow.parquet as pq
-
-    from facegen_ray.data.ingest import worker_filesystem, worker_filesystem_path
-
     fs, _ = worker_filesystem(storage, version_uri)
     out = []
     for uri in storage.find(version_uri):
@@ -229,8 +228,6 @@ def _describe_shards(storage: Storage, version_uri: str) -> list[dict[str, Any]]
 
 def decode_image(data: bytes) -> np.ndarray:
     """Stored image bytes (PNG/JPEG) -> uint8 [H,W,3] RGB."""
-    from PIL import Image
-
     with Image.open(io.BytesIO(data)) as img:
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
@@ -248,8 +245,6 @@ def downsample(batch: np.ndarray, resolution: int) -> np.ndarray:
 
 def _to_training_batch(batch, *, resolution: int):
     """UDF: shard rows -> image float32 [N,3,R,R] in [-1,1], labels int64 (-1 null), weight."""
-    import pyarrow as pa
-
     images = np.stack([decode_image(b) for b in batch.column("image").to_pylist()])  # [N,S,S,3]
     x = downsample(images, resolution)  # [N,R,R,3] float32 in [0,255]
     x = np.ascontiguousarray(x.transpose(0, 3, 1, 2)) / np.float32(127.5) - np.float32(1.0)  # [N,3,R,R]
@@ -289,8 +284,6 @@ def read_training_dataset(storage: Storage, dataset_uri: str, resolution: int | 
     """
     import ray
 
-    from facegen_ray.data.ingest import worker_filesystem, worker_filesystem_path
-
     manifest = read_manifest(storage, dataset_uri)
     _nonempty(manifest, dataset_uri)
     _, res = _checked_resolution(manifest, resolution)
@@ -308,10 +301,6 @@ def read_images_uint8(storage: Storage, dataset_uri: str, limit: int | None = No
     Rows repeated by --balance resample are counted once (by sha256). With `limit`, a seeded
     random subset of that many images (for metrics on real data).
     """
-    import pyarrow.parquet as pq
-
-    from facegen_ray.data.ingest import worker_filesystem, worker_filesystem_path
-
     manifest = read_manifest(storage, dataset_uri)
     _nonempty(manifest, dataset_uri)
     uris = shard_uris(manifest)

@@ -23,7 +23,10 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image, ImageFile, ImageOps
+
+from facegen_ray.data.attributes import parse_utkface_name
 
 REJECT_REASONS = ("unreadable", "too_small", "unsupported_mode", "duplicate")
 
@@ -153,10 +156,6 @@ def process_batch(batch, *, resolution: int, min_size: int, image_format: str = 
     name), label_source ("filename" | null), nbytes (encoded size). Rejected files keep their row (image null) so the
     driver can count them; pipeline.py filters them out.
     """
-    import pyarrow as pa
-
-    from facegen_ray.data.attributes import parse_utkface_name
-
     kw = dict(resolution=resolution, min_size=min_size, image_format=image_format, jpeg_quality=jpeg_quality,
               png_compress_level=png_compress_level)
     sources = batch.column("source").to_pylist()
@@ -185,8 +184,6 @@ def process_batch(batch, *, resolution: int, min_size: int, image_format: str = 
 
 
 def _processed_schema():
-    import pyarrow as pa
-
     return pa.schema([
         ("source", pa.string()), ("image", pa.binary()), ("sha256", pa.string()), ("reject", pa.string()),
         ("upscaled", pa.bool_()), ("age", pa.int64()), ("gender", pa.int64()), ("race", pa.int64()),

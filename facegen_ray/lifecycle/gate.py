@@ -30,8 +30,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from facegen_ray.config import EvalConfig, FacegenConfig, GateConfig
+from facegen_ray.data.feedback_merge import reference_dataset
 from facegen_ray.errors import UserError
+from facegen_ray.lifecycle.registry import Registry
+from facegen_ray.runtime import ensure_ray
 from facegen_ray.storage import Layout, Storage, join
+
+# Imported where used, not here: metrics.evaluate, models.export (torch): only run_gate evaluates;
+# the decision rules run without torch.
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +161,6 @@ def reference_for(storage: Storage, cfg: FacegenConfig, cand_meta: dict[str, Any
                   data: str | None = None) -> str:
     """Reals to compare on: --data / gate.data, else the real-only version behind the
     candidate's (then the serving model's) training dataset."""
-    from facegen_ray.data.feedback_merge import reference_dataset
-
     explicit = data or cfg.gate.data
     if explicit:
         return reference_dataset(storage, explicit)
@@ -174,7 +178,6 @@ def run_gate(cfg: FacegenConfig, candidate: str, *, storage: Storage | None = No
 
     UserError / RegistryError for an unknown candidate, no serving model, or the candidate
     already serving."""
-    from facegen_ray.lifecycle.registry import Registry
     from facegen_ray.metrics.evaluate import evaluate_model
     from facegen_ray.models.export import MODEL_FILE
 
@@ -198,8 +201,6 @@ def run_gate(cfg: FacegenConfig, candidate: str, *, storage: Storage | None = No
     ref = reference_for(storage, cfg, meta_of(cand_entry), meta_of(serv_entry), data)
     ev = gate_eval_config(cfg)
     if cfg.gate.use_ray:
-        from facegen_ray.runtime import ensure_ray
-
         ensure_ray()
     results = {}
     for label, version, entry in (("candidate", candidate, cand_entry), ("serving", serving, serv_entry)):

@@ -25,8 +25,16 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from facegen_ray.config import FacegenConfig, with_updates
+from facegen_ray.data.feedback_merge import NoApprovedFeedback, merge_feedback, summary
+from facegen_ray.data.shards import _split_version, read_manifest
 from facegen_ray.errors import UserError
+from facegen_ray.lifecycle.gate import run_gate
+from facegen_ray.lifecycle.registry import Registry
 from facegen_ray.storage import Layout, Storage, join, normalize
+from facegen_ray.train.trainer import train
+
+# Imported where used, not here: models.export, train.distributed, train.checkpoint (torch): only
+# choosing the warm start reads weights.
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +70,6 @@ def _g_ema_digest(storage: Storage, model_uri: str) -> str:
 def serving_source(storage: Storage, root: str) -> WarmStartSource:
     """Resolve the serving version and pick its warm-start source (see the module docstring).
     UserError when nothing is serving or its model directory is gone."""
-    from facegen_ray.lifecycle.registry import Registry
     from facegen_ray.models.export import MODEL_FILE
     from facegen_ray.train.checkpoint import META_FILE, STATE_FILE
 
@@ -99,8 +106,6 @@ def serving_source(storage: Storage, root: str) -> WarmStartSource:
 def base_dataset(storage: Storage, cfg: FacegenConfig, source: WarmStartSource, dataset: str | None = None) -> str:
     """The dataset to merge into: --dataset / retrain.dataset, else the dataset folder the
     serving model was trained on (its latest version), else <root>/datasets/faces."""
-    from facegen_ray.data.shards import _split_version
-
     uri = dataset or cfg.retrain.dataset
     if uri:
         return normalize(uri)
@@ -157,9 +162,6 @@ def retrain(cfg: FacegenConfig, *, storage: Storage | None = None, overrides: Ma
     """Steps 1-4 of the module docstring; returns the JSON-able summary the CLI prints.
     Raises UserError (exit 2) for a missing serving model / base dataset, or no approved
     feedback without allow_empty; nothing is written in those cases."""
-    from facegen_ray.data.feedback_merge import NoApprovedFeedback, merge_feedback, summary
-    from facegen_ray.data.shards import read_manifest
-
     check_overrides(overrides)
     storage = storage or Storage(cfg.storage)
     source = serving_source(storage, cfg.storage.root)
@@ -194,9 +196,6 @@ def retrain(cfg: FacegenConfig, *, storage: Storage | None = None, overrides: Ma
     if merge_only:
         return out
 
-    from facegen_ray.lifecycle.registry import Registry
-    from facegen_ray.train.trainer import train
-
     name = _run_name(storage, cfg, source.version, run_name)
     rcfg = retrain_config(storage, cfg, source, train_data, name, overrides)
     progress(f"[facegen] training candidate: run {name}, {cfg.retrain.images} images from {source.images_seen} "
@@ -216,8 +215,6 @@ def retrain(cfg: FacegenConfig, *, storage: Storage | None = None, overrides: Ma
     if not gate:
         out.update({"decision": None, "serving": reg.serving()})
         return out
-
-    from facegen_ray.lifecycle.gate import run_gate
 
     result = run_gate(cfg, outcome.version, storage=storage, data=data, progress=progress)
     for line in result.reasons:

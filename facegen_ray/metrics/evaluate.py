@@ -4,6 +4,9 @@ to its manifest), features of a generator's samples, and the metrics on top of t
 Two execution paths share the same functions: in-process (tests, the promotion gate, small
 runs) and Ray (reals via Ray Data map_batches over the shards with a pool of Inception actors;
 generated images from actors that each hold the generator and the Inception).
+
+Over 400 lines: both paths live side by side on purpose, so that they visibly select the same
+reals, seeds and features (the gate and periodic FID rely on the two agreeing).
 """
 
 from __future__ import annotations
@@ -15,10 +18,14 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
 from facegen_ray.config import EvalConfig
+from facegen_ray.data.ingest import worker_filesystem, worker_filesystem_path
+from facegen_ray.data.shards import decode_image, holdout_uris, read_manifest, shard_uris
 from facegen_ray.errors import UserError
+from facegen_ray.metrics.diversity import diversity_report
 from facegen_ray.metrics.fid import feature_stats, fid_to_stats
 from facegen_ray.metrics.inception import (
     EXTRACTOR_ID,
@@ -27,9 +34,16 @@ from facegen_ray.metrics.inception import (
     resolve_device,
 )
 from facegen_ray.metrics.kid import kernel_inception_distance
+from facegen_ray.metrics.memorisation import contact_sheet, memorisation_report
 from facegen_ray.metrics.precision_recall import precision_recall
+from facegen_ray.models.attributes import load_tagger
+from facegen_ray.models.conditioning import age_to_bucket
+from facegen_ray.models.export import load_model_dir
 from facegen_ray.models.sampling import generate as sample_images
 from facegen_ray.storage import Layout, Storage
+
+# Imported where used, not here: ray (only with use_ray), matplotlib (only plot_sweep), tqdm
+# (optional: a log line without it).
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +90,8 @@ class RealSelection:
 def select_reals(storage: Storage, data_uri: str, num_real: int | None, seed: int, split: str = "train") -> RealSelection:
     """Distinct images (by sha256) of the dataset version; a seeded subset of num_real of them.
     split "holdout": the held-out rows (`facegen prepare --holdout-fraction`) instead."""
-    import pyarrow.parquet as pq
-
-    from facegen_ray.data.ingest import worker_filesystem, worker_filesystem_path
-    from facegen_ray.data.shards import read_manifest, shard_uris
-
     manifest = read_manifest(storage, data_uri)
     if split == "holdout":
-        from facegen_ray.data.shards import holdout_uris
-
         uris = holdout_uris(manifest)
         if not uris:
             raise UserError(f"dataset {data_uri} has no held-out split: prepare it with "
@@ -117,11 +124,6 @@ def reference_key(manifest: dict[str, Any], n_real: int, seed: int, split: str =
 
 def read_selected_images(storage: Storage, sel: RealSelection, indices: Sequence[int]) -> np.ndarray:
     """uint8 [k,H,W,3]: the images of sel.rows[i] for i in indices (in that order)."""
-    import pyarrow.parquet as pq
-
-    from facegen_ray.data.ingest import worker_filesystem, worker_filesystem_path
-    from facegen_ray.data.shards import decode_image
-
     fs, _ = worker_filesystem(storage, sel.shards[0])
     cols: dict[int, Any] = {}
     out = []
@@ -135,11 +137,6 @@ def read_selected_images(storage: Storage, sel: RealSelection, indices: Sequence
 
 def data_labels(storage: Storage, sel: RealSelection, age_buckets: Sequence[int]) -> dict[str, np.ndarray]:
     """Labels of the selected reals: {"age" (bucket index), "gender", "race"}: int64 [n], -1 unknown."""
-    import pyarrow.parquet as pq
-
-    from facegen_ray.data.ingest import worker_filesystem, worker_filesystem_path
-    from facegen_ray.models.conditioning import age_to_bucket
-
     fs, _ = worker_filesystem(storage, sel.shards[0])
     tables: dict[int, dict[str, list]] = {}
     out: dict[str, list[int]] = {"age": [], "gender": [], "race": []}
@@ -155,11 +152,6 @@ def data_labels(storage: Storage, sel: RealSelection, age_buckets: Sequence[int]
 
 
 def _real_features_local(storage: Storage, sel: RealSelection, extractor: InceptionExtractor, batch: int) -> np.ndarray:
-    import pyarrow.parquet as pq
-
-    from facegen_ray.data.ingest import worker_filesystem, worker_filesystem_path
-    from facegen_ray.data.shards import decode_image
-
     fs, _ = worker_filesystem(storage, sel.shards[0])
     wanted: dict[int, list[int]] = {}
     for i, j in sel.rows:
@@ -186,8 +178,6 @@ class _InceptionBatch:
         self.wanted = wanted
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from facegen_ray.data.shards import decode_image
-
         keep = [k for k, h in enumerate(batch["sha256"]) if h in self.wanted]
         if not keep:
             return {"sha256": np.zeros(0, dtype=object), "features": np.zeros((0, 2048), np.float64)}
@@ -206,8 +196,6 @@ def _ray_gpu_share(cfg: EvalConfig) -> float:
 
 def _real_features_ray(storage: Storage, sel: RealSelection, cfg: EvalConfig) -> np.ndarray:
     import ray
-
-    from facegen_ray.data.ingest import worker_filesystem, worker_filesystem_path
 
     fs, _ = worker_filesystem(storage, sel.shards[0])
     ds = ray.data.read_parquet([worker_filesystem_path(u) for u in sel.shards], filesystem=fs, columns=["image", "sha256"])
@@ -290,8 +278,6 @@ class GeneratedFeatureWorker:
     Used directly in-process and as a Ray actor (ray.remote(GeneratedFeatureWorker))."""
 
     def __init__(self, storage: Storage, model_uri: str, inception_path: str | None, device: str, batch_size: int):
-        from facegen_ray.models.export import load_model_dir
-
         self.device = resolve_device(device)
         self.G, self.model_cfg, self.metadata = load_model_dir(storage, model_uri, device=self.device)
         self.extractor = InceptionExtractor(inception_path, self.device, batch_size)
@@ -367,14 +353,12 @@ def evaluate_model(storage: Storage, model_uri: str, data_uri: str, cfg: EvalCon
     if "diversity" in metrics:
         if not attribute_model:
             raise UserError("the diversity metric needs --attribute-model URI (train one with `facegen attributes train`)")
-        from facegen_ray.models.attributes import load_tagger
 
         tagger = load_tagger(storage, attribute_model)
     t0 = time.time()
     local = GeneratedFeatureWorker(storage, model_uri, cfg.inception_path, cfg.device, cfg.batch_size) if not use_ray else None
     real, info = reference_features(storage, data_uri, cfg, use_ray=use_ray, extractor=local.extractor if local else None)
     sel: RealSelection = info.pop("selection")
-    from facegen_ray.models.export import load_model_dir
 
     G, model_cfg, meta = (local.G, local.model_cfg, local.metadata) if local else load_model_dir(storage, model_uri)
     labels = data_labels(storage, sel, model_cfg.age_buckets) if (tagger is not None or getattr(G, "conditional", False)) else None
@@ -403,8 +387,6 @@ def evaluate_model(storage: Storage, model_uri: str, data_uri: str, cfg: EvalCon
             result["memorisation"] = _memorisation(storage, data_uri, cfg, G, seeds, c, gen, use_ray,
                                                    local.extractor if local else None, sheet_uri)
         if tagger is not None:
-            from facegen_ray.metrics.diversity import diversity_report
-
             result["diversity"] = diversity_report(tagger, imgs, labels)
         if sweep:
             result["sweep"] = []
@@ -428,8 +410,6 @@ def _memorisation(storage: Storage, data_uri: str, cfg: EvalConfig, G: torch.nn.
                   sheet_uri: str | None) -> dict[str, Any]:
     """Nearest-training-neighbour distances of the generated faces vs held-out reals; the
     contact sheet of the closest pairs goes to sheet_uri (see metrics/memorisation.py)."""
-    from facegen_ray.metrics.memorisation import contact_sheet, memorisation_report
-
     tcfg = cfg.model_copy(update={"num_real": cfg.memorisation_num_train})
     train, tinfo = reference_features(storage, data_uri, tcfg, use_ray=use_ray, extractor=extractor)
     hold, _ = reference_features(storage, data_uri, cfg, use_ray=use_ray, extractor=extractor, split="holdout")

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
 
 def nearest(query: np.ndarray, ref: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
@@ -67,8 +68,6 @@ def memorisation_report(gen: np.ndarray, train: np.ndarray, holdout: np.ndarray,
 
 def contact_sheet(pairs: Sequence[tuple[np.ndarray, np.ndarray, float, bool]], scale: int = 2) -> bytes:
     """PNG: one row per pair, generated | nearest training face, a red bar under suspected copies."""
-    from PIL import Image, ImageDraw
-
     if not pairs:
         return b""
     h, w = pairs[0][0].shape[:2]

@@ -36,6 +36,7 @@ import torch
 
 from facegen_ray.errors import UserError
 from facegen_ray.models.conditioning import NUM_RACES
+from facegen_ray.models.latent import apply_edit, seed_ws, synthesize
 from facegen_ray.storage import Storage, join
 
 DIRECTIONS_FILE = "directions.json"
@@ -56,8 +57,6 @@ class Directions:
 
     def edit(self, ws: torch.Tensor, strengths: Mapping[str, float]) -> torch.Tensor:
         """ws [N,L,D] moved by strengths {name: s} (names must be known)."""
-        from facegen_ray.models.latent import apply_edit
-
         idx = [self.names.index(k) for k in strengths]
         return apply_edit(ws, self.vectors[idx], [self.scales[i] for i in idx], [strengths[k] for k in strengths])
 
@@ -269,8 +268,6 @@ def sample_and_label(G, tagger: Callable[[np.ndarray], dict[str, np.ndarray]], n
                      batch_size: int = 64) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """w for seeds seed..seed+num_samples-1 (psi 1, conditional models with unknown attributes)
     and the tagger's labels of their faces -> (W [N,w_dim] float64, {"age", "gender", "race": [N]})."""
-    from facegen_ray.models.latent import seed_ws, synthesize
-
     Ws, labels = [], {}
     for i in range(0, num_samples, batch_size):
         seeds = list(range(seed + i, seed + min(i + batch_size, num_samples)))

@@ -21,6 +21,10 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from facegen_ray.errors import UserError
+from facegen_ray.storage import join
+
+# Imported where used, not here: grafana_client, niquests: only pushing to a Grafana server needs
+# them; exporting the JSON does not.
 
 DASHBOARD_NAMES = ("serving", "training")
 DEFAULT_FOLDER = "facegen"
@@ -62,8 +66,6 @@ def metric_names_in(expr: str) -> set[str]:
 
 def export_dashboards(storage, dest_uri: str) -> list[str]:
     """Write <dest>/<name>.json for every dashboard; -> the URIs written."""
-    from facegen_ray.storage import join
-
     out = []
     for name, dash in load_dashboards().items():
         uri = join(dest_uri, f"{name}.json")

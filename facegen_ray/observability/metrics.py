@@ -35,6 +35,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+# Imported where used, not here: ray: metrics are created inside Ray processes; this module imports
+# without Ray.
+
 log = logging.getLogger(__name__)
 
 GAUGE_REFRESH_S = 5.0  # at most; never longer than one Ray report interval (the TTL is two)

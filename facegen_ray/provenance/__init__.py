@@ -11,11 +11,13 @@ Encoding stays deterministic: same pixels + same provenance -> same bytes (no ti
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from typing import Any
 
 import numpy as np
+from PIL import Image, PngImagePlugin
 
 from facegen_ray.provenance import watermark
 
@@ -34,8 +36,6 @@ def provenance_record(model_version: str, image_id: str | None, seed: int | list
 
 def grid_id(model_version: str, weights_digest: str, seeds: list[int], psi: float) -> str:
     """32 hex chars naming a `facegen generate` grid (model, weights, seeds, psi)."""
-    import hashlib
-
     text = json.dumps([str(model_version), str(weights_digest), [int(s) for s in seeds], round(float(psi), 4)])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
@@ -43,8 +43,6 @@ def grid_id(model_version: str, weights_digest: str, seeds: list[int], psi: floa
 def encode(arr: np.ndarray, fmt: str, quality: int, record: dict[str, Any]) -> bytes:
     """uint8 [H,W,3] -> PNG/JPEG bytes with the watermark in the pixels and `record` in the
     metadata. Deterministic."""
-    from PIL import Image, PngImagePlugin
-
     marked, ok = watermark.embed(arr, record["model_version"], record.get("image_id") or "")
     rec = dict(record, watermark=WATERMARK_ID if ok else None)
     text = json.dumps(rec, sort_keys=True, separators=(",", ":"))
@@ -66,8 +64,6 @@ def encode(arr: np.ndarray, fmt: str, quality: int, record: dict[str, Any]) -> b
 
 def read_metadata(data: bytes) -> dict[str, Any] | None:
     """The provenance JSON from a PNG text chunk or JPEG EXIF ImageDescription; None if absent."""
-    from PIL import Image
-
     with Image.open(io.BytesIO(data)) as im:
         text = (getattr(im, "text", None) or {}).get(METADATA_KEY) if im.format == "PNG" else None
         if text is None:
@@ -84,8 +80,6 @@ def read_metadata(data: bytes) -> dict[str, Any] | None:
 
 def inspect(data: bytes) -> dict[str, Any]:
     """What an image file says about itself: metadata, watermark, and whether they agree."""
-    from PIL import Image
-
     with Image.open(io.BytesIO(data)) as im:
         fmt = im.format
         arr = np.asarray(im.convert("RGB"))

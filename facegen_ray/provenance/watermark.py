@@ -35,6 +35,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 DEFAULT_KEY = "facegen-ray/watermark/v1"
 TILE = 32                  # period of the mark, px
@@ -148,7 +149,6 @@ class Detection:
 def _resize(y: np.ndarray, f: float) -> np.ndarray:
     if f == 1.0:
         return y
-    from PIL import Image
 
     h, w = y.shape
     im = Image.fromarray(y.astype(np.float32), mode="F")

@@ -11,6 +11,10 @@ import os
 
 from facegen_ray.errors import UserError
 
+# Imported where used, not here: httpx: in reload_app; promote and retrain import this module at
+# their top, and cli.py imports every command module to build the parser, which loads no
+# numpy/torch/ray (tests/test_layers.py).
+
 TOKEN_ENV = "FACEGEN_ADMIN_TOKEN"
 
 

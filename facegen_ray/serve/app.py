@@ -24,8 +24,10 @@ Build with `build_app(args)` (the import path deployments/serve.yaml uses:
 facegen_ray.serve.app:build_app); `python -m facegen_ray.serve.app` writes such a Serve config.
 """
 
+import argparse
 from typing import Annotated, Any
 
+import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
 
 from facegen_ray.config import FacegenConfig, ServeConfig, load_config
@@ -167,10 +169,6 @@ def serve_config_dict(args: dict[str, Any], host: str = "0.0.0.0", port: int = 8
 def main(argv: list[str] | None = None) -> int:
     """`python -m facegen_ray.serve.app --root URI --model REF [--set serve.k=v] > serve.yaml`:
     write a Serve config for this app (what deployments/serve.yaml was generated with)."""
-    import argparse
-
-    import yaml
-
     p = argparse.ArgumentParser(prog="python -m facegen_ray.serve.app", description=main.__doc__)
     p.add_argument("--root", required=True)
     p.add_argument("--model", default="serving")

@@ -28,9 +28,13 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from facegen_ray.config import ModelConfig
 from facegen_ray.errors import UserError
+from facegen_ray.lifecycle.registry import Registry, RegistryError
+from facegen_ray.models import load_model_dir
+from facegen_ray.models.directions import load_directions
 from facegen_ray.models.sampling import (  # noqa: F401 - re-exported: the serving API
     PSI_DECIMALS,
     generate,
@@ -38,6 +42,9 @@ from facegen_ray.models.sampling import (  # noqa: F401 - re-exported: the servi
     seeds_to_z,
     to_uint8,
 )
+from facegen_ray.provenance import GENERATOR, METADATA_KEY, WATERMARK_ID
+from facegen_ray.provenance import encode as encode_with_provenance
+from facegen_ray.provenance import provenance_record
 from facegen_ray.storage import Storage, join
 
 MAX_SEED = 2**31 - 1  # fits a JS number and every RNG API
@@ -50,13 +57,9 @@ def encode_image(arr: np.ndarray, fmt: str = "png", quality: int = 95, provenanc
     """uint8 [H,W,3] -> PNG or JPEG bytes (deterministic: no timestamps or random chunks).
     With `provenance` (facegen_ray.provenance.provenance_record): the invisible watermark goes
     into the pixels and the record into a PNG text chunk / JPEG EXIF."""
-    from PIL import Image
-
     if fmt not in CONTENT_TYPES:
         raise UserError(f"unknown image format {fmt!r}; use png or jpeg")
     if provenance is not None:
-        from facegen_ray.provenance import encode as encode_with_provenance
-
         return encode_with_provenance(arr, fmt, quality, provenance)
     buf = io.BytesIO()
     im = Image.fromarray(np.ascontiguousarray(arr), mode="RGB")
@@ -69,8 +72,6 @@ def encode_image(arr: np.ndarray, fmt: str = "png", quality: int = 95, provenanc
 
 def decode_png(data: bytes) -> np.ndarray:
     """PNG/JPEG bytes -> uint8 [H,W,3]."""
-    from PIL import Image
-
     with Image.open(io.BytesIO(data)) as im:
         return np.asarray(im.convert("RGB"))
 
@@ -133,8 +134,6 @@ def image_id(model_version: str, weights_digest: str, seed: int, truncation: flo
 def image_provenance(model: dict[str, Any], item: dict[str, Any], seed: int, image_id: str) -> dict[str, Any]:
     """The provenance record of one served image: model version, seed, psi, and every other
     request field (attributes, edits, style mixing) under "edit"."""
-    from facegen_ray.provenance import provenance_record
-
     edit = {"attributes": item["attributes"]} if item.get("attributes") else {}
     control = item.get("control")
     if control is None:
@@ -188,8 +187,6 @@ class LoadedModel:
 
 def resolve_model(storage: Storage, ref: str, root: str) -> tuple[str, str]:
     """MODEL (dir URI / registry version / serving / latest) -> (model dir URI, registry label or "")."""
-    from facegen_ray.lifecycle.registry import Registry, RegistryError
-
     try:
         return Registry(storage, root).resolve(ref)
     except RegistryError as e:
@@ -203,8 +200,6 @@ def load_model(
     else "sha-<first 12 hex of the weights digest>". `resolved` = (uri, label) skips the
     registry lookup (the Serve replicas load what the ingress already resolved). Raises
     UserError for bad references."""
-    from facegen_ray.models import load_model_dir
-
     uri, label = resolved if resolved is not None else resolve_model(storage, ref, root)
     G, cfg, meta = load_model_dir(storage, uri, device=device)
     try:
@@ -213,7 +208,6 @@ def load_model(
         raise UserError(f"cannot read {join(uri, WEIGHTS_FILE)}: {e}") from e
     version = label or str(meta.get("version") or "") or f"sha-{digest[:12]}"
     model = LoadedModel(G=G, cfg=cfg, metadata=meta, uri=uri, version=version, digest=digest, device=str(device))
-    from facegen_ray.models.directions import load_directions
 
     try:  # a bad directions.json must not stop the model from serving: edits report it
         model.directions = load_directions(storage, uri, cfg.w_dim, digest)
@@ -224,8 +218,6 @@ def load_model(
 
 def response_provenance(model: dict[str, Any], truncation: float) -> dict[str, Any]:
     """What a /generate response says about its images (each image also carries it inside)."""
-    from facegen_ray.provenance import GENERATOR, METADATA_KEY, WATERMARK_ID
-
     return {"synthetic": True, "generator": GENERATOR, "model_version": model["model_version"],
             "psi": quantize_psi(truncation), "watermark": WATERMARK_ID,
             "metadata": f"PNG text chunk {METADATA_KEY!r} / JPEG EXIF ImageDescription (JSON)",

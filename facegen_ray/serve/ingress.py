@@ -33,6 +33,7 @@ from ray import serve
 from facegen_ray.config import ServeConfig, StorageConfig
 from facegen_ray.data.feedback import CLIENT_KEY_RE, FeedbackStore, UnknownImage
 from facegen_ray.errors import UserError
+from facegen_ray.lifecycle.registry import Registry, RegistryError
 from facegen_ray.models.latent import MAX_EDIT_STRENGTH, Control
 from facegen_ray.observability.asgi import RequestMetricsMiddleware
 from facegen_ray.serve import generation as gen
@@ -406,7 +407,6 @@ class Ingress:
     async def admin_promote(self, request: Request) -> JSONResponse:
         self._admin(request)
         req: PromoteRequest = await self._body(request, PromoteRequest)
-        from facegen_ray.lifecycle.registry import Registry, RegistryError
 
         try:
             await asyncio.to_thread(Registry(self.storage, self.root).promote, req.version)

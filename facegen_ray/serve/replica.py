@@ -19,10 +19,12 @@ import os
 import time
 from typing import Any
 
+import torch
 from ray import serve
 
 from facegen_ray.config import ServeConfig, StorageConfig
 from facegen_ray.errors import UserError
+from facegen_ray.models import encode_attributes
 from facegen_ray.observability.metrics import serving_metrics
 from facegen_ray.serve import generation as gen
 from facegen_ray.serve.control import control_of, render_controlled
@@ -63,8 +65,6 @@ class GeneratorDeployment:
         self.state = state
         self.device = gen.choose_device(self.cfg.num_gpus)
         if self.device == "cpu" and self.cfg.num_cpus >= 1:
-            import torch
-
             torch.set_num_threads(max(1, int(self.cfg.num_cpus)))
         self.model: gen.LoadedModel | None = None
         self.loaded_key: tuple[str, int] | None = None
@@ -217,8 +217,6 @@ class GeneratorDeployment:
                         "omit 'attributes' (or serve a model trained with model.conditional=true)")}
                     continue
             if model.conditional:
-                from facegen_ray.models import encode_attributes
-
                 a = attrs or {}
                 try:
                     cond = encode_attributes(a.get("age"), a.get("gender"), a.get("race"), model.cfg)[0].tolist()
@@ -240,8 +238,6 @@ class GeneratorDeployment:
                 conds.append(cond if cond is not None else [-1, -1, -1])
                 owners.append(i)
         if seeds:
-            import torch
-
             c = torch.tensor(conds, dtype=torch.long) if model.conditional else None  # [N,3]
             try:
                 t_batch = time.perf_counter()

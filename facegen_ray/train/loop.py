@@ -46,6 +46,9 @@ from facegen_ray.train.periodic_eval import PeriodicEvaluator
 from facegen_ray.train.steps import GANSteps, batch_attributes, fixed_latents, row_weights
 from facegen_ray.train.warm_start import warm_start
 
+# Imported where used, not here: ray: in the worker function Ray Train runs; the step code and tests
+# use this module without Ray.
+
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     """Ray Train entry point. config: {"cfg": FacegenConfig dump, "run_uri": str,
     "dataset_uri": str (the dataset the run reads; periodic FID's reals),

@@ -19,6 +19,15 @@ from typing import Any
 import torch
 
 from facegen_ray.config import FacegenConfig
+from facegen_ray.metrics.evaluate import (
+    compute_metrics,
+    conditioning_for,
+    data_labels,
+    generate_uint8,
+    reference_features,
+)
+from facegen_ray.metrics.fid import feature_stats
+from facegen_ray.metrics.inception import InceptionExtractor
 from facegen_ray.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -41,10 +50,6 @@ class PeriodicEvaluator:
         self._labels = None
 
     def _load(self, G_ema: torch.nn.Module) -> None:
-        from facegen_ray.metrics.evaluate import data_labels, reference_features
-        from facegen_ray.metrics.fid import feature_stats
-        from facegen_ray.metrics.inception import InceptionExtractor
-
         ecfg = self.cfg.eval
         self._extractor = InceptionExtractor(ecfg.inception_path, str(self.device), ecfg.batch_size)
         real, info = reference_features(self.storage, self.data_uri, ecfg, extractor=self._extractor)
@@ -56,12 +61,6 @@ class PeriodicEvaluator:
 
     @torch.no_grad()
     def __call__(self, G_ema: torch.nn.Module) -> dict[str, Any]:
-        from facegen_ray.metrics.evaluate import (
-            compute_metrics,
-            conditioning_for,
-            generate_uint8,
-        )
-
         t0 = time.perf_counter()
         if self._extractor is None:
             self._load(G_ema)

@@ -19,6 +19,8 @@ from PIL import Image
 
 from facegen_ray.storage import Storage, join
 
+# Imported where used, not here: matplotlib: only the loss-curve plot needs it.
+
 
 def progress_line(point: dict[str, Any]) -> str:
     """`[facegen] 12.3k img | stage 2 (16x16) α=0.45 | D 0.62 G 1.10 | 85 img/s (data wait 0.4%)`"""

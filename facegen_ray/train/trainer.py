@@ -23,11 +23,26 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from facegen_ray import runtime
 from facegen_ray.config import FacegenConfig
+from facegen_ray.data.shards import read_manifest, read_training_dataset
 from facegen_ray.errors import UserError
+from facegen_ray.lifecycle.registry import Registry
 from facegen_ray.storage import (
-    Layout, Storage, StorageError, fs_path_to_uri, is_remote, join, normalize, worker_filesystem,
+    Layout,
+    Storage,
+    StorageError,
+    fs_path_to_uri,
+    is_remote,
+    join,
+    normalize,
+    worker_filesystem,
 )
+from facegen_ray.train.schedule import ProgressiveSchedule
+
+# Imported where used, not here: ray, torch and the modules that load torch (models, train.loop,
+# train.checkpoint, train.warm_start, data.feeder): the driver validates a run (and tune builds
+# trial configs) without them.
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +80,6 @@ def _architecture(cfg: FacegenConfig) -> dict[str, Any]:
 def check_dataset(storage: Storage, ds_uri: str, resolution: int) -> dict[str, Any]:
     """The manifest of a dataset to train a `resolution` model on; UserError when it is missing,
     empty, or at a lower resolution."""
-    from facegen_ray.data.shards import read_manifest
-
     manifest = read_manifest(storage, ds_uri)  # UserError when missing
     if int(manifest.get("num_images") or 0) <= 0:
         raise UserError(f"dataset {ds_uri} is empty (num_images = 0): run `facegen prepare` on a folder with faces")
@@ -133,12 +146,8 @@ def train(cfg: FacegenConfig, storage: Storage | None = None, *, export: bool | 
     run_uri = layout.run(run_name)
     ds_uri = dataset_uri(cfg)
 
-    from facegen_ray.runtime import ensure_ray
-
-    ensure_ray()
+    runtime.ensure_ray()
     import ray
-
-    from facegen_ray.train.schedule import ProgressiveSchedule
 
     if cfg.train.use_gpu and ray.cluster_resources().get("GPU", 0) < 1:
         raise UserError("train.use_gpu is true but the Ray cluster has no GPUs: set train.use_gpu=false or add GPU nodes")
@@ -183,7 +192,6 @@ def training_dataset(storage: Storage, ds_uri: str, cfg: FacegenConfig):
     reads blocks that are already decoded instead of re-reading and re-decoding the Parquet
     shards (the order of rows is the same either way, so exact resume is unaffected)."""
     from facegen_ray.data.feeder import DATA_COLUMNS
-    from facegen_ray.data.shards import read_manifest, read_training_dataset
 
     ds = read_training_dataset(storage, ds_uri, resolution=cfg.model.resolution).select_columns(DATA_COLUMNS)
     rows = int(read_manifest(storage, ds_uri).get("num_images") or 0)
@@ -203,12 +211,10 @@ def worker_resources(cfg: FacegenConfig) -> dict[str, float]:
     this machine; no RAY_ADDRESS) gives each worker an equal share of the machine's cores (the
     embedded Ray has one logical CPU more, for Ray Data's tasks), and a run on a cluster takes
     Ray Train's default of one CPU per worker (plus one GPU with train.use_gpu)."""
-    from facegen_ray.runtime import embedded, local_cpus
-
     if cfg.train.resources_per_worker:
         return dict(cfg.train.resources_per_worker)
-    if embedded():
-        res: dict[str, float] = {"CPU": float(max(1, local_cpus() // cfg.train.num_workers))}
+    if runtime.embedded():  # runtime.local_cpus through the module: tests replace it
+        res: dict[str, float] = {"CPU": float(max(1, runtime.local_cpus() // cfg.train.num_workers))}
     else:
         res = {"CPU": 1.0}
     if cfg.train.use_gpu:
@@ -249,6 +255,7 @@ def fit(cfg: FacegenConfig, storage: Storage, dataset, *, runs_uri: str | None =
     import ray.train
     from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+
     from facegen_ray.train.loop import train_loop_per_worker
 
     layout = Layout(cfg.storage.root)
@@ -290,7 +297,6 @@ def export_checkpoint(cfg: FacegenConfig, storage: Storage, checkpoint, run_name
     """G_ema of a Ray Train checkpoint -> <root>/runs/<run>/model/ -> registry version."""
     import torch
 
-    from facegen_ray.lifecycle.registry import Registry
     from facegen_ray.models import Generator
     from facegen_ray.models.export import MODEL_FILE, save_model_dir
     from facegen_ray.train.checkpoint import load_checkpoint

@@ -13,6 +13,9 @@ from facegen_ray.tune.spec import (
     to_tune_domain,
 )
 
+# Imported where used, not here: tune.runner (numpy, pyarrow, Ray at run time): commands/tune
+# imports tune.spec, so this package stays light.
+
 __all__ = ["Sweep", "SweepError", "SweepSpec", "load_sweep", "param_space", "run_sweep", "to_tune_domain"]
 
 

@@ -38,11 +38,17 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import yaml
 
 from facegen_ray.errors import UserError
+from facegen_ray.runtime import ensure_ray
 from facegen_ray.storage import Layout, Storage, StorageError, fs_path_to_uri, join
+from facegen_ray.train.trainer import FORWARD_ENV, _run_storage, check_dataset, dataset_uri, fit, training_dataset
 from facegen_ray.tune.spec import Sweep, param_space, trial_config
+
+# Imported where used, not here: ray, metrics.evaluate (torch): in the functions that start trials;
+# the driver's checks run without them.
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +102,6 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """Tune function trainable: one training run with the sampled params (config["params"])."""
     from ray import tune
 
-    from facegen_ray.train.trainer import fit, training_dataset
-
     for k, v in setup.env.items():  # S3 credentials for _run_storage in this actor
         os.environ.setdefault(k, v)
     trial_id = tune.get_context().get_trial_id()
@@ -111,8 +115,6 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
 
 def _validate_data(sweep: Sweep, storage: Storage) -> tuple[str, dict[str, Any]]:
     """Dataset present, non-empty and at least as large as every model resolution the sweep may use."""
-    from facegen_ray.train.trainer import check_dataset, dataset_uri
-
     cfg = sweep.base_cfg
     data_uri = dataset_uri(cfg)
     res_dist = sweep.spec.search_space.get("model.resolution")
@@ -177,8 +179,6 @@ def _prepare_experiment(sweep: Sweep, storage: Storage, exp_uri: str, resume: bo
     --resume, or a sweep that changed since the experiment started."""
     from ray.tune import Tuner
 
-    from facegen_ray.train.trainer import _run_storage
-
     path, _ = _run_storage(storage, exp_uri)
     restorable = Tuner.can_restore(path, storage_filesystem=fs)
     sweep_file = join(exp_uri, SWEEP_FILE)
@@ -215,8 +215,6 @@ def run_sweep(sweep: Sweep, storage: Storage | None = None, *, resume: bool = Fa
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from facegen_ray.metrics.evaluate import reference_features
-    from facegen_ray.runtime import ensure_ray
-    from facegen_ray.train.trainer import FORWARD_ENV, _run_storage
 
     storage_path, fs = _run_storage(storage, layout.tunes())
     restoring = _prepare_experiment(sweep, storage, exp_uri, resume, fs)  # name clash: error before Ray starts
@@ -275,8 +273,6 @@ def run_sweep(sweep: Sweep, storage: Storage | None = None, *, resume: bool = Fa
 
 def _trial_row(result, sweep: Sweep, exp_uri: str) -> dict[str, Any]:
     """One Tune Result -> the row of results.json/csv."""
-    import numpy as np
-
     metric = sweep.spec.metric
     params = dict((result.config or {}).get("params", {}))
     trial_id = os.path.basename(str(result.path).rstrip("/"))

@@ -48,6 +48,9 @@ from facegen_ray.config import (
 )
 from facegen_ray.errors import UserError
 
+# Imported where used, not here: ray: only to_tune_domain builds Ray Tune objects; sweep files are
+# validated before Ray starts.
+
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 MAX_PRODUCT_CHECK = 256  # validate every combination of discrete values up to this many
