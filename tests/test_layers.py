@@ -1,5 +1,6 @@
 """The package's import graph, read from the source (ast; nothing is imported): no import
-circle, and no import from a lower layer to a higher one.
+circle, and no import from a lower layer to a higher one. And the one exception to imports at
+module top: building the CLI's parser loads no heavy package (checked in a subprocess).
 
 Every `import` counts, at module top or inside a function: a lazy import is still an arrow
 between the two modules. Importing `a.b.c` also runs the `__init__` of `a.b`, so that is an
