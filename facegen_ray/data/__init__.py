@@ -1,6 +1,7 @@
 """Face data on Ray Data: sources -> validated, versioned Parquet shards -> training tensors.
 
-ingest (sources -> raw files), transforms (decode/validate/crop/resize/hash), attributes
-(UTKFace labels, balancing, classifier tagging), shards (schema, versions, manifests,
-read-back), pipeline (`facegen prepare`).
+ingest (sources -> raw files), transforms (decode/validate/crop/resize/hash), quality (the
+blurry / near-constant / low-resolution filter, demographic mix), report (`prepare --report`
+page and contact sheets), attributes (UTKFace labels, balancing, classifier tagging), shards
+(schema, versions, manifests, read-back), pipeline (`facegen prepare`).
 """
