@@ -147,3 +147,26 @@ def test_evaluate_progress_logs_without_a_terminal(monkeypatch, caplog):
     p.update(10)
     p.close()
     assert p._bar is not None and "inception(generated)" in tty.getvalue()
+
+
+def test_training_bar_on_a_terminal_reads_rank0_reports(ray_session, monkeypatch):
+    """The Train callback (run by the Train controller) puts rank 0's report on a board actor;
+    the driver's bar polls it."""
+    from facegen_ray.train.trainer import training_bar
+
+    tty = _Stream(True)
+    monkeypatch.setattr("sys.stderr", tty)
+    monkeypatch.delenv(progress.ENV, raising=False)
+    cfg = config_from_dict({"train": {"total_images": 640, "run_name": "barred"}})
+    callbacks, bar = training_bar(cfg)
+    assert len(callbacks) == 1 and isinstance(bar, progress.PolledBar) and bar.bar.total == 640
+    assert bar.poll() is None  # nothing reported yet
+    callbacks[0].after_report(None, [{"images_seen": 64, "resolution": 8, "alpha": 0.5, "d_loss": 0.7,
+                                      "g_loss": 1.1, "img_per_s": 40.0, "checkpoint_s": 0.0}, {"images_seen": 64}], None)
+    callbacks[0].after_report(None, [{"fid": 80.0}], None)  # a report without images_seen changes nothing
+    deadline = time.time() + 30
+    while bar.poll() is None and time.time() < deadline:  # .remote() is asynchronous
+        time.sleep(0.05)
+    bar.update_once()
+    bar.bar.close()
+    assert bar.bar.n == 64 and "train barred" in tty.getvalue() and "8x8 α=0.50" in tty.getvalue()

@@ -6,7 +6,7 @@ steps.py       GANSteps: the D/G steps, EMA, AMP; reals, row weights, fixed late
 distributed.py collectives of the hand-written DDP (gradient all-reduce, broadcast, digests)
 loop.py        the per-worker train function Ray Train runs
 report.py      progress line, sample grid and loss-curve PNGs in the run folder
-trainer.py     driver: validation, TorchTrainer wiring, export + registry at the end
+trainer.py     driver: validation, TorchTrainer wiring, images-seen bar (terminal only), export + registry
 
 Import the submodules directly; this package imports nothing heavy on its own.
 """
