@@ -33,8 +33,8 @@ import pyarrow.compute as pc
 
 from facegen_ray.config import FacegenConfig
 from facegen_ray.data import attributes as attrs
-from facegen_ray.data.ingest import plan_sources, read_sources
 from facegen_ray.data import quality as qual
+from facegen_ray.data.ingest import plan_sources, read_sources
 from facegen_ray.data.shards import in_holdout, shard_schema, write_version
 from facegen_ray.data.transforms import REJECT_REASONS, process_batch
 from facegen_ray.errors import UserError
