@@ -218,6 +218,11 @@ class TrainConfig(_Section):
         default=None, ge=1,
         description="rank 0 reports FID (eval.num_gen/num_real) of G_ema every N images and at the end; None: off",
     )
+    eval_at_end: bool = Field(
+        default=False,
+        description="rank 0 reports FID of G_ema at the end of the run even when eval_every_images is None "
+                    "(facegen tune sets it: a trial's value is its final FID)",
+    )
     shuffle_buffer: int = Field(default=1000, ge=0)
     cache_dataset_bytes: int = Field(
         default=2 * 1024**3, ge=0,

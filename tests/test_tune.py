@@ -130,6 +130,10 @@ def test_shipped_sweeps_validate():
         losses[f.stem] = s.base_cfg.loss.name
         for key in s.spec.search_space:  # each sampled config validates (bounds checked at load)
             assert s.trial_config({key: s.spec.search_space[key].probe_values()[0]})
+        # every trial measures its final FID (and KID) even when the file sets no every_images
+        assert s.base_cfg.train.eval_at_end is True and s.base_cfg.eval.metrics == ["fid", "kid"]
+    assert set(load_sweep(root / "cpu-32-losses.yaml").spec.search_space["loss.name"].probe_values()) == {
+        "minimax", "nonsaturating", "wgan", "wgan-gp", "lsgan"}
     assert losses["utkface-64-wgan-clip"] == "wgan" and losses["utkface-64-wgan-gp-lambda"] == "wgan-gp"
     assert losses["utkface-64-lsgan-lambda"] == "lsgan" and losses["utkface-64-ttur-lr"] == "nonsaturating"
 

@@ -106,8 +106,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     )
     sample_z, sample_c = fixed_latents(cfg, device)
     fault = config.get("fault") or None
-    evaluator = None  # FID of G_ema at eval points, for Ray Tune (train.eval_every_images; off by default)
-    if tcfg.eval_every_images and rank == 0:
+    evaluator = None  # FID of G_ema at eval points, for Ray Tune (train.eval_every_images, eval_at_end; off by default)
+    if (tcfg.eval_every_images or tcfg.eval_at_end) and rank == 0:
         evaluator = PeriodicEvaluator(cfg, storage, config["dataset_uri"], device)
 
     # ------------------------------------------------------------------ checkpoint (every rank writes its part)

@@ -282,6 +282,8 @@ def load_sweep(path: str | Path, sets: list[str] | None = None, *, name: str | N
                 set_dotted(base, key, value)
         # KID comes from the same Inception features as FID (no extra generation): every trial reports both
         set_dotted(base, "eval.metrics", ["fid", "kid"])
+        # a trial's value is its final FID: evaluated at the end even without every_images
+        set_dotted(base, "train.eval_at_end", True)
         paths = {key: check_config_path(key, f"search_space[{key!r}]") for key in spec.search_space}
         sets = list(sets or [])
         for key in (["storage.root"] if root else []) + [item.split("=", 1)[0].strip() for item in sets]:
