@@ -121,7 +121,7 @@ class FeedbackStore:
     def get_image_record(self, image_id: str) -> dict[str, Any] | None:
         """The image's record; None when there is none, or when the stored one is unreadable
         (logged: such an image is treated as never generated)."""
-        return _read_record(self.storage, self.image_record_uri(image_id), image_record_problem)
+        return read_record(self.storage, self.image_record_uri(image_id), image_record_problem)
 
     def read_image(self, image_id: str) -> bytes:
         return self.storage.read_bytes(self.image_uri(image_id))
@@ -172,7 +172,7 @@ class FeedbackStore:
 
     def get_feedback(self, fid: str) -> dict[str, Any] | None:
         """The feedback record; None when there is none or it is unreadable (logged)."""
-        return _read_record(self.storage, self.feedback_uri(fid), feedback_record_problem)
+        return read_record(self.storage, self.feedback_uri(fid), feedback_record_problem)
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
@@ -215,10 +215,11 @@ def feedback_record_problem(rec: Any) -> str | None:
     return None
 
 
-def _read_record(storage: Storage, uri: str, problem) -> dict[str, Any] | None:
+def read_record(storage: Storage, uri: str, problem, store: str = "feedback-store") -> dict[str, Any] | None:
     """A stored JSON record, or None (logged) when it is missing, truncated, not UTF-8/JSON or
     fails `problem`. The store only writes whole objects, so a bad one came from elsewhere (a
-    hand edit, a foreign writer, disk damage); skipping it keeps every other record readable."""
+    hand edit, a foreign writer, disk damage); skipping it keeps every other record readable.
+    `store` names the store in the warning (the comparison store reads its records here too)."""
     try:
         raw = storage.read_bytes(uri)
     except FileNotFoundError:
@@ -226,11 +227,11 @@ def _read_record(storage: Storage, uri: str, problem) -> dict[str, Any] | None:
     try:
         rec = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        log.warning("skipping unreadable feedback-store record %s: %s", uri, e)
+        log.warning("skipping unreadable %s record %s: %s", store, uri, e)
         return None
     why = problem(rec)
     if why is not None:
-        log.warning("skipping malformed feedback-store record %s: %s", uri, why)
+        log.warning("skipping malformed %s record %s: %s", store, uri, why)
         return None
     return rec
 
@@ -240,7 +241,7 @@ def iter_feedback(storage: Storage, root: str) -> Iterator[dict[str, Any]]:
     or malformed objects are skipped with a warning."""
     store = FeedbackStore(storage, root)
     for uri in _complete_objects(storage, store.records_dir, "json"):
-        rec = _read_record(storage, uri, feedback_record_problem)
+        rec = read_record(storage, uri, feedback_record_problem)
         if rec is not None:
             yield rec
 
@@ -250,7 +251,7 @@ def iter_images(storage: Storage, root: str) -> Iterator[dict[str, Any]]:
     unreadable or malformed objects are skipped with a warning."""
     store = FeedbackStore(storage, root)
     for uri in _complete_objects(storage, store.images_dir, "json"):
-        rec = _read_record(storage, uri, image_record_problem)
+        rec = read_record(storage, uri, image_record_problem)
         if rec is not None:
             yield rec
 

@@ -42,14 +42,13 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import logging
 import math
 import secrets
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any, Iterator
 
-from facegen_ray.data.feedback import CLIENT_KEY_RE, check_id
+from facegen_ray.data.feedback import CLIENT_KEY_RE, check_id, read_record
 from facegen_ray.storage import Layout, Storage, join
 
 RECORD_FORMAT = 1
@@ -58,8 +57,6 @@ CHOICES = ("left", "right", "cant_tell")
 CANT_TELL_WEIGHT = 0.5  # a "can't tell" is half a win
 DEFAULT_MIN_VOTES = 30  # gate.min_votes when only gate.min_human_win_rate is set
 BLIND_LABEL = "blind-comparison"  # the model_version in a pair image's provenance record
-
-log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -159,20 +156,7 @@ class ComparisonStore:
         return join(self.votes_dir, pid[:2], f"{pid}.json")
 
     def _read(self, uri: str, problem) -> dict[str, Any] | None:
-        try:
-            raw = self.storage.read_bytes(uri)
-        except FileNotFoundError:
-            return None
-        try:
-            rec = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as e:
-            log.warning("skipping unreadable comparison-store record %s: %s", uri, e)
-            return None
-        why = problem(rec)
-        if why is not None:
-            log.warning("skipping malformed comparison-store record %s: %s", uri, why)
-            return None
-        return rec
+        return read_record(self.storage, uri, problem, store="comparison-store")
 
     # ---- comparisons
     def get_comparison(self, cid: str) -> dict[str, Any] | None:
