@@ -36,9 +36,9 @@ from facegen_ray.config import ServeConfig, StorageConfig
 from facegen_ray.errors import UserError
 from facegen_ray.models.latent import MAX_EDIT_STRENGTH, Control
 from facegen_ray.observability.asgi import RequestMetricsMiddleware
+from facegen_ray.serve import comparison as cmpstore
 from facegen_ray.serve import generation as gen
 from facegen_ray.serve.admin_client import TOKEN_ENV
-from facegen_ray.serve import comparison as cmpstore
 from facegen_ray.serve.feedback import CLIENT_KEY_RE, FeedbackStore, UnknownImage
 from facegen_ray.serve.schemas import (
     MAX_IMAGES_PER_REQUEST,
