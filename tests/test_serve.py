@@ -547,9 +547,11 @@ def test_page_flow_in_chromium(app, tmp_path):
 @pytest.mark.browser
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed (apt-get install chromium)")
 def test_compare_page_in_chromium(app, client, tmp_path):
-    """The pairwise comparison through Serve: an admin starts serving-vs-v3, the page shows a
-    pair rendered by the real replicas (render_version) from the two versions the pair record
-    names, a click and a key press vote, and the stored votes say which version won."""
+    """The pairwise comparison through Serve: an admin starts v3 (unconditional) vs v2
+    (conditional: rendered with unknown attributes; the serving model after the swap test, a
+    second model held by the replicas when run alone), the page shows a pair rendered by the
+    real replicas (render_version) from the two versions the pair record names, a click and a
+    key press vote, and the stored votes say which version won."""
     from playwright.sync_api import sync_playwright
 
     from facegen_ray.serve.comparison import ComparisonStore
@@ -559,11 +561,11 @@ def test_compare_page_in_chromium(app, client, tmp_path):
     _save_tiny(storage, f"{root}/exports/c", conditional=False, seed=3, version="c")
     reg = Registry(storage, root)
     reg.register(f"{root}/exports/c", "v3")
-    serving = reg.serving()
+    baseline = "v2"
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    r = client.post("/admin/compare/start", json={"candidate": "v3"}, headers=auth)
+    r = client.post("/admin/compare/start", json={"candidate": "v3", "baseline": baseline}, headers=auth)
     assert r.status_code == 201, r.text
-    assert (r.json()["baseline"], r.json()["candidate"]) == (serving, "v3")
+    assert (r.json()["baseline"], r.json()["candidate"]) == (baseline, "v3")
     shown: list[tuple[str, dict[str, str]]] = []  # (pair id, side -> base64 PNG as the page showed it)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
@@ -577,7 +579,7 @@ def test_compare_page_in_chromium(app, client, tmp_path):
             page.goto(app["url"] + "/compare", timeout=60_000)
             page.wait_for_selector("body[data-loaded='true']", timeout=60_000)
             text = page.inner_text("body")  # (the markup holds the images' base64, where any string may occur)
-            assert serving not in text and "v3" not in text
+            assert baseline not in text and "v3" not in text
 
             def current() -> tuple[str, dict[str, str]]:
                 pid = page.locator("body").get_attribute("data-pair-id")
@@ -606,7 +608,7 @@ def test_compare_page_in_chromium(app, client, tmp_path):
     assert first["winner"] == ("candidate" if pair["candidate_side"] == "left" else "baseline")
     assert first["winner_version"] == pair[pair["candidate_side"] if first["winner"] == "candidate" else
                                            ("right" if pair["candidate_side"] == "left" else "left")]["version"]
-    assert {pair["left"]["version"], pair["right"]["version"]} == {serving, "v3"}
+    assert {pair["left"]["version"], pair["right"]["version"]} == {baseline, "v3"}
     assert store.get_vote(shown[1][0])["choice"] == "cant_tell"
     # what the page showed is what the recorded versions draw at the recorded seeds
     for pid, imgs in shown:
@@ -614,6 +616,7 @@ def test_compare_page_in_chromium(app, client, tmp_path):
         for side, data in imgs.items():
             model = load_model(storage, rec[side]["version"], root)
             c = torch.full((1, 3), -1, dtype=torch.long) if model.conditional else None
+            assert rec[side]["condition"] == ([-1, -1, -1] if model.conditional else None)
             want = generate(model.G, [rec[side]["seed"]], rec["truncation"], c)[0].astype(int)
             assert np.abs(_png(data).astype(int) - want).max() <= 1, (side, rec[side]["version"])
     status = client.get("/admin/compare", headers=auth).json()["active"]
