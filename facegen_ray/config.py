@@ -505,7 +505,11 @@ def read_yaml_mapping(path: str | os.PathLike, what: str, expected: str, *,
     if not p.is_file():
         raise error(missing or f"{what} not found: {path}")
     try:
-        loaded = yaml.safe_load(p.read_text()) or {}
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{what} {path} is not UTF-8 text (byte {e.start}): is it the right file?") from None
+    try:
+        loaded = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise error(f"{what} {path} is not valid YAML: {e}") from None
     if not isinstance(loaded, dict):

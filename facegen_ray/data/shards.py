@@ -128,6 +128,9 @@ def read_manifest(storage: Storage, dataset_uri: str) -> dict[str, Any]:
         raise UserError(f"dataset manifest {path} cannot be read: {e}") from None
     if not isinstance(manifest, dict) or "version" not in manifest:
         raise UserError(f"{path} is not a facegen dataset manifest")
+    v = manifest["version"]
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise UserError(f"{path} is damaged: its version is {v!r}, not a positive integer")
     manifest = dict(manifest)
     manifest["path"] = uri if version is not None else Layout.dataset_version(uri, int(manifest["version"]))
     return manifest
