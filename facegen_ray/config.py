@@ -291,7 +291,11 @@ class ServeConfig(_Section):
     max_batch_size: int = Field(default=16, ge=1)
     batch_wait_timeout_s: float = Field(default=0.01, ge=0)
     max_request_bytes: int = Field(default=16_384, ge=256)
-    admin_token: str | None = Field(default_factory=lambda: os.environ.get("FACEGEN_ADMIN_TOKEN"))
+    admin_token: str | None = Field(
+        default_factory=lambda: os.environ.get("FACEGEN_ADMIN_TOKEN"), exclude=True, repr=False,
+        description="bearer token of the admin routes (default: FACEGEN_ADMIN_TOKEN); never dumped or shown: "
+                    "configs stored with checkpoints, exports, sweeps and logs leave it out",
+    )
     default_truncation: float = Field(default=0.7, ge=0, le=1)
     max_ongoing_requests: int = Field(default=32, ge=1, description="per generator replica; >= requests one batch may gather")
     ingress_replicas: int = Field(default=1, ge=1)

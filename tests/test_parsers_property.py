@@ -209,3 +209,16 @@ def test_mutated_images_decode_or_give_a_counted_reject(base, cuts, keep):
         assert e.reason in REJECT_REASONS
     else:
         assert out.image and len(out.sha256) == 64
+
+
+def test_admin_token_never_leaves_the_process_in_a_config(monkeypatch):
+    """The token (env or serve.admin_token) is usable in the config object but absent from every
+    dump and repr: those are what checkpoints, exports, sweep results and logs store."""
+    monkeypatch.setenv("FACEGEN_ADMIN_TOKEN", "s3cr3t-env-token")
+    cfg = load_config(None, ["serve.max_batch_size=4"])
+    assert cfg.serve.admin_token == "s3cr3t-env-token"
+    explicit = load_config(None, ["serve.admin_token=s3cr3t-set-token"])
+    assert explicit.serve.admin_token == "s3cr3t-set-token"
+    for c, secret in ((cfg, "s3cr3t-env-token"), (explicit, "s3cr3t-set-token")):
+        for text in (json.dumps(c.model_dump(mode="json")), c.model_dump_json(), repr(c), str(c), repr(c.serve)):
+            assert secret not in text
