@@ -25,6 +25,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
+# the one name of the admin token's environment variable (serve.admin_token's default; the
+# admin client and the ingress replicas read it through serve/admin_client.TOKEN_ENV)
+ADMIN_TOKEN_ENV = "FACEGEN_ADMIN_TOKEN"
+
+
 class ConfigError(ValueError):
     """A configuration a user wrote is invalid; the message names the field and the fix."""
 
@@ -292,7 +297,7 @@ class ServeConfig(_Section):
     batch_wait_timeout_s: float = Field(default=0.01, ge=0)
     max_request_bytes: int = Field(default=16_384, ge=256)
     admin_token: str | None = Field(
-        default_factory=lambda: os.environ.get("FACEGEN_ADMIN_TOKEN"), exclude=True, repr=False,
+        default_factory=lambda: os.environ.get(ADMIN_TOKEN_ENV), exclude=True, repr=False,
         description="bearer token of the admin routes (default: FACEGEN_ADMIN_TOKEN); never dumped or shown: "
                     "configs stored with checkpoints, exports, sweeps and logs leave it out",
     )

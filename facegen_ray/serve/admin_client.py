@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 
+from facegen_ray.config import ADMIN_TOKEN_ENV
 from facegen_ray.errors import UserError
 
 # Imported where used, not here: httpx: in reload_app; promote and retrain import this module at
 # their top, and cli.py imports every command module to build the parser, which loads no
 # numpy/torch/ray (tests/test_layers.py).
 
-TOKEN_ENV = "FACEGEN_ADMIN_TOKEN"
+TOKEN_ENV = ADMIN_TOKEN_ENV  # defined once, in config
 
 
 def configured_token(cfg) -> str | None:
