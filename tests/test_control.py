@@ -303,6 +303,7 @@ def test_directions_command_writes_orthonormal_directions(tmp_path, capsys):
     assert cli_main(["directions", mdir, "--attribute-model", str(tmp_path / "nope")]) == 2
 
 
+@pytest.mark.slow  # runs benchmarks/directions.py end to end (~1 min); the directions maths and CLI stay in the default run
 def test_directions_benchmark_on_a_tiny_model(tmp_path):
     G = _tiny_G(5)
     mdir = str(tmp_path / "m")
