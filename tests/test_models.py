@@ -524,3 +524,45 @@ def test_modulated_conv_unfused_equals_grouped(demodulate, up):
     (gx,) = torch.autograd.grad(y.square().sum(), x)
     torch.testing.assert_close(y, y_ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(gx, gx_ref, atol=1e-3, rtol=1e-3)
+
+
+# ---------------------------------------------------------------- no device sync per forward
+
+
+def test_forward_reads_stage_without_item_and_sees_every_change(monkeypatch):
+    """G and D read (stage, alpha) from Python after the first forward (no .item(), i.e. no GPU
+    sync, per call), yet every way the buffers change is seen: set_stage, load_state_dict,
+    the EMA's buffer copy, .to() and a .data write followed by forget_progressive_state."""
+    from facegen_ray.models.layers import forget_progressive_state
+
+    cfg = make_cfg(16)
+    G, D = Generator(cfg), Discriminator(cfg)
+    z = torch.randn(2, cfg.z_dim)
+    G(z, noise_mode="const"), D(torch.randn(2, 3, 16, 16))  # first reads fill the cache
+    calls = []
+    real_item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: calls.append(1) or real_item(self))
+    for _ in range(3):
+        assert G(z, noise_mode="const").shape[-1] == 16
+        D(torch.randn(2, 3, 16, 16))
+    assert calls == []
+    monkeypatch.setattr(torch.Tensor, "item", real_item)
+
+    G.set_stage(1, 0.5)
+    D.set_stage(1, 0.5)
+    assert (G.stage, G.alpha, G(z).shape[-1]) == (1, 0.5, 8)
+    assert D(torch.randn(2, 3, 8, 8)).shape == (2,)
+    other = Generator(cfg)
+    other.load_state_dict(G.state_dict())  # stage 1 / alpha 0.5 arrive by copy_
+    assert (other.stage, other.alpha) == (1, 0.5)
+    G_ema = copy.deepcopy(G)
+    G_ema(z)
+    G.set_stage(2, 1.0)
+    update_ema(G_ema, G, 0.9)  # buffers copied
+    assert (G_ema.stage, G_ema.alpha) == (2, 1.0) and G_ema(z).shape[-1] == 16
+    G.synthesis.stage.data.fill_(0)  # bypasses the version counter ...
+    forget_progressive_state(G)  # ... so the writer says so
+    assert G(z).shape[-1] == 4
+    G64 = G.to(torch.float64)
+    G64.set_stage(2)
+    assert G64(z.double()).shape[-1] == 16

@@ -24,6 +24,7 @@ from facegen_ray.models.layers import (
     EqualizedLinear,
     MinibatchStdDev,
     downsample2x,
+    progressive_state,
     set_progressive_state,
 )
 
@@ -101,10 +102,10 @@ class Discriminator(nn.Module):
 
     @property
     def current_resolution(self) -> int:
-        return 4 * 2 ** int(self.stage.item())
+        return 4 * 2 ** progressive_state(self)[0]
 
     def forward(self, img: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        stage, alpha = int(self.stage.item()), float(self.alpha.item())
+        stage, alpha = progressive_state(self)
         res = 4 * 2**stage
         if img.dim() != 4 or img.shape[1] != 3 or img.shape[2] != res or img.shape[3] != res:
             raise ValueError(f"discriminator at stage {stage} expects [N,3,{res},{res}], got {tuple(img.shape)}")

@@ -35,6 +35,7 @@ from facegen_ray.models.layers import (
     NoiseInjection,
     lrelu,
     normalize_2nd_moment,
+    progressive_state,
     set_progressive_state,
     upsample2x,
 )
@@ -216,11 +217,11 @@ class SynthesisNetwork(nn.Module):
 
     @property
     def current_stage(self) -> int:
-        return int(self.stage.item())
+        return progressive_state(self)[0]
 
     @property
     def current_alpha(self) -> float:
-        return float(self.alpha.item())
+        return progressive_state(self)[1]
 
     def num_used_ws(self, stage: int | None = None) -> int:
         """How many ws (from the start) the network reads at a stage."""
@@ -232,7 +233,7 @@ class SynthesisNetwork(nn.Module):
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         if ws.dim() != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
             raise ValueError(f"ws must be [N,{self.num_ws},{self.w_dim}], got {tuple(ws.shape)}")
-        stage, alpha = self.current_stage, self.current_alpha
+        stage, alpha = progressive_state(self)
         n = ws.shape[0]
         x = self.const.unsqueeze(0).repeat(n, 1, 1, 1)  # [N, C4, 4, 4]
         if self.architecture == "skip":

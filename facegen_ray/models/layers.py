@@ -300,6 +300,39 @@ class MinibatchStdDev(nn.Module):
         return torch.cat([x, y.to(x.dtype)], dim=1)
 
 
+def progressive_state(module: nn.Module) -> tuple[int, float]:
+    """(stage, alpha) from a network's `stage` / `alpha` buffers without a device sync per call.
+
+    Reading a CUDA buffer's value (`.item()`) waits for the GPU to finish everything queued,
+    twice per G or D forward: the host could never run ahead of the kernels, and CUDA graph
+    capture refuses it outright. The values are cached in Python, keyed on the buffer objects
+    and their version counters: set_stage (fill_), load_state_dict and the EMA (copy_) bump the
+    version, `.to()` makes new objects, so every change is seen. Writes through `.data` bypass
+    the version counter: such writers call `forget_progressive_state` (distributed.py does).
+    """
+    s, a = module.stage, module.alpha
+    if _compiling():  # dynamo traces the plain reads (a graph break, as before)
+        return int(s.item()), float(a.item())
+    key = (s._version, a._version)
+    cache = module.__dict__.get("_progressive_cache")
+    if cache is not None and cache[0] is s and cache[1] is a and cache[2] == key:
+        return cache[3]
+    value = (int(s.item()), float(a.item()))
+    module.__dict__["_progressive_cache"] = (s, a, key, value)
+    return value
+
+
+def forget_progressive_state(module: nn.Module) -> None:
+    """Drop the cached (stage, alpha) of `module` and its children (after writes through .data)."""
+    for m in module.modules():
+        m.__dict__.pop("_progressive_cache", None)
+
+
+def _compiling() -> bool:
+    fn = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(fn()) if fn is not None else False
+
+
 def set_progressive_state(stage_buf: torch.Tensor, alpha_buf: torch.Tensor, num_stages: int,
                           stage: int, alpha: float) -> None:
     """Validate and store (stage, fade-in alpha) in a network's buffers (so they checkpoint)."""

@@ -11,6 +11,8 @@ import hashlib
 import torch
 import torch.distributed as dist
 
+from facegen_ray.models.layers import forget_progressive_state
+
 
 def world_size() -> int:
     """Workers in the process group (1 without one)."""
@@ -37,11 +39,21 @@ def allreduce_grads(module: torch.nn.Module, world: int, sanitize: bool) -> None
             torch.nan_to_num_(p.grad, nan=0.0, posinf=1e5, neginf=-1e5)
 
 
+def any_rank(flag: bool, world: int, device: torch.device) -> bool:
+    """True on every rank when `flag` is true on any rank (one tiny all-reduce; none when world is 1)."""
+    if world <= 1:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
 def broadcast_module(module: torch.nn.Module, world: int) -> None:
     if world <= 1:
         return
     for t in list(module.parameters()) + list(module.buffers()):
         dist.broadcast(t.data, src=0)
+    forget_progressive_state(module)  # .data writes bypass the version counter the cache keys on
 
 
 def average_buffers(module: torch.nn.Module, world: int, name_part: str) -> None:
