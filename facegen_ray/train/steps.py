@@ -38,12 +38,17 @@ def row_weights(batch: dict[str, torch.Tensor], enabled: bool, device: torch.dev
     w = batch.get("weight")
     if not enabled or w is None:
         return None
-    w = w.to(device=device, dtype=torch.float32, non_blocking=True)
-    invalid = (~torch.isfinite(w)) | (w < 0)
-    stats = torch.stack([
-        torch.where(invalid, torch.zeros_like(w), w).sum(), (w != 1).sum().float(), invalid.sum().float(),
-    ])
     world = world_size()
+    # the checks read their values on the host: on one worker they are computed from the loader's
+    # CPU tensor (no GPU sync per D step); under DDP the stats are all-reduced where the process
+    # group lives (NCCL: the GPU), which costs one small sync
+    w_host = w.to(dtype=torch.float32)
+    w_dev = w_host.to(device=device, non_blocking=True)
+    src = w_host if world == 1 else w_dev
+    invalid = (~torch.isfinite(src)) | (src < 0)
+    stats = torch.stack([
+        torch.where(invalid, torch.zeros_like(src), src).sum(), (src != 1).sum().float(), invalid.sum().float(),
+    ])
     if world > 1:
         dist.all_reduce(stats)
     total, not_one, n_invalid = stats.tolist()
@@ -51,7 +56,8 @@ def row_weights(batch: dict[str, torch.Tensor], enabled: bool, device: torch.dev
         raise ValueError("dataset rows have invalid weights (negative, NaN/inf or all zero in a batch)")
     if not_one == 0:
         return None
-    return RowWeights(w, torch.tensor(total / world, device=device))
+    denom = w_dev.sum() if world == 1 else stats[0] / world  # on the device, no host round trip
+    return RowWeights(w_dev, denom)
 
 
 def prepare_reals(images: torch.Tensor, point: SchedulePoint) -> torch.Tensor:
