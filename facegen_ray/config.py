@@ -188,6 +188,12 @@ class TrainConfig(_Section):
     stabilize_images: int = Field(default=600_000, ge=1, description="images shown per stage at alpha=1")
     fade_images: int = Field(default=600_000, ge=0, description="images shown while a new block fades in")
     total_images: int = Field(default=10_000_000, ge=1, description="stop after this many images in total")
+    max_minutes: float | None = Field(
+        default=None, gt=0,
+        description="wall-clock budget of this `facegen train` call's training loop: at the first log point "
+                    "(log_every_images) past it, write the final checkpoint and export, as at total_images; "
+                    "a later call with the same run resumes from there. None: no budget",
+    )
     batch_size: dict[int, int] = Field(
         default_factory=lambda: {4: 128, 8: 128, 16: 64, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4},
         description="global batch size per resolution (split across workers)",

@@ -133,6 +133,20 @@ def test_killed_worker_is_replaced_and_run_finishes(reference_run, faces_root, t
     assert [w["g_digest"] for w in out.workers] == [w["g_digest"] for w in ref.workers]
 
 
+def test_max_minutes_stops_at_a_log_point_exports_and_resumes(faces_root):
+    """train.max_minutes: past the budget both ranks stop at the same log point (32 images),
+    write the final checkpoint and export; the next call resumes from there to total_images."""
+    from facegen_ray.train.trainer import train
+
+    first = train(make_cfg(faces_root, "budget-2w", num_workers=2, max_minutes=1e-6), export=True)
+    assert first.images_seen == 32  # the first log point (log_every_images=32), far below total 160
+    assert all(w["stopped_by_budget"] for w in first.workers)
+    assert first.model_uri and Storage().exists(join(first.model_uri, "generator.pt"))
+    second = train(make_cfg(faces_root, "budget-2w", num_workers=2), export=False)
+    assert second.images_seen == 160
+    assert all(w["started_at"] == 32 and not w["stopped_by_budget"] for w in second.workers)
+
+
 @pytest.mark.slow  # the CLI train path stays in the default run through the bad-input tests below
 def test_cli_train_quickstart_config(faces_root, capsys):
     """The CLI path (`facegen train --config facegen_ray/configs/quickstart.yaml`) with a shorter schedule."""

@@ -24,6 +24,7 @@ iteration = the phases below, then logging/checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import tempfile
@@ -40,7 +41,7 @@ from facegen_ray.observability.metrics import training_metrics
 from facegen_ray.storage import Storage
 from facegen_ray.train import report as rep
 from facegen_ray.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint, upload_checkpoint
-from facegen_ray.train.distributed import module_digest, world_size
+from facegen_ray.train.distributed import any_rank, module_digest, world_size
 from facegen_ray.train.schedule import ProgressiveSchedule, SchedulePoint
 from facegen_ray.train.periodic_eval import PeriodicEvaluator
 from facegen_ray.train.steps import GANSteps, batch_attributes, fixed_latents, row_weights
@@ -167,6 +168,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     timing = {"data": 0.0, "checkpoint": 0.0}
     acc = {"d": 0.0, "g": 0.0, "n_d": 0, "n_g": 0}
     point = schedule.at(counters["images_seen"])
+    budget_s = tcfg.max_minutes * 60.0 if tcfg.max_minutes else None
+    loop_t0 = time.perf_counter()
+    stopped_by_budget = False
     while not point.done:
         gan.apply(point)
         nb = point.worker_batch
@@ -196,6 +200,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         crossed_ckpt = seen // tcfg.checkpoint_every_images > prev // tcfg.checkpoint_every_images
         every_eval = tcfg.eval_every_images
         crossed_eval = bool(every_eval) and seen // every_eval > prev // every_eval
+        if budget_s is not None and crossed_log and not next_point.done:
+            # decided at log points only, and the same on every rank (any rank over budget stops all)
+            over = any_rank(time.perf_counter() - loop_t0 >= budget_s, world, device)
+            if over:
+                stopped_by_budget = True
+                next_point = dataclasses.replace(next_point, done=True)
+                print(f"[facegen] train.max_minutes={tcfg.max_minutes:g} reached at {seen} images: "
+                      "final checkpoint and export", flush=True)
         if crossed_log or crossed_ckpt or crossed_eval or next_point.done:
             now = time.perf_counter()
             wall = max(now - t_last, 1e-9)
@@ -250,6 +262,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         "rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
         "torch_threads": torch.get_num_threads(),
         **counters, "started_at": started_at, "data_position": feeder.position,
+        "stopped_by_budget": stopped_by_budget,
         "g_digest": module_digest(gan.G), "d_digest": module_digest(gan.D),
         "g_ema_digest": module_digest(gan.G_ema),
     }
