@@ -233,6 +233,19 @@ def _fid_of_checkpoint(root: str, ckpt: str, eval_cfg) -> float:
     return fid_to_stats(feats, *feature_stats(real))
 
 
+def test_relative_root_is_anchored_before_trials_change_directory(tmp_path, monkeypatch):
+    """Trials run in Tune's per-trial working directory: a relative --root (the shipped sweeps'
+    `--root ./facegen-data/quality`) must reach them absolute, or the end-of-trial evaluation
+    looks for the dataset under the trial folder (the cpu-32-losses run failed so)."""
+    monkeypatch.chdir(tmp_path)
+    sweep_file = Path(__file__).resolve().parents[1] / "tune_configs" / "cpu-32-losses.yaml"
+    s = load_sweep(sweep_file, root="./facegen-data/quality")
+    want = str(tmp_path / "facegen-data" / "quality")
+    assert s.base_cfg.storage.root == want and s.base["storage"]["root"] == want
+    assert s.trial_config({"loss.name": "lsgan"}).storage.root == want
+    assert load_sweep(sweep_file, root="s3://bucket/prefix").base_cfg.storage.root == "s3://bucket/prefix"
+
+
 def test_two_trial_sweep_ranks_by_real_fid(faces_root, tmp_path, capsys):
     sweep = write_sweep(tmp_path / "sweep.yaml", name="lr2")
     rc = cli_main(["tune", str(sweep), "--root", faces_root])

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +48,7 @@ from facegen_ray.config import (
     set_dotted,
 )
 from facegen_ray.errors import UserError
+from facegen_ray.storage import is_remote
 
 # Imported where used, not here: ray: only to_tune_domain builds Ray Tune objects; sweep files are
 # validated before Ray starts.
@@ -294,6 +296,12 @@ def load_sweep(path: str | Path, sets: list[str] | None = None, *, name: str | N
             set_dotted(base, "storage.root", root)
         base = apply_overrides(base, sets)
         base_cfg = config_from_dict(base)
+        local_root = base_cfg.storage.root
+        if not is_remote(local_root) and not os.path.isabs(local_root):
+            # trials run in Tune's per-trial working directory: a relative root would resolve there
+            # (the end-of-trial evaluation found no dataset under it), so it is anchored here, once
+            set_dotted(base, "storage.root", os.path.abspath(local_root))
+            base_cfg = config_from_dict(base)
     except ConfigError as e:
         raise SweepError(f"base configuration of sweep {spec.name!r} (base_config + overrides + --set) is invalid: "
                          f"{_fmt_config_error(e)}") from None
