@@ -65,8 +65,15 @@ def main() -> None:
     ap.add_argument("--num-gen", type=int, default=5000, help="generated images at each evaluation point")
     ap.add_argument("--final-num-gen", type=int, default=None, help="generated images at the last point (default --num-gen)")
     ap.add_argument("--num-real", type=int, default=None, help="default: all reals")
+    ap.add_argument("--final-metrics", default="fid,kid,pr",
+                    help="metrics of the last evaluation (precision/recall over 10k x 21k features takes minutes)")
     ap.add_argument("--first-segment", type=int, default=8000, help="images of the first segment (rate unknown)")
     ap.add_argument("--max-segment-minutes", type=float, default=8.0)
+    ap.add_argument("--time-boxed", action="store_true",
+                    help="end each segment by time (train.max_minutes = the minutes left to the next evaluation "
+                         "point, less --startup-s) instead of by an image count sized from the measured rate; "
+                         "the images reached are read from the exported model")
+    ap.add_argument("--startup-s", type=float, default=30.0, help="--time-boxed: facegen train's start-up and export")
     ap.add_argument("--out", default=None, help="default <root>/quality")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
     args = ap.parse_args()
@@ -124,7 +131,7 @@ def main() -> None:
         return state["segments"][-1]["images"] if state["segments"] else 0
 
     def evaluate(final: bool) -> dict:
-        metrics = "fid,kid,pr" if final else "fid,kid"
+        metrics = args.final_metrics if final else "fid,kid"
         n_gen = (args.final_num_gen or args.num_gen) if final else args.num_gen
         cmd = ["evaluate", model_dir, "--data", dataset, "--metrics", metrics, "--num-gen", str(n_gen),
                "--local", *common]
@@ -154,7 +161,12 @@ def main() -> None:
             state["evals"].append(point)
             save()
             continue
-        if not state["segments"]:
+        budget = None
+        if args.time_boxed:
+            minutes = min(target - t_now, args.max_segment_minutes)
+            budget = max(0.1, minutes - args.startup_s / 60.0)
+            goal = 10**9  # the budget ends the segment
+        elif not state["segments"]:
             goal = args.first_segment
         else:
             # images/s of the last segment (start-up included), scaled by the pixel count when
@@ -167,8 +179,12 @@ def main() -> None:
             minutes = min(target - t_now, args.max_segment_minutes)
             goal = images() + max(1000, int(rate * minutes * 60))
         t0 = time.perf_counter()
-        facegen("train", *common, "--set", f"train.total_images={goal}")
+        extra = ["--set", f"train.max_minutes={budget:.4f}"] if budget is not None else []
+        facegen("train", *common, "--set", f"train.total_images={goal}", *extra)
         wall = time.perf_counter() - t0
+        if budget is not None:
+            with open(os.path.join(model_dir, "model.json")) as f:
+                goal = int(json.load(f)["metadata"]["images_seen"])
         seg = {"images": goal, "segment_images": goal - images(), "wall_s": round(wall, 1)}
         state["segments"].append(seg)
         save()

@@ -41,6 +41,7 @@ SIZES = {
     "tiny": dict(resolution=16, z_dim=32, w_dim=32, mapping_layers=2, fmap_base=128, fmap_max=32, fmap_min=8),
     "small": dict(resolution=32, z_dim=128, w_dim=128, mapping_layers=4, fmap_base=1024, fmap_max=128, fmap_min=16),
     "default": dict(resolution=64),  # ModelConfig defaults (512-d z/w, 8-layer mapping)
+    "f-256": dict(resolution=256, fmap_base=32768),  # StyleGAN2 config-f widths at 256x256 (GPU runs)
 }
 
 

@@ -160,6 +160,9 @@ def main() -> None:
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--variants", action="store_true", help="GPU: fp32, amp, amp+channels_last, amp+channels_last+compile")
+    ap.add_argument("--only", default=None, help="with --variants: a comma list of the variant names to run")
+    ap.add_argument("--partial", default=None, help="append each (variant, resolution) result here as a JSON line "
+                                                    "as soon as it is measured (survives a time limit)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--min-iters", type=int, default=3)
     ap.add_argument("--max-iters", type=int, default=200)
@@ -180,12 +183,31 @@ def main() -> None:
     if args.variants:
         variants = {"fp32": (False, False, False), "amp": (True, False, False),
                     "amp+channels_last": (True, True, False), "amp+channels_last+compile": (True, True, True)}
+        if args.only:
+            keep = args.only.split(",")
+            unknown = sorted(set(keep) - set(variants))
+            if unknown:
+                ap.error(f"--only: unknown variant(s) {unknown}; choose from {sorted(variants)}")
+            variants = {k: v for k, v in variants.items() if k in keep}
     else:
         name = "+".join([n for n, f in (("amp", args.amp), ("channels_last", args.channels_last), ("compile", args.compile)) if f]) or "fp32"
         variants = {name: (args.amp, args.channels_last, args.compile)}
     results: dict[str, dict[str, dict]] = {}
     for vname, (amp, cl, comp) in variants.items():
-        results[vname] = {str(r): bench_one(r, args, amp, cl, comp) for r in resolutions}
+        results[vname] = {}
+        for r in resolutions:
+            try:
+                results[vname][str(r)] = bench_one(r, args, amp, cl, comp)
+            except Exception as e:  # noqa: BLE001 - recorded; the other variants still run
+                results[vname][str(r)] = {"img_per_s": None, "error": f"{type(e).__name__}: {str(e)[:400]}"}
+            if args.device.startswith("cuda"):
+                results[vname][str(r)]["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                torch.cuda.reset_peak_memory_stats()
+                torch.cuda.empty_cache()
+            if args.partial:
+                with open(args.partial, "a") as f:
+                    f.write(json.dumps({"variant": vname, "resolution": r, "batch": args.batch,
+                                        **results[vname][str(r)]}) + "\n")
     out = {
         "benchmark": "train_step_throughput",
         "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or platform.machine(),
