@@ -95,7 +95,7 @@ def test_evaluate_conditional_model_reports_cfid_and_attr_acc(world, capsys):
         assert g["n_real"] == int((labels[g["attribute"]] == g["code"]).sum())
         assert g["n_gen"] == int((c[:, col] == g["code"]).sum())
         if g["fid"] is None:
-            assert min(g["n_real"], g["n_gen"]) < MIN_IMAGES and "eval.cfid_min_images (4)" in g["skipped"]
+            assert min(g["n_real"], g["n_gen"]) < MIN_IMAGES and "eval.cfid_min_images = 4" in g["skipped"]
         else:
             assert min(g["n_real"], g["n_gen"]) >= MIN_IMAGES and np.isfinite(g["fid"]) and g["fid"] > 0
     computed = [g["fid"] for g in groups if g["fid"] is not None]

@@ -247,8 +247,9 @@ def test_conditional_fid_per_group_and_mean():
                                  ("race=0", gen_c[:, 2] == 0, labels["race"] == 0)):
         assert by[name]["fid"] == pytest.approx(fid_from_features(gen[mask_g], real[mask_r]), rel=1e-9)
     assert by["race=0"]["n_real"] == 35                                 # the unknown row is left out
-    assert by["race=1"]["fid"] is None and by["race=1"]["skipped"] == "4 reals and 4 generated < eval.cfid_min_images (5)"
-    assert by["age=2"]["fid"] is None and "0 reals" in by["age=2"]["skipped"]
+    assert by["race=1"]["fid"] is None and by["race=1"]["skipped"] == ("too few images: 4 real, 4 generated "
+                                                                 "(each needs eval.cfid_min_images = 5)")
+    assert by["age=2"]["fid"] is None and "0 real, 0 generated" in by["age=2"]["skipped"]
     computed = [g["fid"] for g in out["groups"] if g["fid"] is not None]
     assert len(computed) == 5 == out["groups_computed"] and out["groups_skipped"] == 5
     assert out["mean"] == pytest.approx(np.mean(computed), rel=1e-12)

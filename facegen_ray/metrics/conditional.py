@@ -72,9 +72,9 @@ def conditional_fid(gen: np.ndarray, gen_c: np.ndarray, real: np.ndarray, real_l
         g, r = gen[gen_c[:, col] == code], real[labels == code]
         row: dict[str, Any] = {"group": f"{attr}={code}", "attribute": attr, "code": code, "name": name,
                                "n_gen": int(len(g)), "n_real": int(len(r)), "fid": None}
-        short = [f"{n} {what}" for n, what in ((len(r), "reals"), (len(g), "generated")) if n < min_images]
-        if short:
-            row["skipped"] = f"{' and '.join(short)} < eval.cfid_min_images ({min_images})"
+        if min(len(r), len(g)) < min_images:
+            row["skipped"] = (f"too few images: {len(r)} real, {len(g)} generated "
+                              f"(each needs eval.cfid_min_images = {min_images})")
         else:
             row["fid"] = fid_to_stats(g, *feature_stats(r))
         groups.append(row)

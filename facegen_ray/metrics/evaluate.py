@@ -395,10 +395,12 @@ def evaluate_model(storage: Storage, model_uri: str, data_uri: str, cfg: EvalCon
         result.update(compute_metrics(gen, real, [m for m in metrics if m in FEATURE_METRICS], cfg, mu_sigma))
         if "cfid" in metrics:
             result["cfid"] = conditional_fid(gen, c.numpy(), real, labels, model_cfg.age_buckets, cfg.cfid_min_images)
-            log.info("cfid: %s over %d group(s), %d skipped", result["cfid"]["mean"], result["cfid"]["groups_computed"],
-                     result["cfid"]["groups_skipped"])
+            log.info("cfid: mean %s over %d group(s), %d skipped (too few images)", _num(result["cfid"]["mean"]),
+                     result["cfid"]["groups_computed"], result["cfid"]["groups_skipped"])
         if "attr_acc" in metrics:
-            result["attr_acc"] = _attribute_accuracy(tagger, imgs, c.numpy(), model_cfg.age_buckets)
+            acc = result["attr_acc"] = _attribute_accuracy(tagger, imgs, c.numpy(), model_cfg.age_buckets)
+            log.info("attr_acc: overall %s (age %s, gender %s, race %s)", _num(acc["overall"]["accuracy"]),
+                     *(_num(acc[k]["accuracy"]) for k in ("age", "gender", "race")))
         if "memorisation" in metrics:
             result["memorisation"] = _memorisation(storage, data_uri, cfg, G, seeds, c, gen, use_ray,
                                                    local.extractor if local else None, sheet_uri)
@@ -419,6 +421,10 @@ def evaluate_model(storage: Storage, model_uri: str, data_uri: str, cfg: EvalCon
                 ray.kill(a)
     result["elapsed_s"] = round(time.time() - t0, 2)
     return result
+
+
+def _num(x: float | None) -> str:
+    return "none" if x is None else f"{x:.4g}"
 
 
 def _attribute_accuracy(tagger, imgs: np.ndarray, c: np.ndarray, age_buckets: Sequence[int]) -> dict[str, Any]:
