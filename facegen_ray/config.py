@@ -266,7 +266,9 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     """`facegen evaluate`: sample-quality metrics against a dataset."""
 
-    metrics: list[Literal["fid", "kid", "pr", "is", "diversity", "memorisation"]] = Field(default_factory=lambda: ["fid", "kid", "pr"])
+    metrics: list[Literal["fid", "kid", "pr", "is", "diversity", "memorisation", "cfid", "attr_acc"]] = Field(
+        default_factory=lambda: ["fid", "kid", "pr"],
+        description="cfid / attr_acc: conditional models only (attr_acc and diversity need an attribute model)")
     num_gen: int = Field(default=10_000, ge=2)
     num_real: int | None = Field(default=None, ge=2, description="reals to use; default all")
     batch_size: int = Field(default=64, ge=1)
@@ -283,6 +285,8 @@ class EvalConfig(_Section):
                                            "face than this percentile of held-out faces is a suspected copy")
     memorisation_num_train: int | None = Field(default=None, ge=1, description="training faces searched; default all")
     memorisation_sheet: int = Field(default=16, ge=1, description="closest (generated, training) pairs in the contact sheet")
+    cfid_min_images: int = Field(default=10, ge=2, description="per-group FID (cfid) skips a group with fewer reals "
+                                 "or generated images than this (FID needs 2+; a handful in 2048-d is mostly noise)")
 
 
 class ServeConfig(_Section):
@@ -346,7 +350,9 @@ class GateConfig(_Section):
     Promote iff candidate FID <= serving FID * (1 + fid_tolerance) and every margin that is set
     holds (KID mean not higher by more than kid_margin; precision / recall not lower by more
     than their margins). With min_human_win_rate set, people's /compare votes (candidate vs the
-    serving model) must also agree: see serve/comparison.py (fewer than min_votes -> "pending")."""
+    serving model) must also agree: see serve/comparison.py (fewer than min_votes -> "pending").
+    Conditional models are also measured for CFID (and attribute accuracy with attribute_model),
+    gated only when cfid_tolerance / attr_acc_margin is set."""
 
     fid_tolerance: float = Field(default=0.0, ge=-1, description="relative slack on FID (-1: never promote)")
     kid_margin: float | None = Field(default=None, ge=0)
@@ -366,12 +372,21 @@ class GateConfig(_Section):
     min_votes: int | None = Field(default=None, ge=1, description="votes the human rule needs before it decides (fewer: "
                                   "'pending'); default 30 when min_human_win_rate is set")
     human_confidence: float = Field(default=0.95, gt=0.5, lt=1, description="confidence level of that Wilson interval")
+    cfid_tolerance: float | None = Field(default=None, ge=-1, description="conditional models: also require candidate "
+                                         "CFID <= serving CFID * (1 + this); None: CFID is shown, not a rule")
+    attribute_model: str | None = Field(default=None, description="attribute classifier folder: conditional models "
+                                        "are also measured for attribute accuracy (attr_acc)")
+    attr_acc_margin: float | None = Field(default=None, ge=0, le=1, description="also require candidate attribute "
+                                          "accuracy >= serving's - this (needs attribute_model); None: shown, not a rule")
 
     @model_validator(mode="after")
     def _human_rule(self) -> "GateConfig":
         if self.min_votes is not None and self.min_human_win_rate is None:
             raise ValueError("gate.min_votes applies to the human rule only: set gate.min_human_win_rate too "
                              "(e.g. 0.4), or leave both unset")
+        if self.attr_acc_margin is not None and not self.attribute_model:
+            raise ValueError("gate.attr_acc_margin needs gate.attribute_model (an attribute classifier folder, "
+                             "from `facegen attributes train`)")
         return self
 
 

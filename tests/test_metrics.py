@@ -213,3 +213,80 @@ def test_fid_to_stats_rejects_mismatched_inputs():
         fid_to_stats(np.zeros((1, 4)), np.zeros(4), np.eye(4))
     with pytest.raises(ValueError, match="mismatched"):
         fid_to_stats(np.zeros((3, 4)), np.zeros(5), np.eye(5))
+
+
+# ---------------------------------------------------------------- conditional: per-group FID, CFID, attribute accuracy
+
+def test_conditional_fid_per_group_and_mean():
+    """Each group's FID is the FID of its generated rows against its reals; a group whose
+    generated features are its reals gives 0; CFID is the mean of the computed groups; groups
+    under min_images are skipped with the reason and no number."""
+    from facegen_ray.metrics.conditional import conditional_fid
+
+    rng = np.random.default_rng(8)
+    m, d = 40, 8
+    real = rng.normal(size=(m, d))
+    labels = {"age": np.arange(m) % 2,                                   # buckets 0/1: 20 each; bucket 2: none
+              "gender": (np.arange(m) >= 20).astype(np.int64),           # 20 male, 20 female
+              "race": np.where(np.arange(m) < 36, 0, 1)}                 # 36 white, 4 black
+    labels["race"][0] = -1                                               # unknown: in no race group
+    gen = real.copy()
+    gen[20:] = gen[20:] * 1.5 + 2.0                                      # female faces drawn off
+    gen_c = np.stack([labels["age"], labels["gender"], labels["race"]], 1)
+    out = conditional_fid(gen, gen_c, real, labels, age_buckets=[0, 20, 40], min_images=5)
+
+    by = {g["group"]: g for g in out["groups"]}
+    assert list(by) == ["age=0", "age=1", "age=2", "gender=0", "gender=1",
+                        "race=0", "race=1", "race=2", "race=3", "race=4"]
+    assert by["gender=0"]["name"] == "male" and by["age=2"]["name"] == "40+" and by["race=2"]["name"] == "asian"
+    assert by["gender=0"]["fid"] == pytest.approx(0.0, abs=1e-9)          # generated == its reals
+    assert by["gender=0"]["n_gen"] == by["gender=0"]["n_real"] == 20
+    assert by["gender=1"]["fid"] == pytest.approx(fid_from_features(gen[20:], real[20:]), rel=1e-9)
+    assert by["gender=1"]["fid"] > 1.0
+    for name, mask_g, mask_r in (("age=0", gen_c[:, 0] == 0, labels["age"] == 0),
+                                 ("race=0", gen_c[:, 2] == 0, labels["race"] == 0)):
+        assert by[name]["fid"] == pytest.approx(fid_from_features(gen[mask_g], real[mask_r]), rel=1e-9)
+    assert by["race=0"]["n_real"] == 35                                 # the unknown row is left out
+    assert by["race=1"]["fid"] is None and by["race=1"]["skipped"] == ("too few images: 4 real, 4 generated "
+                                                                 "(each needs eval.cfid_min_images = 5)")
+    assert by["age=2"]["fid"] is None and "0 real, 0 generated" in by["age=2"]["skipped"]
+    computed = [g["fid"] for g in out["groups"] if g["fid"] is not None]
+    assert len(computed) == 5 == out["groups_computed"] and out["groups_skipped"] == 5
+    assert out["mean"] == pytest.approx(np.mean(computed), rel=1e-12)
+    assert out["min_images"] == 5 and "reason" not in out
+
+
+def test_conditional_fid_nothing_computable_and_bad_input():
+    from facegen_ray.metrics.conditional import conditional_fid
+
+    rng = np.random.default_rng(9)
+    real, gen = rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
+    labels = {"age": np.zeros(6, np.int64), "gender": np.full(6, -1), "race": np.full(6, -1)}
+    c = np.stack([labels["age"], labels["gender"], labels["race"]], 1)
+    out = conditional_fid(gen, c, real, labels, age_buckets=[0, 20], min_images=10)
+    assert out["mean"] is None and out["groups_computed"] == 0 and "cfid_min_images" in out["reason"]
+    assert all(g["fid"] is None and g["skipped"] for g in out["groups"])
+    assert conditional_fid(gen, c, real, labels, [0, 20], min_images=6)["groups_computed"] == 1  # age=0 only
+    with pytest.raises(ValueError, match=">= 2"):
+        conditional_fid(gen, c, real, labels, [0, 20], min_images=1)
+    with pytest.raises(ValueError, match=r"\[N,3\]"):
+        conditional_fid(gen, c[:, :2], real, labels, [0, 20])
+
+
+def test_attribute_accuracy_per_attribute_and_overall():
+    from facegen_ray.metrics.conditional import attribute_accuracy
+
+    requested = np.array([[0, 1, 2], [1, 0, -1], [2, 1, 4], [-1, -1, 3]])
+    pred = {"age": np.array([0, 1, 0, 5]), "gender": np.array([1, 1, 1, 0]), "race": np.array([2, 0, 1, 3])}
+    out = attribute_accuracy(pred, requested, held_out={"gender": {"accuracy": 0.9, "n": 10}})
+    assert out["n_gen"] == 4
+    assert out["age"] == {"accuracy": pytest.approx(2 / 3), "n": 3}           # -1 requests are not counted
+    assert out["gender"] == {"accuracy": pytest.approx(2 / 3), "n": 3}
+    assert out["race"] == {"accuracy": pytest.approx(2 / 3), "n": 3}
+    assert out["overall"] == {"accuracy": pytest.approx(6 / 9), "n": 9}
+    assert out["classifier_held_out"]["gender"]["accuracy"] == 0.9
+    skipped = attribute_accuracy(pred, requested, skip={"age": "age buckets differ"})
+    assert skipped["age"]["skipped"] == "age buckets differ" and skipped["age"]["accuracy"] is None
+    assert skipped["overall"] == {"accuracy": pytest.approx(4 / 6), "n": 6}
+    none = attribute_accuracy(pred, np.full((4, 3), -1))
+    assert none["overall"] == {"accuracy": None, "n": 0}

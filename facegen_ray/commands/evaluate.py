@@ -1,5 +1,7 @@
 """`facegen evaluate MODEL --data URI`: FID / KID / precision-recall / IS / diversity of a
 generator against a dataset version; prints ONE JSON object on stdout (logs go to stderr).
+Conditional models (model.conditional: true) also: cfid (FID per attribute value and their
+mean) and attr_acc (does the attribute classifier read back the requested attributes).
 
 MODEL: a registry version (v3, serving, latest) or a model directory URI. Reference
 features of the dataset version are cached next to its manifest and reused. Features are
@@ -39,14 +41,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help="registry version (v1, serving, latest) or model directory URI")
     p.add_argument("--data", required=True, metavar="URI", help="dataset URI (DEST of prepare, or DEST/v<N>)")
-    p.add_argument("--metrics", default=None, help="comma-separated subset of fid,kid,pr,is,diversity,memorisation (default eval.metrics)")
+    p.add_argument("--metrics", default=None, help="comma-separated subset of fid,kid,pr,is,diversity,memorisation,cfid,attr_acc "
+                   "(default eval.metrics; cfid and attr_acc: conditional models only)")
     p.add_argument("--num-gen", type=int, default=None, help="generated images (default eval.num_gen)")
     p.add_argument("--num-real", type=int, default=None, help="real images (default: all distinct images)")
     p.add_argument("--truncation", type=float, default=None, help="truncation ψ in [0,1] (default eval.truncation)")
     p.add_argument("--sweep", type=_floats, default=None, metavar="PSI,PSI,...",
                    help="also FID and precision/recall for each ψ (e.g. 0.5,0.7,1.0)")
     p.add_argument("--sweep-plot", default=None, metavar="PNG", help="write the sweep plot (FID, P/R vs ψ) here")
-    p.add_argument("--attribute-model", default=None, metavar="URI", help="attribute classifier folder (for diversity)")
+    p.add_argument("--attribute-model", default=None, metavar="URI", help="attribute classifier folder (for diversity, attr_acc)")
     p.add_argument("--sheet", default=None, metavar="PNG",
                    help="memorisation contact sheet (generated | nearest training face); default MODEL_DIR/memorisation-sheet.png")
     p.add_argument("--local", action="store_true", help="extract features in this process instead of Ray")

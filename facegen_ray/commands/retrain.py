@@ -113,5 +113,5 @@ def run_gate_cmd(args: argparse.Namespace) -> int:
     out = {"candidate": result.candidate, "serving_before": result.serving, "decision": result.decision,
            "reasons": result.reasons, "candidate_metrics": result.candidate_metrics,
            "serving_metrics": result.serving_metrics, "eval": result.eval, "gate_report": result.report_uri,
-           "serving": result.serving_after, "human": result.human}
+           "serving": result.serving_after, "human": result.human, "notes": result.notes}
     return _finish(cfg, args, out, result.candidate)

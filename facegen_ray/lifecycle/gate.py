@@ -13,6 +13,11 @@ Decision (gate.*):  promote iff  FID_cand <= FID_serving * (1 + fid_tolerance)
                                [and recall_cand >= recall_serving - recall_margin]
 (bracketed checks only when their margin is set), and, when gate.max_copy_rate is set,
 the candidate's memorisation copy rate (metrics/memorisation.py) <= max_copy_rate. A non-finite metric fails its check.
+Conditional models (both candidate and serving conditional) are also measured for CFID, the
+mean per-attribute-value FID (metrics/conditional.py), and, with gate.attribute_model, attribute
+accuracy; these are shown beside FID/KID/PR (the report's metrics and a "shown, not a rule"
+line) and gate only when set:  [CFID_cand <= CFID_serving * (1 + cfid_tolerance)]
+                                [attr_acc_cand >= attr_acc_serving - attr_acc_margin].
 Human rule (gate.min_human_win_rate set; serve/comparison.py): people's /compare votes on
 pairs of the candidate and the serving model must also pass -- the lower end of the Wilson
 interval of the candidate's win rate >= min_human_win_rate -- and with fewer than
@@ -67,6 +72,7 @@ class GateResult:
     serving_after: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     human: dict[str, Any] | None = None  # comparison.human_verdict(): votes, win rate, Wilson CI, verdict
+    notes: list[str] = field(default_factory=list)  # metrics shown without a rule (conditional_notes)
 
     @property
     def promoted(self) -> bool:
@@ -105,6 +111,12 @@ def summarize_metrics(result: dict[str, Any]) -> dict[str, Any]:
         "reference_cached": (result.get("reference") or {}).get("cached"),
         **({"copy_rate": result["memorisation"]["copy_rate"], "memorisation": result["memorisation"]}
            if "memorisation" in result else {}),
+        **({"cfid": result["cfid"]["mean"], "cfid_groups_computed": result["cfid"]["groups_computed"],
+            "cfid_groups_skipped": result["cfid"]["groups_skipped"], "cfid_groups": result["cfid"]["groups"]}
+           if "cfid" in result else {}),
+        **({"attr_acc": result["attr_acc"]["overall"]["accuracy"],
+            "attr_acc_by_attribute": {k: result["attr_acc"][k] for k in ("age", "gender", "race")}}
+           if "attr_acc" in result else {}),
     }
 
 
@@ -134,6 +146,14 @@ def decide(candidate: dict[str, Any], serving: dict[str, Any], gcfg: GateConfig)
         if margin is not None:
             check(name, candidate.get(name), serving.get(name), lambda s, m=margin: s - m, "higher",
                   f"candidate {name} >= serving {name} - {margin:g}")
+    if gcfg.cfid_tolerance is not None:
+        ct = gcfg.cfid_tolerance
+        check("cfid", candidate.get("cfid"), serving.get("cfid"), lambda s: s * (1.0 + ct), "lower",
+              f"candidate CFID <= serving CFID x (1 + {ct:g})")
+    if gcfg.attr_acc_margin is not None:
+        am = gcfg.attr_acc_margin
+        check("attr_acc", candidate.get("attr_acc"), serving.get("attr_acc"), lambda s: s - am, "higher",
+              f"candidate attribute accuracy >= serving attribute accuracy - {am:g}")
     if gcfg.max_copy_rate is not None:
         rate = candidate.get("copy_rate")
         checks.append({"metric": "copy_rate", "candidate": rate, "serving": None,
@@ -163,6 +183,29 @@ def decide(candidate: dict[str, Any], serving: dict[str, Any], gcfg: GateConfig)
     return decision, reasons, checks
 
 
+def _fmt(x: Any) -> str:
+    return f"{x:.6g}" if _finite(x) else str(x)
+
+
+def conditional_notes(candidate: dict[str, Any], serving: dict[str, Any], gcfg: GateConfig) -> list[str]:
+    """One line per conditional metric measured (cfid, attr_acc) that no gate rule checks, so it
+    is shown beside the rule lines; a metric with a rule set gets its check line from decide()."""
+    lines = []
+    for metric, setting in (("cfid", "cfid_tolerance"), ("attr_acc", "attr_acc_margin")):
+        if getattr(gcfg, setting) is not None or (metric not in candidate and metric not in serving):
+            continue
+
+        def show(m: dict[str, Any]) -> str:
+            if metric not in m:
+                return "not measured"
+            if metric == "cfid":
+                return f"{_fmt(m['cfid'])} ({m['cfid_groups_computed']} groups, {m['cfid_groups_skipped']} skipped)"
+            return _fmt(m["attr_acc"])
+        lines.append(f"{metric}: candidate {show(candidate)}, serving {show(serving)} "
+                     f"(shown, not a rule: set gate.{setting} to gate on it)")
+    return lines
+
+
 def _human(storage: Storage, cfg: FacegenConfig, candidate: str, serving: str) -> dict[str, Any] | None:
     """The human verdict on candidate vs serving (comparison.human_verdict), or None when the
     rule is off and nobody voted on that pair of versions."""
@@ -173,6 +216,14 @@ def _human(storage: Storage, cfg: FacegenConfig, candidate: str, serving: str) -
     if g.min_human_win_rate is None and not tally["votes"]:
         return None
     return human_verdict(tally, g.min_human_win_rate, g.min_votes, g.human_confidence)
+
+
+def gate_conditional_metrics(conditional: bool, gcfg: GateConfig) -> list[str]:
+    """What a conditional model is measured for besides GATE_METRICS: cfid, and attr_acc when the
+    gate has an attribute model; nothing for an unconditional one."""
+    if not conditional:
+        return []
+    return ["cfid"] + (["attr_acc"] if gcfg.attribute_model else [])
 
 
 def reference_for(storage: Storage, cfg: FacegenConfig, cand_meta: dict[str, Any], serv_meta: dict[str, Any],
@@ -210,13 +261,22 @@ def run_gate(cfg: FacegenConfig, candidate: str, *, storage: Storage | None = No
         raise UserError(f"{candidate} is already the serving model; gate a different candidate")
     serv_entry = reg.get(serving)
 
-    def meta_of(entry: dict[str, Any]) -> dict[str, Any]:
+    def doc_of(entry: dict[str, Any]) -> dict[str, Any]:
         try:
-            return dict(storage.read_json(join(entry["uri"], MODEL_FILE)).get("metadata") or {})
+            return dict(storage.read_json(join(entry["uri"], MODEL_FILE)))
         except FileNotFoundError:
             raise UserError(f"model directory {entry['uri']} is missing its {MODEL_FILE}") from None
 
-    ref = reference_for(storage, cfg, meta_of(cand_entry), meta_of(serv_entry), data)
+    docs = {"candidate": doc_of(cand_entry), "serving": doc_of(serv_entry)}
+    meta = {k: dict(d.get("metadata") or {}) for k, d in docs.items()}
+    conditional = {k: bool((d.get("model") or {}).get("conditional")) for k, d in docs.items()}
+    versions = {"candidate": candidate, "serving": serving}
+    for setting in ("cfid_tolerance", "attr_acc_margin"):
+        plain = [versions[k] for k in ("candidate", "serving") if not conditional[k]]
+        if getattr(cfg.gate, setting) is not None and plain:
+            raise UserError(f"gate.{setting} compares conditional models, but {' and '.join(plain)} "
+                            f"{'is' if len(plain) == 1 else 'are'} unconditional: unset gate.{setting}")
+    ref = reference_for(storage, cfg, meta["candidate"], meta["serving"], data)
     human = _human(storage, cfg, candidate, serving)
     ev = gate_eval_config(cfg)
     if cfg.gate.use_ray:
@@ -226,11 +286,16 @@ def run_gate(cfg: FacegenConfig, candidate: str, *, storage: Storage | None = No
         progress(f"[facegen] gate: evaluating {label} {version} ({ev.num_gen} generated vs "
                  f"{ev.num_real or 'all'} reals of {ref})")
         metrics = GATE_METRICS + (["memorisation"] if label == "candidate" and cfg.gate.max_copy_rate is not None else [])
+        metrics += gate_conditional_metrics(conditional[label], cfg.gate)
         res = evaluate_model(storage, entry["uri"], ref, ev, metrics=metrics, use_ray=cfg.gate.use_ray,
+                             attribute_model=cfg.gate.attribute_model,
                              sheet_uri=join(Layout(cfg.storage.root).model(candidate), "gate", "memorisation-sheet.png")
                              if "memorisation" in metrics else None)
         results[label] = summarize_metrics(res)
     decision, reasons, checks = decide(results["candidate"], results["serving"], cfg.gate)
+    notes = conditional_notes(results["candidate"], results["serving"], cfg.gate)
+    for line in notes:
+        progress(f"[facegen] gate: {line}")
     if human is not None:
         from facegen_ray.serve.comparison import combine_decision
 
@@ -241,11 +306,12 @@ def run_gate(cfg: FacegenConfig, candidate: str, *, storage: Storage | None = No
     report_uri = join(Layout(cfg.storage.root).model(candidate), "gate", f"{stamp}.json")
     eval_info = {"data": ref, "num_gen": ev.num_gen, "num_real": results["candidate"]["num_real"],
                  "seeds": results["candidate"]["seeds"], "truncation": ev.truncation,
-                 "data_version": results["candidate"]["data_version"], "metrics": GATE_METRICS}
+                 "data_version": results["candidate"]["data_version"],
+                 "metrics": GATE_METRICS + gate_conditional_metrics(conditional["candidate"], cfg.gate)}
     result = GateResult(
         candidate=candidate, serving=serving, decision=decision, reasons=reasons, checks=checks,
         candidate_metrics=results["candidate"], serving_metrics=results["serving"], eval=eval_info,
-        report_uri=report_uri, time=now.isoformat(timespec="seconds"), human=human,
+        report_uri=report_uri, time=now.isoformat(timespec="seconds"), human=human, notes=notes,
     )
     promoting = promote and decision == PROMOTED
     if decision == PROMOTED and not promote:
@@ -257,6 +323,7 @@ def run_gate(cfg: FacegenConfig, candidate: str, *, storage: Storage | None = No
     cand = results["candidate"]
     reg.set_metrics(candidate, {
         **{k: cand[k] for k in ("fid", "kid", "precision", "recall", "num_gen", "num_real", "data_version")},
+        **{k: cand[k] for k in ("cfid", "attr_acc") if k in cand},
         "gate": {"decision": decision, "reasons": reasons, "time": result.time, "report": report_uri,
                  "serving_version": serving, "candidate": cand, "serving": results["serving"],
                  "tolerance": cfg.gate.fid_tolerance, "promoted": promoting, "human": human},
@@ -266,5 +333,6 @@ def run_gate(cfg: FacegenConfig, candidate: str, *, storage: Storage | None = No
     return result
 
 
-__all__ = ["GateResult", "gate_eval_config", "summarize_metrics", "decide", "reference_for", "run_gate",
+__all__ = ["GateResult", "gate_eval_config", "summarize_metrics", "decide", "conditional_notes",
+           "gate_conditional_metrics", "reference_for", "run_gate",
            "PROMOTED", "REJECTED", "PASSED", "PENDING"]

@@ -222,7 +222,7 @@ def retrain(cfg: FacegenConfig, *, storage: Storage | None = None, overrides: Ma
     progress(f"[facegen] gate: {result.decision} (serving: {result.serving_after}; report {result.report_uri})")
     out.update({"decision": result.decision, "reasons": result.reasons, "candidate_metrics": result.candidate_metrics,
                 "serving_metrics": result.serving_metrics, "gate_report": result.report_uri,
-                "serving": result.serving_after, "human": result.human})
+                "serving": result.serving_after, "human": result.human, "notes": result.notes})
     return out
 
 

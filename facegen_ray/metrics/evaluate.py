@@ -25,6 +25,7 @@ from facegen_ray.config import EvalConfig
 from facegen_ray.data.ingest import worker_filesystem, worker_filesystem_path
 from facegen_ray.data.shards import decode_image, holdout_uris, read_manifest, shard_uris
 from facegen_ray.errors import UserError
+from facegen_ray.metrics.conditional import attribute_accuracy, conditional_fid
 from facegen_ray.metrics.diversity import diversity_report
 from facegen_ray.metrics.fid import feature_stats, fid_to_stats
 from facegen_ray.metrics.inception import (
@@ -317,6 +318,11 @@ def generated_features(seeds: Sequence[int], truncation: float, cfg: EvalConfig,
 
 # ---------------------------------------------------------------- metrics
 
+# Names --metrics accepts (EvalConfig.metrics): the first four from the features alone.
+FEATURE_METRICS = ("fid", "kid", "pr", "is")
+METRICS = (*FEATURE_METRICS, "diversity", "memorisation", "cfid", "attr_acc")
+
+
 def compute_metrics(gen: np.ndarray, real: np.ndarray, metrics: Sequence[str], cfg: EvalConfig,
                     real_stats: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """Metric values from generated [N,2048] and real [M,2048] features."""
@@ -341,25 +347,30 @@ def evaluate_model(storage: Storage, model_uri: str, data_uri: str, cfg: EvalCon
                    sheet_uri: str | None = None) -> dict[str, Any]:
     """Evaluate the generator in `model_uri` against the dataset at `data_uri`.
 
-    metrics ⊆ {fid, kid, pr, is, diversity}; with `sweep`, also FID and precision/recall for
-    each ψ (under "sweep"). Returns a JSON-able dict (n_gen/n_real with the metrics).
+    metrics ⊆ METRICS; with `sweep`, also FID and precision/recall for each ψ (under "sweep").
+    cfid / attr_acc (metrics/conditional.py) need a conditional model; attr_acc and diversity
+    need `attribute_model`. Returns a JSON-able dict (n_gen/n_real with the metrics).
     """
     metrics = list(metrics or cfg.metrics)
-    unknown = sorted(set(metrics) - {"fid", "kid", "pr", "is", "diversity", "memorisation"})
+    unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
-        raise UserError(f"unknown metrics {unknown}; choose from fid,kid,pr,is,diversity,memorisation")
+        raise UserError(f"unknown metrics {unknown}; choose from {','.join(METRICS)}")
     tagger = None
-    if "diversity" in metrics:
-        if not attribute_model:
-            raise UserError("the diversity metric needs --attribute-model URI (train one with `facegen attributes train`)")
-
-        tagger = load_tagger(storage, attribute_model)
+    for name in ("diversity", "attr_acc"):
+        if name in metrics and not attribute_model:
+            raise UserError(f"the {name} metric needs --attribute-model URI (train one with `facegen attributes train`)")
     t0 = time.time()
     local = GeneratedFeatureWorker(storage, model_uri, cfg.inception_path, cfg.device, cfg.batch_size) if not use_ray else None
+    G, model_cfg, meta = (local.G, local.model_cfg, local.metadata) if local else load_model_dir(storage, model_uri)
+    conditional_only = [m for m in metrics if m in ("cfid", "attr_acc")]
+    if conditional_only and not getattr(G, "conditional", False):
+        raise UserError(f"{' and '.join(conditional_only)} measure conditional generators (model.conditional: true); "
+                        f"{model_uri} is unconditional: drop {','.join(conditional_only)} from --metrics")
+    if "diversity" in metrics or "attr_acc" in metrics:
+        tagger = load_tagger(storage, attribute_model)
     real, info = reference_features(storage, data_uri, cfg, use_ray=use_ray, extractor=local.extractor if local else None)
     sel: RealSelection = info.pop("selection")
 
-    G, model_cfg, meta = (local.G, local.model_cfg, local.metadata) if local else load_model_dir(storage, model_uri)
     labels = data_labels(storage, sel, model_cfg.age_buckets) if (tagger is not None or getattr(G, "conditional", False)) else None
     seeds = list(range(cfg.seed, cfg.seed + cfg.num_gen))
     c = conditioning_for(G, labels, len(seeds), cfg.seed)
@@ -381,11 +392,19 @@ def evaluate_model(storage: Storage, model_uri: str, data_uri: str, cfg: EvalCon
             "seeds": [seeds[0], seeds[-1]], "reference": {k: info[k] for k in ("uri", "key", "cached")},
             "extractor": EXTRACTOR_ID,
         }
-        result.update(compute_metrics(gen, real, [m for m in metrics if m not in ("diversity", "memorisation")], cfg, mu_sigma))
+        result.update(compute_metrics(gen, real, [m for m in metrics if m in FEATURE_METRICS], cfg, mu_sigma))
+        if "cfid" in metrics:
+            result["cfid"] = conditional_fid(gen, c.numpy(), real, labels, model_cfg.age_buckets, cfg.cfid_min_images)
+            log.info("cfid: mean %s over %d group(s), %d skipped (too few images)", _num(result["cfid"]["mean"]),
+                     result["cfid"]["groups_computed"], result["cfid"]["groups_skipped"])
+        if "attr_acc" in metrics:
+            acc = result["attr_acc"] = _attribute_accuracy(tagger, imgs, c.numpy(), model_cfg.age_buckets)
+            log.info("attr_acc: overall %s (age %s, gender %s, race %s)", _num(acc["overall"]["accuracy"]),
+                     *(_num(acc[k]["accuracy"]) for k in ("age", "gender", "race")))
         if "memorisation" in metrics:
             result["memorisation"] = _memorisation(storage, data_uri, cfg, G, seeds, c, gen, use_ray,
                                                    local.extractor if local else None, sheet_uri)
-        if tagger is not None:
+        if "diversity" in metrics:
             result["diversity"] = diversity_report(tagger, imgs, labels)
         if sweep:
             result["sweep"] = []
@@ -402,6 +421,20 @@ def evaluate_model(storage: Storage, model_uri: str, data_uri: str, cfg: EvalCon
                 ray.kill(a)
     result["elapsed_s"] = round(time.time() - t0, 2)
     return result
+
+
+def _num(x: float | None) -> str:
+    return "none" if x is None else f"{x:.4g}"
+
+
+def _attribute_accuracy(tagger, imgs: np.ndarray, c: np.ndarray, age_buckets: Sequence[int]) -> dict[str, Any]:
+    """The classifier on the generated faces vs the conditions they were asked for. Its age head
+    is read only when it buckets ages as the model does."""
+    skip = {}
+    if list(tagger.age_buckets) != list(age_buckets):
+        skip["age"] = (f"the attribute model's age buckets {list(tagger.age_buckets)} differ from the generator's "
+                       f"{list(age_buckets)}")
+    return attribute_accuracy(tagger.predict_buckets(imgs), c, skip, tagger.meta.get("held_out"))
 
 
 def _memorisation(storage: Storage, data_uri: str, cfg: EvalConfig, G: torch.nn.Module, seeds: list[int],
@@ -459,4 +492,5 @@ def plot_sweep(rows: Sequence[dict[str, Any]]) -> bytes:
 __all__ = [
     "select_reals", "reference_key", "reference_features", "data_labels", "generate_uint8",
     "GeneratedFeatureWorker", "generated_features", "compute_metrics", "evaluate_model", "plot_sweep",
+    "METRICS", "FEATURE_METRICS",
 ]
