@@ -27,6 +27,7 @@ from conftest import tiny_model_dict
 from facegen_ray.config import GateConfig, ModelConfig
 from facegen_ray.models import Generator, save_model_dir
 from facegen_ray.provenance import read_metadata
+from facegen_ray.lifecycle import human_votes as hv
 from facegen_ray.serve import comparison as cmp
 from facegen_ray.serve import generation as gen
 from facegen_ray.serve.ingress import Ingress, api
@@ -42,19 +43,19 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 def test_wilson_interval_matches_hand_computed_values():
     # 8 of 10 at 95% (z = 1.959964): p = .8, z^2/n = .384146
     # centre = (.8 + .192073) / 1.384146 = .716739; half = z sqrt(.016 + .009604) / 1.384146 = .226581
-    lo, hi = cmp.wilson_interval(8, 10, 0.95)
+    lo, hi = hv.wilson_interval(8, 10, 0.95)
     assert lo == pytest.approx(0.490158, abs=1e-5) and hi == pytest.approx(0.943319, abs=1e-5)
     # 0 of 10: the lower end is 0 and the upper end is z^2 / (n + z^2) = 3.841459 / 13.841459
-    lo, hi = cmp.wilson_interval(0, 10, 0.95)
+    lo, hi = hv.wilson_interval(0, 10, 0.95)
     assert lo == pytest.approx(0.0, abs=1e-12) and hi == pytest.approx(0.277533, abs=1e-5)
     # the interval of n-s is the mirror image of that of s; a lower confidence gives a narrower one
-    lo, hi = cmp.wilson_interval(2, 10, 0.95)
+    lo, hi = hv.wilson_interval(2, 10, 0.95)
     assert (lo, hi) == pytest.approx((1 - 0.943319, 1 - 0.490158), abs=1e-5)
-    lo90, hi90 = cmp.wilson_interval(8, 10, 0.90)
+    lo90, hi90 = hv.wilson_interval(8, 10, 0.90)
     assert 0.490158 < lo90 < 0.8 < hi90 < 0.943319
-    assert cmp.wilson_interval(0, 0) == (0.0, 1.0)
+    assert hv.wilson_interval(0, 0) == (0.0, 1.0)
     with pytest.raises(ValueError):
-        cmp.wilson_interval(11, 10)
+        hv.wilson_interval(11, 10)
 
 
 def _tally(wins: int, losses: int, cant_tell: int) -> dict:
@@ -64,24 +65,24 @@ def _tally(wins: int, losses: int, cant_tell: int) -> dict:
 
 def test_human_verdict_counts_cant_tell_as_half_a_win_and_decides():
     # all "can't tell": a win rate of exactly 0.5, and every one counts toward min_votes
-    v = cmp.human_verdict(_tally(0, 0, 10), 0.2, 10)
+    v = hv.human_verdict(_tally(0, 0, 10), 0.2, 10)
     assert v["win_rate"] == 0.5 and v["votes"] == 10 and v["verdict"] == "pass"
-    assert v["ci"] == pytest.approx(list(cmp.wilson_interval(5, 10)))
+    assert v["ci"] == pytest.approx(list(hv.wilson_interval(5, 10)))
     # 6 wins + 4 can't tell of 10: 8 successes -> the hand-computed interval above
-    v = cmp.human_verdict(_tally(6, 0, 4), 0.49, 10)
+    v = hv.human_verdict(_tally(6, 0, 4), 0.49, 10)
     assert v["win_rate"] == 0.8 and v["ci"][0] == pytest.approx(0.490158, abs=1e-5) and v["verdict"] == "pass"
-    v = cmp.human_verdict(_tally(6, 0, 4), 0.50, 10)
+    v = hv.human_verdict(_tally(6, 0, 4), 0.50, 10)
     assert v["verdict"] == "fail" and "FAILS" in v["reason"]
     # too few votes -> pending, whatever the rate
-    v = cmp.human_verdict(_tally(9, 0, 0), 0.1, 10)
+    v = hv.human_verdict(_tally(9, 0, 0), 0.1, 10)
     assert v["verdict"] == "pending" and "1 to go" in v["reason"]
     # min_votes unset -> DEFAULT_MIN_VOTES
-    v = cmp.human_verdict(_tally(20, 0, 0), 0.1, None)
+    v = hv.human_verdict(_tally(20, 0, 0), 0.1, None)
     assert v["min_votes"] == cmp.DEFAULT_MIN_VOTES == 30 and v["verdict"] == "pending"
     # rule off: reported, never required
-    v = cmp.human_verdict(_tally(0, 3, 0), None, None)
+    v = hv.human_verdict(_tally(0, 3, 0), None, None)
     assert v["verdict"] == "off" and v["win_rate"] == 0.0 and v["min_votes"] is None
-    v = cmp.human_verdict(_tally(0, 0, 0), 0.4, 1)
+    v = hv.human_verdict(_tally(0, 0, 0), 0.4, 1)
     assert v["verdict"] == "pending" and v["win_rate"] is None and v["ci"] is None
 
 
@@ -92,7 +93,7 @@ def test_human_verdict_counts_cant_tell_as_half_a_win_and_decides():
 ])
 def test_gate_decision_with_the_human_verdict(automatic, verdict, expected):
     human = None if verdict is None else {"verdict": verdict}
-    assert cmp.combine_decision(automatic, human) == expected
+    assert hv.combine_decision(automatic, human) == expected
 
 
 def test_gate_config_human_rule_is_off_by_default():
@@ -222,12 +223,12 @@ def test_tally_counts_both_orders_and_skips_garbage(tmp_path):
     junk = tmp_path / "root" / "feedback" / "compare" / "votes" / "ff"
     junk.mkdir(parents=True)
     (junk / ("f" * 32 + ".json")).write_bytes(b'{"pair_id": "' + b"f" * 32)  # truncated: skipped
-    t = cmp.tally_votes(storage, root, "v2", "v1")
+    t = hv.tally_votes(storage, root, "v2", "v1")
     assert (t["votes"], t["wins"], t["losses"], t["cant_tell"]) == (5, 3, 1, 1)
     assert t["comparisons"] == sorted([c1["comparison_id"], c2["comparison_id"]])
-    t = cmp.tally_votes(storage, root, "v1", "v2")
+    t = hv.tally_votes(storage, root, "v1", "v2")
     assert (t["votes"], t["wins"], t["losses"], t["cant_tell"]) == (5, 1, 3, 1)
-    assert cmp.tally_votes(storage, root, "v2", "v2")["votes"] == 0
+    assert hv.tally_votes(storage, root, "v2", "v2")["votes"] == 0
     assert [x["comparison_id"] for x in store.comparisons()] == [c1["comparison_id"], c2["comparison_id"],
                                                                 c3["comparison_id"]]
 
@@ -398,5 +399,5 @@ def test_compare_http_flow(client, app):
     assert client.post("/compare/pairs").status_code == 409
     assert client.post("/admin/compare/stop", json={}, headers=AUTH).status_code == 409
     assert client.get("/admin/compare", headers=AUTH).json()["active"] is None
-    t = cmp.tally_votes(app["storage"], app["root"], "v2", "v1")
+    t = hv.tally_votes(app["storage"], app["root"], "v2", "v1")
     assert (t["votes"], t["wins"], t["losses"], t["cant_tell"]) == (2, 1, 0, 1)

@@ -90,7 +90,7 @@ def test_polled_bar_thread_polls_while_running(monkeypatch):
 
 
 def test_training_bar_is_off_without_a_terminal(monkeypatch):
-    from facegen_ray.train.trainer import progress_postfix, training_bar
+    from facegen_ray.train.progress_bar import progress_postfix, training_bar
 
     monkeypatch.setattr("sys.stderr", _Stream(False))
     monkeypatch.delenv(progress.ENV, raising=False)
@@ -152,7 +152,7 @@ def test_evaluate_progress_logs_without_a_terminal(monkeypatch, caplog):
 def test_training_bar_on_a_terminal_reads_rank0_reports(ray_session, monkeypatch):
     """The Train callback (run by the Train controller) puts rank 0's report on a board actor;
     the driver's bar polls it."""
-    from facegen_ray.train.trainer import training_bar
+    from facegen_ray.train.progress_bar import training_bar
 
     tty = _Stream(True)
     monkeypatch.setattr("sys.stderr", tty)

@@ -31,7 +31,8 @@ from facegen_ray.config import ModelConfig
 from facegen_ray.data.feedback import FeedbackStore, UnknownImage, iter_feedback, iter_images, summarize_feedback
 from facegen_ray.models import Generator, save_model_dir
 from facegen_ray.serve import generation as gen
-from facegen_ray.serve.ingress import Ingress, api, json_safe, parse_json_body, validation_detail
+from facegen_ray.serve.http_input import json_safe, parse_json_body, validation_detail
+from facegen_ray.serve.ingress import Ingress, api
 from facegen_ray.serve.schemas import MAX_COMMENT_CHARS, CompareVoteRequest, FeedbackRequest, GenerateRequest
 from facegen_ray.storage import Storage
 

@@ -165,7 +165,7 @@ def test_deployment_yamls_are_valid_and_in_sync():
 def test_admin_auth(monkeypatch):
     from fastapi import HTTPException
 
-    from facegen_ray.serve.ingress import _token_digest, admin_digest, check_admin
+    from facegen_ray.serve.http_input import _token_digest, admin_digest, check_admin
 
     monkeypatch.delenv("FACEGEN_ADMIN_TOKEN", raising=False)
     assert admin_digest(None) is None

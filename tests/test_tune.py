@@ -175,7 +175,8 @@ def test_distributions_map_to_tune_domains():
 
 
 def test_rank_trials_and_concurrency():
-    from facegen_ray.tune.runner import concurrency, rank_trials, trial_resources
+    from facegen_ray.tune.results import rank_trials
+    from facegen_ray.tune.runner import concurrency, trial_resources
 
     rows = [{"trial_id": "a", "fid": 30.0}, {"trial_id": "b", "fid": None}, {"trial_id": "c", "fid": 12.5},
             {"trial_id": "d", "fid": 12.5}]

@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.sweep, args.overrides, name=args.name, root=args.root)  # SweepError -> exit 2, before Ray
 
-    from facegen_ray.tune.runner import format_table, run_sweep
+    from facegen_ray.tune.results import format_table
+    from facegen_ray.tune.runner import run_sweep
 
     summary = run_sweep(sweep, resume=args.resume)
     print(f"\n[facegen] sweep {summary['sweep']}: {summary['num_trials']} trials ranked by {summary['metric']} "

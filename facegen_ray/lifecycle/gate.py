@@ -71,7 +71,7 @@ class GateResult:
     time: str
     serving_after: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    human: dict[str, Any] | None = None  # comparison.human_verdict(): votes, win rate, Wilson CI, verdict
+    human: dict[str, Any] | None = None  # human_votes.human_verdict(): votes, win rate, Wilson CI, verdict
     notes: list[str] = field(default_factory=list)  # metrics shown without a rule (conditional_notes)
 
     @property
@@ -207,9 +207,9 @@ def conditional_notes(candidate: dict[str, Any], serving: dict[str, Any], gcfg: 
 
 
 def _human(storage: Storage, cfg: FacegenConfig, candidate: str, serving: str) -> dict[str, Any] | None:
-    """The human verdict on candidate vs serving (comparison.human_verdict), or None when the
+    """The human verdict on candidate vs serving (human_votes.human_verdict), or None when the
     rule is off and nobody voted on that pair of versions."""
-    from facegen_ray.serve.comparison import human_verdict, tally_votes
+    from facegen_ray.lifecycle.human_votes import human_verdict, tally_votes
 
     g = cfg.gate
     tally = tally_votes(storage, cfg.storage.root, candidate, serving)
@@ -297,7 +297,7 @@ def run_gate(cfg: FacegenConfig, candidate: str, *, storage: Storage | None = No
     for line in notes:
         progress(f"[facegen] gate: {line}")
     if human is not None:
-        from facegen_ray.serve.comparison import combine_decision
+        from facegen_ray.lifecycle.human_votes import combine_decision
 
         reasons.append(human["reason"])
         decision = combine_decision(decision, human)

@@ -32,7 +32,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, mo
 
 from facegen_ray.config import FacegenConfig, ServeConfig, load_config
 from facegen_ray.errors import UserError
-from facegen_ray.serve.ingress import INGRESS_NAME, FacegenIngress, _token_digest
+from facegen_ray.serve.http_input import _token_digest
+from facegen_ray.serve.ingress import INGRESS_NAME, FacegenIngress
 from facegen_ray.serve.model_state import STATE_NAME, ModelState
 from facegen_ray.serve.replica import GENERATOR_NAME, GeneratorDeployment
 
