@@ -257,3 +257,13 @@ def test_checker_reports_an_upward_import_a_peer_import_and_a_circle(tmp_path):
     level, unlisted = assign_layers(sorted(g), layers)
     assert unlisted == ["facegen_ray.stray"]
     assert level["facegen_ray.pkg"] == 0 and level["facegen_ray.pkg.top"] == 3  # __init__ at its lowest module
+
+
+def test_configs_are_changed_only_through_validation():
+    """`model_copy(update=...)` skips pydantic validation: a config changed that way can hold a
+    value its field forbids. Changes go through config.with_updates (or model_validate)."""
+    offenders = [f"{path.relative_to(PACKAGE_DIR.parent)}:{i}"
+                 for path in sorted(PACKAGE_DIR.rglob("*.py"))
+                 for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                 if "model_copy(update" in line and not line.lstrip().startswith("#")]
+    assert offenders == [], f"unvalidated config copies: {offenders}"

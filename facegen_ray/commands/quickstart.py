@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     from facegen_ray.metrics.evaluate import evaluate_model
 
     t0 = _step(3, total, f"evaluate: FID/KID/precision-recall, {args.num_gen} generated vs the prepared reals")
-    ev_cfg = cfg.eval.model_copy(update={"num_gen": args.num_gen, "kid_subset_size": min(cfg.eval.kid_subset_size, args.num_gen)})
+    ev_cfg = with_updates(cfg, {"eval.num_gen": args.num_gen,
+                                "eval.kid_subset_size": min(cfg.eval.kid_subset_size, args.num_gen)}).eval
     metrics = evaluate_model(storage, outcome.model_uri, dataset, ev_cfg, metrics=["fid", "kid", "pr"])
     keys = ("fid", "kid", "precision", "recall", "num_gen", "num_real")
     print(json.dumps({k: metrics.get(k) for k in keys}, default=str), flush=True)

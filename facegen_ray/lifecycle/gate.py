@@ -39,7 +39,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from facegen_ray.config import EvalConfig, FacegenConfig, GateConfig
+from facegen_ray.config import EvalConfig, FacegenConfig, GateConfig, with_updates
 from facegen_ray.data.feedback_merge import reference_dataset
 from facegen_ray.errors import UserError
 from facegen_ray.lifecycle.registry import Registry
@@ -89,7 +89,7 @@ def gate_eval_config(cfg: FacegenConfig) -> EvalConfig:
     num_real = g.num_real or cfg.eval.num_real
     upd: dict[str, Any] = {"num_gen": num_gen, "num_real": num_real,
                            "kid_subset_size": max(2, min(cfg.eval.kid_subset_size, num_gen, num_real or num_gen))}
-    return cfg.eval.model_copy(update=upd)
+    return with_updates(cfg, {f"eval.{k}": v for k, v in upd.items()}).eval  # validated, unlike model_copy
 
 
 def summarize_metrics(result: dict[str, Any]) -> dict[str, Any]:

@@ -442,7 +442,7 @@ def _memorisation(storage: Storage, data_uri: str, cfg: EvalConfig, G: torch.nn.
                   sheet_uri: str | None) -> dict[str, Any]:
     """Nearest-training-neighbour distances of the generated faces vs held-out reals; the
     contact sheet of the closest pairs goes to sheet_uri (see metrics/memorisation.py)."""
-    tcfg = cfg.model_copy(update={"num_real": cfg.memorisation_num_train})
+    tcfg = EvalConfig.model_validate({**cfg.model_dump(), "num_real": cfg.memorisation_num_train})  # validated
     train, tinfo = reference_features(storage, data_uri, tcfg, use_ray=use_ray, extractor=extractor)
     hold, _ = reference_features(storage, data_uri, cfg, use_ray=use_ray, extractor=extractor, split="holdout")
     rep = memorisation_report(gen, train, hold, percentile=cfg.memorisation_percentile, worst=cfg.memorisation_sheet)
