@@ -15,6 +15,9 @@ for that network) and times one forward per iteration, synchronised, after warm-
 - fp32+graph  the same for float32
 - compile     torch.compile(mode="max-autotune-no-cudagraphs") of the fp16 forward (slow to build;
               opt-in with --modes)
+- replica, replica+graph   what a Serve replica runs per batch: `generate()` from seeds (latents
+              drawn on the CPU, uint8 images back in host memory), eagerly or with
+              serve.cuda_graphs' GraphedSynthesis (opt-in with --modes)
 
 Reported per case and mode: median and p90 latency (ms) of the forward, images/s at the
 median, and for the best mode the latency including the uint8 conversion and the copy to
@@ -38,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from facegen_ray.config import ModelConfig
 from facegen_ray.models import Generator
-from facegen_ray.models.sampling import to_uint8
+from facegen_ray.models.sampling import GraphedSynthesis, generate, to_uint8
 
 GPU_MODES = ("fp32", "fp16", "fp32+graph", "fp16+graph")
 
@@ -73,6 +76,10 @@ def make_runner(G: torch.nn.Module, z: torch.Tensor, mode: str, psi: float):
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=half, cache_enabled=False):
             return G(zz, truncation_psi=psi, noise_mode="const")
 
+    if mode in ("replica", "replica+graph"):
+        synth = GraphedSynthesis(G.synthesis, device) if mode == "replica+graph" else None
+        seeds = list(range(z.shape[0]))
+        return lambda: generate(G, seeds, psi, synthesis=synth)
     if mode in ("fp32", "fp16"):
         return lambda: forward(z)
     if mode == "compile":
@@ -131,7 +138,7 @@ def bench_case(res: int, batch: int, args, device: torch.device) -> dict:
         print(json.dumps({"case": f"{res}:{batch}", "mode": mode, **entry}), file=sys.stderr, flush=True)
     if best is not None:
         mode, _, run = best
-        ms = _timed(lambda: to_uint8(run()), reps, args.warmup, device)
+        ms = _timed(lambda: run() if mode.startswith("replica") else to_uint8(run()), reps, args.warmup, device)
         result["best"] = {"mode": mode, "median_ms_with_uint8_to_host": round(statistics.median(ms), 3)}
     del G
     if device.type == "cuda":

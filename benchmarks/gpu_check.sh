@@ -101,7 +101,8 @@ run)
     --resolutions 64,256 $W --min-seconds 4 --partial /tmp/train_partial.jsonl
   cat /tmp/train_partial.jsonl >> "$res" 2>/dev/null
   # 2. generation latency
-  step generate 100 python3 benchmarks/generate.py --device cuda --cases 256:1,1024:1,1024:32 --reps 40 --out "$res"
+  step generate 120 python3 benchmarks/generate.py --device cuda --cases 256:1,256:8,1024:1,1024:32 --reps 40 \
+    --modes fp32,fp16,fp32+graph,fp16+graph,replica,replica+graph --out "$res"
   # 3. serving at 256x256 on the GPU
   step serve_load 150 sh -c "python3 benchmarks/serve_load.py --size f-256 --num-gpus 1 --replica-cpus 4 \
     --max-batch-size 64 --batch-wait-ms 5 > /tmp/serve.json"

@@ -68,6 +68,30 @@ def test_generate_is_deterministic_per_seed(model_dir):
     assert np.abs(chunked.astype(int) - a.astype(int)).max() <= 1
 
 
+def test_bucketed_synthesis_pads_and_slices_like_plain_generation(model_dir):
+    """GraphedSynthesis (what GPU replicas replay from CUDA graphs): a batch runs in the smallest
+    bucket that holds it, padded with copies of its first row; the caller gets exactly its own
+    rows, in order, as plain generation renders them. On CPU the padded batches run eagerly
+    (capture=False), which checks the padding and slicing; capturing needs CUDA."""
+    from facegen_ray.models.sampling import GraphedSynthesis
+
+    m = gen.load_model(Storage(), model_dir, root=str(Path(model_dir).parent))
+    synth = GraphedSynthesis(m.G.synthesis, "cpu", buckets=(1, 4), capture=False)
+    seeds = [3, 4, 5, 6, 7, 8]
+    plain = gen.generate(m.G, seeds, [0.7, 0.7, 0.7, 1.0, 1.0, 1.0], batch_size=3)
+    bucketed = gen.generate(m.G, seeds, [0.7, 0.7, 0.7, 1.0, 1.0, 1.0], batch_size=3, synthesis=synth)
+    assert bucketed.shape == plain.shape and np.abs(bucketed.astype(int) - plain.astype(int)).max() <= 1
+    assert sorted(synth._graphs) == [4]  # 3 rows -> the 4-bucket, built once, used for both psi groups
+    one = gen.generate(m.G, [9], 0.7, synthesis=synth)
+    assert np.abs(one.astype(int) - gen.generate(m.G, [9], 0.7).astype(int)).max() <= 1
+    assert sorted(synth._graphs) == [1, 4]
+    big = gen.generate(m.G, list(range(10, 16)), 0.7, synthesis=synth)  # 6 rows > the largest bucket: eager
+    assert np.abs(big.astype(int) - gen.generate(m.G, list(range(10, 16)), 0.7).astype(int)).max() <= 1
+    assert sorted(synth._graphs) == [1, 4] and synth.failed is None
+    with pytest.raises(ValueError, match="CUDA"):
+        GraphedSynthesis(m.G.synthesis, "cpu", capture=True)
+
+
 def test_image_id_and_encoding():
     i1 = gen.image_id("v1", "ab", 3, 0.7, None)
     assert check_id(i1) == i1

@@ -5,16 +5,23 @@ Serve app and `facegen generate`, so a seed means the same face everywhere.
   so a seed means the same z whatever else is in the batch and on whichever device G runs.
 - `generate(G, seeds, truncation, c, device)`: uint8 images NHWC with `noise_mode="const"`
   (the stored noise buffers) and the model's truncation cutoff.
+- `GraphedSynthesis`: the synthesis network replayed from CUDA graphs, one per batch-size
+  bucket (the Serve replicas on a GPU): at batch 1 a forward is mostly kernel launches and
+  Python, which a graph replay removes (measured on an H200: 7.9 -> 3.0 ms per 256x256 face).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import logging
+import threading
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from facegen_ray.errors import UserError
+
+log = logging.getLogger(__name__)
 
 PSI_DECIMALS = 4  # truncation is quantised to 1e-4: the id and the image use the same value
 
@@ -47,13 +54,15 @@ def generate(
     c: torch.Tensor | None = None,
     device: str | torch.device | None = None,
     batch_size: int | None = None,
+    synthesis: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> np.ndarray:
     """Seeds -> uint8 images [N,H,W,3] with constant noise.
 
     truncation: one psi for all, or one per seed (rows sharing a psi run together).
     c: condition codes [N,3] or [1,3] (broadcast) for conditional models, None otherwise.
     device: where to run (default: where G's parameters are). batch_size bounds the images per
-    forward pass (default: all rows of one psi at once).
+    forward pass (default: all rows of one psi at once). synthesis: ws -> images in place of
+    G.synthesis with constant noise (a GraphedSynthesis); the mapping still runs eagerly.
     """
     seeds = [int(s) for s in seeds]
     n = len(seeds)
@@ -84,7 +93,88 @@ def generate(
             idx = torch.tensor(rows[k : k + step])
             zi = z[idx].to(dev)  # [n_i, z_dim]
             ci = c[idx].to(dev) if c is not None else None  # [n_i, 3]
-            img = G(zi, ci, truncation_psi=psi, truncation_cutoff=cutoff, noise_mode="const")  # [n_i,3,R,R]
+            if synthesis is None:
+                img = G(zi, ci, truncation_psi=psi, truncation_cutoff=cutoff, noise_mode="const")  # [n_i,3,R,R]
+            else:
+                img = synthesis(G.mapping(zi, ci, psi, cutoff))  # ws [n_i,num_ws,w_dim] -> [n_i,3,R,R]
             for j, arr in zip(rows[k : k + step], to_uint8(img)):
                 out[j] = arr
     return np.stack(out, axis=0)
+
+
+class GraphedSynthesis:
+    """`synthesis(ws, noise_mode="const")` of one generator, replayed from CUDA graphs.
+
+    A batch of n rows runs in the graph of the smallest bucket >= n (the rows are padded with
+    copies of the first one and the padding is dropped from the output); larger batches, and
+    every batch after a capture failed, run eagerly. Graphs are captured on first use of their
+    bucket and share one memory pool; a lock keeps replays (and their output copies) one at a
+    time. The generator must not change stage or weights afterwards (a loaded serving model
+    never does). `capture=False` runs the padded batches eagerly instead, which is how CPU
+    tests check the padding and slicing.
+    """
+
+    BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+    def __init__(self, synthesis: torch.nn.Module, device: str | torch.device, *,
+                 buckets: Sequence[int] = BUCKETS, capture: bool | None = None):
+        self.synthesis = synthesis
+        self.device = torch.device(device)
+        self.buckets = tuple(sorted(int(b) for b in buckets))
+        self.capture = self.device.type == "cuda" if capture is None else bool(capture)
+        if self.capture and self.device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device")
+        self.failed: str | None = None  # why capturing failed (then everything runs eagerly)
+        self._graphs: dict[int, tuple[torch.Tensor, torch.Tensor, object | None]] = {}
+        self._pool = None
+        self._lock = threading.Lock()
+
+    def bucket(self, n: int) -> int | None:
+        return next((b for b in self.buckets if b >= n), None)
+
+    @torch.no_grad()
+    def _eager(self, ws: torch.Tensor) -> torch.Tensor:
+        return self.synthesis(ws, noise_mode="const")
+
+    @torch.no_grad()
+    def _build(self, b: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, object | None]:
+        static_in = torch.zeros((b, *like.shape[1:]), dtype=like.dtype, device=self.device)
+        static_in.copy_(like[:1].expand(b, *like.shape[1:]))
+        if not self.capture:
+            return static_in, static_in, None
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up outside the capture (cuDNN algorithm choice, allocations)
+                self._eager(static_in)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            static_out = self._eager(static_in)
+        return static_in, static_out, graph
+
+    @torch.no_grad()
+    def __call__(self, ws: torch.Tensor) -> torch.Tensor:
+        n = ws.shape[0]
+        b = self.bucket(n)
+        if b is None or self.failed is not None:
+            return self._eager(ws)
+        with self._lock:
+            entry = self._graphs.get(b)
+            if entry is None:
+                try:
+                    entry = self._graphs[b] = self._build(b, ws)
+                except Exception as e:  # noqa: BLE001 - serving goes on, eagerly
+                    self.failed = f"{type(e).__name__}: {e}"
+                    log.warning("CUDA graph capture failed (bucket %d), running eagerly: %s", b, self.failed)
+                    return self._eager(ws)
+            static_in, static_out, graph = entry
+            static_in[:n].copy_(ws)
+            if n < b:
+                static_in[n:].copy_(ws[:1].expand(b - n, *ws.shape[1:]))
+            if graph is None:
+                return self._eager(static_in)[:n]
+            graph.replay()
+            return static_out[:n].clone()

@@ -163,6 +163,7 @@ class LoadedModel:
     extra: dict[str, Any] = field(default_factory=dict)
     directions: Any = None  # models.directions.Directions when the directory has directions.json
     directions_error: str | None = None  # why directions.json could not be used (edits answer it)
+    synthesis: Any = None  # models.sampling.GraphedSynthesis on GPU replicas (serve.cuda_graphs), else None
 
     @property
     def conditional(self) -> bool:

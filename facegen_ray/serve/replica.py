@@ -26,6 +26,7 @@ from ray import serve
 from facegen_ray.config import ServeConfig, StorageConfig
 from facegen_ray.errors import UserError
 from facegen_ray.models import encode_attributes
+from facegen_ray.models.sampling import GraphedSynthesis
 from facegen_ray.observability.metrics import serving_metrics
 from facegen_ray.serve import generation as gen
 from facegen_ray.serve.control import control_of, render_controlled
@@ -139,6 +140,8 @@ class GeneratorDeployment:
                 if raise_errors:
                     raise
                 return
+            if self.cfg.cuda_graphs and model.device == "cuda":
+                model.synthesis = GraphedSynthesis(model.G.synthesis, model.device)  # captured on first use
             previous = self.model.version if self.model is not None else None
             self.model = model  # the swap: batches already running keep their snapshot
             serving_metrics().model_loaded(model.version, previous)
@@ -288,7 +291,7 @@ class GeneratorDeployment:
             try:
                 t_batch = time.perf_counter()
                 images = await asyncio.to_thread(
-                    gen.generate, model.G, seeds, psis, c, model.device, self.forward_batch
+                    gen.generate, model.G, seeds, psis, c, model.device, self.forward_batch, model.synthesis
                 )  # uint8 [N,H,W,3]
                 serving_metrics().batch(model.version, len(seeds), len(set(owners)), time.perf_counter() - t_batch)
             except Exception as e:  # noqa: BLE001 - report per request, keep the replica alive
