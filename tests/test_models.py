@@ -566,3 +566,28 @@ def test_forward_reads_stage_without_item_and_sees_every_change(monkeypatch):
     G64 = G.to(torch.float64)
     G64.set_stage(2)
     assert G64(z.double()).shape[-1] == 16
+
+
+def test_compiled_forward_has_no_graph_break_and_follows_set_stage():
+    """Under torch.compile, G and D read (stage, alpha) from the cache that set_stage keeps
+    current (dynamo cannot trace .item(): the graph broke there before); a new stage
+    recompiles instead of reusing a stale graph, and load_state_dict drops the cache."""
+    cfg = make_cfg(16)
+    G, D = Generator(cfg), Discriminator(cfg)
+    G.set_stage(2, 1.0)
+    D.set_stage(2, 1.0)
+    z = torch.randn(2, cfg.z_dim)
+    assert torch._dynamo.explain(G)(z, noise_mode="const").graph_break_count == 0
+    assert torch._dynamo.explain(D)(torch.randn(2, 3, 16, 16)).graph_break_count == 0
+    torch._dynamo.reset()
+    G_c = torch.compile(G, backend="eager")
+    assert G_c(z, noise_mode="const").shape[-1] == 16
+    G.set_stage(1, 0.5)
+    assert G_c(z, noise_mode="const").shape[-1] == 8  # not the stale 16x16 graph
+    G.set_stage(1, 1.0)
+    eager = G(z, noise_mode="const")
+    torch.testing.assert_close(G_c(z, noise_mode="const"), eager)
+    other = Generator(cfg)  # at stage 2: loading G's state brings stage 1 in
+    other.load_state_dict(G.state_dict())
+    assert "_progressive_cache" not in other.synthesis.__dict__ and other.stage == 1
+    torch._dynamo.reset()

@@ -24,8 +24,9 @@ from facegen_ray.models.layers import (
     EqualizedLinear,
     MinibatchStdDev,
     downsample2x,
+    progressive_load_hook,
     progressive_state,
-    set_progressive_state,
+    set_progressive,
 )
 
 
@@ -96,9 +97,10 @@ class Discriminator(nn.Module):
             self.embed = ConditionEmbedding(cfg, cfg.channels(4), mode="sum")
         self.register_buffer("stage", torch.tensor(cfg.num_stages - 1, dtype=torch.long))
         self.register_buffer("alpha", torch.tensor(1.0))
+        self.register_load_state_dict_post_hook(progressive_load_hook)
 
     def set_stage(self, stage: int, alpha: float = 1.0) -> None:
-        set_progressive_state(self.stage, self.alpha, self.num_stages, stage, alpha)
+        set_progressive(self, self.num_stages, stage, alpha)
 
     @property
     def current_resolution(self) -> int:

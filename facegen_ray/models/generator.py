@@ -35,8 +35,9 @@ from facegen_ray.models.layers import (
     NoiseInjection,
     lrelu,
     normalize_2nd_moment,
+    progressive_load_hook,
     progressive_state,
-    set_progressive_state,
+    set_progressive,
     upsample2x,
 )
 
@@ -211,9 +212,10 @@ class SynthesisNetwork(nn.Module):
         self.blocks = nn.ModuleList(SynthesisBlock(cfg, s) for s in range(cfg.num_stages))
         self.register_buffer("stage", torch.tensor(cfg.num_stages - 1, dtype=torch.long))
         self.register_buffer("alpha", torch.tensor(1.0))
+        self.register_load_state_dict_post_hook(progressive_load_hook)
 
     def set_stage(self, stage: int, alpha: float = 1.0) -> None:
-        set_progressive_state(self.stage, self.alpha, self.num_stages, stage, alpha)
+        set_progressive(self, self.num_stages, stage, alpha)
 
     @property
     def current_stage(self) -> int:

@@ -309,10 +309,16 @@ def progressive_state(module: nn.Module) -> tuple[int, float]:
     and their version counters: set_stage (fill_), load_state_dict and the EMA (copy_) bump the
     version, `.to()` makes new objects, so every change is seen. Writes through `.data` bypass
     the version counter: such writers call `forget_progressive_state` (distributed.py does).
+    Compiled forwards read the cache without the version check (see below): set_progressive keeps
+    it current, and load_state_dict drops it (progressive_load_hook).
     """
     s, a = module.stage, module.alpha
-    if _compiling():  # dynamo traces the plain reads (a graph break, as before)
-        return int(s.item()), float(a.item())
+    if _compiling():
+        # dynamo cannot trace .item() (a graph break) nor the version check: compiled code reads
+        # the cache that set_progressive (eager, before the compiled call) keeps current, and
+        # guards on its values, so a new stage or alpha recompiles. Without a cache: the plain reads.
+        cache = module.__dict__.get("_progressive_cache")
+        return cache[3] if cache is not None else (int(s.item()), float(a.item()))
     key = (s._version, a._version)
     cache = module.__dict__.get("_progressive_cache")
     if cache is not None and cache[0] is s and cache[1] is a and cache[2] == key:
@@ -320,6 +326,19 @@ def progressive_state(module: nn.Module) -> tuple[int, float]:
     value = (int(s.item()), float(a.item()))
     module.__dict__["_progressive_cache"] = (s, a, key, value)
     return value
+
+
+def set_progressive(module: nn.Module, num_stages: int, stage: int, alpha: float) -> None:
+    """set_progressive_state on `module`'s stage/alpha buffers, and its cache updated with them
+    (what compiled forwards read; see progressive_state)."""
+    set_progressive_state(module.stage, module.alpha, num_stages, stage, alpha)
+    s, a = module.stage, module.alpha
+    module.__dict__["_progressive_cache"] = (s, a, (s._version, a._version), (int(stage), float(alpha)))
+
+
+def progressive_load_hook(module: nn.Module, incompatible_keys) -> None:
+    """load_state_dict post-hook: the buffers may hold another stage now; the next read re-reads them."""
+    forget_progressive_state(module)
 
 
 def forget_progressive_state(module: nn.Module) -> None:
