@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import io
 import re
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from facegen_ray.errors import UserError
 from facegen_ray.models.latent import MAX_EDIT_STRENGTH, Control, ControlError, control_ws, mix_ws, seed_ws, synthesize
+from facegen_ray.provenance import gif_comment, output_id, provenance_record
 from facegen_ray.serve.generation import encode_image, load_model, make_grid, parse_seeds
 from facegen_ray.storage import Storage
 
@@ -40,12 +42,14 @@ def parse_edit(specs: list[str]) -> dict[str, tuple[float, float]]:
     return out
 
 
-def gif_bytes(frames: list[np.ndarray], frame_ms: int) -> bytes:
-    """uint8 [H,W,3] frames -> an animated GIF that loops (Pillow's GIF writer)."""
+def gif_bytes(frames: list[np.ndarray], frame_ms: int, comment: bytes | None = None) -> bytes:
+    """uint8 [H,W,3] frames -> an animated GIF that loops (Pillow's GIF writer), with `comment`
+    (the provenance JSON) in its comment extension."""
     ims = [Image.fromarray(np.ascontiguousarray(f), mode="RGB") for f in frames]
     buf = io.BytesIO()
+    extra = {"comment": comment} if comment else {}
     ims[0].save(buf, format="GIF", save_all=True, append_images=ims[1:], duration=int(frame_ms), loop=0,
-                optimize=False, disposal=1)
+                optimize=False, disposal=1, **extra)
     return buf.getvalue()
 
 
@@ -78,9 +82,11 @@ def run(args: argparse.Namespace, cfg, psi: float, out: str, fmt: str, mode: str
     model = load_model(storage, args.model, cfg.storage.root, device=args.device)
     G = model.G
     gif = None
+    control: dict[str, Any] = {"mode": mode}
     if mode == "mix":
         row_seeds, col_seeds = parse_seeds(args.mix[0], 64), parse_seeds(args.mix[1], 64)
         crossover = args.crossover if args.crossover is not None else G.num_ws // 2
+        control.update(rows=row_seeds, cols=col_seeds, crossover=int(crossover))
         cells = mixing_grid(G, row_seeds, col_seeds, crossover, psi, args.batch_size)
         image = make_grid(_tiles(cells), cols=cells.shape[1])
         what = (f"style-mixing grid {len(row_seeds)}x{len(col_seeds)} (crossover {crossover} of {G.num_ws} "
@@ -94,6 +100,7 @@ def run(args: argparse.Namespace, cfg, psi: float, out: str, fmt: str, mode: str
             a, b = args.interpolate
             ctls = [Control(interp_seed=b, t=t, space=args.space) for t in ts]
             seeds = [a]
+            control.update(seed_b=int(b), space=args.space, steps=steps)
             what = f"interpolation {a} -> {b} in {args.space.upper()}, {steps} steps"
         else:
             edit = parse_edit(args.edit)
@@ -103,15 +110,22 @@ def run(args: argparse.Namespace, cfg, psi: float, out: str, fmt: str, mode: str
                     f"model {model.version} has no attribute directions: run `facegen directions "
                     f"{args.model} --attribute-model URI` first"))
             ctls = [Control(edit={k: round(lo + (hi - lo) * t, 4) for k, (lo, hi) in edit.items()}) for t in ts]
+            control.update(edit={k: [lo, hi] for k, (lo, hi) in edit.items()}, steps=steps)
             what = f"edit {', '.join(args.edit)} of {len(seeds)} face(s), {steps} steps"
         frames = [synthesize(G, control_ws(G, seeds, psi, None, ctl, model.directions), args.batch_size)
                   for ctl in ctls]  # steps x [S,H,W,3]
         cells = np.stack(frames, axis=1)  # [S, steps, H, W, 3]: one strip per seed
         image = make_grid(_tiles(cells), cols=steps)
+    # provenance, as on every image facegen writes: synthetic, model, seeds, psi, the control
+    seed_list = [*row_seeds, *col_seeds] if mode == "mix" else list(seeds)
+    prov = provenance_record(model.version, output_id(model.version, model.digest, {**control, "seeds": seed_list,
+                                                                                     "psi": psi}),
+                             seed_list, psi, control)
+    if mode != "mix":
         gif_frames = [make_grid(f, cols=max(1, int(np.ceil(np.sqrt(len(f)))))) for f in frames]
         gif = args.gif or (out.rsplit(".", 1)[0] + ".gif")
-        storage.write_bytes(gif, gif_bytes(gif_frames, args.frame_ms))
-    storage.write_bytes(out, encode_image(image, fmt))
+        storage.write_bytes(gif, gif_bytes(gif_frames, args.frame_ms, gif_comment(prov)))
+    storage.write_bytes(out, encode_image(image, fmt, provenance=prov))
     print(f"[facegen] wrote {out}" + (f" and {gif}" if gif else "") + f": {what} "
           f"({image.shape[1]}x{image.shape[0]}px, psi={psi}) from model {model.version} ({model.uri})")
     return 0

@@ -62,10 +62,27 @@ def encode(arr: np.ndarray, fmt: str, quality: int, record: dict[str, Any]) -> b
     return buf.getvalue()
 
 
+def output_id(model_version: str, weights_digest: str, control: dict[str, Any]) -> str:
+    """32 hex chars naming a control output of `facegen generate` (mixing grid, interpolation or
+    edit strip): model, weights and every parameter that fixes the picture."""
+    text = json.dumps([str(model_version), str(weights_digest), control], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def gif_comment(record: dict[str, Any]) -> bytes:
+    """The provenance JSON for a GIF's comment extension (GIFs carry no watermark: their
+    256-colour palette destroys one)."""
+    return json.dumps(dict(record, watermark=None), sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
 def read_metadata(data: bytes) -> dict[str, Any] | None:
-    """The provenance JSON from a PNG text chunk or JPEG EXIF ImageDescription; None if absent."""
+    """The provenance JSON from a PNG text chunk, a JPEG EXIF ImageDescription or a GIF comment;
+    None if absent."""
     with Image.open(io.BytesIO(data)) as im:
         text = (getattr(im, "text", None) or {}).get(METADATA_KEY) if im.format == "PNG" else None
+        if text is None and im.format == "GIF":
+            comment = im.info.get("comment")
+            text = comment.decode("utf-8", "replace") if isinstance(comment, bytes) else comment
         if text is None:
             desc = im.getexif().get(_EXIF_DESCRIPTION)
             text = desc if isinstance(desc, str) and desc.startswith("{") else None
