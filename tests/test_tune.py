@@ -247,6 +247,8 @@ def test_relative_root_is_anchored_before_trials_change_directory(tmp_path, monk
     assert load_sweep(sweep_file, root="s3://bucket/prefix").base_cfg.storage.root == "s3://bucket/prefix"
 
 
+@pytest.mark.slow  # ~2.5 min in CI (two Ray Train trials + FID); the default run keeps the sweep file,
+# search space, scheduler, ranking and root checks, and -m slow runs three real sweeps
 def test_two_trial_sweep_ranks_by_real_fid(faces_root, tmp_path, capsys):
     sweep = write_sweep(tmp_path / "sweep.yaml", name="lr2")
     rc = cli_main(["tune", str(sweep), "--root", faces_root])
