@@ -221,7 +221,7 @@ def test_tally_counts_both_orders_and_skips_garbage(tmp_path):
     c3 = store.start(_side("v1"), _side("v3"))  # another pair of versions: not counted
     store.vote(_pair(store, c3)["pair_id"], "left")
     junk = tmp_path / "root" / "feedback" / "compare" / "votes" / "ff"
-    junk.mkdir(parents=True)
+    junk.mkdir(parents=True, exist_ok=True)  # a real pair id may start with "ff" too
     (junk / ("f" * 32 + ".json")).write_bytes(b'{"pair_id": "' + b"f" * 32)  # truncated: skipped
     t = hv.tally_votes(storage, root, "v2", "v1")
     assert (t["votes"], t["wins"], t["losses"], t["cant_tell"]) == (5, 3, 1, 1)

@@ -354,7 +354,8 @@ def test_gate_with_human_votes_pending_then_promoted(world, capsys):
     /compare votes against the serving model is "pending" (exit 3, not promoted, recorded);
     with them the gate promotes it, and the report shows the votes, win rate and Wilson
     interval beside FID/KID/PR."""
-    from facegen_ray.serve.comparison import ComparisonStore, wilson_interval
+    from facegen_ray.lifecycle.human_votes import wilson_interval
+    from facegen_ray.serve.comparison import ComparisonStore
     from facegen_ray.lifecycle.registry import Registry
 
     storage, root = Storage(), world["root"]
