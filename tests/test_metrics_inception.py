@@ -16,7 +16,8 @@ from facegen_ray.config import EvalConfig, ModelConfig
 from facegen_ray.errors import UserError
 from facegen_ray.metrics.fid import fid_from_features
 from facegen_ray.metrics.inception import (
-    FEATURE_DIM, INSTALL_HINT, InceptionExtractor, default_inception_path, load_inception, preprocess,
+    EXTRACTOR_ID, FEATURE_DIM, INSTALL_HINT, InceptionExtractor, default_inception_path, extractor_id, load_inception,
+    preprocess,
 )
 from facegen_ray.storage import Layout, Storage, join
 from conftest import SAMPLE_ZIP, tiny_model_dict
@@ -156,6 +157,26 @@ def test_extractor_matches_torchscript_output(extractor, faces, base_features):
         own = net(preprocess(faces[:4])).numpy()  # [4,2048]
     np.testing.assert_allclose(base_features[:4], own, rtol=1e-4, atol=1e-5)
     assert np.isfinite(base_features).all() and base_features.std() > 0
+
+
+def test_inception_modes_give_the_same_features(extractor, faces, base_features):
+    """eval.inception_mode: channels_last (the default, faster on CPU) and script (NCHW, as
+    shipped) give the same features, so they share one reference-cache id; a mode that does not
+    exist is refused; the mode survives pickling (Ray actors)."""
+    import pickle
+
+    assert extractor.mode == "channels_last" and EvalConfig().inception_mode == "channels_last"
+    script = InceptionExtractor(device="cpu", batch_size=16, mode="script")
+    np.testing.assert_allclose(script(faces[:4]), base_features[:4], rtol=1e-4, atol=1e-4)
+    assert extractor_id("script") == extractor_id("channels_last") == EXTRACTOR_ID
+    with pytest.raises(UserError, match="unknown Inception mode"):
+        InceptionExtractor(device="cpu", mode="bf16")
+    with pytest.raises(UserError, match="unknown Inception mode"):
+        extractor_id("nope")
+    with pytest.raises(ValueError):
+        EvalConfig(inception_mode="bf16")
+    back = pickle.loads(pickle.dumps(script))
+    assert back.mode == "script" and back._net is None
 
 
 def test_fid_self_zero_and_rises_with_noise(extractor, faces, base_features):

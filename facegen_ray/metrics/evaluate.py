@@ -29,9 +29,9 @@ from facegen_ray.metrics.conditional import attribute_accuracy, conditional_fid
 from facegen_ray.metrics.diversity import diversity_report
 from facegen_ray.metrics.fid import feature_stats, fid_to_stats
 from facegen_ray.metrics.inception import (
-    EXTRACTOR_ID,
     IS_UNAVAILABLE_REASON,
     InceptionExtractor,
+    extractor_id,
     resolve_device,
 )
 from facegen_ray.metrics.kid import kernel_inception_distance
@@ -116,9 +116,9 @@ def select_reals(storage: Storage, data_uri: str, num_real: int | None, seed: in
     return RealSelection(manifest, uris, [where[k] for k in order], [hashes[k] for k in order])
 
 
-def reference_key(manifest: dict[str, Any], n_real: int, seed: int, split: str = "train") -> str:
+def reference_key(manifest: dict[str, Any], n_real: int, seed: int, split: str = "train", mode: str = "script") -> str:
     """Cache key: dataset version, resolution, sample count (+ subset seed), extractor id (+ split)."""
-    key = f"v{manifest['version']}-r{manifest['resolution']}-n{n_real}-s{seed}-{EXTRACTOR_ID}"
+    key = f"v{manifest['version']}-r{manifest['resolution']}-n{n_real}-s{seed}-{extractor_id(mode)}"
     return key if split == "train" else f"{key}-{split}"
 
 
@@ -200,7 +200,7 @@ def _real_features_ray(storage: Storage, sel: RealSelection, cfg: EvalConfig) ->
     fs, _ = worker_filesystem(storage, sel.shards[0])
     ds = ray.data.read_parquet([worker_filesystem_path(u) for u in sel.shards], filesystem=fs, columns=["image", "sha256"])
     num_gpus = _ray_gpu_share(cfg)
-    extractor = InceptionExtractor(cfg.inception_path, "cuda" if num_gpus else "cpu", cfg.batch_size)
+    extractor = InceptionExtractor(cfg.inception_path, "cuda" if num_gpus else "cpu", cfg.batch_size, cfg.inception_mode)
     ds = ds.map_batches(
         _InceptionBatch, fn_constructor_args=(extractor, set(sel.hashes)), batch_size=cfg.batch_size,
         batch_format="numpy", concurrency=cfg.num_actors, num_gpus=num_gpus or None,
@@ -228,7 +228,7 @@ def reference_features(storage: Storage, data_uri: str, cfg: EvalConfig, *, use_
     """
     sel = select_reals(storage, data_uri, cfg.num_real if split == "train" else None, cfg.seed, split)
     manifest = sel.manifest
-    key = reference_key(manifest, len(sel.rows), cfg.seed, split)
+    key = reference_key(manifest, len(sel.rows), cfg.seed, split, cfg.inception_mode)
     uri = Layout.reference_stats(manifest["path"], key)
     info = {"n_real": len(sel.rows), "key": key, "uri": uri, "version": manifest["version"],
             "resolution": manifest["resolution"], "selection": sel}
@@ -243,7 +243,7 @@ def reference_features(storage: Storage, data_uri: str, cfg: EvalConfig, *, use_
     if use_ray:
         feats = _real_features_ray(storage, sel, cfg)
     else:
-        extractor = extractor or InceptionExtractor(cfg.inception_path, cfg.device, cfg.batch_size)
+        extractor = extractor or InceptionExtractor(cfg.inception_path, cfg.device, cfg.batch_size, cfg.inception_mode)
         feats = _real_features_local(storage, sel, extractor, cfg.batch_size)
     feats = feats.astype(np.float32)
     mu, sigma = feature_stats(feats)
@@ -277,10 +277,11 @@ class GeneratedFeatureWorker:
     """Holds a generator and the Inception; seeds -> (features [n,2048], uint8 images or None).
     Used directly in-process and as a Ray actor (ray.remote(GeneratedFeatureWorker))."""
 
-    def __init__(self, storage: Storage, model_uri: str, inception_path: str | None, device: str, batch_size: int):
+    def __init__(self, storage: Storage, model_uri: str, inception_path: str | None, device: str, batch_size: int,
+                 inception_mode: str = "script"):
         self.device = resolve_device(device)
         self.G, self.model_cfg, self.metadata = load_model_dir(storage, model_uri, device=self.device)
-        self.extractor = InceptionExtractor(inception_path, self.device, batch_size)
+        self.extractor = InceptionExtractor(inception_path, self.device, batch_size, inception_mode)
         self.batch_size = batch_size
 
     def run(self, seeds: Sequence[int], truncation: float, c: torch.Tensor | None = None,
@@ -360,7 +361,8 @@ def evaluate_model(storage: Storage, model_uri: str, data_uri: str, cfg: EvalCon
         if name in metrics and not attribute_model:
             raise UserError(f"the {name} metric needs --attribute-model URI (train one with `facegen attributes train`)")
     t0 = time.time()
-    local = GeneratedFeatureWorker(storage, model_uri, cfg.inception_path, cfg.device, cfg.batch_size) if not use_ray else None
+    local = GeneratedFeatureWorker(storage, model_uri, cfg.inception_path, cfg.device, cfg.batch_size,
+                                   cfg.inception_mode) if not use_ray else None
     G, model_cfg, meta = (local.G, local.model_cfg, local.metadata) if local else load_model_dir(storage, model_uri)
     conditional_only = [m for m in metrics if m in ("cfid", "attr_acc")]
     if conditional_only and not getattr(G, "conditional", False):
@@ -380,8 +382,8 @@ def evaluate_model(storage: Storage, model_uri: str, data_uri: str, cfg: EvalCon
 
         num_gpus = _ray_gpu_share(cfg)
         Remote = ray.remote(num_cpus=1, num_gpus=num_gpus)(GeneratedFeatureWorker)
-        actors = [Remote.remote(storage, model_uri, cfg.inception_path, "cuda" if num_gpus else "cpu", cfg.batch_size)
-                  for _ in range(cfg.num_actors)]
+        actors = [Remote.remote(storage, model_uri, cfg.inception_path, "cuda" if num_gpus else "cpu", cfg.batch_size,
+                                  cfg.inception_mode) for _ in range(cfg.num_actors)]
     try:
         gen, imgs = generated_features(seeds, cfg.truncation, cfg, c=c, keep_images=tagger is not None,
                                        actors=actors, local=local)
@@ -390,7 +392,7 @@ def evaluate_model(storage: Storage, model_uri: str, data_uri: str, cfg: EvalCon
             "model": model_uri, "model_version": meta.get("version"), "data": data_uri,
             "data_version": info["version"], "resolution": info["resolution"], "truncation": cfg.truncation,
             "seeds": [seeds[0], seeds[-1]], "reference": {k: info[k] for k in ("uri", "key", "cached")},
-            "extractor": EXTRACTOR_ID,
+            "extractor": extractor_id(cfg.inception_mode), "inception_mode": cfg.inception_mode,
         }
         result.update(compute_metrics(gen, real, [m for m in metrics if m in FEATURE_METRICS], cfg, mu_sigma))
         if "cfid" in metrics:
