@@ -77,11 +77,89 @@ def bench_one(res: int, args, amp: bool, channels_last: bool, compile_: bool) ->
     }
 
 
+class CpuSampler:
+    """CPU seconds per process while `facegen train` runs (Linux /proc; a no-op elsewhere):
+    a thread snapshots every process's utime+stime every `every` s and keeps, per pid, the first
+    and last values seen, so processes that start and end inside the window are counted too."""
+
+    def __init__(self, every: float = 1.0) -> None:
+        import threading
+
+        self.every, self.first, self.last, self.names = every, {}, {}, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.ok = os.path.isdir("/proc/self")
+
+    def _snap(self) -> None:
+        tck = os.sysconf("SC_CLK_TCK")
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    st = f.read()
+                rest = st[st.rindex(")") + 2:].split()
+                cpu = (int(rest[11]) + int(rest[12])) / tck
+                if pid not in self.names:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        self.names[pid] = f.read().replace(b"\0", b" ").decode(errors="replace")[:80].strip()
+            except (OSError, ValueError, IndexError):
+                continue
+            self.first.setdefault(pid, cpu)
+            self.last[pid] = cpu
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._snap()
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> "CpuSampler":
+        self.t0 = time.perf_counter()
+        if self.ok:
+            self._snap()
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self.t0
+        if self.ok:
+            self._stop.set()
+            self._thread.join()
+            self._snap()
+
+    def split(self) -> dict:
+        """Cores used over the window by: the train worker(s), the rest of Ray, everything else."""
+        if not self.ok:
+            return {}
+        used = {pid: self.last[pid] - self.first[pid] for pid in self.last}
+        me = str(os.getpid())
+        groups = {"train_worker": 0.0, "ray_other": 0.0, "driver": 0.0, "other": 0.0}
+        for pid, sec in used.items():
+            name = self.names.get(pid, "")
+            if pid == me:
+                groups["driver"] += sec
+            elif "RayTrainWorker" in name:
+                groups["train_worker"] += sec
+            elif "ray" in name.lower():
+                groups["ray_other"] += sec
+            else:
+                groups["other"] += sec
+        return {f"{k}_cores": round(v / self.wall, 3) for k, v in groups.items()}
+
+
 def compare_ray(args) -> dict:
     """The GAN step alone (GANSteps on random reals, this process) vs `facegen train` (embedded
-    Ray, Ray Train worker, the real dataset) on the same model, batch and fixed resolution."""
+    Ray, Ray Train worker, the real dataset) on the same model, batch and fixed resolution.
+
+    This machine's speed drifts by about +-10% over minutes (measured: the same step loop gives
+    34-39 images/s in consecutive 30 s windows), so one step figure taken minutes before the run
+    says little. Each repeat therefore times the step in a window right before AND right after
+    its `facegen train` run and divides by their mean; --repeats runs that R times and reports
+    every ratio and their median."""
+    import statistics
     import tempfile
 
+    import ray
     import yaml
 
     from facegen_ray.runtime import ensure_ray
@@ -101,7 +179,7 @@ def compare_ray(args) -> dict:
         "eval_every_images": None, "num_workers": 1, "use_gpu": False,
     })
     cfg = FacegenConfig.model_validate(doc)
-    # 1. the step alone, same model/loss/batch
+    # the step alone, same model/loss/batch
     gan = GANSteps(cfg, torch.device("cpu"))
     point = ProgressiveSchedule(cfg.train, cfg.model, num_workers=1).at(0)
     gan.apply(point)
@@ -115,33 +193,50 @@ def compare_ray(args) -> dict:
         gan.ema(10**6, batch)
         i += 1
 
+    def step_window() -> float:
+        start = i
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < max(args.min_seconds, 20.0):
+            iteration()
+        return (i - start) * batch / (time.perf_counter() - t0)
+
     for _ in range(args.warmup):
         iteration()
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < max(args.min_seconds, 20.0):
-        iteration()
-    step_rate = (i - args.warmup) * batch / (time.perf_counter() - t0)
-    del gan
-    # 2. facegen train (Ray started here the way the CLI starts it)
-    ensure_ray()
-    t0 = time.perf_counter()
-    out = train(cfg, export=False)
-    wall = time.perf_counter() - t0
-    hist = out.history
-    steady = hist[1:] if len(hist) > 2 else hist  # the first interval includes warm-up
-    ray_rate = sum(h["img_per_s"] for h in steady) / len(steady)
+    repeats = []
+    for r in range(max(1, args.repeats)):
+        before = step_window()  # no Ray running: the step as benchmarks/train.py times it
+        doc["train"]["run_name"] = f"compare-ray-{r}"
+        cfg_r = FacegenConfig.model_validate(doc)
+        with CpuSampler() as cpu:
+            t0 = time.perf_counter()
+            ensure_ray()  # a fresh embedded Ray, started the way the CLI starts it
+            out = train(cfg_r, export=False)
+            wall = time.perf_counter() - t0
+        ray.shutdown()
+        after = step_window()
+        hist = out.history
+        steady = hist[1:] if len(hist) > 2 else hist  # the first interval includes warm-up
+        ray_rate = sum(h["img_per_s"] for h in steady) / len(steady)
+        step_rate = (before + after) / 2
+        repeats.append({
+            "step_before": round(before, 2), "step_after": round(after, 2),
+            "facegen_train_img_per_s": round(ray_rate, 2), "intervals": [round(h["img_per_s"], 1) for h in steady],
+            "ratio": round(ray_rate / step_rate, 3),
+            "split": {
+                "data_wait_share": round(sum(h.get("data_wait", 0.0) for h in steady) / len(steady), 4),
+                "checkpoint_s": round(sum(h.get("checkpoint_s", 0.0) for h in hist), 2),
+                "train_wall_s": round(wall, 1), "stepping_s": round(out.images_seen / ray_rate, 1),
+                **cpu.split(),
+            },
+            "images": out.images_seen,
+        })
+        print(json.dumps({"repeat": r, **repeats[-1]}), file=sys.stderr, flush=True)
+    ratios = [x["ratio"] for x in repeats]
     return {
         "benchmark": "train_compare_ray", "config": args.config, "resolution": res, "batch": batch,
-        "threads_step": torch.get_num_threads(), "threads_worker": hist[-1].get("threads"),
-        "step_img_per_s": round(step_rate, 2), "facegen_train_img_per_s": round(ray_rate, 2),
-        "ratio": round(ray_rate / step_rate, 3),
-        "split": {
-            "data_wait_share": round(sum(h.get("data_wait", 0.0) for h in steady) / len(steady), 4),
-            "checkpoint_s": round(sum(h.get("checkpoint_s", 0.0) for h in hist), 2),
-            "train_wall_s": round(wall, 1),
-            "stepping_s": round(out.images_seen / ray_rate, 1),
-        },
-        "images": out.images_seen,
+        "threads_step": torch.get_num_threads(), "threads_worker": out.history[-1].get("threads"),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus", "date": time.strftime("%Y-%m-%d %H:%M"),
+        "ratio_median": round(statistics.median(ratios), 3), "ratios": ratios, "repeats": repeats,
     }
 
 
@@ -172,6 +267,8 @@ def main() -> None:
     ap.add_argument("--config", default=None, help="--compare-ray: config YAML whose model/loss/batch to use")
     ap.add_argument("--data", default=None, help="--compare-ray: prepared dataset URI")
     ap.add_argument("--images", type=int, default=6000, help="--compare-ray: images facegen train runs for")
+    ap.add_argument("--repeats", type=int, default=1, help="--compare-ray: step window / facegen train / step "
+                                                              "window, this many times (median ratio)")
     args = ap.parse_args()
     if args.preset == "reference-64":
         args.resolutions, args.batch, args.fmap_base, args.fmap_max = "64", 8, 4096, 512
