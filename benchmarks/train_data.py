@@ -31,7 +31,7 @@ def consume(config: dict) -> None:
 
     from facegen_ray.data.feeder import ShardFeeder
 
-    feeder = ShardFeeder(ray.train.get_dataset_shard("train"), chunk=32, seed=0, rank=0,
+    feeder = ShardFeeder(ray.train.get_dataset_shard("train"), chunk=config["chunk"], seed=0, rank=0,
                          shuffle_buffer=config["shuffle_buffer"])
     batch, rate, total = config["batch"], config["rate"], config["images"]
     step_s = batch / rate
@@ -62,6 +62,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--epochs", type=float, default=3.0, help="epochs to consume (per-epoch costs show)")
     ap.add_argument("--shuffle-buffer", type=int, default=2000)
+    ap.add_argument("--chunk", type=int, default=None, help="rows per Ray Data batch the feeder pulls "
+                                                           "(train.data_chunk; default: its default)")
     ap.add_argument("--cache-bytes", type=int, default=None, help="train.cache_dataset_bytes (0: no cache)")
     args = ap.parse_args()
 
@@ -72,6 +74,8 @@ def main() -> None:
     from facegen_ray.train.trainer import caches_dataset, torch_trainer_class, training_dataset, worker_resources
 
     train_over = {"shuffle_buffer": args.shuffle_buffer}
+    if args.chunk is not None:
+        train_over["data_chunk"] = args.chunk
     if args.cache_bytes is not None:
         train_over["cache_dataset_bytes"] = args.cache_bytes
     cfg = FacegenConfig.model_validate({
@@ -87,7 +91,8 @@ def main() -> None:
     total = int(rows * args.epochs) // args.batch * args.batch
     trainer = torch_trainer_class()(
         consume,
-        train_loop_config={"batch": args.batch, "rate": args.rate, "images": total, "shuffle_buffer": args.shuffle_buffer},
+        train_loop_config={"batch": args.batch, "rate": args.rate, "images": total, "shuffle_buffer": args.shuffle_buffer,
+                           "chunk": cfg.train.data_chunk},
         scaling_config=ScalingConfig(num_workers=1, resources_per_worker=worker_resources(cfg)),
         run_config=RunConfig(name="data-bench", storage_path=cfg.storage.root),
         datasets={"train": ds},
@@ -95,7 +100,8 @@ def main() -> None:
     m = trainer.fit().metrics
     print(json.dumps({
         "benchmark": "train_data_wait", "dataset_rows": rows, "resolution": args.resolution,
-        "rate_img_per_s": args.rate, "batch": args.batch, "images": m["images"], "epochs": m["epochs"],
+        "rate_img_per_s": args.rate, "batch": args.batch, "chunk": cfg.train.data_chunk,
+        "shuffle_buffer": args.shuffle_buffer, "date": time.strftime("%Y-%m-%d %H:%M"), "images": m["images"], "epochs": m["epochs"],
         "cached": caches_dataset(cfg, rows),
         "dataset_setup_s": round(setup_s, 1), "first_batch_s": round(m["first_batch_s"], 2),
         "data_wait_share": round(m["wait_s"] / max(m["wall_s"], 1e-9), 4),

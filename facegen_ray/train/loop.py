@@ -102,7 +102,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     # ------------------------------------------------------------------ data, samples, evaluation
     schedule = ProgressiveSchedule(tcfg, cfg.model, num_workers=world)
     feeder = ShardFeeder(
-        ray.train.get_dataset_shard("train"), chunk=32, seed=tcfg.seed, rank=rank,
+        ray.train.get_dataset_shard("train"), chunk=tcfg.data_chunk, seed=tcfg.seed, rank=rank,
         shuffle_buffer=tcfg.shuffle_buffer, epoch=data_pos["epoch"], rows=data_pos["rows"],
     )
     sample_z, sample_c = fixed_latents(cfg, device)
