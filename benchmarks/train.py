@@ -100,9 +100,10 @@ class CpuSampler:
                     st = f.read()
                 rest = st[st.rindex(")") + 2:].split()
                 cpu = (int(rest[11]) + int(rest[12])) / tck
-                if pid not in self.names:
-                    with open(f"/proc/{pid}/cmdline", "rb") as f:
-                        self.names[pid] = f.read().replace(b"\0", b" ").decode(errors="replace")[:80].strip()
+                with open(f"/proc/{pid}/cmdline", "rb") as f:  # re-read: an idle Ray worker is renamed as an
+                    name = f.read().replace(b"\0", b" ").decode(errors="replace")[:80].strip()  # actor; an exited
+                if name:  # process (zombie) reads as "": keep its last name
+                    self.names[pid] = name
             except (OSError, ValueError, IndexError):
                 continue
             self.first.setdefault(pid, cpu)

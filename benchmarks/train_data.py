@@ -50,8 +50,11 @@ def consume(config: dict) -> None:
         seen += batch
         time.sleep(step_s)  # the model's step
     wall = time.perf_counter() - t_start - (first_batch_s or 0.0)
-    ray.train.report({"wait_s": wait, "wall_s": wall, "first_batch_s": first_batch_s, "images": seen,
-                      "epochs": feeder.position["epoch"]})
+    result = {"wait_s": wait, "wall_s": wall, "first_batch_s": first_batch_s, "images": seen,
+              "epochs": feeder.position["epoch"]}
+    with open(config["out"], "w") as f:  # Ray Train's Result.metrics comes back empty on some versions
+        json.dump(result, f)
+    ray.train.report(result)
 
 
 def main() -> None:
@@ -92,12 +95,15 @@ def main() -> None:
     trainer = torch_trainer_class()(
         consume,
         train_loop_config={"batch": args.batch, "rate": args.rate, "images": total, "shuffle_buffer": args.shuffle_buffer,
-                           "chunk": cfg.train.data_chunk},
+                           "chunk": cfg.train.data_chunk,
+                           "out": os.path.join(cfg.storage.root, "data-bench.json")},
         scaling_config=ScalingConfig(num_workers=1, resources_per_worker=worker_resources(cfg)),
         run_config=RunConfig(name="data-bench", storage_path=cfg.storage.root),
         datasets={"train": ds},
     )
-    m = trainer.fit().metrics
+    trainer.fit()
+    with open(os.path.join(cfg.storage.root, "data-bench.json")) as f:
+        m = json.load(f)
     print(json.dumps({
         "benchmark": "train_data_wait", "dataset_rows": rows, "resolution": args.resolution,
         "rate_img_per_s": args.rate, "batch": args.batch, "chunk": cfg.train.data_chunk,
