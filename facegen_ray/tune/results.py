@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from typing import Any
 
@@ -16,7 +15,7 @@ import numpy as np
 import yaml
 
 from facegen_ray.storage import Storage, fs_path_to_uri, join
-from facegen_ray.tune.spec import Sweep
+from facegen_ray.tune.spec import Sweep, trial_config
 
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"

@@ -28,7 +28,6 @@ unfinished and errored trials (each trial's training run resumes from its last c
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import json
 import logging
@@ -37,7 +36,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
 
 from facegen_ray.errors import UserError
 from facegen_ray.runtime import ensure_ray
