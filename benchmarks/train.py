@@ -80,7 +80,8 @@ def bench_one(res: int, args, amp: bool, channels_last: bool, compile_: bool) ->
 class CpuSampler:
     """CPU seconds per process while `facegen train` runs (Linux /proc; a no-op elsewhere):
     a thread snapshots every process's utime+stime every `every` s and keeps, per pid, the first
-    and last values seen, so processes that start and end inside the window are counted too."""
+    and last values seen, so processes that start and end inside the window are counted too
+    (from their first snapshot: up to `every` s of a new process's CPU is missed)."""
 
     def __init__(self, every: float = 1.0) -> None:
         import threading

@@ -29,9 +29,9 @@ from facegen_ray.metrics.conditional import attribute_accuracy, conditional_fid
 from facegen_ray.metrics.diversity import diversity_report
 from facegen_ray.metrics.fid import feature_stats, fid_to_stats
 from facegen_ray.metrics.inception import (
+    EXTRACTOR_ID,
     IS_UNAVAILABLE_REASON,
     InceptionExtractor,
-    extractor_id,
     resolve_device,
 )
 from facegen_ray.metrics.kid import kernel_inception_distance
@@ -116,9 +116,9 @@ def select_reals(storage: Storage, data_uri: str, num_real: int | None, seed: in
     return RealSelection(manifest, uris, [where[k] for k in order], [hashes[k] for k in order])
 
 
-def reference_key(manifest: dict[str, Any], n_real: int, seed: int, split: str = "train", mode: str = "script") -> str:
+def reference_key(manifest: dict[str, Any], n_real: int, seed: int, split: str = "train") -> str:
     """Cache key: dataset version, resolution, sample count (+ subset seed), extractor id (+ split)."""
-    key = f"v{manifest['version']}-r{manifest['resolution']}-n{n_real}-s{seed}-{extractor_id(mode)}"
+    key = f"v{manifest['version']}-r{manifest['resolution']}-n{n_real}-s{seed}-{EXTRACTOR_ID}"
     return key if split == "train" else f"{key}-{split}"
 
 
@@ -228,7 +228,7 @@ def reference_features(storage: Storage, data_uri: str, cfg: EvalConfig, *, use_
     """
     sel = select_reals(storage, data_uri, cfg.num_real if split == "train" else None, cfg.seed, split)
     manifest = sel.manifest
-    key = reference_key(manifest, len(sel.rows), cfg.seed, split, cfg.inception_mode)
+    key = reference_key(manifest, len(sel.rows), cfg.seed, split)
     uri = Layout.reference_stats(manifest["path"], key)
     info = {"n_real": len(sel.rows), "key": key, "uri": uri, "version": manifest["version"],
             "resolution": manifest["resolution"], "selection": sel}
@@ -392,7 +392,7 @@ def evaluate_model(storage: Storage, model_uri: str, data_uri: str, cfg: EvalCon
             "model": model_uri, "model_version": meta.get("version"), "data": data_uri,
             "data_version": info["version"], "resolution": info["resolution"], "truncation": cfg.truncation,
             "seeds": [seeds[0], seeds[-1]], "reference": {k: info[k] for k in ("uri", "key", "cached")},
-            "extractor": extractor_id(cfg.inception_mode), "inception_mode": cfg.inception_mode,
+            "extractor": EXTRACTOR_ID, "inception_mode": cfg.inception_mode,
         }
         result.update(compute_metrics(gen, real, [m for m in metrics if m in FEATURE_METRICS], cfg, mu_sigma))
         if "cfid" in metrics:

@@ -28,7 +28,8 @@ INPUT_SIZE = 299
 # How the network runs (eval.inception_mode): "script": the TorchScript as shipped, NCHW input;
 # "channels_last": the same network fed NHWC (channels_last) batches, which oneDNN's
 # convolutions and the pools run faster on CPU (benchmarks/evaluate.py --variants: 6.92 -> 7.80
-# images/s on 200 real faces on the 2-core machine; features equal, FID unchanged).
+# images/s on 200 real faces on the 2-core machine; features equal, FID unchanged). Both modes
+# give the same features, so both use EXTRACTOR_ID: cached reference statistics serve either.
 INCEPTION_MODES = ("script", "channels_last")
 
 IS_UNAVAILABLE_REASON = (
@@ -64,14 +65,6 @@ def load_inception(path: str | os.PathLike | None = None, device: str | torch.de
     except (RuntimeError, OSError, ValueError) as e:
         raise UserError(f"cannot load the Inception TorchScript {p}: {e}; reinstall with `{INSTALL_HINT}`") from e
     return net.eval()
-
-
-def extractor_id(mode: str = "script") -> str:
-    """The reference-statistics cache key's extractor part; every mode gives the same features
-    (to float rounding), so one id: statistics cached with one are valid for the other."""
-    if mode not in INCEPTION_MODES:
-        raise UserError(f"unknown Inception mode {mode!r}; one of {', '.join(INCEPTION_MODES)}")
-    return EXTRACTOR_ID
 
 
 def resolve_device(device: str) -> str:
@@ -138,6 +131,6 @@ class InceptionExtractor:
 
 __all__ = [
     "default_inception_path", "load_inception", "preprocess", "resolve_device", "InceptionExtractor",
-    "extractor_id", "INCEPTION_MODES",
+    "INCEPTION_MODES",
     "EXTRACTOR_ID", "FEATURE_DIM", "INSTALL_HINT", "IS_UNAVAILABLE_REASON",
 ]
