@@ -167,6 +167,12 @@ def test_control_errors_say_what_to_do():
         Control.from_item({"mix": {"seed": 1, "crossover": 1}, "interpolate": {"seed_b": 2, "t": 0.5}})
     with pytest.raises(ControlError, match=f"between 1 and {G.num_ws - 1}"):
         control_ws(G, [1], 1.0, None, Control(mix_seed=2, crossover=G.num_ws), d)
+    # a model trained without style mixing refuses mixing (and only mixing)
+    with pytest.raises(ControlError, match="trained without style mixing"):
+        control_ws(G, [1], 1.0, None, Control(mix_seed=2, crossover=1), d, style_mixing_prob=0.0)
+    for p in (None, 0.9):
+        assert control_ws(G, [1], 1.0, None, Control(mix_seed=2, crossover=1), d, style_mixing_prob=p).shape[0] == 1
+    assert control_ws(G, [1], 1.0, None, Control(edit={"age": 1.0}), d, style_mixing_prob=0.0).shape[0] == 1
 
 
 # ----------------------------------------------------------------------------- directions
@@ -252,6 +258,14 @@ def test_generate_mix_grid(model_dir, tmp_path, capsys):
     assert cli_main(["generate", model_dir, "--mix", "0", "1", "--crossover", str(G.num_ws), "--out", str(out)]) == 2
     assert "crossover must be between 1 and" in capsys.readouterr().err
     assert cli_main(["generate", model_dir, "--crossover", "2", "--out", str(out)]) == 2
+    # a model trained without style mixing: exit 2 with the reason, nothing written
+    G0 = _tiny_G(3)
+    G0.cfg = G0.cfg.model_copy(update={"style_mixing_prob": 0.0})
+    save_model_dir(Storage(), str(tmp_path / "nomix"), G0, G0.cfg, {"version": "n1"})
+    out0 = tmp_path / "nomix.png"
+    capsys.readouterr()
+    assert cli_main(["generate", str(tmp_path / "nomix"), "--mix", "0", "1", "--out", str(out0)]) == 2
+    assert "trained without style mixing" in capsys.readouterr().err and not out0.exists()
 
 
 @pytest.mark.parametrize("space", ["w", "z"])
@@ -390,20 +404,24 @@ def http(tmp_path_factory):
     G = _tiny_G(6)
     save_model_dir(st, f"{root}/exports/m", G, G.cfg, {"version": "k1"})
     save_model_dir(st, f"{root}/exports/bare", G, G.cfg, {"version": "k0"})
+    nomix_cfg = G.cfg.model_copy(update={"style_mixing_prob": 0.0})
+    save_model_dir(st, f"{root}/exports/nomix", G, nomix_cfg, {"version": "k2"})
     doc = synthetic_directions(G.w_dim)
     doc["weights_sha256"] = gen.load_model(st, f"{root}/exports/m", root).digest
     save_directions(st, f"{root}/exports/m", doc)
     model = gen.load_model(st, f"{root}/exports/m", root)
     bare = gen.load_model(st, f"{root}/exports/bare", root)
+    nomix = gen.load_model(st, f"{root}/exports/nomix", root)
     cfg = {"max_request_bytes": 16_384, "default_truncation": 0.7}
     inst = Ingress(ControlGenerator(model), None, root, {}, cfg, None)
     inst_bare = Ingress(ControlGenerator(bare), None, root, {}, cfg, None)
+    inst_nomix = Ingress(ControlGenerator(nomix), None, root, {}, cfg, None)
     current = {"inst": inst}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(serve, "get_replica_context", lambda: SimpleNamespace(servable_object=current["inst"]))
         with TestClient(api, raise_server_exceptions=False) as c:
             yield SimpleNamespace(client=c, G=G, model=model, store=FeedbackStore(st, root), current=current,
-                                  inst=inst, bare=inst_bare)
+                                  inst=inst, bare=inst_bare, nomix=inst_nomix)
         current["inst"] = inst
 
 
@@ -483,7 +501,21 @@ def test_http_model_without_directions_says_how_to_make_them(http):
         http.current["inst"] = http.inst
 
 
+def test_http_mixing_on_a_model_trained_without_it_is_422(http):
+    assert http.client.get("/healthz").json()["style_mixing"] is True
+    http.current["inst"] = http.nomix
+    try:
+        assert http.client.get("/healthz").json()["style_mixing"] is False
+        r = http.client.post("/generate", json={"seed": 1, "mix": {"seed": 3, "crossover": 1}})
+        assert r.status_code == 422 and "trained without style mixing" in r.json()["detail"]
+        assert http.client.post("/generate", json={"seed": 1}).status_code == 200
+        assert http.client.post("/generate", json={"seed": 1, "interpolate": {"seed_b": 2, "t": 0.5}}).status_code == 200
+    finally:
+        http.current["inst"] = http.inst
+
+
 def test_page_has_direction_sliders_and_mix_control():
     page = (Path(REPO) / "facegen_ray" / "serve" / "static" / "index.html").read_text()
-    for marker in ('id="controls"', 'id="sliders"', 'id="mix-seed"', 'id="mix-crossover"', "/healthz", "edit", "mix"):
+    for marker in ('id="controls"', 'id="sliders"', 'id="mix-seed"', 'id="mix-crossover"', "/healthz", "edit", "mix",
+                   "info.style_mixing === false"):
         assert marker in page

@@ -12,7 +12,8 @@ import numpy as np
 from PIL import Image
 
 from facegen_ray.errors import UserError
-from facegen_ray.models.latent import MAX_EDIT_STRENGTH, Control, ControlError, control_ws, mix_ws, seed_ws, synthesize
+from facegen_ray.models.latent import (MAX_EDIT_STRENGTH, Control, ControlError, check_mixing, control_ws, mix_ws, seed_ws,
+                                      synthesize)
 from facegen_ray.provenance import gif_comment, output_id, provenance_record
 from facegen_ray.serve.generation import encode_image, load_model, make_grid, parse_seeds
 from facegen_ray.storage import Storage
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace, cfg, psi: float, out: str, fmt: str, mode: str
     if mode == "mix":
         row_seeds, col_seeds = parse_seeds(args.mix[0], 64), parse_seeds(args.mix[1], 64)
         crossover = args.crossover if args.crossover is not None else G.num_ws // 2
+        check_mixing(model.cfg.style_mixing_prob)
         control.update(rows=row_seeds, cols=col_seeds, crossover=int(crossover))
         cells = mixing_grid(G, row_seeds, col_seeds, crossover, psi, args.batch_size)
         image = make_grid(_tiles(cells), cols=cells.shape[1])

@@ -78,6 +78,15 @@ def check_crossover(num_ws: int, crossover: int) -> int:
     return int(crossover)
 
 
+def check_mixing(style_mixing_prob: float | None) -> None:
+    """Refuse style mixing on a generator trained without it (model.style_mixing_prob = 0): its layers
+    were only ever fed one w, so swapping the fine styles of another face is not what it learned."""
+    if style_mixing_prob is not None and float(style_mixing_prob) <= 0.0:
+        raise ControlError("this model was trained without style mixing (model.style_mixing_prob = 0), so its "
+                           "coarse and fine styles were never trained to come from different faces; mixing is "
+                           "refused (train with model.style_mixing_prob > 0, e.g. 0.9, to use it)")
+
+
 def mix_ws(ws_coarse: torch.Tensor, ws_fine: torch.Tensor, crossover: int) -> torch.Tensor:
     """ws [N,L,D] x ws [N or 1,L,D] -> [N,L,D]: layers < crossover from ws_coarse, the rest from ws_fine."""
     L = ws_coarse.shape[1]
@@ -207,10 +216,13 @@ def check_edit(edit: Mapping[str, float], names: Sequence[str] | None, max_stren
             raise ControlError(f"edit strength for {k!r} must be within [-{max_strength:g}, {max_strength:g}], got {s}")
 
 
-def control_ws(G, seeds: Sequence[int], psi: float, c: torch.Tensor | None, ctl: Control, directions=None) -> torch.Tensor:
-    """A request's controls -> ws [len(seeds),L,D]. directions: models.directions.Directions or None."""
+def control_ws(G, seeds: Sequence[int], psi: float, c: torch.Tensor | None, ctl: Control, directions=None,
+               style_mixing_prob: float | None = None) -> torch.Tensor:
+    """A request's controls -> ws [len(seeds),L,D]. directions: models.directions.Directions or None;
+    style_mixing_prob: the model's training setting (0 refuses mixing; None: not known, allowed)."""
     check_edit(ctl.edit, directions.names if directions is not None else None)
     if ctl.mix_seed is not None:
+        check_mixing(style_mixing_prob)
         check_crossover(G.num_ws, ctl.crossover)
         ws = mix_ws(seed_ws(G, seeds, psi, c), seed_ws(G, [ctl.mix_seed], psi, c), ctl.crossover)
     elif ctl.interp_seed is not None:

@@ -4,7 +4,8 @@ The generator replica (serve/replica.py) renders a batch's plain requests with
 `generation.generate` and hands the requests with controls to `render_controlled`: every
 request's ws are computed on its own (its mix/interpolation partner and edit), then all rows of
 the batch go through the synthesis network together, `forward_batch` rows at a time. A
-request the model cannot do (unknown direction, crossover beyond its layers, no directions)
+request the model cannot do (unknown direction, crossover beyond its layers, no directions,
+mixing on a model trained without style mixing)
 gets {"ok": False, "status": 422, "error": ...} and does not affect the others.
 """
 
@@ -36,7 +37,7 @@ def render_controlled(model, jobs: Sequence[tuple[list[int], float, list[int] | 
             if ctl.edit and model.directions is None and model.directions_error:
                 raise ControlError(model.directions_error)
             c = torch.tensor([cond], dtype=torch.long) if (cond is not None and model.conditional) else None  # [1,3]
-            ws = control_ws(G, seeds, psi, c, ctl, model.directions)  # [k,L,D]
+            ws = control_ws(G, seeds, psi, c, ctl, model.directions, model.cfg.style_mixing_prob)  # [k,L,D]
         except ControlError as e:
             out[j] = e
             continue

@@ -182,6 +182,7 @@ class LoadedModel:
             "resolution": self.resolution,
             "device": self.device,
             "num_ws": int(self.G.num_ws),
+            "style_mixing": float(self.cfg.style_mixing_prob) > 0,
             "directions": list(self.directions.names) if self.directions is not None else None,
         }
 

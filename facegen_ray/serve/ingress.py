@@ -229,7 +229,8 @@ class Ingress:
             return JSONResponse({"status": "unavailable", "model_version": None, "error": str(e)}, status_code=503)
         return JSONResponse({"status": "ok", "model_version": info["model_version"], "model_uri": info["model_uri"],
                              "conditional": info["conditional"], "resolution": info["resolution"],
-                             "num_ws": info.get("num_ws"), "directions": info.get("directions"),
+                             "num_ws": info.get("num_ws"), "style_mixing": info.get("style_mixing"),
+                             "directions": info.get("directions"),
                              "max_edit_strength": MAX_EDIT_STRENGTH})
 
     @api.get("/", response_class=HTMLResponse)

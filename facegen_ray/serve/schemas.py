@@ -165,6 +165,7 @@ class HealthResponse(BaseModel):
     conditional: bool | None = None
     resolution: int | None = None
     num_ws: int | None = None
+    style_mixing: bool | None = None  # False: the model was trained without style mixing; "mix" answers 422
     directions: list[str] | None = None
     max_edit_strength: float | None = None
     error: str | None = None
