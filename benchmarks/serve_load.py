@@ -23,6 +23,10 @@ replay of up to --replay acknowledged posts answers 200 with the same id. lost m
 
     python benchmarks/serve_load.py feedback [--posts 10000] [--clients 64] [--kill-at 0.3]
         [--root DIR] [--ledger FILE.jsonl] [--out docs/reliability/serve_load.jsonl]
+
+Over 400 lines: the two modes share the app start-up (_start_ray, the random model of --size), the
+machine record and the percentile helper, and the feedback mode's store check (verify_store) is
+the benchmark's verdict, so it stays next to the load that it judges.
 """
 
 from __future__ import annotations
