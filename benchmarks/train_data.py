@@ -32,7 +32,7 @@ def consume(config: dict) -> None:
     from facegen_ray.data.feeder import ShardFeeder
 
     feeder = ShardFeeder(ray.train.get_dataset_shard("train"), chunk=config["chunk"], seed=0, rank=0,
-                         shuffle_buffer=config["shuffle_buffer"])
+                         shuffle_buffer=config["shuffle_buffer"], cache=config["in_memory"])
     batch, rate, total = config["batch"], config["rate"], config["images"]
     step_s = batch / rate
     wait = 0.0
@@ -95,7 +95,7 @@ def main() -> None:
     trainer = torch_trainer_class()(
         consume,
         train_loop_config={"batch": args.batch, "rate": args.rate, "images": total, "shuffle_buffer": args.shuffle_buffer,
-                           "chunk": cfg.train.data_chunk,
+                           "chunk": cfg.train.data_chunk, "in_memory": caches_dataset(cfg, rows),
                            "out": os.path.join(cfg.storage.root, "data-bench.json")},
         scaling_config=ScalingConfig(num_workers=1, resources_per_worker=worker_resources(cfg)),
         run_config=RunConfig(name="data-bench", storage_path=cfg.storage.root),

@@ -241,7 +241,8 @@ class TrainConfig(_Section):
     cache_dataset_bytes: int = Field(
         default=2 * 1024**3, ge=0,
         description="materialize the decoded training dataset in Ray's object store when it is at most this "
-                    "large (epochs then skip re-reading and decoding the shards); 0 disables")
+                    "large (epochs then skip re-reading and decoding the shards, and each worker serves epochs "
+                    ">= 1 from memory as seeded permutations of its shard); 0 disables both")
     export: bool = True
     init_from: str | None = Field(
         default=None,
