@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 DATA_COLUMNS = ["image", "age", "gender", "race", "weight"]  # the shard columns training reads
@@ -49,6 +50,7 @@ class ShardFeeder:
         # in-memory epochs (cache=True)
         self._kept: list[dict[str, torch.Tensor]] | None = [] if self.cache else None  # epoch 0's rows so far
         self._rows: dict[str, torch.Tensor] | None = None  # epoch 0's rows, in their arrival order
+        self._np_rows: dict[str, np.ndarray] | None = None  # the same rows as numpy arrays (shared memory)
         self._order: torch.Tensor | None = None           # the permutation of the epoch being served
         self._cursor = 0                                   # rows of it handed out
 
@@ -153,6 +155,8 @@ class ShardFeeder:
     def _take_in_memory(self, n: int, out: list[dict[str, torch.Tensor]]) -> int:
         if self._rows is None:
             self._load_rows()
+        if self._np_rows is None:
+            self._np_rows = {c: v.numpy() for c, v in self._rows.items()}
         total = len(self._rows["image"])
         if self._order is None:  # first in-memory epoch of this feeder (or a restart into one)
             if self._skip > total:
@@ -164,8 +168,11 @@ class ShardFeeder:
                 self._epoch += 1
                 self._order, self._cursor = self._permutation(self._epoch), 0
             k = min(n - got, total - self._cursor)
-            idx = self._order[self._cursor:self._cursor + k]
-            out.append({c: v.index_select(0, idx) for c, v in self._rows.items()})
+            idx = self._order[self._cursor:self._cursor + k].numpy()
+            # numpy's take: one thread. torch's index_select spreads this small copy over the
+            # intra-op threads, whose wake-up after each training step cost more than the copy
+            # (4.6 ms vs 0.5 ms per 64 rows with 2 threads on the 2-core machine)
+            out.append({c: torch.from_numpy(np.take(v, idx, axis=0)) for c, v in self._np_rows.items()})
             self._cursor += k
             got += k
         return got
@@ -174,6 +181,15 @@ class ShardFeeder:
         """The next n rows ({column: tensor [n,...]}); rolls over into the next epoch as needed."""
         out: list[dict[str, torch.Tensor]] = []
         got = 0
+        streamed = False  # streamed parts are views of Ray's batches (and of epoch 0's kept rows)
         while got < n:
-            got += self._take_in_memory(n - got, out) if self.in_memory else self._take_streamed(n - got, out)
-        return {c: torch.cat([b[c] for b in out]) for c in out[0]}
+            if self.in_memory:
+                got += self._take_in_memory(n - got, out)
+            else:
+                got += self._take_streamed(n - got, out)
+                streamed = True
+        if len(out) == 1 and not streamed:  # a gather from memory is already a fresh copy
+            return out[0]
+        # a copy, so the caller owns its rows; numpy's concatenate runs on one thread (torch.cat
+        # would wake the intra-op threads for this small copy, which costs more than the copy)
+        return {c: torch.from_numpy(np.concatenate([b[c].numpy() for b in out])) for c in out[0]}
