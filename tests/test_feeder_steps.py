@@ -68,6 +68,66 @@ def test_feeder_refuses_an_empty_shard(ray_session):
         ShardFeeder(empty, chunk=4, seed=0, rank=0, shuffle_buffer=0).take(2)
 
 
+class CountingShard:
+    """A shard that counts how often it is opened (each open = one run of Ray Data's pipeline)."""
+
+    def __init__(self, ds) -> None:
+        self.ds, self.opens = ds, 0
+
+    def iter_torch_batches(self, **kwargs):
+        self.opens += 1
+        return self.ds.iter_torch_batches(**kwargs)
+
+
+def test_in_memory_feeder_streams_epoch_0_once_then_permutes_it(ids_dataset):
+    ds, n = ids_dataset
+    shard = CountingShard(ds)
+    f = ShardFeeder(shard, chunk=4, seed=3, rank=0, shuffle_buffer=8, cache=True)
+    stream: list[int] = []
+    for size in (5, 7, 9, 11, 6, 8, 23, 23, 1):  # 93 rows: 4 epochs and one row
+        b = f.take(size)
+        assert set(b) == set(DATA_COLUMNS) and len(b["image"]) == size
+        assert b["image"].dtype == torch.int64
+        stream += _ids(b)
+    assert shard.opens == 1, "epochs after the first come from memory, not from the pipeline"
+    assert f.in_memory and f.position == {"epoch": 4, "rows": 1}
+    epochs = [stream[i * n:(i + 1) * n] for i in range(4)]
+    for e in epochs:
+        assert sorted(e) == list(range(n)), "every epoch holds every row once"
+    first = ShardFeeder(ds, chunk=4, seed=3, rank=0, shuffle_buffer=8)
+    assert epochs[0] == _ids(first.take(n)), "epoch 0 is the streamed epoch 0"
+    assert len({tuple(e) for e in epochs}) == 4, "each epoch has its own order"
+    other_rank = ShardFeeder(ds, chunk=4, seed=3, rank=1, shuffle_buffer=8, cache=True)
+    assert _ids(other_rank.take(2 * n))[n:] != epochs[1], "the permutation depends on the rank"
+
+
+@pytest.mark.parametrize("at", [0, 10, 23, 30, 46, 57])
+def test_in_memory_feeder_resumes_exactly(ids_dataset, at):
+    ds, n = ids_dataset
+    a = ShardFeeder(ds, chunk=4, seed=5, rank=1, shuffle_buffer=8, cache=True)
+    if at:
+        a.take(at)
+    pos = a.position
+    tail = _ids(a.take(40))
+    shard = CountingShard(ds)
+    b = ShardFeeder(shard, chunk=4, seed=5, rank=1, shuffle_buffer=8, cache=True, **pos)
+    assert _ids(b.take(40)) == tail, f"a feeder rebuilt from {pos} continues the same stream"
+    assert shard.opens == 1, "a restart reads the shard once"
+
+
+def test_in_memory_feeder_refuses_an_empty_shard_and_a_bad_position(ray_session, ids_dataset):
+    import ray
+
+    empty = ray.data.from_items([{"image": np.zeros(1), "age": 0, "gender": 0, "race": 0, "weight": 1.0}]).filter(
+        lambda r: False)
+    for epoch in (0, 2):
+        with pytest.raises(RuntimeError, match="empty"):
+            ShardFeeder(empty, chunk=4, seed=0, rank=0, shuffle_buffer=0, cache=True, epoch=epoch).take(2)
+    ds, n = ids_dataset
+    with pytest.raises(RuntimeError, match="fewer rows"):
+        ShardFeeder(ds, chunk=4, seed=0, rank=0, shuffle_buffer=0, cache=True, epoch=3, rows=n + 1).take(1)
+
+
 def _gan(tmp_path, **loss) -> tuple[GANSteps, object]:
     cfg = FacegenConfig.model_validate({
         "storage": {"root": str(tmp_path)}, "model": tiny_model_dict(16),

@@ -15,6 +15,8 @@ Determinism (what makes resume bit-exact on CPU): the model is initialised from
 style mixing); the dataset shard is split with `preserve_order`, shuffled per epoch by a local
 shuffle buffer seeded from (seed, epoch, rank), and the data position (epoch, rows consumed)
 is part of the checkpoint: a resumed worker replays its epoch and skips the rows already seen.
+A dataset held in the object store is also held in each worker's memory after epoch 0; later
+epochs are permutations seeded from (seed, epoch, rank), so resume stays exact there too.
 
 Where the parts live: the step (GANSteps, prepare_reals, row weights, EMA) in train/steps.py,
 the collectives in train/distributed.py, the shard feeder in data/feeder.py; this file is the
@@ -104,6 +106,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     feeder = ShardFeeder(
         ray.train.get_dataset_shard("train"), chunk=tcfg.data_chunk, seed=tcfg.seed, rank=rank,
         shuffle_buffer=tcfg.shuffle_buffer, epoch=data_pos["epoch"], rows=data_pos["rows"],
+        cache=bool(config.get("data_in_memory")),
     )
     sample_z, sample_c = fixed_latents(cfg, device)
     fault = config.get("fault") or None

@@ -204,7 +204,8 @@ def training_dataset(storage: Storage, ds_uri: str, cfg: FacegenConfig):
     Every epoch re-runs a Ray Data pipeline from its source. When the decoded dataset fits
     train.cache_dataset_bytes, it is materialized once into the object store, so an epoch
     reads blocks that are already decoded instead of re-reading and re-decoding the Parquet
-    shards (the order of rows is the same either way, so exact resume is unaffected)."""
+    shards (the order of rows is the same either way, so exact resume is unaffected), and each
+    worker keeps its shard in memory after epoch 0 (data.feeder.ShardFeeder(cache=True))."""
     from facegen_ray.data.feeder import DATA_COLUMNS
 
     ds = read_training_dataset(storage, ds_uri, resolution=cfg.model.resolution).select_columns(DATA_COLUMNS)
@@ -271,6 +272,7 @@ def fit(cfg: FacegenConfig, storage: Storage, dataset, *, runs_uri: str | None =
     hands this process's DataContext to the workers)."""
     import ray.train
     from ray.data import ExecutionOptions
+    from ray.data.dataset import MaterializedDataset
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 
     from facegen_ray.train.loop import train_loop_per_worker
@@ -290,7 +292,10 @@ def fit(cfg: FacegenConfig, storage: Storage, dataset, *, runs_uri: str | None =
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_uri": run_uri, "dataset_uri": dataset_uri(cfg),
                            "threads": max(1, int(resources.get("CPU", 1))), "fault": _fault_from_env(),
-                           "checkpoint_fault": _checkpoint_fault_from_env()},
+                           "checkpoint_fault": _checkpoint_fault_from_env(),
+                           # a dataset that fits the object store (training_dataset materialized it) also fits
+                           # the workers' memory: epochs >= 1 are served from there (data.feeder.ShardFeeder)
+                           "data_in_memory": isinstance(dataset, MaterializedDataset)},
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources,
             placement_strategy=cfg.train.placement_strategy,
