@@ -3,7 +3,9 @@
 generate (the default): starts a local Ray + Serve, deploys facegen_ray.serve.app with the given
 model directory (or a random model of --size), then for 1, 8 and 64 concurrent clients sends a
 bounded number of `GET /generate?seed=N` requests (each a new image: generated, PNG-encoded,
-recorded in the feedback store) and reports p50/p95/p99 latency and images/s. It also times the
+recorded in the feedback store) and reports p50/p95/p99 latency and images/s, and the median split
+of a request from the app's Server-Timing header (hop, queue, forward, record; "outside" = the
+rest: HTTP proxy, ingress routing, the client). It also times the
 raw generator (direct G forward + uint8 conversion, same device and thread count as one replica)
 at batch sizes 1, 8 and 64, so batching efficiency = served img/s at concurrency c / raw img/s at
 batch c.
@@ -64,6 +66,7 @@ async def _load(url: str, concurrency: int, n_requests: int, seed0: int) -> dict
     import httpx
 
     lat: list[float] = []
+    parts: dict[str, list[float]] = {}  # Server-Timing component -> ms per request
     errors = 0
     counter = iter(range(n_requests))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -77,6 +80,12 @@ async def _load(url: str, concurrency: int, n_requests: int, seed0: int) -> dict
                     errors += 1
                 else:
                     lat.append(time.perf_counter() - t0)
+                    server_ms = 0.0
+                    for name, ms in parse_server_timing(r.headers.get("server-timing", "")).items():
+                        parts.setdefault(name, []).append(ms)
+                        server_ms += ms
+                    # the rest: HTTP proxy, ingress routing/validation, the client
+                    parts.setdefault("outside", []).append(1000 * lat[-1] - server_ms)
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -86,7 +95,20 @@ async def _load(url: str, concurrency: int, n_requests: int, seed0: int) -> dict
         "p50_ms": round(1000 * _pct(lat, 50), 2), "p95_ms": round(1000 * _pct(lat, 95), 2),
         "p99_ms": round(1000 * _pct(lat, 99), 2), "mean_ms": round(1000 * statistics.mean(lat), 2) if lat else None,
         "images_per_s": round(len(lat) / wall, 2), "wall_s": round(wall, 2),
+        "p50_split_ms": {k: round(_pct(v, 50), 2) for k, v in parts.items()},
     }
+
+
+def parse_server_timing(header: str) -> dict[str, float]:
+    """'hop;dur=1.2, queue;dur=9.8' -> {"hop": 1.2, "queue": 9.8} (ms)."""
+    out: dict[str, float] = {}
+    for entry in header.split(","):
+        name, _, params = entry.strip().partition(";")
+        for p in params.split(";"):
+            key, _, val = p.strip().partition("=")
+            if name and key == "dur":
+                out[name] = float(val)
+    return out
 
 
 def _raw_throughput(G, batch: int, threads: int, min_time: float = 2.0) -> float:

@@ -3,6 +3,7 @@ schemas, deployment YAMLs, admin auth and the generate/promote CLIs."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -152,6 +153,21 @@ def test_feedback_store_s3(s3_storage, s3_root):
 
 
 # ----------------------------------------------------------------------------- schemas
+def test_server_timing_header_splits_a_request():
+    from facegen_ray.serve.ingress import server_timing
+
+    h = server_timing(0.015, 0.003, {"replica_s": 0.012, "forward_s": 0.002})
+    assert h == "hop;dur=3.00, queue;dur=10.00, forward;dur=2.00, record;dur=3.00"
+    assert server_timing(0.015, 0.003, None) == "generator;dur=15.00, record;dur=3.00"
+    # clock skew between the parts never gives a negative duration
+    assert "hop;dur=0.00" in server_timing(0.010, 0.001, {"replica_s": 0.011, "forward_s": 0.002})
+    spec = importlib.util.spec_from_file_location("serve_load_bench", REPO / "benchmarks" / "serve_load.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.parse_server_timing(h) == {"hop": 3.0, "queue": 10.0, "forward": 2.0, "record": 3.0}
+    assert bench.parse_server_timing("") == {} and bench.parse_server_timing("x;desc=a") == {}
+
+
 def test_request_schemas():
     assert GenerateRequest.model_validate_json(b"{}").num_images == 1
     with pytest.raises(ValidationError):

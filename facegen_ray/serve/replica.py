@@ -201,8 +201,15 @@ class GeneratorDeployment:
         return {**model.describe(), "replica": self.replica, "generation": self.loaded_key[1] if self.loaded_key else None}
 
     async def render(self, item: dict[str, Any]) -> dict[str, Any]:
+        """One request through the batcher; an ok result carries "timing": {"replica_s": arrival
+        to result here, "forward_s": its batch's generator pass} (the ingress's Server-Timing)."""
         await self._wait_ready()
-        return await self.render_batch(item)
+        t0 = time.perf_counter()
+        res = await self.render_batch(item)
+        if res.get("ok"):
+            res = {**res, "timing": {"replica_s": time.perf_counter() - t0, "forward_s": res.get("forward_s", 0.0)}}
+            res.pop("forward_s", None)
+        return res
 
     async def render_version(self, item: dict[str, Any]) -> dict[str, Any]:
         """Render with a given model instead of the pointer's: item {"model": {"uri", "label"},
@@ -293,7 +300,8 @@ class GeneratorDeployment:
                 images = await asyncio.to_thread(
                     gen.generate, model.G, seeds, psis, c, model.device, self.forward_batch, model.synthesis
                 )  # uint8 [N,H,W,3]
-                serving_metrics().batch(model.version, len(seeds), len(set(owners)), time.perf_counter() - t_batch)
+                forward_s = time.perf_counter() - t_batch
+                serving_metrics().batch(model.version, len(seeds), len(set(owners)), forward_s)
             except Exception as e:  # noqa: BLE001 - report per request, keep the replica alive
                 log.exception("replica %s: generation failed", self.replica)
                 images, err = None, f"generation failed: {e}"
@@ -310,6 +318,7 @@ class GeneratorDeployment:
                         "model": model.describe(),
                         "images": images[pos : pos + k],
                         "conditions": [conds[pos + j] for j in range(k)] if model.conditional else None,
+                        "forward_s": forward_s,
                     }
                 pos += k
         if controlled:
