@@ -231,6 +231,7 @@ async def _feedback_load(url: str, posts: list[dict], clients: int, kill_after: 
     kill: dict = {"t": None}
     answered = 0
     reached = asyncio.Event()
+    looked_up = asyncio.Event()  # the replica's pid is known (or the lookup failed)
     attempt_lat: list[float] = []
     first_ok_after: list[float] = []
     queue = iter(posts)
@@ -238,10 +239,11 @@ async def _feedback_load(url: str, posts: list[dict], clients: int, kill_after: 
     t_start = time.perf_counter()
 
     async def kill_and_wait() -> None:
-        await reached.wait()
-        pids = await asyncio.to_thread(ingress_pids, state_api)
+        pids = await asyncio.to_thread(ingress_pids, state_api)  # before the load: see below
         if len(pids) != 1:
             raise RuntimeError(f"expected one live ingress replica, found pids {pids}")
+        looked_up.set()
+        await reached.wait()
         kill.update(pid_before=pids[0], after_answers=answered)
         os.kill(pids[0], signal.SIGKILL)
         kill["t"] = time.perf_counter()
@@ -258,6 +260,8 @@ async def _feedback_load(url: str, posts: list[dict], clients: int, kill_after: 
             await kill_and_wait()
         except Exception as e:  # noqa: BLE001 - reported in the JSON (and fails the run), posts go on
             kill["error"] = repr(e)
+        finally:
+            looked_up.set()
 
     async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as client:
         async def worker(w: int) -> None:
@@ -270,8 +274,12 @@ async def _feedback_load(url: str, posts: list[dict], clients: int, kill_after: 
                 if kill_after is not None and answered >= kill_after:
                     reached.set()
 
-        tasks = [asyncio.create_task(worker(w)) for w in range(clients)]
         killing = asyncio.create_task(killer()) if kill_after is not None else None
+        if killing is not None:
+            # the pid lookup (Ray's state API) can take seconds on a busy machine: done before the
+            # load, so that the kill lands when kill_after posts are answered, not after the load
+            await looked_up.wait()
+        tasks = [asyncio.create_task(worker(w)) for w in range(clients)]
         await asyncio.gather(*tasks)
         wall = time.perf_counter() - t_start
         if killing is not None:
