@@ -508,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-gpus", type=float, default=0.0)
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--batch-wait-ms", type=float, default=10.0)
+    p.add_argument("--fixed-wait", action="store_true",
+                   help="always wait --batch-wait-ms (serve.adaptive_batch_wait=false); default: adaptive")
     p.add_argument("--replicas", type=int, default=1)
     args = p.parse_args(argv)
     conc = [int(x) for x in args.concurrency.split(",")]
@@ -553,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.run(build_app({
         "model": model_uri, "root": root, "num_cpus": args.replica_cpus, "num_gpus": args.num_gpus,
         "min_replicas": args.replicas, "max_replicas": args.replicas, "max_batch_size": args.max_batch_size,
-        "batch_wait_timeout_s": args.batch_wait_ms / 1000, "max_ongoing_requests": max(args.max_batch_size, 64),
+        "batch_wait_timeout_s": args.batch_wait_ms / 1000, "adaptive_batch_wait": not args.fixed_wait,
+        "max_ongoing_requests": max(args.max_batch_size, 64),
         "target_ongoing_requests": 64,
     }), name=APP_NAME, route_prefix="/")
     url = f"http://127.0.0.1:{port}"
@@ -571,7 +574,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({
         "benchmark": "serve_load", "device": device, "model": model.version, "resolution": model.resolution,
         "model_size": None if args.model else args.size, "replicas": args.replicas, "replica_cpus": args.replica_cpus,
-        "max_batch_size": args.max_batch_size, "batch_wait_ms": args.batch_wait_ms, "host_cpus": os.cpu_count(),
+        "max_batch_size": args.max_batch_size, "batch_wait_ms": args.batch_wait_ms,
+        "adaptive_batch_wait": not args.fixed_wait, "host_cpus": os.cpu_count(),
         "torch_threads": threads, "served": served, "raw_images_per_s": {str(k): v for k, v in raw.items()},
     }))
     return 0

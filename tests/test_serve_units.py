@@ -168,6 +168,17 @@ def test_server_timing_header_splits_a_request():
     assert bench.parse_server_timing("") == {} and bench.parse_server_timing("x;desc=a") == {}
 
 
+def test_adaptive_batch_wait_only_skips_the_wait_for_a_lone_request():
+    from facegen_ray.serve.replica import batch_wait_for
+
+    assert batch_wait_for(1, 0.01, adaptive=True) == 0.0  # alone in the replica: start now
+    assert batch_wait_for(2, 0.01, adaptive=True) == 0.01  # others queued or rendering: wait for company
+    assert batch_wait_for(1, 0.01, adaptive=False) == 0.01
+    from facegen_ray.config import ServeConfig
+
+    assert ServeConfig().adaptive_batch_wait is True
+
+
 def test_request_schemas():
     assert GenerateRequest.model_validate_json(b"{}").num_images == 1
     with pytest.raises(ValidationError):
