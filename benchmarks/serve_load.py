@@ -3,7 +3,9 @@
 generate (the default): starts a local Ray + Serve, deploys facegen_ray.serve.app with the given
 model directory (or a random model of --size), then for 1, 8 and 64 concurrent clients sends a
 bounded number of `GET /generate?seed=N` requests (each a new image: generated, PNG-encoded,
-recorded in the feedback store) and reports p50/p95/p99 latency and images/s. It also times the
+recorded in the feedback store) and reports p50/p95/p99 latency and images/s, and the median split
+of a request from the app's Server-Timing header (hop, queue, forward, record; "outside" = the
+rest: HTTP proxy, ingress routing, the client). It also times the
 raw generator (direct G forward + uint8 conversion, same device and thread count as one replica)
 at batch sizes 1, 8 and 64, so batching efficiency = served img/s at concurrency c / raw img/s at
 batch c.
@@ -64,6 +66,7 @@ async def _load(url: str, concurrency: int, n_requests: int, seed0: int) -> dict
     import httpx
 
     lat: list[float] = []
+    parts: dict[str, list[float]] = {}  # Server-Timing component -> ms per request
     errors = 0
     counter = iter(range(n_requests))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -77,6 +80,12 @@ async def _load(url: str, concurrency: int, n_requests: int, seed0: int) -> dict
                     errors += 1
                 else:
                     lat.append(time.perf_counter() - t0)
+                    server_ms = 0.0
+                    for name, ms in parse_server_timing(r.headers.get("server-timing", "")).items():
+                        parts.setdefault(name, []).append(ms)
+                        server_ms += ms
+                    # the rest: HTTP proxy, ingress routing/validation, the client
+                    parts.setdefault("outside", []).append(1000 * lat[-1] - server_ms)
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -86,7 +95,20 @@ async def _load(url: str, concurrency: int, n_requests: int, seed0: int) -> dict
         "p50_ms": round(1000 * _pct(lat, 50), 2), "p95_ms": round(1000 * _pct(lat, 95), 2),
         "p99_ms": round(1000 * _pct(lat, 99), 2), "mean_ms": round(1000 * statistics.mean(lat), 2) if lat else None,
         "images_per_s": round(len(lat) / wall, 2), "wall_s": round(wall, 2),
+        "p50_split_ms": {k: round(_pct(v, 50), 2) for k, v in parts.items()},
     }
+
+
+def parse_server_timing(header: str) -> dict[str, float]:
+    """'hop;dur=1.2, queue;dur=9.8' -> {"hop": 1.2, "queue": 9.8} (ms)."""
+    out: dict[str, float] = {}
+    for entry in header.split(","):
+        name, _, params = entry.strip().partition(";")
+        for p in params.split(";"):
+            key, _, val = p.strip().partition("=")
+            if name and key == "dur":
+                out[name] = float(val)
+    return out
 
 
 def _raw_throughput(G, batch: int, threads: int, min_time: float = 2.0) -> float:
@@ -209,6 +231,7 @@ async def _feedback_load(url: str, posts: list[dict], clients: int, kill_after: 
     kill: dict = {"t": None}
     answered = 0
     reached = asyncio.Event()
+    looked_up = asyncio.Event()  # the replica's pid is known (or the lookup failed)
     attempt_lat: list[float] = []
     first_ok_after: list[float] = []
     queue = iter(posts)
@@ -216,10 +239,11 @@ async def _feedback_load(url: str, posts: list[dict], clients: int, kill_after: 
     t_start = time.perf_counter()
 
     async def kill_and_wait() -> None:
-        await reached.wait()
-        pids = await asyncio.to_thread(ingress_pids, state_api)
+        pids = await asyncio.to_thread(ingress_pids, state_api)  # before the load: see below
         if len(pids) != 1:
             raise RuntimeError(f"expected one live ingress replica, found pids {pids}")
+        looked_up.set()
+        await reached.wait()
         kill.update(pid_before=pids[0], after_answers=answered)
         os.kill(pids[0], signal.SIGKILL)
         kill["t"] = time.perf_counter()
@@ -236,6 +260,8 @@ async def _feedback_load(url: str, posts: list[dict], clients: int, kill_after: 
             await kill_and_wait()
         except Exception as e:  # noqa: BLE001 - reported in the JSON (and fails the run), posts go on
             kill["error"] = repr(e)
+        finally:
+            looked_up.set()
 
     async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as client:
         async def worker(w: int) -> None:
@@ -248,8 +274,12 @@ async def _feedback_load(url: str, posts: list[dict], clients: int, kill_after: 
                 if kill_after is not None and answered >= kill_after:
                     reached.set()
 
-        tasks = [asyncio.create_task(worker(w)) for w in range(clients)]
         killing = asyncio.create_task(killer()) if kill_after is not None else None
+        if killing is not None:
+            # the pid lookup (Ray's state API) can take seconds on a busy machine: done before the
+            # load, so that the kill lands when kill_after posts are answered, not after the load
+            await looked_up.wait()
+        tasks = [asyncio.create_task(worker(w)) for w in range(clients)]
         await asyncio.gather(*tasks)
         wall = time.perf_counter() - t_start
         if killing is not None:
@@ -478,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-gpus", type=float, default=0.0)
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--batch-wait-ms", type=float, default=10.0)
+    p.add_argument("--fixed-wait", action="store_true",
+                   help="always wait --batch-wait-ms (serve.adaptive_batch_wait=false); default: adaptive")
     p.add_argument("--replicas", type=int, default=1)
     args = p.parse_args(argv)
     conc = [int(x) for x in args.concurrency.split(",")]
@@ -523,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.run(build_app({
         "model": model_uri, "root": root, "num_cpus": args.replica_cpus, "num_gpus": args.num_gpus,
         "min_replicas": args.replicas, "max_replicas": args.replicas, "max_batch_size": args.max_batch_size,
-        "batch_wait_timeout_s": args.batch_wait_ms / 1000, "max_ongoing_requests": max(args.max_batch_size, 64),
+        "batch_wait_timeout_s": args.batch_wait_ms / 1000, "adaptive_batch_wait": not args.fixed_wait,
+        "max_ongoing_requests": max(args.max_batch_size, 64),
         "target_ongoing_requests": 64,
     }), name=APP_NAME, route_prefix="/")
     url = f"http://127.0.0.1:{port}"
@@ -541,7 +574,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({
         "benchmark": "serve_load", "device": device, "model": model.version, "resolution": model.resolution,
         "model_size": None if args.model else args.size, "replicas": args.replicas, "replica_cpus": args.replica_cpus,
-        "max_batch_size": args.max_batch_size, "batch_wait_ms": args.batch_wait_ms, "host_cpus": os.cpu_count(),
+        "max_batch_size": args.max_batch_size, "batch_wait_ms": args.batch_wait_ms,
+        "adaptive_batch_wait": not args.fixed_wait, "host_cpus": os.cpu_count(),
         "torch_threads": threads, "served": served, "raw_images_per_s": {str(k): v for k, v in raw.items()},
     }))
     return 0

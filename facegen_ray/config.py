@@ -313,6 +313,8 @@ class ServeConfig(_Section):
     num_cpus: float = Field(default=1.0, ge=0)
     max_batch_size: int = Field(default=16, ge=1)
     batch_wait_timeout_s: float = Field(default=0.01, ge=0)
+    adaptive_batch_wait: bool = Field(default=True, description="a request that finds its generator replica idle "
+                                      "starts a batch at once (no batch_wait_timeout_s); false: always wait")
     cuda_graphs: bool = Field(
         default=True,
         description="GPU replicas replay the synthesis network from CUDA graphs (one per batch bucket "

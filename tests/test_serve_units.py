@@ -3,6 +3,7 @@ schemas, deployment YAMLs, admin auth and the generate/promote CLIs."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -152,6 +153,32 @@ def test_feedback_store_s3(s3_storage, s3_root):
 
 
 # ----------------------------------------------------------------------------- schemas
+def test_server_timing_header_splits_a_request():
+    from facegen_ray.serve.ingress import server_timing
+
+    h = server_timing(0.015, 0.003, {"replica_s": 0.012, "forward_s": 0.002})
+    assert h == "hop;dur=3.00, queue;dur=10.00, forward;dur=2.00, record;dur=3.00"
+    assert server_timing(0.015, 0.003, None) == "generator;dur=15.00, record;dur=3.00"
+    # clock skew between the parts never gives a negative duration
+    assert "hop;dur=0.00" in server_timing(0.010, 0.001, {"replica_s": 0.011, "forward_s": 0.002})
+    spec = importlib.util.spec_from_file_location("serve_load_bench", REPO / "benchmarks" / "serve_load.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.parse_server_timing(h) == {"hop": 3.0, "queue": 10.0, "forward": 2.0, "record": 3.0}
+    assert bench.parse_server_timing("") == {} and bench.parse_server_timing("x;desc=a") == {}
+
+
+def test_adaptive_batch_wait_only_skips_the_wait_for_a_lone_request():
+    from facegen_ray.serve.replica import batch_wait_for
+
+    assert batch_wait_for(1, 0.01, adaptive=True) == 0.0  # alone in the replica: start now
+    assert batch_wait_for(2, 0.01, adaptive=True) == 0.01  # others queued or rendering: wait for company
+    assert batch_wait_for(1, 0.01, adaptive=False) == 0.01
+    from facegen_ray.config import ServeConfig
+
+    assert ServeConfig().adaptive_batch_wait is True
+
+
 def test_request_schemas():
     assert GenerateRequest.model_validate_json(b"{}").num_images == 1
     with pytest.raises(ValidationError):

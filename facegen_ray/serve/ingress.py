@@ -85,6 +85,23 @@ _IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 
 
+def server_timing(call_s: float, record_s: float, replica: dict[str, float] | None) -> str:
+    """The Server-Timing header of a generated response (ms; browsers' dev tools show it, and
+    benchmarks/serve_load.py splits latency with it): `hop` (the handle call to the generator
+    replica and back, Ray's part), `queue` (in the replica before its batch ran: the batch wait
+    and earlier batches), `forward` (the batch's generator pass), `record` (PNG encoding with
+    provenance and the durable image record). Without the replica's split: `generator` + `record`."""
+    parts: list[tuple[str, float]]
+    if replica and "replica_s" in replica:
+        fwd = float(replica.get("forward_s", 0.0))
+        parts = [("hop", call_s - float(replica["replica_s"])), ("queue", float(replica["replica_s"]) - fwd),
+                 ("forward", fwd)]
+    else:
+        parts = [("generator", call_s)]
+    parts.append(("record", record_s))
+    return ", ".join(f"{name};dur={max(0.0, v) * 1000:.2f}" for name, v in parts)
+
+
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"model": ErrorResponse, "description": _REASONS[c]} for c in codes}
 
@@ -189,12 +206,14 @@ class Ingress:
         if ctl is not None:
             item["control"] = ctl.describe()  # quantised: what the image id, the record and the replica use
             item.update(item["control"])
+        t0 = time.perf_counter()
         res = await self.generator.render.remote(item)
+        t1 = time.perf_counter()
         if not res["ok"]:
             raise HTTPException(res["status"], res["error"])
         model = res["model"]
         out = await asyncio.to_thread(self._record, model, item, res["images"], res["conditions"], fmt)
-        return model, out
+        return model, out, server_timing(t1 - t0, time.perf_counter() - t1, res.get("timing"))
 
     def _record(self, model: dict, item: dict, images, conditions, fmt: str) -> list[tuple[str, int, bytes]]:
         out = []
@@ -242,8 +261,9 @@ class Ingress:
     async def generate_json(self, request: Request) -> JSONResponse:
         req: GenerateRequest = await self._body(request, GenerateRequest)
         attrs = req.attributes.model_dump() if req.attributes is not None else None
-        model, out = await self._render(req.seed, req.num_images, req.truncation, attrs, req.format, req.controls())
-        return JSONResponse({
+        model, out, timing = await self._render(req.seed, req.num_images, req.truncation, attrs, req.format,
+                                                req.controls())
+        return JSONResponse(headers={"Server-Timing": timing}, content={
             "model_version": model["model_version"],
             "truncation": gen.quantize_psi(self.cfg.default_truncation if req.truncation is None else req.truncation),
             "format": req.format,
@@ -261,10 +281,12 @@ class Ingress:
         except ValidationError as e:
             raise HTTPException(422, validation_detail(e)) from None
         attrs = q.attributes()
-        model, out = await self._render(q.seed, 1, q.truncation, attrs.model_dump() if attrs else None, q.format)
+        model, out, timing = await self._render(q.seed, 1, q.truncation, attrs.model_dump() if attrs else None,
+                                                q.format)
         iid, seed, data = out[0]
         return Response(content=data, media_type=gen.CONTENT_TYPES[q.format], headers={
             "X-Image-Id": iid, "X-Seed": str(seed), "X-Model-Version": model["model_version"], "X-Synthetic": "true",
+            "Server-Timing": timing,
         })
 
     @api.post("/feedback", status_code=201, openapi_extra=_json_body(FeedbackRequest, parameters=[_IDEMPOTENCY_KEY]),

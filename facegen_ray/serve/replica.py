@@ -43,6 +43,12 @@ def _images_in(items: list[dict[str, Any]]) -> int:
     return sum(len(it["seeds"]) for it in items)
 
 
+def batch_wait_for(in_flight: int, wait_s: float, adaptive: bool) -> float:
+    """The batch wait for a request that arrives with `in_flight` requests in the replica (itself
+    included): none when it is alone and the wait is adaptive, else the configured one."""
+    return float(wait_s) if (in_flight > 1 or not adaptive) else 0.0
+
+
 def _replica_id() -> str:
     try:
         return str(serve.get_replica_context().replica_id.unique_id)
@@ -81,6 +87,7 @@ class GeneratorDeployment:
         self._loading: asyncio.Task | None = None
         self._others: OrderedDict[tuple[str, str], gen.LoadedModel] = OrderedDict()  # render_version's, LRU
         self._others_lock: asyncio.Lock | None = None
+        self._in_flight = 0  # requests in render() now (adaptive batch wait)
         self._set_batching(self.cfg.max_batch_size, self.cfg.batch_wait_timeout_s)
 
     # ---- batching parameters
@@ -88,7 +95,8 @@ class GeneratorDeployment:
         self.forward_batch = int(max_batch_size)
         # the queue gathers whole requests; a single request may hold up to 16 images
         self.render_batch.set_max_batch_size(max(int(max_batch_size), MAX_IMAGES_PER_REQUEST))
-        self.render_batch.set_batch_wait_timeout_s(float(wait_s))
+        self.batch_wait_s = float(wait_s)
+        self.render_batch.set_batch_wait_timeout_s(self.batch_wait_s)
 
     def _sync(self) -> tuple[asyncio.Lock, asyncio.Event]:
         if self._lock is None:
@@ -201,8 +209,25 @@ class GeneratorDeployment:
         return {**model.describe(), "replica": self.replica, "generation": self.loaded_key[1] if self.loaded_key else None}
 
     async def render(self, item: dict[str, Any]) -> dict[str, Any]:
+        """One request through the batcher; an ok result carries "timing": {"replica_s": arrival
+        to result here, "forward_s": its batch's generator pass} (the ingress's Server-Timing)."""
         await self._wait_ready()
-        return await self.render_batch(item)
+        t0 = time.perf_counter()
+        # Adaptive batch wait: a request that finds no other one in this replica (queued or being
+        # rendered) starts its batch at once instead of waiting batch_wait_timeout_s for company
+        # that is not coming; with others in flight the batcher waits as configured. The batcher
+        # reads the timeout when it takes a batch's first request, i.e. after this line.
+        self._in_flight += 1
+        try:
+            self.render_batch.set_batch_wait_timeout_s(
+                batch_wait_for(self._in_flight, self.batch_wait_s, self.cfg.adaptive_batch_wait))
+            res = await self.render_batch(item)
+        finally:
+            self._in_flight -= 1
+        if res.get("ok"):
+            res = {**res, "timing": {"replica_s": time.perf_counter() - t0, "forward_s": res.get("forward_s", 0.0)}}
+            res.pop("forward_s", None)
+        return res
 
     async def render_version(self, item: dict[str, Any]) -> dict[str, Any]:
         """Render with a given model instead of the pointer's: item {"model": {"uri", "label"},
@@ -293,7 +318,8 @@ class GeneratorDeployment:
                 images = await asyncio.to_thread(
                     gen.generate, model.G, seeds, psis, c, model.device, self.forward_batch, model.synthesis
                 )  # uint8 [N,H,W,3]
-                serving_metrics().batch(model.version, len(seeds), len(set(owners)), time.perf_counter() - t_batch)
+                forward_s = time.perf_counter() - t_batch
+                serving_metrics().batch(model.version, len(seeds), len(set(owners)), forward_s)
             except Exception as e:  # noqa: BLE001 - report per request, keep the replica alive
                 log.exception("replica %s: generation failed", self.replica)
                 images, err = None, f"generation failed: {e}"
@@ -310,6 +336,7 @@ class GeneratorDeployment:
                         "model": model.describe(),
                         "images": images[pos : pos + k],
                         "conditions": [conds[pos + j] for j in range(k)] if model.conditional else None,
+                        "forward_s": forward_s,
                     }
                 pos += k
         if controlled:
