@@ -290,3 +290,37 @@ def test_attribute_accuracy_per_attribute_and_overall():
     assert skipped["overall"] == {"accuracy": pytest.approx(4 / 6), "n": 6}
     none = attribute_accuracy(pred, np.full((4, 3), -1))
     assert none["overall"] == {"accuracy": None, "n": 0}
+
+
+def test_fid_floor_benchmark_compares_disjoint_reals(tmp_path):
+    """benchmarks/fid_floor.py: real-vs-real FID from cached features, one JSON line; a sample
+    of the same distribution reads far lower than a shifted one."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((600, 8))
+    np.savez(tmp_path / "ref.npz", features=feats)
+    np.savez(tmp_path / "held.npz", features=rng.standard_normal((100, 8)))
+    np.savez(tmp_path / "shifted.npz", features=rng.standard_normal((100, 8)) + 2.0)
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "fid_floor.py"
+
+    def run(*extra):
+        r = subprocess.run([sys.executable, str(bench), "--features", str(tmp_path / "ref.npz"), *extra],
+                           capture_output=True, text=True, timeout=120)
+        return r.returncode, r.stdout.strip().splitlines(), r.stderr
+
+    rc, lines, err = run("--splits", "100,300", "--repeats", "2", "--holdout", str(tmp_path / "held.npz"))
+    assert rc == 0, err
+    assert len(lines) == 1
+    doc = json.loads(lines[0])
+    assert [f["real_a"] for f in doc["floors"]] == [100, 300, 100] and doc["floors"][2]["real_b"] == 600
+    assert all(len(f["fid"]) == 2 for f in doc["floors"][:2])
+    same = doc["floors"][2]["fid"][0]
+    rc, lines, _ = run("--splits", "100", "--repeats", "1", "--holdout", str(tmp_path / "shifted.npz"))
+    shifted = json.loads(lines[0])["floors"][1]["fid"][0]
+    assert 0 < same < 1.0 < 8 * 4 * 0.9 < shifted  # mean shift of 2 in 8 dims: FID ~ 32
+    rc, _, err = run("--splits", "599")
+    assert rc == 2 and "at least 2" in err
