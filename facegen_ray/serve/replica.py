@@ -347,9 +347,11 @@ class GeneratorDeployment:
                                  controlled: list[tuple[int, Any]], results: list[dict[str, Any] | None]) -> None:
         """Requests with mix / interpolate / edit: their own ws, one synthesis pass for all of them."""
         jobs = [(list(items[i]["seeds"]), float(items[i]["truncation"]), cond, ctl) for i, (cond, ctl) in controlled]
+        forward_s = 0.0
         try:
             t_batch = time.perf_counter()
             out = await asyncio.to_thread(render_controlled, model, jobs, self.forward_batch)
+            forward_s = time.perf_counter() - t_batch
             n = sum(len(j[0]) for j, o in zip(jobs, out) if not isinstance(o, Exception))
             if n:
                 serving_metrics().batch(model.version, n, len(jobs), time.perf_counter() - t_batch)
@@ -363,5 +365,5 @@ class GeneratorDeployment:
                 results[i] = {"ok": False, "status": 500, "error": str(o)}
             else:
                 results[i] = {"ok": True, "model": model.describe(), "images": o,
-                              "conditions": [cond] * len(o) if model.conditional else None}
+                              "conditions": [cond] * len(o) if model.conditional else None, "forward_s": forward_s}
 
