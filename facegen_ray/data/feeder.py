@@ -49,8 +49,7 @@ class ShardFeeder:
         self._empty_epochs = 0            # streamed epochs in a row that had no rows
         # in-memory epochs (cache=True)
         self._kept: list[dict[str, torch.Tensor]] | None = [] if self.cache else None  # epoch 0's rows so far
-        self._rows: dict[str, torch.Tensor] | None = None  # epoch 0's rows, in their arrival order
-        self._np_rows: dict[str, np.ndarray] | None = None  # the same rows as numpy arrays (shared memory)
+        self._rows: dict[str, np.ndarray] | None = None   # epoch 0's rows, in their arrival order
         self._order: torch.Tensor | None = None           # the permutation of the epoch being served
         self._cursor = 0                                   # rows of it handed out
 
@@ -133,8 +132,7 @@ class ShardFeeder:
 
     def _end_streamed_epoch(self) -> None:
         if self._kept is not None and self._epoch == 0:
-            self._rows = {c: torch.cat([b[c] for b in self._kept]) for c in self._kept[0]}
-            self._kept = None
+            self._keep_rows(self._kept)
         self._it = None
         self._epoch += 1
         self._skip = 0
@@ -145,7 +143,11 @@ class ShardFeeder:
         parts = list(self._iterate(0))
         if not parts:
             raise RuntimeError("this worker's dataset shard is empty (fewer rows than workers?)")
-        self._rows = {c: torch.cat([b[c] for b in parts]) for c in parts[0]}
+        self._keep_rows(parts)
+
+    def _keep_rows(self, parts: list[dict[str, torch.Tensor]]) -> None:
+        """Epoch 0's batches -> the rows later epochs permute (numpy: gathered on one thread)."""
+        self._rows = {c: np.concatenate([b[c].numpy() for b in parts]) for c in parts[0]}
         self._kept = None
 
     def _permutation(self, epoch: int) -> torch.Tensor:
@@ -155,8 +157,6 @@ class ShardFeeder:
     def _take_in_memory(self, n: int, out: list[dict[str, torch.Tensor]]) -> int:
         if self._rows is None:
             self._load_rows()
-        if self._np_rows is None:
-            self._np_rows = {c: v.numpy() for c, v in self._rows.items()}
         total = len(self._rows["image"])
         if self._order is None:  # first in-memory epoch of this feeder (or a restart into one)
             if self._skip > total:
@@ -172,7 +172,7 @@ class ShardFeeder:
             # numpy's take: one thread. torch's index_select spreads this small copy over the
             # intra-op threads, whose wake-up after each training step cost more than the copy
             # (4.6 ms vs 0.5 ms per 64 rows with 2 threads on the 2-core machine)
-            out.append({c: torch.from_numpy(np.take(v, idx, axis=0)) for c, v in self._np_rows.items()})
+            out.append({c: torch.from_numpy(np.take(v, idx, axis=0)) for c, v in self._rows.items()})
             self._cursor += k
             got += k
         return got

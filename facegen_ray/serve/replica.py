@@ -354,7 +354,7 @@ class GeneratorDeployment:
             forward_s = time.perf_counter() - t_batch
             n = sum(len(j[0]) for j, o in zip(jobs, out) if not isinstance(o, Exception))
             if n:
-                serving_metrics().batch(model.version, n, len(jobs), time.perf_counter() - t_batch)
+                serving_metrics().batch(model.version, n, len(jobs), forward_s)
         except Exception as e:  # noqa: BLE001 - report per request, keep the replica alive
             log.exception("replica %s: controlled generation failed", self.replica)
             out = [RuntimeError(f"generation failed: {e}")] * len(jobs)
