@@ -115,6 +115,26 @@ def test_in_memory_feeder_resumes_exactly(ids_dataset, at):
     assert shard.opens == 1, "a restart reads the shard once"
 
 
+def test_in_memory_prefetch_hands_out_the_same_stream_and_position(ids_dataset):
+    """The prefetch thread gathers the next batch ahead; batch sizes that change (a new stage),
+    batches spanning epochs or longer than the shard must still give the unprefetched stream,
+    and the position must count only rows handed out."""
+    ds, n = ids_dataset
+    sizes = (5, 7, 30, 7, 7, 7, 3, 50, 4, 4, 9)
+    plain = ShardFeeder(ds, chunk=4, seed=2, rank=0, shuffle_buffer=8, cache=True, prefetch=False)
+    ahead = ShardFeeder(ds, chunk=4, seed=2, rank=0, shuffle_buffer=8, cache=True)
+    for size in sizes:
+        a, b = plain.take(size), ahead.take(size)
+        assert set(a) == set(b) and all(torch.equal(a[c], b[c]) for c in a), f"batch of {size} differs"
+        assert ahead.position == plain.position
+    assert ahead._ahead is not None, "the next batch is being gathered ahead"
+    b["image"].fill_(-1)  # the caller owns what it was handed: the kept rows are untouched
+    assert _ids(ahead.take(n)) == _ids(plain.take(n))
+    ahead.close()
+    assert ahead._pool is None and _ids(ahead.take(3)) == _ids(plain.take(3)), "still works after close()"
+    ahead.close()
+
+
 def test_in_memory_feeder_refuses_an_empty_shard_and_a_bad_position(ray_session, ids_dataset):
     import ray
 

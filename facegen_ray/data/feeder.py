@@ -5,6 +5,7 @@ Ray Data shard iterator, epoch after epoch, and can rebuild its stream from a sa
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterator
 
 import numpy as np
@@ -29,11 +30,14 @@ class ShardFeeder:
     as above while its rows are kept; epochs >= 1 are permutations of those rows drawn from
     (seed, epoch, rank), served from memory, so no epoch after the first waits for a pipeline
     to start or a shuffle buffer to fill. A restart in epoch >= 1 reads epoch 0's rows once
-    (same seed, same order) and continues with the same permutation.
+    (same seed, same order) and continues with the same permutation. With prefetch (default),
+    the next batch of the same size is gathered on a thread while the caller trains on this
+    one; `position` counts only the rows handed out, so a prefetched batch changes nothing a
+    checkpoint saves.
     """
 
     def __init__(self, shard, *, chunk: int, seed: int, rank: int, shuffle_buffer: int,
-                 epoch: int = 0, rows: int = 0, cache: bool = False):
+                 epoch: int = 0, rows: int = 0, cache: bool = False, prefetch: bool = True):
         self.shard = shard
         self.chunk = max(1, int(chunk))
         self.seed = int(seed)
@@ -50,8 +54,14 @@ class ShardFeeder:
         # in-memory epochs (cache=True)
         self._kept: list[dict[str, torch.Tensor]] | None = [] if self.cache else None  # epoch 0's rows so far
         self._rows: dict[str, np.ndarray] | None = None   # epoch 0's rows, in their arrival order
-        self._order: torch.Tensor | None = None           # the permutation of the epoch being served
-        self._cursor = 0                                   # rows of it handed out
+        self._mem_started = False                          # an in-memory epoch has been served from
+        self._cursor = 0                                   # rows of the in-memory epoch handed out
+        self._orders: dict[int, np.ndarray] = {}           # permutations by epoch (current and next)
+        # the next batch, gathered on a thread while the caller trains on this one:
+        # ((epoch, cursor, rows), future of (batch, epoch after, cursor after))
+        self.prefetch = bool(prefetch)
+        self._ahead: tuple[tuple[int, int, int], Future] | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def in_memory(self) -> bool:
@@ -62,7 +72,7 @@ class ShardFeeder:
     def position(self) -> dict[str, int]:
         """(epoch, rows handed out from it); the rows still pending all belong to that epoch."""
         if self.in_memory:
-            return {"epoch": self._epoch, "rows": self._cursor if self._order is not None else self._skip}
+            return {"epoch": self._epoch, "rows": self._cursor if self._mem_started else self._skip}
         if self._it is None:
             return {"epoch": self._epoch, "rows": self._skip}
         return {"epoch": self._epoch, "rows": self._pulled - self._pending_rows}
@@ -150,46 +160,83 @@ class ShardFeeder:
         self._rows = {c: np.concatenate([b[c].numpy() for b in parts]) for c in parts[0]}
         self._kept = None
 
-    def _permutation(self, epoch: int) -> torch.Tensor:
+    def _permutation(self, epoch: int) -> np.ndarray:
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch * 1009 + self.rank + 7919) % (2**63 - 1))
-        return torch.randperm(len(self._rows["image"]), generator=g)
+        return torch.randperm(len(self._rows["image"]), generator=g).numpy()
 
-    def _take_in_memory(self, n: int, out: list[dict[str, torch.Tensor]]) -> int:
-        if self._rows is None:
-            self._load_rows()
+    def _orders_for(self, epoch: int, cursor: int, n: int) -> dict[int, np.ndarray]:
+        """The permutations a gather of n rows from (epoch, cursor) reads; computed here, on the
+        caller's thread, and cached (the current epoch's and the next ones only)."""
         total = len(self._rows["image"])
-        if self._order is None:  # first in-memory epoch of this feeder (or a restart into one)
-            if self._skip > total:
-                raise RuntimeError(f"cannot resume data position: epoch {self._epoch} has fewer rows than {self._skip}")
-            self._order, self._cursor, self._skip = self._permutation(self._epoch), self._skip, 0
+        last = epoch + (cursor + n) // total
+        self._orders = {e: o for e, o in self._orders.items() if e >= epoch}
+        for e in range(epoch, last + 1):
+            if e not in self._orders:
+                self._orders[e] = self._permutation(e)
+        return {e: self._orders[e] for e in range(epoch, last + 1)}
+
+    def _gather(self, epoch: int, cursor: int, n: int,
+                orders: dict[int, np.ndarray]) -> tuple[dict[str, torch.Tensor], int, int]:
+        """n rows from (epoch, cursor) on; returns them and the position after them. Reads only
+        the kept rows and the given permutations, so it may run on the prefetch thread."""
+        total = len(self._rows["image"])
+        parts: list[dict[str, np.ndarray]] = []
         got = 0
         while got < n:
-            if self._cursor >= total:
-                self._epoch += 1
-                self._order, self._cursor = self._permutation(self._epoch), 0
-            k = min(n - got, total - self._cursor)
-            idx = self._order[self._cursor:self._cursor + k].numpy()
+            if cursor >= total:
+                epoch, cursor = epoch + 1, 0
+            k = min(n - got, total - cursor)
+            idx = orders[epoch][cursor:cursor + k]
             # numpy's take: one thread. torch's index_select spreads this small copy over the
             # intra-op threads, whose wake-up after each training step cost more than the copy
             # (4.6 ms vs 0.5 ms per 64 rows with 2 threads on the 2-core machine)
-            out.append({c: torch.from_numpy(np.take(v, idx, axis=0)) for c, v in self._rows.items()})
-            self._cursor += k
+            parts.append({c: np.take(v, idx, axis=0) for c, v in self._rows.items()})
+            cursor += k
             got += k
-        return got
+        rows = parts[0] if len(parts) == 1 else {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
+        return {c: torch.from_numpy(v) for c, v in rows.items()}, epoch, cursor
+
+    def _take_in_memory(self, n: int) -> dict[str, torch.Tensor]:
+        """The next n rows from memory: the prefetched batch when it is exactly these rows, else
+        gathered now; then the following n rows are gathered on the prefetch thread."""
+        if self._rows is None:
+            self._load_rows()
+        if not self._mem_started:  # first in-memory epoch of this feeder (or a restart into one)
+            if self._skip > len(self._rows["image"]):
+                raise RuntimeError(f"cannot resume data position: epoch {self._epoch} has fewer rows than {self._skip}")
+            self._cursor, self._skip, self._mem_started = self._skip, 0, True
+        key = (self._epoch, self._cursor, n)
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == key:
+            batch, self._epoch, self._cursor = ahead[1].result()
+        else:  # nothing prefetched, or for another batch size (a new stage)
+            batch, self._epoch, self._cursor = self._gather(*key, self._orders_for(*key))
+        if self.prefetch:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facegen-feeder")
+            nxt = (self._epoch, self._cursor, n)
+            self._ahead = (nxt, self._pool.submit(self._gather, *nxt, self._orders_for(*nxt)))
+        return batch
 
     def take(self, n: int) -> dict[str, torch.Tensor]:
         """The next n rows ({column: tensor [n,...]}); rolls over into the next epoch as needed."""
+        if self.in_memory:
+            return self._take_in_memory(n)
         out: list[dict[str, torch.Tensor]] = []
         got = 0
-        streamed = False  # streamed parts are views of Ray's batches (and of epoch 0's kept rows)
         while got < n:
-            if self.in_memory:
-                got += self._take_in_memory(n - got, out)
-            else:
-                got += self._take_streamed(n - got, out)
-                streamed = True
-        if len(out) == 1 and not streamed:  # a gather from memory is already a fresh copy
-            return out[0]
-        # a copy, so the caller owns its rows; numpy's concatenate runs on one thread (torch.cat
-        # would wake the intra-op threads for this small copy, which costs more than the copy)
+            if self.in_memory:  # epoch 0 of a caching feeder ended inside this batch
+                out.append(self._take_in_memory(n - got))
+                break
+            got += self._take_streamed(n - got, out)
+        # a copy, so the caller owns its rows (streamed parts are views of Ray's batches and of
+        # epoch 0's kept rows); numpy's concatenate runs on one thread (torch.cat would wake the
+        # intra-op threads for this small copy, which costs more than the copy)
         return {c: torch.from_numpy(np.concatenate([b[c].numpy() for b in out])) for c in out[0]}
+
+    def close(self) -> None:
+        """Stops the prefetch thread (a feeder that is dropped stops it at interpreter exit)."""
+        self._ahead = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
