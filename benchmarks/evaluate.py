@@ -8,7 +8,8 @@ resized to 299x299 as in the FID convention.
 --variants: one JSON line per way of running the network ("script": the TorchScript fed
 NCHW batches as shipped; "channels_last": fed NHWC batches; "bf16": weights and input in
 bfloat16 — only with --only bf16: without AVX512-BF16 (this 2-core AVX2 EPYC) it is ~20x
-slower than fp32), each with images/s over --images real faces,
+slower than fp32; "optimized" / "optimized_channels_last": torch.jit.freeze +
+optimize_for_inference, only with --only), each with images/s over --images real faces,
 the time split (resize vs network), and how far its features are from the shipped fp32 ones:
 max abs difference, and FID(A, B) of two disjoint real sets computed with fp32 features vs
 with the variant's (the issue's bar: FID unchanged to 0.1). Real faces come from --data (a
@@ -65,14 +66,21 @@ def variants(args) -> None:
     n = len(images)
     half = n // 2
     base_feats = None
-    plan = [("script", False, False), ("channels_last", True, False), ("bf16", False, True)]
+    def optimized(net):  # freeze (weights become constants) + optimize_for_inference (conv/BN
+        # folding and oneDNN layouts where TorchScript's passes recognise the pattern)
+        return torch.jit.optimize_for_inference(torch.jit.freeze(net))
+
+    plan = [("script", False, False, None), ("channels_last", True, False, None), ("bf16", False, True, None),
+            ("optimized", False, False, optimized), ("optimized_channels_last", True, False, optimized)]
     wanted = args.only.split(",") if args.only else ["script", "channels_last"]
-    for name, cl, bf16 in plan:
+    for name, cl, bf16, transform in plan:
         if name not in wanted:
             continue
         net = load_inception(device=args.device)
         if bf16:
             net = net.to(torch.bfloat16)
+        if transform is not None:
+            net = transform(net)
         run_variant(net, images[:2], 2, cl, bf16, args.device)  # warm-up (TorchScript profiling runs)
         run_variant(net, images[:2], 2, cl, bf16, args.device)
         t0 = time.perf_counter()

@@ -259,6 +259,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
                 os._exit(1)
         point = next_point
 
+    feeder.close()  # the prefetch thread (data_position below is what was handed out)
+
     # ------------------------------------------------------------------ summary
     # for the driver (rank 0's return value): every rank's step counts and weight digests
     summary = {
