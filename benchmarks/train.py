@@ -87,6 +87,7 @@ class CpuSampler:
         import threading
 
         self.every, self.first, self.last, self.names = every, {}, {}, {}
+        self.series: list[tuple[float, dict[str, float]]] = []  # (time, cumulative CPU s per group)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.ok = os.path.isdir("/proc/self")
@@ -109,6 +110,7 @@ class CpuSampler:
                 continue
             self.first.setdefault(pid, cpu)
             self.last[pid] = cpu
+        self.series.append((time.perf_counter(), self._groups()))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -129,10 +131,7 @@ class CpuSampler:
             self._thread.join()
             self._snap()
 
-    def split(self) -> dict:
-        """Cores used over the window by: the train worker(s), the rest of Ray, everything else."""
-        if not self.ok:
-            return {}
+    def _groups(self) -> dict[str, float]:
         used = {pid: self.last[pid] - self.first[pid] for pid in self.last}
         me = str(os.getpid())
         groups = {"train_worker": 0.0, "ray_other": 0.0, "driver": 0.0, "other": 0.0}
@@ -146,7 +145,25 @@ class CpuSampler:
                 groups["ray_other"] += sec
             else:
                 groups["other"] += sec
-        return {f"{k}_cores": round(v / self.wall, 3) for k, v in groups.items()}
+        return groups
+
+    def split(self) -> dict:
+        """Cores used by the train worker(s), the rest of Ray, this driver and everything else:
+        over the whole window (Ray's start-up and the export included), and in the steady
+        state: from the snapshot where the worker had used 20% of its CPU time to the one
+        where it had used 90% (start-up and shutdown left out)."""
+        if not self.ok or len(self.series) < 3:
+            return {}
+        total = self.series[-1][1]
+        out = {f"{k}_cores": round(v / self.wall, 3) for k, v in total.items()}
+        worker = total["train_worker"]
+        a = next((x for x in self.series if x[1]["train_worker"] >= 0.2 * worker), None)
+        b = next((x for x in self.series if x[1]["train_worker"] >= 0.9 * worker), None)
+        if a is not None and b is not None and b[0] - a[0] > 5 * self.every:
+            span = b[0] - a[0]
+            out.update({f"steady_{k}_cores": round((b[1][k] - a[1][k]) / span, 3) for k in total})
+            out["steady_window_s"] = round(span, 1)
+        return out
 
 
 def compare_ray(args) -> dict:
@@ -195,12 +212,16 @@ def compare_ray(args) -> dict:
         gan.ema(10**6, batch)
         i += 1
 
+    step_cores: list[float] = []  # CPU time of this process per wall second in each step window
+
     def step_window() -> float:
         start = i
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         while time.perf_counter() - t0 < max(args.min_seconds, 20.0):
             iteration()
-        return (i - start) * batch / (time.perf_counter() - t0)
+        wall = time.perf_counter() - t0
+        step_cores.append(round((time.process_time() - c0) / wall, 3))
+        return (i - start) * batch / wall
 
     for _ in range(args.warmup):
         iteration()
@@ -221,7 +242,7 @@ def compare_ray(args) -> dict:
         ray_rate = sum(h["img_per_s"] for h in steady) / len(steady)
         step_rate = (before + after) / 2
         repeats.append({
-            "step_before": round(before, 2), "step_after": round(after, 2),
+            "step_before": round(before, 2), "step_after": round(after, 2), "step_cores": step_cores[-2:],
             "facegen_train_img_per_s": round(ray_rate, 2), "intervals": [round(h["img_per_s"], 1) for h in steady],
             "ratio": round(ray_rate / step_rate, 3),
             "split": {

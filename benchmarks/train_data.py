@@ -33,7 +33,8 @@ def consume(config: dict) -> None:
     from facegen_ray.data.feeder import ShardFeeder
 
     feeder = ShardFeeder(ray.train.get_dataset_shard("train"), chunk=config["chunk"], seed=0, rank=0,
-                         shuffle_buffer=config["shuffle_buffer"], cache=config["in_memory"])
+                         shuffle_buffer=config["shuffle_buffer"], cache=config["in_memory"],
+                         prefetch=config["prefetch"])
     batch, rate, total = config["batch"], config["rate"], config["images"]
     step_s = batch / rate
     wait = 0.0
@@ -41,6 +42,7 @@ def consume(config: dict) -> None:
     t_start = time.perf_counter()
     first_batch_s = None
     by_epoch: dict[int, list[float]] = {}  # epoch a batch ended in -> [wait s, wall s]
+    slowest: list[tuple[float, int, int]] = []  # the longest waits: (s, images after it, epoch)
     while seen < total:
         t0 = time.perf_counter()
         feeder.take(batch)
@@ -51,13 +53,19 @@ def consume(config: dict) -> None:
             first_batch_s = dt  # pipeline start-up: reported apart
             continue
         wait += dt
+        slowest.append((dt, seen, feeder.position["epoch"]))
+        if len(slowest) > 64:
+            slowest.sort(reverse=True)
+            del slowest[8:]
         w_t = by_epoch.setdefault(feeder.position["epoch"], [0.0, 0.0])
         w_t[0] += dt
         w_t[1] += time.perf_counter() - t0
     wall = time.perf_counter() - t_start - (first_batch_s or 0.0)
     result = {"wait_s": wait, "wall_s": wall, "first_batch_s": first_batch_s, "images": seen,
               "epochs": feeder.position["epoch"], "in_memory": feeder.in_memory,
-              "wait_share_by_epoch": {str(e): round(w / max(t, 1e-9), 4) for e, (w, t) in sorted(by_epoch.items())}}
+              "wait_share_by_epoch": {str(e): round(w / max(t, 1e-9), 4) for e, (w, t) in sorted(by_epoch.items())},
+              "slowest_takes": [{"ms": round(w * 1000, 1), "images": n, "epoch": e}
+                                for w, n, e in sorted(slowest, reverse=True)[:8]]}
     with open(config["out"], "w") as f:  # Ray Train's Result.metrics comes back empty on some versions
         json.dump(result, f)
     ray.train.report(result)
@@ -74,6 +82,8 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=None, help="rows per Ray Data batch the feeder pulls "
                                                            "(train.data_chunk; default: its default)")
     ap.add_argument("--cache-bytes", type=int, default=None, help="train.cache_dataset_bytes (0: no cache)")
+    ap.add_argument("--no-prefetch", action="store_true", help="in-memory epochs gather each batch when asked "
+                                                               "(the feeder's prefetch thread off)")
     args = ap.parse_args()
 
     from ray.train import RunConfig, ScalingConfig
@@ -102,6 +112,7 @@ def main() -> None:
         consume,
         train_loop_config={"batch": args.batch, "rate": args.rate, "images": total, "shuffle_buffer": args.shuffle_buffer,
                            "chunk": cfg.train.data_chunk, "in_memory": caches_dataset(cfg, rows),
+                           "prefetch": not args.no_prefetch,
                            "out": os.path.join(cfg.storage.root, "data-bench.json")},
         scaling_config=ScalingConfig(num_workers=1, resources_per_worker=worker_resources(cfg)),
         run_config=RunConfig(name="data-bench", storage_path=cfg.storage.root),
@@ -118,6 +129,7 @@ def main() -> None:
         "dataset_setup_s": round(setup_s, 1), "first_batch_s": round(m["first_batch_s"], 2),
         "data_wait_share": round(m["wait_s"] / max(m["wall_s"], 1e-9), 4),
         "in_memory_epochs": m["in_memory"], "wait_share_by_epoch": m["wait_share_by_epoch"],
+        "slowest_takes": m.get("slowest_takes"), "prefetch": not args.no_prefetch,
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
     }))
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from facegen_ray.config import FacegenConfig
-from facegen_ray.data.feeder import DATA_COLUMNS, ShardFeeder
+from facegen_ray.data.feeder import DATA_COLUMNS, KeptRows, ShardFeeder
 from facegen_ray.train.distributed import module_digest
 from facegen_ray.train.schedule import ProgressiveSchedule
 from facegen_ray.train.steps import GANSteps
@@ -115,11 +115,14 @@ def test_in_memory_feeder_resumes_exactly(ids_dataset, at):
     assert shard.opens == 1, "a restart reads the shard once"
 
 
-def test_in_memory_prefetch_hands_out_the_same_stream_and_position(ids_dataset):
+@pytest.mark.parametrize("split_columns", [False, True])
+def test_in_memory_prefetch_hands_out_the_same_stream_and_position(ids_dataset, monkeypatch, split_columns):
     """The prefetch thread gathers the next batch ahead; batch sizes that change (a new stage),
     batches spanning epochs or longer than the shard must still give the unprefetched stream,
     and the position must count only rows handed out."""
     ds, n = ids_dataset
+    if split_columns:  # the image-sized path: every column gathered from the batches it arrived in
+        monkeypatch.setattr(KeptRows, "CONCAT_BYTES", 0)
     sizes = (5, 7, 30, 7, 7, 7, 3, 50, 4, 4, 9)
     plain = ShardFeeder(ds, chunk=4, seed=2, rank=0, shuffle_buffer=8, cache=True, prefetch=False)
     ahead = ShardFeeder(ds, chunk=4, seed=2, rank=0, shuffle_buffer=8, cache=True)
@@ -133,6 +136,28 @@ def test_in_memory_prefetch_hands_out_the_same_stream_and_position(ids_dataset):
     ahead.close()
     assert ahead._pool is None and _ids(ahead.take(3)) == _ids(plain.take(3)), "still works after close()"
     ahead.close()
+
+
+@pytest.mark.parametrize("concat_bytes", [KeptRows.CONCAT_BYTES, 0, 100])
+def test_kept_rows_gather_like_one_concatenated_array(monkeypatch, concat_bytes):
+    """Large columns stay in their batches (gathered row by row), small ones are concatenated:
+    both give what indexing one concatenated array gives, for any batch lengths."""
+    monkeypatch.setattr(KeptRows, "CONCAT_BYTES", concat_bytes)
+    rng = np.random.default_rng(0)
+    lengths = [5, 1, 7, 3]
+    parts = [{"image": torch.from_numpy(rng.standard_normal((k, 3, 2, 2)).astype(np.float32)),
+              "age": torch.from_numpy(rng.integers(0, 99, k))} for k in lengths]
+    kept = KeptRows(parts)
+    whole = {c: np.concatenate([p[c].numpy() for p in parts]) for c in ("image", "age")}
+    assert len(kept) == sum(lengths)
+    assert bool(kept.split) == (concat_bytes < whole["image"].nbytes)
+    for idx in (np.arange(len(kept)), rng.permutation(len(kept))[:9], np.array([15, 0, 5, 6, 12, 13])):
+        got = kept.take(idx)
+        assert list(got) == ["image", "age"]
+        for c in got:
+            assert got[c].dtype == whole[c].dtype and np.array_equal(got[c], whole[c][idx])
+    got["image"][:] = 0  # a gather is a copy: the kept rows are untouched
+    assert np.array_equal(kept.take(np.array([13]))["image"], whole["image"][[13]])
 
 
 def test_in_memory_feeder_refuses_an_empty_shard_and_a_bad_position(ray_session, ids_dataset):

@@ -14,6 +14,47 @@ import torch
 DATA_COLUMNS = ["image", "age", "gender", "race", "weight"]  # the shard columns training reads
 
 
+class KeptRows:
+    """Epoch 0's rows as later epochs read them, in their arrival order.
+
+    Small columns are concatenated once. Large ones (the images: 245 MB of float32 for
+    UTKFace at 32²) stay in the batches they arrived in and are gathered row by row: copying
+    them into one fresh array at the end of epoch 0 cost ~1 s of page faults on the 2-core
+    VM (benchmarks/train_data.py: the epoch-switching batch waited 0.9–1.2 s) and held the
+    rows twice meanwhile."""
+
+    CONCAT_BYTES = 16 << 20  # columns up to this size are concatenated
+
+    def __init__(self, parts: list[dict[str, torch.Tensor]]) -> None:
+        arrays = {c: [b[c].numpy() for b in parts] for c in parts[0]}
+        self.columns = list(arrays)
+        lengths = [len(a) for a in arrays[self.columns[0]]]
+        self.n = int(sum(lengths))
+        self.starts = np.cumsum([0] + lengths[:-1])  # row index where each batch begins
+        self.whole = {c: np.concatenate(v) for c, v in arrays.items() if sum(a.nbytes for a in v) <= self.CONCAT_BYTES}
+        self.split = {c: v for c, v in arrays.items() if c not in self.whole}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def take(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Rows idx (indices into the arrival order), as new arrays."""
+        out: dict[str, np.ndarray] = {}
+        if self.split:
+            part = np.searchsorted(self.starts, idx, side="right") - 1
+            where = list(zip(part.tolist(), (idx - self.starts[part]).tolist()))
+        for c in self.columns:
+            if c in self.whole:
+                out[c] = np.take(self.whole[c], idx, axis=0)
+                continue
+            batches = self.split[c]
+            buf = np.empty((len(idx),) + batches[0].shape[1:], batches[0].dtype)
+            for j, (p, o) in enumerate(where):
+                buf[j] = batches[p][o]
+            out[c] = buf
+        return out
+
+
 class ShardFeeder:
     """Serves batches of any size from a Ray Data shard iterator, epoch after epoch.
 
@@ -53,7 +94,7 @@ class ShardFeeder:
         self._empty_epochs = 0            # streamed epochs in a row that had no rows
         # in-memory epochs (cache=True)
         self._kept: list[dict[str, torch.Tensor]] | None = [] if self.cache else None  # epoch 0's rows so far
-        self._rows: dict[str, np.ndarray] | None = None   # epoch 0's rows, in their arrival order
+        self._rows: KeptRows | None = None                 # epoch 0's rows, in their arrival order
         self._mem_started = False                          # an in-memory epoch has been served from
         self._cursor = 0                                   # rows of the in-memory epoch handed out
         self._orders: dict[int, np.ndarray] = {}           # permutations by epoch (current and next)
@@ -157,17 +198,17 @@ class ShardFeeder:
 
     def _keep_rows(self, parts: list[dict[str, torch.Tensor]]) -> None:
         """Epoch 0's batches -> the rows later epochs permute (numpy: gathered on one thread)."""
-        self._rows = {c: np.concatenate([b[c].numpy() for b in parts]) for c in parts[0]}
+        self._rows = KeptRows(parts)
         self._kept = None
 
     def _permutation(self, epoch: int) -> np.ndarray:
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch * 1009 + self.rank + 7919) % (2**63 - 1))
-        return torch.randperm(len(self._rows["image"]), generator=g).numpy()
+        return torch.randperm(len(self._rows), generator=g).numpy()
 
     def _orders_for(self, epoch: int, cursor: int, n: int) -> dict[int, np.ndarray]:
         """The permutations a gather of n rows from (epoch, cursor) reads; computed here, on the
         caller's thread, and cached (the current epoch's and the next ones only)."""
-        total = len(self._rows["image"])
+        total = len(self._rows)
         last = epoch + (cursor + n) // total
         self._orders = {e: o for e, o in self._orders.items() if e >= epoch}
         for e in range(epoch, last + 1):
@@ -179,7 +220,7 @@ class ShardFeeder:
                 orders: dict[int, np.ndarray]) -> tuple[dict[str, torch.Tensor], int, int]:
         """n rows from (epoch, cursor) on; returns them and the position after them. Reads only
         the kept rows and the given permutations, so it may run on the prefetch thread."""
-        total = len(self._rows["image"])
+        total = len(self._rows)
         parts: list[dict[str, np.ndarray]] = []
         got = 0
         while got < n:
@@ -187,10 +228,10 @@ class ShardFeeder:
                 epoch, cursor = epoch + 1, 0
             k = min(n - got, total - cursor)
             idx = orders[epoch][cursor:cursor + k]
-            # numpy's take: one thread. torch's index_select spreads this small copy over the
+            # numpy, one thread. torch's index_select spreads this small copy over the
             # intra-op threads, whose wake-up after each training step cost more than the copy
             # (4.6 ms vs 0.5 ms per 64 rows with 2 threads on the 2-core machine)
-            parts.append({c: np.take(v, idx, axis=0) for c, v in self._rows.items()})
+            parts.append(self._rows.take(idx))
             cursor += k
             got += k
         rows = parts[0] if len(parts) == 1 else {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
@@ -202,7 +243,7 @@ class ShardFeeder:
         if self._rows is None:
             self._load_rows()
         if not self._mem_started:  # first in-memory epoch of this feeder (or a restart into one)
-            if self._skip > len(self._rows["image"]):
+            if self._skip > len(self._rows):
                 raise RuntimeError(f"cannot resume data position: epoch {self._epoch} has fewer rows than {self._skip}")
             self._cursor, self._skip, self._mem_started = self._skip, 0, True
         key = (self._epoch, self._cursor, n)
