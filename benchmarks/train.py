@@ -69,12 +69,32 @@ def bench_one(res: int, args, amp: bool, channels_last: bool, compile_: bool) ->
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    return {
+    out = {
         "img_per_s": round(n * gan.n_critic * args.batch / dt, 2),
         "iters": n, "seconds": round(dt, 3),
         "g_params": sum(p.numel() for p in gan.G.parameters()),
         "d_params": sum(p.numel() for p in gan.D.parameters()),
     }
+    if args.profile:
+        out["profile"] = profile_iterations(iteration, args.warmup + n, args.profile)
+    return out
+
+
+def profile_iterations(iteration, start: int, count: int, top: int = 15) -> dict:
+    """torch.profiler over `count` more iterations (numbered from `start`, so R1 every 16 D
+    steps and path length every 4 G steps fall where they would): the ops with the largest
+    share of self CPU time, and the share of the convolution ops together."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for k in range(count):
+            iteration(start + k)
+    rows = [(e.key, e.self_cpu_time_total) for e in prof.key_averages()]
+    total = sum(t for _, t in rows) or 1.0
+    rows.sort(key=lambda r: r[1], reverse=True)
+    conv = sum(t for k, t in rows if "conv" in k.lower())
+    return {"iterations": count, "self_cpu_s": round(total / 1e6, 2), "conv_share": round(conv / total, 3),
+            "top": [{"op": k, "share": round(t / total, 3)} for k, t in rows[:top]]}
 
 
 class CpuSampler:
@@ -286,6 +306,8 @@ def main() -> None:
     ap.add_argument("--max-iters", type=int, default=200)
     ap.add_argument("--min-seconds", type=float, default=5.0)
     ap.add_argument("--preset", choices=["reference-64"], help="a named configuration (overrides widths/batch)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="after timing, profile N more iterations (torch.profiler): top ops by self CPU time")
     ap.add_argument("--compare-ray", action="store_true", help="also run `facegen train` on --data and compare")
     ap.add_argument("--config", default=None, help="--compare-ray: config YAML whose model/loss/batch to use")
     ap.add_argument("--data", default=None, help="--compare-ray: prepared dataset URI")
