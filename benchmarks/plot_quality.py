@@ -19,6 +19,34 @@ def load(path: str) -> dict:
     return json.loads(text.splitlines()[-1]) if path.endswith(".jsonl") else json.loads(text)
 
 
+def plot_fid_curves(curves: list[tuple[str | None, list[dict]]], out: str, title: str,
+                    figsize: tuple[float, float] = (6.4, 3.8), fontsize: int = 7) -> None:
+    """FID vs images of quality.py evaluation points, one curve per (label, evals); label None:
+    no legend (quality.py's own single curve). The y label names the last point's sample counts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    last = curves[-1][1][-1]
+    n_gen, n_real = last["num_gen"], last["num_real"]
+    fig, ax = plt.subplots(figsize=figsize, dpi=120)
+    for label, ev in curves:
+        ax.plot([e["images"] / 1000 for e in ev], [e["fid"] for e in ev], "o-", label=label)
+        for e in ev:
+            ax.annotate(f"{e['fid']:.1f} ({e['train_minutes']:.0f} min)", (e["images"] / 1000, e["fid"]),
+                        textcoords="offset points", xytext=(4, 6), fontsize=fontsize)
+    ax.set_xlabel("thousand real images shown to D")
+    ax.set_ylabel(f"FID ({n_gen} gen vs {n_real} real)")
+    ax.set_title(title, fontsize=9 if any(label for label, _ in curves) else None)
+    ax.grid(alpha=0.3)
+    if any(label for label, _ in curves):
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", metavar="RESULT_JSON[:LABEL]")
@@ -26,14 +54,8 @@ def main() -> None:
     ap.add_argument("--title", default="FID vs images shown, benchmarks/quality.py runs")
     args = ap.parse_args()
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=120)
-    summary = {}
-    ylabel = None
+    curves, summary = [], {}
+    first_counts = None
     for spec in args.runs:
         path, _, label = spec.partition(":")
         doc = load(path)
@@ -42,23 +64,12 @@ def main() -> None:
         if not ev:
             raise SystemExit(f"{path}: no evaluation points")
         counts = {(e["num_gen"], e["num_real"]) for e in ev}
-        ylabel = ylabel or counts
-        if counts != ylabel:
-            raise SystemExit(f"{path}: FID sample counts {sorted(counts)} differ from the other runs' {sorted(ylabel)}")
-        xs, ys = [e["images"] / 1000 for e in ev], [e["fid"] for e in ev]
-        ax.plot(xs, ys, "o-", label=f"{label} ({doc.get('date', '?')})")
-        for e in ev:
-            ax.annotate(f"{e['fid']:.1f} ({e['train_minutes']:.0f} min)", (e["images"] / 1000, e["fid"]),
-                        textcoords="offset points", xytext=(4, 6), fontsize=7)
+        first_counts = first_counts or counts
+        if counts != first_counts:
+            raise SystemExit(f"{path}: FID sample counts {sorted(counts)} differ from the other runs' {sorted(first_counts)}")
+        curves.append((f"{label} ({doc.get('date', '?')})", ev))
         summary[label] = [[e["images"], round(e["fid"], 2), e["train_minutes"]] for e in ev]
-    n_gen, n_real = sorted(ylabel)[0]
-    ax.set_xlabel("thousand real images shown to D")
-    ax.set_ylabel(f"FID ({n_gen} gen vs {n_real} real)")
-    ax.set_title(args.title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(args.out)
+    plot_fid_curves(curves, args.out, args.title)
     print(json.dumps({"benchmark": "quality_curves", "out": args.out, "points_images_fid_minutes": summary}))
 
 

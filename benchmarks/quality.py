@@ -194,23 +194,12 @@ def main() -> None:
     for psi in ("1.0", "0.7"):
         facegen("generate", model_dir, "--seeds", "0-63", "--truncation", psi, "--cols", "8",
                 "--out", os.path.join(out, f"grid-psi{psi}.png"), *common)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from plot_quality import plot_fid_curves  # benchmarks/ is on the path: this script's folder
 
     ev = state["evals"]
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
-    ax.plot([e["images"] / 1000 for e in ev], [e["fid"] for e in ev], "o-")
-    for e in ev:
-        ax.annotate(f"{e['fid']:.1f} ({e['train_minutes']:.0f} min)", (e["images"] / 1000, e["fid"]),
-                    textcoords="offset points", xytext=(4, 6), fontsize=8)
-    ax.set_xlabel("thousand real images shown to D")
-    ax.set_ylabel(f"FID ({ev[-1]['num_gen']} gen vs {ev[-1]['num_real']} real)")
-    ax.set_title(f"{os.path.basename(args.config)} on UTKFace, {platform.node() or 'this machine'}")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "fid_curve.png"))
+    plot_fid_curves([(None, ev)], os.path.join(out, "fid_curve.png"),
+                    f"{os.path.basename(args.config)} on UTKFace, {platform.node() or 'this machine'}",
+                    figsize=(6, 3.6), fontsize=8)
 
     result = {
         "benchmark": "quality", "config": os.path.relpath(args.config, REPO), "resolution": res,
