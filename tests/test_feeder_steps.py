@@ -59,6 +59,22 @@ def test_feeder_resumes_at_its_position_mid_epoch(ids_dataset):
     assert len(head) == 30
 
 
+def test_feeder_close_ends_the_half_read_iterator_and_keeps_the_position(ids_dataset):
+    ds, n = ids_dataset
+    ref = ShardFeeder(ds, chunk=4, seed=5, rank=1, shuffle_buffer=8)
+    want = _ids(ref.take(6)) + _ids(ref.take(9))
+    ref.close()
+    with ShardFeeder(ds, chunk=4, seed=5, rank=1, shuffle_buffer=8) as f:
+        assert _ids(f.take(6)) == want[:6]
+        it = f._it
+        pos = f.position
+        f.close()
+        assert f._it is None and f.position == pos == {"epoch": 0, "rows": 6}
+        with pytest.raises(StopIteration):
+            next(it)  # the Ray Data iterator was closed, not left to the garbage collector
+        assert _ids(f.take(9)) == want[6:], "take() after close() re-opens the epoch where it stopped"
+
+
 def test_feeder_refuses_an_empty_shard(ray_session):
     import ray
 

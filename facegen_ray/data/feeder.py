@@ -276,8 +276,23 @@ class ShardFeeder:
         return {c: torch.from_numpy(np.concatenate([b[c].numpy() for b in out])) for c in out[0]}
 
     def close(self) -> None:
-        """Stops the prefetch thread (a feeder that is dropped stops it at interpreter exit)."""
+        """Stops the prefetch thread and closes the open shard iterator; `position` is kept, and
+        a later take() re-opens the epoch there. Without close(), a half-read iterator ends
+        only when the garbage collector finds it, and Ray Data's end-of-iteration code then
+        runs inside whatever the process is doing at that moment (on CPython 3.11 that broke
+        an unrelated ast.parse with "AST constructor recursion depth mismatch")."""
         self._ahead = None
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._it is not None:
+            self._skip = self._pulled - self._pending_rows  # = position["rows"]
+            it, self._it = self._it, None
+            self._pending, self._pending_rows, self._pulled = [], 0, 0
+            it.close()
+
+    def __enter__(self) -> "ShardFeeder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
