@@ -8,6 +8,8 @@
 #                                         # part fits one device call's 64 MiB beside the repo
 #   benchmarks/gpu_check.sh receive N     # device: keep part N in /tmp/fgstage (three calls, machine warm)
 #   benchmarks/gpu_check.sh run SECONDS   # device (carry .devkit): the measurements, ending within SECONDS
+#   GPU_STEPS=arch,profile,generate,serve,compile benchmarks/gpu_check.sh run SECONDS
+#                                         # only the named steps (default: train,generate,serve,quality,compile)
 #
 # Build the device kit with the GPU image's grpcio pinned exactly: Ray Serve imports
 # grpc_reflection, and grpcio-reflection 1.84.2 refuses the image's grpcio 1.84.0 (the first
@@ -22,6 +24,9 @@
 #   4. benchmarks/quality.py --time-boxed with configs/gpu-64.yaml on the staged dataset, FID of
 #      10k generated vs all reals at the end, sample grids
 #   5. the +compile training variant, if time is left
+# and, when named in GPU_STEPS (second lease, 2026-11-28):
+#   arch     the AMP + channels_last step at 64 and 256 with each generator architecture (orig, skip)
+#   profile  torch.profiler over 6 iterations of that step at 256 (self CUDA time per op, GPU busy share)
 set -u
 cmd="${1:-}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -96,19 +101,42 @@ run)
     fi
   fi
   W="--fmap-base 16384 --fmap-max 512 --z-dim 512 --mapping-layers 8 --pl-weight 2 --batch 32"
+  steps="${GPU_STEPS:-train,generate,serve,quality,compile}"
+  want() { case ",$steps," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+  note "steps: $steps"
   # 1. training step throughput, eager variants
-  step train_step 130 python3 benchmarks/train.py --device cuda --variants --only fp32,amp,amp+channels_last \
-    --resolutions 64,256 $W --min-seconds 4 --partial /tmp/train_partial.jsonl
-  cat /tmp/train_partial.jsonl >> "$res" 2>/dev/null
+  if want train; then
+    step train_step 130 python3 benchmarks/train.py --device cuda --variants --only fp32,amp,amp+channels_last \
+      --resolutions 64,256 $W --min-seconds 4 --partial /tmp/train_partial.jsonl
+    cat /tmp/train_partial.jsonl >> "$res" 2>/dev/null
+  fi
+  # 1b. the fastest eager variant with each generator architecture
+  if want arch; then
+    for a in orig skip; do
+      step "train_step_$a" 75 python3 benchmarks/train.py --device cuda --variants --only amp+channels_last \
+        --architecture "$a" --resolutions 64,256 $W --min-seconds 4 --partial "/tmp/train_$a.jsonl"
+      sed "s/^{/{\"architecture_run\": \"$a\", /" "/tmp/train_$a.jsonl" >> "$res" 2>/dev/null
+    done
+  fi
+  # 1c. where the 256x256 step's time goes
+  if want profile; then
+    step train_profile 75 python3 benchmarks/train.py --device cuda --variants --only amp+channels_last \
+      --resolutions 256 $W --min-seconds 2 --profile 6 --partial /tmp/train_profile.jsonl
+    sed 's/^{/{"profile_run": true, /' /tmp/train_profile.jsonl >> "$res" 2>/dev/null
+  fi
   # 2. generation latency
-  step generate 120 python3 benchmarks/generate.py --device cuda --cases 256:1,256:8,1024:1,1024:32 --reps 40 \
-    --modes fp32,fp16,fp32+graph,fp16+graph,replica,replica+graph --out "$res"
+  if want generate; then
+    step generate 120 python3 benchmarks/generate.py --device cuda --cases 256:1,256:8,1024:1,1024:32 --reps 40 \
+      --modes fp32,fp16,fp32+graph,fp16+graph,replica,replica+graph --out "$res"
+  fi
   # 3. serving at 256x256 on the GPU
-  step serve_load 150 sh -c "python3 benchmarks/serve_load.py --size f-256 --num-gpus 1 --replica-cpus 4 \
-    --max-batch-size 64 --batch-wait-ms 5 > /tmp/serve.json"
-  tail -n 1 /tmp/serve.json >> "$res" 2>/dev/null
+  if want serve; then
+    step serve_load 150 sh -c "python3 benchmarks/serve_load.py --size f-256 --num-gpus 1 --replica-cpus 4 \
+      --max-batch-size 64 --batch-wait-ms 5 > /tmp/serve.json"
+    tail -n 1 /tmp/serve.json >> "$res" 2>/dev/null
+  fi
   # 4. a time-boxed training run at 64x64, FID of 10k generated vs all reals at the end
-  if [ -f "$stage/inception.pt" ] && [ -f "$stage/datasets/faces/manifest.json" ]; then
+  if want quality && [ -f "$stage/inception.pt" ] && [ -f "$stage/datasets/faces/manifest.json" ]; then
     amp=true; cl=true  # the fastest variant that ran in step 1
     python3 - /tmp/train_partial.jsonl <<'PY' > /tmp/fg-variant || true
 import json, sys
@@ -135,9 +163,9 @@ PY
     [ -n "$g" ] && cp "$g" "$OUT/train-samples.png"
   fi
   # 5. +compile, with what is left
-  if [ "$(left)" -gt 45 ]; then
+  if want compile && [ "$(left)" -gt 45 ]; then
     step train_step_compile $(( $(left) - 15 )) python3 benchmarks/train.py --device cuda --variants \
-      --only amp+channels_last+compile --resolutions 64,256 $W --min-seconds 4 --partial /tmp/train_compile.jsonl
+      --only amp+channels_last+compile --resolutions 64 $W --min-seconds 4 --partial /tmp/train_compile.jsonl
     cat /tmp/train_compile.jsonl >> "$res" 2>/dev/null
   fi
   note "done"

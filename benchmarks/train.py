@@ -39,7 +39,8 @@ from facegen_ray.train.schedule import ProgressiveSchedule
 def bench_one(res: int, args, amp: bool, channels_last: bool, compile_: bool) -> dict:
     cfg = FacegenConfig.model_validate({
         "model": {"resolution": res, "z_dim": args.z_dim, "w_dim": args.z_dim, "mapping_layers": args.mapping_layers,
-                  "fmap_base": args.fmap_base, "fmap_max": args.fmap_max, "fmap_min": 8},
+                  "fmap_base": args.fmap_base, "fmap_max": args.fmap_max, "fmap_min": 8,
+                  **({"architecture": args.architecture} if args.architecture else {})},
         "loss": {"name": args.loss, "r1_interval": 16, "pl_weight": args.pl_weight, "pl_interval": 4,
                  "pl_batch_shrink": 2},
         "train": {"start_resolution": res, "batch_size": {res: args.batch}, "amp": amp,
@@ -76,25 +77,46 @@ def bench_one(res: int, args, amp: bool, channels_last: bool, compile_: bool) ->
         "d_params": sum(p.numel() for p in gan.D.parameters()),
     }
     if args.profile:
-        out["profile"] = profile_iterations(iteration, args.warmup + n, args.profile)
+        out["profile"] = profile_iterations(iteration, args.warmup + n, args.profile, cuda=device.type == "cuda")
+    out["architecture"] = cfg.model.architecture
     return out
 
 
-def profile_iterations(iteration, start: int, count: int, top: int = 15) -> dict:
+def profile_iterations(iteration, start: int, count: int, top: int = 15, cuda: bool = False) -> dict:
     """torch.profiler over `count` more iterations (numbered from `start`, so R1 every 16 D
     steps and path length every 4 G steps fall where they would): the ops with the largest
-    share of self CPU time, and the share of the convolution ops together."""
+    share of self CPU time, and the share of the convolution ops together. With cuda=True the
+    same for self CUDA (kernel) time, plus the wall time and the share of it the GPU was busy
+    (low = the step waits on Python and kernel launches, not on the GPU)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
         for k in range(count):
             iteration(start + k)
-    rows = [(e.key, e.self_cpu_time_total) for e in prof.key_averages()]
-    total = sum(t for _, t in rows) or 1.0
-    rows.sort(key=lambda r: r[1], reverse=True)
-    conv = sum(t for k, t in rows if "conv" in k.lower())
-    return {"iterations": count, "self_cpu_s": round(total / 1e6, 2), "conv_share": round(conv / total, 3),
-            "top": [{"op": k, "share": round(t / total, 3)} for k, t in rows[:top]]}
+        if cuda:
+            torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    events = prof.key_averages()
+
+    def table(attr: str) -> dict:
+        rows = [(e.key, getattr(e, attr, 0) or 0) for e in events]
+        total = sum(t for _, t in rows) or 1.0
+        rows.sort(key=lambda r: r[1], reverse=True)
+        conv = sum(t for k, t in rows if "conv" in k.lower())
+        return {"total_s": round(total / 1e6, 3), "conv_share": round(conv / total, 3),
+                "top": [{"op": k, "share": round(t / total, 3)} for k, t in rows[:top]]}
+
+    out = {"iterations": count, "wall_s": round(wall, 3)}
+    cpu = table("self_cpu_time_total")
+    out.update({"self_cpu_s": cpu["total_s"], "conv_share": cpu["conv_share"], "top": cpu["top"]})
+    if cuda:
+        dev = table("self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total")
+        out["cuda"] = {**dev, "busy_share_of_wall": round(dev["total_s"] / wall, 3) if wall else None}
+    return out
 
 
 class CpuSampler:
@@ -293,6 +315,8 @@ def main() -> None:
     ap.add_argument("--z-dim", type=int, default=128)
     ap.add_argument("--mapping-layers", type=int, default=4)
     ap.add_argument("--loss", default="nonsaturating")
+    ap.add_argument("--architecture", choices=["orig", "skip"], default=None,
+                    help="model.architecture (default: the config default)")
     ap.add_argument("--pl-weight", type=float, default=0.0)
     ap.add_argument("--amp", action="store_true")
     ap.add_argument("--channels-last", action="store_true")
