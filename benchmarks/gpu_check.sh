@@ -27,6 +27,8 @@
 # and, when named in GPU_STEPS (second lease, 2026-11-28):
 #   arch     the AMP + channels_last step at 64 and 256 with each generator architecture (orig, skip)
 #   profile  torch.profiler over 6 iterations of that step at 256 (self CUDA time per op, GPU busy share)
+# GPU_SERVE_INGRESS=1,4 runs the serving step once per ingress replica count; GPU_SERVE_LIMIT its limit;
+# GPU_COMPILE_RES the resolution(s) of the compile step (default 64)
 set -u
 cmd="${1:-}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -131,9 +133,12 @@ run)
   fi
   # 3. serving at 256x256 on the GPU
   if want serve; then
-    step serve_load 150 sh -c "python3 benchmarks/serve_load.py --size f-256 --num-gpus 1 --replica-cpus 4 \
-      --max-batch-size 64 --batch-wait-ms 5 > /tmp/serve.json"
-    tail -n 1 /tmp/serve.json >> "$res" 2>/dev/null
+    for ing in $(echo "${GPU_SERVE_INGRESS:-1}" | tr , ' '); do  # ingress replicas (PNG + watermark + record)
+      step "serve_load_ingress$ing" "${GPU_SERVE_LIMIT:-150}" sh -c "python3 benchmarks/serve_load.py --size f-256 \
+        --num-gpus 1 --replica-cpus 4 --max-batch-size 64 --batch-wait-ms 5 --ingress-replicas $ing --ingress-cpus 1 \
+        > /tmp/serve$ing.json"
+      tail -n 1 "/tmp/serve$ing.json" >> "$res" 2>/dev/null
+    done
   fi
   # 4. a time-boxed training run at 64x64, FID of 10k generated vs all reals at the end
   if want quality && [ -f "$stage/inception.pt" ] && [ -f "$stage/datasets/faces/manifest.json" ]; then
@@ -165,7 +170,7 @@ PY
   # 5. +compile, with what is left
   if want compile && [ "$(left)" -gt 45 ]; then
     step train_step_compile $(( $(left) - 15 )) python3 benchmarks/train.py --device cuda --variants \
-      --only amp+channels_last+compile --resolutions 64 $W --min-seconds 4 --partial /tmp/train_compile.jsonl
+      --only amp+channels_last+compile --resolutions "${GPU_COMPILE_RES:-64}" $W --min-seconds 4 --partial /tmp/train_compile.jsonl
     cat /tmp/train_compile.jsonl >> "$res" 2>/dev/null
   fi
   note "done"

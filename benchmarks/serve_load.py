@@ -511,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fixed-wait", action="store_true",
                    help="always wait --batch-wait-ms (serve.adaptive_batch_wait=false); default: adaptive")
     p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--ingress-replicas", type=int, default=1,
+                   help="serve.ingress_replicas: the processes that PNG-encode, watermark and record each image")
+    p.add_argument("--ingress-cpus", type=float, default=0.5, help="serve.ingress_num_cpus")
     args = p.parse_args(argv)
     conc = [int(x) for x in args.concurrency.split(",")]
     reqs = [int(x) for x in args.requests.split(",")]
@@ -558,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_wait_timeout_s": args.batch_wait_ms / 1000, "adaptive_batch_wait": not args.fixed_wait,
         "max_ongoing_requests": max(args.max_batch_size, 64),
         "target_ongoing_requests": 64,
+        "ingress_replicas": args.ingress_replicas, "ingress_num_cpus": args.ingress_cpus,
     }), name=APP_NAME, route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     asyncio.run(_load(url, 4, 16, 10_000_000))  # warm-up
@@ -574,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({
         "benchmark": "serve_load", "device": device, "model": model.version, "resolution": model.resolution,
         "model_size": None if args.model else args.size, "replicas": args.replicas, "replica_cpus": args.replica_cpus,
+        "ingress_replicas": args.ingress_replicas, "ingress_cpus": args.ingress_cpus,
         "max_batch_size": args.max_batch_size, "batch_wait_ms": args.batch_wait_ms,
         "adaptive_batch_wait": not args.fixed_wait, "host_cpus": os.cpu_count(),
         "torch_threads": threads, "served": served, "raw_images_per_s": {str(k): v for k, v in raw.items()},

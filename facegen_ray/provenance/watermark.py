@@ -114,18 +114,22 @@ def embed(img: np.ndarray, model_version: str, image_id: str, key: str | None = 
     P, dither = _patterns(key or watermark_key())
     bits = _bits(payload_bytes(model_version, image_id))
     u, v = _window(h, w)
-    base = img.astype(np.float64)
+    # only the T x T window changes: the float work stays inside it (at 256 x 256 a
+    # whole-image float copy + clip per pass was most of the cost), the rest is one uint8 copy
+    base = img[u:u + TILE, v:v + TILE].astype(np.float64)
     delta = np.zeros((TILE, TILE))
-    out = img
+    win = img[u:u + TILE, v:v + TILE]
     for _ in range(4):  # re-measure after rounding/clipping and correct what they undid
-        y = P.T @ _luma(out[u:u + TILE, v:v + TILE]).ravel()
+        y = P.T @ _luma(win).ravel()
         err = _lattice_target(y, bits, dither) - y
         if np.max(np.abs(err)) < DELTA / 16:
             break
         delta += (P @ err).reshape(TILE, TILE)
-        marked = base.copy()
-        marked[u:u + TILE, v:v + TILE] += delta[..., None]
-        out = np.clip(np.rint(marked), 0, 255).astype(np.uint8)
+        win = np.clip(np.rint(base + delta[..., None]), 0, 255).astype(np.uint8)
+    if np.shares_memory(win, img):
+        return img, True  # already on the lattice: unchanged (as before, the input itself)
+    out = img.copy()
+    out[u:u + TILE, v:v + TILE] = win
     return out, True
 
 

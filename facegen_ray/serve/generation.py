@@ -42,7 +42,7 @@ from facegen_ray.models.sampling import (  # noqa: F401 - re-exported: the servi
     seeds_to_z,
     to_uint8,
 )
-from facegen_ray.provenance import GENERATOR, METADATA_KEY, WATERMARK_ID
+from facegen_ray.provenance import GENERATOR, METADATA_KEY, PNG_COMPRESS_LEVEL, WATERMARK_ID
 from facegen_ray.provenance import encode as encode_with_provenance
 from facegen_ray.provenance import provenance_record
 from facegen_ray.storage import Storage, join
@@ -64,7 +64,7 @@ def encode_image(arr: np.ndarray, fmt: str = "png", quality: int = 95, provenanc
     buf = io.BytesIO()
     im = Image.fromarray(np.ascontiguousarray(arr), mode="RGB")
     if fmt == "png":
-        im.save(buf, format="PNG", compress_level=6)
+        im.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     else:
         im.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
