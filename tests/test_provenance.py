@@ -45,6 +45,18 @@ def test_unmarked_or_wrong_key_is_not_detected(faces):
     assert not wm.detect(m).found and wm.detect(m, key="another key").found
 
 
+def test_only_the_central_window_changes_and_the_input_is_left_alone(faces):
+    a = np.ascontiguousarray(np.pad(faces[0], ((20, 36), (8, 40), (0, 0)), mode="edge"))  # 120 x 112, off-centre
+    before = a.copy()
+    m, ok = wm.embed(a, "v7", IID)
+    assert ok and np.array_equal(a, before), "embed must not write into its input"
+    u, v = wm._window(*a.shape[:2])
+    outside = np.ones(a.shape[:2], bool)
+    outside[u:u + wm.TILE, v:v + wm.TILE] = False
+    assert np.array_equal(m[outside], a[outside]) and not np.array_equal(m, a)
+    assert wm.detect(m).image_id_prefix == IID[:4]
+
+
 def test_small_images_are_not_marked():
     a = np.full((16, 16, 3), 128, np.uint8)
     m, ok = wm.embed(a, "v1", IID)
