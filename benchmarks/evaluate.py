@@ -9,7 +9,8 @@ resized to 299x299 as in the FID convention.
 NCHW batches as shipped; "channels_last": fed NHWC batches; "bf16": weights and input in
 bfloat16 — only with --only bf16: without AVX512-BF16 (this 2-core AVX2 EPYC) it is ~20x
 slower than fp32; "optimized" / "optimized_channels_last": torch.jit.freeze +
-optimize_for_inference, only with --only), each with images/s over --images real faces,
+optimize_for_inference, only with --only; "onnx": exported to ONNX and run by onnxruntime
+(eval.inception_mode=onnx), when onnxruntime is installed), each with images/s over --images real faces,
 the time split (resize vs network), and how far its features are from the shipped fp32 ones:
 max abs difference, and FID(A, B) of two disjoint real sets computed with fp32 features vs
 with the variant's (the issue's bar: FID unchanged to 0.1). Real faces come from --data (a
@@ -28,7 +29,8 @@ import numpy as np
 import torch
 
 from facegen_ray.metrics.fid import fid_from_features
-from facegen_ray.metrics.inception import INCEPTION_MODES, InceptionExtractor, load_inception, preprocess
+from facegen_ray.metrics.inception import (INCEPTION_MODES, InceptionExtractor, OnnxInception, load_inception,
+                                          onnx_available, preprocess)
 
 
 def real_images(data: str, n: int, seed: int = 0) -> np.ndarray:
@@ -71,13 +73,14 @@ def variants(args) -> None:
         return torch.jit.optimize_for_inference(torch.jit.freeze(net))
 
     plan = [("script", False, False, None), ("channels_last", True, False, None), ("bf16", False, True, None),
-            ("optimized", False, False, optimized), ("optimized_channels_last", True, False, optimized)]
-    wanted = args.only.split(",") if args.only else ["script", "channels_last"]
+            ("optimized", False, False, optimized), ("optimized_channels_last", True, False, optimized),
+            ("onnx", False, False, None)]
+    wanted = args.only.split(",") if args.only else ["script", "channels_last"] + (["onnx"] if onnx_available() else [])
     for name, cl, bf16, transform in plan:
         if name not in wanted:
             continue
-        net = load_inception(device=args.device)
-        if bf16:
+        net = OnnxInception() if name == "onnx" else load_inception(device=args.device)
+        if bf16 and name != "onnx":
             net = net.to(torch.bfloat16)
         if transform is not None:
             net = transform(net)
@@ -109,7 +112,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--mode", default="channels_last", choices=INCEPTION_MODES, help="eval.inception_mode to time")
+    ap.add_argument("--mode", default="auto", choices=INCEPTION_MODES, help="eval.inception_mode to time")
     ap.add_argument("--variants", action="store_true", help="time every way of running the network (see above)")
     ap.add_argument("--data", default=None, help="--variants: a prepared dataset's URI (real faces, FID agreement)")
     ap.add_argument("--only", default=None, help="--variants: comma-separated subset")
@@ -128,7 +131,7 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "evaluate_inception", "device": ext.device, "images": args.images, "batch_size": args.batch_size,
         "input_resolution": args.resolution, "images_per_s": round(args.images / dt, 2),
-        "torch_threads": torch.get_num_threads(), "mode": args.mode, "date": time.strftime("%Y-%m-%d"),
+        "torch_threads": torch.get_num_threads(), "mode": args.mode, "runs": ext.runs, "date": time.strftime("%Y-%m-%d"),
     }))
 
 

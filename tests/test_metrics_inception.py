@@ -16,7 +16,8 @@ from facegen_ray.config import EvalConfig, ModelConfig
 from facegen_ray.errors import UserError
 from facegen_ray.metrics.fid import fid_from_features
 from facegen_ray.metrics.inception import (
-    EXTRACTOR_ID, FEATURE_DIM, INSTALL_HINT, InceptionExtractor, default_inception_path, load_inception, preprocess,
+    EXTRACTOR_ID, FEATURE_DIM, INSTALL_HINT, InceptionExtractor, default_inception_path, load_inception, onnx_export,
+    preprocess, resolve_mode,
 )
 from facegen_ray.storage import Layout, Storage, join
 from conftest import SAMPLE_ZIP, tiny_model_dict
@@ -79,7 +80,7 @@ def write_tiny_dataset(storage: Storage, dataset_uri: str, n: int) -> dict:
 
 @pytest.fixture(scope="module")
 def extractor() -> InceptionExtractor:
-    return InceptionExtractor(device="cpu", batch_size=16)
+    return InceptionExtractor(device="cpu", batch_size=16, mode="channels_last")  # the torch reference
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +165,7 @@ def test_inception_modes_give_the_same_features(extractor, faces, base_features)
     exist is refused; the mode survives pickling (Ray actors)."""
     import pickle
 
-    assert extractor.mode == "channels_last" and EvalConfig().inception_mode == "channels_last"
+    assert extractor.mode == "channels_last" and EvalConfig().inception_mode == "auto"
     script = InceptionExtractor(device="cpu", batch_size=16, mode="script")
     np.testing.assert_allclose(script(faces[:4]), base_features[:4], rtol=1e-4, atol=1e-4)
     from facegen_ray.metrics.evaluate import reference_key
@@ -178,6 +179,44 @@ def test_inception_modes_give_the_same_features(extractor, faces, base_features)
         EvalConfig(inception_mode="bf16")
     back = pickle.loads(pickle.dumps(script))
     assert back.mode == "script" and back._net is None
+
+
+def test_onnx_mode_gives_the_torchscript_features_and_exports_once(faces, base_features, tmp_path, monkeypatch):
+    """eval.inception_mode=onnx: the TorchScript exported to ONNX on first use (into the cache
+    directory, named by the TorchScript's sha256) and run by onnxruntime; same features as the
+    TorchScript to ~1e-5; the second use reads the export, it does not write it again."""
+    pytest.importorskip("onnxruntime")
+    import pickle
+
+    monkeypatch.setenv("FACEGEN_CACHE_DIR", str(tmp_path))
+    ext = InceptionExtractor(device="cpu", batch_size=5, mode="onnx")
+    assert ext.runs == "onnx"
+    exported = list(tmp_path.glob("inception-*-opset*.onnx"))
+    assert len(exported) == 1 and not list(tmp_path.glob("*.tmp-*"))
+    stamp = exported[0].stat().st_mtime_ns
+    feats = ext(faces[:7])  # batches of 5 and 2: the export's batch axis is dynamic
+    np.testing.assert_allclose(feats, base_features[:7], rtol=1e-4, atol=1e-4)
+    assert np.abs(feats - base_features[:7]).max() < 1e-4
+    assert onnx_export() == exported[0] and exported[0].stat().st_mtime_ns == stamp, "the export is reused"
+    back = pickle.loads(pickle.dumps(ext))
+    assert back.runs == "onnx" and back._net is None
+    np.testing.assert_allclose(back(faces[:2]), feats[:2], rtol=0, atol=1e-6)
+
+
+def test_auto_mode_and_onnx_refusals(monkeypatch):
+    """auto = onnx on the CPU when onnxruntime is installed, else channels_last (on a GPU too);
+    an explicit onnx without onnxruntime, or on a GPU, is refused with what to do."""
+    import facegen_ray.metrics.inception as inc
+
+    monkeypatch.setattr(inc, "onnx_available", lambda: True)
+    assert resolve_mode("auto", "cpu") == "onnx" and resolve_mode("auto", "cuda") == "channels_last"
+    with pytest.raises(UserError, match="runs on the CPU"):
+        resolve_mode("onnx", "cuda")
+    monkeypatch.setattr(inc, "onnx_available", lambda: False)
+    assert resolve_mode("auto", "cpu") == "channels_last"
+    with pytest.raises(UserError, match=r"facegen-ray\[onnx\]"):
+        InceptionExtractor(device="cpu", mode="onnx")
+    assert resolve_mode("script", "cpu") == "script"
 
 
 def test_fid_self_zero_and_rises_with_noise(extractor, faces, base_features):

