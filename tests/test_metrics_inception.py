@@ -160,7 +160,7 @@ def test_extractor_matches_torchscript_output(extractor, faces, base_features):
 
 
 def test_inception_modes_give_the_same_features(extractor, faces, base_features):
-    """eval.inception_mode: channels_last (the default, faster on CPU) and script (NCHW, as
+    """eval.inception_mode: channels_last (faster on CPU than NCHW) and script (NCHW, as
     shipped) give the same features, so they share one reference-cache id; a mode that does not
     exist is refused; the mode survives pickling (Ray actors)."""
     import pickle
@@ -248,6 +248,7 @@ def test_reference_cache_and_evaluate_end_to_end(tiny_env, extractor):
     assert res["fid"] > 0 and np.isfinite(res["fid"])
     assert set(res["kid"]) >= {"mean", "std"} and 0 <= res["precision"] <= 1 and 0 <= res["recall"] <= 1
     assert "unavailable" in res["is"]
+    assert res["inception_mode"] == "auto" and res["inception_runs"] == resolve_mode("auto", "cpu")
     assert [r["truncation"] for r in res["sweep"]] == [0.5, 1.0]
     # ψ=1.0 in the sweep is the same images as the main evaluation (seeds, const noise)
     assert res["sweep"][1]["fid"] == pytest.approx(res["fid"], rel=1e-9)

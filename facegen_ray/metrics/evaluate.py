@@ -33,6 +33,7 @@ from facegen_ray.metrics.inception import (
     IS_UNAVAILABLE_REASON,
     InceptionExtractor,
     resolve_device,
+    resolve_mode,
 )
 from facegen_ray.metrics.kid import kernel_inception_distance
 from facegen_ray.metrics.memorisation import contact_sheet, memorisation_report
@@ -393,6 +394,9 @@ def evaluate_model(storage: Storage, model_uri: str, data_uri: str, cfg: EvalCon
             "data_version": info["version"], "resolution": info["resolution"], "truncation": cfg.truncation,
             "seeds": [seeds[0], seeds[-1]], "reference": {k: info[k] for k in ("uri", "key", "cached")},
             "extractor": EXTRACTOR_ID, "inception_mode": cfg.inception_mode,
+            # what "auto" became for the generated images (local: this process; Ray: as an actor on
+            # this node would decide; actors elsewhere decide for themselves, with the same features)
+            "inception_runs": local.extractor.runs if local else resolve_mode(cfg.inception_mode, "cuda" if num_gpus else "cpu"),
         }
         result.update(compute_metrics(gen, real, [m for m in metrics if m in FEATURE_METRICS], cfg, mu_sigma))
         if "cfid" in metrics:
