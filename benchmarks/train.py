@@ -13,7 +13,8 @@ the data path.
         # and where facegen train's wall time goes (steps, data wait, checkpoints, start-up)
 
 Preset reference-64: 64x64, batch 8, channel base 4096 / max 512, z and w 512, 8 mapping layers,
-style mixing 0.9, R1 every 16 D steps, path length weight 2 every 4 G steps on half the batch:
+style mixing 0.9, R1 every 16 D steps, path length weight 2 every 4 G steps on half the batch,
+skip G with a residual D (our D is residual with either G; --architecture orig for our default G):
 the configuration the NVlabs stylegan3 repository trains with cfg=stylegan2 at this size.
 """
 
@@ -342,6 +343,8 @@ def main() -> None:
     if args.preset == "reference-64":
         args.resolutions, args.batch, args.fmap_base, args.fmap_max = "64", 8, 4096, 512
         args.z_dim, args.mapping_layers, args.pl_weight = 512, 8, 2.0
+        # the reference's architecture (skip G, residual D), unless --architecture says otherwise
+        args.architecture = args.architecture or "skip"
     if args.compare_ray:
         print(json.dumps(compare_ray(args)))
         return
