@@ -73,6 +73,15 @@ def test_feeder_close_ends_the_half_read_iterator_and_keeps_the_position(ids_dat
         with pytest.raises(StopIteration):
             next(it)  # the Ray Data iterator was closed, not left to the garbage collector
         assert _ids(f.take(9)) == want[6:], "take() after close() re-opens the epoch where it stopped"
+    # a caching feeder closed inside epoch 0 keeps each row once: its in-memory epochs match one never closed
+    ref = ShardFeeder(ds, chunk=4, seed=5, rank=1, shuffle_buffer=8, cache=True, prefetch=False)
+    want = _ids(ref.take(3 * n))
+    with ShardFeeder(ds, chunk=4, seed=5, rank=1, shuffle_buffer=8, cache=True, prefetch=False) as f:
+        got = _ids(f.take(10))
+        f.close()
+        got += _ids(f.take(3 * n - 10))
+        assert len(f._rows) == n
+    assert got == want
 
 
 def test_feeder_refuses_an_empty_shard(ray_session):

@@ -289,6 +289,8 @@ class ShardFeeder:
             self._skip = self._pulled - self._pending_rows  # = position["rows"]
             it, self._it = self._it, None
             self._pending, self._pending_rows, self._pulled = [], 0, 0
+            if self._kept is not None and self._epoch == 0:
+                self._kept = []  # re-opening replays epoch 0 from its first row and keeps the rows again
             it.close()
 
     def __enter__(self) -> "ShardFeeder":
