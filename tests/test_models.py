@@ -597,3 +597,119 @@ def test_compiled_forward_has_no_graph_break_and_follows_set_stage():
     other.load_state_dict(G.state_dict())
     assert "_progressive_cache" not in other.synthesis.__dict__ and other.stage == 1
     torch._dynamo.reset()
+
+
+# ---------------------------------------------------------------- fast forms equal the plain formulas
+
+
+def _plain_lrelu(x):
+    return F.leaky_relu(x, 0.2) * 2**0.5
+
+
+@pytest.mark.parametrize("h,w", [(2, 2), (3, 5), (8, 8)])
+def test_upsample_conv3x3_equals_conv_of_bilinear_upsample(h, w):
+    """The transposed-conv form of 'bilinear 2x, then 3x3 conv with zero padding' is the same
+    function (float64: to rounding), border lines included; first and second derivatives too."""
+    from facegen_ray.models.layers import upsample_conv3x3
+
+    x = torch.randn(2, 3, h, w, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    plain = F.conv2d(upsample2x(x), weight, padding=1)
+    fast = upsample_conv3x3(x, weight)
+    assert fast.shape == (2, 4, 2 * h, 2 * w)
+    torch.testing.assert_close(fast, plain, atol=1e-12, rtol=0)
+    assert torch.autograd.gradcheck(upsample_conv3x3, (x, weight))
+    assert torch.autograd.gradgradcheck(upsample_conv3x3, (x, weight))
+
+
+@pytest.mark.parametrize("res", [8, 32])  # below / above the strided-down threshold (16)
+@pytest.mark.parametrize("gain", [1.0, 0.5**0.5])
+def test_equalized_conv_down_equals_conv_pool_bias_lrelu(res, gain):
+    from facegen_ray.models.layers import EqualizedConv2d
+
+    conv = EqualizedConv2d(4, 6, 3, activation="lrelu", down=True)
+    with torch.no_grad():
+        conv.bias.normal_()
+    x = torch.randn(3, 4, res, res, requires_grad=True)
+    plain = gain * _plain_lrelu(F.avg_pool2d(F.conv2d(x, conv.weight * conv.weight_gain, padding=1), 2)
+                                + conv.bias.view(1, -1, 1, 1))
+    fast = conv(x, gain=gain)
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+    (g_fast,) = torch.autograd.grad(fast.square().sum(), x)
+    (g_plain,) = torch.autograd.grad(plain.square().sum(), x)
+    torch.testing.assert_close(g_fast, g_plain, atol=1e-4, rtol=1e-4)
+
+
+def _plain_synthesis_layer(layer, x, w, noise):
+    conv = layer.conv
+    s = conv.affine.weight @ w.t() * conv.affine.weight_gain
+    s = s.t() + conv.affine.bias * conv.affine.bias_gain  # [N, in]
+    weight = conv.weight * conv.weight_gain
+    if conv.up:
+        x = upsample2x(x)
+    y = F.conv2d(x * s.view(x.shape[0], -1, 1, 1), weight, padding=1)
+    d = (s.square() @ weight.square().sum(dim=(2, 3)).t() + 1e-8).rsqrt()
+    y = y * d.view(x.shape[0], -1, 1, 1) + noise * layer.noise.strength.view(1, -1, 1, 1)
+    return _plain_lrelu(y + layer.bias.view(1, -1, 1, 1))
+
+
+@pytest.mark.parametrize("up,res", [(False, 8), (True, 4), (True, 8)])
+@pytest.mark.parametrize("fused", [False, True])
+def test_synthesis_layer_equals_plain_formula(up, res, fused):
+    """SynthesisLayer's two addcmuls and in-place leaky ReLU (sqrt(2) folded into the
+    coefficients) compute lrelu(conv(x * s) * d + noise * strength + bias) * sqrt(2): values,
+    gradients, and the second derivative the path-length term takes through ws."""
+    from facegen_ray.models.generator import SynthesisLayer
+
+    layer = SynthesisLayer(6, 5, 16, 2 * res if up else res, up=up, modulation="modulated", noise=True)
+    layer.conv.fused = fused
+    with torch.no_grad():
+        layer.noise.strength.normal_()
+        layer.bias.normal_()
+        layer.conv.affine.weight.normal_()
+    x = torch.randn(3, 6, res, res, requires_grad=True)
+    w = torch.randn(3, 16, requires_grad=True)
+    noise = layer.noise.noise_const
+    fast = layer(x, w, noise_mode="const")
+    plain = _plain_synthesis_layer(layer, x, w, noise)
+    torch.testing.assert_close(fast, plain, atol=1e-4, rtol=1e-4)
+    probe = torch.randn_like(plain)
+    grads = []
+    for out in (fast, plain):
+        gx, gw = torch.autograd.grad((out * probe).sum(), (x, w), create_graph=True)
+        (g2,) = torch.autograd.grad(gw.square().sum(), layer.conv.weight)
+        grads.append((gx, gw, g2))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+
+
+def test_dblock_and_equalized_linear_equal_plain_formulas():
+    from facegen_ray.models.discriminator import DBlock
+
+    block = DBlock(4, 6)
+    with torch.no_grad():
+        block.conv0.bias.normal_()
+        block.conv1.bias.normal_()
+    x = torch.randn(2, 4, 32, 32, requires_grad=True)
+
+    def conv(m, t, down=False):
+        y = F.conv2d(t, m.weight * m.weight_gain, padding=m.kernel_size // 2)
+        if down:
+            y = F.avg_pool2d(y, 2)
+        return y + m.bias.view(1, -1, 1, 1) if m.bias is not None else y
+
+    main = _plain_lrelu(conv(block.conv1, _plain_lrelu(conv(block.conv0, x)), down=True))
+    plain = (main + conv(block.skip, F.avg_pool2d(x, 2))) * 0.5**0.5
+    fast = block(x)
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+    (g_fast,) = torch.autograd.grad(fast.sum(), x, create_graph=True)
+    (g_plain,) = torch.autograd.grad(plain.sum(), x, create_graph=True)
+    torch.testing.assert_close(g_fast, g_plain, atol=1e-5, rtol=1e-4)
+    # R1's second derivative reaches D's weights the same way
+    (r_fast,) = torch.autograd.grad(g_fast.square().sum(), block.conv1.weight)
+    (r_plain,) = torch.autograd.grad(g_plain.square().sum(), block.conv1.weight)
+    torch.testing.assert_close(r_fast, r_plain, atol=1e-4, rtol=1e-4)
+
+    fc = EqualizedLinear(8, 5, bias_init=0.3, lr_mul=0.01, activation="lrelu")
+    z = torch.randn(4, 8)
+    torch.testing.assert_close(fc(z), _plain_lrelu(F.linear(z, fc.weight * fc.weight_gain, fc.bias * fc.bias_gain)))

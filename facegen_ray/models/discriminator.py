@@ -55,9 +55,9 @@ class DBlock(nn.Module):
         self.skip = EqualizedConv2d(in_ch, out_ch, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.skip(downsample2x(x))
-        x = self.conv1(self.conv0(x))
-        return (x + y) * math.sqrt(0.5)
+        # (main + skip) / sqrt(2), the 1/sqrt(2) carried by both branches' last weights
+        y = self.skip(downsample2x(x), gain=math.sqrt(0.5))
+        return self.conv1(self.conv0(x), gain=math.sqrt(0.5)) + y
 
 
 class DEpilogue(nn.Module):
