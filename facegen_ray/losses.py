@@ -56,6 +56,21 @@ def _call_d(D: nn.Module, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tens
     return out.reshape(out.shape[0])  # [N]
 
 
+def call_d_pair(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, c: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(D(real), D(fake)) as logits [N] each. A discriminator that keeps joined batches apart
+    (`accepts_parts`: ours, plain or augmented, under DDP or torch.compile) scores both in one
+    call of 2N: the same logits, one larger batch instead of two (on the 2-core CPU, D's
+    forward + backward at 64 px, batch 8: 1.38 s joined vs 1.57 s for two calls)."""
+    if real.shape != fake.shape or not getattr(unwrap(D), "accepts_parts", False):
+        return _call_d(D, real, c), _call_d(D, fake, c)
+    x = torch.cat([real, fake.to(real.dtype)])
+    if c is not None and c.dim() == 2 and c.shape[0] == real.shape[0]:
+        c = torch.cat([c, c])
+    out = D(x, c, parts=2)
+    return out.reshape(x.shape[0]).chunk(2)
+
+
 @dataclass(frozen=True)
 class RowWeights:
     """The real rows' weights w [n] on this worker, with the denominator of their weighted mean.
@@ -117,8 +132,8 @@ class GANLoss:
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """D's loss on a real and a (detached) fake batch; returns (scalar, stats). weight [N]:
         the real rows' dataset weights (expectations over reals become weighted means)."""
-        r = _call_d(D, self._noisy(real), c).float()  # [N]
-        f = _call_d(D, self._noisy(fake.detach()), c).float()  # [N]
+        r, f = call_d_pair(D, self._noisy(real), self._noisy(fake.detach()), c)
+        r, f = r.float(), f.float()  # [N] each
         loss, extra = self._d_objective(r, f, weight)
         stats = {"d_loss": float(loss.detach()), "d_real": float(r.detach().mean()), "d_fake": float(f.detach().mean())}
         stats.update(extra)
@@ -275,8 +290,8 @@ class WGANGPLoss(WGANLoss):
 
     def d_loss(self, D, real, fake, c=None, weight=None):
         real_in, fake_in = self._noisy(real), self._noisy(fake.detach())
-        r = _call_d(D, real_in, c).float()
-        f = _call_d(D, fake_in, c).float()
+        r, f = call_d_pair(D, real_in, fake_in, c)
+        r, f = r.float(), f.float()
         wdist = wmean(r, weight) - f.mean()
         gp = self.gradient_penalty(D, real_in, fake_in, c)  # interpolates: pairs of real and fake, unweighted
         drift = wmean(r.square(), weight)

@@ -488,3 +488,61 @@ def test_row_weights_under_ddp_give_the_global_weighted_mean(tmp_path):
             assert not all(torch.allclose(g, o) for g, o in zip(r[name], per_worker_means)), name
     assert all(r["invalid_raised"] for r in ranks)
     assert all(r["all_ones"] for r in ranks)
+
+
+# ---------------------------------------------------------------- reals and fakes in one D call
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+@pytest.mark.parametrize("augment", [False, True])
+def test_d_pair_in_one_call_equals_two_calls(conditional, augment):
+    """call_d_pair scores reals and fakes as one batch of 2N: the minibatch-stddev groups stay
+    within each half, so the logits and D's gradients are those of two separate calls."""
+    from facegen_ray.losses import call_d_pair
+    from facegen_ray.models.augment import AugmentedDiscriminator
+
+    cfg = ModelConfig(**tiny_model_dict(16, conditional))
+    D = Discriminator(cfg)
+    real, fake = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)
+    c = torch.tensor([[0, 1, 2], [1, 0, 3], [-1, -1, -1], [0, 0, 0]]) if conditional else None
+    D_run = AugmentedDiscriminator(D, "translation") if augment else D
+    calls = []
+    D.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    torch.manual_seed(1)
+    r, f = call_d_pair(D_run, real, fake, c)
+    assert calls == [8] and r.shape == f.shape == (4,)
+    g_pair = torch.autograd.grad((r * 1.3 - f).sum(), list(D.parameters()), allow_unused=True)
+    # two separate calls (augmentation: its translation is drawn per sample, so draw it as the
+    # joined call did by seeding the same stream and cutting it into the two halves)
+    from facegen_ray.losses import _call_d
+
+    if augment:
+        torch.manual_seed(1)
+        both = torch.cat([real, fake])
+        from facegen_ray.models.augment import diff_augment
+
+        aug = diff_augment(both, D_run.ops)
+        real, fake, D_run = aug[:4], aug[4:], D
+    r2, f2 = _call_d(D_run, real, c), _call_d(D_run, fake, c)
+    torch.testing.assert_close(r, r2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(f, f2, atol=1e-5, rtol=1e-5)
+    g_two = torch.autograd.grad((r2 * 1.3 - f2).sum(), list(D.parameters()), allow_unused=True)
+    assert sum(g is not None for g in g_pair) > 10
+    for a, b in zip(g_pair, g_two):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_d_pair_falls_back_to_two_calls():
+    """A discriminator that does not say it keeps joined batches apart is called twice."""
+    from facegen_ray.losses import call_d_pair
+
+    D = LinearD([0.7], 0.1)
+    r, f = call_d_pair(D, REAL, FAKE, None)
+    assert [t.shape[0] for t in D.inputs] == [3, 3]
+    torch.testing.assert_close(r, REAL.flatten() * 0.7 + 0.1)
+    torch.testing.assert_close(f, FAKE.flatten() * 0.7 + 0.1)
+    D.inputs.clear()
+    call_d_pair(D, REAL, FAKE[:2], None)  # unequal batches: two calls too
+    assert [t.shape[0] for t in D.inputs] == [3, 2]

@@ -506,12 +506,12 @@ def test_models_cast_to_bfloat16_for_inference():
         assert torch.isfinite(D(img).float()).all()
 
 
-@pytest.mark.parametrize("demodulate,up", [(True, False), (True, True), (False, False)])
-def test_modulated_conv_unfused_equals_grouped(demodulate, up):
+@pytest.mark.parametrize("demodulate,up,k", [(True, False, 3), (True, True, 3), (False, False, 3), (False, False, 1)])
+def test_modulated_conv_unfused_equals_grouped(demodulate, up, k):
     """The training path (input scaled by the styles, one shared conv, output scaled by the
-    demodulation coefficients) computes the same function as the per-sample grouped conv,
-    values and gradients."""
-    conv = ModulatedConv2d(8, 6, 3, w_dim=16, demodulate=demodulate, up=up)
+    demodulation coefficients; toRGB's 1x1 as a batched matrix product) computes the same
+    function as the per-sample grouped conv, values and gradients."""
+    conv = ModulatedConv2d(8, 6, k, w_dim=16, demodulate=demodulate, up=up)
     with torch.no_grad():
         conv.affine.weight.normal_()
     x = torch.randn(5, 8, 6, 6, requires_grad=True)

@@ -87,6 +87,12 @@ class AugmentedDiscriminator(nn.Module):
         self.D = D
         self.ops = parse_policy(policy)
 
-    def forward(self, img: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        x = diff_augment(img, self.ops)
+    @property
+    def accepts_parts(self) -> bool:
+        return bool(getattr(self.D, "accepts_parts", False))
+
+    def forward(self, img: torch.Tensor, c: torch.Tensor | None = None, parts: int = 1) -> torch.Tensor:
+        x = diff_augment(img, self.ops)  # per sample: a joined batch is augmented as its parts would be
+        if parts > 1:
+            return self.D(x, c, parts=parts)
         return self.D(x) if c is None else self.D(x, c)

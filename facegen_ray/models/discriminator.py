@@ -72,8 +72,8 @@ class DEpilogue(nn.Module):
         self.fc = EqualizedLinear(ch * 16, ch, activation="lrelu")
         self.out = EqualizedLinear(ch, 1)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(self.mbstd(x))  # [N, C, 4, 4]
+    def features(self, x: torch.Tensor, parts: int = 1) -> torch.Tensor:
+        x = self.conv(self.mbstd(x, parts))  # [N, C, 4, 4]
         return self.fc(x.flatten(1))  # [N, C]
 
 
@@ -106,7 +106,13 @@ class Discriminator(nn.Module):
     def current_resolution(self) -> int:
         return 4 * 2 ** progressive_state(self)[0]
 
-    def forward(self, img: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+    # forward() takes `parts`: losses may score reals and fakes in one batch (see losses.call_d_pair)
+    accepts_parts = True
+
+    def forward(self, img: torch.Tensor, c: torch.Tensor | None = None, parts: int = 1) -> torch.Tensor:
+        """parts > 1: img is that many equal batches side by side; the minibatch standard
+        deviation (the only layer that mixes samples) keeps them apart, so the logits equal
+        those of separate calls, at one larger batch's cost."""
         stage, alpha = progressive_state(self)
         res = 4 * 2**stage
         if img.dim() != 4 or img.shape[1] != 3 or img.shape[2] != res or img.shape[3] != res:
@@ -119,7 +125,7 @@ class Discriminator(nn.Module):
                 x = old.to(x.dtype).lerp(x, alpha)  # alpha=0 -> exactly old (new block still in the graph)
             for s in range(stage - 1, 0, -1):
                 x = self.blocks[s](x)
-        h = self.epilogue.features(x)  # [N, C4]
+        h = self.epilogue.features(x, parts)  # [N, C4]
         out = self.epilogue.out(h).squeeze(1)  # [N]
         if self.conditional:
             if c is None:
