@@ -612,11 +612,11 @@ def test_upsample_conv3x3_equals_conv_of_bilinear_upsample(h, w):
     function (float64: to rounding), border lines included; first and second derivatives too."""
     from facegen_ray.models.layers import upsample_conv3x3
 
-    x = torch.randn(2, 3, h, w, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(1, 2, h, w, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
     plain = F.conv2d(upsample2x(x), weight, padding=1)
     fast = upsample_conv3x3(x, weight)
-    assert fast.shape == (2, 4, 2 * h, 2 * w)
+    assert fast.shape == (1, 3, 2 * h, 2 * w)
     torch.testing.assert_close(fast, plain, atol=1e-12, rtol=0)
     assert torch.autograd.gradcheck(upsample_conv3x3, (x, weight))
     assert torch.autograd.gradgradcheck(upsample_conv3x3, (x, weight))
@@ -713,3 +713,23 @@ def test_dblock_and_equalized_linear_equal_plain_formulas():
     fc = EqualizedLinear(8, 5, bias_init=0.3, lr_mul=0.01, activation="lrelu")
     z = torch.randn(4, 8)
     torch.testing.assert_close(fc(z), _plain_lrelu(F.linear(z, fc.weight * fc.weight_gain, fc.bias * fc.bias_gain)))
+
+
+@pytest.mark.parametrize("architecture", ["skip", "orig"])
+def test_forward_builds_no_tensor_from_host_data(monkeypatch, architecture):
+    """G's and D's forward and backward create no tensor from Python data: on a GPU that is a
+    host-to-device copy per call, which CUDA graph capture (the serving replicas' synthesis)
+    refuses. Constants the layers need are buffers, made at construction."""
+    cfg = make_cfg(32, architecture=architecture)
+    G, D = Generator(cfg), Discriminator(cfg)
+    z = torch.randn(2, cfg.z_dim)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a tensor built from host data inside forward")
+
+    monkeypatch.setattr(torch, "tensor", refuse)
+    monkeypatch.setattr(torch, "as_tensor", refuse)
+    img = G(z, noise_mode="const")
+    D(img).sum().backward()
+    with torch.no_grad():
+        G.synthesis(G.mapping(z), noise_mode="const")

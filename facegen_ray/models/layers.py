@@ -39,7 +39,7 @@ def downsample2x(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, 2)
 
 
-def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, taps: torch.Tensor | None = None) -> torch.Tensor:
     """conv2d(upsample2x(x), weight, padding=1) for a 3x3 weight, the same values at a quarter
     of the multiply-adds. x [N,in,h,w] (h, w >= 2), weight [out,in,3,3] -> [N,out,2h,2w].
 
@@ -50,12 +50,15 @@ def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     each output channel alone. That differs from the original in one place: the 3x3 conv pads
     the upsampled image with zeros, while the transposed form sees the clamped values one pixel
     beyond its border; the four border lines subtract exactly what those values added.
+    `taps`: the filter as a tensor on x's device (layers keep it as a buffer: building it here
+    would copy from the host on every call, which CUDA graph capture refuses).
     """
     h, w_ = x.shape[2], x.shape[3]
     cout = weight.shape[0]
     xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
     t = F.conv_transpose2d(xp, weight.flip(2, 3).transpose(0, 1), stride=2, padding=1)  # [N,out,2h+3,2w+3]
-    f = torch.tensor(_BILINEAR_TAPS, dtype=t.dtype, device=t.device)
+    f = bilinear_taps(t.device) if taps is None else taps
+    f = f.to(t.dtype)
     y = F.conv2d(t, (f[:, None] * f[None, :]).expand(cout, 1, 4, 4), groups=cout)  # [N,out,2h,2w]
     # the clamped pixels beyond the border: the upsampled first/last rows (one pixel longer at
     # each end, the corners) and first/last columns of x
@@ -70,10 +73,15 @@ def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def upsample_then_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def bilinear_taps(device: torch.device | str | None = None) -> torch.Tensor:
+    """The 1-D filter of upsample2x after zero insertion, [4] float32."""
+    return torch.tensor(_BILINEAR_TAPS, device=device)
+
+
+def upsample_then_conv(x: torch.Tensor, weight: torch.Tensor, taps: torch.Tensor | None = None) -> torch.Tensor:
     """conv2d(upsample2x(x), weight, 'same' padding), by upsample_conv3x3 where that is faster."""
     if weight.shape[-1] == 3 and min(x.shape[2], x.shape[3]) >= UPSAMPLE_CONV_MIN_SIZE:
-        return upsample_conv3x3(x, weight)
+        return upsample_conv3x3(x, weight, taps)
     return F.conv2d(upsample2x(x), weight, padding=weight.shape[-1] // 2)
 
 
@@ -244,6 +252,8 @@ class ModulatedConv2d(nn.Module):
         self.affine = EqualizedLinear(w_dim, in_channels, bias_init=1.0)  # styles start at 1
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
+        if up:  # not in the state dict: old checkpoints load unchanged
+            self.register_buffer("up_taps", bilinear_taps(), persistent=False)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         y, dcoefs = self.modulated(x, w)
@@ -272,7 +282,7 @@ class ModulatedConv2d(nn.Module):
             # on a quarter of the pixels
             x = x * styles.to(x.dtype).view(n, -1, 1, 1)
             if self.up:
-                x = upsample_then_conv(x, weight.to(x.dtype))  # [N, out, 2H, 2W]
+                x = upsample_then_conv(x, weight.to(x.dtype), self.up_taps)  # [N, out, 2H, 2W]
             else:
                 x = F.conv2d(x, weight.to(x.dtype), padding=self.kernel_size // 2)  # [N, out, H, W]
             if not self.demodulate:
@@ -310,10 +320,12 @@ class AdaINConv2d(nn.Module):
         self.up = up
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
+        if up:
+            self.register_buffer("up_taps", bilinear_taps(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.up:
-            return upsample_then_conv(x, self.weight * self.weight_gain)
+            return upsample_then_conv(x, self.weight * self.weight_gain, self.up_taps)
         return F.conv2d(x, self.weight * self.weight_gain, padding=self.kernel_size // 2)
 
 
