@@ -40,6 +40,14 @@ def _local_checkpoint(tmp_path: Path, images: int = 32) -> str:
     return d
 
 
+def _read_or_empty(storage: Storage, uri: str) -> str:
+    try:
+        storage.fs(uri)[0].invalidate_cache()
+        return storage.read_text(uri)
+    except OSError:  # not written yet (FileNotFoundError, storage.StorageError)
+        return ""
+
+
 def _files(storage: Storage, folder: str) -> list[str]:
     """Names of the files in a checkpoint folder (without the empty folder-marker object that
     pyarrow's S3 filesystem keeps for a folder, listed by fsspec under the folder's own name)."""
@@ -218,6 +226,15 @@ def test_sigkill_during_checkpoint_upload_resumes_from_previous(where, ray_sessi
             deadline = time.time() + 1200
             while not marker.exists() and proc.poll() is None and time.time() < deadline:
                 time.sleep(1)
+            # rank 0 now sleeps inside the 64-image upload; Ray's controller commits the 32-image
+            # checkpoint to its snapshot asynchronously, and with a fast step the pause can come
+            # first. Kill once that commit is on storage (the crash this test stands for: after
+            # the previous checkpoint was committed), not in the race before it.
+            deadline = time.time() + 120
+            while marker.exists() and proc.poll() is None and time.time() < deadline:
+                if "checkpoint-000000000032" in _read_or_empty(storage, join(run_uri, "checkpoint_manager_snapshot.json")):
+                    break
+                time.sleep(0.5)
         finally:
             victims = _kill_session(proc)
         if marker.exists() or attempt == 2 or RAY_DID_NOT_START not in log1.read_text(errors="replace"):
