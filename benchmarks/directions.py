@@ -37,8 +37,10 @@ def readings(tagger, images: np.ndarray) -> dict[str, np.ndarray]:
     """uint8 [N,H,W,3] -> {"age_years", "p_female", "p_race_<k>": [N]} from the softmax outputs."""
     logits = tagger.model(to_input(images, tagger.resolution))
     ages = torch.tensor(representative_ages(tagger.age_buckets), dtype=torch.float32)
-    out = {"age_years": (logits["age"].softmax(1) * ages).sum(1).numpy(),
-           "p_female": logits["gender"].softmax(1)[:, 1].numpy()}
+    out = {
+        "age_years": (logits["age"].softmax(1) * ages).sum(1).numpy(),
+        "p_female": logits["gender"].softmax(1)[:, 1].numpy(),
+    }
     p_race = logits["race"].softmax(1).numpy()
     for k, name in enumerate(RACE_NAMES[: p_race.shape[1]]):
         out[f"p_race_{name}"] = p_race[:, k]
@@ -66,14 +68,16 @@ def main() -> None:
     storage = Storage()
     model = load_model(storage, args.model, args.root, device=args.device)
     if model.directions is None:
-        raise SystemExit(model.directions_error or f"{model.uri} has no directions.json: run `facegen directions` first")
+        raise SystemExit(
+            model.directions_error or f"{model.uri} has no directions.json: run `facegen directions` first"
+        )
     tagger = load_tagger(storage, args.attribute_model)
     G, d = model.G, model.directions
     seeds = list(range(args.seed, args.seed + args.num_faces))
     sums: dict[str, dict[str, float]] = {n: {} for n in d.names}
     up: dict[str, int] = {n: 0 for n in d.names}
     for i in range(0, len(seeds), args.batch_size):
-        ws = seed_ws(G, seeds[i:i + args.batch_size], args.truncation)  # [n,L,D]
+        ws = seed_ws(G, seeds[i : i + args.batch_size], args.truncation)  # [n,L,D]
         for name in d.names:
             lo = readings(tagger, synthesize(G, d.edit(ws, {name: -args.strength})))
             hi = readings(tagger, synthesize(G, d.edit(ws, {name: args.strength})))
@@ -84,14 +88,33 @@ def main() -> None:
     for name in d.names:
         changes = {k: round(v / len(seeds), 5) for k, v in sums[name].items()}
         target = target_of(name)
-        others = [abs(v) for k, v in changes.items() if k != target and not (target.startswith("p_race") and k.startswith("p_race"))]
-        out[name] = {"target": target, "target_change": changes.get(target), "target_up_fraction": round(up[name] / len(seeds), 4),
-                     "changes": changes, "max_other_abs_change": round(max(others), 5) if others else None}
-    print(json.dumps({
-        "benchmark": "directions", "model_version": model.version, "model_uri": model.uri, "num_faces": len(seeds),
-        "strength": args.strength, "truncation": args.truncation, "device": args.device,
-        "classifier_held_out": tagger.meta.get("held_out"), "directions": out,
-    }))
+        others = [
+            abs(v)
+            for k, v in changes.items()
+            if k != target and not (target.startswith("p_race") and k.startswith("p_race"))
+        ]
+        out[name] = {
+            "target": target,
+            "target_change": changes.get(target),
+            "target_up_fraction": round(up[name] / len(seeds), 4),
+            "changes": changes,
+            "max_other_abs_change": round(max(others), 5) if others else None,
+        }
+    print(
+        json.dumps(
+            {
+                "benchmark": "directions",
+                "model_version": model.version,
+                "model_uri": model.uri,
+                "num_faces": len(seeds),
+                "strength": args.strength,
+                "truncation": args.truncation,
+                "device": args.device,
+                "classifier_held_out": tagger.meta.get("held_out"),
+                "directions": out,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -54,16 +54,39 @@ def main() -> None:
             a, b = feats[perm[:n]], feats[perm[n:]]
             fids.append(fid_from_features(a, b))
             kids.append(kernel_inception_distance(a, b)["mean"])
-        rows.append({"real_a": n, "real_b": n_all - n, "fid": [round(f, 3) for f in fids],
-                     "fid_mean": round(statistics.mean(fids), 3), "kid_mean": round(statistics.mean(kids), 5)})
+        rows.append(
+            {
+                "real_a": n,
+                "real_b": n_all - n,
+                "fid": [round(f, 3) for f in fids],
+                "fid_mean": round(statistics.mean(fids), 3),
+                "kid_mean": round(statistics.mean(kids), 5),
+            }
+        )
     if args.holdout:
         held = np.load(args.holdout)["features"].astype(np.float64)
-        rows.append({"real_a": len(held), "real_b": n_all, "held_out": True,
-                     "fid": [round(fid_from_features(held, feats), 3)],
-                     "kid_mean": round(kernel_inception_distance(held, feats)["mean"], 5)})
-    print(json.dumps({"benchmark": "fid_floor", "features": os.path.basename(args.features), "n_features": n_all,
-                      "repeats": args.repeats, "floors": rows, "date": time.strftime("%Y-%m-%d %H:%M"),
-                      "machine": f"{platform.machine()}, {os.cpu_count()} cpus"}))
+        rows.append(
+            {
+                "real_a": len(held),
+                "real_b": n_all,
+                "held_out": True,
+                "fid": [round(fid_from_features(held, feats), 3)],
+                "kid_mean": round(kernel_inception_distance(held, feats)["mean"], 5),
+            }
+        )
+    print(
+        json.dumps(
+            {
+                "benchmark": "fid_floor",
+                "features": os.path.basename(args.features),
+                "n_features": n_all,
+                "repeats": args.repeats,
+                "floors": rows,
+                "date": time.strftime("%Y-%m-%d %H:%M"),
+                "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -108,16 +108,27 @@ def make_runner(G: torch.nn.Module, z: torch.Tensor, mode: str, psi: float):
 
 
 def bench_case(res: int, batch: int, args, device: torch.device) -> dict:
-    cfg = ModelConfig(resolution=res, z_dim=args.z_dim, w_dim=args.z_dim, mapping_layers=args.mapping_layers,
-                      fmap_base=args.fmap_base, fmap_max=args.fmap_max)
+    cfg = ModelConfig(
+        resolution=res,
+        z_dim=args.z_dim,
+        w_dim=args.z_dim,
+        mapping_layers=args.mapping_layers,
+        fmap_base=args.fmap_base,
+        fmap_max=args.fmap_max,
+    )
     torch.manual_seed(0)
     G = Generator(cfg).to(device).eval()
     G.set_stage(G.max_stage, 1.0)
     z = torch.randn(batch, cfg.z_dim, device=device)
     reps = args.reps if batch == 1 else max(5, args.reps // 4)
     modes = [m for m in args.modes.split(",") if m]
-    result: dict = {"resolution": res, "batch": batch, "g_params": sum(p.numel() for p in G.parameters()),
-                    "reps": reps, "modes": {}}
+    result: dict = {
+        "resolution": res,
+        "batch": batch,
+        "g_params": sum(p.numel() for p in G.parameters()),
+        "reps": reps,
+        "modes": {},
+    }
     best = None
     for mode in modes:
         try:
@@ -128,8 +139,12 @@ def bench_case(res: int, batch: int, args, device: torch.device) -> dict:
             build_s = time.perf_counter() - t_build
             ms = _timed(run, reps, args.warmup, device)
             med = statistics.median(ms)
-            entry = {"median_ms": round(med, 3), "p90_ms": round(sorted(ms)[int(0.9 * (len(ms) - 1))], 3),
-                     "images_per_s": round(batch * 1000.0 / med, 1), "build_s": round(build_s, 1)}
+            entry = {
+                "median_ms": round(med, 3),
+                "p90_ms": round(sorted(ms)[int(0.9 * (len(ms) - 1))], 3),
+                "images_per_s": round(batch * 1000.0 / med, 1),
+                "build_s": round(build_s, 1),
+            }
             if best is None or med < best[1]:
                 best = (mode, med, run)
         except Exception as e:  # noqa: BLE001 - a mode that fails is reported, the others still run
@@ -169,12 +184,23 @@ def main() -> None:
         cases.append((int(res), int(batch or 1)))
     results = [bench_case(r, b, args, device) for r, b in cases]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    line = json.dumps({
-        "benchmark": "generate_latency", "device": name, "torch": torch.__version__, "psi": args.psi,
-        "widths": {"fmap_base": args.fmap_base, "fmap_max": args.fmap_max, "z_dim": args.z_dim,
-                   "mapping_layers": args.mapping_layers},
-        "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "results": results,
-    })
+    line = json.dumps(
+        {
+            "benchmark": "generate_latency",
+            "device": name,
+            "torch": torch.__version__,
+            "psi": args.psi,
+            "widths": {
+                "fmap_base": args.fmap_base,
+                "fmap_max": args.fmap_max,
+                "z_dim": args.z_dim,
+                "mapping_layers": args.mapping_layers,
+            },
+            "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
+            "results": results,
+        }
+    )
     print(line, flush=True)
     if args.out:
         with open(args.out, "a") as f:

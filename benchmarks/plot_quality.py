@@ -19,8 +19,13 @@ def load(path: str) -> dict:
     return json.loads(text.splitlines()[-1]) if path.endswith(".jsonl") else json.loads(text)
 
 
-def plot_fid_curves(curves: list[tuple[str | None, list[dict]]], out: str, title: str,
-                    figsize: tuple[float, float] = (6.4, 3.8), fontsize: int = 7) -> None:
+def plot_fid_curves(
+    curves: list[tuple[str | None, list[dict]]],
+    out: str,
+    title: str,
+    figsize: tuple[float, float] = (6.4, 3.8),
+    fontsize: int = 7,
+) -> None:
     """FID vs images of quality.py evaluation points, one curve per (label, evals); label None:
     no legend (quality.py's own single curve). The y label names the last point's sample counts."""
     import matplotlib
@@ -34,8 +39,13 @@ def plot_fid_curves(curves: list[tuple[str | None, list[dict]]], out: str, title
     for label, ev in curves:
         ax.plot([e["images"] / 1000 for e in ev], [e["fid"] for e in ev], "o-", label=label)
         for e in ev:
-            ax.annotate(f"{e['fid']:.1f} ({e['train_minutes']:.0f} min)", (e["images"] / 1000, e["fid"]),
-                        textcoords="offset points", xytext=(4, 6), fontsize=fontsize)
+            ax.annotate(
+                f"{e['fid']:.1f} ({e['train_minutes']:.0f} min)",
+                (e["images"] / 1000, e["fid"]),
+                textcoords="offset points",
+                xytext=(4, 6),
+                fontsize=fontsize,
+            )
     ax.set_xlabel("thousand real images shown to D")
     ax.set_ylabel(f"FID ({n_gen} gen vs {n_real} real)")
     ax.set_title(title, fontsize=9 if any(label for label, _ in curves) else None)
@@ -66,7 +76,9 @@ def main() -> None:
         counts = {(e["num_gen"], e["num_real"]) for e in ev}
         first_counts = first_counts or counts
         if counts != first_counts:
-            raise SystemExit(f"{path}: FID sample counts {sorted(counts)} differ from the other runs' {sorted(first_counts)}")
+            raise SystemExit(
+                f"{path}: FID sample counts {sorted(counts)} differ from the other runs' {sorted(first_counts)}"
+            )
         curves.append((f"{label} ({doc.get('date', '?')})", ev))
         summary[label] = [[e["images"], round(e["fid"], 2), e["train_minutes"]] for e in ev]
     plot_fid_curves(curves, args.out, args.title)

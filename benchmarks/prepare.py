@@ -53,13 +53,22 @@ def main() -> None:
     t0 = time.perf_counter()
     ensure_ray()
     ray_init_s = time.perf_counter() - t0
-    out: dict = {"benchmark": "prepare", "sources": [os.path.basename(s) for s in args.sources],
-                 "limit": args.limit, "image_format": args.format, "ray_init_s": round(ray_init_s, 2),
-                 "resolutions": {}}
+    out: dict = {
+        "benchmark": "prepare",
+        "sources": [os.path.basename(s) for s in args.sources],
+        "limit": args.limit,
+        "image_format": args.format,
+        "ray_init_s": round(ray_init_s, 2),
+        "resolutions": {},
+    }
     with tempfile.TemporaryDirectory(prefix="facegen-bench-") as tmp:
         for res in [int(r) for r in args.resolutions.split(",")]:
-            cfg = config_from_dict({"storage": {"root": tmp},
-                                    "data": {"resolution": res, "limit": args.limit, "image_format": args.format}})
+            cfg = config_from_dict(
+                {
+                    "storage": {"root": tmp},
+                    "data": {"resolution": res, "limit": args.limit, "image_format": args.format},
+                }
+            )
             t = time.perf_counter()
             result = prepare(cfg, args.sources, os.path.join(tmp, f"faces-{res}"))
             dt = time.perf_counter() - t
@@ -75,9 +84,14 @@ def main() -> None:
                 "shard_mb": round(sum(f["bytes"] for f in m["files"]) / 2**20, 1),
             }
     res_cpus = ray.cluster_resources().get("CPU")
-    out["machine"] = {"cpus": os.cpu_count(), "ray_cpus": res_cpus, "cpu_model": _cpu_model(),
-                      "platform": platform.platform(), "python": platform.python_version(),
-                      "ray": ray.__version__}
+    out["machine"] = {
+        "cpus": os.cpu_count(),
+        "ray_cpus": res_cpus,
+        "cpu_model": _cpu_model(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+    }
     print(json.dumps(out))
 
 

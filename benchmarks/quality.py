@@ -63,16 +63,24 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=60.0, help="training budget (wall minutes of facegen train)")
     ap.add_argument("--eval-at", default="20,40,60", help="evaluation points, minutes of training")
     ap.add_argument("--num-gen", type=int, default=5000, help="generated images at each evaluation point")
-    ap.add_argument("--final-num-gen", type=int, default=None, help="generated images at the last point (default --num-gen)")
+    ap.add_argument(
+        "--final-num-gen", type=int, default=None, help="generated images at the last point (default --num-gen)"
+    )
     ap.add_argument("--num-real", type=int, default=None, help="default: all reals")
-    ap.add_argument("--final-metrics", default="fid,kid,pr",
-                    help="metrics of the last evaluation (precision/recall over 10k x 21k features takes minutes)")
+    ap.add_argument(
+        "--final-metrics",
+        default="fid,kid,pr",
+        help="metrics of the last evaluation (precision/recall over 10k x 21k features takes minutes)",
+    )
     ap.add_argument("--first-segment", type=int, default=8000, help="images of the first segment (rate unknown)")
     ap.add_argument("--max-segment-minutes", type=float, default=8.0)
-    ap.add_argument("--time-boxed", action="store_true",
-                    help="end each segment by time (train.max_minutes = the minutes left to the next evaluation "
-                         "point, less --startup-s) instead of by an image count sized from the measured rate; "
-                         "the images reached are read from the exported model")
+    ap.add_argument(
+        "--time-boxed",
+        action="store_true",
+        help="end each segment by time (train.max_minutes = the minutes left to the next evaluation "
+        "point, less --startup-s) instead of by an image count sized from the measured rate; "
+        "the images reached are read from the exported model",
+    )
     ap.add_argument("--startup-s", type=float, default=30.0, help="--time-boxed: facegen train's start-up and export")
     ap.add_argument("--out", default=None, help="default <root>/quality")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
@@ -103,7 +111,12 @@ def main() -> None:
         return schedule.at(n_images).resolution
 
     state_file = os.path.join(out, "state.json")
-    state = {"segments": [], "evals": [], "config": args.config, "started": dt.datetime.now().isoformat(timespec="seconds")}
+    state = {
+        "segments": [],
+        "evals": [],
+        "config": args.config,
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+    }
     if os.path.exists(state_file):
         with open(state_file) as f:
             state = json.load(f)
@@ -133,15 +146,31 @@ def main() -> None:
     def evaluate(final: bool) -> dict:
         metrics = args.final_metrics if final else "fid,kid"
         n_gen = (args.final_num_gen or args.num_gen) if final else args.num_gen
-        cmd = ["evaluate", model_dir, "--data", dataset, "--metrics", metrics, "--num-gen", str(n_gen),
-               "--local", *common]
+        cmd = [
+            "evaluate",
+            model_dir,
+            "--data",
+            dataset,
+            "--metrics",
+            metrics,
+            "--num-gen",
+            str(n_gen),
+            "--local",
+            *common,
+        ]
         if args.num_real:
             cmd += ["--num-real", str(args.num_real)]
         t0 = time.perf_counter()
         doc = json.loads(facegen(*cmd, capture=True).strip().splitlines()[-1])
-        point = {"images": images(), "train_minutes": round(trained_minutes(), 2), "fid": doc.get("fid"),
-                 "kid": (doc.get("kid") or {}).get("mean"), "num_gen": doc.get("num_gen"), "num_real": doc.get("num_real"),
-                 "eval_s": round(time.perf_counter() - t0, 1)}
+        point = {
+            "images": images(),
+            "train_minutes": round(trained_minutes(), 2),
+            "fid": doc.get("fid"),
+            "kid": (doc.get("kid") or {}).get("mean"),
+            "num_gen": doc.get("num_gen"),
+            "num_real": doc.get("num_real"),
+            "eval_s": round(time.perf_counter() - t0, 1),
+        }
         if final:
             point.update({"precision": doc.get("precision"), "recall": doc.get("recall")})
         log(f"evaluation: {point}")
@@ -192,22 +221,50 @@ def main() -> None:
 
     # ---------------------------------------------------------------- 4. pictures and the JSON line
     for psi in ("1.0", "0.7"):
-        facegen("generate", model_dir, "--seeds", "0-63", "--truncation", psi, "--cols", "8",
-                "--out", os.path.join(out, f"grid-psi{psi}.png"), *common)
+        facegen(
+            "generate",
+            model_dir,
+            "--seeds",
+            "0-63",
+            "--truncation",
+            psi,
+            "--cols",
+            "8",
+            "--out",
+            os.path.join(out, f"grid-psi{psi}.png"),
+            *common,
+        )
     from plot_quality import plot_fid_curves  # benchmarks/ is on the path: this script's folder
 
     ev = state["evals"]
-    plot_fid_curves([(None, ev)], os.path.join(out, "fid_curve.png"),
-                    f"{os.path.basename(args.config)} on UTKFace, {platform.node() or 'this machine'}",
-                    figsize=(6, 3.6), fontsize=8)
+    plot_fid_curves(
+        [(None, ev)],
+        os.path.join(out, "fid_curve.png"),
+        f"{os.path.basename(args.config)} on UTKFace, {platform.node() or 'this machine'}",
+        figsize=(6, 3.6),
+        fontsize=8,
+    )
 
     result = {
-        "benchmark": "quality", "config": os.path.relpath(args.config, REPO), "resolution": res,
-        "date": dt.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
-        "budget_minutes": args.minutes, "trained_minutes": round(trained_minutes(), 2), "images": images(),
-        "segments": len(state["segments"]), "evals": ev, "final": ev[-1],
-        "outputs": {k: os.path.join(out, v) for k, v in
-                    (("curve", "fid_curve.png"), ("grid_psi1", "grid-psi1.0.png"), ("grid_psi07", "grid-psi0.7.png"))},
+        "benchmark": "quality",
+        "config": os.path.relpath(args.config, REPO),
+        "resolution": res,
+        "date": dt.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+        "budget_minutes": args.minutes,
+        "trained_minutes": round(trained_minutes(), 2),
+        "images": images(),
+        "segments": len(state["segments"]),
+        "evals": ev,
+        "final": ev[-1],
+        "outputs": {
+            k: os.path.join(out, v)
+            for k, v in (
+                ("curve", "fid_curve.png"),
+                ("grid_psi1", "grid-psi1.0.png"),
+                ("grid_psi07", "grid-psi0.7.png"),
+            )
+        },
     }
     with open(os.path.join(out, "result.json"), "w") as f:
         json.dump(result, f, indent=1)

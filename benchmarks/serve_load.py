@@ -71,6 +71,7 @@ async def _load(url: str, concurrency: int, n_requests: int, seed0: int) -> dict
     counter = iter(range(n_requests))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+
         async def worker():
             nonlocal errors
             for i in counter:
@@ -91,10 +92,15 @@ async def _load(url: str, concurrency: int, n_requests: int, seed0: int) -> dict
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
     return {
-        "concurrency": concurrency, "requests": n_requests, "errors": errors,
-        "p50_ms": round(1000 * _pct(lat, 50), 2), "p95_ms": round(1000 * _pct(lat, 95), 2),
-        "p99_ms": round(1000 * _pct(lat, 99), 2), "mean_ms": round(1000 * statistics.mean(lat), 2) if lat else None,
-        "images_per_s": round(len(lat) / wall, 2), "wall_s": round(wall, 2),
+        "concurrency": concurrency,
+        "requests": n_requests,
+        "errors": errors,
+        "p50_ms": round(1000 * _pct(lat, 50), 2),
+        "p95_ms": round(1000 * _pct(lat, 95), 2),
+        "p99_ms": round(1000 * _pct(lat, 99), 2),
+        "mean_ms": round(1000 * statistics.mean(lat), 2) if lat else None,
+        "images_per_s": round(len(lat) / wall, 2),
+        "wall_s": round(wall, 2),
         "p50_split_ms": {k: round(_pct(v, 50), 2) for k, v in parts.items()},
     }
 
@@ -143,8 +149,14 @@ def _machine() -> dict:
                     break
     except OSError:
         pass
-    return {"cpu_model": cpu, "cpus": os.cpu_count(), "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
-            "niceness": os.nice(0), "platform": platform.platform(), "python": platform.python_version()}
+    return {
+        "cpu_model": cpu,
+        "cpus": os.cpu_count(),
+        "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
+        "niceness": os.nice(0),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 def _start_ray(attempts: int = 5, **kwargs):
@@ -170,23 +182,44 @@ def ingress_pids(state_api: str) -> list[int]:
 
     from facegen_ray.serve.app import INGRESS_NAME
 
-    actors = list_actors(address=state_api, filters=[("state", "=", "ALIVE")], limit=10_000,
-                         raise_on_missing_output=False)
+    actors = list_actors(
+        address=state_api, filters=[("state", "=", "ALIVE")], limit=10_000, raise_on_missing_output=False
+    )
     return sorted(int(a.pid) for a in actors if a.class_name.split(":")[-1] == INGRESS_NAME and a.pid)
 
 
 def make_posts(n: int, image_ids: list[str], tag: str) -> list[dict]:
     """n distinct feedback posts: own Idempotency-Key, an image, a body whose comment names the post."""
-    return [{
-        "i": i, "key": f"{tag}-{i:06d}", "image_id": image_ids[i % len(image_ids)],
-        "body": {"image_id": image_ids[i % len(image_ids)], "approved": i % 3 != 0, "rating": 1 + i % 5,
-                 "comment": f"{tag} post {i}"},
-        "statuses": [], "ids": [], "final": None, "latency_s": None,
-    } for i in range(n)]
+    return [
+        {
+            "i": i,
+            "key": f"{tag}-{i:06d}",
+            "image_id": image_ids[i % len(image_ids)],
+            "body": {
+                "image_id": image_ids[i % len(image_ids)],
+                "approved": i % 3 != 0,
+                "rating": 1 + i % 5,
+                "comment": f"{tag} post {i}",
+            },
+            "statuses": [],
+            "ids": [],
+            "final": None,
+            "latency_s": None,
+        }
+        for i in range(n)
+    ]
 
 
-async def _post_with_retries(client, post: dict, rng, max_attempts: int, max_backoff_s: float,
-                             attempt_lat: list[float], first_ok_after: list[float], kill: dict) -> None:
+async def _post_with_retries(
+    client,
+    post: dict,
+    rng,
+    max_attempts: int,
+    max_backoff_s: float,
+    attempt_lat: list[float],
+    first_ok_after: list[float],
+    kill: dict,
+) -> None:
     """POST one feedback until it is acknowledged, refused (a 4xx other than 408/429) or
     max_attempts are spent; every attempt sends the same key and body."""
     import httpx
@@ -219,8 +252,17 @@ async def _post_with_retries(client, post: dict, rng, max_attempts: int, max_bac
     post["final"] = "gave_up"
 
 
-async def _feedback_load(url: str, posts: list[dict], clients: int, kill_after: int | None, max_attempts: int,
-                         max_backoff_s: float, timeout_s: float, state_api: str, seed: int = 0) -> dict:
+async def _feedback_load(
+    url: str,
+    posts: list[dict],
+    clients: int,
+    kill_after: int | None,
+    max_attempts: int,
+    max_backoff_s: float,
+    timeout_s: float,
+    state_api: str,
+    seed: int = 0,
+) -> dict:
     """Send every post from `clients` concurrent clients; SIGKILL the ingress replica once
     `kill_after` posts are answered (None: no kill) and wait for Serve's replacement."""
     import random
@@ -264,12 +306,14 @@ async def _feedback_load(url: str, posts: list[dict], clients: int, kill_after: 
             looked_up.set()
 
     async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as client:
+
         async def worker(w: int) -> None:
             nonlocal answered
             rng = random.Random(seed * 100_003 + w)
             for post in queue:
-                await _post_with_retries(client, post, rng, max_attempts, max_backoff_s, attempt_lat,
-                                         first_ok_after, kill)
+                await _post_with_retries(
+                    client, post, rng, max_attempts, max_backoff_s, attempt_lat, first_ok_after, kill
+                )
                 answered += 1
                 if kill_after is not None and answered >= kill_after:
                     reached.set()
@@ -298,6 +342,7 @@ async def _replay(url: str, posts: list[dict], clients: int, timeout_s: float) -
     out: list[dict] = []
     queue = iter(posts)
     async with httpx.AsyncClient(base_url=url, timeout=timeout_s) as client:
+
         async def worker() -> None:
             for p in queue:
                 r = await client.post("/feedback", json=p["body"], headers={"Idempotency-Key": p["key"]})
@@ -348,21 +393,28 @@ def verify_store(root: str, posts: list[dict], tag: str) -> dict:
             if rec is None or any(rec.get(k) != body[k] for k in body):  # missing, unreadable or another body
                 lost += 1
     return {
-        "records_on_disk": len(ours), "lost": lost,
+        "records_on_disk": len(ours),
+        "lost": lost,
         "duplicates": sum(c - 1 for c in copies.values()),  # one post stored under two ids
-        "half_written": half_written, "temp_files_left": temp_files,
+        "half_written": half_written,
+        "temp_files_left": temp_files,
         "unacknowledged_records": sum(1 for fid in ours if fid not in acknowledged),
         "id_mismatches": id_mismatches,
     }
 
 
 def feedback_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="serve_load.py feedback", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="serve_load.py feedback", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--posts", type=int, default=10_000)
     p.add_argument("--clients", type=int, default=64)
-    p.add_argument("--kill-at", type=float, default=0.3,
-                   help="SIGKILL the ingress replica when this fraction of posts is answered (<0: no kill)")
+    p.add_argument(
+        "--kill-at",
+        type=float,
+        default=0.3,
+        help="SIGKILL the ingress replica when this fraction of posts is answered (<0: no kill)",
+    )
     p.add_argument("--images", type=int, default=64, help="images generated first (the posts cycle through them)")
     p.add_argument("--model", default=None, help="model directory URI (default: a random model of --size)")
     p.add_argument("--size", choices=sorted(SIZES), default="tiny")
@@ -393,7 +445,7 @@ def feedback_main(argv: list[str]) -> int:
     from facegen_ray.storage import Storage
 
     machine = _machine()
-    date = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    date = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     tmp = tempfile.mkdtemp(prefix="facegen-feedback-load-")
     root = args.root or os.path.join(tmp, "root")
     model_uri = args.model
@@ -408,16 +460,33 @@ def feedback_main(argv: list[str]) -> int:
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.pathsep.join(x for x in (repo, os.environ.get("PYTHONPATH")) if x)
     # the dashboard process serves Ray's state API (how the replica's pid is found)
-    ctx = _start_ray(num_cpus=args.ray_cpus, include_dashboard=True, log_to_driver=False,
-                     runtime_env={"env_vars": {"PYTHONPATH": path}})
+    ctx = _start_ray(
+        num_cpus=args.ray_cpus,
+        include_dashboard=True,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": path}},
+    )
     state_api = f"http://{ctx.dashboard_url}"
     try:
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app({
-            "model": model_uri, "root": root, "num_cpus": 0.5, "num_gpus": 0, "min_replicas": 1, "max_replicas": 1,
-            "ingress_replicas": 1, "ingress_num_cpus": 0.5, "ingress_max_ongoing_requests": max(256, 2 * args.clients),
-        }), name=APP_NAME, route_prefix="/")
+        serve.run(
+            build_app(
+                {
+                    "model": model_uri,
+                    "root": root,
+                    "num_cpus": 0.5,
+                    "num_gpus": 0,
+                    "min_replicas": 1,
+                    "max_replicas": 1,
+                    "ingress_replicas": 1,
+                    "ingress_num_cpus": 0.5,
+                    "ingress_max_ongoing_requests": max(256, 2 * args.clients),
+                }
+            ),
+            name=APP_NAME,
+            route_prefix="/",
+        )
         url = f"http://127.0.0.1:{port}"
         image_ids: list[str] = []
         with httpx.Client(base_url=url, timeout=120) as c:
@@ -431,11 +500,14 @@ def feedback_main(argv: list[str]) -> int:
         tag = f"load-{uuid.uuid4().hex[:12]}"
         posts = make_posts(args.posts, image_ids, tag)
         kill_after = None if args.kill_at < 0 else max(1, min(args.posts, int(round(args.kill_at * args.posts))))
-        run = asyncio.run(_feedback_load(url, posts, args.clients, kill_after, args.max_attempts,
-                                         args.max_backoff_s, args.timeout_s, state_api))
+        run = asyncio.run(
+            _feedback_load(
+                url, posts, args.clients, kill_after, args.max_attempts, args.max_backoff_s, args.timeout_s, state_api
+            )
+        )
         acked = [q for q in posts if q["final"] in ACKNOWLEDGED]
         step = max(1, len(acked) // max(1, args.replay)) if args.replay > 0 else 0
-        sample = acked[::step][:args.replay] if step else []
+        sample = acked[::step][: args.replay] if step else []
         replay = asyncio.run(_replay(url, sample, min(args.clients, 16), args.timeout_s)) if sample else []
         model_version = httpx.get(f"{url}/healthz", timeout=60).json().get("model_version")
     finally:
@@ -456,7 +528,8 @@ def feedback_main(argv: list[str]) -> int:
     ms = lambda xs, q: round(1000 * _pct(xs, q), 2) if xs else None  # noqa: E731
     out = {
         "benchmark": "serve_feedback_load_kill",
-        "requests": len(posts), "clients": args.clients,
+        "requests": len(posts),
+        "clients": args.clients,
         "accepted": len(acked),
         "created": sum(q["final"] == 201 for q in posts),
         "already_stored": sum(q["final"] == 200 for q in posts),  # an earlier attempt had stored it
@@ -468,12 +541,20 @@ def feedback_main(argv: list[str]) -> int:
         **disk,
         "replayed": len(replay),
         "replay_mismatches": sum(r["status"] != 200 or r["feedback_id"] != expected[r["key"]] for r in replay),
-        "p50_ms": ms(lat, 50), "p99_ms": ms(lat, 99), "max_ms": ms(lat, 100),
-        "attempt_p50_ms": ms(run["attempt_latencies"], 50), "attempt_p99_ms": ms(run["attempt_latencies"], 99),
-        "wall_s": round(run["wall_s"], 2), "posts_per_s": round(len(posts) / run["wall_s"], 1),
+        "p50_ms": ms(lat, 50),
+        "p99_ms": ms(lat, 99),
+        "max_ms": ms(lat, 100),
+        "attempt_p50_ms": ms(run["attempt_latencies"], 50),
+        "attempt_p99_ms": ms(run["attempt_latencies"], 99),
+        "wall_s": round(run["wall_s"], 2),
+        "posts_per_s": round(len(posts) / run["wall_s"], 1),
         "kill": run["kill"],
-        "images": len(image_ids), "model": model_version, "max_attempts": args.max_attempts,
-        "ray": ray.__version__, "machine": machine, "date": date,
+        "images": len(image_ids),
+        "model": model_version,
+        "max_attempts": args.max_attempts,
+        "ray": ray.__version__,
+        "machine": machine,
+        "date": date,
         "command": "python benchmarks/serve_load.py feedback " + " ".join(argv),
     }
     if args.ledger:
@@ -487,8 +568,14 @@ def feedback_main(argv: list[str]) -> int:
         with open(args.out, "a") as f:
             f.write(line + "\n")
     killed = run["kill"] is None or ("pid_after" in run["kill"] and "error" not in run["kill"])
-    ok = (killed and out["lost"] == 0 and out["duplicates"] == 0 and out["half_written"] == 0 and out["id_mismatches"] == 0
-          and out["replay_mismatches"] == 0)
+    ok = (
+        killed
+        and out["lost"] == 0
+        and out["duplicates"] == 0
+        and out["half_written"] == 0
+        and out["id_mismatches"] == 0
+        and out["replay_mismatches"] == 0
+    )
     return 0 if ok else 1
 
 
@@ -508,11 +595,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-gpus", type=float, default=0.0)
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--batch-wait-ms", type=float, default=10.0)
-    p.add_argument("--fixed-wait", action="store_true",
-                   help="always wait --batch-wait-ms (serve.adaptive_batch_wait=false); default: adaptive")
+    p.add_argument(
+        "--fixed-wait",
+        action="store_true",
+        help="always wait --batch-wait-ms (serve.adaptive_batch_wait=false); default: adaptive",
+    )
     p.add_argument("--replicas", type=int, default=1)
-    p.add_argument("--ingress-replicas", type=int, default=1,
-                   help="serve.ingress_replicas: the processes that PNG-encode, watermark and record each image")
+    p.add_argument(
+        "--ingress-replicas",
+        type=int,
+        default=1,
+        help="serve.ingress_replicas: the processes that PNG-encode, watermark and record each image",
+    )
     p.add_argument("--ingress-cpus", type=float, default=0.5, help="serve.ingress_num_cpus")
     args = p.parse_args(argv)
     conc = [int(x) for x in args.concurrency.split(",")]
@@ -555,14 +649,27 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(address="local", num_cpus=max(4, os.cpu_count() or 2) * 2, include_dashboard=False, log_to_driver=False)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({
-        "model": model_uri, "root": root, "num_cpus": args.replica_cpus, "num_gpus": args.num_gpus,
-        "min_replicas": args.replicas, "max_replicas": args.replicas, "max_batch_size": args.max_batch_size,
-        "batch_wait_timeout_s": args.batch_wait_ms / 1000, "adaptive_batch_wait": not args.fixed_wait,
-        "max_ongoing_requests": max(args.max_batch_size, 64),
-        "target_ongoing_requests": 64,
-        "ingress_replicas": args.ingress_replicas, "ingress_num_cpus": args.ingress_cpus,
-    }), name=APP_NAME, route_prefix="/")
+    serve.run(
+        build_app(
+            {
+                "model": model_uri,
+                "root": root,
+                "num_cpus": args.replica_cpus,
+                "num_gpus": args.num_gpus,
+                "min_replicas": args.replicas,
+                "max_replicas": args.replicas,
+                "max_batch_size": args.max_batch_size,
+                "batch_wait_timeout_s": args.batch_wait_ms / 1000,
+                "adaptive_batch_wait": not args.fixed_wait,
+                "max_ongoing_requests": max(args.max_batch_size, 64),
+                "target_ongoing_requests": 64,
+                "ingress_replicas": args.ingress_replicas,
+                "ingress_num_cpus": args.ingress_cpus,
+            }
+        ),
+        name=APP_NAME,
+        route_prefix="/",
+    )
     url = f"http://127.0.0.1:{port}"
     asyncio.run(_load(url, 4, 16, 10_000_000))  # warm-up
     served = []
@@ -575,14 +682,28 @@ def main(argv: list[str] | None = None) -> int:
         served.append(res)
     serve.shutdown()
     ray.shutdown()
-    print(json.dumps({
-        "benchmark": "serve_load", "device": device, "model": model.version, "resolution": model.resolution,
-        "model_size": None if args.model else args.size, "replicas": args.replicas, "replica_cpus": args.replica_cpus,
-        "ingress_replicas": args.ingress_replicas, "ingress_cpus": args.ingress_cpus,
-        "max_batch_size": args.max_batch_size, "batch_wait_ms": args.batch_wait_ms,
-        "adaptive_batch_wait": not args.fixed_wait, "host_cpus": os.cpu_count(),
-        "torch_threads": threads, "served": served, "raw_images_per_s": {str(k): v for k, v in raw.items()},
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "serve_load",
+                "device": device,
+                "model": model.version,
+                "resolution": model.resolution,
+                "model_size": None if args.model else args.size,
+                "replicas": args.replicas,
+                "replica_cpus": args.replica_cpus,
+                "ingress_replicas": args.ingress_replicas,
+                "ingress_cpus": args.ingress_cpus,
+                "max_batch_size": args.max_batch_size,
+                "batch_wait_ms": args.batch_wait_ms,
+                "adaptive_batch_wait": not args.fixed_wait,
+                "host_cpus": os.cpu_count(),
+                "torch_threads": threads,
+                "served": served,
+                "raw_images_per_s": {str(k): v for k, v in raw.items()},
+            }
+        )
+    )
     return 0
 
 

@@ -24,29 +24,48 @@ import argparse
 import json
 import os
 import platform
-import time
-
 import sys
+import time
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a checkout
 
 from facegen_ray.config import FacegenConfig
-from facegen_ray.train.steps import GANSteps
 from facegen_ray.train.schedule import ProgressiveSchedule
+from facegen_ray.train.steps import GANSteps
 
 
 def bench_one(res: int, args, amp: bool, channels_last: bool, compile_: bool) -> dict:
-    cfg = FacegenConfig.model_validate({
-        "model": {"resolution": res, "z_dim": args.z_dim, "w_dim": args.z_dim, "mapping_layers": args.mapping_layers,
-                  "fmap_base": args.fmap_base, "fmap_max": args.fmap_max, "fmap_min": 8,
-                  **({"architecture": args.architecture} if args.architecture else {})},
-        "loss": {"name": args.loss, "r1_interval": 16, "pl_weight": args.pl_weight, "pl_interval": 4,
-                 "pl_batch_shrink": 2},
-        "train": {"start_resolution": res, "batch_size": {res: args.batch}, "amp": amp,
-                  "channels_last": channels_last, "compile": compile_, "total_images": 10**9},
-    })
+    cfg = FacegenConfig.model_validate(
+        {
+            "model": {
+                "resolution": res,
+                "z_dim": args.z_dim,
+                "w_dim": args.z_dim,
+                "mapping_layers": args.mapping_layers,
+                "fmap_base": args.fmap_base,
+                "fmap_max": args.fmap_max,
+                "fmap_min": 8,
+                **({"architecture": args.architecture} if args.architecture else {}),
+            },
+            "loss": {
+                "name": args.loss,
+                "r1_interval": 16,
+                "pl_weight": args.pl_weight,
+                "pl_interval": 4,
+                "pl_batch_shrink": 2,
+            },
+            "train": {
+                "start_resolution": res,
+                "batch_size": {res: args.batch},
+                "amp": amp,
+                "channels_last": channels_last,
+                "compile": compile_,
+                "total_images": 10**9,
+            },
+        }
+    )
     device = torch.device(args.device)
     gan = GANSteps(cfg, device)
     point = ProgressiveSchedule(cfg.train, cfg.model, num_workers=1).at(0)
@@ -73,7 +92,8 @@ def bench_one(res: int, args, amp: bool, channels_last: bool, compile_: bool) ->
     dt = time.perf_counter() - t0
     out = {
         "img_per_s": round(n * gan.n_critic * args.batch / dt, 2),
-        "iters": n, "seconds": round(dt, 3),
+        "iters": n,
+        "seconds": round(dt, 3),
         "g_params": sum(p.numel() for p in gan.G.parameters()),
         "d_params": sum(p.numel() for p in gan.D.parameters()),
     }
@@ -108,14 +128,19 @@ def profile_iterations(iteration, start: int, count: int, top: int = 15, cuda: b
         total = sum(t for _, t in rows) or 1.0
         rows.sort(key=lambda r: r[1], reverse=True)
         conv = sum(t for k, t in rows if "conv" in k.lower())
-        return {"total_s": round(total / 1e6, 3), "conv_share": round(conv / total, 3),
-                "top": [{"op": k, "share": round(t / total, 3)} for k, t in rows[:top]]}
+        return {
+            "total_s": round(total / 1e6, 3),
+            "conv_share": round(conv / total, 3),
+            "top": [{"op": k, "share": round(t / total, 3)} for k, t in rows[:top]],
+        }
 
     out = {"iterations": count, "wall_s": round(wall, 3)}
     cpu = table("self_cpu_time_total")
     out.update({"self_cpu_s": cpu["total_s"], "conv_share": cpu["conv_share"], "top": cpu["top"]})
     if cuda:
-        dev = table("self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total")
+        dev = table(
+            "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+        )
         out["cuda"] = {**dev, "busy_share_of_wall": round(dev["total_s"] / wall, 3) if wall else None}
     return out
 
@@ -143,7 +168,7 @@ class CpuSampler:
             try:
                 with open(f"/proc/{pid}/stat") as f:
                     st = f.read()
-                rest = st[st.rindex(")") + 2:].split()
+                rest = st[st.rindex(")") + 2 :].split()
                 cpu = (int(rest[11]) + int(rest[12])) / tck
                 with open(f"/proc/{pid}/cmdline", "rb") as f:  # re-read: an idle Ray worker is renamed as an
                     name = f.read().replace(b"\0", b" ").decode(errors="replace")[:80].strip()  # actor; an exited
@@ -160,7 +185,7 @@ class CpuSampler:
             self._snap()
             self._stop.wait(self.every)
 
-    def __enter__(self) -> "CpuSampler":
+    def __enter__(self) -> CpuSampler:
         self.t0 = time.perf_counter()
         if self.ok:
             self._snap()
@@ -235,11 +260,19 @@ def compare_ray(args) -> dict:
     batch = int(doc["train"]["batch_size"].get(res, doc["train"]["batch_size"].get(str(res), 32)))
     root = tempfile.mkdtemp(prefix="facegen-compare-")
     doc["storage"] = {"root": root}
-    doc["train"].update({
-        "dataset": args.data, "run_name": "compare-ray", "start_resolution": res, "total_images": args.images,
-        "checkpoint_every_images": args.images, "log_every_images": max(batch, args.images // 6),
-        "eval_every_images": None, "num_workers": 1, "use_gpu": False,
-    })
+    doc["train"].update(
+        {
+            "dataset": args.data,
+            "run_name": "compare-ray",
+            "start_resolution": res,
+            "total_images": args.images,
+            "checkpoint_every_images": args.images,
+            "log_every_images": max(batch, args.images // 6),
+            "eval_every_images": None,
+            "num_workers": 1,
+            "use_gpu": False,
+        }
+    )
     cfg = FacegenConfig.model_validate(doc)
     # the step alone, same model/loss/batch
     gan = GANSteps(cfg, torch.device("cpu"))
@@ -284,25 +317,38 @@ def compare_ray(args) -> dict:
         steady = hist[1:] if len(hist) > 2 else hist  # the first interval includes warm-up
         ray_rate = sum(h["img_per_s"] for h in steady) / len(steady)
         step_rate = (before + after) / 2
-        repeats.append({
-            "step_before": round(before, 2), "step_after": round(after, 2), "step_cores": step_cores[-2:],
-            "facegen_train_img_per_s": round(ray_rate, 2), "intervals": [round(h["img_per_s"], 1) for h in steady],
-            "ratio": round(ray_rate / step_rate, 3),
-            "split": {
-                "data_wait_share": round(sum(h.get("data_wait", 0.0) for h in steady) / len(steady), 4),
-                "checkpoint_s": round(sum(h.get("checkpoint_s", 0.0) for h in hist), 2),
-                "train_wall_s": round(wall, 1), "stepping_s": round(out.images_seen / ray_rate, 1),
-                **cpu.split(),
-            },
-            "images": out.images_seen,
-        })
+        repeats.append(
+            {
+                "step_before": round(before, 2),
+                "step_after": round(after, 2),
+                "step_cores": step_cores[-2:],
+                "facegen_train_img_per_s": round(ray_rate, 2),
+                "intervals": [round(h["img_per_s"], 1) for h in steady],
+                "ratio": round(ray_rate / step_rate, 3),
+                "split": {
+                    "data_wait_share": round(sum(h.get("data_wait", 0.0) for h in steady) / len(steady), 4),
+                    "checkpoint_s": round(sum(h.get("checkpoint_s", 0.0) for h in hist), 2),
+                    "train_wall_s": round(wall, 1),
+                    "stepping_s": round(out.images_seen / ray_rate, 1),
+                    **cpu.split(),
+                },
+                "images": out.images_seen,
+            }
+        )
         print(json.dumps({"repeat": r, **repeats[-1]}), file=sys.stderr, flush=True)
     ratios = [x["ratio"] for x in repeats]
     return {
-        "benchmark": "train_compare_ray", "config": args.config, "resolution": res, "batch": batch,
-        "threads_step": torch.get_num_threads(), "threads_worker": out.history[-1].get("threads"),
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus", "date": time.strftime("%Y-%m-%d %H:%M"),
-        "ratio_median": round(statistics.median(ratios), 3), "ratios": ratios, "repeats": repeats,
+        "benchmark": "train_compare_ray",
+        "config": args.config,
+        "resolution": res,
+        "batch": batch,
+        "threads_step": torch.get_num_threads(),
+        "threads_worker": out.history[-1].get("threads"),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "ratio_median": round(statistics.median(ratios), 3),
+        "ratios": ratios,
+        "repeats": repeats,
     }
 
 
@@ -316,29 +362,48 @@ def main() -> None:
     ap.add_argument("--z-dim", type=int, default=128)
     ap.add_argument("--mapping-layers", type=int, default=4)
     ap.add_argument("--loss", default="nonsaturating")
-    ap.add_argument("--architecture", choices=["orig", "skip"], default=None,
-                    help="model.architecture (default: the config default)")
+    ap.add_argument(
+        "--architecture",
+        choices=["orig", "skip"],
+        default=None,
+        help="model.architecture (default: the config default)",
+    )
     ap.add_argument("--pl-weight", type=float, default=0.0)
     ap.add_argument("--amp", action="store_true")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--variants", action="store_true", help="GPU: fp32, amp, amp+channels_last, amp+channels_last+compile")
+    ap.add_argument(
+        "--variants", action="store_true", help="GPU: fp32, amp, amp+channels_last, amp+channels_last+compile"
+    )
     ap.add_argument("--only", default=None, help="with --variants: a comma list of the variant names to run")
-    ap.add_argument("--partial", default=None, help="append each (variant, resolution) result here as a JSON line "
-                                                    "as soon as it is measured (survives a time limit)")
+    ap.add_argument(
+        "--partial",
+        default=None,
+        help="append each (variant, resolution) result here as a JSON line "
+        "as soon as it is measured (survives a time limit)",
+    )
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--min-iters", type=int, default=3)
     ap.add_argument("--max-iters", type=int, default=200)
     ap.add_argument("--min-seconds", type=float, default=5.0)
     ap.add_argument("--preset", choices=["reference-64"], help="a named configuration (overrides widths/batch)")
-    ap.add_argument("--profile", type=int, default=0, metavar="N",
-                    help="after timing, profile N more iterations (torch.profiler): top ops by self CPU time")
+    ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after timing, profile N more iterations (torch.profiler): top ops by self CPU time",
+    )
     ap.add_argument("--compare-ray", action="store_true", help="also run `facegen train` on --data and compare")
     ap.add_argument("--config", default=None, help="--compare-ray: config YAML whose model/loss/batch to use")
     ap.add_argument("--data", default=None, help="--compare-ray: prepared dataset URI")
     ap.add_argument("--images", type=int, default=6000, help="--compare-ray: images facegen train runs for")
-    ap.add_argument("--repeats", type=int, default=1, help="--compare-ray: step window / facegen train / step "
-                                                              "window, this many times (median ratio)")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="--compare-ray: step window / facegen train / step window, this many times (median ratio)",
+    )
     args = ap.parse_args()
     if args.preset == "reference-64":
         args.resolutions, args.batch, args.fmap_base, args.fmap_max = "64", 8, 4096, 512
@@ -350,8 +415,12 @@ def main() -> None:
         return
     resolutions = [int(r) for r in args.resolutions.split(",")]
     if args.variants:
-        variants = {"fp32": (False, False, False), "amp": (True, False, False),
-                    "amp+channels_last": (True, True, False), "amp+channels_last+compile": (True, True, True)}
+        variants = {
+            "fp32": (False, False, False),
+            "amp": (True, False, False),
+            "amp+channels_last": (True, True, False),
+            "amp+channels_last+compile": (True, True, True),
+        }
         if args.only:
             keep = args.only.split(",")
             unknown = sorted(set(keep) - set(variants))
@@ -359,7 +428,16 @@ def main() -> None:
                 ap.error(f"--only: unknown variant(s) {unknown}; choose from {sorted(variants)}")
             variants = {k: v for k, v in variants.items() if k in keep}
     else:
-        name = "+".join([n for n, f in (("amp", args.amp), ("channels_last", args.channels_last), ("compile", args.compile)) if f]) or "fp32"
+        name = (
+            "+".join(
+                [
+                    n
+                    for n, f in (("amp", args.amp), ("channels_last", args.channels_last), ("compile", args.compile))
+                    if f
+                ]
+            )
+            or "fp32"
+        )
         variants = {name: (args.amp, args.channels_last, args.compile)}
     results: dict[str, dict[str, dict]] = {}
     for vname, (amp, cl, comp) in variants.items():
@@ -375,14 +453,25 @@ def main() -> None:
                 torch.cuda.empty_cache()
             if args.partial:
                 with open(args.partial, "a") as f:
-                    f.write(json.dumps({"variant": vname, "resolution": r, "batch": args.batch,
-                                        **results[vname][str(r)]}) + "\n")
+                    f.write(
+                        json.dumps({"variant": vname, "resolution": r, "batch": args.batch, **results[vname][str(r)]})
+                        + "\n"
+                    )
     out = {
         "benchmark": "train_step_throughput",
-        "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or platform.machine(),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-        "batch": args.batch, "widths": {"fmap_base": args.fmap_base, "fmap_max": args.fmap_max, "z_dim": args.z_dim,
-                                        "mapping_layers": args.mapping_layers},
+        "device": torch.cuda.get_device_name(0)
+        if args.device.startswith("cuda")
+        else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "batch": args.batch,
+        "widths": {
+            "fmap_base": args.fmap_base,
+            "fmap_max": args.fmap_max,
+            "z_dim": args.z_dim,
+            "mapping_layers": args.mapping_layers,
+        },
         "loss": args.loss,
         "img_per_s": {v: {r: res["img_per_s"] for r, res in rs.items()} for v, rs in results.items()},
         "details": results,

@@ -32,9 +32,15 @@ def consume(config: dict) -> None:
 
     from facegen_ray.data.feeder import ShardFeeder
 
-    feeder = ShardFeeder(ray.train.get_dataset_shard("train"), chunk=config["chunk"], seed=0, rank=0,
-                         shuffle_buffer=config["shuffle_buffer"], cache=config["in_memory"],
-                         prefetch=config["prefetch"])
+    feeder = ShardFeeder(
+        ray.train.get_dataset_shard("train"),
+        chunk=config["chunk"],
+        seed=0,
+        rank=0,
+        shuffle_buffer=config["shuffle_buffer"],
+        cache=config["in_memory"],
+        prefetch=config["prefetch"],
+    )
     batch, rate, total = config["batch"], config["rate"], config["images"]
     step_s = batch / rate
     wait = 0.0
@@ -61,11 +67,18 @@ def consume(config: dict) -> None:
         w_t[0] += dt
         w_t[1] += time.perf_counter() - t0
     wall = time.perf_counter() - t_start - (first_batch_s or 0.0)
-    result = {"wait_s": wait, "wall_s": wall, "first_batch_s": first_batch_s, "images": seen,
-              "epochs": feeder.position["epoch"], "in_memory": feeder.in_memory,
-              "wait_share_by_epoch": {str(e): round(w / max(t, 1e-9), 4) for e, (w, t) in sorted(by_epoch.items())},
-              "slowest_takes": [{"ms": round(w * 1000, 1), "images": n, "epoch": e}
-                                for w, n, e in sorted(slowest, reverse=True)[:8]]}
+    result = {
+        "wait_s": wait,
+        "wall_s": wall,
+        "first_batch_s": first_batch_s,
+        "images": seen,
+        "epochs": feeder.position["epoch"],
+        "in_memory": feeder.in_memory,
+        "wait_share_by_epoch": {str(e): round(w / max(t, 1e-9), 4) for e, (w, t) in sorted(by_epoch.items())},
+        "slowest_takes": [
+            {"ms": round(w * 1000, 1), "images": n, "epoch": e} for w, n, e in sorted(slowest, reverse=True)[:8]
+        ],
+    }
     with open(config["out"], "w") as f:  # Ray Train's Result.metrics comes back empty on some versions
         json.dump(result, f)
     ray.train.report(result)
@@ -79,11 +92,18 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--epochs", type=float, default=3.0, help="epochs to consume (per-epoch costs show)")
     ap.add_argument("--shuffle-buffer", type=int, default=2000)
-    ap.add_argument("--chunk", type=int, default=None, help="rows per Ray Data batch the feeder pulls "
-                                                           "(train.data_chunk; default: its default)")
+    ap.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        help="rows per Ray Data batch the feeder pulls (train.data_chunk; default: its default)",
+    )
     ap.add_argument("--cache-bytes", type=int, default=None, help="train.cache_dataset_bytes (0: no cache)")
-    ap.add_argument("--no-prefetch", action="store_true", help="in-memory epochs gather each batch when asked "
-                                                               "(the feeder's prefetch thread off)")
+    ap.add_argument(
+        "--no-prefetch",
+        action="store_true",
+        help="in-memory epochs gather each batch when asked (the feeder's prefetch thread off)",
+    )
     args = ap.parse_args()
 
     from ray.train import RunConfig, ScalingConfig
@@ -97,10 +117,13 @@ def main() -> None:
         train_over["data_chunk"] = args.chunk
     if args.cache_bytes is not None:
         train_over["cache_dataset_bytes"] = args.cache_bytes
-    cfg = FacegenConfig.model_validate({
-        "storage": {"root": tempfile.mkdtemp(prefix="facegen-data-bench-")},
-        "model": {"resolution": args.resolution}, "train": train_over,
-    })
+    cfg = FacegenConfig.model_validate(
+        {
+            "storage": {"root": tempfile.mkdtemp(prefix="facegen-data-bench-")},
+            "model": {"resolution": args.resolution},
+            "train": train_over,
+        }
+    )
     storage = Storage(cfg.storage)
     rows = int(read_manifest(storage, args.data)["num_images"])
     ensure_ray()
@@ -110,10 +133,16 @@ def main() -> None:
     total = int(rows * args.epochs) // args.batch * args.batch
     trainer = torch_trainer_class()(
         consume,
-        train_loop_config={"batch": args.batch, "rate": args.rate, "images": total, "shuffle_buffer": args.shuffle_buffer,
-                           "chunk": cfg.train.data_chunk, "in_memory": caches_dataset(cfg, rows),
-                           "prefetch": not args.no_prefetch,
-                           "out": os.path.join(cfg.storage.root, "data-bench.json")},
+        train_loop_config={
+            "batch": args.batch,
+            "rate": args.rate,
+            "images": total,
+            "shuffle_buffer": args.shuffle_buffer,
+            "chunk": cfg.train.data_chunk,
+            "in_memory": caches_dataset(cfg, rows),
+            "prefetch": not args.no_prefetch,
+            "out": os.path.join(cfg.storage.root, "data-bench.json"),
+        },
         scaling_config=ScalingConfig(num_workers=1, resources_per_worker=worker_resources(cfg)),
         run_config=RunConfig(name="data-bench", storage_path=cfg.storage.root),
         datasets={"train": ds},
@@ -121,17 +150,31 @@ def main() -> None:
     trainer.fit()
     with open(os.path.join(cfg.storage.root, "data-bench.json")) as f:
         m = json.load(f)
-    print(json.dumps({
-        "benchmark": "train_data_wait", "dataset_rows": rows, "resolution": args.resolution,
-        "rate_img_per_s": args.rate, "batch": args.batch, "chunk": cfg.train.data_chunk,
-        "shuffle_buffer": args.shuffle_buffer, "date": time.strftime("%Y-%m-%d %H:%M"), "images": m["images"], "epochs": m["epochs"],
-        "cached": caches_dataset(cfg, rows),
-        "dataset_setup_s": round(setup_s, 1), "first_batch_s": round(m["first_batch_s"], 2),
-        "data_wait_share": round(m["wait_s"] / max(m["wall_s"], 1e-9), 4),
-        "in_memory_epochs": m["in_memory"], "wait_share_by_epoch": m["wait_share_by_epoch"],
-        "slowest_takes": m.get("slowest_takes"), "prefetch": not args.no_prefetch,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "train_data_wait",
+                "dataset_rows": rows,
+                "resolution": args.resolution,
+                "rate_img_per_s": args.rate,
+                "batch": args.batch,
+                "chunk": cfg.train.data_chunk,
+                "shuffle_buffer": args.shuffle_buffer,
+                "date": time.strftime("%Y-%m-%d %H:%M"),
+                "images": m["images"],
+                "epochs": m["epochs"],
+                "cached": caches_dataset(cfg, rows),
+                "dataset_setup_s": round(setup_s, 1),
+                "first_batch_s": round(m["first_batch_s"], 2),
+                "data_wait_share": round(m["wait_s"] / max(m["wall_s"], 1e-9), 4),
+                "in_memory_epochs": m["in_memory"],
+                "wait_share_by_epoch": m["wait_share_by_epoch"],
+                "slowest_takes": m.get("slowest_takes"),
+                "prefetch": not args.no_prefetch,
+                "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

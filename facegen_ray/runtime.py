@@ -39,8 +39,9 @@ def ensure_ray() -> None:
     # responsive on a busy node; on a machine facegen has to itself that hands the cores to
     # Ray's daemons before the training step, so workers run at normal priority here
     os.environ.setdefault("RAY_worker_niceness", "0")
-    ray.init(address="local", log_to_driver=True, runtime_env=runtime_env, include_dashboard=False,
-             num_cpus=local_cpus() + 1)
+    ray.init(
+        address="local", log_to_driver=True, runtime_env=runtime_env, include_dashboard=False, num_cpus=local_cpus() + 1
+    )
 
 
 def local_cpus() -> int:

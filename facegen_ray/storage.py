@@ -19,8 +19,9 @@ import json
 import os
 import posixpath
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import fsspec
 
@@ -60,7 +61,7 @@ def fs_path_to_uri(path: str | None, like: str) -> str | None:
 def normalize(uri: str) -> str:
     """Local paths become absolute (so they survive a change of working directory on workers)."""
     if uri.startswith("file://"):
-        uri = uri[len("file://"):]
+        uri = uri[len("file://") :]
     if "://" in uri:
         return uri.rstrip("/") or uri
     return os.path.abspath(os.path.expanduser(uri))
@@ -149,7 +150,7 @@ class Storage:
         root = path.rstrip("/")
         out = []
         for f in files:
-            rel = f[len(root):].lstrip("/") if f.startswith(root) else posixpath.basename(f)
+            rel = f[len(root) :].lstrip("/") if f.startswith(root) else posixpath.basename(f)
             out.append(join(base, rel))
         return sorted(out)
 
@@ -243,7 +244,7 @@ class Storage:
         """Copy every file below src to the same relative path below dst (across filesystems)."""
         src_n = normalize(src)
         for f in self.find(src_n):
-            rel = f[len(src_n):].lstrip("/")
+            rel = f[len(src_n) :].lstrip("/")
             self.write_bytes(join(dst, rel), self.read_bytes(f))
 
     def check_writable(self, uri: str) -> None:
@@ -358,10 +359,10 @@ def worker_filesystem(storage: Storage, uri: str) -> tuple[Any, str]:
         return storage.pyarrow_fs(uri)
     import pyarrow.fs as pafs
 
-    return pafs.S3FileSystem(**s3_worker_options(storage.cfg)), uri[len("s3://"):]
+    return pafs.S3FileSystem(**s3_worker_options(storage.cfg)), uri[len("s3://") :]
 
 
 def worker_filesystem_path(uri: str) -> str:
     """A URI as a path within its pyarrow filesystem (bucket/key for s3://)."""
     uri = normalize(uri)
-    return uri[len("s3://"):] if uri.startswith("s3://") else uri if not is_remote(uri) else uri.split("://", 1)[1]
+    return uri[len("s3://") :] if uri.startswith("s3://") else uri if not is_remote(uri) else uri.split("://", 1)[1]

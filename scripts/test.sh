@@ -16,6 +16,9 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "warning: could not install chromium; browser tests will be skipped" >&2
 fi
+# lint and format check (configured in pyproject.toml) before the tests
+ruff check .
+ruff format --check .
 set +e
 python -m pytest "$@"
 rc=$?

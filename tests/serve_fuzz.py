@@ -18,8 +18,13 @@ from schemathesis.checks import (
 from facegen_ray.serve.ingress import api
 
 # no 5xx; every status, content type and body as the schema documents; invalid input refused
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
-          negative_data_rejection]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
 
 
 def openapi_schema():

@@ -21,13 +21,19 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import tiny_model_dict
 
 from facegen_ray.cli import main as cli_main
 from facegen_ray.storage import Layout, Storage, join, worker_filesystem
 from facegen_ray.train.checkpoint import (
-    META_FILE, STATE_FILE, load_checkpoint, rng_file, save_checkpoint, upload_checkpoint, upload_order,
+    META_FILE,
+    STATE_FILE,
+    load_checkpoint,
+    rng_file,
+    save_checkpoint,
+    upload_checkpoint,
+    upload_order,
 )
-from conftest import tiny_model_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,10 +140,22 @@ def test_upload_interrupted_inside_a_file_leaves_no_partial_file(where, tmp_path
 
 # ----------------------------------------------------------------------------- SIGKILL of a real run
 TRAIN = {
-    "run_name": "crash", "num_workers": 2, "start_resolution": 8, "stabilize_images": 48, "fade_images": 32,
-    "total_images": 96, "batch_size": {8: 8}, "checkpoint_every_images": 32, "log_every_images": 32,
-    "keep_checkpoints": 2, "shuffle_buffer": 16, "ema_half_life_images": 200, "max_failures": 0, "seed": 7,
-    "amp": False, "export": False,
+    "run_name": "crash",
+    "num_workers": 2,
+    "start_resolution": 8,
+    "stabilize_images": 48,
+    "fade_images": 32,
+    "total_images": 96,
+    "batch_size": {8: 8},
+    "checkpoint_every_images": 32,
+    "log_every_images": 32,
+    "keep_checkpoints": 2,
+    "shuffle_buffer": 16,
+    "ema_half_life_images": 200,
+    "max_failures": 0,
+    "seed": 7,
+    "amp": False,
+    "export": False,
 }
 
 
@@ -205,13 +223,23 @@ def test_sigkill_during_checkpoint_upload_resumes_from_previous(where, ray_sessi
         storage, root = request.getfixturevalue("s3_storage"), request.getfixturevalue("s3_root")
         storage_cfg = {"endpoint_url": endpoint, "region": "us-east-1"}
     sets = [a for k, v in storage_cfg.items() for a in ("--set", f"storage.{k}={v}")]
-    assert cli_main(["prepare", str(sample_zip), Layout(root).dataset("faces"), "--resolution", "8",
-                     "--limit", "48", *sets]) == 0
+    assert (
+        cli_main(
+            ["prepare", str(sample_zip), Layout(root).dataset("faces"), "--resolution", "8", "--limit", "48", *sets]
+        )
+        == 0
+    )
     cfg_path = tmp_path / "train.yaml"
-    cfg_path.write_text(yaml.safe_dump({
-        "storage": {"root": root, **storage_cfg}, "model": tiny_model_dict(8),
-        "loss": {"name": "nonsaturating", "r1_gamma": 1.0, "r1_interval": 4}, "train": TRAIN,
-    }))
+    cfg_path.write_text(
+        yaml.safe_dump(
+            {
+                "storage": {"root": root, **storage_cfg},
+                "model": tiny_model_dict(8),
+                "loss": {"name": "nonsaturating", "r1_gamma": 1.0, "r1_interval": 4},
+                "train": TRAIN,
+            }
+        )
+    )
     run_uri = Layout(root).run("crash")
     prev, cut = join(run_uri, "checkpoint-000000000032"), join(run_uri, "checkpoint-000000000064")
 
@@ -220,8 +248,14 @@ def test_sigkill_during_checkpoint_upload_resumes_from_previous(where, ray_sessi
     log1 = tmp_path / "first.log"
     for attempt in (1, 2):  # a second start only when the first Ray node did not come up at all
         with open(log1, "wb") as out:
-            proc = subprocess.Popen(_train_cmd(cfg_path), cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                    env=_env(FACEGEN_CHECKPOINT_FAULT=f"64:{marker}"), start_new_session=True)
+            proc = subprocess.Popen(
+                _train_cmd(cfg_path),
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=_env(FACEGEN_CHECKPOINT_FAULT=f"64:{marker}"),
+                start_new_session=True,
+            )
         try:
             deadline = time.time() + 1200
             while not marker.exists() and proc.poll() is None and time.time() < deadline:
@@ -232,7 +266,9 @@ def test_sigkill_during_checkpoint_upload_resumes_from_previous(where, ray_sessi
             # the previous checkpoint was committed), not in the race before it.
             deadline = time.time() + 120
             while marker.exists() and proc.poll() is None and time.time() < deadline:
-                if "checkpoint-000000000032" in _read_or_empty(storage, join(run_uri, "checkpoint_manager_snapshot.json")):
+                if "checkpoint-000000000032" in _read_or_empty(
+                    storage, join(run_uri, "checkpoint_manager_snapshot.json")
+                ):
                     break
                 time.sleep(0.5)
         finally:
@@ -259,15 +295,19 @@ def test_sigkill_during_checkpoint_upload_resumes_from_previous(where, ray_sessi
 
     # 3. the same command again resumes from 32 and finishes
     for _ in range(3):  # started again only when its Ray node did not come up at all
-        second = subprocess.run(_train_cmd(cfg_path), cwd=REPO, capture_output=True, text=True, env=_env(),
-                                timeout=1800)
+        second = subprocess.run(
+            _train_cmd(cfg_path), cwd=REPO, capture_output=True, text=True, env=_env(), timeout=1800
+        )
         log = second.stdout + second.stderr
         if second.returncode == 0 or RAY_DID_NOT_START not in log:
             break
     assert second.returncode == 0, log[-4000:]
     assert "resumed from checkpoint at 32 images" in log, log[-4000:]
-    result = next(json.loads(line) for line in reversed(second.stdout.splitlines())
-                  if line.startswith("{") and '"images_seen"' in line)  # the CLI's summary line
+    result = next(
+        json.loads(line)
+        for line in reversed(second.stdout.splitlines())
+        if line.startswith("{") and '"images_seen"' in line
+    )  # the CLI's summary line
     assert result["images_seen"] == 96
     assert _read_meta(storage, cut)["images_seen"] == 64  # the torn folder was written again, whole
     final, _ = _load(storage, join(run_uri, "checkpoint-000000000096"), tmp_path)

@@ -20,20 +20,20 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model_dict
 from PIL import Image
 from pydantic import ValidationError
+from test_serve_hostile import InProcessGenerator, _Method, _stored
 
-from conftest import tiny_model_dict
 from facegen_ray.config import GateConfig, ModelConfig
+from facegen_ray.lifecycle import human_votes as hv
+from facegen_ray.lifecycle.registry import Registry
 from facegen_ray.models import Generator, save_model_dir
 from facegen_ray.provenance import read_metadata
-from facegen_ray.lifecycle import human_votes as hv
 from facegen_ray.serve import comparison as cmp
 from facegen_ray.serve import generation as gen
 from facegen_ray.serve.ingress import Ingress, api
-from facegen_ray.lifecycle.registry import Registry
 from facegen_ray.storage import Storage
-from test_serve_hostile import InProcessGenerator, _Method, _stored
 
 TOKEN = "compare-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -59,8 +59,15 @@ def test_wilson_interval_matches_hand_computed_values():
 
 
 def _tally(wins: int, losses: int, cant_tell: int) -> dict:
-    return {"candidate": "v2", "baseline": "v1", "votes": wins + losses + cant_tell, "wins": wins, "losses": losses,
-            "cant_tell": cant_tell, "comparisons": []}
+    return {
+        "candidate": "v2",
+        "baseline": "v1",
+        "votes": wins + losses + cant_tell,
+        "wins": wins,
+        "losses": losses,
+        "cant_tell": cant_tell,
+        "comparisons": [],
+    }
 
 
 def test_human_verdict_counts_cant_tell_as_half_a_win_and_decides():
@@ -86,11 +93,19 @@ def test_human_verdict_counts_cant_tell_as_half_a_win_and_decides():
     assert v["verdict"] == "pending" and v["win_rate"] is None and v["ci"] is None
 
 
-@pytest.mark.parametrize("automatic,verdict,expected", [
-    ("promoted", None, "promoted"), ("promoted", "off", "promoted"), ("promoted", "pass", "promoted"),
-    ("promoted", "fail", "rejected"), ("promoted", "pending", "pending"),
-    ("rejected", "pass", "rejected"), ("rejected", "pending", "rejected"), ("rejected", "fail", "rejected"),
-])
+@pytest.mark.parametrize(
+    "automatic,verdict,expected",
+    [
+        ("promoted", None, "promoted"),
+        ("promoted", "off", "promoted"),
+        ("promoted", "pass", "promoted"),
+        ("promoted", "fail", "rejected"),
+        ("promoted", "pending", "pending"),
+        ("rejected", "pass", "rejected"),
+        ("rejected", "pending", "rejected"),
+        ("rejected", "fail", "rejected"),
+    ],
+)
 def test_gate_decision_with_the_human_verdict(automatic, verdict, expected):
     human = None if verdict is None else {"verdict": verdict}
     assert hv.combine_decision(automatic, human) == expected
@@ -114,8 +129,10 @@ def _side(version: str) -> dict:
 
 def _pair(store: cmp.ComparisonStore, comparison: dict, candidate_side: str = "left", ttl_s: float = 60.0) -> dict:
     other = "right" if candidate_side == "left" else "left"
-    sides = {candidate_side: {"version": comparison["candidate"]["version"], "seed": 1},
-             other: {"version": comparison["baseline"]["version"], "seed": 2}}
+    sides = {
+        candidate_side: {"version": comparison["candidate"]["version"], "seed": 1},
+        other: {"version": comparison["baseline"]["version"], "seed": 2},
+    }
     return store.record_pair(comparison, candidate_side, sides, 0.7, ttl_s)
 
 
@@ -190,8 +207,9 @@ def test_concurrent_votes_on_one_pair_store_exactly_one(tmp_path):
         with lock:
             results.append((key, res))
 
-    threads = [threading.Thread(target=one, args=(f"k{i % 4}", ("left", "right", "cant_tell")[i % 3]))
-               for i in range(24)]
+    threads = [
+        threading.Thread(target=one, args=(f"k{i % 4}", ("left", "right", "cant_tell")[i % 3])) for i in range(24)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -229,8 +247,11 @@ def test_tally_counts_both_orders_and_skips_garbage(tmp_path):
     t = hv.tally_votes(storage, root, "v1", "v2")
     assert (t["votes"], t["wins"], t["losses"], t["cant_tell"]) == (5, 1, 3, 1)
     assert hv.tally_votes(storage, root, "v2", "v2")["votes"] == 0
-    assert [x["comparison_id"] for x in store.comparisons()] == [c1["comparison_id"], c2["comparison_id"],
-                                                                c3["comparison_id"]]
+    assert [x["comparison_id"] for x in store.comparisons()] == [
+        c1["comparison_id"],
+        c2["comparison_id"],
+        c3["comparison_id"],
+    ]
 
 
 # ----------------------------------------------------------------------------- HTTP, in process
@@ -275,9 +296,14 @@ def app(tmp_path_factory):
     reg.promote("v1")
     storage.rm(f"{root}/models/v3/generator.pt")  # v3: registered, but broken
     serving = gen.load_model(storage, "v1", root)
-    inst = Ingress(VersionsGenerator(serving, storage, root), None, root, {},
-                   {"max_request_bytes": 4096, "default_truncation": 0.7, "compare_pair_ttl_s": 600},
-                   hashlib.sha256(TOKEN.encode()).hexdigest())
+    inst = Ingress(
+        VersionsGenerator(serving, storage, root),
+        None,
+        root,
+        {},
+        {"max_request_bytes": 4096, "default_truncation": 0.7, "compare_pair_ttl_s": 600},
+        hashlib.sha256(TOKEN.encode()).hexdigest(),
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(serve, "get_replica_context", lambda: SimpleNamespace(servable_object=inst))
         yield {"root": root, "storage": storage, "store": cmp.ComparisonStore(storage, root), "instance": inst}
@@ -307,13 +333,15 @@ def test_compare_http_flow(client, app):
     assert client.post("/admin/compare/start", json=start).status_code == 401
     assert client.post("/admin/compare/start", json=start, headers={"Authorization": "Bearer nope"}).status_code == 403
     assert client.get("/admin/compare").status_code == 401
-    for body, code, fragment in [({"candidate": "v9"}, 404, "unknown model version"),
-                                 ({"candidate": "../v2"}, 422, "invalid model version"),
-                                 ({"candidate": "v1"}, 422, "two different versions"),
-                                 ({"candidate": "v3"}, 422, "cannot be loaded"),
-                                 ({"candidate": "v2", "baseline": "v9"}, 404, "unknown model version"),
-                                 ({"candidate": "v2", "colour": 1}, 422, "extra"),
-                                 ({}, 422, "missing")]:
+    for body, code, fragment in [
+        ({"candidate": "v9"}, 404, "unknown model version"),
+        ({"candidate": "../v2"}, 422, "invalid model version"),
+        ({"candidate": "v1"}, 422, "two different versions"),
+        ({"candidate": "v3"}, 422, "cannot be loaded"),
+        ({"candidate": "v2", "baseline": "v9"}, 404, "unknown model version"),
+        ({"candidate": "v2", "colour": 1}, 422, "extra"),
+        ({}, 422, "missing"),
+    ]:
         r = client.post("/admin/compare/start", json=body, headers=AUTH)
         assert r.status_code == code and fragment in _detail(r), (body, r.status_code, r.text)
     assert store.active() is None and store.comparisons() == []
@@ -365,10 +393,15 @@ def test_compare_http_flow(client, app):
     assert r3.status_code == 409 and "already has a vote" in _detail(r3)
     assert store.get_vote(pid)["vote_id"] == vid and store.get_vote(pid)["winner"] == "cant_tell"
     before = _stored(app["root"])
-    for body_, code in [({"pair_id": "0" * 32, "choice": "left"}, 404), ({"pair_id": pid, "choice": "up"}, 422),
-                        ({"pair_id": pid.upper(), "choice": "left"}, 422), ({"pair_id": pid}, 422),
-                        ({"pair_id": "../" + pid[3:], "choice": "left"}, 422),
-                        ({"pair_id": pid, "choice": "left", "extra": 1}, 422), ([pid, "left"], 422)]:
+    for body_, code in [
+        ({"pair_id": "0" * 32, "choice": "left"}, 404),
+        ({"pair_id": pid, "choice": "up"}, 422),
+        ({"pair_id": pid.upper(), "choice": "left"}, 422),
+        ({"pair_id": pid}, 422),
+        ({"pair_id": "../" + pid[3:], "choice": "left"}, 422),
+        ({"pair_id": pid, "choice": "left", "extra": 1}, 422),
+        ([pid, "left"], 422),
+    ]:
         r = client.post("/compare", json=body_)
         assert r.status_code == code and r.json()["detail"], (body_, r.status_code, r.text)
     r = client.post("/compare", json={"pair_id": pid, "choice": "left"}, headers={"Idempotency-Key": "bad key!"})

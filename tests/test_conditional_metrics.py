@@ -17,18 +17,28 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model_dict
+from test_metrics_inception import RES, write_tiny_dataset
 
 from facegen_ray.cli import main
 from facegen_ray.config import EvalConfig, GateConfig, ModelConfig
 from facegen_ray.lifecycle.registry import Registry
 from facegen_ray.storage import Layout, Storage
-from conftest import tiny_model_dict
-from test_metrics_inception import RES, write_tiny_dataset
 
 N = 24
 MIN_IMAGES = 4
-EVAL = ["--num-gen", str(N), "--num-real", str(N), "--set", "eval.batch_size=24", "--set", "eval.device=cpu",
-        "--set", f"eval.cfid_min_images={MIN_IMAGES}"]
+EVAL = [
+    "--num-gen",
+    str(N),
+    "--num-real",
+    str(N),
+    "--set",
+    "eval.batch_size=24",
+    "--set",
+    "eval.device=cpu",
+    "--set",
+    f"eval.cfid_min_images={MIN_IMAGES}",
+]
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +62,9 @@ def world(tmp_path_factory):
         reg.register(f"{root}/exports/{version}", version)
     reg.promote("v1")
     buckets = ModelConfig().age_buckets
-    model, meta = train_attribute_classifier(read_labelled(storage, data_uri, buckets), buckets, resolution=RES,
-                                             epochs=2, batch_size=8, width=8)
+    model, meta = train_attribute_classifier(
+        read_labelled(storage, data_uri, buckets), buckets, resolution=RES, epochs=2, batch_size=8, width=8
+    )
     attr_uri = f"{root}/attributes"
     save_classifier(storage, attr_uri, model, meta)
     return {"root": root, "storage": storage, "data": data_uri, "attr": attr_uri, "reg": reg}
@@ -70,8 +81,22 @@ def test_evaluate_conditional_model_reports_cfid_and_attr_acc(world, capsys):
     from facegen_ray.models.export import load_model_dir
 
     root, storage, data_uri = world["root"], world["storage"], world["data"]
-    rc = main(["evaluate", "v1", "--data", data_uri, "--root", root, "--local", *EVAL,
-               "--metrics", "fid,cfid,attr_acc", "--attribute-model", world["attr"]])
+    rc = main(
+        [
+            "evaluate",
+            "v1",
+            "--data",
+            data_uri,
+            "--root",
+            root,
+            "--local",
+            *EVAL,
+            "--metrics",
+            "fid,cfid,attr_acc",
+            "--attribute-model",
+            world["attr"],
+        ]
+    )
     out = capsys.readouterr().out.strip().splitlines()
     assert rc == 0 and len(out) == 1
     doc = json.loads(out[0])
@@ -88,8 +113,9 @@ def test_evaluate_conditional_model_reports_cfid_and_attr_acc(world, capsys):
 
     cfid = doc["cfid"]
     groups = cfid["groups"]
-    assert [g["group"] for g in groups] == ([f"age={i}" for i in range(8)] + ["gender=0", "gender=1"]
-                                            + [f"race={i}" for i in range(5)])
+    assert [g["group"] for g in groups] == (
+        [f"age={i}" for i in range(8)] + ["gender=0", "gender=1"] + [f"race={i}" for i in range(5)]
+    )
     for g in groups:
         col = ("age", "gender", "race").index(g["attribute"])
         assert g["n_real"] == int((labels[g["attribute"]] == g["code"]).sum())
@@ -130,8 +156,22 @@ def test_unconditional_model_and_bad_metric_names_get_clear_errors(world, capsys
     rc = main(["evaluate", "v3", "--data", data_uri, "--root", root, "--local", *EVAL, "--metrics", "fid,cfid"])
     err = capsys.readouterr().err
     assert rc == 2 and "conditional" in err and "v3" in err and "drop cfid from --metrics" in err
-    rc = main(["evaluate", "v3", "--data", data_uri, "--root", root, "--local", *EVAL,
-               "--metrics", "attr_acc", "--attribute-model", world["attr"]])
+    rc = main(
+        [
+            "evaluate",
+            "v3",
+            "--data",
+            data_uri,
+            "--root",
+            root,
+            "--local",
+            *EVAL,
+            "--metrics",
+            "attr_acc",
+            "--attribute-model",
+            world["attr"],
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "drop attr_acc from --metrics" in err
     rc = main(["evaluate", "v1", "--data", data_uri, "--root", root, "--local", *EVAL, "--metrics", "attr_acc"])
@@ -151,24 +191,45 @@ def test_gate_shows_cfid_and_attr_acc_and_can_gate_on_them(world, capsys):
     a rule; both land beside FID/KID/PR in the printed lines, the JSON, the stored report and
     the registry entry."""
     root, storage, reg = world["root"], world["storage"], world["reg"]
-    rc = main(["gate", "v2", "--root", root, "--data", world["data"], *EVAL, "--set", "eval.kid_subsets=4",
-               "--set", "gate.cfid_tolerance=1e6", "--set", f"gate.attribute_model={world['attr']}", "--no-promote"])
+    rc = main(
+        [
+            "gate",
+            "v2",
+            "--root",
+            root,
+            "--data",
+            world["data"],
+            *EVAL,
+            "--set",
+            "eval.kid_subsets=4",
+            "--set",
+            "gate.cfid_tolerance=1e6",
+            "--set",
+            f"gate.attribute_model={world['attr']}",
+            "--no-promote",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     lines = [ln for ln in out.splitlines() if ln.startswith("[facegen] gate: ")]
     doc = json.loads(out.strip().splitlines()[-1])
     cand, serv = doc["candidate_metrics"], doc["serving_metrics"]
     for m in (cand, serv):
-        assert {"fid", "kid", "precision", "recall", "cfid", "cfid_groups", "attr_acc", "attr_acc_by_attribute"} <= set(m)
+        assert {"fid", "kid", "precision", "recall", "cfid", "cfid_groups", "attr_acc", "attr_acc_by_attribute"} <= set(
+            m
+        )
         assert np.isfinite(m["cfid"]) and 0 <= m["attr_acc"] <= 1 and len(m["cfid_groups"]) == 15
     assert [r.split(":")[0] for r in doc["reasons"]] == ["fid", "cfid"]
     cfid_line = next(ln for ln in lines if ln.startswith("[facegen] gate: cfid: candidate"))
     assert f"{cand['cfid']:.6g}" in cfid_line and "-> ok" in cfid_line
     acc_line = next(ln for ln in lines if ln.startswith("[facegen] gate: attr_acc:"))
     assert f"candidate {cand['attr_acc']:.6g}, serving {serv['attr_acc']:.6g}" in acc_line
-    assert "not a rule: set gate.attr_acc_margin" in acc_line and doc["notes"] == [acc_line[len("[facegen] gate: "):]]
+    assert "not a rule: set gate.attr_acc_margin" in acc_line and doc["notes"] == [acc_line[len("[facegen] gate: ") :]]
     report = storage.read_json(doc["gate_report"])
-    assert report["candidate_metrics"]["cfid"] == cand["cfid"] and report["serving_metrics"]["attr_acc"] == serv["attr_acc"]
+    assert (
+        report["candidate_metrics"]["cfid"] == cand["cfid"]
+        and report["serving_metrics"]["attr_acc"] == serv["attr_acc"]
+    )
     assert report["eval"]["metrics"] == ["fid", "kid", "pr", "cfid", "attr_acc"]
     entry = reg.get("v2")["metrics"]
     assert entry["cfid"] == cand["cfid"] and entry["attr_acc"] == cand["attr_acc"]
@@ -178,8 +239,16 @@ def test_gate_shows_cfid_and_attr_acc_and_can_gate_on_them(world, capsys):
 def test_decide_and_notes_for_conditional_metrics():
     from facegen_ray.lifecycle.gate import conditional_notes, decide
 
-    cand = {"fid": 10.0, "kid": 0.01, "precision": 0.5, "recall": 0.5, "cfid": 30.0, "cfid_groups_computed": 5,
-            "cfid_groups_skipped": 10, "attr_acc": 0.70}
+    cand = {
+        "fid": 10.0,
+        "kid": 0.01,
+        "precision": 0.5,
+        "recall": 0.5,
+        "cfid": 30.0,
+        "cfid_groups_computed": 5,
+        "cfid_groups_skipped": 10,
+        "attr_acc": 0.70,
+    }
     serv = {**cand, "cfid": 25.0, "attr_acc": 0.80}
     d, reasons, checks = decide(cand, serv, GateConfig(cfid_tolerance=0.1))
     assert d == "rejected" and [c["metric"] for c in checks] == ["fid", "cfid"]
@@ -197,9 +266,11 @@ def test_decide_and_notes_for_conditional_metrics():
     assert conditional_notes(cand, serv, GateConfig()) == [
         "cfid: candidate 30 (5 groups, 10 skipped), serving 25 (5 groups, 10 skipped) "
         "(shown, not a rule: set gate.cfid_tolerance to gate on it)",
-        "attr_acc: candidate 0.7, serving 0.8 (shown, not a rule: set gate.attr_acc_margin to gate on it)"]
+        "attr_acc: candidate 0.7, serving 0.8 (shown, not a rule: set gate.attr_acc_margin to gate on it)",
+    ]
     assert conditional_notes(cand, plain, GateConfig(cfid_tolerance=1.0))[0].endswith(
-        "serving not measured (shown, not a rule: set gate.attr_acc_margin to gate on it)")
+        "serving not measured (shown, not a rule: set gate.attr_acc_margin to gate on it)"
+    )
     assert conditional_notes({"fid": 1.0}, {"fid": 1.0}, GateConfig()) == []
     with pytest.raises(ValueError, match="gate.attribute_model"):
         GateConfig(attr_acc_margin=0.1)

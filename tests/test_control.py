@@ -19,9 +19,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, tiny_model_dict
 from PIL import Image
 
-from conftest import REPO, tiny_model_dict
 from facegen_ray.cli import main as cli_main
 from facegen_ray.config import ModelConfig
 from facegen_ray.errors import UserError
@@ -67,9 +67,25 @@ def synthetic_directions(w_dim: int, names=("age", "gender", "race_white"), seed
     """A directions.json document with random orthonormal vectors (for models without a classifier)."""
     rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(rng.standard_normal((w_dim, len(names))))
-    return {"format": 1, "space": "w", "w_dim": w_dim, "num_samples": 0, "order": list(names),
-            "directions": {n: {"vector": q[:, i].tolist(), "margin_scale": 0.5, "kind": "synthetic", "positive": n,
-                               "fit": {}, "num_samples": {}} for i, n in enumerate(names)}, "skipped": {}}
+    return {
+        "format": 1,
+        "space": "w",
+        "w_dim": w_dim,
+        "num_samples": 0,
+        "order": list(names),
+        "directions": {
+            n: {
+                "vector": q[:, i].tolist(),
+                "margin_scale": 0.5,
+                "kind": "synthetic",
+                "positive": n,
+                "fit": {},
+                "num_samples": {},
+            }
+            for i, n in enumerate(names)
+        },
+        "skipped": {},
+    }
 
 
 def save_calibrated_classifier(storage: Storage, uri: str, G, n: int = 96) -> None:
@@ -82,12 +98,21 @@ def save_calibrated_classifier(storage: Storage, uri: str, G, n: int = 96) -> No
     images = generate(G, list(range(1000, 1000 + n)), 1.0)
     with torch.no_grad():
         h = net.trunk(to_input(images, 16)).mean(dim=(2, 3))
-        for k, head in net.heads.items():
+        for _k, head in net.heads.items():
             logits = head(h)
             head.bias -= logits.median(dim=0).values
-    meta = {"format": 1, "classes": classes, "age_buckets": [0, 13, 20, 30, 40, 50, 60, 70], "resolution": 16,
-            "width": 4, "held_out": {"age": {"accuracy": 0.5, "n": 10}, "gender": {"accuracy": 0.8, "n": 10},
-                                     "race": {"accuracy": 0.6, "n": 10}}}
+    meta = {
+        "format": 1,
+        "classes": classes,
+        "age_buckets": [0, 13, 20, 30, 40, 50, 60, 70],
+        "resolution": 16,
+        "width": 4,
+        "held_out": {
+            "age": {"accuracy": 0.5, "n": 10},
+            "gender": {"accuracy": 0.8, "n": 10},
+            "race": {"accuracy": 0.6, "n": 10},
+        },
+    }
     save_classifier(storage, uri, net, meta)
 
 
@@ -150,8 +175,11 @@ def test_edit_of_strength_zero_is_the_identity_and_edits_are_linear():
     delta = (moved - ws)[:, :, :]  # every layer moved by 2 * scale along the unit vector
     expected = 2.0 * 0.5 * d.vectors[0]
     assert torch.allclose(delta, expected.expand_as(delta), atol=1e-5)
-    assert torch.allclose(apply_edit(ws, d.vectors[:2], [0.5, 0.5], [1.0, -1.0]) - ws,
-                          (0.5 * d.vectors[0] - 0.5 * d.vectors[1]).expand_as(ws), atol=1e-5)
+    assert torch.allclose(
+        apply_edit(ws, d.vectors[:2], [0.5, 0.5], [1.0, -1.0]) - ws,
+        (0.5 * d.vectors[0] - 0.5 * d.vectors[1]).expand_as(ws),
+        atol=1e-5,
+    )
 
 
 def test_control_errors_say_what_to_do():
@@ -201,8 +229,9 @@ def test_boundaries_recover_planted_directions_and_are_orthonormal():
 
 def test_boundaries_skip_what_they_cannot_fit():
     W = np.random.default_rng(1).standard_normal((100, 8))
-    fits, skipped = boundaries(W, {"gender": np.zeros(100, np.int64), "race": np.r_[np.zeros(98), [1, 1]].astype(int)},
-                               np.full(100, 30.0))
+    fits, skipped = boundaries(
+        W, {"gender": np.zeros(100, np.int64), "race": np.r_[np.zeros(98), [1, 1]].astype(int)}, np.full(100, 30.0)
+    )
     assert fits == [] and {"age", "gender", "race_white", "race_black", "race_asian"} <= set(skipped)
     assert gram_schmidt([np.eye(3)[0], 2 * np.eye(3)[0], np.eye(3)[1]])[1] is None
 
@@ -235,13 +264,17 @@ def model_dir(tmp_path_factory) -> str:
 
 def test_generate_mix_grid(model_dir, tmp_path, capsys):
     out = tmp_path / "mix.png"
-    assert cli_main(["generate", model_dir, "--mix", "0-2", "5,6", "--crossover", "3", "--truncation", "0.7",
-                     "--out", str(out)]) == 0
+    assert (
+        cli_main(
+            ["generate", model_dir, "--mix", "0-2", "5,6", "--crossover", "3", "--truncation", "0.7", "--out", str(out)]
+        )
+        == 0
+    )
     assert "style-mixing grid 3x2" in capsys.readouterr().out
     grid = np.asarray(Image.open(out).convert("RGB"))
     assert grid.shape == (4 * 18 - 2, 3 * 18 - 2, 3)  # (rows+1) x (cols+1) tiles of 16 px, 2 px padding
     G = gen.load_model(Storage(), model_dir, str(tmp_path)).G
-    tile = lambda r, c: grid[r * 18:r * 18 + 16, c * 18:c * 18 + 16].astype(int)  # noqa: E731
+    tile = lambda r, c: grid[r * 18 : r * 18 + 16, c * 18 : c * 18 + 16].astype(int)  # noqa: E731
     # the written grid carries the invisible watermark (~2 grey levels RMS): tiles match their
     # source up to it, and are far from the other tiles
     near = lambda a, b: np.abs(a - b.astype(int)).mean() < 3  # noqa: E731
@@ -271,8 +304,12 @@ def test_generate_mix_grid(model_dir, tmp_path, capsys):
 @pytest.mark.parametrize("space", ["w", "z"])
 def test_generate_interpolation_strip_and_gif(model_dir, tmp_path, capsys, space):
     out = tmp_path / "lerp.png"
-    assert cli_main(["generate", model_dir, "--interpolate", "3", "9", "--steps", "6", "--space", space,
-                     "--out", str(out)]) == 0
+    assert (
+        cli_main(
+            ["generate", model_dir, "--interpolate", "3", "9", "--steps", "6", "--space", space, "--out", str(out)]
+        )
+        == 0
+    )
     assert f"interpolation 3 -> 9 in {space.upper()}, 6 steps" in capsys.readouterr().out
     strip = np.asarray(Image.open(out).convert("RGB"))
     assert strip.shape == (16, 6 * 18 - 2, 3)
@@ -280,10 +317,16 @@ def test_generate_interpolation_strip_and_gif(model_dir, tmp_path, capsys, space
         assert gif.format == "GIF" and gif.n_frames == 6 and gif.info.get("loop") == 0
     for f in (out, tmp_path / "lerp.gif"):  # the strip is watermarked; the GIF says it in its comment
         meta = read_metadata(f.read_bytes())
-        assert meta["synthetic"] is True and meta["edit"] == {"mode": "interpolate", "seed_b": 9, "space": space,
-                                                               "steps": 6}
+        assert meta["synthetic"] is True and meta["edit"] == {
+            "mode": "interpolate",
+            "seed_b": 9,
+            "space": space,
+            "steps": 6,
+        }
     report = inspect(out.read_bytes())  # a 16 px high strip is below the watermark's 32 px period: not marked,
-    assert report["synthetic"] and not report["watermark"]["found"] and report["metadata"]["watermark"] is None  # and says so
+    assert (
+        report["synthetic"] and not report["watermark"]["found"] and report["metadata"]["watermark"] is None
+    )  # and says so
     assert cli_main(["generate", model_dir, "--interpolate", "3", "9", "--steps", "1", "--out", str(out)]) == 2
     assert cli_main(["generate", model_dir, "--interpolate", "3", "9", "--mix", "1", "2", "--out", str(out)]) == 2
 
@@ -341,9 +384,24 @@ def test_directions_benchmark_on_a_tiny_model(tmp_path):
     save_model_dir(st, mdir, G, G.cfg, {"version": "b1"})
     save_calibrated_classifier(st, str(tmp_path / "attr"), G)
     assert cli_main(["directions", mdir, "--attribute-model", str(tmp_path / "attr"), "--num-samples", "240"]) == 0
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "directions.py"), "--model", mdir,
-                        "--attribute-model", str(tmp_path / "attr"), "--num-faces", "24", "--strength", "2"],
-                       capture_output=True, text=True, timeout=300, cwd=str(REPO))
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "directions.py"),
+            "--model",
+            mdir,
+            "--attribute-model",
+            str(tmp_path / "attr"),
+            "--num-faces",
+            "24",
+            "--strength",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(REPO),
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 1
@@ -351,7 +409,7 @@ def test_directions_benchmark_on_a_tiny_model(tmp_path):
     assert doc["benchmark"] == "directions" and doc["num_faces"] == 24
     names = gen.load_model(st, mdir, str(tmp_path)).directions.names
     assert set(doc["directions"]) == set(names)
-    for name, v in doc["directions"].items():
+    for _name, v in doc["directions"].items():
         assert "target_change" in v and set(v["changes"]) >= {"age_years", "p_female", "p_race_white"}
     if "age" in doc["directions"]:
         assert doc["directions"]["age"]["target"] == "age_years"
@@ -420,8 +478,16 @@ def http(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(serve, "get_replica_context", lambda: SimpleNamespace(servable_object=current["inst"]))
         with TestClient(api, raise_server_exceptions=False) as c:
-            yield SimpleNamespace(client=c, G=G, model=model, store=FeedbackStore(st, root), current=current,
-                                  inst=inst, bare=inst_bare, nomix=inst_nomix)
+            yield SimpleNamespace(
+                client=c,
+                G=G,
+                model=model,
+                store=FeedbackStore(st, root),
+                current=current,
+                inst=inst,
+                bare=inst_bare,
+                nomix=inst_nomix,
+            )
         current["inst"] = inst
 
 
@@ -449,16 +515,21 @@ def test_http_mix_interpolate_edit(http):
     assert rec["control"] == {"mix": {"seed": 40, "crossover": 2}} and rec["seed"] == 7
     assert http.store.get_image_record(plain[0]["image_id"]).get("control") is None
 
-    end = c.post("/generate", json={"seed": 7, "interpolate": {"seed_b": 40, "t": 1.0, "space": "z"}}).json()["images"][0]
+    end = c.post("/generate", json={"seed": 7, "interpolate": {"seed_b": 40, "t": 1.0, "space": "z"}}).json()["images"][
+        0
+    ]
     assert np.abs(_img(end["data"]).astype(int) - generate(G, [40], 0.7)[0].astype(int)).max() <= 1
     half = c.post("/generate", json={"seed": 7, "interpolate": {"seed_b": 40, "t": 0.5}}).json()["images"][0]
     assert http.store.get_image_record(half["image_id"])["control"] == {
-        "interpolate": {"seed_b": 40, "t": 0.5, "space": "w"}}
+        "interpolate": {"seed_b": 40, "t": 0.5, "space": "w"}
+    }
 
     e = c.post("/generate", json={"seed": 7, "edit": {"age": 1.5, "gender": -1.0}, "mix": {"seed": 40, "crossover": 2}})
     assert e.status_code == 200, e.text
     img = e.json()["images"][0]
-    ws = http.model.directions.edit(mix_ws(seed_ws(G, [7], 0.7), seed_ws(G, [40], 0.7), 2), {"age": 1.5, "gender": -1.0})
+    ws = http.model.directions.edit(
+        mix_ws(seed_ws(G, [7], 0.7), seed_ws(G, [40], 0.7), 2), {"age": 1.5, "gender": -1.0}
+    )
     assert np.array_equal(_img(img["data"]), synthesize(G, ws)[0])
     rec = http.store.get_image_record(img["image_id"])
     assert rec["control"]["edit"] == {"age": 1.5, "gender": -1.0}
@@ -467,23 +538,28 @@ def test_http_mix_interpolate_edit(http):
     assert f.status_code == 201
     assert http.store.get_feedback(f.json()["feedback_id"])["control"]["edit"] == {"age": 1.5, "gender": -1.0}
     # the same edited request again -> the same image id (deterministic)
-    again = c.post("/generate", json={"seed": 7, "edit": {"gender": -1.0, "age": 1.5}, "mix": {"seed": 40, "crossover": 2}})
+    again = c.post(
+        "/generate", json={"seed": 7, "edit": {"gender": -1.0, "age": 1.5}, "mix": {"seed": 40, "crossover": 2}}
+    )
     assert again.json()["images"][0]["image_id"] == img["image_id"]
 
 
-@pytest.mark.parametrize("body, fragment", [
-    ({"seed": 1, "edit": {"smile": 1.0}}, "unknown attribute"),
-    ({"seed": 1, "edit": {"age": 5.5}}, "less than or equal to 5"),
-    ({"seed": 1, "edit": {"age": -7}}, "greater than or equal to -5"),
-    ({"seed": 1, "edit": {"Age!": 1}}, "pattern"),
-    ({"seed": 1, "mix": {"seed": 2, "crossover": 0}}, "greater than or equal to 1"),
-    ({"seed": 1, "mix": {"seed": 2, "crossover": 63}}, "crossover must be between 1 and"),
-    ({"seed": 1, "mix": {"seed": 2}}, "crossover"),
-    ({"seed": 1, "interpolate": {"seed_b": 2, "t": 1.01}}, "less than or equal to 1"),
-    ({"seed": 1, "interpolate": {"seed_b": 2, "t": 0.5, "space": "x"}}, "'w' or 'z'"),
-    ({"seed": 1, "mix": {"seed": 2, "crossover": 1}, "interpolate": {"seed_b": 2, "t": 0.5}}, "cannot be combined"),
-    ({"seed": 1, "mix": {"seed": 2, "crossover": 1, "extra": 1}}, "extra"),
-])
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ({"seed": 1, "edit": {"smile": 1.0}}, "unknown attribute"),
+        ({"seed": 1, "edit": {"age": 5.5}}, "less than or equal to 5"),
+        ({"seed": 1, "edit": {"age": -7}}, "greater than or equal to -5"),
+        ({"seed": 1, "edit": {"Age!": 1}}, "pattern"),
+        ({"seed": 1, "mix": {"seed": 2, "crossover": 0}}, "greater than or equal to 1"),
+        ({"seed": 1, "mix": {"seed": 2, "crossover": 63}}, "crossover must be between 1 and"),
+        ({"seed": 1, "mix": {"seed": 2}}, "crossover"),
+        ({"seed": 1, "interpolate": {"seed_b": 2, "t": 1.01}}, "less than or equal to 1"),
+        ({"seed": 1, "interpolate": {"seed_b": 2, "t": 0.5, "space": "x"}}, "'w' or 'z'"),
+        ({"seed": 1, "mix": {"seed": 2, "crossover": 1}, "interpolate": {"seed_b": 2, "t": 0.5}}, "cannot be combined"),
+        ({"seed": 1, "mix": {"seed": 2, "crossover": 1, "extra": 1}}, "extra"),
+    ],
+)
 def test_http_bad_controls_are_422_with_a_message(http, body, fragment):
     r = http.client.post("/generate", json=body)
     assert r.status_code == 422, r.text
@@ -509,13 +585,23 @@ def test_http_mixing_on_a_model_trained_without_it_is_422(http):
         r = http.client.post("/generate", json={"seed": 1, "mix": {"seed": 3, "crossover": 1}})
         assert r.status_code == 422 and "trained without style mixing" in r.json()["detail"]
         assert http.client.post("/generate", json={"seed": 1}).status_code == 200
-        assert http.client.post("/generate", json={"seed": 1, "interpolate": {"seed_b": 2, "t": 0.5}}).status_code == 200
+        assert (
+            http.client.post("/generate", json={"seed": 1, "interpolate": {"seed_b": 2, "t": 0.5}}).status_code == 200
+        )
     finally:
         http.current["inst"] = http.inst
 
 
 def test_page_has_direction_sliders_and_mix_control():
     page = (Path(REPO) / "facegen_ray" / "serve" / "static" / "index.html").read_text()
-    for marker in ('id="controls"', 'id="sliders"', 'id="mix-seed"', 'id="mix-crossover"', "/healthz", "edit", "mix",
-                   "info.style_mixing === false"):
+    for marker in (
+        'id="controls"',
+        'id="sliders"',
+        'id="mix-seed"',
+        'id="mix-crossover"',
+        "/healthz",
+        "edit",
+        "mix",
+        "info.style_mixing === false",
+    ):
         assert marker in page

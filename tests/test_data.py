@@ -50,16 +50,16 @@ def messy_folder(tmp_path):
     for i in range(5):
         _save(_face(i), d / f"{20 + i}_{i % 2}_{i % 5}_2017011{i}000000000.jpg.chip.png")
     _save(_face(5), d / "nested" / "deeper" / "61_1_3_20170109150557335.JPG", "JPEG")
-    _save(_face(6), d / "39_1_20170116174525125.jpg.chip.png")          # race missing -> null labels
-    _save(_face(0), d / "copy-of-first.png")                             # same pixels as face 0
+    _save(_face(6), d / "39_1_20170116174525125.jpg.chip.png")  # race missing -> null labels
+    _save(_face(0), d / "copy-of-first.png")  # same pixels as face 0
     good = (d / "20_0_0_20170110000000000.jpg.chip.png").read_bytes()
-    (d / "corrupt.jpg").write_bytes(good[: len(good) // 3])              # truncated
+    (d / "corrupt.jpg").write_bytes(good[: len(good) // 3])  # truncated
     (d / "empty.png").write_bytes(b"")
     (d / "notes.jpg").write_text("a text file renamed .jpg\n")
-    _save(_face(9, 10, 10), d / "tiny.png")                              # 10x10
+    _save(_face(9, 10, 10), d / "tiny.png")  # 10x10
     buf = io.BytesIO()
     Image.fromarray(np.zeros((40, 40), np.float32), "F").save(buf, "TIFF")
-    (d / "float.webp").write_bytes(buf.getvalue())                       # decodes, no 8-bit RGB form
+    (d / "float.webp").write_bytes(buf.getvalue())  # decodes, no 8-bit RGB form
     (d / "README.txt").write_text("not an image")
     return d
 
@@ -75,8 +75,15 @@ def test_folder_bad_files_manifest_rerun_and_readback(ray_session, messy_folder,
     m = read_manifest(Storage(), str(dest))
     assert m["version"] == 1 and m["path"] == str(dest / "v1")
     assert m["num_images"] == 7 and m["num_rejected"] == 6 and m["num_ignored"] == 1
-    assert m["rejected"] == {"unreadable": 3, "too_small": 1, "unsupported_mode": 1, "duplicate": 1,
-                             "low_resolution": 0, "near_constant": 0, "blurry": 0}
+    assert m["rejected"] == {
+        "unreadable": 3,
+        "too_small": 1,
+        "unsupported_mode": 1,
+        "duplicate": 1,
+        "low_resolution": 0,
+        "near_constant": 0,
+        "blurry": 0,
+    }
     assert m["resolution"] == 16 and m["image_format"] == "png" and m["source"] == [str(messy_folder)]
     assert m["attributes"]["race"]["null"] == 1 and m["attributes"]["label_source"] == {"filename": 6, "null": 1}
     assert m["attributes"]["gender"] == {"0": 3, "1": 3, "null": 1}
@@ -149,7 +156,9 @@ def test_crash_mid_write_keeps_previous_version(ray_session, messy_folder, tmp_p
 
 def test_zip_sample_reweight_and_multi_source(ray_session, sample_zip, tmp_path, capsys):
     dest = tmp_path / "faces"
-    rc = cli_main(["prepare", str(sample_zip), str(dest), "--resolution", "8", "--limit", "120", "--balance", "reweight"])
+    rc = cli_main(
+        ["prepare", str(sample_zip), str(dest), "--resolution", "8", "--limit", "120", "--balance", "reweight"]
+    )
     assert rc == 0
     assert "prepared 120 images" in capsys.readouterr().out
     m = read_manifest(Storage(), str(dest))
@@ -196,15 +205,19 @@ def test_s3_prefix_and_zip(ray_session, s3_storage, s3_root, messy_folder, sampl
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=s3_storage.cfg.endpoint_url, region_name="us-east-1")
-    bucket, prefix = s3_root[len("s3://"):].split("/", 1)
+    bucket, prefix = s3_root[len("s3://") :].split("/", 1)
     for p in messy_folder.rglob("*"):
         if p.is_file():
-            s3.put_object(Bucket=bucket, Key=f"{prefix}/raw/{p.relative_to(messy_folder).as_posix()}", Body=p.read_bytes())
+            s3.put_object(
+                Bucket=bucket, Key=f"{prefix}/raw/{p.relative_to(messy_folder).as_posix()}", Body=p.read_bytes()
+            )
     s3.put_object(Bucket=bucket, Key=f"{prefix}/zips/sample.zip", Body=sample_zip.read_bytes())
-    cfg = FacegenConfig.model_validate({
-        "storage": {"root": s3_root, "endpoint_url": s3_storage.cfg.endpoint_url, "region": "us-east-1"},
-        "data": {"resolution": 8, "limit": 40},
-    })
+    cfg = FacegenConfig.model_validate(
+        {
+            "storage": {"root": s3_root, "endpoint_url": s3_storage.cfg.endpoint_url, "region": "us-east-1"},
+            "data": {"resolution": 8, "limit": 40},
+        }
+    )
     dest = f"{s3_root}/datasets/faces"
     r = prepare(cfg, [f"{s3_root}/raw", f"{s3_root}/zips/sample.zip"], dest, storage=s3_storage)
     m = read_manifest(s3_storage, dest)
@@ -229,8 +242,12 @@ def test_s3_prefix_and_zip(ray_session, s3_storage, s3_root, messy_folder, sampl
 
     before = {v: (read_manifest(s3_storage, f"{dest}/v{v}"), sorted(s3_storage.find(f"{dest}/v{v}"))) for v in (1, 2)}
     monkeypatch.setattr(shards, "next_version", lambda storage, uri: 1)
-    r3 = prepare(cfg.model_copy(update={"data": cfg.data.model_copy(update={"limit": 5})}),
-                 [f"{s3_root}/zips/sample.zip"], dest, storage=s3_storage)
+    r3 = prepare(
+        cfg.model_copy(update={"data": cfg.data.model_copy(update={"limit": 5})}),
+        [f"{s3_root}/zips/sample.zip"],
+        dest,
+        storage=s3_storage,
+    )
     assert r3.manifest["version"] == 3 and read_manifest(s3_storage, dest)["version"] == 3
     assert all(s3_storage.exists(f"{dest}/v{v}/{shards.CLAIM_FILE}") for v in (1, 2, 3))
     for v, (manifest, files) in before.items():
@@ -315,7 +332,8 @@ def test_training_dataset_feeds_ray_train_workers(ray_session, sample_zip, tmp_p
         return {"rows": rows, "shapes": sorted(shapes), "lo": lo, "hi": hi}
 
     trainer = TorchTrainer(
-        loop, scaling_config=ScalingConfig(num_workers=2),
+        loop,
+        scaling_config=ScalingConfig(num_workers=2),
         run_config=RunConfig(name="shard-check", storage_path=str(tmp_path / "runs")),
         datasets={"train": ds},
     )

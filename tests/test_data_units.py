@@ -28,16 +28,19 @@ def _rand(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("UTKFace/32_0_0_20170116191447918.jpg.chip.jpg", (32, 0, 0)),
-    ("24_0_1_20170116220224657 .jpg.chip.jpg", (24, 0, 1)),           # stray space
-    ("55_0_0_20170116232725357jpg.chip.jpg", (55, 0, 0)),             # missing dot
-    ("s3://b/x/100_1_4_20170112213001988.jpg.chip.jpg", (100, 1, 4)),
-    ("39_1_20170116174525125.jpg.chip.jpg", None),                    # race missing
-    ("32_2_0_20170116191447918.jpg", None),                           # gender out of range
-    ("32_0_7_20170116191447918.jpg", None),                           # race out of range
-    ("portrait.jpg", None),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("UTKFace/32_0_0_20170116191447918.jpg.chip.jpg", (32, 0, 0)),
+        ("24_0_1_20170116220224657 .jpg.chip.jpg", (24, 0, 1)),  # stray space
+        ("55_0_0_20170116232725357jpg.chip.jpg", (55, 0, 0)),  # missing dot
+        ("s3://b/x/100_1_4_20170112213001988.jpg.chip.jpg", (100, 1, 4)),
+        ("39_1_20170116174525125.jpg.chip.jpg", None),  # race missing
+        ("32_2_0_20170116191447918.jpg", None),  # gender out of range
+        ("32_0_7_20170116191447918.jpg", None),  # race out of range
+        ("portrait.jpg", None),
+    ],
+)
 def test_parse_utkface_name(name, expected):
     got = attrs.parse_utkface_name(name)
     assert (tuple(got) if got else None) == expected
@@ -57,12 +60,15 @@ def test_process_image_accepts_crops_and_resizes():
     assert decode_image(process_image(_png(wide), resolution=8, min_size=8).image).min() == 255
 
 
-@pytest.mark.parametrize("data,reason", [
-    (b"", "unreadable"),
-    (b"this is a text file, not a jpeg\n" * 3, "unreadable"),
-    (_png(_rand(64, 64))[:200], "unreadable"),     # truncated PNG
-    (_png(_rand(10, 10)), "too_small"),
-])
+@pytest.mark.parametrize(
+    "data,reason",
+    [
+        (b"", "unreadable"),
+        (b"this is a text file, not a jpeg\n" * 3, "unreadable"),
+        (_png(_rand(64, 64))[:200], "unreadable"),  # truncated PNG
+        (_png(_rand(10, 10)), "too_small"),
+    ],
+)
 def test_process_image_rejects(data, reason):
     with pytest.raises(Rejected) as e:
         process_image(data, resolution=16, min_size=32)
@@ -104,7 +110,12 @@ def test_reweight_and_resample():
 
 
 def test_attribute_counts():
-    rows = {"age": [5, 25, None], "gender": [0, 1, None], "race": [2, 2, None], "label_source": ["filename", "filename", None]}
+    rows = {
+        "age": [5, 25, None],
+        "gender": [0, 1, None],
+        "race": [2, 2, None],
+        "label_source": ["filename", "filename", None],
+    }
     c = attrs.attribute_counts(rows, [0, 13, 20])
     assert c["age"] == {"0-12": 1, "20+": 1, "null": 1}
     assert c["race"] == {"2": 2, "null": 1} and c["label_source"] == {"filename": 2, "null": 1}

@@ -21,10 +21,12 @@ def ids_dataset(ray_session):
     import ray
 
     n = 23
-    return ray.data.from_items([
-        {"image": np.full((1,), i, dtype=np.int64), "age": i, "gender": 0, "race": 0, "weight": 1.0, "extra": i}
-        for i in range(n)
-    ]), n
+    return ray.data.from_items(
+        [
+            {"image": np.full((1,), i, dtype=np.int64), "age": i, "gender": 0, "race": 0, "weight": 1.0, "extra": i}
+            for i in range(n)
+        ]
+    ), n
 
 
 def _ids(batch) -> list[int]:
@@ -88,7 +90,8 @@ def test_feeder_refuses_an_empty_shard(ray_session):
     import ray
 
     empty = ray.data.from_items([{"image": np.zeros(1), "age": 0, "gender": 0, "race": 0, "weight": 1.0}]).filter(
-        lambda r: False)
+        lambda r: False
+    )
     with pytest.raises(RuntimeError, match="empty"):
         ShardFeeder(empty, chunk=4, seed=0, rank=0, shuffle_buffer=0).take(2)
 
@@ -116,7 +119,7 @@ def test_in_memory_feeder_streams_epoch_0_once_then_permutes_it(ids_dataset):
         stream += _ids(b)
     assert shard.opens == 1, "epochs after the first come from memory, not from the pipeline"
     assert f.in_memory and f.position == {"epoch": 4, "rows": 1}
-    epochs = [stream[i * n:(i + 1) * n] for i in range(4)]
+    epochs = [stream[i * n : (i + 1) * n] for i in range(4)]
     for e in epochs:
         assert sorted(e) == list(range(n)), "every epoch holds every row once"
     first = ShardFeeder(ds, chunk=4, seed=3, rank=0, shuffle_buffer=8)
@@ -170,8 +173,13 @@ def test_kept_rows_gather_like_one_concatenated_array(monkeypatch, concat_bytes)
     monkeypatch.setattr(KeptRows, "CONCAT_BYTES", concat_bytes)
     rng = np.random.default_rng(0)
     lengths = [5, 1, 7, 3]
-    parts = [{"image": torch.from_numpy(rng.standard_normal((k, 3, 2, 2)).astype(np.float32)),
-              "age": torch.from_numpy(rng.integers(0, 99, k))} for k in lengths]
+    parts = [
+        {
+            "image": torch.from_numpy(rng.standard_normal((k, 3, 2, 2)).astype(np.float32)),
+            "age": torch.from_numpy(rng.integers(0, 99, k)),
+        }
+        for k in lengths
+    ]
     kept = KeptRows(parts)
     whole = {c: np.concatenate([p[c].numpy() for p in parts]) for c in ("image", "age")}
     assert len(kept) == sum(lengths)
@@ -189,7 +197,8 @@ def test_in_memory_feeder_refuses_an_empty_shard_and_a_bad_position(ray_session,
     import ray
 
     empty = ray.data.from_items([{"image": np.zeros(1), "age": 0, "gender": 0, "race": 0, "weight": 1.0}]).filter(
-        lambda r: False)
+        lambda r: False
+    )
     for epoch in (0, 2):
         with pytest.raises(RuntimeError, match="empty"):
             ShardFeeder(empty, chunk=4, seed=0, rank=0, shuffle_buffer=0, cache=True, epoch=epoch).take(2)
@@ -199,11 +208,14 @@ def test_in_memory_feeder_refuses_an_empty_shard_and_a_bad_position(ray_session,
 
 
 def _gan(tmp_path, **loss) -> tuple[GANSteps, object]:
-    cfg = FacegenConfig.model_validate({
-        "storage": {"root": str(tmp_path)}, "model": tiny_model_dict(16),
-        "loss": {"name": "nonsaturating", "r1_interval": 2, "pl_weight": 2.0, "pl_interval": 2, **loss},
-        "train": {"start_resolution": 16, "batch_size": {16: 4}, "total_images": 10**6},
-    })
+    cfg = FacegenConfig.model_validate(
+        {
+            "storage": {"root": str(tmp_path)},
+            "model": tiny_model_dict(16),
+            "loss": {"name": "nonsaturating", "r1_interval": 2, "pl_weight": 2.0, "pl_interval": 2, **loss},
+            "train": {"start_resolution": 16, "batch_size": {16: 4}, "total_images": 10**6},
+        }
+    )
     gan = GANSteps(cfg, torch.device("cpu"))
     point = ProgressiveSchedule(cfg.train, cfg.model, num_workers=1).at(0)
     gan.apply(point)

@@ -70,8 +70,9 @@ def test_with_updates_sets_nested_keys_and_leaves_the_original_alone():
     cfg = load_config(None, ["train.batch_size={4: 64, 16: 8}"])
     before = cfg.model_dump()
     model = {**cfg.model.model_dump(), "resolution": 32}
-    new = with_updates(cfg, {"train.num_workers": 3, "train.batch_size.16": 4, "eval.metrics": ["fid", "kid"],
-                             "model": model})
+    new = with_updates(
+        cfg, {"train.num_workers": 3, "train.batch_size.16": 4, "eval.metrics": ["fid", "kid"], "model": model}
+    )
     assert isinstance(new, FacegenConfig) and new is not cfg
     assert new.train.num_workers == 3 and new.eval.metrics == ["fid", "kid"] and new.model.resolution == 32
     assert new.train.batch_size == {4: 64, 16: 4}  # "16" below a mapping field is the int key 16
@@ -79,18 +80,22 @@ def test_with_updates_sets_nested_keys_and_leaves_the_original_alone():
     model["resolution"] = 64
     assert new.model.resolution == 32  # and holds no reference to the values passed
     # mappings and keys apply in order: a later one wins, a key below a section set earlier lands in it
-    later = with_updates(cfg, {"train": {**cfg.train.model_dump(), "g_lr": 0.5}, "train.num_workers": 2},
-                         {"train.num_workers": 4})
+    later = with_updates(
+        cfg, {"train": {**cfg.train.model_dump(), "g_lr": 0.5}, "train.num_workers": 2}, {"train.num_workers": 4}
+    )
     assert later.train.g_lr == 0.5 and later.train.num_workers == 4
     assert with_updates(cfg) == cfg  # nothing to update: an equal copy
 
 
-@pytest.mark.parametrize("key, message", [
-    ("train.num_workerz", "unknown config field 'train.num_workerz' (did you mean train.num_workers?)"),
-    ("trian.num_workers", "unknown config section 'trian' in 'trian.num_workers' (did you mean 'train'?)"),
-    ("train.num_workers.x", "train.num_workers is not a mapping, so 'train.num_workers.x' does not exist"),
-    ("train..g_lr", "is not a config field; use section.field"),
-])
+@pytest.mark.parametrize(
+    "key, message",
+    [
+        ("train.num_workerz", "unknown config field 'train.num_workerz' (did you mean train.num_workers?)"),
+        ("trian.num_workers", "unknown config section 'trian' in 'trian.num_workers' (did you mean 'train'?)"),
+        ("train.num_workers.x", "train.num_workers is not a mapping, so 'train.num_workers.x' does not exist"),
+        ("train..g_lr", "is not a config field; use section.field"),
+    ],
+)
 def test_with_updates_unknown_key_names_it(key, message):
     cfg = FacegenConfig()
     with pytest.raises(ConfigError) as e:
@@ -186,7 +191,9 @@ def test_create_exclusive_concurrent_single_winner(tmp_path):
     st = Storage()
     uri = str(tmp_path / "rec")
     wins = []
-    threads = [threading.Thread(target=lambda i=i: wins.append(st.create_exclusive(uri, str(i).encode()))) for i in range(16)]
+    threads = [
+        threading.Thread(target=lambda i=i: wins.append(st.create_exclusive(uri, str(i).encode()))) for i in range(16)
+    ]
     for t in threads:
         t.start()
     for t in threads:

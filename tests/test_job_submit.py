@@ -16,8 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import free_port
+
 from facegen_ray.cli import main as cli_main
 from facegen_ray.storage import Layout
 
@@ -42,8 +42,12 @@ def _wait_for(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
 @pytest.mark.slow
 def test_ray_job_submit_trains_and_exports(ray_session, sample_zip, tmp_path):
     root = tmp_path / "root"
-    assert cli_main(["prepare", str(sample_zip), Layout(str(root)).dataset("faces"), "--resolution", "16",
-                     "--limit", "48"]) == 0
+    assert (
+        cli_main(
+            ["prepare", str(sample_zip), Layout(str(root)).dataset("faces"), "--resolution", "16", "--limit", "48"]
+        )
+        == 0
+    )
     dash = free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_AUTH_MODE"] = "disabled"  # a throwaway local head: no dashboard token
@@ -51,14 +55,39 @@ def test_ray_job_submit_trains_and_exports(ray_session, sample_zip, tmp_path):
     log = open(tmp_path / "ray-start.log", "w")  # noqa: SIM115 - closed in finally
     ray_tmp = tempfile.mkdtemp(prefix="rj-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     head = subprocess.Popen(
-        [RAY, "start", "--head", "--block", "--num-cpus", "2", "--port", str(free_port()),
-         "--dashboard-port", str(dash), "--dashboard-host", "127.0.0.1", "--disable-usage-stats",
-         # ports of its own: the session's Ray instance already holds the default agent ports
-         *[a for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
-                          "--runtime-env-agent-port", "--ray-client-server-port")
-           for a in (flag, str(free_port()))],
-         "--temp-dir", ray_tmp],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            RAY,
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus",
+            "2",
+            "--port",
+            str(free_port()),
+            "--dashboard-port",
+            str(dash),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--disable-usage-stats",
+            # ports of its own: the session's Ray instance already holds the default agent ports
+            *[
+                a
+                for flag in (
+                    "--dashboard-agent-listen-port",
+                    "--dashboard-agent-grpc-port",
+                    "--metrics-export-port",
+                    "--runtime-env-agent-port",
+                    "--ray-client-server-port",
+                )
+                for a in (flag, str(free_port()))
+            ],
+            "--temp-dir",
+            ray_tmp,
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         address = f"http://127.0.0.1:{dash}"
@@ -66,10 +95,30 @@ def test_ray_job_submit_trains_and_exports(ray_session, sample_zip, tmp_path):
             _wait_for(f"{address}/api/version", head)
         except (RuntimeError, TimeoutError) as e:
             raise AssertionError(f"{e}:\n{(tmp_path / 'ray-start.log').read_text()[-3000:]}") from None
-        argv = [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
-                "facegen", "train", "--config", "facegen_ray/configs/quickstart.yaml", "--root", str(root),
-                "--set", "train.run_name=submitted", "--set", "train.total_images=192",
-                "--set", "train.stabilize_images=64", "--set", "train.fade_images=32"]
+        argv = [
+            RAY,
+            "job",
+            "submit",
+            "--address",
+            address,
+            "--working-dir",
+            str(REPO),
+            "--",
+            "facegen",
+            "train",
+            "--config",
+            "facegen_ray/configs/quickstart.yaml",
+            "--root",
+            str(root),
+            "--set",
+            "train.run_name=submitted",
+            "--set",
+            "train.total_images=192",
+            "--set",
+            "train.stabilize_images=64",
+            "--set",
+            "train.fade_images=32",
+        ]
         for _ in range(60):  # the dashboard answers before its job agent has registered
             out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
             if "No available agent to submit job" not in out.stderr:

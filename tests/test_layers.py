@@ -218,7 +218,9 @@ def test_the_graph_sees_lazy_and_relative_imports(graph):
     """The parser finds what the checks rely on: a function-level import, `from pkg import
     submodule`, and the implicit arrow to a package __init__."""
     assert "facegen_ray.lifecycle.registry" in graph["facegen_ray.train.trainer"]  # inside export_checkpoint
-    assert "facegen_ray.serve.generation" in graph["facegen_ray.serve.ingress"]  # from facegen_ray.serve import generation
+    assert (
+        "facegen_ray.serve.generation" in graph["facegen_ray.serve.ingress"]
+    )  # from facegen_ray.serve import generation
     assert "facegen_ray.lifecycle" in graph["facegen_ray.serve.generation"]  # __init__ of lifecycle.registry
     assert "facegen_ray.models" in graph["facegen_ray.train.steps"]
 
@@ -228,11 +230,19 @@ def test_building_the_cli_parser_loads_no_heavy_package():
     dependencies in the functions that run the command, so the CLI answers --help and
     argument errors without loading them (the one exception to imports at module top)."""
     heavy = ["numpy", "torch", "ray", "pyarrow", "pandas", "PIL", "httpx", "matplotlib", "scipy", "fastapi"]
-    code = ("import sys; from facegen_ray.cli import build_parser; build_parser(); "
-            "from facegen_ray.lifecycle.registry import RegistryError; from facegen_ray.storage import StorageError; "
-            f"print([m for m in {heavy!r} if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=PACKAGE_DIR.parent, env={**os.environ, "PYTHONPATH": str(PACKAGE_DIR.parent)})
+    code = (
+        "import sys; from facegen_ray.cli import build_parser; build_parser(); "
+        "from facegen_ray.lifecycle.registry import RegistryError; from facegen_ray.storage import StorageError; "
+        f"print([m for m in {heavy!r} if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=PACKAGE_DIR.parent,
+        env={**os.environ, "PYTHONPATH": str(PACKAGE_DIR.parent)},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", f"loaded while building the parser: {out.stdout.strip()}"
 
@@ -249,25 +259,34 @@ def _write(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_checker_reports_an_upward_import_a_peer_import_and_a_circle(tmp_path):
-    pkg = _write(tmp_path, {
-        "__init__.py": "",
-        "low.py": "def f():\n    from facegen_ray import high\n",  # upward, lazily
-        "high.py": "from facegen_ray.low import f\n",
-        "peer_a.py": "from . import peer_b\n",  # relative, same layer, other unit
-        "peer_b.py": "",
-        "pkg/__init__.py": "",
-        "pkg/base.py": "",
-        "pkg/top.py": "import facegen_ray.high\n",
-        "stray.py": "",
-    })
-    layers = [["facegen_ray", "facegen_ray.low", "facegen_ray.pkg.base"], ["facegen_ray.peer_a", "facegen_ray.peer_b"],
-              ["facegen_ray.high"], ["facegen_ray.pkg"]]
+    pkg = _write(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "low.py": "def f():\n    from facegen_ray import high\n",  # upward, lazily
+            "high.py": "from facegen_ray.low import f\n",
+            "peer_a.py": "from . import peer_b\n",  # relative, same layer, other unit
+            "peer_b.py": "",
+            "pkg/__init__.py": "",
+            "pkg/base.py": "",
+            "pkg/top.py": "import facegen_ray.high\n",
+            "stray.py": "",
+        },
+    )
+    layers = [
+        ["facegen_ray", "facegen_ray.low", "facegen_ray.pkg.base"],
+        ["facegen_ray.peer_a", "facegen_ray.peer_b"],
+        ["facegen_ray.high"],
+        ["facegen_ray.pkg"],
+    ]
     g = import_graph(pkg)
     assert g["facegen_ray.low"] == {"facegen_ray.high": 2}
     assert circles(g) == [["facegen_ray.high", "facegen_ray.low"]]
     bad = upward_imports(g, layers)
-    assert bad == ["facegen_ray.low:2 imports facegen_ray.high (layer 2 above its 0)",
-                   "facegen_ray.peer_a:1 imports facegen_ray.peer_b: both in layer 1, different units"]
+    assert bad == [
+        "facegen_ray.low:2 imports facegen_ray.high (layer 2 above its 0)",
+        "facegen_ray.peer_a:1 imports facegen_ray.peer_b: both in layer 1, different units",
+    ]
     level, unlisted = assign_layers(sorted(g), layers)
     assert unlisted == ["facegen_ray.stray"]
     assert level["facegen_ray.pkg"] == 0 and level["facegen_ray.pkg.top"] == 3  # __init__ at its lowest module
@@ -276,8 +295,10 @@ def test_checker_reports_an_upward_import_a_peer_import_and_a_circle(tmp_path):
 def test_configs_are_changed_only_through_validation():
     """`model_copy(update=...)` skips pydantic validation: a config changed that way can hold a
     value its field forbids. Changes go through config.with_updates (or model_validate)."""
-    offenders = [f"{path.relative_to(PACKAGE_DIR.parent)}:{i}"
-                 for path in sorted(PACKAGE_DIR.rglob("*.py"))
-                 for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-                 if "model_copy(update" in line and not line.lstrip().startswith("#")]
+    offenders = [
+        f"{path.relative_to(PACKAGE_DIR.parent)}:{i}"
+        for path in sorted(PACKAGE_DIR.rglob("*.py"))
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if "model_copy(update" in line and not line.lstrip().startswith("#")
+    ]
     assert offenders == [], f"unvalidated config copies: {offenders}"

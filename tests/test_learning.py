@@ -16,15 +16,14 @@ it trains twice more).
 
 from __future__ import annotations
 
-import io
 import zipfile
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import SAMPLE_ZIP, tiny_model_dict
+
 from facegen_ray.config import FacegenConfig
 from facegen_ray.data.transforms import center_crop_square, decode_rgb, resize_square
 from facegen_ray.metrics.kid import kernel_inception_distance
@@ -65,13 +64,21 @@ def pixel_kid(G: torch.nn.Module, reals: torch.Tensor, n: int = 256) -> float:
 
 def train_tiny(reals: torch.Tensor, *, seed: int = 0, break_with: str | None = None) -> tuple[float, float]:
     """(KID of G_ema at init, KID after STEPS iterations)."""
-    cfg = FacegenConfig.model_validate({
-        "model": {**tiny_model_dict(RES), "architecture": "skip"},
-        "loss": {"name": "nonsaturating", "r1_gamma": 0.05, "r1_interval": 4},
-        "train": {"start_resolution": RES, "batch_size": {RES: BATCH}, "seed": seed,
-                  "g_lr": 0.005, "d_lr": 0.005,
-                  "ema_half_life_images": 500, "total_images": 10**6},
-    })
+    cfg = FacegenConfig.model_validate(
+        {
+            "model": {**tiny_model_dict(RES), "architecture": "skip"},
+            "loss": {"name": "nonsaturating", "r1_gamma": 0.05, "r1_interval": 4},
+            "train": {
+                "start_resolution": RES,
+                "batch_size": {RES: BATCH},
+                "seed": seed,
+                "g_lr": 0.005,
+                "d_lr": 0.005,
+                "ema_half_life_images": 500,
+                "total_images": 10**6,
+            },
+        }
+    )
     gan = GANSteps(cfg, torch.device("cpu"))
     point = ProgressiveSchedule(cfg.train, cfg.model, num_workers=1).at(0)
     gan.apply(point)

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_model_dict
 from torch import nn
 
-from conftest import tiny_model_dict
 from facegen_ray.config import LossConfig, ModelConfig
 from facegen_ray.losses import PL_DECAY, build_loss
 from facegen_ray.models import Discriminator, Generator
@@ -420,8 +420,11 @@ DDP_REAL = [torch.tensor([[1.0], [2.0], [0.5]]), torch.tensor([[-0.5], [1.5], [0
 DDP_FAKE = [torch.tensor([[-1.0], [0.0], [3.0]]), torch.tensor([[0.7], [-2.0], [1.0]])]
 DDP_W = [torch.tensor([3.0, 1.0, 2.0]), torch.tensor([0.5, 0.5, 4.0])]  # unequal sums per worker
 DDP_LOSSES = {
-    "minimax": {}, "nonsaturating": {"r1_gamma": 2.0, "r1_interval": 1}, "wgan": {},
-    "wgan-gp": {"gp_lambda": 0.0, "drift_epsilon": 0.1}, "lsgan": {"ls_lambda": 1.5},
+    "minimax": {},
+    "nonsaturating": {"r1_gamma": 2.0, "r1_interval": 1},
+    "wgan": {},
+    "wgan-gp": {"gp_lambda": 0.0, "drift_epsilon": 0.1},
+    "lsgan": {"ls_lambda": 1.5},
 }
 
 
@@ -444,7 +447,9 @@ def _ddp_worker(rank: int, world: int, tmp: str) -> None:
 
     from facegen_ray.train.steps import row_weights
 
-    dist.init_process_group("gloo", store=dist.FileStore(os.path.join(tmp, "store"), world), rank=rank, world_size=world)
+    dist.init_process_group(
+        "gloo", store=dist.FileStore(os.path.join(tmp, "store"), world), rank=rank, world_size=world
+    )
     try:
         out = {}
         for name in DDP_LOSSES:

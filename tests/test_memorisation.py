@@ -12,6 +12,8 @@ import io
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model_dict
+from test_metrics_inception import RES, _sample_faces
 
 from facegen_ray.config import EvalConfig, GateConfig, ModelConfig
 from facegen_ray.errors import UserError
@@ -19,8 +21,6 @@ from facegen_ray.lifecycle.gate import decide
 from facegen_ray.metrics import evaluate as ev
 from facegen_ray.metrics.memorisation import memorisation_report, nearest
 from facegen_ray.storage import Layout, Storage, join
-from conftest import tiny_model_dict
-from test_metrics_inception import RES, _sample_faces
 
 N_TRAIN, N_HOLD = 24, 8
 
@@ -45,8 +45,19 @@ def _rows(imgs: np.ndarray) -> list[dict]:
     for img in imgs:
         b = io.BytesIO()
         Image.fromarray(img).save(b, format="PNG")
-        out.append({"image": b.getvalue(), "sha256": hashlib.sha256(img.tobytes()).hexdigest(), "source": "t",
-                    "age": None, "gender": None, "race": None, "origin": "dataset", "weight": 1.0, "label_source": None})
+        out.append(
+            {
+                "image": b.getvalue(),
+                "sha256": hashlib.sha256(img.tobytes()).hexdigest(),
+                "source": "t",
+                "age": None,
+                "gender": None,
+                "race": None,
+                "origin": "dataset",
+                "weight": 1.0,
+                "label_source": None,
+            }
+        )
     return out
 
 
@@ -62,9 +73,16 @@ def env(tmp_path_factory):
     version = Layout.dataset_version(data_uri, 1)
     _write(storage, join(version, "part-0.parquet"), _rows(imgs[:N_TRAIN]))
     _write(storage, join(version, "holdout", "part-0.parquet"), _rows(imgs[N_TRAIN:]))
-    manifest = {"version": 1, "resolution": RES, "num_images": N_TRAIN, "files": [{"name": "part-0.parquet", "rows": N_TRAIN}],
-                "holdout": {"num_images": N_HOLD, "files": [{"name": "holdout/part-0.parquet", "rows": N_HOLD}]},
-                "num_rejected": 0, "rejected": {}, "attributes": {}}
+    manifest = {
+        "version": 1,
+        "resolution": RES,
+        "num_images": N_TRAIN,
+        "files": [{"name": "part-0.parquet", "rows": N_TRAIN}],
+        "holdout": {"num_images": N_HOLD, "files": [{"name": "holdout/part-0.parquet", "rows": N_HOLD}]},
+        "num_rejected": 0,
+        "rejected": {},
+        "attributes": {},
+    }
     storage.write_json(Layout.manifest(version), manifest)
     storage.write_json(Layout.manifest(data_uri), {**manifest, "path": version})
     cfg = ModelConfig.model_validate(tiny_model_dict(RES))
@@ -109,8 +127,10 @@ def test_holdout_split_is_read_separately(env):
 
 def training_images_stand_in(train_imgs: np.ndarray):
     """A stand-in for a generator that memorised its data: seed s -> training image s mod N, exactly."""
+
     def sample(G, seeds, truncation, c=None, device="cpu", batch_size=64):
         return np.stack([train_imgs[int(s) % len(train_imgs)] for s in seeds])
+
     return sample
 
 

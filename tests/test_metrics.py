@@ -14,12 +14,14 @@ from facegen_ray.metrics.inception_score import inception_score
 from facegen_ray.metrics.kid import kernel_inception_distance, polynomial_mmd2_unbiased
 from facegen_ray.metrics.precision_recall import knn_radii, precision_recall
 
-
 # ---------------------------------------------------------------- Fréchet distance
+
 
 def test_frechet_1d_closed_form():
     # N(0,1) vs N(1,4): (0-1)^2 + 1 + 4 - 2*sqrt(1*4) = 2
-    assert frechet_distance(np.array([0.0]), np.array([[1.0]]), np.array([1.0]), np.array([[4.0]])) == pytest.approx(2.0)
+    assert frechet_distance(np.array([0.0]), np.array([[1.0]]), np.array([1.0]), np.array([[4.0]])) == pytest.approx(
+        2.0
+    )
 
 
 def test_frechet_diagonal_closed_form():
@@ -57,6 +59,7 @@ def test_feature_stats_shapes_and_errors():
 
 # ---------------------------------------------------------------- KID
 
+
 def test_kid_unbiased_on_equal_distributions():
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(400, 16)), rng.normal(size=(400, 16))
@@ -65,7 +68,7 @@ def test_kid_unbiased_on_equal_distributions():
     assert kid["subset_size"] == 100 and kid["subsets"] == 50
     assert abs(kid["mean"]) < 0.05 * shifted["mean"]
     # unbiased estimator: individual subset estimates straddle 0 on equal distributions
-    vals = [polynomial_mmd2_unbiased(x[i * 40:(i + 1) * 40], y[i * 40:(i + 1) * 40]) for i in range(10)]
+    vals = [polynomial_mmd2_unbiased(x[i * 40 : (i + 1) * 40], y[i * 40 : (i + 1) * 40]) for i in range(10)]
     assert min(vals) < 0 < max(vals)
 
 
@@ -76,6 +79,7 @@ def test_kid_subset_size_capped_at_n():
 
 
 # ---------------------------------------------------------------- precision / recall
+
 
 def test_precision_recall_identical_and_disjoint():
     rng = np.random.default_rng(5)
@@ -105,6 +109,7 @@ def test_knn_radii_kth_neighbour():
 
 # ---------------------------------------------------------------- IS
 
+
 def test_inception_score_bounds():
     assert inception_score(np.zeros((20, 10)), splits=2)["mean"] == pytest.approx(1.0)
     confident = np.full((40, 4), -50.0)
@@ -114,6 +119,7 @@ def test_inception_score_bounds():
 
 # ---------------------------------------------------------------- diversity
 
+
 def test_distribution_and_tv():
     p = distribution(np.array([0, 0, 1, -1, 1, 1]), 3)
     assert p.tolist() == pytest.approx([0.4, 0.6, 0.0])
@@ -122,6 +128,7 @@ def test_distribution_and_tv():
 
 
 # ---------------------------------------------------------------- attribute classifier
+
 
 def _toy_labelled(n: int = 24, res: int = 16, seed: int = 0):
     from facegen_ray.models.attributes import LabelledImages
@@ -178,7 +185,9 @@ def test_multi_head_loss_ignores_unknown():
 def test_plot_sweep_png():
     from facegen_ray.metrics.evaluate import plot_sweep
 
-    rows = [{"truncation": p, "fid": 10 * p, "precision": 1 - p / 2, "recall": p, "num_gen": 8} for p in (0.5, 0.7, 1.0)]
+    rows = [
+        {"truncation": p, "fid": 10 * p, "precision": 1 - p / 2, "recall": p, "num_gen": 8} for p in (0.5, 0.7, 1.0)
+    ]
     png = plot_sweep(rows)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
 
@@ -217,6 +226,7 @@ def test_fid_to_stats_rejects_mismatched_inputs():
 
 # ---------------------------------------------------------------- conditional: per-group FID, CFID, attribute accuracy
 
+
 def test_conditional_fid_per_group_and_mean():
     """Each group's FID is the FID of its generated rows against its reals; a group whose
     generated features are its reals gives 0; CFID is the mean of the computed groups; groups
@@ -226,29 +236,44 @@ def test_conditional_fid_per_group_and_mean():
     rng = np.random.default_rng(8)
     m, d = 40, 8
     real = rng.normal(size=(m, d))
-    labels = {"age": np.arange(m) % 2,                                   # buckets 0/1: 20 each; bucket 2: none
-              "gender": (np.arange(m) >= 20).astype(np.int64),           # 20 male, 20 female
-              "race": np.where(np.arange(m) < 36, 0, 1)}                 # 36 white, 4 black
-    labels["race"][0] = -1                                               # unknown: in no race group
+    labels = {
+        "age": np.arange(m) % 2,  # buckets 0/1: 20 each; bucket 2: none
+        "gender": (np.arange(m) >= 20).astype(np.int64),  # 20 male, 20 female
+        "race": np.where(np.arange(m) < 36, 0, 1),
+    }  # 36 white, 4 black
+    labels["race"][0] = -1  # unknown: in no race group
     gen = real.copy()
-    gen[20:] = gen[20:] * 1.5 + 2.0                                      # female faces drawn off
+    gen[20:] = gen[20:] * 1.5 + 2.0  # female faces drawn off
     gen_c = np.stack([labels["age"], labels["gender"], labels["race"]], 1)
     out = conditional_fid(gen, gen_c, real, labels, age_buckets=[0, 20, 40], min_images=5)
 
     by = {g["group"]: g for g in out["groups"]}
-    assert list(by) == ["age=0", "age=1", "age=2", "gender=0", "gender=1",
-                        "race=0", "race=1", "race=2", "race=3", "race=4"]
+    assert list(by) == [
+        "age=0",
+        "age=1",
+        "age=2",
+        "gender=0",
+        "gender=1",
+        "race=0",
+        "race=1",
+        "race=2",
+        "race=3",
+        "race=4",
+    ]
     assert by["gender=0"]["name"] == "male" and by["age=2"]["name"] == "40+" and by["race=2"]["name"] == "asian"
-    assert by["gender=0"]["fid"] == pytest.approx(0.0, abs=1e-9)          # generated == its reals
+    assert by["gender=0"]["fid"] == pytest.approx(0.0, abs=1e-9)  # generated == its reals
     assert by["gender=0"]["n_gen"] == by["gender=0"]["n_real"] == 20
     assert by["gender=1"]["fid"] == pytest.approx(fid_from_features(gen[20:], real[20:]), rel=1e-9)
     assert by["gender=1"]["fid"] > 1.0
-    for name, mask_g, mask_r in (("age=0", gen_c[:, 0] == 0, labels["age"] == 0),
-                                 ("race=0", gen_c[:, 2] == 0, labels["race"] == 0)):
+    for name, mask_g, mask_r in (
+        ("age=0", gen_c[:, 0] == 0, labels["age"] == 0),
+        ("race=0", gen_c[:, 2] == 0, labels["race"] == 0),
+    ):
         assert by[name]["fid"] == pytest.approx(fid_from_features(gen[mask_g], real[mask_r]), rel=1e-9)
-    assert by["race=0"]["n_real"] == 35                                 # the unknown row is left out
-    assert by["race=1"]["fid"] is None and by["race=1"]["skipped"] == ("too few images: 4 real, 4 generated "
-                                                                 "(each needs eval.cfid_min_images = 5)")
+    assert by["race=0"]["n_real"] == 35  # the unknown row is left out
+    assert by["race=1"]["fid"] is None and by["race=1"]["skipped"] == (
+        "too few images: 4 real, 4 generated (each needs eval.cfid_min_images = 5)"
+    )
     assert by["age=2"]["fid"] is None and "0 real, 0 generated" in by["age=2"]["skipped"]
     computed = [g["fid"] for g in out["groups"] if g["fid"] is not None]
     assert len(computed) == 5 == out["groups_computed"] and out["groups_skipped"] == 5
@@ -280,7 +305,7 @@ def test_attribute_accuracy_per_attribute_and_overall():
     pred = {"age": np.array([0, 1, 0, 5]), "gender": np.array([1, 1, 1, 0]), "race": np.array([2, 0, 1, 3])}
     out = attribute_accuracy(pred, requested, held_out={"gender": {"accuracy": 0.9, "n": 10}})
     assert out["n_gen"] == 4
-    assert out["age"] == {"accuracy": pytest.approx(2 / 3), "n": 3}           # -1 requests are not counted
+    assert out["age"] == {"accuracy": pytest.approx(2 / 3), "n": 3}  # -1 requests are not counted
     assert out["gender"] == {"accuracy": pytest.approx(2 / 3), "n": 3}
     assert out["race"] == {"accuracy": pytest.approx(2 / 3), "n": 3}
     assert out["overall"] == {"accuracy": pytest.approx(6 / 9), "n": 9}
@@ -308,8 +333,12 @@ def test_fid_floor_benchmark_compares_disjoint_reals(tmp_path):
     bench = Path(__file__).resolve().parents[1] / "benchmarks" / "fid_floor.py"
 
     def run(*extra):
-        r = subprocess.run([sys.executable, str(bench), "--features", str(tmp_path / "ref.npz"), *extra],
-                           capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, str(bench), "--features", str(tmp_path / "ref.npz"), *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         return r.returncode, r.stdout.strip().splitlines(), r.stderr
 
     rc, lines, err = run("--splits", "100,300", "--repeats", "2", "--holdout", str(tmp_path / "held.npz"))

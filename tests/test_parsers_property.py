@@ -27,12 +27,47 @@ from facegen_ray.tune.spec import SweepError, load_sweep
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 # real dotted keys, so the values reach the validators instead of stopping at "unknown field"
-KEYS = ["train.num_workers", "train.g_lr", "train.batch_size", "train.betas", "loss.name", "loss.r1_gamma",
-        "model.resolution", "model.fmap_base", "data.resolution", "data.min_sharpness", "eval.num_gen",
-        "serve.max_batch_size", "storage.root", "gate.min_votes", "train", "model", "nosuch.key"]
+KEYS = [
+    "train.num_workers",
+    "train.g_lr",
+    "train.batch_size",
+    "train.betas",
+    "loss.name",
+    "loss.r1_gamma",
+    "model.resolution",
+    "model.fmap_base",
+    "data.resolution",
+    "data.min_sharpness",
+    "eval.num_gen",
+    "serve.max_batch_size",
+    "storage.root",
+    "gate.min_votes",
+    "train",
+    "model",
+    "nosuch.key",
+]
 YAML_VALUES = st.one_of(
-    st.sampled_from(["", "null", "-1", "0", "1e309", ".nan", "-.inf", "[1, 2", "{a: 1}", "[0.0, 0.99]",
-                     "yes", "'x'", "!!python/object:os.system ls", "&a [*a]", "\x00", "2" * 400, "{8: 0}"]),
+    st.sampled_from(
+        [
+            "",
+            "null",
+            "-1",
+            "0",
+            "1e309",
+            ".nan",
+            "-.inf",
+            "[1, 2",
+            "{a: 1}",
+            "[0.0, 0.99]",
+            "yes",
+            "'x'",
+            "!!python/object:os.system ls",
+            "&a [*a]",
+            "\x00",
+            "2" * 400,
+            "{8: 0}",
+        ]
+    ),
     st.text(max_size=40),
     st.integers().map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
@@ -59,22 +94,33 @@ def test_any_set_string_parses_or_gives_a_config_error(raw):
         assert str(e).strip()
 
 
-SWEEP_FIELDS = st.fixed_dictionaries({}, optional={
-    "name": st.sampled_from(["ok", "", "bad name", "../x", 3]),
-    "metric": st.sampled_from(["fid", "kid", "is", None, 1]),
-    "num_samples": st.sampled_from([1, 0, -1, "2", 1.5]),
-    "overrides": st.sampled_from([{}, {"train.g_lr": 0.001}, {"train.g_lr": -1}, {"nosuch": 1}, [], "x"]),
-    "search_space": st.sampled_from([
-        {}, {"train.g_lr": {"grid": [0.001, 0.002]}}, {"train.g_lr": {"loguniform": [0, 1]}},
-        {"train.g_lr": {"uniform": [2, 1]}}, {"loss.name": {"choice": ["wgan", "nope"]}},
-        {"train.g_lr": {"grid": []}}, {"train.g_lr": [1, 2]}, {"x.y": {"grid": [1]}},
-        {"model.resolution": {"randint": [3, 3]}}, None,
-    ]),
-    "scheduler": st.sampled_from([{"type": "fifo"}, {"type": "asha"}, {"type": "nope"}, "asha"]),
-    "max_concurrent_trials": st.sampled_from([1, 0, "a"]),
-    "eval": st.sampled_from([{}, {"num_gen": 1}, {"num_gen": 16, "num_real": 16}, {"every_images": 0}, []]),
-    "extra_key": st.just(1),
-})
+SWEEP_FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": st.sampled_from(["ok", "", "bad name", "../x", 3]),
+        "metric": st.sampled_from(["fid", "kid", "is", None, 1]),
+        "num_samples": st.sampled_from([1, 0, -1, "2", 1.5]),
+        "overrides": st.sampled_from([{}, {"train.g_lr": 0.001}, {"train.g_lr": -1}, {"nosuch": 1}, [], "x"]),
+        "search_space": st.sampled_from(
+            [
+                {},
+                {"train.g_lr": {"grid": [0.001, 0.002]}},
+                {"train.g_lr": {"loguniform": [0, 1]}},
+                {"train.g_lr": {"uniform": [2, 1]}},
+                {"loss.name": {"choice": ["wgan", "nope"]}},
+                {"train.g_lr": {"grid": []}},
+                {"train.g_lr": [1, 2]},
+                {"x.y": {"grid": [1]}},
+                {"model.resolution": {"randint": [3, 3]}},
+                None,
+            ]
+        ),
+        "scheduler": st.sampled_from([{"type": "fifo"}, {"type": "asha"}, {"type": "nope"}, "asha"]),
+        "max_concurrent_trials": st.sampled_from([1, 0, "a"]),
+        "eval": st.sampled_from([{}, {"num_gen": 1}, {"num_gen": 16, "num_real": 16}, {"every_images": 0}, []]),
+        "extra_key": st.just(1),
+    },
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -103,11 +149,14 @@ def test_sweep_files_of_any_bytes_load_or_give_a_sweep_error(tmp_path, raw):
 
 MANIFESTS = st.one_of(
     st.binary(max_size=120),
-    st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-                 lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
-                 max_leaves=8).map(lambda v: json.dumps(v).encode()),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
+        max_leaves=8,
+    ).map(lambda v: json.dumps(v).encode()),
     st.fixed_dictionaries({"version": st.one_of(st.integers(-2, 3), st.text(max_size=3), st.none())}).map(
-        lambda v: json.dumps(v).encode()),
+        lambda v: json.dumps(v).encode()
+    ),
 )
 
 
@@ -139,7 +188,12 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def _bomb_png(side: int = 60_000) -> bytes:
     """A 57-byte PNG whose header claims side x side RGB pixels (a decompression bomb)."""
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def _cmyk_jpeg() -> bytes:
@@ -167,14 +221,17 @@ def _grey16() -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("name,data,expect", [
-    ("zero bytes", b"", "unreadable"),
-    ("decompression bomb", _bomb_png(), "reject"),
-    ("CMYK JPEG", _cmyk_jpeg(), "ok"),
-    ("animated GIF (first frame)", _animated_gif(), "ok"),
-    ("16-bit grey", _grey16(), "ok"),
-    ("truncated JPEG", _cmyk_jpeg()[:300], "unreadable"),
-])
+@pytest.mark.parametrize(
+    "name,data,expect",
+    [
+        ("zero bytes", b"", "unreadable"),
+        ("decompression bomb", _bomb_png(), "reject"),
+        ("CMYK JPEG", _cmyk_jpeg(), "ok"),
+        ("animated GIF (first frame)", _animated_gif(), "ok"),
+        ("16-bit grey", _grey16(), "ok"),
+        ("truncated JPEG", _cmyk_jpeg()[:300], "unreadable"),
+    ],
+)
 def test_hostile_images_decode_or_are_rejected_by_reason(name, data, expect):
     try:
         out = process_image(data, resolution=16, min_size=16)
@@ -197,9 +254,11 @@ def _mutate(data: bytes, cuts: list[tuple[int, int]]) -> bytes:
 
 
 @settings(max_examples=80, deadline=None)
-@given(base=st.sampled_from(["png", "jpeg", "gif", "bomb"]),
-       cuts=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=6),
-       keep=st.floats(0, 1))
+@given(
+    base=st.sampled_from(["png", "jpeg", "gif", "bomb"]),
+    cuts=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=6),
+    keep=st.floats(0, 1),
+)
 def test_mutated_images_decode_or_give_a_counted_reject(base, cuts, keep):
     src = {"png": _png_bytes(_textured()), "jpeg": _cmyk_jpeg(), "gif": _animated_gif(), "bomb": _bomb_png()}[base]
     data = _mutate(src, cuts)[: max(0, int(len(src) * keep))] if keep < 1 else _mutate(src, cuts)

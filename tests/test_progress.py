@@ -98,8 +98,9 @@ def test_training_bar_is_off_without_a_terminal(monkeypatch):
     assert callbacks == []  # no Ray actor, no Train callback
     with ctx:
         pass
-    text = progress_postfix({"images_seen": 10, "resolution": 16, "alpha": 0.25, "d_loss": 0.5, "g_loss": 1.25,
-                             "img_per_s": 85.4})
+    text = progress_postfix(
+        {"images_seen": 10, "resolution": 16, "alpha": 0.25, "d_loss": 0.5, "g_loss": 1.25, "img_per_s": 85.4}
+    )
     assert text == "16x16 α=0.25 D 0.500 G 1.250 85 img/s"
 
 
@@ -139,8 +140,12 @@ def test_evaluate_progress_logs_without_a_terminal(monkeypatch, caplog):
             p.update(25)
         p.close()
     lines = [r.getMessage() for r in caplog.records if "inception(real)" in r.getMessage()]
-    assert lines == ["inception(real): 25/100 images", "inception(real): 50/100 images",
-                     "inception(real): 75/100 images", "inception(real): 100/100 images"]
+    assert lines == [
+        "inception(real): 25/100 images",
+        "inception(real): 50/100 images",
+        "inception(real): 75/100 images",
+        "inception(real): 100/100 images",
+    ]
     tty = _Stream(True)
     monkeypatch.setattr("sys.stderr", tty)
     p = _Progress(10, "inception(generated)")
@@ -161,8 +166,22 @@ def test_training_bar_on_a_terminal_reads_rank0_reports(ray_session, monkeypatch
     callbacks, bar = training_bar(cfg)
     assert len(callbacks) == 1 and isinstance(bar, progress.PolledBar) and bar.bar.total == 640
     assert bar.poll() is None  # nothing reported yet
-    callbacks[0].after_report(None, [{"images_seen": 64, "resolution": 8, "alpha": 0.5, "d_loss": 0.7,
-                                      "g_loss": 1.1, "img_per_s": 40.0, "checkpoint_s": 0.0}, {"images_seen": 64}], None)
+    callbacks[0].after_report(
+        None,
+        [
+            {
+                "images_seen": 64,
+                "resolution": 8,
+                "alpha": 0.5,
+                "d_loss": 0.7,
+                "g_loss": 1.1,
+                "img_per_s": 40.0,
+                "checkpoint_s": 0.0,
+            },
+            {"images_seen": 64},
+        ],
+        None,
+    )
     callbacks[0].after_report(None, [{"fid": 80.0}], None)  # a report without images_seen changes nothing
     deadline = time.time() + 30
     while bar.poll() is None and time.time() < deadline:  # .remote() is asynchronous

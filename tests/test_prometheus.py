@@ -68,9 +68,14 @@ def prometheus(ray_session, tmp_path_factory):
     port = free_port()
     log = open(tmp / "prometheus.log", "wb")
     proc = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            PROMETHEUS,
+            f"--config.file={cfg}",
+            f"--storage.tsdb.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -83,8 +88,12 @@ def prometheus(ray_session, tmp_path_factory):
                 pass
             assert proc.poll() is None and time.time() < deadline, (tmp / "prometheus.log").read_text()[-3000:]
             time.sleep(0.5)
-        yield {"url": url, "scrape_s": _duration_s(doc["global"]["scrape_interval"]), "targets": targets,
-               "started": time.time()}
+        yield {
+            "url": url,
+            "scrape_s": _duration_s(doc["global"]["scrape_interval"]),
+            "targets": targets,
+            "started": time.time(),
+        }
     finally:
         proc.terminate()
         try:
@@ -138,10 +147,18 @@ def test_prometheus_scrapes_serving_and_training_and_dashboards_evaluate(prometh
         r = client.post("/generate", json={"seed": seed, "num_images": 2})
         assert r.status_code == 200
         ids += [im["image_id"] for im in r.json()["images"]]
-    assert client.post("/feedback", json={"image_id": ids[0], "approved": True},
-                       headers={"Idempotency-Key": "prom-1"}).status_code == 201
-    assert client.post("/feedback", json={"image_id": ids[0], "approved": True},
-                       headers={"Idempotency-Key": "prom-1"}).status_code == 200
+    assert (
+        client.post(
+            "/feedback", json={"image_id": ids[0], "approved": True}, headers={"Idempotency-Key": "prom-1"}
+        ).status_code
+        == 201
+    )
+    assert (
+        client.post(
+            "/feedback", json={"image_id": ids[0], "approved": True}, headers={"Idempotency-Key": "prom-1"}
+        ).status_code
+        == 200
+    )
     assert client.post("/feedback", json={"image_id": "0" * 32, "approved": True}).status_code == 404
     assert client.post("/feedback", json={"image_id": ids[1], "approved": "maybe"}).status_code == 422
 
@@ -153,15 +170,31 @@ def test_prometheus_scrapes_serving_and_training_and_dashboards_evaluate(prometh
     from facegen_ray.train.trainer import train
 
     root = str(tmp_path / "root")
-    assert cli_main(["prepare", str(sample_zip), Layout(root).dataset("faces"), "--resolution", "8", "--limit", "48"]) == 0
-    cfg = FacegenConfig.model_validate({
-        "storage": {"root": root}, "model": tiny_model_dict(8),
-        "loss": {"name": "nonsaturating", "r1_gamma": 1.0, "r1_interval": 4},
-        "train": {"run_name": "prom-run", "num_workers": 2, "start_resolution": 4, "stabilize_images": 160,
-                  "fade_images": 160, "total_images": 640, "batch_size": {4: 16, 8: 16},
-                  "checkpoint_every_images": 320, "log_every_images": 32, "shuffle_buffer": 16,
-                  "max_failures": 0, "seed": 3, "amp": False},
-    })
+    assert (
+        cli_main(["prepare", str(sample_zip), Layout(root).dataset("faces"), "--resolution", "8", "--limit", "48"]) == 0
+    )
+    cfg = FacegenConfig.model_validate(
+        {
+            "storage": {"root": root},
+            "model": tiny_model_dict(8),
+            "loss": {"name": "nonsaturating", "r1_gamma": 1.0, "r1_interval": 4},
+            "train": {
+                "run_name": "prom-run",
+                "num_workers": 2,
+                "start_resolution": 4,
+                "stabilize_images": 160,
+                "fade_images": 160,
+                "total_images": 640,
+                "batch_size": {4: 16, 8: 16},
+                "checkpoint_every_images": 320,
+                "log_every_images": 32,
+                "shuffle_buffer": 16,
+                "max_failures": 0,
+                "seed": 3,
+                "amp": False,
+            },
+        }
+    )
     out = train(cfg, export=False)
     assert out.images_seen == 640
 
@@ -173,13 +206,23 @@ def test_prometheus_scrapes_serving_and_training_and_dashboards_evaluate(prometh
     assert up and any(v == "1" for s in up for _, v in s["values"]), up  # scrapes succeeded
 
     # ---- the two named metrics, read back through Prometheus
-    req = _wait_for(prom, 'sum by (route, method, status) (ray_facegen_serve_requests_total{route="/generate"})', t0,
-                    lambda res: any(s["metric"] == {"route": "/generate", "method": "POST", "status": "200"}
-                                    and float(s["values"][-1][1]) >= 3 for s in res))
+    req = _wait_for(
+        prom,
+        'sum by (route, method, status) (ray_facegen_serve_requests_total{route="/generate"})',
+        t0,
+        lambda res: any(
+            s["metric"] == {"route": "/generate", "method": "POST", "status": "200"} and float(s["values"][-1][1]) >= 3
+            for s in res
+        ),
+    )
     post200 = [s for s in req if s["metric"] == {"route": "/generate", "method": "POST", "status": "200"}]
     assert post200 and float(post200[0]["values"][-1][1]) >= 3, req
-    seen = _wait_for(prom, 'max by (rank) (ray_facegen_train_images_seen{run="prom-run"})', t0,
-                     lambda res: {s["metric"].get("rank") for s in res} == {"0", "1"})
+    seen = _wait_for(
+        prom,
+        'max by (rank) (ray_facegen_train_images_seen{run="prom-run"})',
+        t0,
+        lambda res: {s["metric"].get("rank") for s in res} == {"0", "1"},
+    )
     assert {s["metric"].get("rank") for s in seen} == {"0", "1"}, seen
     values = {float(v) for s in seen for _, v in s["values"]}
     assert values and all(0 < v <= 640 and v % 32 == 0 for v in values), values  # progress points: every 32 images
@@ -204,8 +247,10 @@ def test_prometheus_scrapes_serving_and_training_and_dashboards_evaluate(prometh
             problems.append((board, title, q))
         else:
             empty_without_data.append((board, title, q))
-    print(f"dashboard queries with series: {len(evaluated)}; without data for a selector: "
-          + "; ".join(f"{b}/{t}: {q}" for b, t, q in empty_without_data))
+    print(
+        f"dashboard queries with series: {len(evaluated)}; without data for a selector: "
+        + "; ".join(f"{b}/{t}: {q}" for b, t, q in empty_without_data)
+    )
     assert not problems, f"queries that return nothing although their metrics have data: {problems}"
     # the data this test produced covers most panels (what is left: 5xx, FID, reload failures, ...)
     assert len(evaluated) >= len(queries) - 6, empty_without_data

@@ -9,11 +9,11 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from test_metrics_inception import _sample_faces
 
 from facegen_ray import provenance as prov
 from facegen_ray.provenance import watermark as wm
 from facegen_ray.serve.generation import encode_image
-from test_metrics_inception import _sample_faces
 
 IID = "0123456789abcdef0123456789abcdef"
 
@@ -52,7 +52,7 @@ def test_only_the_central_window_changes_and_the_input_is_left_alone(faces):
     assert ok and np.array_equal(a, before), "embed must not write into its input"
     u, v = wm._window(*a.shape[:2])
     outside = np.ones(a.shape[:2], bool)
-    outside[u:u + wm.TILE, v:v + wm.TILE] = False
+    outside[u : u + wm.TILE, v : v + wm.TILE] = False
     assert np.array_equal(m[outside], a[outside]) and not np.array_equal(m, a)
     assert wm.detect(m).image_id_prefix == IID[:4]
 

@@ -45,6 +45,7 @@ def _sample_faces(sample_zip, n: int) -> list[tuple[str, Image.Image]]:
 
 # ---------------------------------------------------------------- measures and rules
 
+
 def test_laplacian_variance_by_hand():
     assert q.laplacian_variance(np.full((9, 9), 77.0)) == 0.0  # constant: exactly 0
     g = np.zeros((3, 4))
@@ -58,7 +59,7 @@ def test_laplacian_variance_by_hand():
 def test_measure_and_judge_on_real_faces(sample_zip):
     """A bundled face is sharp; the same face blurred is not; a flat frame is near-constant;
     crops larger than quality_size are measured at quality_size, smaller ones at their own size."""
-    (_, face), = _sample_faces(sample_zip, 1)
+    ((_, face),) = _sample_faces(sample_zip, 1)
     rules = q.QualityRules(resolution=16)
     sharp = q.measure(face, rules.quality_size)
     blurred = q.measure(face.filter(ImageFilter.GaussianBlur(2)), rules.quality_size)
@@ -90,7 +91,7 @@ def test_rules_order_thresholds_and_off():
 
 
 def test_process_image_quality_verdicts(sample_zip):
-    (_, face), = _sample_faces(sample_zip, 1)
+    ((_, face),) = _sample_faces(sample_zip, 1)
     rules = q.QualityRules(resolution=16)
     ok = process_image(_png(face), resolution=16, min_size=32, quality=rules)
     assert ok.quality_reject is None and ok.measures.crop == 64 and ok.image
@@ -98,7 +99,9 @@ def test_process_image_quality_verdicts(sample_zip):
     assert blurred.quality_reject == "blurry" and blurred.image  # the image stays, for the report
     flat = process_image(_png(Image.new("RGB", (50, 70), "black")), resolution=16, min_size=32, quality=rules)
     assert flat.quality_reject == "near_constant" and flat.measures.crop == 50
-    low = process_image(_png(face.resize((40, 40))), resolution=128, min_size=32, quality=q.QualityRules(resolution=128))
+    low = process_image(
+        _png(face.resize((40, 40))), resolution=128, min_size=32, quality=q.QualityRules(resolution=128)
+    )
     assert low.quality_reject == "low_resolution" and low.upscaled
     # without rules (feedback images, older callers): nothing measured, nothing rejected
     plain = process_image(_png(Image.new("RGB", (40, 40), "black")), resolution=16, min_size=32)
@@ -120,16 +123,22 @@ def test_thresholds_are_config_fields():
 
 # ---------------------------------------------------------------- demographic mix
 
+
 def test_demographic_mix_arithmetic_and_flags():
     # 20 images: race "0" 10 (1 blurry), race "1" 6 (4 blurry, 1 near_constant), race "2" 4 (0)
     race = ["0"] * 10 + ["1"] * 6 + ["2"] * 4
     gender = ["0", "1"] * 10
     rej = [None] * 9 + ["blurry"] + ["blurry"] * 4 + ["near_constant", None] + [None] * 4
-    mix = q.demographic_mix({"race": race, "gender": gender}, rej, ratio=2.0, min_rejected=3,
-                            names={"race": {"0": "white", "1": "black"}})
+    mix = q.demographic_mix(
+        {"race": race, "gender": gender}, rej, ratio=2.0, min_rejected=3, names={"race": {"0": "white", "1": "black"}}
+    )
     ov = mix["overall"]
     assert (ov["before"], ov["after"], ov["rejected"]) == (20, 14, 6)
-    assert ov["reject_rate"] == pytest.approx(0.3) and ov["by_reason"] == {"low_resolution": 0, "near_constant": 1, "blurry": 5}
+    assert ov["reject_rate"] == pytest.approx(0.3) and ov["by_reason"] == {
+        "low_resolution": 0,
+        "near_constant": 1,
+        "blurry": 5,
+    }
     rows = {r["group"]: r for r in mix["attributes"]["race"]}
     assert [r["group"] for r in mix["attributes"]["race"]] == ["0", "1", "2"]
     r1 = rows["1"]
@@ -165,6 +174,7 @@ def test_group_order_puts_ages_numerically_and_null_last():
 
 # ---------------------------------------------------------------- report pieces
 
+
 def test_pick_ranks_and_contact_sheet():
     assert pick_ranks(5, 10) == [0, 1, 2, 3, 4]
     ranks = pick_ranks(100, 5)
@@ -174,7 +184,7 @@ def test_pick_ranks_and_contact_sheet():
     arr = np.asarray(sheet)
     assert sheet.size[0] == 4 * 64 + 3 * 2
     # the 16 px face is enlarged to 64 px without smoothing: a solid block of its colour
-    assert (arr[14 + 11: 14 + 11 + 64, 0:64] == [200, 10, 10]).all()
+    assert (arr[14 + 11 : 14 + 11 + 64, 0:64] == [200, 10, 10]).all()
 
 
 def test_report_png_uri():
@@ -185,6 +195,7 @@ def test_report_png_uri():
 
 
 # ---------------------------------------------------------------- end to end
+
 
 @pytest.fixture
 def quality_folder(tmp_path, sample_zip):
@@ -198,7 +209,7 @@ def quality_folder(tmp_path, sample_zip):
     for race in (0, 2, 3, 4):
         for name, img in by_race[race][:3]:
             img.save(d / name.replace(".jpg.chip.jpg", ".png"))
-    for i, (name, img) in enumerate(by_race[1][:3]):  # ages 25, 45, 65: one per age bucket
+    for i, (_name, img) in enumerate(by_race[1][:3]):  # ages 25, 45, 65: one per age bucket
         img.filter(ImageFilter.GaussianBlur(2)).save(d / f"{25 + 20 * i}_{i % 2}_1_2017010100000000{i}.png")
     Image.new("RGB", (64, 64), (128, 128, 128)).save(d / "8_1_2_20170101000000099.png")
     by_race[0][5][1].resize((40, 40), Image.Resampling.LANCZOS).save(d / "55_1_0_20170101000000098.png")
@@ -208,8 +219,21 @@ def quality_folder(tmp_path, sample_zip):
 
 def test_prepare_rejects_counts_report_and_flag(ray_session, quality_folder, tmp_path, capsys):
     dest, report = tmp_path / "faces", tmp_path / "out" / "report.html"
-    rc = cli_main(["prepare", str(quality_folder), str(dest), "--resolution", "16", "--report", str(report),
-                   "--set", "data.max_upscale=0.25", "--set", "data.disparity_min_rejected=2"])
+    rc = cli_main(
+        [
+            "prepare",
+            str(quality_folder),
+            str(dest),
+            "--resolution",
+            "16",
+            "--report",
+            str(report),
+            "--set",
+            "data.max_upscale=0.25",
+            "--set",
+            "data.disparity_min_rejected=2",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "prepared 12 images (6 rejected: unreadable=1, low_resolution=1, near_constant=1, blurry=3)" in out
@@ -217,8 +241,15 @@ def test_prepare_rejects_counts_report_and_flag(ray_session, quality_folder, tmp
     assert "DISPROPORTIONATE: race=black any 3.4x the overall rate, race=black blurry 5.7x" in out
     assert f"report: {report}" in out
     m = read_manifest(Storage(), str(dest))
-    assert m["rejected"] == {"unreadable": 1, "too_small": 0, "unsupported_mode": 0, "low_resolution": 1,
-                             "near_constant": 1, "blurry": 3, "duplicate": 0}
+    assert m["rejected"] == {
+        "unreadable": 1,
+        "too_small": 0,
+        "unsupported_mode": 0,
+        "low_resolution": 1,
+        "near_constant": 1,
+        "blurry": 3,
+        "duplicate": 0,
+    }
     assert m["num_images"] == 12 and m["num_rejected"] == 6
     qm = m["quality"]
     assert qm["min_crop"] == 64 and qm["min_sharpness"] == 40.0 and qm["num_measured"] == 17
@@ -227,13 +258,17 @@ def test_prepare_rejects_counts_report_and_flag(ray_session, quality_folder, tmp
     assert (race["1"]["before"], race["1"]["after"], race["1"]["flagged"]) == (3, 0, ["any", "blurry"])
     assert (race["2"]["before"], race["2"]["rejected"], race["2"]["flagged"]) == (4, 1, [])
     assert race["0"]["by_reason"]["low_resolution"] == 1 and race["0"]["flagged"] == []
-    assert {(f["attribute"], f["group"], f["reason"]) for f in qm["mix"]["flags"]} == {("race", "1", "any"),
-                                                                                      ("race", "1", "blurry")}
+    assert {(f["attribute"], f["group"], f["reason"]) for f in qm["mix"]["flags"]} == {
+        ("race", "1", "any"),
+        ("race", "1", "blurry"),
+    }
     # nothing rejected reached the shards
     sources = [f for f in (dest / "v1").glob("*.parquet")]
     import pyarrow.parquet as pq
 
-    stored = [r.rsplit("/", 1)[-1] for p in sources for r in pq.read_table(p, columns=["source"]).column("source").to_pylist()]
+    stored = [
+        r.rsplit("/", 1)[-1] for p in sources for r in pq.read_table(p, columns=["source"]).column("source").to_pylist()
+    ]
     assert len(stored) == 12 and not any("2017010100000000" in s for s in stored)
 
     page = report.read_text()
@@ -252,8 +287,19 @@ def test_prepare_rejects_counts_report_and_flag(ray_session, quality_folder, tmp
 
 def test_report_written_when_every_image_is_rejected(ray_session, quality_folder, tmp_path, capsys):
     dest, report = tmp_path / "faces", tmp_path / "r.html"
-    rc = cli_main(["prepare", str(quality_folder), str(dest), "--resolution", "16", "--report", str(report),
-                   "--set", "data.min_sharpness=1e9"])
+    rc = cli_main(
+        [
+            "prepare",
+            str(quality_folder),
+            str(dest),
+            "--resolution",
+            "16",
+            "--report",
+            str(report),
+            "--set",
+            "data.min_sharpness=1e9",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "no usable images" in err and "blurry=" in err and "data.min_sharpness" in err
     assert not (dest / "manifest.json").exists()  # nothing stored

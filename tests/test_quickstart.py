@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import free_port
 
 
@@ -19,9 +18,25 @@ def test_quickstart_runs_the_whole_loop(tmp_path):
     env = {**os.environ, "RAY_ADDRESS": ""}
     env.pop("RAY_ADDRESS")
     out = subprocess.run(
-        [sys.executable, "-m", "facegen_ray.cli", "quickstart", "--root", str(root), "--port", str(free_port()),
-         "--num-gen", "32", "--set", "gate.fid_tolerance=100"],  # any finite FID passes: the swap runs
-        capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "facegen_ray.cli",
+            "quickstart",
+            "--root",
+            str(root),
+            "--port",
+            str(free_port()),
+            "--num-gen",
+            "32",
+            "--set",
+            "gate.fid_tolerance=100",
+        ],  # any finite FID passes: the swap runs
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     for step in range(1, 10):
@@ -47,7 +62,9 @@ def test_quickstart_refuses_unwritable_root(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     out = subprocess.run(
         [sys.executable, "-m", "facegen_ray.cli", "quickstart", "--root", str(Path(tmp_path / "file" / "sub"))],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 2
     assert "not writable" in out.stderr

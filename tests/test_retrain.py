@@ -21,19 +21,44 @@ from facegen_ray.storage import Layout, Storage, join
 from tests.conftest import tiny_model_dict
 
 BASE_TRAIN = {
-    "run_name": "base", "start_resolution": 4, "stabilize_images": 32, "fade_images": 16, "total_images": 96,
-    "batch_size": {4: 16, 8: 16}, "checkpoint_every_images": 48, "log_every_images": 48, "keep_checkpoints": 2,
-    "shuffle_buffer": 16, "ema_half_life_images": 200, "max_failures": 0, "seed": 3, "amp": False,
+    "run_name": "base",
+    "start_resolution": 4,
+    "stabilize_images": 32,
+    "fade_images": 16,
+    "total_images": 96,
+    "batch_size": {4: 16, 8: 16},
+    "checkpoint_every_images": 48,
+    "log_every_images": 48,
+    "keep_checkpoints": 2,
+    "shuffle_buffer": 16,
+    "ema_half_life_images": 200,
+    "max_failures": 0,
+    "seed": 3,
+    "amp": False,
 }
-GATE_SETS = ["--num-gen", "16", "--num-real", "24", "--set", "eval.batch_size=16", "--set", "eval.device=cpu",
-             "--set", "eval.kid_subsets=4"]
+GATE_SETS = [
+    "--num-gen",
+    "16",
+    "--num-real",
+    "24",
+    "--set",
+    "eval.batch_size=16",
+    "--set",
+    "eval.device=cpu",
+    "--set",
+    "eval.kid_subsets=4",
+]
 
 
 def base_cfg(root: str) -> FacegenConfig:
-    return FacegenConfig.model_validate({
-        "storage": {"root": root}, "model": tiny_model_dict(8),
-        "loss": {"name": "nonsaturating", "r1_gamma": 1.0, "r1_interval": 4}, "train": BASE_TRAIN,
-    })
+    return FacegenConfig.model_validate(
+        {
+            "storage": {"root": root},
+            "model": tiny_model_dict(8),
+            "loss": {"name": "nonsaturating", "r1_gamma": 1.0, "r1_interval": 4},
+            "train": BASE_TRAIN,
+        }
+    )
 
 
 def record(store, loaded, seed: int, psi: float) -> str:
@@ -42,10 +67,20 @@ def record(store, loaded, seed: int, psi: float) -> str:
 
     img = gen.generate(loaded.G, [seed], psi)[0]
     iid = gen.image_id(loaded.version, loaded.digest, seed, psi, None)
-    store.record_image(iid, gen.encode_image(img, "png"), {
-        "seed": seed, "truncation": psi, "attributes": None, "condition": None, "model_version": loaded.version,
-        "model_uri": loaded.uri, "weights_sha256": loaded.digest, "resolution": int(img.shape[0]),
-    })
+    store.record_image(
+        iid,
+        gen.encode_image(img, "png"),
+        {
+            "seed": seed,
+            "truncation": psi,
+            "attributes": None,
+            "condition": None,
+            "model_version": loaded.version,
+            "model_uri": loaded.uri,
+            "weights_sha256": loaded.digest,
+            "resolution": int(img.shape[0]),
+        },
+    )
     return iid
 
 
@@ -124,7 +159,12 @@ def test_labels_from_conditional_records():
     from facegen_ray.data.feedback_merge import _labels
 
     assert _labels({"condition": None, "attributes": None}) == (None, None, None, None)
-    assert _labels({"condition": [3, 1, 2], "attributes": {"age": 35, "gender": 1, "race": 2}}) == (35, 1, 2, "requested")
+    assert _labels({"condition": [3, 1, 2], "attributes": {"age": 35, "gender": 1, "race": 2}}) == (
+        35,
+        1,
+        2,
+        "requested",
+    )
     assert _labels({"condition": [-1, 0, -1], "attributes": None}) == (None, 0, None, "requested")
     assert _labels({"condition": [-1, -1, -1], "attributes": {}}) == (None, None, None, None)
 
@@ -158,8 +198,9 @@ def test_merge_only_writes_a_new_version(world, capsys):
     rows = [r for u in shard_uris(m) for r in pq.read_table(u).to_pylist()]
     assert len(rows) == m["num_images"] and len({r["sha256"] for r in rows}) == len(rows)
     fbrows = [r for r in rows if r["origin"] == "feedback"]
-    assert len(fbrows) == 3 and all(r["weight"] == 2.5 and r["age"] is None and r["label_source"] is None
-                                    for r in fbrows)
+    assert len(fbrows) == 3 and all(
+        r["weight"] == 2.5 and r["age"] is None and r["label_source"] is None for r in fbrows
+    )
     assert all(r["origin"] == "dataset" and r["weight"] == 1.0 for r in rows if r not in fbrows)
     # the stored pixels are the approved image, upscaled 8 -> 16 exactly
     row = next(r for r in fbrows if ids["approved"] in r["source"])
@@ -168,7 +209,9 @@ def test_merge_only_writes_a_new_version(world, capsys):
     # nothing new to merge now: exit 2, no version written
     rc = cli_main(["retrain", "--merge-only", "--root", root])
     err = capsys.readouterr().err
-    assert rc == 2 and "no new approved feedback images" in err and "in_base=4" in err  # both psi=0 twins match the merged one
+    assert (
+        rc == 2 and "no new approved feedback images" in err and "in_base=4" in err
+    )  # both psi=0 twins match the merged one
     assert list_versions(storage, faces) == [1, 2]
 
 
@@ -240,7 +283,10 @@ def test_retrain_end_to_end_promotes_with_huge_tolerance(world, capsys):
     reg = Registry(storage, root)
     assert reg.serving() == "v2" and reg.get("v1")["status"] == "retired"
     entry = reg.get("v2")
-    assert entry["metrics"]["gate"]["decision"] == "promoted" and entry["metrics"]["fid"] == doc["candidate_metrics"]["fid"]
+    assert (
+        entry["metrics"]["gate"]["decision"] == "promoted"
+        and entry["metrics"]["fid"] == doc["candidate_metrics"]["fid"]
+    )
     assert entry["metrics"]["gate"]["serving"]["fid"] == doc["serving_metrics"]["fid"]
     assert entry["metrics"]["retrain"]["init_from"].endswith("checkpoint-000000000096")
     assert storage.read_json(doc["gate_report"])["decision"] == "promoted"
@@ -317,10 +363,23 @@ def test_init_from_with_another_architecture_is_refused(world, tmp_path, capsys)
         with pytest.raises(UserError, match="different model config"):
             check_init_from(storage, uri, other)
     # through `facegen train`: exit 2 before Ray Train starts, no run folder
-    model_sets = [a for k, v in {**tiny_model_dict(8), "w_dim": other.w_dim}.items()
-                  for a in ("--set", f"model.{k}={str(v).lower() if isinstance(v, bool) else v}")]
-    rc = cli_main(["train", "--root", world["root"], "--set", "train.run_name=wrong-arch",
-                   "--set", f"train.init_from={src.model_uri}", *model_sets])
+    model_sets = [
+        a
+        for k, v in {**tiny_model_dict(8), "w_dim": other.w_dim}.items()
+        for a in ("--set", f"model.{k}={str(v).lower() if isinstance(v, bool) else v}")
+    ]
+    rc = cli_main(
+        [
+            "train",
+            "--root",
+            world["root"],
+            "--set",
+            "train.run_name=wrong-arch",
+            "--set",
+            f"train.init_from={src.model_uri}",
+            *model_sets,
+        ]
+    )
     assert rc == 2 and "different model config" in capsys.readouterr().err
     assert not storage.exists(Layout(world["root"]).run("wrong-arch"))
 
@@ -334,8 +393,16 @@ def test_retrain_config_takes_typed_overrides(tmp_path):
 
     cfg = base_cfg(str(tmp_path))
     model = {**tiny_model_dict(8), "w_dim": 16}
-    src = WarmStartSource(version="v1", model_uri="/m/v1", model_doc={"model": model}, run=None, images_seen=96,
-                          init_from="/m/v1", kind="model", note="")
+    src = WarmStartSource(
+        version="v1",
+        model_uri="/m/v1",
+        model_doc={"model": model},
+        run=None,
+        images_seen=96,
+        init_from="/m/v1",
+        kind="model",
+        note="",
+    )
     overrides = {"train.g_lr": 0.01, "loss.r1_gamma": 2.5, "train.run_name": "mine", "eval.num_gen": 7}
     rcfg = retrain_config(Storage(), cfg, src, "/d/faces/v2", "cand", overrides)
     assert rcfg.model.w_dim == 16 and rcfg.model.resolution == 8  # the serving model's, not cfg's
@@ -355,8 +422,8 @@ def test_gate_with_human_votes_pending_then_promoted(world, capsys):
     with them the gate promotes it, and the report shows the votes, win rate and Wilson
     interval beside FID/KID/PR."""
     from facegen_ray.lifecycle.human_votes import wilson_interval
-    from facegen_ray.serve.comparison import ComparisonStore
     from facegen_ray.lifecycle.registry import Registry
+    from facegen_ray.serve.comparison import ComparisonStore
 
     storage, root = Storage(), world["root"]
     reg = Registry(storage, root)
@@ -379,8 +446,9 @@ def test_gate_with_human_votes_pending_then_promoted(world, capsys):
     for choice in ["left", "right", "left", "cant_tell"]:
         cand_side = "left" if choice != "right" else "right"
         other = "right" if cand_side == "left" else "left"
-        pair = store.record_pair(c, cand_side, {cand_side: {"version": cand, "seed": 1},
-                                                other: {"version": serving, "seed": 2}}, 0.7, 60)
+        pair = store.record_pair(
+            c, cand_side, {cand_side: {"version": cand, "seed": 1}, other: {"version": serving, "seed": 2}}, 0.7, 60
+        )
         store.vote(pair["pair_id"], choice)
     store.stop()
     rc = cli_main(["gate", cand, "--root", root, *human_sets, *GATE_SETS])
@@ -390,7 +458,9 @@ def test_gate_with_human_votes_pending_then_promoted(world, capsys):
     assert doc["decision"] == "promoted" and doc["serving"] == cand and reg.serving() == cand
     h = doc["human"]
     assert (h["votes"], h["wins"], h["losses"], h["cant_tell"], h["win_rate"]) == (4, 3, 0, 1, 0.875)
-    assert h["ci"] == pytest.approx(list(wilson_interval(3.5, 4, 0.95))) and h["ci"][0] == pytest.approx(0.3958, abs=1e-3)
+    assert h["ci"] == pytest.approx(list(wilson_interval(3.5, 4, 0.95))) and h["ci"][0] == pytest.approx(
+        0.3958, abs=1e-3
+    )
     assert h["verdict"] == "pass" and h["comparisons"] == [c["comparison_id"]]
     report = storage.read_json(doc["gate_report"])
     assert report["human"] == h and report["decision"] == "promoted"
@@ -423,20 +493,38 @@ def test_merge_on_s3(s3_server, s3_root, s3_storage, ray_session, sample_zip):
     from facegen_ray.serve import generation as gen
 
     faces = Layout(s3_root).dataset("faces")
-    assert cli_main(["prepare", str(sample_zip), faces, "--resolution", "8", "--limit", "24",
-                     "--set", f"storage.endpoint_url={s3_server}", "--set", "storage.region=us-east-1"]) == 0
+    assert (
+        cli_main(
+            [
+                "prepare",
+                str(sample_zip),
+                faces,
+                "--resolution",
+                "8",
+                "--limit",
+                "24",
+                "--set",
+                f"storage.endpoint_url={s3_server}",
+                "--set",
+                "storage.region=us-east-1",
+            ]
+        )
+        == 0
+    )
     store = FeedbackStore(s3_storage, s3_root)
     rng = np.random.default_rng(1)
     ids = []
     for k in range(3):
         iid = gen.image_id("v1", "d" * 64, k, 0.7, None)
         png = gen.encode_image(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), "png")
-        store.record_image(iid, png, {"seed": k, "truncation": 0.7, "attributes": None, "condition": None,
-                                      "model_version": "v1"})
+        store.record_image(
+            iid, png, {"seed": k, "truncation": 0.7, "attributes": None, "condition": None, "model_version": "v1"}
+        )
         store.add_feedback(iid, k != 2, client_key="u1")
         ids.append(iid)
-    cfg = FacegenConfig.model_validate({"storage": {**s3_storage.cfg.model_dump(), "root": s3_root},
-                                        "retrain": {"feedback_repeats": 2}})
+    cfg = FacegenConfig.model_validate(
+        {"storage": {**s3_storage.cfg.model_dump(), "root": s3_root}, "retrain": {"feedback_repeats": 2}}
+    )
     res = merge_feedback(cfg, faces, storage=s3_storage)
     assert res.merged == 2 and res.skipped["rejected"] == 1 and res.version_uri == join(faces, "v2")
     m = read_manifest(s3_storage, faces)

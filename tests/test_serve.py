@@ -22,7 +22,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import free_port, tiny_model_dict
+from hypothesis import HealthCheck, settings
 from PIL import Image
+from serve_fuzz import openapi_schema, send_and_validate
+from test_control import synthetic_directions
 
 from facegen_ray.config import ModelConfig
 from facegen_ray.data.feedback import FeedbackStore, approved_images, iter_feedback
@@ -31,10 +35,6 @@ from facegen_ray.models import Generator, save_model_dir
 from facegen_ray.models.directions import save_directions
 from facegen_ray.serve.generation import decode_png, generate, load_model
 from facegen_ray.storage import Storage
-from conftest import free_port, tiny_model_dict
-from hypothesis import HealthCheck, settings
-from serve_fuzz import openapi_schema, send_and_validate
-from test_control import synthetic_directions
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "test-admin-token-123"
@@ -60,11 +60,22 @@ def _serve_config(root: str, port: int) -> dict:
     doc = copy.deepcopy(doc)
     doc["http_options"] = {"host": "127.0.0.1", "port": port}
     app = doc["applications"][0]
-    app["args"].update({
-        "root": root, "model": "v1", "num_gpus": 0, "num_cpus": 0.5, "min_replicas": 2, "max_replicas": 2,
-        "admin_token": TOKEN, "max_request_bytes": MAX_BODY, "max_batch_size": 8, "batch_wait_timeout_s": 0.02,
-        "model_poll_interval_s": 0.5, "ingress_num_cpus": 0.5,
-    })
+    app["args"].update(
+        {
+            "root": root,
+            "model": "v1",
+            "num_gpus": 0,
+            "num_cpus": 0.5,
+            "min_replicas": 2,
+            "max_replicas": 2,
+            "admin_token": TOKEN,
+            "max_request_bytes": MAX_BODY,
+            "max_batch_size": 8,
+            "batch_wait_timeout_s": 0.02,
+            "model_poll_interval_s": 0.5,
+            "ingress_num_cpus": 0.5,
+        }
+    )
     for d in app["deployments"]:
         if d["name"] == "GeneratorDeployment":
             d["user_config"] = {"model": "v1"}
@@ -186,10 +197,20 @@ def test_generate_bytes_and_determinism(client, app):
     assert s1 != s2
 
 
-@pytest.mark.parametrize("body", [
-    {"num_images": 0}, {"num_images": 17}, {"truncation": 1.5}, {"truncation": -0.1}, {"format": "gif"},
-    {"seed": -1}, {"seed": "abc"}, {"colour": "red"}, {"attributes": {"age": 30, "mood": 1}},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"num_images": 0},
+        {"num_images": 17},
+        {"truncation": 1.5},
+        {"truncation": -0.1},
+        {"format": "gif"},
+        {"seed": -1},
+        {"seed": "abc"},
+        {"colour": "red"},
+        {"attributes": {"age": 30, "mood": 1}},
+    ],
+)
 def test_generate_rejects_malformed(client, body):
     r = client.post("/generate", json=body)
     assert r.status_code == 422, (body, r.text)
@@ -198,7 +219,9 @@ def test_generate_rejects_malformed(client, body):
 def test_generate_other_bad_inputs(client):
     r = client.post("/generate", json={"seed": 1, "attributes": {"age": 30}})
     assert r.status_code == 422 and "unconditional" in r.json()["detail"]
-    assert client.post("/generate", content=b"not json", headers={"content-type": "application/json"}).status_code == 422
+    assert (
+        client.post("/generate", content=b"not json", headers={"content-type": "application/json"}).status_code == 422
+    )
     assert client.get("/generate", params={"truncation": "abc"}).status_code == 422
     assert client.get("/generate", params={"sed": 3}).status_code == 422
     big = json.dumps({"seed": 1, "pad": "x" * (MAX_BODY + 10)})
@@ -212,12 +235,18 @@ def _new_image(client) -> str:
 
 def test_feedback_happy_path_and_idempotency(client, app):
     iid = _new_image(client)
-    r1 = client.post("/feedback", json={"image_id": iid, "approved": True, "rating": 5, "comment": "nice"},
-                     headers={"Idempotency-Key": "user-1:abc"})
+    r1 = client.post(
+        "/feedback",
+        json={"image_id": iid, "approved": True, "rating": 5, "comment": "nice"},
+        headers={"Idempotency-Key": "user-1:abc"},
+    )
     assert r1.status_code == 201, r1.text
     fid = r1.json()["feedback_id"]
-    r2 = client.post("/feedback", json={"image_id": iid, "approved": True, "rating": 5, "comment": "nice"},
-                     headers={"Idempotency-Key": "user-1:abc"})
+    r2 = client.post(
+        "/feedback",
+        json={"image_id": iid, "approved": True, "rating": 5, "comment": "nice"},
+        headers={"Idempotency-Key": "user-1:abc"},
+    )
     assert r2.status_code == 200 and r2.json()["feedback_id"] == fid
     r3 = client.post("/feedback", json={"image_id": iid, "approved": False}, headers={"Idempotency-Key": "user-2"})
     assert r3.status_code == 201 and r3.json()["feedback_id"] != fid
@@ -268,10 +297,12 @@ def test_feedback_bad_inputs_store_nothing(client, app):
     # too big: honest Content-Length ...
     big = json.dumps({"image_id": iid, "approved": True, "comment": "x" * MAX_BODY}).encode()
     assert client.post("/feedback", content=big).status_code == 413
+
     # ... and streamed without one (chunked): the actual size counts
     def chunks():
         for _ in range(8):
             yield b" " * 1024
+
     r = client.post("/feedback", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413
     assert _count(app) == before
@@ -290,11 +321,14 @@ def test_feedback_1000_concurrent_posts_stored_exactly_once(app):
         sem = asyncio.Semaphore(50)
         limits = httpx.Limits(max_connections=50, max_keepalive_connections=50)
         async with httpx.AsyncClient(base_url=app["url"], timeout=120, limits=limits) as ac:
+
             async def one(img, key, approved):
                 async with sem:
-                    r = await ac.post("/feedback", json={"image_id": img, "approved": approved},
-                                      headers={"Idempotency-Key": key})
+                    r = await ac.post(
+                        "/feedback", json={"image_id": img, "approved": approved}, headers={"Idempotency-Key": key}
+                    )
                     return key, r.status_code, r.json().get("feedback_id")
+
             return await asyncio.gather(*(one(*p) for p in posts))
 
     results = asyncio.run(run())
@@ -312,8 +346,12 @@ def test_feedback_1000_concurrent_posts_stored_exactly_once(app):
 # ----------------------------------------------------------------------------- admin + swaps
 def test_admin_routes_need_the_token(client):
     assert client.post("/admin/reload", json={"model": "v1"}).status_code == 401
-    assert client.post("/admin/reload", json={"model": "v1"}, headers={"Authorization": "Bearer nope"}).status_code == 403
-    assert client.post("/admin/promote", json={"version": "v1"}, headers={"Authorization": "Basic abc"}).status_code == 401
+    assert (
+        client.post("/admin/reload", json={"model": "v1"}, headers={"Authorization": "Bearer nope"}).status_code == 403
+    )
+    assert (
+        client.post("/admin/promote", json={"version": "v1"}, headers={"Authorization": "Basic abc"}).status_code == 401
+    )
     auth = {"Authorization": f"Bearer {TOKEN}"}
     assert client.post("/admin/reload", json={}, headers=auth).status_code == 422
     r = client.post("/admin/reload", json={"model": "no-such-model"}, headers=auth)
@@ -333,8 +371,14 @@ def test_hostile_bodies_get_readable_422_and_store_nothing(client, app, route):
     422 with a JSON message (was 500: the error handler could not serialise the input)."""
     _new_image(client)
     before = _feedback_objects(app)
-    for body in [b"\x00\xff\xfe\xfd", b'{"truncation": NaN}', b'{"seed": Infinity}', b'{"truncation": -Infinity}',
-                 b'{"image_id": "' + b"a" * 32 + b'", "approved": true, "rating": NaN}', b'{"truncation": 1e999}']:
+    for body in [
+        b"\x00\xff\xfe\xfd",
+        b'{"truncation": NaN}',
+        b'{"seed": Infinity}',
+        b'{"truncation": -Infinity}',
+        b'{"image_id": "' + b"a" * 32 + b'", "approved": true, "rating": NaN}',
+        b'{"truncation": 1e999}',
+    ]:
         r = client.post(route, content=body, headers={"content-type": "application/json"})
         assert r.status_code == 422, (body, r.status_code, r.text)
         assert r.headers["content-type"].startswith("application/json")
@@ -362,9 +406,13 @@ def test_controls_live(client, app):
     info = client.get("/healthz").json()
     assert info["directions"] == ["age", "gender", "race_white"] and info["num_ws"] == 6
     plain_alone = client.post("/generate", json={"seed": 70, "num_images": 2}).json()["images"]
-    bodies = [{"seed": 70, "num_images": 2}, {"seed": 70, "num_images": 2, "mix": {"seed": 90, "crossover": 2}},
-              {"seed": 70, "edit": {"age": 2.0}}, {"seed": 70, "interpolate": {"seed_b": 90, "t": 0.5, "space": "z"}},
-              {"seed": 70, "edit": {"age": 2.0}, "mix": {"seed": 90, "crossover": 5}}] * 2
+    bodies = [
+        {"seed": 70, "num_images": 2},
+        {"seed": 70, "num_images": 2, "mix": {"seed": 90, "crossover": 2}},
+        {"seed": 70, "edit": {"age": 2.0}},
+        {"seed": 70, "interpolate": {"seed_b": 90, "t": 0.5, "space": "z"}},
+        {"seed": 70, "edit": {"age": 2.0}, "mix": {"seed": 90, "crossover": 5}},
+    ] * 2
 
     async def together():
         async with httpx.AsyncClient(base_url=app["url"], timeout=120) as ac:
@@ -385,11 +433,12 @@ def test_controls_live(client, app):
     want = synthesize(model.G, mix_ws(seed_ws(model.G, [70, 71], 0.7), seed_ws(model.G, [90], 0.7), 2))
     got = np.stack([_png(im["data"]) for im in answers[1].json()["images"]])
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # batch composition may move the last bit
-    for body, fragment in [({"seed": 1, "mix": {"seed": 2, "crossover": 6}}, "between 1 and 5"),
-                           ({"seed": 1, "edit": {"smile": 1}}, "unknown attribute"),
-                           ({"seed": 1, "edit": {"age": 9}}, "less than or equal to 5"),
-                           ({"seed": 1, "mix": {"seed": 2, "crossover": 1}, "interpolate": {"seed_b": 3, "t": 0}},
-                            "cannot be combined")]:
+    for body, fragment in [
+        ({"seed": 1, "mix": {"seed": 2, "crossover": 6}}, "between 1 and 5"),
+        ({"seed": 1, "edit": {"smile": 1}}, "unknown attribute"),
+        ({"seed": 1, "edit": {"age": 9}}, "less than or equal to 5"),
+        ({"seed": 1, "mix": {"seed": 2, "crossover": 1}, "interpolate": {"seed_b": 3, "t": 0}}, "cannot be combined"),
+    ]:
         r = client.post("/generate", json=body)
         assert r.status_code == 422 and fragment in json.dumps(r.json()["detail"]), r.text
 
@@ -497,10 +546,19 @@ def test_page_flow_in_chromium(app, tmp_path):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        ])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         try:
             page = browser.new_page()
             errors: list[str] = []
@@ -523,8 +581,9 @@ def test_page_flow_in_chromium(app, tmp_path):
             sliders = page.locator("#sliders input.direction")
             assert sliders.count() == 3 and sliders.nth(0).get_attribute("data-name") == "age"
             seed_before = cards.nth(0).locator(".seed").inner_text()
-            sliders.nth(0).evaluate("el => { el.value = '2'; el.dispatchEvent(new Event('input')); "
-                                    "el.dispatchEvent(new Event('change')); }")
+            sliders.nth(0).evaluate(
+                "el => { el.value = '2'; el.dispatchEvent(new Event('input')); el.dispatchEvent(new Event('change')); }"
+            )
             # a selector wait, not wait_for_function: the page's CSP forbids eval, which a string
             # predicate needs (the CSP is part of what this test runs against)
             page.wait_for_selector(".face .control:has-text('age +2')", timeout=60_000)
@@ -572,10 +631,19 @@ def test_compare_page_in_chromium(app, client, tmp_path):
     assert (r.json()["baseline"], r.json()["candidate"]) == (baseline, "v3")
     shown: list[tuple[str, dict[str, str]]] = []  # (pair id, side -> base64 PNG as the page showed it)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        ])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         try:
             page = browser.new_page(viewport={"width": 900, "height": 700})
             errors: list[str] = []
@@ -587,8 +655,10 @@ def test_compare_page_in_chromium(app, client, tmp_path):
 
             def current() -> tuple[str, dict[str, str]]:
                 pid = page.locator("body").get_attribute("data-pair-id")
-                imgs = {side: page.locator(f"#img-{side}").get_attribute("src").split(",", 1)[1]
-                        for side in ("left", "right")}
+                imgs = {
+                    side: page.locator(f"#img-{side}").get_attribute("src").split(",", 1)[1]
+                    for side in ("left", "right")
+                }
                 return pid, imgs
 
             shown.append(current())
@@ -601,7 +671,9 @@ def test_compare_page_in_chromium(app, client, tmp_path):
             page.keyboard.press("ArrowDown")
             page.wait_for_selector(f"#status.ok[data-pair-id='{shown[1][0]}']", timeout=30_000)
             page.wait_for_selector(f"body[data-loaded='true']:not([data-pair-id='{shown[1][0]}'])", timeout=60_000)
-            assert "1 vote" not in page.locator("#count").inner_text() and "2 votes" in page.locator("#count").inner_text()
+            assert (
+                "1 vote" not in page.locator("#count").inner_text() and "2 votes" in page.locator("#count").inner_text()
+            )
             page.screenshot(path=str(tmp_path / "compare-page.png"), full_page=True)
             assert not errors, errors
         finally:
@@ -610,8 +682,14 @@ def test_compare_page_in_chromium(app, client, tmp_path):
     pair = store.get_pair(shown[0][0])
     assert first["vote_id"] == vote_id and first["choice"] == "left"
     assert first["winner"] == ("candidate" if pair["candidate_side"] == "left" else "baseline")
-    assert first["winner_version"] == pair[pair["candidate_side"] if first["winner"] == "candidate" else
-                                           ("right" if pair["candidate_side"] == "left" else "left")]["version"]
+    assert (
+        first["winner_version"]
+        == pair[
+            pair["candidate_side"]
+            if first["winner"] == "candidate"
+            else ("right" if pair["candidate_side"] == "left" else "left")
+        ]["version"]
+    )
     assert {pair["left"]["version"], pair["right"]["version"]} == {baseline, "v3"}
     assert store.get_vote(shown[1][0])["choice"] == "cant_tell"
     # what the page showed is what the recorded versions draw at the recorded seeds

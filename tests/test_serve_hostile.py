@@ -20,13 +20,13 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model_dict
 from fastapi import HTTPException
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
-
-from conftest import tiny_model_dict
 from serve_fuzz import openapi_schema, send_and_validate
+
 from facegen_ray.config import ModelConfig
 from facegen_ray.data.feedback import FeedbackStore, UnknownImage, iter_feedback, iter_images, summarize_feedback
 from facegen_ray.models import Generator, save_model_dir
@@ -148,11 +148,14 @@ def test_hostile_bodies_get_422_and_store_nothing(client, ingress, route, body):
     assert _stored(ingress["root"]) == before
 
 
-@pytest.mark.parametrize("body", [
-    {"image_id": "a" * 32, "approved": True, "rating": 1.5},
-    {"image_id": "a" * 32, "approved": True, "comment": "x" * (MAX_COMMENT_CHARS + 1)},
-    {"image_id": "A" * 32, "approved": True},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"image_id": "a" * 32, "approved": True, "rating": 1.5},
+        {"image_id": "a" * 32, "approved": True, "comment": "x" * (MAX_COMMENT_CHARS + 1)},
+        {"image_id": "A" * 32, "approved": True},
+    ],
+)
 def test_feedback_validation_errors_are_plain_json(client, body):
     r = client.post("/feedback", json=body)
     _assert_readable_4xx(r)
@@ -168,7 +171,12 @@ def test_nan_in_a_query_string_is_422(client):
 
 def test_admin_routes_check_hostile_bodies_after_the_token(client):
     auth = {"Authorization": f"Bearer {TOKEN}", "content-type": "application/json"}
-    assert client.post("/admin/reload", content=b'{"model": NaN}', headers={"content-type": "application/json"}).status_code == 401
+    assert (
+        client.post(
+            "/admin/reload", content=b'{"model": NaN}', headers={"content-type": "application/json"}
+        ).status_code
+        == 401
+    )
     _assert_readable_4xx(client.post("/admin/reload", content=b'{"model": NaN}', headers=auth))
     _assert_readable_4xx(client.post("/admin/promote", content=b"\xff\xfe", headers=auth))
     _assert_readable_4xx(client.post("/admin/compare/start", content=b'{"candidate": NaN}', headers=auth))
@@ -224,13 +232,30 @@ def test_openapi_fuzz_in_process_long(case, ingress):
 
 
 # ----------------------------------------------------------------------------- property tests
-_json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
-                       st.text())
-_json_like = st.recursive(_json_leaf, lambda kids: st.one_of(st.lists(kids, max_size=4),
-                                                             st.dictionaries(st.text(max_size=12), kids, max_size=4)),
-                          max_leaves=12)
-_field_names = st.sampled_from(["seed", "num_images", "truncation", "attributes", "format", "image_id",
-                                "approved", "rating", "comment", "age", "pair_id", "choice"])
+_json_leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.text()
+)
+_json_like = st.recursive(
+    _json_leaf,
+    lambda kids: st.one_of(st.lists(kids, max_size=4), st.dictionaries(st.text(max_size=12), kids, max_size=4)),
+    max_leaves=12,
+)
+_field_names = st.sampled_from(
+    [
+        "seed",
+        "num_images",
+        "truncation",
+        "attributes",
+        "format",
+        "image_id",
+        "approved",
+        "rating",
+        "comment",
+        "age",
+        "pair_id",
+        "choice",
+    ]
+)
 _bodyish = st.dictionaries(_field_names, _json_like, max_size=5)
 
 
@@ -265,20 +290,26 @@ def test_json_with_nan_surrogates_and_wrong_types_parse_or_422(body):
             parse_json_body(raw, GenerateRequest)
 
 
-@given(seed=st.integers(0, gen.MAX_SEED - 16), k=st.integers(1, 16), psi=st.floats(0, 1),
-       fmt=st.sampled_from(["png", "jpeg"]))
+@given(
+    seed=st.integers(0, gen.MAX_SEED - 16),
+    k=st.integers(1, 16),
+    psi=st.floats(0, 1),
+    fmt=st.sampled_from(["png", "jpeg"]),
+)
 @settings(max_examples=100, deadline=None)
 def test_valid_generate_bodies_round_trip(seed, k, psi, fmt):
-    req = parse_json_body(json.dumps({"seed": seed, "num_images": k, "truncation": psi, "format": fmt}).encode(),
-                          GenerateRequest)
+    req = parse_json_body(
+        json.dumps({"seed": seed, "num_images": k, "truncation": psi, "format": fmt}).encode(), GenerateRequest
+    )
     assert (req.seed, req.num_images, req.truncation, req.format) == (seed, k, psi, fmt)
 
 
 @given(comment=st.text(max_size=MAX_COMMENT_CHARS), rating=st.none() | st.integers(1, 5), approved=st.booleans())
 @settings(max_examples=100, deadline=None)
 def test_valid_feedback_bodies_round_trip(comment, rating, approved):
-    raw = json.dumps({"image_id": "0" * 32, "approved": approved, "rating": rating, "comment": comment},
-                     ensure_ascii=False).encode("utf-8", "surrogatepass")
+    raw = json.dumps(
+        {"image_id": "0" * 32, "approved": approved, "rating": rating, "comment": comment}, ensure_ascii=False
+    ).encode("utf-8", "surrogatepass")
     if any(0xD800 <= ord(ch) <= 0xDFFF for ch in comment):  # not UTF-8 text: refused, never stored
         with pytest.raises(HTTPException):
             parse_json_body(raw, FeedbackRequest)

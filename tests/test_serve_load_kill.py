@@ -55,8 +55,15 @@ def _store_with_posts(root: str, n: int = 12):
 def test_verify_store_passes_a_clean_store(tmp_path):
     bench, _, posts = _store_with_posts(str(tmp_path))
     out = bench.verify_store(str(tmp_path), posts, "load-test")
-    assert out == {"records_on_disk": 12, "lost": 0, "duplicates": 0, "half_written": 0, "temp_files_left": 0,
-                   "unacknowledged_records": 0, "id_mismatches": 0}
+    assert out == {
+        "records_on_disk": 12,
+        "lost": 0,
+        "duplicates": 0,
+        "half_written": 0,
+        "temp_files_left": 0,
+        "unacknowledged_records": 0,
+        "id_mismatches": 0,
+    }
 
 
 def test_verify_store_counts_lost_duplicate_torn_and_mismatched(tmp_path):
@@ -88,9 +95,30 @@ def test_feedback_posts_survive_a_killed_ingress_replica(tmp_path):
     root, ledger = tmp_path / "root", tmp_path / "ledger.jsonl"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     r = subprocess.run(
-        [sys.executable, str(BENCH), "feedback", "--posts", "300", "--clients", "8", "--images", "16",
-         "--kill-at", "0.3", "--replay", "100", "--root", str(root), "--ledger", str(ledger)],
-        cwd=REPO, capture_output=True, text=True, env=env, timeout=1800,
+        [
+            sys.executable,
+            str(BENCH),
+            "feedback",
+            "--posts",
+            "300",
+            "--clients",
+            "8",
+            "--images",
+            "16",
+            "--kill-at",
+            "0.3",
+            "--replay",
+            "100",
+            "--root",
+            str(root),
+            "--ledger",
+            str(ledger),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
     )
     lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
     assert lines, f"no JSON line (rc {r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"

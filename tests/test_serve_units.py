@@ -12,14 +12,19 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import tiny_model_dict
 from PIL import Image
 from pydantic import ValidationError
 
-from conftest import tiny_model_dict
 from facegen_ray.cli import main as cli_main
 from facegen_ray.config import ModelConfig
 from facegen_ray.data.feedback import (
-    FeedbackStore, UnknownImage, approved_images, check_id, iter_feedback, iter_images,
+    FeedbackStore,
+    UnknownImage,
+    approved_images,
+    check_id,
+    iter_feedback,
+    iter_images,
 )
 from facegen_ray.errors import UserError
 from facegen_ray.lifecycle.registry import Registry
@@ -97,9 +102,19 @@ def test_image_id_and_encoding():
     i1 = gen.image_id("v1", "ab", 3, 0.7, None)
     assert check_id(i1) == i1
     assert i1 == gen.image_id("v1", "ab", 3, 0.70000001, None)
-    assert len({i1, gen.image_id("v2", "ab", 3, 0.7, None), gen.image_id("v1", "cd", 3, 0.7, None),
-                gen.image_id("v1", "ab", 4, 0.7, None), gen.image_id("v1", "ab", 3, 0.5, None),
-                gen.image_id("v1", "ab", 3, 0.7, [1, 0, 2])}) == 6
+    assert (
+        len(
+            {
+                i1,
+                gen.image_id("v2", "ab", 3, 0.7, None),
+                gen.image_id("v1", "cd", 3, 0.7, None),
+                gen.image_id("v1", "ab", 4, 0.7, None),
+                gen.image_id("v1", "ab", 3, 0.5, None),
+                gen.image_id("v1", "ab", 3, 0.7, [1, 0, 2]),
+            }
+        )
+        == 6
+    )
     arr = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
     png = gen.encode_image(arr, "png")
     assert png == gen.encode_image(arr, "png") and np.array_equal(gen.decode_png(png), arr)
@@ -184,8 +199,11 @@ def test_request_schemas():
     with pytest.raises(ValidationError):
         GenerateRequest.model_validate({"seed": gen.MAX_SEED, "num_images": 2})
     FeedbackRequest.model_validate({"image_id": "a" * 32, "approved": False, "rating": 1})
-    for bad in [{"image_id": "a" * 32, "approved": 1}, {"image_id": "a" * 32, "approved": True, "rating": "3"},
-                {"image_id": "g" * 32, "approved": True}]:
+    for bad in [
+        {"image_id": "a" * 32, "approved": 1},
+        {"image_id": "a" * 32, "approved": True, "rating": "3"},
+        {"image_id": "g" * 32, "approved": True},
+    ]:
         with pytest.raises(ValidationError):
             FeedbackRequest.model_validate_json(json.dumps(bad))
 
@@ -236,11 +254,17 @@ def test_admin_auth(monkeypatch):
 # ----------------------------------------------------------------------------- CLI
 def test_generate_cli(model_dir, tmp_path, capsys):
     out = tmp_path / "grid.png"
-    assert cli_main(["generate", model_dir, "--seeds", "0-5", "--truncation", "0.5", "--out", str(out), "--cols", "3"]) == 0
+    assert (
+        cli_main(["generate", model_dir, "--seeds", "0-5", "--truncation", "0.5", "--out", str(out), "--cols", "3"])
+        == 0
+    )
     im = Image.open(out)
     assert im.size == (3 * 18 - 2, 2 * 18 - 2)
     first = out.read_bytes()
-    assert cli_main(["generate", model_dir, "--seeds", "0-5", "--truncation", "0.5", "--out", str(out), "--cols", "3"]) == 0
+    assert (
+        cli_main(["generate", model_dir, "--seeds", "0-5", "--truncation", "0.5", "--out", str(out), "--cols", "3"])
+        == 0
+    )
     assert out.read_bytes() == first
     assert "6 faces" in capsys.readouterr().out
     assert cli_main(["generate", model_dir, "--seeds", "9-1", "--out", str(out)]) == 2
@@ -271,14 +295,26 @@ def test_facegen_serve_cli_runs_until_terminated(model_dir, tmp_path):
     import time
 
     import httpx
-
     from conftest import free_port
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "facegen_ray.cli", "serve", model_dir, "--port", str(port), "--root", str(tmp_path / "root")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "facegen_ray.cli",
+            "serve",
+            model_dir,
+            "--port",
+            str(port),
+            "--root",
+            str(tmp_path / "root"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     try:
         deadline = time.time() + 240

@@ -15,8 +15,15 @@ from facegen_ray.storage import Storage, s3_worker_options, worker_filesystem, w
 @pytest.fixture
 def no_aws(monkeypatch, tmp_path):
     """An environment where botocore finds no credentials at all."""
-    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-              "AWS_DEFAULT_PROFILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+    for k in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
@@ -68,9 +75,9 @@ def test_worker_filesystem_pickles_with_the_credentials(no_aws, tmp_path):
 
 
 def test_training_and_data_readers_use_the_same_builder():
+    from facegen_ray import storage
     from facegen_ray.data import ingest
     from facegen_ray.train import trainer
-    from facegen_ray import storage
 
     assert ingest.worker_filesystem is storage.worker_filesystem
     assert trainer.worker_filesystem is storage.worker_filesystem

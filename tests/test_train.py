@@ -19,21 +19,32 @@ from facegen_ray.storage import Layout, Storage, join
 from tests.conftest import tiny_model_dict
 
 RUN_PARAMS = {
-    "start_resolution": 4, "stabilize_images": 48, "fade_images": 32, "total_images": 160,
-    "batch_size": {4: 16, 8: 16}, "checkpoint_every_images": 64, "log_every_images": 32,
-    "keep_checkpoints": 2, "shuffle_buffer": 16, "ema_half_life_images": 200,
-    "max_failures": 0, "seed": 7, "amp": False,
+    "start_resolution": 4,
+    "stabilize_images": 48,
+    "fade_images": 32,
+    "total_images": 160,
+    "batch_size": {4: 16, 8: 16},
+    "checkpoint_every_images": 64,
+    "log_every_images": 32,
+    "keep_checkpoints": 2,
+    "shuffle_buffer": 16,
+    "ema_half_life_images": 200,
+    "max_failures": 0,
+    "seed": 7,
+    "amp": False,
 }
 
 
 def make_cfg(root: str, run_name: str, **train) -> FacegenConfig:
     t = {**RUN_PARAMS, "run_name": run_name, **train}
-    return FacegenConfig.model_validate({
-        "storage": {"root": root},
-        "model": tiny_model_dict(8),
-        "loss": {"name": "nonsaturating", "r1_gamma": 1.0, "r1_interval": 4},
-        "train": t,
-    })
+    return FacegenConfig.model_validate(
+        {
+            "storage": {"root": root},
+            "model": tiny_model_dict(8),
+            "loss": {"name": "nonsaturating", "r1_gamma": 1.0, "r1_interval": 4},
+            "train": t,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +53,19 @@ def faces_root(ray_session, sample_zip, tmp_path_factory) -> str:
     so the worker downsamples on device), reweighted by race x gender: the D losses of every
     run here (DDP, exact resume, worker replacement) take the weighted path."""
     root = str(tmp_path_factory.mktemp("train-root"))
-    rc = cli_main(["prepare", str(sample_zip), Layout(root).dataset("faces"), "--resolution", "16", "--limit", "96",
-                   "--balance", "reweight"])
+    rc = cli_main(
+        [
+            "prepare",
+            str(sample_zip),
+            Layout(root).dataset("faces"),
+            "--resolution",
+            "16",
+            "--limit",
+            "96",
+            "--balance",
+            "reweight",
+        ]
+    )
     assert rc == 0
     weights = read_manifest(Storage(), Layout(root).dataset("faces"))["balance"]["weights"]
     assert len(set(weights.values())) > 1  # uneven groups: weights other than 1 reach training
@@ -152,12 +174,29 @@ def test_max_minutes_stops_every_rank_at_one_log_point_and_exports(faces_root):
 def test_cli_train_quickstart_config(faces_root, capsys):
     """The CLI path (`facegen train --config facegen_ray/configs/quickstart.yaml`) with a shorter schedule."""
     cfg_path = os.path.join(os.path.dirname(__file__), "..", "facegen_ray", "configs", "quickstart.yaml")
-    rc = cli_main([
-        "train", "--config", cfg_path, "--root", faces_root, "--run-name", "cli-qs",
-        "--set", "train.total_images=96", "--set", "train.checkpoint_every_images=64",
-        "--set", "model.resolution=8", "--set", "train.stabilize_images=48", "--set", "train.fade_images=16",
-        "--set", "model.conditional=true",  # conditional G/D on the UTKFace labels
-    ])
+    rc = cli_main(
+        [
+            "train",
+            "--config",
+            cfg_path,
+            "--root",
+            faces_root,
+            "--run-name",
+            "cli-qs",
+            "--set",
+            "train.total_images=96",
+            "--set",
+            "train.checkpoint_every_images=64",
+            "--set",
+            "model.resolution=8",
+            "--set",
+            "train.stabilize_images=48",
+            "--set",
+            "train.fade_images=16",
+            "--set",
+            "model.conditional=true",  # conditional G/D on the UTKFace labels
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     last = json.loads(out.strip().splitlines()[-1])
@@ -167,8 +206,21 @@ def test_cli_train_quickstart_config(faces_root, capsys):
 
 # ------------------------------------------------------------------------- bad input
 def _train_cli(root: str, *sets: str, config: str | None = None) -> list[str]:
-    argv = ["train", "--root", root, "--set", "model.resolution=8", "--set", "model.z_dim=32",
-            "--set", "model.w_dim=32", "--set", "model.fmap_base=128", "--set", "model.fmap_max=32"]
+    argv = [
+        "train",
+        "--root",
+        root,
+        "--set",
+        "model.resolution=8",
+        "--set",
+        "model.z_dim=32",
+        "--set",
+        "model.w_dim=32",
+        "--set",
+        "model.fmap_base=128",
+        "--set",
+        "model.fmap_max=32",
+    ]
     if config:
         argv += ["--config", config]
     for s in sets:
@@ -220,12 +272,15 @@ def test_unknown_loss_exits_2(faces_root, capsys):
     _assert_no_run(faces_root, "bad-loss")
 
 
-@pytest.mark.parametrize("setting,field", [
-    ("train.num_workers=0", "train.num_workers"),
-    ("train.total_images=-5", "train.total_images"),
-    ("train.start_resolution=6", "train.start_resolution"),
-    ("train.batch_size={8: 0}", "train.batch_size"),
-])
+@pytest.mark.parametrize(
+    "setting,field",
+    [
+        ("train.num_workers=0", "train.num_workers"),
+        ("train.total_images=-5", "train.total_images"),
+        ("train.start_resolution=6", "train.start_resolution"),
+        ("train.batch_size={8: 0}", "train.batch_size"),
+    ],
+)
 def test_config_out_of_range_exits_2(faces_root, capsys, setting, field):
     assert cli_main(_train_cli(faces_root, setting, "train.run_name=bad-range")) == 2
     assert field in capsys.readouterr().err
@@ -251,11 +306,31 @@ def _s3_run(s3_server, s3_root, s3_storage, sample_zip, run: str, total: int) ->
     from facegen_ray.train.trainer import train
 
     if not s3_storage.exists(Layout(s3_root).manifest(Layout(s3_root).dataset("faces"))):
-        rc = cli_main(["prepare", str(sample_zip), Layout(s3_root).dataset("faces"), "--resolution", "8",
-                       "--limit", "48", "--set", f"storage.endpoint_url={s3_server}", "--set", "storage.region=us-east-1"])
+        rc = cli_main(
+            [
+                "prepare",
+                str(sample_zip),
+                Layout(s3_root).dataset("faces"),
+                "--resolution",
+                "8",
+                "--limit",
+                "48",
+                "--set",
+                f"storage.endpoint_url={s3_server}",
+                "--set",
+                "storage.region=us-east-1",
+            ]
+        )
         assert rc == 0
-    cfg = make_cfg(s3_root, run, num_workers=2, start_resolution=8, total_images=total,
-                   checkpoint_every_images=32, batch_size={8: 8})
+    cfg = make_cfg(
+        s3_root,
+        run,
+        num_workers=2,
+        start_resolution=8,
+        total_images=total,
+        checkpoint_every_images=32,
+        batch_size={8: 8},
+    )
     cfg = cfg.model_copy(update={"storage": s3_storage.cfg.model_copy(update={"root": s3_root})})
     return cfg, train(cfg, s3_storage, export=True)
 
@@ -269,7 +344,7 @@ def test_s3_storage_on_moto(s3_server, s3_root, s3_storage, ray_session, sample_
     cfg, out = _s3_run(s3_server, s3_root, s3_storage, sample_zip, "s3-run", 64)
     assert out.images_seen == 64
     run = Layout(s3_root).run("s3-run")
-    names = [p[len(run) + 1:] for p in s3_storage.find(run)]
+    names = [p[len(run) + 1 :] for p in s3_storage.find(run)]
     assert "checkpoint-000000000064/state.pt" in names and "checkpoint-000000000064/rng-rank1.pt" in names
     assert "checkpoint-000000000032/meta.json" in names
     assert out.checkpoint_path == join(run, "checkpoint-000000000064")  # a URI the user can pass on
@@ -284,6 +359,7 @@ def test_s3_run_resumes_from_bucket(s3_server, s3_root, s3_storage, ray_session,
     from facegen_ray.train.trainer import train
 
     cfg, first = _s3_run(s3_server, s3_root, s3_storage, sample_zip, "s3-resume", 32)
-    again = train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"total_images": 64})}),
-                  s3_storage, export=False)
+    again = train(
+        cfg.model_copy(update={"train": cfg.train.model_copy(update={"total_images": 64})}), s3_storage, export=False
+    )
     assert again.images_seen == 64 and all(w["started_at"] == 32 for w in again.workers)

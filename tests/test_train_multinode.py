@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-
 REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent(
@@ -62,11 +61,14 @@ def test_two_nodes_one_worker_each_stay_identical(tmp_path, sample_zip):
     env.pop("RAY_ADDRESS")
     proc = subprocess.run(
         [sys.executable, str(script), str(tmp_path / "root"), str(sample_zip)],
-        capture_output=True, text=True, timeout=540, env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        env=env,
     )
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, f"rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    res = json.loads(lines[-1][len("RESULT "):])
+    res = json.loads(lines[-1][len("RESULT ") :])
     assert res["images_seen"] == 64
     workers = res["workers"]
     assert len(workers) == 2

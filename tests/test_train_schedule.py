@@ -10,13 +10,18 @@ import torch
 
 from facegen_ray.config import FacegenConfig
 from facegen_ray.train.checkpoint import capture_rng, load_checkpoint, read_meta, restore_rng, save_checkpoint
-from facegen_ray.train.steps import ema_beta, prepare_reals
 from facegen_ray.train.schedule import ProgressiveSchedule, resolution_of_stage, stage_of_resolution
+from facegen_ray.train.steps import ema_beta, prepare_reals
 
 
 def _cfg(**train) -> FacegenConfig:
-    base = {"start_resolution": 4, "stabilize_images": 100, "fade_images": 50, "total_images": 1000,
-            "batch_size": {4: 16, 8: 8, 16: 4}}
+    base = {
+        "start_resolution": 4,
+        "stabilize_images": 100,
+        "fade_images": 50,
+        "total_images": 1000,
+        "batch_size": {4: 16, 8: 8, 16: 4},
+    }
     base.update(train)
     return FacegenConfig.model_validate({"model": {"resolution": 16}, "train": base})
 
@@ -136,6 +141,7 @@ def test_prepare_reals_downsamples_and_fades():
     p0 = SchedulePoint(0, 1, 0.0, 8, 2, 2, 1.0, True, False)
     y0 = prepare_reals(x, p0)  # alpha 0: the 4x4 image brought up with G's (bilinear) upsampling
     import torch.nn.functional as F
+
     from facegen_ray.models.layers import upsample2x
 
     low = F.avg_pool2d(x, 4)  # [2,3,4,4]: box means of 4x4 blocks
@@ -154,13 +160,33 @@ def test_ema_beta_half_life_and_rampup():
 def test_progress_line_and_grid():
     from facegen_ray.train.report import grid_name, image_grid, loss_curves_png, progress_line
 
-    line = progress_line({"images_seen": 12_345, "stage": 2, "resolution": 16, "alpha": 0.45,
-                          "d_loss": 0.62, "g_loss": 1.1, "img_per_s": 85.2})
+    line = progress_line(
+        {
+            "images_seen": 12_345,
+            "stage": 2,
+            "resolution": 16,
+            "alpha": 0.45,
+            "d_loss": 0.62,
+            "g_loss": 1.1,
+            "img_per_s": 85.2,
+        }
+    )
     assert line == "[facegen] 12.3k img | stage 2 (16x16) α=0.45 | D 0.620 G 1.100 | 85 img/s"
     g = image_grid(torch.zeros(5, 3, 8, 8))  # 3x2 tiles enlarged to 64 px, 2 px gutters
     assert g.shape == (2 * 66 + 2, 3 * 66 + 2, 3) and g.dtype == np.uint8
     assert g[0, 0, 0] == 0 and g[10, 10, 0] == 128  # gutter black, mid-grey tile
     assert grid_name(12_345) == "grid-00012.345.png" and grid_name(5) < grid_name(64) < grid_name(12_345)
-    png = loss_curves_png([{"images_seen": i * 32, "stage": i // 3, "resolution": 4 * 2 ** (i // 3),
-                            "d_loss": 1.0, "g_loss": 0.5, "img_per_s": 10.0} for i in range(6)])
+    png = loss_curves_png(
+        [
+            {
+                "images_seen": i * 32,
+                "stage": i // 3,
+                "resolution": 4 * 2 ** (i // 3),
+                "d_loss": 1.0,
+                "g_loss": 0.5,
+                "img_per_s": 10.0,
+            }
+            for i in range(6)
+        ]
+    )
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import tiny_model_dict
+
 from facegen_ray.config import FacegenConfig, LossConfig, ModelConfig
 from facegen_ray.losses import PL_DECAY, build_loss
 from facegen_ray.models import Discriminator, Generator
@@ -28,8 +28,17 @@ def _seed():
 
 def _point(stage: int, alpha: float, n: int = 4) -> SchedulePoint:
     res = 4 * 2**stage
-    return SchedulePoint(images_seen=0, stage=stage, alpha=alpha, resolution=res, global_batch=n,
-                         worker_batch=n, lr_scale=1.0, fading=alpha < 1.0, done=False)
+    return SchedulePoint(
+        images_seen=0,
+        stage=stage,
+        alpha=alpha,
+        resolution=res,
+        global_batch=n,
+        worker_batch=n,
+        lr_scale=1.0,
+        fading=alpha < 1.0,
+        done=False,
+    )
 
 
 # ---------------------------------------------------------------- 1. fade-in: one operator for reals and fakes
@@ -121,10 +130,13 @@ def test_mirror_flips_about_half_the_rows_deterministically():
 
 @pytest.mark.parametrize("mirror", [True, False])
 def test_training_reals_are_mirrored_only_when_configured(tmp_path, mirror):
-    cfg = FacegenConfig.model_validate({
-        "storage": {"root": str(tmp_path)}, "model": tiny_model_dict(16),
-        "train": {"start_resolution": 16, "batch_size": {16: 32}, "mirror": mirror},
-    })
+    cfg = FacegenConfig.model_validate(
+        {
+            "storage": {"root": str(tmp_path)},
+            "model": tiny_model_dict(16),
+            "train": {"start_resolution": 16, "batch_size": {16: 32}, "mirror": mirror},
+        }
+    )
     gan = GANSteps(cfg, torch.device("cpu"))
     x = torch.rand(32, 3, 16, 16)
     out = gan.to_device_reals(x, _point(2, 1.0, 32))
@@ -154,10 +166,10 @@ def test_skip_generator_sums_every_blocks_upsampled_rgb():
 def test_models_saved_before_architecture_load_as_orig(tmp_path):
     import json
 
+    from facegen_ray.config import StorageConfig
     from facegen_ray.models import load_model_dir, save_model_dir
     from facegen_ray.models.export import MODEL_FILE
     from facegen_ray.storage import Storage, join
-    from facegen_ray.config import StorageConfig
 
     cfg = ModelConfig(**{**tiny_model_dict(16), "architecture": "orig"})
     storage = Storage(StorageConfig(root=str(tmp_path)))
@@ -192,10 +204,13 @@ def test_translation_moves_content_and_cutout_zeroes_a_quarter():
 
 
 def test_augmented_discriminator_passes_gradients_to_the_generator(tmp_path):
-    cfg = FacegenConfig.model_validate({
-        "storage": {"root": str(tmp_path)}, "model": tiny_model_dict(16),
-        "train": {"start_resolution": 16, "batch_size": {16: 4}, "augment": "diffaugment"},
-    })
+    cfg = FacegenConfig.model_validate(
+        {
+            "storage": {"root": str(tmp_path)},
+            "model": tiny_model_dict(16),
+            "train": {"start_resolution": 16, "batch_size": {16: 4}, "augment": "diffaugment"},
+        }
+    )
     gan = GANSteps(cfg, torch.device("cpu"))
     assert isinstance(gan.D_run, AugmentedDiscriminator) and gan.D_run.D is gan.D
     gan.apply(ProgressiveSchedule(cfg.train, cfg.model, 1).at(0))
@@ -211,11 +226,14 @@ def test_augmented_discriminator_passes_gradients_to_the_generator(tmp_path):
 def test_compiled_models_train_with_r1_and_path_length(tmp_path):
     """train.compile hands compiled G/D to the main losses only; R1 and path length (double
     backward, which torch.compile does not support) run the eager modules."""
-    cfg = FacegenConfig.model_validate({
-        "storage": {"root": str(tmp_path)}, "model": tiny_model_dict(8),
-        "loss": {"r1_interval": 1, "pl_weight": 2.0, "pl_interval": 1},
-        "train": {"start_resolution": 8, "batch_size": {8: 4}, "compile": True},
-    })
+    cfg = FacegenConfig.model_validate(
+        {
+            "storage": {"root": str(tmp_path)},
+            "model": tiny_model_dict(8),
+            "loss": {"r1_interval": 1, "pl_weight": 2.0, "pl_interval": 1},
+            "train": {"start_resolution": 8, "batch_size": {8: 4}, "compile": True},
+        }
+    )
     gan = GANSteps(cfg, torch.device("cpu"))
     point = ProgressiveSchedule(cfg.train, cfg.model, 1).at(0)
     gan.apply(point)

@@ -31,26 +31,43 @@ from facegen_ray.tune.spec import (
 from tests.conftest import tiny_model_dict
 
 TRAIN = {
-    "start_resolution": 4, "stabilize_images": 32, "fade_images": 16, "total_images": 96,
-    "batch_size": {4: 16, 8: 16}, "checkpoint_every_images": 48, "log_every_images": 48,
-    "keep_checkpoints": 2, "shuffle_buffer": 16, "ema_half_life_images": 100,
-    "max_failures": 0, "seed": 3, "amp": False, "num_workers": 1,
+    "start_resolution": 4,
+    "stabilize_images": 32,
+    "fade_images": 16,
+    "total_images": 96,
+    "batch_size": {4: 16, 8: 16},
+    "checkpoint_every_images": 48,
+    "log_every_images": 48,
+    "keep_checkpoints": 2,
+    "shuffle_buffer": 16,
+    "ema_half_life_images": 100,
+    "max_failures": 0,
+    "seed": 3,
+    "amp": False,
+    "num_workers": 1,
 }
 
 
 def write_base(path: Path) -> Path:
-    path.write_text(yaml.safe_dump({
-        "model": tiny_model_dict(8),
-        "loss": {"name": "nonsaturating", "r1_gamma": 1.0, "r1_interval": 4},
-        "train": TRAIN,
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": tiny_model_dict(8),
+                "loss": {"name": "nonsaturating", "r1_gamma": 1.0, "r1_interval": 4},
+                "train": TRAIN,
+            }
+        )
+    )
     return path
 
 
 def write_sweep(path: Path, **fields) -> Path:
     base = write_base(path.parent / "base.yaml")
     sweep = {
-        "name": "t", "base_config": base.name, "metric": "fid", "num_samples": 1,
+        "name": "t",
+        "base_config": base.name,
+        "metric": "fid",
+        "num_samples": 1,
         "search_space": {"train.g_lr": {"grid": [0.0005, 0.004]}},
         "max_concurrent_trials": 2,
         "eval": {"num_gen": 16, "num_real": 16, "every_images": 48, "batch_size": 16},
@@ -61,6 +78,7 @@ def write_sweep(path: Path, **fields) -> Path:
 
 
 # ------------------------------------------------------------------ validation (no Ray)
+
 
 @pytest.fixture
 def no_ray(monkeypatch):
@@ -75,24 +93,41 @@ def no_ray(monkeypatch):
     monkeypatch.setattr(facegen_ray.tune.runner, "run_sweep", boom)
 
 
-@pytest.mark.parametrize("fields, expected", [
-    ({"bogus": 1}, "bogus: unknown key"),
-    ({"eval": {"num_gen": 16, "every": 5}}, "eval.every: unknown key"),
-    ({"search_space": {"train.g_lr": {"lognormal": [0.1, 1]}}}, "search_space['train.g_lr']: unknown distribution 'lognormal'"),
-    ({"search_space": {"train.g_lr": {"loguniform": [0, 0.01]}}}, "search_space['train.g_lr']: loguniform needs"),
-    ({"search_space": {"train.g_lr": {"uniform": [0.1, 0.01]}}}, "uniform needs [low, high] with low < high"),
-    ({"search_space": {"train.g_lr": 0.001}}, "search_space['train.g_lr']: a distribution must be a mapping"),
-    ({"search_space": {"train.glr": {"choice": [0.1]}}}, "search_space['train.glr']: unknown config field 'train.glr' (did you mean train.g_lr?)"),
-    ({"search_space": {"trian.g_lr": {"choice": [0.1]}}}, "unknown config section 'trian'"),
-    ({"overrides": {"loss.clip": 0.1}}, "overrides['loss.clip']: unknown config field"),
-    ({"search_space": {"loss.clip_value": {"uniform": [-0.01, 0.02]}}},
-     "search_space['loss.clip_value'] (uniform): value -0.01 gives an invalid config: loss.clip_value: Input should be greater than 0"),
-    ({"search_space": {"loss.name": {"choice": ["wgan", "hinge"]}}}, "search_space['loss.name'] (choice): value 'hinge'"),
-    ({"search_space": {"train.start_resolution": {"grid": [4, 16]}}}, "exceeds model.resolution"),
-    ({"scheduler": {"type": "asha"}, "eval": {"num_gen": 16}}, "scheduler: asha stops trials on intermediate results"),
-    ({"metric": "is"}, "metric: Input should be 'fid' or 'kid'"),
-    ({"num_samples": 0}, "num_samples: Input should be greater than or equal to 1"),
-])
+@pytest.mark.parametrize(
+    "fields, expected",
+    [
+        ({"bogus": 1}, "bogus: unknown key"),
+        ({"eval": {"num_gen": 16, "every": 5}}, "eval.every: unknown key"),
+        (
+            {"search_space": {"train.g_lr": {"lognormal": [0.1, 1]}}},
+            "search_space['train.g_lr']: unknown distribution 'lognormal'",
+        ),
+        ({"search_space": {"train.g_lr": {"loguniform": [0, 0.01]}}}, "search_space['train.g_lr']: loguniform needs"),
+        ({"search_space": {"train.g_lr": {"uniform": [0.1, 0.01]}}}, "uniform needs [low, high] with low < high"),
+        ({"search_space": {"train.g_lr": 0.001}}, "search_space['train.g_lr']: a distribution must be a mapping"),
+        (
+            {"search_space": {"train.glr": {"choice": [0.1]}}},
+            "search_space['train.glr']: unknown config field 'train.glr' (did you mean train.g_lr?)",
+        ),
+        ({"search_space": {"trian.g_lr": {"choice": [0.1]}}}, "unknown config section 'trian'"),
+        ({"overrides": {"loss.clip": 0.1}}, "overrides['loss.clip']: unknown config field"),
+        (
+            {"search_space": {"loss.clip_value": {"uniform": [-0.01, 0.02]}}},
+            "search_space['loss.clip_value'] (uniform): value -0.01 gives an invalid config: loss.clip_value: Input should be greater than 0",
+        ),
+        (
+            {"search_space": {"loss.name": {"choice": ["wgan", "hinge"]}}},
+            "search_space['loss.name'] (choice): value 'hinge'",
+        ),
+        ({"search_space": {"train.start_resolution": {"grid": [4, 16]}}}, "exceeds model.resolution"),
+        (
+            {"scheduler": {"type": "asha"}, "eval": {"num_gen": 16}},
+            "scheduler: asha stops trials on intermediate results",
+        ),
+        ({"metric": "is"}, "metric: Input should be 'fid' or 'kid'"),
+        ({"num_samples": 0}, "num_samples: Input should be greater than or equal to 1"),
+    ],
+)
 def test_bad_sweep_files_exit_2_naming_the_field(tmp_path, capsys, no_ray, fields, expected):
     path = write_sweep(tmp_path / "sweep.yaml", **fields)
     rc = cli_main(["tune", str(path), "--root", str(tmp_path / "root")])
@@ -121,8 +156,13 @@ def test_shipped_sweeps_validate():
     root = Path(__file__).resolve().parents[1] / "tune_configs"
     files = sorted(root.glob("*.yaml"))
     names = {f.stem for f in files}
-    assert {"quickstart-cpu", "utkface-64-ttur-lr", "utkface-64-wgan-clip", "utkface-64-wgan-gp-lambda",
-            "utkface-64-lsgan-lambda"} <= names
+    assert {
+        "quickstart-cpu",
+        "utkface-64-ttur-lr",
+        "utkface-64-wgan-clip",
+        "utkface-64-wgan-gp-lambda",
+        "utkface-64-lsgan-lambda",
+    } <= names
     losses = {}
     for f in files:
         s = load_sweep(f)
@@ -133,18 +173,26 @@ def test_shipped_sweeps_validate():
         # every trial measures its final FID (and KID) even when the file sets no every_images
         assert s.base_cfg.train.eval_at_end is True and s.base_cfg.eval.metrics == ["fid", "kid"]
     assert set(load_sweep(root / "cpu-32-losses.yaml").spec.search_space["loss.name"].probe_values()) == {
-        "minimax", "nonsaturating", "wgan", "wgan-gp", "lsgan"}
+        "minimax",
+        "nonsaturating",
+        "wgan",
+        "wgan-gp",
+        "lsgan",
+    }
     assert losses["utkface-64-wgan-clip"] == "wgan" and losses["utkface-64-wgan-gp-lambda"] == "wgan-gp"
     assert losses["utkface-64-lsgan-lambda"] == "lsgan" and losses["utkface-64-ttur-lr"] == "nonsaturating"
 
 
 # ------------------------------------------------------------------ search space
 
+
 def test_distributions_map_to_tune_domains():
     from ray.tune.search import sample
     from ray.tune.search.variant_generator import generate_variants
 
-    d = lambda **kw: Distribution.model_validate(kw)
+    def d(**kw):
+        return Distribution.model_validate(kw)
+
     lu = to_tune_domain(d(loguniform=[1e-4, 1e-2]))
     assert isinstance(lu, sample.Float) and isinstance(lu.get_sampler(), sample.Float._LogUniform)
     assert (lu.lower, lu.upper) == (1e-4, 1e-2)
@@ -159,13 +207,17 @@ def test_distributions_map_to_tune_domains():
     assert all(1e-4 <= v <= 1e-2 for v in lu.sample(size=200, random_state=rng))
     assert set(ri.sample(size=200, random_state=rng)) == {1, 2, 3, 4, 5}  # high exclusive
 
-    spec = SweepSpec.model_validate({
-        "name": "x", "num_samples": 4,
-        "search_space": {
-            "loss.clip_value": {"grid": [0.005, 0.01, 0.02]}, "loss.name": {"grid": ["wgan", "wgan-gp"]},
-            "train.g_lr": {"loguniform": [1e-4, 1e-2]},
-        },
-    })
+    spec = SweepSpec.model_validate(
+        {
+            "name": "x",
+            "num_samples": 4,
+            "search_space": {
+                "loss.clip_value": {"grid": [0.005, 0.01, 0.02]},
+                "loss.name": {"grid": ["wgan", "wgan-gp"]},
+                "train.g_lr": {"loguniform": [1e-4, 1e-2]},
+            },
+        }
+    )
     assert expected_trials(spec) == 4 * 3 * 2
     space = param_space(spec)
     variants = list(generate_variants(space, random_state=np.random.default_rng(1)))
@@ -178,8 +230,12 @@ def test_rank_trials_and_concurrency():
     from facegen_ray.tune.results import rank_trials
     from facegen_ray.tune.runner import concurrency, trial_resources
 
-    rows = [{"trial_id": "a", "fid": 30.0}, {"trial_id": "b", "fid": None}, {"trial_id": "c", "fid": 12.5},
-            {"trial_id": "d", "fid": 12.5}]
+    rows = [
+        {"trial_id": "a", "fid": 30.0},
+        {"trial_id": "b", "fid": None},
+        {"trial_id": "c", "fid": 12.5},
+        {"trial_id": "d", "fid": 12.5},
+    ]
     ranked = rank_trials(rows, "fid")
     assert [(r["trial_id"], r["rank"]) for r in ranked] == [("c", 1), ("d", 2), ("a", 3), ("b", None)]
 
@@ -197,6 +253,7 @@ def test_rank_trials_and_concurrency():
 
 
 # ------------------------------------------------------------------ a real sweep
+
 
 @pytest.fixture(scope="module")
 def faces_root(ray_session, sample_zip, tmp_path_factory) -> str:
@@ -312,7 +369,11 @@ def test_asha_scheduler_uses_images_seen():
     sched = _scheduler(s)
     assert isinstance(sched, ASHAScheduler)
     assert sched._time_attr == "images_seen" and sched._max_t == 3_000_000
-    assert sched._reduction_factor == 2 and sorted(m for m, _ in sched._brackets[0]._rungs) == [400_000, 800_000, 1_600_000]
+    assert sched._reduction_factor == 2 and sorted(m for m, _ in sched._brackets[0]._rungs) == [
+        400_000,
+        800_000,
+        1_600_000,
+    ]
     assert _scheduler(load_sweep(Path(__file__).resolve().parents[1] / "tune_configs" / "quickstart-cpu.yaml")) is None
 
 
@@ -324,7 +385,9 @@ def test_asha_stops_the_worse_trial_at_a_rung(faces_root, tmp_path, capsys):
     FID is worse than the first trial's there (the median of two), else it finishes. The
     outcome is predicted from the trials' own reported FIDs and must match what happened."""
     sweep = write_sweep(
-        tmp_path / "sweep.yaml", name="asha2", max_concurrent_trials=1,
+        tmp_path / "sweep.yaml",
+        name="asha2",
+        max_concurrent_trials=1,
         overrides={"train.total_images": 144},
         scheduler={"type": "asha", "grace_period_images": 48, "reduction_factor": 2},
     )

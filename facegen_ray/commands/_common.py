@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from facegen_ray.config import FacegenConfig, load_config
 
@@ -11,12 +12,23 @@ from facegen_ray.config import FacegenConfig, load_config
 def add_config_args(p: argparse.ArgumentParser, config_file: bool = True) -> None:
     """--config (unless config_file=False: the command names its config another way), --set, --root."""
     if config_file:
-        p.add_argument("--config", "-c", default=None, help="config YAML (sections: storage, data, model, loss, train, eval, serve)")
+        p.add_argument(
+            "--config",
+            "-c",
+            default=None,
+            help="config YAML (sections: storage, data, model, loss, train, eval, serve)",
+        )
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config field, e.g. --set train.num_workers=2 (repeatable)",
     )
-    p.add_argument("--root", default=None, help="storage root (local folder or s3://bucket/prefix); same as --set storage.root=...")
+    p.add_argument(
+        "--root", default=None, help="storage root (local folder or s3://bucket/prefix); same as --set storage.root=..."
+    )
 
 
 def add_action_parsers(sub: argparse._SubParsersAction, name: str, help: str, doc: str | None):

@@ -18,8 +18,9 @@ from facegen_ray.storage import Storage
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    asub = add_action_parsers(sub, "attributes", "attribute classifier (age bucket, gender, race) for tagging "
-                              "and diversity", __doc__)
+    asub = add_action_parsers(
+        sub, "attributes", "attribute classifier (age bucket, gender, race) for tagging and diversity", __doc__
+    )
     t = asub.add_parser("train", help="train on the labelled images of a dataset and save to --out")
     t.add_argument("--data", required=True, metavar="URI", help="dataset URI (DEST of prepare, or DEST/v<N>)")
     t.add_argument("--out", required=True, metavar="URI", help="folder to write attributes.pt + attributes.json")
@@ -42,8 +43,14 @@ def run_train(args: argparse.Namespace) -> int:
     storage = Storage(cfg.storage)
     data = read_labelled(storage, args.data, cfg.model.age_buckets)
     model, meta = train_attribute_classifier(
-        data, cfg.model.age_buckets, resolution=args.resolution, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, width=args.width, seed=cfg.data.seed,
+        data,
+        cfg.model.age_buckets,
+        resolution=args.resolution,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        width=args.width,
+        seed=cfg.data.seed,
     )
     meta["data"] = args.data
     save_classifier(storage, args.out, model, meta)

@@ -23,13 +23,20 @@ from facegen_ray.storage import Storage
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    dsub = add_action_parsers(sub, "dashboards", "push the Grafana dashboards (serving, training) or export them",
-                              __doc__)
+    dsub = add_action_parsers(
+        sub, "dashboards", "push the Grafana dashboards (serving, training) or export them", __doc__
+    )
 
     push = dsub.add_parser("push", help="create/overwrite the dashboards in a Grafana folder")
-    push.add_argument("--grafana-url", required=True, metavar="URL", help="Grafana base URL, e.g. http://127.0.0.1:3000")
-    push.add_argument("--token", default=None, metavar="ENV_OR_FILE",
-                      help="environment variable name or file holding the API token (default: $GRAFANA_TOKEN)")
+    push.add_argument(
+        "--grafana-url", required=True, metavar="URL", help="Grafana base URL, e.g. http://127.0.0.1:3000"
+    )
+    push.add_argument(
+        "--token",
+        default=None,
+        metavar="ENV_OR_FILE",
+        help="environment variable name or file holding the API token (default: $GRAFANA_TOKEN)",
+    )
     push.add_argument("--folder", default="facegen", metavar="NAME", help="Grafana folder title (created if missing)")
     push.add_argument("--timeout", type=float, default=10.0, help="seconds per Grafana API call")
     push.set_defaults(func=run_push)

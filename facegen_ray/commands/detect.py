@@ -21,8 +21,12 @@ from facegen_ray.storage import Storage
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("detect", help="read provenance metadata and the invisible watermark of images",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "detect",
+        help="read provenance metadata and the invisible watermark of images",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (local paths or storage URIs)")
     p.add_argument("--json", action="store_true", help="one JSON object per image instead of a line of text")
     add_config_args(p)

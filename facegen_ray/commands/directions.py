@@ -25,11 +25,19 @@ from facegen_ray.storage import Storage
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("directions", help="fit attribute directions in W (age, gender, race) for edits",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "directions",
+        help="fit attribute directions in W (age, gender, race) for edits",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("model", metavar="MODEL", help="model directory URI or registry version")
-    p.add_argument("--attribute-model", required=True, metavar="URI",
-                   help="attribute classifier folder written by `facegen attributes train`")
+    p.add_argument(
+        "--attribute-model",
+        required=True,
+        metavar="URI",
+        help="attribute classifier folder written by `facegen attributes train`",
+    )
     p.add_argument("--num-samples", type=int, default=2000, help="faces to sample and label (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="first seed of the sample (default 0)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -56,13 +64,29 @@ def run(args: argparse.Namespace) -> int:
     if not fits:
         raise UserError(f"no direction could be fitted ({skipped}); sample more faces with --num-samples")
     classifier = {"uri": args.attribute_model, "held_out": tagger.meta.get("held_out")}
-    doc = directions_doc(W, fits, skipped, weights_sha256=model.digest, classifier=classifier,
-                         num_samples=args.num_samples, seed=args.seed)
+    doc = directions_doc(
+        W,
+        fits,
+        skipped,
+        weights_sha256=model.digest,
+        classifier=classifier,
+        num_samples=args.num_samples,
+        seed=args.seed,
+    )
     uri = save_directions(storage, model.uri, doc)
-    print(json.dumps({
-        "directions_file": uri, "model_version": model.version, "num_samples": args.num_samples,
-        "directions": {n: {k: d[k] for k in ("kind", "positive", "margin_scale", "fit", "num_samples")}
-                       for n, d in doc["directions"].items()},
-        "classifier_held_out": classifier["held_out"], "skipped": skipped,
-    }))
+    print(
+        json.dumps(
+            {
+                "directions_file": uri,
+                "model_version": model.version,
+                "num_samples": args.num_samples,
+                "directions": {
+                    n: {k: d[k] for k in ("kind", "positive", "margin_scale", "fit", "num_samples")}
+                    for n, d in doc["directions"].items()
+                },
+                "classifier_held_out": classifier["held_out"],
+                "skipped": skipped,
+            }
+        )
+    )
     return 0

@@ -37,21 +37,40 @@ def _floats(text: str) -> list[float]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="FID/KID/precision-recall/IS/diversity of a model against a dataset (JSON)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "evaluate",
+        help="FID/KID/precision-recall/IS/diversity of a model against a dataset (JSON)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("model", metavar="MODEL", help="registry version (v1, serving, latest) or model directory URI")
     p.add_argument("--data", required=True, metavar="URI", help="dataset URI (DEST of prepare, or DEST/v<N>)")
-    p.add_argument("--metrics", default=None, help="comma-separated subset of fid,kid,pr,is,diversity,memorisation,cfid,attr_acc "
-                   "(default eval.metrics; cfid and attr_acc: conditional models only)")
+    p.add_argument(
+        "--metrics",
+        default=None,
+        help="comma-separated subset of fid,kid,pr,is,diversity,memorisation,cfid,attr_acc "
+        "(default eval.metrics; cfid and attr_acc: conditional models only)",
+    )
     p.add_argument("--num-gen", type=int, default=None, help="generated images (default eval.num_gen)")
     p.add_argument("--num-real", type=int, default=None, help="real images (default: all distinct images)")
     p.add_argument("--truncation", type=float, default=None, help="truncation ψ in [0,1] (default eval.truncation)")
-    p.add_argument("--sweep", type=_floats, default=None, metavar="PSI,PSI,...",
-                   help="also FID and precision/recall for each ψ (e.g. 0.5,0.7,1.0)")
+    p.add_argument(
+        "--sweep",
+        type=_floats,
+        default=None,
+        metavar="PSI,PSI,...",
+        help="also FID and precision/recall for each ψ (e.g. 0.5,0.7,1.0)",
+    )
     p.add_argument("--sweep-plot", default=None, metavar="PNG", help="write the sweep plot (FID, P/R vs ψ) here")
-    p.add_argument("--attribute-model", default=None, metavar="URI", help="attribute classifier folder (for diversity, attr_acc)")
-    p.add_argument("--sheet", default=None, metavar="PNG",
-                   help="memorisation contact sheet (generated | nearest training face); default MODEL_DIR/memorisation-sheet.png")
+    p.add_argument(
+        "--attribute-model", default=None, metavar="URI", help="attribute classifier folder (for diversity, attr_acc)"
+    )
+    p.add_argument(
+        "--sheet",
+        default=None,
+        metavar="PNG",
+        help="memorisation contact sheet (generated | nearest training face); default MODEL_DIR/memorisation-sheet.png",
+    )
     p.add_argument("--local", action="store_true", help="extract features in this process instead of Ray")
     add_config_args(p)
     p.set_defaults(func=run)
@@ -63,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
     updates: dict[str, Any] = {}
     if args.metrics:
         updates["eval.metrics"] = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    updates.update(option_updates(args, {"num_gen": "eval.num_gen", "num_real": "eval.num_real",
-                                         "truncation": "eval.truncation"}))
+    updates.update(
+        option_updates(args, {"num_gen": "eval.num_gen", "num_real": "eval.num_real", "truncation": "eval.truncation"})
+    )
     cfg = config_from_args(args, updates)
     if args.sweep_plot and not args.sweep:
         raise UserError("--sweep-plot needs --sweep PSI,PSI,... (e.g. --sweep 0.5,0.7,1.0)")
@@ -74,9 +94,16 @@ def run(args: argparse.Namespace) -> int:
         ensure_ray()
         configure_ray_data()
 
-    result = evaluate_model(storage, model_uri, args.data, cfg.eval, sweep=args.sweep,
-                            attribute_model=args.attribute_model, use_ray=not args.local,
-                            sheet_uri=args.sheet or join(model_uri, "memorisation-sheet.png"))
+    result = evaluate_model(
+        storage,
+        model_uri,
+        args.data,
+        cfg.eval,
+        sweep=args.sweep,
+        attribute_model=args.attribute_model,
+        use_ray=not args.local,
+        sheet_uri=args.sheet or join(model_uri, "memorisation-sheet.png"),
+    )
     result["model"] = args.model
     result["model_dir"] = model_uri
     result["model_version"] = version or result.get("model_version")

@@ -30,24 +30,54 @@ from facegen_ray.storage import Storage
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="render a grid of faces for a list of seeds",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "generate",
+        help="render a grid of faces for a list of seeds",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("model", metavar="MODEL", help="model directory URI or registry version")
     p.add_argument("--seeds", default="0-15", help='seeds, e.g. "0-15" or "1,5,9" (default 0-15)')
-    p.add_argument("--truncation", "-t", type=float, default=None, help="truncation psi in [0,1] (default serve.default_truncation)")
+    p.add_argument(
+        "--truncation",
+        "-t",
+        type=float,
+        default=None,
+        help="truncation psi in [0,1] (default serve.default_truncation)",
+    )
     p.add_argument("--out", "-o", required=True, help="output image (.png or .jpg), local path or s3://")
     p.add_argument("--cols", type=int, default=None, help="grid columns (default: square)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
-    p.add_argument("--mix", nargs=2, metavar=("ROW_SEEDS", "COL_SEEDS"), default=None,
-                   help="style-mixing grid: row faces' coarse styles x column faces' fine styles")
-    p.add_argument("--crossover", type=int, default=None,
-                   help="first w layer taken from the column face (1..num_ws-1; default num_ws/2)")
-    p.add_argument("--interpolate", nargs=2, type=int, metavar=("SEED_A", "SEED_B"), default=None,
-                   help="interpolate from SEED_A to SEED_B (strip + GIF)")
+    p.add_argument(
+        "--mix",
+        nargs=2,
+        metavar=("ROW_SEEDS", "COL_SEEDS"),
+        default=None,
+        help="style-mixing grid: row faces' coarse styles x column faces' fine styles",
+    )
+    p.add_argument(
+        "--crossover",
+        type=int,
+        default=None,
+        help="first w layer taken from the column face (1..num_ws-1; default num_ws/2)",
+    )
+    p.add_argument(
+        "--interpolate",
+        nargs=2,
+        type=int,
+        metavar=("SEED_A", "SEED_B"),
+        default=None,
+        help="interpolate from SEED_A to SEED_B (strip + GIF)",
+    )
     p.add_argument("--space", choices=("w", "z"), default="w", help="interpolation space: w (linear) or z (slerp)")
-    p.add_argument("--edit", action="append", default=None, metavar="NAME=A..B",
-                   help="attribute edit, e.g. age=-2..2 or gender=1 (repeatable); needs directions.json")
+    p.add_argument(
+        "--edit",
+        action="append",
+        default=None,
+        metavar="NAME=A..B",
+        help="attribute edit, e.g. age=-2..2 or gender=1 (repeatable); needs directions.json",
+    )
     p.add_argument("--steps", type=int, default=None, help="frames of --interpolate / --edit (default 8 / 5)")
     p.add_argument("--gif", default=None, help="animated GIF of --interpolate / --edit (default: --out with .gif)")
     p.add_argument("--frame-ms", type=int, default=120, help="GIF frame duration in ms")
@@ -89,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
 
     prov = provenance_record(model.version, grid_id(model.version, model.digest, seeds, psi), seeds, psi)
     storage.write_bytes(out, encode_image(grid, fmt, provenance=prov))
-    print(f"[facegen] wrote {out}: {len(seeds)} faces ({images.shape[1]}px, psi={psi}) "
-          f"from model {model.version} ({model.uri})")
+    print(
+        f"[facegen] wrote {out}: {len(seeds)} faces ({images.shape[1]}px, psi={psi}) "
+        f"from model {model.version} ({model.uri})"
+    )
     return 0

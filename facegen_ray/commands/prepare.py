@@ -24,26 +24,54 @@ from facegen_ray.errors import UserError
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "prepare", help="decode, validate, crop, resize, tag and dedupe face images into Parquet shards (Ray Data)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "prepare",
+        help="decode, validate, crop, resize, tag and dedupe face images into Parquet shards (Ray Data)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="folder, .zip or s3:// prefix of images (repeatable)")
     p.add_argument("dest", metavar="DEST", help="dataset URI to write, e.g. ./facegen-data/datasets/faces")
-    p.add_argument("--resolution", "-r", type=int, default=None,
-                   help="output size R (power of two, 4-1024); same as --set data.resolution=R")
-    p.add_argument("--limit", type=int, default=None,
-                   help="use a random subset of N image files (seeded by data.seed); same as --set data.limit=N")
-    p.add_argument("--balance", choices=["none", "reweight", "resample"], default=None,
-                   help="even out race x gender groups: row weights (reweight) or oversampling (resample)")
-    p.add_argument("--attribute-model", default=None, metavar="URI",
-                   help="attribute classifier (facegen_ray.models.attributes) to tag images without file-name labels")
-    p.add_argument("--holdout-fraction", type=float, default=None, metavar="F",
-                   help="keep this fraction of faces (chosen by content hash) out of training, in a held-out split "
-                        "for the memorisation report (default data.holdout_fraction = 0)")
-    p.add_argument("--report", default=None, metavar="PATH",
-                   help="write an HTML report of the quality filter to PATH (contact sheets of the rejected images "
-                        "per reason, the demographic mix before/after, disproportionately removed groups) and the "
-                        "contact sheets as PATH with the suffix .png")
+    p.add_argument(
+        "--resolution",
+        "-r",
+        type=int,
+        default=None,
+        help="output size R (power of two, 4-1024); same as --set data.resolution=R",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="use a random subset of N image files (seeded by data.seed); same as --set data.limit=N",
+    )
+    p.add_argument(
+        "--balance",
+        choices=["none", "reweight", "resample"],
+        default=None,
+        help="even out race x gender groups: row weights (reweight) or oversampling (resample)",
+    )
+    p.add_argument(
+        "--attribute-model",
+        default=None,
+        metavar="URI",
+        help="attribute classifier (facegen_ray.models.attributes) to tag images without file-name labels",
+    )
+    p.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="keep this fraction of faces (chosen by content hash) out of training, in a held-out split "
+        "for the memorisation report (default data.holdout_fraction = 0)",
+    )
+    p.add_argument(
+        "--report",
+        default=None,
+        metavar="PATH",
+        help="write an HTML report of the quality filter to PATH (contact sheets of the rejected images "
+        "per reason, the demographic mix before/after, disproportionately removed groups) and the "
+        "contact sheets as PATH with the suffix .png",
+    )
     p.add_argument("--json", action="store_true", help="also print the manifest as one JSON line")
     add_config_args(p)
     p.set_defaults(func=run)
@@ -55,16 +83,22 @@ def run(args: argparse.Namespace) -> int:
     sources, dest = list(args.sources), args.dest
     if not sources:
         raise UserError("prepare needs SOURCE and DEST (e.g. facegen prepare faces.zip ./facegen-data/datasets/faces)")
-    updates = option_updates(args, {"resolution": "data.resolution", "limit": "data.limit", "balance": "data.balance",
-                                    "holdout_fraction": "data.holdout_fraction"})
+    updates = option_updates(
+        args,
+        {
+            "resolution": "data.resolution",
+            "limit": "data.limit",
+            "balance": "data.balance",
+            "holdout_fraction": "data.holdout_fraction",
+        },
+    )
     cfg = config_from_args(args, updates)
     result = prepare(cfg, sources, dest, attribute_model=args.attribute_model, report=args.report)
     print(f"[facegen] {summary(result)}")
     print(f"[facegen] {quality_line(result.manifest)}")
     if result.report_uri:
         print(f"[facegen] report: {result.report_uri}")
-    print(f"[facegen] manifest: {result.manifest_uri} (version {result.manifest['version']}, "
-          f"{result.elapsed_s:.1f}s)")
+    print(f"[facegen] manifest: {result.manifest_uri} (version {result.manifest['version']}, {result.elapsed_s:.1f}s)")
     if args.json:
         print(json.dumps(result.manifest, sort_keys=True, default=str))
     return 0

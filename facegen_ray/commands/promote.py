@@ -16,8 +16,12 @@ from facegen_ray.storage import Storage
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("promote", help="make a registered model version the serving model",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "promote",
+        help="make a registered model version the serving model",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("version", metavar="VERSION", help="registered model version (e.g. v3)")
     p.add_argument("--serve-url", default=None, help="running app to reload, e.g. http://127.0.0.1:8000")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the reload")

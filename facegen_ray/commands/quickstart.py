@@ -60,11 +60,17 @@ def sample_path() -> Path:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quickstart", help="run prepare -> train -> evaluate -> serve -> generate -> feedback on the bundled sample",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "quickstart",
+        help="run prepare -> train -> evaluate -> serve -> generate -> feedback on the bundled sample",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--num-gen", type=int, default=64, help="generated images for the FID/KID/PR step (default 64)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port for the Serve step (default 8000)")
-    p.add_argument("--out", default=None, help="where to write the sample grid PNG (default <root>/quickstart-grid.png)")
+    p.add_argument(
+        "--out", default=None, help="where to write the sample grid PNG (default <root>/quickstart-grid.png)"
+    )
     add_config_args(p)
     p.set_defaults(func=run)
 
@@ -77,8 +83,14 @@ def run(args: argparse.Namespace) -> int:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     # the bundled tiny CPU config unless --config names another; --root/--set apply on top
     args.config = args.config or str(quickstart_config_path())
-    cfg = config_from_args(args, {"storage.root": args.root or "./facegen-quickstart",
-                                  "train.run_name": f"quickstart-{stamp}", "serve.port": args.port})
+    cfg = config_from_args(
+        args,
+        {
+            "storage.root": args.root or "./facegen-quickstart",
+            "train.run_name": f"quickstart-{stamp}",
+            "serve.port": args.port,
+        },
+    )
     storage = Storage(cfg.storage)
     layout = Layout(cfg.storage.root)
     storage.check_writable(cfg.storage.root)
@@ -89,27 +101,39 @@ def run(args: argparse.Namespace) -> int:
     # 1. prepare ------------------------------------------------------------------------
     from facegen_ray.data.pipeline import prepare, summary
 
-    t0 = _step(1, total, f"prepare: {sample_path().name} -> {dataset} at {cfg.data.resolution}x{cfg.data.resolution} (Ray Data)")
+    t0 = _step(
+        1,
+        total,
+        f"prepare: {sample_path().name} -> {dataset} at {cfg.data.resolution}x{cfg.data.resolution} (Ray Data)",
+    )
     prep = prepare(cfg, [str(sample_path())], dataset, storage=storage)
     _done(t0, summary(prep))
 
     # 2. train --------------------------------------------------------------------------
     from facegen_ray.train.trainer import train
 
-    t0 = _step(2, total, f"train: run {cfg.train.run_name}, {cfg.train.total_images} images, "
-                         f"{cfg.train.start_resolution}->{cfg.model.resolution} px, loss {cfg.loss.name} (Ray Train)")
+    t0 = _step(
+        2,
+        total,
+        f"train: run {cfg.train.run_name}, {cfg.train.total_images} images, "
+        f"{cfg.train.start_resolution}->{cfg.model.resolution} px, loss {cfg.loss.name} (Ray Train)",
+    )
     outcome = train(cfg, storage)
     if not outcome.model_uri:
         raise UserError("training finished without exporting a model (no checkpoint was written)")
-    _done(t0, f"trained {outcome.images_seen} images; model {outcome.version} at {outcome.model_uri}; "
-              f"samples in {join(outcome.run_uri, 'samples')}")
+    _done(
+        t0,
+        f"trained {outcome.images_seen} images; model {outcome.version} at {outcome.model_uri}; "
+        f"samples in {join(outcome.run_uri, 'samples')}",
+    )
 
     # 3. evaluate -----------------------------------------------------------------------
     from facegen_ray.metrics.evaluate import evaluate_model
 
     t0 = _step(3, total, f"evaluate: FID/KID/precision-recall, {args.num_gen} generated vs the prepared reals")
-    ev_cfg = with_updates(cfg, {"eval.num_gen": args.num_gen,
-                                "eval.kid_subset_size": min(cfg.eval.kid_subset_size, args.num_gen)}).eval
+    ev_cfg = with_updates(
+        cfg, {"eval.num_gen": args.num_gen, "eval.kid_subset_size": min(cfg.eval.kid_subset_size, args.num_gen)}
+    ).eval
     metrics = evaluate_model(storage, outcome.model_uri, dataset, ev_cfg, metrics=["fid", "kid", "pr"])
     keys = ("fid", "kid", "precision", "recall", "num_gen", "num_real")
     print(json.dumps({k: metrics.get(k) for k in keys}, default=str), flush=True)
@@ -134,8 +158,16 @@ def run(args: argparse.Namespace) -> int:
     # tasks can be scheduled next to the running app on a 2-core machine. A fresh admin token
     # (unless FACEGEN_ADMIN_TOKEN is set) lets step 9 swap the model through /admin/reload.
     admin = configured_token(cfg) or secrets.token_hex(16)
-    app_args = {"model": "serving", "root": cfg.storage.root, "config": args.config, "min_replicas": 1,
-                "max_replicas": 1, "num_cpus": 0, "ingress_num_cpus": 0, "admin_token": admin}
+    app_args = {
+        "model": "serving",
+        "root": cfg.storage.root,
+        "config": args.config,
+        "min_replicas": 1,
+        "max_replicas": 1,
+        "num_cpus": 0,
+        "ingress_num_cpus": 0,
+        "admin_token": admin,
+    }
     serve.run(build_app(app_args), name=APP_NAME, route_prefix="/")
     url = f"http://127.0.0.1:{cfg.serve.port}"
     try:
@@ -157,48 +189,74 @@ def run(args: argparse.Namespace) -> int:
             grid = make_grid(generate(loaded.G, list(range(16)), 0.7))
             grid_path = Path(args.out) if args.out else out_dir / "quickstart-grid.png"
             grid_path.write_bytes(encode_image(grid, "png"))
-            _done(t0, f"{len(body['images'])} images from model {body['model_version']} "
-                      f"(ids {', '.join(i['image_id'][:12] for i in body['images'])}); grid: {grid_path}")
+            _done(
+                t0,
+                f"{len(body['images'])} images from model {body['model_version']} "
+                f"(ids {', '.join(i['image_id'][:12] for i in body['images'])}); grid: {grid_path}",
+            )
 
             # 7. feedback -------------------------------------------------------------------
             t0 = _step(7, total, "feedback: approve the first face, reject the second (POST /feedback)")
             ids = [i["image_id"] for i in body["images"]]
-            a = client.post("/feedback", json={"image_id": ids[0], "approved": True, "rating": 5, "comment": "quickstart"})
+            a = client.post(
+                "/feedback", json={"image_id": ids[0], "approved": True, "rating": 5, "comment": "quickstart"}
+            )
             b = client.post("/feedback", json={"image_id": ids[1], "approved": False, "rating": 2})
             bad = client.post("/feedback", json={"image_id": "0" * 32, "approved": True})
             for resp in (a, b):
                 resp.raise_for_status()
 
             stored = list(iter_feedback(storage, cfg.storage.root))
-            _done(t0, f"feedback ids {a.json()['feedback_id']}, {b.json()['feedback_id']} (unknown image -> "
-                      f"{bad.status_code}); {len(stored)} feedback records in {layout.feedback()}")
+            _done(
+                t0,
+                f"feedback ids {a.json()['feedback_id']}, {b.json()['feedback_id']} (unknown image -> "
+                f"{bad.status_code}); {len(stored)} feedback records in {layout.feedback()}",
+            )
 
             # 8. retrain + gate -------------------------------------------------------------
             from facegen_ray.lifecycle.retrain import retrain
 
-            t0 = _step(8, total, f"retrain: approved feedback -> new dataset version -> candidate warm-started "
-                                 f"from {outcome.version} ({cfg.retrain.images} images, Ray Train) -> promotion gate")
+            t0 = _step(
+                8,
+                total,
+                f"retrain: approved feedback -> new dataset version -> candidate warm-started "
+                f"from {outcome.version} ({cfg.retrain.images} images, Ray Train) -> promotion gate",
+            )
             rcfg = with_updates(cfg, {"gate.num_gen": cfg.gate.num_gen or args.num_gen})
             out = retrain(rcfg, storage=storage, run_name=f"quickstart-retrain-{stamp}")
-            _done(t0, f"candidate {out['candidate']}: {out['decision']} (FID {_fid(out['candidate_metrics'])} vs "
-                      f"serving {_fid(out['serving_metrics'])}, tolerance {rcfg.gate.fid_tolerance:+.0%}); "
-                      f"registry serving: {out['serving']}")
+            _done(
+                t0,
+                f"candidate {out['candidate']}: {out['decision']} (FID {_fid(out['candidate_metrics'])} vs "
+                f"serving {_fid(out['serving_metrics'])}, tolerance {rcfg.gate.fid_tolerance:+.0%}); "
+                f"registry serving: {out['serving']}",
+            )
 
             # 9. swap -----------------------------------------------------------------------
             if out["decision"] == "promoted":
-                t0 = _step(9, total, f"swap: POST /admin/reload -> the running app serves {out['candidate']} (no restart)")
+                t0 = _step(
+                    9, total, f"swap: POST /admin/reload -> the running app serves {out['candidate']} (no restart)"
+                )
                 body = reload_app(url, out["candidate"], admin, timeout=300)
                 after = client.post("/generate", json={"seed": 0, "num_images": 1, "truncation": 0.7}).json()
-                _done(t0, f"/healthz: {client.get('/healthz').json()['model_version']}; "
-                          f"generate answered by {after['model_version']} ({body.get('replicas')} replica(s))")
+                _done(
+                    t0,
+                    f"/healthz: {client.get('/healthz').json()['model_version']}; "
+                    f"generate answered by {after['model_version']} ({body.get('replicas')} replica(s))",
+                )
             else:
                 t0 = _step(9, total, f"swap: none, the gate kept {out['serving']} (the running app is unchanged)")
-                _done(t0, f"/healthz: {client.get('/healthz').json()['model_version']}; "
-                          f"`facegen gate {out['candidate']} --tolerance 0.5` re-runs the gate with more slack")
+                _done(
+                    t0,
+                    f"/healthz: {client.get('/healthz').json()['model_version']}; "
+                    f"`facegen gate {out['candidate']} --tolerance 0.5` re-runs the gate with more slack",
+                )
     finally:
         serve.shutdown()
         ray.shutdown()
 
-    print(f"\n[quickstart] done in {time.perf_counter() - t_start:.0f}s. Next: `facegen serve serving --root {layout.root}` "
-          f"and open http://127.0.0.1:{cfg.serve.port}/ to rate faces.", flush=True)
+    print(
+        f"\n[quickstart] done in {time.perf_counter() - t_start:.0f}s. Next: `facegen serve serving --root {layout.root}` "
+        f"and open http://127.0.0.1:{cfg.serve.port}/ to rate faces.",
+        flush=True,
+    )
     return 0

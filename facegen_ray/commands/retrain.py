@@ -27,10 +27,18 @@ from facegen_ray.storage import Storage
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("retrain", help="merge approved feedback, fine-tune the serving model, gate and promote",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default=None, metavar="URI",
-                   help="base dataset (default: the one the serving model was trained on)")
+    p = sub.add_parser(
+        "retrain",
+        help="merge approved feedback, fine-tune the serving model, gate and promote",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--dataset",
+        default=None,
+        metavar="URI",
+        help="base dataset (default: the one the serving model was trained on)",
+    )
     p.add_argument("--images", type=int, default=None, help="images to train beyond the serving model (retrain.images)")
     p.add_argument("--min-approvals", type=int, default=None, help="approvals an image needs (retrain.min_approvals)")
     p.add_argument("--run-name", default=None, help="candidate run name (default <prefix>-<serving>-<UTC time>)")
@@ -41,8 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(p)
     p.set_defaults(func=run_retrain)
 
-    g = sub.add_parser("gate", help="evaluate a candidate against the serving model; promote it if it passes",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = sub.add_parser(
+        "gate",
+        help="evaluate a candidate against the serving model; promote it if it passes",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     g.add_argument("candidate", metavar="CANDIDATE", help="registered model version (e.g. v4)")
     g.add_argument("--no-promote", action="store_true", help="evaluate and record the decision, never promote")
     _gate_args(g)
@@ -51,14 +63,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _gate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=None, metavar="URI", help="reals to compare on (gate.data; default: the "
-                   "prepared real-only version behind the candidate's training data)")
-    p.add_argument("--tolerance", type=float, default=None, help="gate.fid_tolerance (promote iff FID_cand <= "
-                   "FID_serving x (1 + tolerance))")
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="URI",
+        help="reals to compare on (gate.data; default: the "
+        "prepared real-only version behind the candidate's training data)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="gate.fid_tolerance (promote iff FID_cand <= FID_serving x (1 + tolerance))",
+    )
     p.add_argument("--num-gen", type=int, default=None, help="generated images per model (gate.num_gen)")
     p.add_argument("--num-real", type=int, default=None, help="reals (gate.num_real)")
     p.add_argument("--require-promotion", action="store_true", help="exit 1 when the gate rejects the candidate")
-    p.add_argument("--serve-url", default=None, help="running app to reload after a promotion (needs FACEGEN_ADMIN_TOKEN)")
+    p.add_argument(
+        "--serve-url", default=None, help="running app to reload after a promotion (needs FACEGEN_ADMIN_TOKEN)"
+    )
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the reload")
 
 
@@ -71,13 +94,18 @@ def _finish(cfg, args, out: dict, candidate: str | None) -> int:
 
     if out.get("decision") == "promoted" and args.serve_url and candidate:
         body = reload_app(args.serve_url, candidate, args._token, args.timeout)
-        out["reloaded"] = {"url": args.serve_url, "model_version": body.get("model_version"),
-                           "replicas": body.get("replicas")}
+        out["reloaded"] = {
+            "url": args.serve_url,
+            "model_version": body.get("model_version"),
+            "replicas": body.get("replicas"),
+        }
         print(f"[facegen] {args.serve_url} now serves {body.get('model_version')} on {body.get('replicas')} replica(s)")
     if out.get("decision") == "pending" and candidate:
-        print(f"[facegen] gate: {candidate} is pending human votes, not promoted: compare it with the serving "
-              f"model (POST /admin/compare/start {{\"candidate\": \"{candidate}\"}}), let people vote on /compare, "
-              f"then run `facegen gate {candidate}` again")
+        print(
+            f"[facegen] gate: {candidate} is pending human votes, not promoted: compare it with the serving "
+            f'model (POST /admin/compare/start {{"candidate": "{candidate}"}}), let people vote on /compare, '
+            f"then run `facegen gate {candidate}` again"
+        )
     print(dumps(out), flush=True)
     if out.get("decision") == "pending":
         return 3
@@ -95,9 +123,17 @@ def run_retrain(args: argparse.Namespace) -> int:
     updates = option_updates(args, {**_GATE_OPTS, "images": "retrain.images", "min_approvals": "retrain.min_approvals"})
     cfg = config_from_args(args, updates)
     args._token = _token(cfg, args)
-    out = retrain(cfg, storage=Storage(cfg.storage), overrides=parse_overrides(args.overrides or []), dataset=args.dataset,
-                  run_name=args.run_name, allow_empty=args.allow_empty, merge_only=args.merge_only,
-                  gate=not args.no_gate, data=args.data)
+    out = retrain(
+        cfg,
+        storage=Storage(cfg.storage),
+        overrides=parse_overrides(args.overrides or []),
+        dataset=args.dataset,
+        run_name=args.run_name,
+        allow_empty=args.allow_empty,
+        merge_only=args.merge_only,
+        gate=not args.no_gate,
+        data=args.data,
+    )
     return _finish(cfg, args, out, out.get("candidate"))
 
 
@@ -110,8 +146,17 @@ def run_gate_cmd(args: argparse.Namespace) -> int:
     for line in result.reasons:
         print(f"[facegen] gate: {line}")
     print(f"[facegen] gate: {result.decision} (serving: {result.serving_after}; report {result.report_uri})")
-    out = {"candidate": result.candidate, "serving_before": result.serving, "decision": result.decision,
-           "reasons": result.reasons, "candidate_metrics": result.candidate_metrics,
-           "serving_metrics": result.serving_metrics, "eval": result.eval, "gate_report": result.report_uri,
-           "serving": result.serving_after, "human": result.human, "notes": result.notes}
+    out = {
+        "candidate": result.candidate,
+        "serving_before": result.serving,
+        "decision": result.decision,
+        "reasons": result.reasons,
+        "candidate_metrics": result.candidate_metrics,
+        "serving_metrics": result.serving_metrics,
+        "eval": result.eval,
+        "gate_report": result.report_uri,
+        "serving": result.serving_after,
+        "human": result.human,
+        "notes": result.notes,
+    }
     return _finish(cfg, args, out, result.candidate)

@@ -20,10 +20,19 @@ from facegen_ray.storage import Storage
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve /generate, /feedback and the feedback page locally (Ray Serve)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL", nargs="?", default=None,
-                   help="model directory URI or registry version (default: serve.model, else serving)")
+    p = sub.add_parser(
+        "serve",
+        help="serve /generate, /feedback and the feedback page locally (Ray Serve)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        nargs="?",
+        default=None,
+        help="model directory URI or registry version (default: serve.model, else serving)",
+    )
     p.add_argument("--port", type=int, default=None, help="HTTP port (default serve.port = 8000)")
     p.add_argument("--host", default=None, help="bind address (default serve.host = 127.0.0.1)")
     add_config_args(p)
@@ -43,11 +52,15 @@ def run(args: argparse.Namespace) -> int:
     model = args.model or cfg.serve.model or "serving"
     resolve_model(Storage(cfg.storage), model, cfg.storage.root)  # fail fast with a clear message
     app_args = {
-        "model": model, "root": cfg.storage.root, "config": getattr(args, "config", None),
-        "set": list(getattr(args, "overrides", []) or []), **serve_opts,  # serve fields as app args
+        "model": model,
+        "root": cfg.storage.root,
+        "config": getattr(args, "config", None),
+        "set": list(getattr(args, "overrides", []) or []),
+        **serve_opts,  # serve fields as app args
     }
     if cfg.serve.admin_token:
         app_args["admin_token"] = cfg.serve.admin_token
+
     def _stop(signum, frame):  # SIGTERM (docker stop, kill) shuts down like Ctrl-C
         raise KeyboardInterrupt
 

@@ -19,8 +19,10 @@ from facegen_ray.commands._common import add_config_args, config_from_args
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="train the StyleGAN on prepared shards (Ray Train, DDP, progressive growing)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "train",
+        help="train the StyleGAN on prepared shards (Ray Train, DDP, progressive growing)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_args(p)
     p.add_argument("--run-name", default=None, help="same as --set train.run_name=NAME (re-use a name to resume)")
@@ -45,8 +47,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"[facegen] run {out.run_name}: {out.images_seen} images seen; run folder {out.run_uri}")
     if out.version:
         print(f"[facegen] exported model {out.version}: {out.model_uri}")
-    print(json.dumps({
-        "run": out.run_name, "run_uri": out.run_uri, "images_seen": out.images_seen,
-        "checkpoint": out.checkpoint_path, "model_version": out.version, "model_uri": out.model_uri,
-    }))
+    print(
+        json.dumps(
+            {
+                "run": out.run_name,
+                "run_uri": out.run_uri,
+                "images_seen": out.images_seen,
+                "checkpoint": out.checkpoint_path,
+                "model_version": out.version,
+                "model_uri": out.model_uri,
+            }
+        )
+    )
     return 0

@@ -27,8 +27,10 @@ from facegen_ray.tune.spec import load_sweep
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "tune", help="hyperparameter sweep (Ray Tune over training runs), ranked by FID",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "tune",
+        help="hyperparameter sweep (Ray Tune over training runs), ranked by FID",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("sweep", metavar="SWEEP_YAML", help="sweep file, e.g. tune_configs/quickstart-cpu.yaml")
     add_config_args(p, config_file=False)  # --set / --root apply to the sweep's base config
@@ -44,13 +46,17 @@ def run(args: argparse.Namespace) -> int:
     from facegen_ray.tune.runner import run_sweep
 
     summary = run_sweep(sweep, resume=args.resume)
-    print(f"\n[facegen] sweep {summary['sweep']}: {summary['num_trials']} trials ranked by {summary['metric']} "
-          f"(lower is better; {summary['num_gen']} generated vs {summary['num_real']} real images)")
+    print(
+        f"\n[facegen] sweep {summary['sweep']}: {summary['num_trials']} trials ranked by {summary['metric']} "
+        f"(lower is better; {summary['num_gen']} generated vs {summary['num_real']} real images)"
+    )
     print(format_table(summary))
     best = summary["best"]
     if best is not None:
-        print(f"[facegen] best: trial {best['trial_id']} {summary['metric']} {best[summary['metric']]:.3f} "
-              f"with {best['params']}; config: {summary['results']['best_config']}")
+        print(
+            f"[facegen] best: trial {best['trial_id']} {summary['metric']} {best[summary['metric']]:.3f} "
+            f"with {best['params']}; config: {summary['results']['best_config']}"
+        )
     else:
         print("[facegen] no trial reported a result; see the errors above")
     print(f"[facegen] results: {summary['results']['json']}, {summary['results']['csv']}")

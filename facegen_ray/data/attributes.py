@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import posixpath
 import re
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -107,8 +108,12 @@ def attribute_counts(rows: Sequence[dict[str, Any]] | Any, age_buckets: Sequence
     out: dict[str, dict[str, int]] = {"age": {}, "gender": {}, "race": {}, "label_source": {}}
     ages, genders, races, sources = (list(rows[c]) for c in ("age", "gender", "race", "label_source"))
     for a, g, r, s in zip(ages, genders, races, sources):
-        for key, val in (("age", age_bucket_name(a, age_buckets)), ("gender", _code_name(g)),
-                         ("race", _code_name(r)), ("label_source", NULL if _is_null(s) else str(s))):
+        for key, val in (
+            ("age", age_bucket_name(a, age_buckets)),
+            ("gender", _code_name(g)),
+            ("race", _code_name(r)),
+            ("label_source", NULL if _is_null(s) else str(s)),
+        ):
             out[key][val] = out[key].get(val, 0) + 1
     return {k: dict(sorted(v.items())) for k, v in out.items()}
 
@@ -123,6 +128,7 @@ def attribute_names(age_buckets: Sequence[int]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- balancing (race x gender)
+
 
 def group_key(gender: Any, race: Any) -> str:
     """Race x gender group name, e.g. "race=2,gender=1"; "null" when either is unknown."""
@@ -181,6 +187,7 @@ def resample_repeats(keys: Sequence[str], seed: int = 0) -> np.ndarray:
 
 # ---------------------------------------------------------------- the classifier's training set
 
+
 def read_labelled(storage: Storage, dataset_uri: str, age_buckets: Sequence[int]) -> LabelledImages:
     """Rows with at least one label from a dataset's shards (deduplicated by sha256): the
     attribute classifier's training set (models.attributes.train_attribute_classifier)."""
@@ -195,7 +202,9 @@ def read_labelled(storage: Storage, dataset_uri: str, age_buckets: Sequence[int]
     seen: set[str] = set()
     imgs, ages, genders, races = [], [], [], []
     for u in uris:
-        t = pq.read_table(worker_filesystem_path(u), filesystem=fs, columns=["image", "sha256", "age", "gender", "race"])
+        t = pq.read_table(
+            worker_filesystem_path(u), filesystem=fs, columns=["image", "sha256", "age", "gender", "race"]
+        )
         cols = {c: t.column(c).to_pylist() for c in ("sha256", "age", "gender", "race")}
         img_col = t.column("image")
         for j, h in enumerate(cols["sha256"]):
@@ -208,11 +217,16 @@ def read_labelled(storage: Storage, dataset_uri: str, age_buckets: Sequence[int]
             genders.append(-1 if g is None or not 0 <= g < NUM_GENDERS else int(g))
             races.append(-1 if r is None or not 0 <= r < NUM_RACES else int(r))
     if len(imgs) < 4:
-        raise UserError(f"dataset {dataset_uri} has {len(imgs)} labelled images; the attribute classifier needs at least 4")
-    return LabelledImages(np.stack(imgs), np.asarray(ages, np.int64), np.asarray(genders, np.int64), np.asarray(races, np.int64))
+        raise UserError(
+            f"dataset {dataset_uri} has {len(imgs)} labelled images; the attribute classifier needs at least 4"
+        )
+    return LabelledImages(
+        np.stack(imgs), np.asarray(ages, np.int64), np.asarray(genders, np.int64), np.asarray(races, np.int64)
+    )
 
 
 # ---------------------------------------------------------------- classifier tagging
+
 
 def load_tagger_fn():
     """The attribute classifier's loader (facegen_ray.models.attributes.load_tagger)."""
@@ -252,5 +266,6 @@ class TagNullLabels:
                 src[i] = "classifier"
         for c, vals in cols.items():
             batch = batch.set_column(batch.schema.get_field_index(c), c, pa.array(vals, type=pa.int64()))
-        return batch.set_column(batch.schema.get_field_index("label_source"), "label_source",
-                                pa.array(src, type=pa.string()))
+        return batch.set_column(
+            batch.schema.get_field_index("label_source"), "label_source", pa.array(src, type=pa.string())
+        )

@@ -31,8 +31,9 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from facegen_ray.storage import Layout, Storage, join
 
@@ -56,7 +57,7 @@ def check_id(value: str, what: str = "id") -> str:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
 
 
 def derive_client_key(approved: bool, rating: int | None, comment: str | None) -> str:
@@ -68,7 +69,7 @@ def derive_client_key(approved: bool, rating: int | None, comment: str | None) -
 def feedback_id(image_id: str, client_key: str) -> str:
     """Deterministic id of one (image, client key) pair: sha256 -> 32 hex chars."""
     check_id(image_id, "image_id")
-    return hashlib.sha256(f"{image_id}|{client_key}".encode("utf-8")).hexdigest()[:32]
+    return hashlib.sha256(f"{image_id}|{client_key}".encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,13 @@ class FeedbackStore:
             stored = self.storage.read_bytes(img_uri)
         rec_uri = self.image_record_uri(image_id)
         if not self.storage.exists(rec_uri):
-            record = {"format": RECORD_FORMAT, **meta, "image_id": image_id,
-                      "image": f"images/{image_id[:2]}/{image_id}.png", "created": _now()}
+            record = {
+                "format": RECORD_FORMAT,
+                **meta,
+                "image_id": image_id,
+                "image": f"images/{image_id[:2]}/{image_id}.png",
+                "created": _now(),
+            }
             self.storage.create_exclusive(rec_uri, _dumps(record))
         return stored
 
@@ -296,11 +302,13 @@ def approved_images(storage: Storage, root: str, min_approvals: int = 1) -> list
         if rec is None:  # feedback always refers to a recorded image; skip defensively
             continue
         ratings = s["ratings"]
-        out.append({
-            **rec,
-            "image_uri": store.image_uri(iid),
-            "approvals": s["approvals"],
-            "rejections": s["rejections"],
-            "mean_rating": (sum(ratings) / len(ratings)) if ratings else None,
-        })
+        out.append(
+            {
+                **rec,
+                "image_uri": store.image_uri(iid),
+                "approvals": s["approvals"],
+                "rejections": s["rejections"],
+                "mean_rating": (sum(ratings) / len(ratings)) if ratings else None,
+            }
+        )
     return out

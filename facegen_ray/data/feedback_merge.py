@@ -65,8 +65,16 @@ from facegen_ray.storage import Layout, Storage, normalize
 
 log = logging.getLogger(__name__)
 
-SKIP_REASONS = ("too_few_approvals", "rejected", "low_rating", "missing_image", "unreadable", "resolution",
-                "in_base", "duplicate")
+SKIP_REASONS = (
+    "too_few_approvals",
+    "rejected",
+    "low_rating",
+    "missing_image",
+    "unreadable",
+    "resolution",
+    "in_base",
+    "duplicate",
+)
 LABEL_SOURCE = "requested"  # labels = the attributes the image was generated for
 
 
@@ -114,8 +122,10 @@ def reference_dataset(storage: Storage, dataset_uri: str) -> str:
 
 # ------------------------------------------------------------------ selection
 
-def select_feedback(storage: Storage, root: str, min_approvals: int = 1,
-                    min_rating: float | None = None) -> tuple[list[FeedbackImage], dict[str, int]]:
+
+def select_feedback(
+    storage: Storage, root: str, min_approvals: int = 1, min_rating: float | None = None
+) -> tuple[list[FeedbackImage], dict[str, int]]:
     """(approved images sorted by id, skipped reason -> count) over all feedback records; see
     the module docstring for the rule."""
     store = FeedbackStore(storage, root)
@@ -134,12 +144,16 @@ def select_feedback(storage: Storage, root: str, min_approvals: int = 1,
         if rec is None:
             skipped["missing_image"] += 1
             continue
-        out.append(FeedbackImage(iid, rec, store.image_uri(iid), v["approvals"], v["rejections"], mean,
-                                 sorted(v["feedback_ids"])))
+        out.append(
+            FeedbackImage(
+                iid, rec, store.image_uri(iid), v["approvals"], v["rejections"], mean, sorted(v["feedback_ids"])
+            )
+        )
     return out, skipped
 
 
 # ------------------------------------------------------------------ conversion
+
 
 def fit_resolution(arr: np.ndarray, resolution: int) -> np.ndarray | None:
     """uint8 [r,r,3] -> uint8 [R,R,3] at the dataset resolution, or None when the sizes do not
@@ -181,8 +195,14 @@ def _labels(record: dict[str, Any]) -> tuple[int | None, int | None, int | None,
     return age, gender, race, (LABEL_SOURCE if any_label else None)
 
 
-def _convert(storage: Storage, items: list[FeedbackImage], manifest: dict[str, Any], base_hashes: set[str],
-             skipped: dict[str, int], weight: float) -> tuple[list[dict[str, Any]], list[FeedbackImage]]:
+def _convert(
+    storage: Storage,
+    items: list[FeedbackImage],
+    manifest: dict[str, Any],
+    base_hashes: set[str],
+    skipped: dict[str, int],
+    weight: float,
+) -> tuple[list[dict[str, Any]], list[FeedbackImage]]:
     """Selected images -> shard rows (one per image) at the dataset's resolution/format."""
     res = int(manifest["resolution"])
     fmt = manifest.get("image_format") or "png"
@@ -215,8 +235,19 @@ def _convert(storage: Storage, items: list[FeedbackImage], manifest: dict[str, A
             continue
         seen.add(sha)
         age, gender, race, label_source = _labels(it.record)
-        rows.append({"image": data, "sha256": sha, "source": it.image_uri, "age": age, "gender": gender,
-                     "race": race, "origin": "feedback", "weight": float(weight), "label_source": label_source})
+        rows.append(
+            {
+                "image": data,
+                "sha256": sha,
+                "source": it.image_uri,
+                "age": age,
+                "gender": gender,
+                "race": race,
+                "origin": "feedback",
+                "weight": float(weight),
+                "label_source": label_source,
+            }
+        )
         used.append(it)
     return rows, used
 
@@ -232,8 +263,10 @@ def _base_metadata(storage: Storage, manifest: dict[str, Any]):
 
 # ------------------------------------------------------------------ the merge
 
-def merge_feedback(cfg: FacegenConfig, base: str, *, storage: Storage | None = None,
-                   feedback_root: str | None = None) -> MergeResult:
+
+def merge_feedback(
+    cfg: FacegenConfig, base: str, *, storage: Storage | None = None, feedback_root: str | None = None
+) -> MergeResult:
     """Write base (its latest version, or the version named by a DEST/v<N> URI) + approved
     feedback images as the next version of the base dataset. NoApprovedFeedback when no new
     approved image is left (nothing written); UserError for a missing/empty base."""
@@ -265,52 +298,68 @@ def merge_feedback(cfg: FacegenConfig, base: str, *, storage: Storage | None = N
 
     uris = shard_uris(manifest)
     fs, _ = worker_filesystem(storage, uris[0])
-    base_ds = ray.data.read_parquet([worker_filesystem_path(u) for u in uris], filesystem=fs,
-                                    schema=shard_schema())
+    base_ds = ray.data.read_parquet([worker_filesystem_path(u) for u in uris], filesystem=fs, schema=shard_schema())
     num_rows = int(manifest["num_images"]) + fb_table.num_rows
     rows_per_shard = int(manifest.get("rows_per_shard") or cfg.data.shard_rows)
     ds = base_ds.union(ray.data.from_arrow(fb_table)).random_shuffle(seed=cfg.data.seed)
     num_shards = max(1, math.ceil(num_rows / rows_per_shard))
     ds = ds.repartition(num_shards)
 
-    fb_meta = [{"age": r["age"], "gender": r["gender"], "race": r["race"], "label_source": r["label_source"]}
-               for r in rows] * rcfg.feedback_repeats
+    fb_meta = [
+        {"age": r["age"], "gender": r["gender"], "race": r["race"], "label_source": r["label_source"]} for r in rows
+    ] * rcfg.feedback_repeats
     import pandas as pd
 
     all_meta = pd.concat([meta[["age", "gender", "race", "label_source"]], pd.DataFrame(fb_meta)], ignore_index=True)
-    new_manifest = {k: v for k, v in manifest.items()
-                    if k not in ("path", "files", "version", "num_images", "num_shards", "format", "feedback")}
+    new_manifest = {
+        k: v
+        for k, v in manifest.items()
+        if k not in ("path", "files", "version", "num_images", "num_shards", "format", "feedback")
+    }
     base_unique = int(manifest.get("num_unique_images") or meta["sha256"].nunique())
-    new_manifest.update({
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "source": list(manifest.get("source") or []) + [Layout(feedback_root).feedback()],
-        "num_unique_images": base_unique + len(rows),
-        "attributes": attrs.attribute_counts(all_meta, cfg.model.age_buckets),
-        "rows_per_shard": rows_per_shard,
-        "parent": {"version": int(manifest["version"]), "path": manifest["path"]},
-        "feedback": {
-            "base_version": int(manifest["version"]),
-            "base_path": manifest["path"],
-            "reference": reference,
-            "merged": len(rows),
-            "rows": fb_table.num_rows,
-            "base_feedback_rows": int((meta["origin"] == "feedback").sum()),
-            "skipped": skipped,
-            "image_ids": [u.image_id for u in used],
-            "feedback_ids": sorted(fid for u in used for fid in u.feedback_ids),
-            "min_approvals": rcfg.min_approvals,
-            "min_rating": rcfg.min_rating,
-            "weight": rcfg.feedback_weight,
-            "repeats": rcfg.feedback_repeats,
-            "feedback_root": Layout(feedback_root).feedback(),
-        },
-    })
+    new_manifest.update(
+        {
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "source": list(manifest.get("source") or []) + [Layout(feedback_root).feedback()],
+            "num_unique_images": base_unique + len(rows),
+            "attributes": attrs.attribute_counts(all_meta, cfg.model.age_buckets),
+            "rows_per_shard": rows_per_shard,
+            "parent": {"version": int(manifest["version"]), "path": manifest["path"]},
+            "feedback": {
+                "base_version": int(manifest["version"]),
+                "base_path": manifest["path"],
+                "reference": reference,
+                "merged": len(rows),
+                "rows": fb_table.num_rows,
+                "base_feedback_rows": int((meta["origin"] == "feedback").sum()),
+                "skipped": skipped,
+                "image_ids": [u.image_id for u in used],
+                "feedback_ids": sorted(fid for u in used for fid in u.feedback_ids),
+                "min_approvals": rcfg.min_approvals,
+                "min_rating": rcfg.min_rating,
+                "weight": rcfg.feedback_weight,
+                "repeats": rcfg.feedback_repeats,
+                "feedback_root": Layout(feedback_root).feedback(),
+            },
+        }
+    )
     written = write_version(storage, dest, ds, new_manifest, rows_per_shard, expected_rows=num_rows)
-    log.info("feedback merge: %d images (%d rows) + %d base rows -> %s", len(rows), fb_table.num_rows,
-             manifest["num_images"], written["path"])
-    return MergeResult(manifest=written, dataset_uri=dest, version_uri=written["path"],
-                       base_version=int(manifest["version"]), merged=len(rows), skipped=skipped,
-                       elapsed_s=time.perf_counter() - t0)
+    log.info(
+        "feedback merge: %d images (%d rows) + %d base rows -> %s",
+        len(rows),
+        fb_table.num_rows,
+        manifest["num_images"],
+        written["path"],
+    )
+    return MergeResult(
+        manifest=written,
+        dataset_uri=dest,
+        version_uri=written["path"],
+        base_version=int(manifest["version"]),
+        merged=len(rows),
+        skipped=skipped,
+        elapsed_s=time.perf_counter() - t0,
+    )
 
 
 def summary(result: MergeResult) -> str:
@@ -318,10 +367,21 @@ def summary(result: MergeResult) -> str:
     (99 rows; skipped: rejected=1)"."""
     fb = result.manifest["feedback"]
     skipped = ", ".join(f"{k}={v}" for k, v in result.skipped.items() if v)
-    return (f"merged {result.merged} approved image(s) ({fb['rows']} rows) with base "
-            f"v{result.base_version} -> {result.version_uri} ({result.manifest['num_images']} rows"
-            f"{'; skipped: ' + skipped if skipped else ''})")
+    return (
+        f"merged {result.merged} approved image(s) ({fb['rows']} rows) with base "
+        f"v{result.base_version} -> {result.version_uri} ({result.manifest['num_images']} rows"
+        f"{'; skipped: ' + skipped if skipped else ''})"
+    )
 
 
-__all__ = ["merge_feedback", "select_feedback", "fit_resolution", "reference_dataset", "MergeResult",
-           "NoApprovedFeedback", "FeedbackImage", "SKIP_REASONS", "summary"]
+__all__ = [
+    "merge_feedback",
+    "select_feedback",
+    "fit_resolution",
+    "reference_dataset",
+    "MergeResult",
+    "NoApprovedFeedback",
+    "FeedbackImage",
+    "SKIP_REASONS",
+    "summary",
+]

@@ -5,8 +5,9 @@ Ray Data shard iterator, epoch after epoch, and can rebuild its stream from a sa
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,27 +78,38 @@ class ShardFeeder:
     checkpoint saves.
     """
 
-    def __init__(self, shard, *, chunk: int, seed: int, rank: int, shuffle_buffer: int,
-                 epoch: int = 0, rows: int = 0, cache: bool = False, prefetch: bool = True):
+    def __init__(
+        self,
+        shard,
+        *,
+        chunk: int,
+        seed: int,
+        rank: int,
+        shuffle_buffer: int,
+        epoch: int = 0,
+        rows: int = 0,
+        cache: bool = False,
+        prefetch: bool = True,
+    ):
         self.shard = shard
         self.chunk = max(1, int(chunk))
         self.seed = int(seed)
         self.rank = int(rank)
         self.shuffle_buffer = int(shuffle_buffer)
         self.cache = bool(cache)
-        self._epoch = int(epoch)          # epoch being handed out
-        self._skip = int(rows)            # rows of it to drop when (re)opening that epoch
-        self._pulled = 0                  # rows pulled from the open epoch (incl. skipped)
+        self._epoch = int(epoch)  # epoch being handed out
+        self._skip = int(rows)  # rows of it to drop when (re)opening that epoch
+        self._pulled = 0  # rows pulled from the open epoch (incl. skipped)
         self._it: Iterator[dict[str, torch.Tensor]] | None = None
         self._pending: list[dict[str, torch.Tensor]] = []
         self._pending_rows = 0
-        self._empty_epochs = 0            # streamed epochs in a row that had no rows
+        self._empty_epochs = 0  # streamed epochs in a row that had no rows
         # in-memory epochs (cache=True)
         self._kept: list[dict[str, torch.Tensor]] | None = [] if self.cache else None  # epoch 0's rows so far
-        self._rows: KeptRows | None = None                 # epoch 0's rows, in their arrival order
-        self._mem_started = False                          # an in-memory epoch has been served from
-        self._cursor = 0                                   # rows of the in-memory epoch handed out
-        self._orders: dict[int, np.ndarray] = {}           # permutations by epoch (current and next)
+        self._rows: KeptRows | None = None  # epoch 0's rows, in their arrival order
+        self._mem_started = False  # an in-memory epoch has been served from
+        self._cursor = 0  # rows of the in-memory epoch handed out
+        self._orders: dict[int, np.ndarray] = {}  # permutations by epoch (current and next)
         # the next batch, gathered on a thread while the caller trains on this one:
         # ((epoch, cursor, rows), future of (batch, epoch after, cursor after))
         self.prefetch = bool(prefetch)
@@ -216,8 +228,9 @@ class ShardFeeder:
                 self._orders[e] = self._permutation(e)
         return {e: self._orders[e] for e in range(epoch, last + 1)}
 
-    def _gather(self, epoch: int, cursor: int, n: int,
-                orders: dict[int, np.ndarray]) -> tuple[dict[str, torch.Tensor], int, int]:
+    def _gather(
+        self, epoch: int, cursor: int, n: int, orders: dict[int, np.ndarray]
+    ) -> tuple[dict[str, torch.Tensor], int, int]:
         """n rows from (epoch, cursor) on; returns them and the position after them. Reads only
         the kept rows and the given permutations, so it may run on the prefetch thread."""
         total = len(self._rows)
@@ -227,7 +240,7 @@ class ShardFeeder:
             if cursor >= total:
                 epoch, cursor = epoch + 1, 0
             k = min(n - got, total - cursor)
-            idx = orders[epoch][cursor:cursor + k]
+            idx = orders[epoch][cursor : cursor + k]
             # numpy, one thread. torch's index_select spreads this small copy over the
             # intra-op threads, whose wake-up after each training step cost more than the copy
             # (4.6 ms vs 0.5 ms per 64 rows with 2 threads on the 2-core machine)
@@ -293,7 +306,7 @@ class ShardFeeder:
                 self._kept = []  # re-opening replays epoch 0 from its first row and keeps the rows again
             it.close()
 
-    def __enter__(self) -> "ShardFeeder":
+    def __enter__(self) -> ShardFeeder:
         return self
 
     def __exit__(self, *exc) -> None:

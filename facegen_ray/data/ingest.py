@@ -170,5 +170,3 @@ def read_sources(storage: Storage, plan: SourcePlan, rows_per_block: int = 128):
         if _scheme(uri) not in filesystems:
             filesystems[_scheme(uri)] = worker_filesystem(storage, uri)[0]
     return ds.map_batches(read_items, fn_kwargs={"filesystems": filesystems}, batch_format="pyarrow", batch_size=None)
-
-

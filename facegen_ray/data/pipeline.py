@@ -45,8 +45,20 @@ from facegen_ray.storage import Layout, Storage, StorageError, normalize
 
 log = logging.getLogger(__name__)
 
-META_COLUMNS = ["source", "sha256", "reject", "upscaled", "age", "gender", "race", "label_source", "nbytes",
-                "crop", "contrast", "sharpness"]
+META_COLUMNS = [
+    "source",
+    "sha256",
+    "reject",
+    "upscaled",
+    "age",
+    "gender",
+    "race",
+    "label_source",
+    "nbytes",
+    "crop",
+    "contrast",
+    "sharpness",
+]
 REPORT_REJECTED = 24  # faces per rule on the report's sheets: rejected (evenly spaced ranks) ...
 REPORT_KEPT = 12  # ... and kept, just above the threshold
 
@@ -82,12 +94,20 @@ def _to_shard_rows(batch, *, weights: dict[str, float] | None, repeats: dict[str
         w = [weights.get(attrs.group_key(g, r), 1.0) for g, r in zip(genders, races)]
     else:
         w = [1.0] * n
-    table = pa.table({
-        "image": batch.column("image"), "sha256": batch.column("sha256"), "source": batch.column("source"),
-        "age": batch.column("age"), "gender": batch.column("gender"), "race": batch.column("race"),
-        "origin": pa.array(["dataset"] * n, type=pa.string()), "weight": pa.array(w, type=pa.float32()),
-        "label_source": batch.column("label_source"),
-    }, schema=shard_schema())
+    table = pa.table(
+        {
+            "image": batch.column("image"),
+            "sha256": batch.column("sha256"),
+            "source": batch.column("source"),
+            "age": batch.column("age"),
+            "gender": batch.column("gender"),
+            "race": batch.column("race"),
+            "origin": pa.array(["dataset"] * n, type=pa.string()),
+            "weight": pa.array(w, type=pa.float32()),
+            "label_source": batch.column("label_source"),
+        },
+        schema=shard_schema(),
+    )
     if repeats:
         sources = batch.column("source").to_pylist()
         idx = np.repeat(np.arange(n), [repeats.get(s, 1) for s in sources])
@@ -130,10 +150,14 @@ def quality_summary(meta, rules: qual.QualityRules, dcfg, age_buckets) -> dict[s
         "race": [_code(r) for r in entered["race"].tolist()],
     }
     unl = {attrs.NULL: "unlabelled"}
-    names = {"age": unl, "gender": {**{str(k): v for k, v in attrs.GENDER_NAMES.items()}, **unl},
-             "race": {**{str(k): v for k, v in attrs.RACE_NAMES.items()}, **unl}}
-    mix = qual.demographic_mix(groups, verdicts, ratio=dcfg.disparity_ratio,
-                               min_rejected=dcfg.disparity_min_rejected, names=names)
+    names = {
+        "age": unl,
+        "gender": {**{str(k): v for k, v in attrs.GENDER_NAMES.items()}, **unl},
+        "race": {**{str(k): v for k, v in attrs.RACE_NAMES.items()}, **unl},
+    }
+    mix = qual.demographic_mix(
+        groups, verdicts, ratio=dcfg.disparity_ratio, min_rejected=dcfg.disparity_min_rejected, names=names
+    )
     scores: dict[str, dict[str, float]] = {}
     for col in ("sharpness", "contrast"):
         v = entered[col].dropna().to_numpy(dtype=np.float64)
@@ -163,13 +187,17 @@ def _report_tiles(processed, meta, rules: qual.QualityRules) -> dict[str, tuple[
             continue
         shown = rej.iloc[pick_ranks(len(rej), REPORT_REJECTED)]
         near = kept_rows[kept_rows[col] >= rules.threshold(reason)].sort_values([col, "source"]).head(REPORT_KEPT)
-        plan[reason] = ([(s, float(v), False) for s, v in zip(shown["source"], shown[col])]
-                        + [(s, float(v), True) for s, v in zip(near["source"], near[col])], len(rej))
+        plan[reason] = (
+            [(s, float(v), False) for s, v in zip(shown["source"], shown[col])]
+            + [(s, float(v), True) for s, v in zip(near["source"], near[col])],
+            len(rej),
+        )
     wanted = sorted({s for tiles, _ in plan.values() for s, _, _ in tiles})
     if not wanted:
         return {}
-    got = processed.map_batches(_select_sources, fn_kwargs={"sources": wanted}, batch_format="pyarrow",
-                                batch_size=None).take_all()
+    got = processed.map_batches(
+        _select_sources, fn_kwargs={"sources": wanted}, batch_format="pyarrow", batch_size=None
+    ).take_all()
     images = {r["source"]: r["image"] for r in got}
     out = {}
     for reason, (tiles, n) in plan.items():
@@ -186,8 +214,9 @@ def report_png_uri(uri: str) -> str:
     return png[: -len(".png")] + ".sheets.png" if png == uri else png
 
 
-def write_report(storage: Storage, uri: str, info: dict[str, Any], tiles: dict[str, tuple[list, list, int]],
-                 rules: qual.QualityRules) -> str:
+def write_report(
+    storage: Storage, uri: str, info: dict[str, Any], tiles: dict[str, tuple[list, list, int]], rules: qual.QualityRules
+) -> str:
     """Write the HTML report to `uri` and all the contact sheets in one PNG next to it
     (uri with its suffix replaced by .png). Returns the PNG's URI."""
     from facegen_ray.data import report as rep
@@ -209,8 +238,15 @@ def _rows_per_shard(cfg_rows: int, target_mb: float, mean_bytes: float) -> int:
     return max(1, min(cfg_rows, by_size))
 
 
-def prepare(cfg: FacegenConfig, sources: list[str] | str, dest: str, *, storage: Storage | None = None,
-            attribute_model: str | None = None, report: str | None = None) -> PrepareResult:
+def prepare(
+    cfg: FacegenConfig,
+    sources: list[str] | str,
+    dest: str,
+    *,
+    storage: Storage | None = None,
+    attribute_model: str | None = None,
+    report: str | None = None,
+) -> PrepareResult:
     """Prepare SOURCE(s) into the next version of DEST; see the module docstring.
 
     report: also write report.py's HTML page there (and its contact sheets next to it); it is
@@ -225,12 +261,19 @@ def prepare(cfg: FacegenConfig, sources: list[str] | str, dest: str, *, storage:
     try:
         storage.check_writable(dest)
     except StorageError as e:
-        raise UserError(f"DEST {dest} is not writable ({e}); pick another DEST or fix its permissions/credentials") from None
+        raise UserError(
+            f"DEST {dest} is not writable ({e}); pick another DEST or fix its permissions/credentials"
+        ) from None
     plan = plan_sources(storage, sources, limit=dcfg.limit, seed=dcfg.seed)
     # load the classifier on the driver: a missing module or bad URI fails before any Ray work
     tagger = attrs.load_tagger_fn()(storage, attribute_model) if attribute_model else None
-    log.info("prepare: %d image files from %d source(s) (%d found, %d non-image ignored)",
-             plan.num_candidates, len(sources), plan.num_found, plan.num_ignored)
+    log.info(
+        "prepare: %d image files from %d source(s) (%d found, %d non-image ignored)",
+        plan.num_candidates,
+        len(sources),
+        plan.num_found,
+        plan.num_ignored,
+    )
 
     if report:
         report = normalize(report)
@@ -246,20 +289,38 @@ def prepare(cfg: FacegenConfig, sources: list[str] | str, dest: str, *, storage:
 
     configure_ray_data()
     rules = qual.QualityRules.from_config(dcfg)
-    processed = read_sources(storage, plan).map_batches(
-        process_batch, batch_format="pyarrow", batch_size=None,
-        fn_kwargs=dict(resolution=dcfg.resolution, min_size=dcfg.min_size,
-                       image_format=dcfg.image_format, jpeg_quality=dcfg.jpeg_quality,
-                       png_compress_level=dcfg.png_compress_level, quality=rules),
-    ).materialize()
+    processed = (
+        read_sources(storage, plan)
+        .map_batches(
+            process_batch,
+            batch_format="pyarrow",
+            batch_size=None,
+            fn_kwargs=dict(
+                resolution=dcfg.resolution,
+                min_size=dcfg.min_size,
+                image_format=dcfg.image_format,
+                jpeg_quality=dcfg.jpeg_quality,
+                png_compress_level=dcfg.png_compress_level,
+                quality=rules,
+            ),
+        )
+        .materialize()
+    )
     meta = processed.select_columns(META_COLUMNS).to_pandas()
     quality = quality_summary(meta, rules, dcfg, cfg.model.age_buckets)
 
     def _report(version_uri: str | None, rejected: dict[str, int], created: str) -> str | None:
         if not report:
             return None
-        info = {"sources": [normalize(s) for s in sources], "resolution": dcfg.resolution, "version_uri": version_uri,
-                "created": created, "num_candidates": plan.num_candidates, "rejected": rejected, "quality": quality}
+        info = {
+            "sources": [normalize(s) for s in sources],
+            "resolution": dcfg.resolution,
+            "version_uri": version_uri,
+            "created": created,
+            "num_candidates": plan.num_candidates,
+            "rejected": rejected,
+            "quality": quality,
+        }
         png = write_report(storage, report, info, _report_tiles(processed, meta, rules), rules)
         log.info("prepare: report %s (contact sheets %s)", report, png)
         return png
@@ -278,28 +339,44 @@ def prepare(cfg: FacegenConfig, sources: list[str] | str, dest: str, *, storage:
     num_holdout = int(held_mask.sum())
     ok = ok[~held_mask]  # held-out faces are never balanced, tagged into training or counted as training rows
     num_rejected = sum(rejected.values())
-    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     if ok.empty:
         detail = ", ".join(f"{k}={v}" for k, v in rejected.items() if v)
         _report(None, rejected, created)
         hint = ""
         if any(rejected.get(r) for r in qual.QUALITY_REASONS):
-            hint = (" (the quality filter's thresholds are data.max_upscale, data.min_contrast and data.min_sharpness; "
-                    "see `facegen prepare --report`)")
-        raise UserError(f"no usable images in {', '.join(sources)}: all {plan.num_candidates} files were rejected ({detail}){hint}")
+            hint = (
+                " (the quality filter's thresholds are data.max_upscale, data.min_contrast and data.min_sharpness; "
+                "see `facegen prepare --report`)"
+            )
+        raise UserError(
+            f"no usable images in {', '.join(sources)}: all {plan.num_candidates} files were rejected ({detail}){hint}"
+        )
 
     ds = processed.map_batches(_filter_rows, fn_kwargs={"drop": drop}, batch_format="pyarrow", batch_size=None)
     holdout_ds = None
     if num_holdout:
-        holdout_ds = ds.map_batches(_split_rows, fn_kwargs={"fraction": dcfg.holdout_fraction, "holdout": True},
-                                    batch_format="pyarrow", batch_size=None).map_batches(
-            _to_shard_rows, fn_kwargs={"weights": None, "repeats": None, "seed": dcfg.seed},
-            batch_format="pyarrow", batch_size=None)
-        ds = ds.map_batches(_split_rows, fn_kwargs={"fraction": dcfg.holdout_fraction, "holdout": False},
-                            batch_format="pyarrow", batch_size=None)
+        holdout_ds = ds.map_batches(
+            _split_rows,
+            fn_kwargs={"fraction": dcfg.holdout_fraction, "holdout": True},
+            batch_format="pyarrow",
+            batch_size=None,
+        ).map_batches(
+            _to_shard_rows,
+            fn_kwargs={"weights": None, "repeats": None, "seed": dcfg.seed},
+            batch_format="pyarrow",
+            batch_size=None,
+        )
+        ds = ds.map_batches(
+            _split_rows,
+            fn_kwargs={"fraction": dcfg.holdout_fraction, "holdout": False},
+            batch_format="pyarrow",
+            batch_size=None,
+        )
     if tagger is not None:
-        ds = ds.map_batches(attrs.TagNullLabels, fn_constructor_args=(tagger,),
-                            batch_format="pyarrow", batch_size=64, concurrency=1).materialize()
+        ds = ds.map_batches(
+            attrs.TagNullLabels, fn_constructor_args=(tagger,), batch_format="pyarrow", batch_size=64, concurrency=1
+        ).materialize()
         ok = ds.select_columns(META_COLUMNS).to_pandas()
 
     # balance over race x gender
@@ -325,8 +402,12 @@ def prepare(cfg: FacegenConfig, sources: list[str] | str, dest: str, *, storage:
     num_rows = len(written)
     rows_per_shard = _rows_per_shard(dcfg.shard_rows, dcfg.shard_target_mb, float(ok["nbytes"].mean()))
     num_shards = max(1, math.ceil(num_rows / rows_per_shard))
-    ds = ds.map_batches(_to_shard_rows, fn_kwargs={"weights": weights, "repeats": repeats, "seed": dcfg.seed},
-                        batch_format="pyarrow", batch_size=None)
+    ds = ds.map_batches(
+        _to_shard_rows,
+        fn_kwargs={"weights": weights, "repeats": repeats, "seed": dcfg.seed},
+        batch_format="pyarrow",
+        batch_size=None,
+    )
     if num_shards > 1:
         ds = ds.repartition(num_shards)
 
@@ -352,15 +433,25 @@ def prepare(cfg: FacegenConfig, sources: list[str] | str, dest: str, *, storage:
         "seed": dcfg.seed,
         "rows_per_shard": rows_per_shard,
         "dedupe": "sha256 of the stored RGB pixels (uint8 [R,R,3]); first in source order kept",
-        "holdout": {"fraction": dcfg.holdout_fraction, "num_images": num_holdout, "files": [],
-                    "rule": "int(sha256[:8], 16) / 2**32 < fraction; held-out rows are never trained on"},
+        "holdout": {
+            "fraction": dcfg.holdout_fraction,
+            "num_images": num_holdout,
+            "files": [],
+            "rule": "int(sha256[:8], 16) / 2**32 < fraction; held-out rows are never trained on",
+        },
     }
     manifest = write_version(storage, dest, ds, manifest, rows_per_shard, expected_rows=num_rows, holdout=holdout_ds)
     _report(manifest["path"], rejected, created)
     elapsed = time.perf_counter() - t0
 
-    return PrepareResult(manifest=manifest, dataset_uri=dest, version_uri=manifest["path"],
-                         manifest_uri=Layout.manifest(dest), elapsed_s=elapsed, report_uri=report)
+    return PrepareResult(
+        manifest=manifest,
+        dataset_uri=dest,
+        version_uri=manifest["path"],
+        manifest_uri=Layout.manifest(dest),
+        elapsed_s=elapsed,
+        report_uri=report,
+    )
 
 
 def summary(result: PrepareResult) -> str:
@@ -369,9 +460,13 @@ def summary(result: PrepareResult) -> str:
     m = result.manifest
     rej = ", ".join(f"{k}={v}" for k, v in m["rejected"].items() if v)
     shards = m["num_shards"]
-    extra = f"; {m['num_unique_images']} distinct, balance={m['balance']['mode']}" if m["balance"]["mode"] != "none" else ""
-    return (f"prepared {m['num_images']} images ({m['num_rejected']} rejected{': ' + rej if rej else ''}{extra}) "
-            f"at {m['resolution']}x{m['resolution']} -> {result.version_uri} ({shards} shard{'s' if shards != 1 else ''})")
+    extra = (
+        f"; {m['num_unique_images']} distinct, balance={m['balance']['mode']}" if m["balance"]["mode"] != "none" else ""
+    )
+    return (
+        f"prepared {m['num_images']} images ({m['num_rejected']} rejected{': ' + rej if rej else ''}{extra}) "
+        f"at {m['resolution']}x{m['resolution']} -> {result.version_uri} ({shards} shard{'s' if shards != 1 else ''})"
+    )
 
 
 def quality_line(manifest: dict[str, Any]) -> str:
@@ -386,4 +481,5 @@ def quality_line(manifest: dict[str, Any]) -> str:
     if not flags:
         return f"{head}; no demographic group removed disproportionately"
     return f"{head}; DISPROPORTIONATE: " + ", ".join(
-        f"{f['attribute']}={f['name']} {f['reason']} {f['times']:.1f}x the overall rate" for f in flags)
+        f"{f['attribute']}={f['name']} {f['reason']} {f['times']:.1f}x the overall rate" for f in flags
+    )

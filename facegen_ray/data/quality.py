@@ -39,8 +39,9 @@ image in a small group from raising a flag). The same test runs for each rule on
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -66,10 +67,14 @@ class QualityRules:
     quality_size: int = 64
 
     @classmethod
-    def from_config(cls, dcfg: Any) -> "QualityRules":
-        return cls(resolution=int(dcfg.resolution), max_upscale=float(dcfg.max_upscale),
-                   min_contrast=float(dcfg.min_contrast), min_sharpness=float(dcfg.min_sharpness),
-                   quality_size=int(dcfg.quality_size))
+    def from_config(cls, dcfg: Any) -> QualityRules:
+        return cls(
+            resolution=int(dcfg.resolution),
+            max_upscale=float(dcfg.max_upscale),
+            min_contrast=float(dcfg.min_contrast),
+            min_sharpness=float(dcfg.min_sharpness),
+            quality_size=int(dcfg.quality_size),
+        )
 
     @property
     def min_crop(self) -> int:
@@ -80,16 +85,24 @@ class QualityRules:
 
     def threshold(self, reason: str) -> float:
         """The number a score is compared with (scores below it are rejected)."""
-        return {"low_resolution": float(self.min_crop), "near_constant": self.min_contrast,
-                "blurry": self.min_sharpness}[reason]
+        return {
+            "low_resolution": float(self.min_crop),
+            "near_constant": self.min_contrast,
+            "blurry": self.min_sharpness,
+        }[reason]
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records about the filter."""
         return {
-            "max_upscale": self.max_upscale, "min_crop": self.min_crop, "min_contrast": self.min_contrast,
-            "min_sharpness": self.min_sharpness, "quality_size": self.quality_size,
-            "rules": {r: f"{SCORES[r][1]} < {self.threshold(r):g}" + (" (off)" if not self.threshold(r) else "")
-                      for r in QUALITY_REASONS},
+            "max_upscale": self.max_upscale,
+            "min_crop": self.min_crop,
+            "min_contrast": self.min_contrast,
+            "min_sharpness": self.min_sharpness,
+            "quality_size": self.quality_size,
+            "rules": {
+                r: f"{SCORES[r][1]} < {self.threshold(r):g}" + (" (off)" if not self.threshold(r) else "")
+                for r in QUALITY_REASONS
+            },
         }
 
 
@@ -141,13 +154,20 @@ def score(reason: str, row: Any) -> float:
 
 # ---------------------------------------------------------------- demographic mix
 
+
 def _rate(k: int, n: int) -> float:
     return k / n if n else 0.0
 
 
-def demographic_mix(groups: dict[str, Sequence[str]], rejects: Sequence[str | None], *,
-                    reasons: Sequence[str] = QUALITY_REASONS, ratio: float = 2.0,
-                    min_rejected: int = 5, names: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+def demographic_mix(
+    groups: dict[str, Sequence[str]],
+    rejects: Sequence[str | None],
+    *,
+    reasons: Sequence[str] = QUALITY_REASONS,
+    ratio: float = 2.0,
+    min_rejected: int = 5,
+    names: dict[str, dict[str, str]] | None = None,
+) -> dict[str, Any]:
     """The filter's effect on each labelled group.
 
     groups: attribute -> the group of every image that entered the filter (e.g. {"race":
@@ -167,8 +187,13 @@ def demographic_mix(groups: dict[str, Sequence[str]], rejects: Sequence[str | No
     kept = [r is None for r in rejects]
     by_reason_all = {r: sum(1 for x in rejects if x == r) for r in reasons}
     total_rej = sum(by_reason_all.values())
-    overall = {"before": n, "after": n - total_rej, "rejected": total_rej,
-               "reject_rate": _rate(total_rej, n), "by_reason": by_reason_all}
+    overall = {
+        "before": n,
+        "after": n - total_rej,
+        "rejected": total_rej,
+        "reject_rate": _rate(total_rej, n),
+        "by_reason": by_reason_all,
+    }
     out_attrs: dict[str, list[dict[str, Any]]] = {}
     flags: list[dict[str, Any]] = []
     for attr, values in groups.items():
@@ -183,23 +208,48 @@ def demographic_mix(groups: dict[str, Sequence[str]], rejects: Sequence[str | No
             by_reason = {r: sum(1 for i in idx if rejects[i] == r) for r in reasons}
             rej = before - after
             row = {
-                "group": g, "name": (names or {}).get(attr, {}).get(g, g), "before": before, "after": after,
-                "share_before": _rate(before, n), "share_after": _rate(after, overall["after"]),
-                "rejected": rej, "reject_rate": _rate(rej, before), "by_reason": by_reason, "flagged": [],
+                "group": g,
+                "name": (names or {}).get(attr, {}).get(g, g),
+                "before": before,
+                "after": after,
+                "share_before": _rate(before, n),
+                "share_after": _rate(after, overall["after"]),
+                "rejected": rej,
+                "reject_rate": _rate(rej, before),
+                "by_reason": by_reason,
+                "flagged": [],
             }
             for reason, k, base in [("any", rej, total_rej), *((r, by_reason[r], by_reason_all[r]) for r in reasons)]:
                 rate, overall_rate = _rate(k, before), _rate(base, n)
                 if base and k >= min_rejected and rate > ratio * overall_rate:
                     row["flagged"].append(reason)
-                    flags.append({"attribute": attr, "group": g, "name": row["name"], "reason": reason,
-                                  "rejected": k, "before": before, "reject_rate": rate, "overall_rate": overall_rate,
-                                  "times": rate / overall_rate})
+                    flags.append(
+                        {
+                            "attribute": attr,
+                            "group": g,
+                            "name": row["name"],
+                            "reason": reason,
+                            "rejected": k,
+                            "before": before,
+                            "reject_rate": rate,
+                            "overall_rate": overall_rate,
+                            "times": rate / overall_rate,
+                        }
+                    )
             rows.append(row)
         out_attrs[attr] = rows
-    rule = (f"a group is flagged when the filter rejects more than {ratio:g}x the overall share of its images "
-            f"and at least {min_rejected} of them (all rules together, and each rule on its own)")
-    return {"overall": overall, "attributes": out_attrs, "flags": flags, "rule": rule,
-            "ratio": ratio, "min_rejected": min_rejected}
+    rule = (
+        f"a group is flagged when the filter rejects more than {ratio:g}x the overall share of its images "
+        f"and at least {min_rejected} of them (all rules together, and each rule on its own)"
+    )
+    return {
+        "overall": overall,
+        "attributes": out_attrs,
+        "flags": flags,
+        "rule": rule,
+        "ratio": ratio,
+        "min_rejected": min_rejected,
+    }
 
 
 def _group_order(g: str):

@@ -17,8 +17,9 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -96,11 +97,15 @@ def png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def reason_sheet(reason: str, rejected: Sequence[Tile], kept: Sequence[Tile], num_rejected: int,
-                 threshold: float) -> Image.Image:
+def reason_sheet(
+    reason: str, rejected: Sequence[Tile], kept: Sequence[Tile], num_rejected: int, threshold: float
+) -> Image.Image:
     what = SCORES[reason][1]
-    parts = [contact_sheet(f"{reason}: {num_rejected} rejected ({what} < {threshold:g}); "
-                           f"{len(rejected)} shown, worst first", rejected)]
+    parts = [
+        contact_sheet(
+            f"{reason}: {num_rejected} rejected ({what} < {threshold:g}); {len(rejected)} shown, worst first", rejected
+        )
+    ]
     if kept:
         parts.append(contact_sheet(f"{reason}: kept, just above the threshold", kept))
     return stack(parts, gap=2)
@@ -136,35 +141,45 @@ def render_html(info: dict[str, Any], sheets: dict[str, bytes]) -> str:
     q = info["quality"]
     mix = q["mix"]
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>facegen prepare report</title>"
-             f"<style>{_CSS}</style></head><body>",
-             "<h1>facegen prepare: data quality report</h1>",
-             "<p>Sources: " + ", ".join(f"<code>{e(s)}</code>" for s in info["sources"]) +
-             f"<br>Resolution {info['resolution']}&times;{info['resolution']}; {info['num_candidates']} image files; "
-             f"written: <code>{e(str(info.get('version_uri') or 'nothing (no usable image)'))}</code>; "
-             f"{e(info['created'])}</p>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>facegen prepare report</title>"
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>facegen prepare: data quality report</h1>",
+        "<p>Sources: "
+        + ", ".join(f"<code>{e(s)}</code>" for s in info["sources"])
+        + f"<br>Resolution {info['resolution']}&times;{info['resolution']}; {info['num_candidates']} image files; "
+        f"written: <code>{e(str(info.get('version_uri') or 'nothing (no usable image)'))}</code>; "
+        f"{e(info['created'])}</p>",
+    ]
 
     parts.append("<h2 id='rules'>Thresholds</h2>")
-    rules = [(r, SCORES[r][1], f"< {q['thresholds'][r]:g}" if q["thresholds"][r] else "off", SCORES[r][2])
-             for r in QUALITY_REASONS]
+    rules = [
+        (r, SCORES[r][1], f"< {q['thresholds'][r]:g}" if q["thresholds"][r] else "off", SCORES[r][2])
+        for r in QUALITY_REASONS
+    ]
     parts.append(_table(["reason", "score", "rejected when", "config"], rules))
-    parts.append(f"<p>Sharpness and contrast are measured on the square crop at {q['quality_size']} px "
-                 f"(smaller crops at their own size); low_resolution compares the crop with "
-                 f"resolution / data.max_upscale = {q['min_crop']} px.</p>")
+    parts.append(
+        f"<p>Sharpness and contrast are measured on the square crop at {q['quality_size']} px "
+        f"(smaller crops at their own size); low_resolution compares the crop with "
+        f"resolution / data.max_upscale = {q['min_crop']} px.</p>"
+    )
 
     parts.append("<h2 id='rejects'>Rejects per reason</h2>")
     n = max(int(info["num_candidates"]), 1)
-    parts.append(_table(["reason", "images", "share of files"],
-                        [(k, v, _pct(v / n)) for k, v in info["rejected"].items()]))
+    parts.append(
+        _table(["reason", "images", "share of files"], [(k, v, _pct(v / n)) for k, v in info["rejected"].items()])
+    )
 
     parts.append("<h2 id='scores'>Measured scores</h2>")
     sc = q["scores"]
     keys = list(next(iter(sc.values())).keys()) if sc else []
     parts.append(_table(["score", *keys], [(name, *(f"{v:.1f}" for v in vals.values())) for name, vals in sc.items()]))
 
-    parts.append("<h2 id='sheets'>Contact sheets</h2><p>Per rule: rejected faces at evenly spaced ranks, worst "
-                 "first (red: score), then kept faces just above the threshold (green). Faces are shown as stored "
-                 "(small ones enlarged without smoothing).</p>")
+    parts.append(
+        "<h2 id='sheets'>Contact sheets</h2><p>Per rule: rejected faces at evenly spaced ranks, worst "
+        "first (red: score), then kept faces just above the threshold (green). Faces are shown as stored "
+        "(small ones enlarged without smoothing).</p>"
+    )
     for r in QUALITY_REASONS:
         if r in sheets:
             b64 = base64.b64encode(sheets[r]).decode()
@@ -174,23 +189,49 @@ def render_html(info: dict[str, Any], sheets: dict[str, bytes]) -> str:
 
     parts.append("<h2 id='mix'>Demographic mix before and after the filter</h2>")
     ov = mix["overall"]
-    parts.append(f"<p>Before: the {ov['before']} images that decoded and passed the size and mode checks (the "
-                 f"filter's input); after: the {ov['after']} it kept (before de-duplication). Overall reject rate "
-                 f"{_pct(ov['reject_rate'])}. Rule: {e(mix['rule'])}.</p>")
+    parts.append(
+        f"<p>Before: the {ov['before']} images that decoded and passed the size and mode checks (the "
+        f"filter's input); after: the {ov['after']} it kept (before de-duplication). Overall reject rate "
+        f"{_pct(ov['reject_rate'])}. Rule: {e(mix['rule'])}.</p>"
+    )
     if mix["flags"]:
-        parts.append("<p class='flag-note'>Removed disproportionately: " + "; ".join(
-            f"{e(f['attribute'])}={e(f['name'])} ({e(f['reason'])}: {f['rejected']}/{f['before']} = "
-            f"{_pct(f['reject_rate'])}, {f['times']:.1f}x the overall {_pct(f['overall_rate'])})"
-            for f in mix["flags"]) + "</p>")
+        parts.append(
+            "<p class='flag-note'>Removed disproportionately: "
+            + "; ".join(
+                f"{e(f['attribute'])}={e(f['name'])} ({e(f['reason'])}: {f['rejected']}/{f['before']} = "
+                f"{_pct(f['reject_rate'])}, {f['times']:.1f}x the overall {_pct(f['overall_rate'])})"
+                for f in mix["flags"]
+            )
+            + "</p>"
+        )
     else:
         parts.append("<p class='ok-note'>No group removed disproportionately.</p>")
     for attr, rows in mix["attributes"].items():
-        header = ["group", "before", "share before", "after", "share after", "rejected", "reject rate",
-                  *QUALITY_REASONS, "flag"]
-        body = [(f"{r['name']}" + (f" ({r['group']})" if r["name"] != r["group"] else ""), r["before"],
-                 _pct(r["share_before"]), r["after"], _pct(r["share_after"]), r["rejected"], _pct(r["reject_rate"]),
-                 *(r["by_reason"].get(x, 0) for x in QUALITY_REASONS), ", ".join(r["flagged"]) or "")
-                for r in rows]
+        header = [
+            "group",
+            "before",
+            "share before",
+            "after",
+            "share after",
+            "rejected",
+            "reject rate",
+            *QUALITY_REASONS,
+            "flag",
+        ]
+        body = [
+            (
+                f"{r['name']}" + (f" ({r['group']})" if r["name"] != r["group"] else ""),
+                r["before"],
+                _pct(r["share_before"]),
+                r["after"],
+                _pct(r["share_after"]),
+                r["rejected"],
+                _pct(r["reject_rate"]),
+                *(r["by_reason"].get(x, 0) for x in QUALITY_REASONS),
+                ", ".join(r["flagged"]) or "",
+            )
+            for r in rows
+        ]
         parts.append(f"<h3>{e(attr)}</h3>" + _table(header, body, ["flag" if r["flagged"] else "" for r in rows]))
     parts.append("</body></html>")
     return "\n".join(parts)

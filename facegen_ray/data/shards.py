@@ -62,20 +62,23 @@ def holdout_uris(manifest: dict[str, Any]) -> list[str]:
 
 def shard_schema():
     """Parquet row schema of every shard (dataset prepare and feedback merge alike)."""
-    return pa.schema([
-        ("image", pa.binary()),        # encoded PNG/JPEG at the dataset resolution
-        ("sha256", pa.string()),       # content hash (transforms.pixel_sha256)
-        ("source", pa.string()),       # where the image came from (URI, "<zip>!/<member>", ...)
-        ("age", pa.int64()),           # years; null = unknown
-        ("gender", pa.int64()),        # 0 male, 1 female; null = unknown
-        ("race", pa.int64()),          # 0 white, 1 black, 2 asian, 3 indian, 4 other; null = unknown
-        ("origin", pa.string()),       # "dataset" | "feedback"
-        ("weight", pa.float32()),      # sampling/loss weight (1 unless --balance reweight)
-        ("label_source", pa.string()), # "filename" | "classifier" | null
-    ])
+    return pa.schema(
+        [
+            ("image", pa.binary()),  # encoded PNG/JPEG at the dataset resolution
+            ("sha256", pa.string()),  # content hash (transforms.pixel_sha256)
+            ("source", pa.string()),  # where the image came from (URI, "<zip>!/<member>", ...)
+            ("age", pa.int64()),  # years; null = unknown
+            ("gender", pa.int64()),  # 0 male, 1 female; null = unknown
+            ("race", pa.int64()),  # 0 white, 1 black, 2 asian, 3 indian, 4 other; null = unknown
+            ("origin", pa.string()),  # "dataset" | "feedback"
+            ("weight", pa.float32()),  # sampling/loss weight (1 unless --balance reweight)
+            ("label_source", pa.string()),  # "filename" | "classifier" | null
+        ]
+    )
 
 
 # ------------------------------------------------------------------ versions and manifests
+
 
 def list_versions(storage: Storage, dataset_uri: str) -> list[int]:
     """Every v<N> folder below a dataset (complete or not), ascending."""
@@ -141,8 +144,15 @@ def shard_uris(manifest: dict[str, Any]) -> list[str]:
     return [join(manifest["path"], f["name"]) for f in manifest.get("files", [])]
 
 
-def write_version(storage: Storage, dest: str, ds, manifest: dict[str, Any], rows_per_shard: int,
-                  expected_rows: int | None = None, holdout=None) -> dict[str, Any]:
+def write_version(
+    storage: Storage,
+    dest: str,
+    ds,
+    manifest: dict[str, Any],
+    rows_per_shard: int,
+    expected_rows: int | None = None,
+    holdout=None,
+) -> dict[str, Any]:
     """Write a Ray Dataset (SHARD_SCHEMA rows) as the next version of DEST, commit it, and
     return the complete manifest (with version, path, files, num_images). With
     `expected_rows`, a version whose shards hold a different count is never committed.
@@ -160,14 +170,22 @@ def write_version(storage: Storage, dest: str, ds, manifest: dict[str, Any], row
         storage.makedirs(dest)
     fs, fs_path = worker_filesystem(storage, staging)
     ds.write_parquet(
-        worker_filesystem_path(staging), filesystem=fs,
-        min_rows_per_file=rows_per_shard, max_rows_per_file=rows_per_shard,
-        compression="zstd", try_create_dir=True,
+        worker_filesystem_path(staging),
+        filesystem=fs,
+        min_rows_per_file=rows_per_shard,
+        max_rows_per_file=rows_per_shard,
+        compression="zstd",
+        try_create_dir=True,
     )
     if holdout is not None:
-        holdout.write_parquet(worker_filesystem_path(join(staging, HOLDOUT_DIR)), filesystem=fs,
-                              min_rows_per_file=rows_per_shard, max_rows_per_file=rows_per_shard,
-                              compression="zstd", try_create_dir=True)
+        holdout.write_parquet(
+            worker_filesystem_path(join(staging, HOLDOUT_DIR)),
+            filesystem=fs,
+            min_rows_per_file=rows_per_shard,
+            max_rows_per_file=rows_per_shard,
+            compression="zstd",
+            try_create_dir=True,
+        )
     if not remote:
         while True:  # atomic claim of v<N>: rename fails if another prepare took it
             try:
@@ -182,18 +200,24 @@ def write_version(storage: Storage, dest: str, ds, manifest: dict[str, Any], row
     files = [f for f in described if not f["name"].startswith(HOLDOUT_DIR + "/")]
     held = [f for f in described if f["name"].startswith(HOLDOUT_DIR + "/")]
     if holdout is not None:
-        manifest = {**manifest, "holdout": {**(manifest.get("holdout") or {}), "num_images": sum(f["rows"] for f in held),
-                                            "files": held}}
+        manifest = {
+            **manifest,
+            "holdout": {**(manifest.get("holdout") or {}), "num_images": sum(f["rows"] for f in held), "files": held},
+        }
     written = sum(f["rows"] for f in files)
     if expected_rows is not None and written != expected_rows:
         raise StorageError(f"{target}: shards hold {written} rows, expected {expected_rows}; not committed")
     manifest = dict(manifest)
     manifest.update(
-        format=MANIFEST_FORMAT, version=version, path=target, files=files,
-        num_images=sum(f["rows"] for f in files), num_shards=len(files),
+        format=MANIFEST_FORMAT,
+        version=version,
+        path=target,
+        files=files,
+        num_images=sum(f["rows"] for f in files),
+        num_shards=len(files),
     )
-    storage.write_json(Layout.manifest(target), manifest)   # commits the version
-    storage.write_json(Layout.manifest(dest), manifest)     # then points DEST at it
+    storage.write_json(Layout.manifest(target), manifest)  # commits the version
+    storage.write_json(Layout.manifest(dest), manifest)  # then points DEST at it
     return manifest
 
 
@@ -203,10 +227,12 @@ def _claim_version(storage: Storage, dest: str, version: int) -> str:
     written before claims existed). Returns the claimed version's URI."""
     while True:
         target = Layout.dataset_version(dest, version)
-        claim = json.dumps({
-            "writer": uuid.uuid4().hex,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }).encode()
+        claim = json.dumps(
+            {
+                "writer": uuid.uuid4().hex,
+                "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            }
+        ).encode()
         if storage.create_exclusive(join(target, CLAIM_FILE), claim) and not storage.exists(Layout.manifest(target)):
             return target
         version += 1
@@ -217,7 +243,7 @@ def _describe_shards(storage: Storage, version_uri: str) -> list[dict[str, Any]]
     fs, _ = worker_filesystem(storage, version_uri)
     out = []
     for uri in storage.find(version_uri):
-        name = uri[len(version_uri):].lstrip("/")
+        name = uri[len(version_uri) :].lstrip("/")
         if not name.endswith(".parquet"):
             continue
         md = pq.read_metadata(worker_filesystem_path(uri), filesystem=fs)
@@ -228,6 +254,7 @@ def _describe_shards(storage: Storage, version_uri: str) -> list[dict[str, Any]]
 
 
 # ------------------------------------------------------------------ reading back
+
 
 def decode_image(data: bytes) -> np.ndarray:
     """Stored image bytes (PNG/JPEG) -> uint8 [H,W,3] RGB."""
@@ -293,7 +320,9 @@ def read_training_dataset(storage: Storage, dataset_uri: str, resolution: int | 
     uris = shard_uris(manifest)
     fs, _ = worker_filesystem(storage, uris[0])
     ds = ray.data.read_parquet(
-        [worker_filesystem_path(u) for u in uris], filesystem=fs, columns=TRAINING_COLUMNS,
+        [worker_filesystem_path(u) for u in uris],
+        filesystem=fs,
+        columns=TRAINING_COLUMNS,
     )
     return ds.map_batches(_to_training_batch, fn_kwargs={"resolution": res}, batch_format="pyarrow", batch_size=256)
 
@@ -334,6 +363,16 @@ def read_images_uint8(storage: Storage, dataset_uri: str, limit: int | None = No
 
 
 __all__ = [
-    "shard_schema", "read_manifest", "read_training_dataset", "read_images_uint8", "decode_image",
-    "write_version", "list_versions", "next_version", "shard_uris", "downsample", "holdout_uris", "in_holdout",
+    "shard_schema",
+    "read_manifest",
+    "read_training_dataset",
+    "read_images_uint8",
+    "decode_image",
+    "write_version",
+    "list_versions",
+    "next_version",
+    "shard_uris",
+    "downsample",
+    "holdout_uris",
+    "in_holdout",
 ]

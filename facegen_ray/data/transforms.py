@@ -125,8 +125,9 @@ def pixel_sha256(arr: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr, dtype=np.uint8).tobytes()).hexdigest()
 
 
-def encode_image(img: Image.Image, image_format: str = "png", jpeg_quality: int = 95,
-                 png_compress_level: int = 1) -> bytes:
+def encode_image(
+    img: Image.Image, image_format: str = "png", jpeg_quality: int = 95, png_compress_level: int = 1
+) -> bytes:
     """RGB image -> PNG (lossless, default) or JPEG bytes."""
     buf = io.BytesIO()
     if image_format == "png":
@@ -138,8 +139,16 @@ def encode_image(img: Image.Image, image_format: str = "png", jpeg_quality: int 
     return buf.getvalue()
 
 
-def process_image(data: bytes, *, resolution: int, min_size: int, image_format: str = "png",
-                  jpeg_quality: int = 95, png_compress_level: int = 1, quality: QualityRules | None = None) -> Processed:
+def process_image(
+    data: bytes,
+    *,
+    resolution: int,
+    min_size: int,
+    image_format: str = "png",
+    jpeg_quality: int = 95,
+    png_compress_level: int = 1,
+    quality: QualityRules | None = None,
+) -> Processed:
     """Source bytes -> Processed (decode, validate, centre-crop, resize, encode, hash).
     Raises Rejected with the reason. With `quality`, the crop is also measured and judged
     (Processed.quality_reject); the image is still encoded, for the report's contact sheets."""
@@ -156,12 +165,21 @@ def process_image(data: bytes, *, resolution: int, min_size: int, image_format: 
         enc = encode_image(img, "jpeg", jpeg_quality)
         arr = np.asarray(Image.open(io.BytesIO(enc)).convert("RGB"), dtype=np.uint8)
         return Processed(enc, pixel_sha256(arr), upscaled, measures, verdict)
-    return Processed(encode_image(img, "png", png_compress_level=png_compress_level), pixel_sha256(arr), upscaled,
-                     measures, verdict)
+    return Processed(
+        encode_image(img, "png", png_compress_level=png_compress_level), pixel_sha256(arr), upscaled, measures, verdict
+    )
 
 
-def process_batch(batch, *, resolution: int, min_size: int, image_format: str = "png", jpeg_quality: int = 95,
-                  png_compress_level: int = 1, quality: QualityRules | None = None):
+def process_batch(
+    batch,
+    *,
+    resolution: int,
+    min_size: int,
+    image_format: str = "png",
+    jpeg_quality: int = 95,
+    png_compress_level: int = 1,
+    quality: QualityRules | None = None,
+):
     """Ray Data UDF (pyarrow batches): rows (source, bytes) -> one output row per input.
 
     Output columns (PROCESSED_SCHEMA): source, image (binary | null), sha256 (str | null),
@@ -171,8 +189,14 @@ def process_batch(batch, *, resolution: int, min_size: int, image_format: str = 
     files keep their row so the driver can count them (image null, except for the quality
     filter's rejects, which keep it for the report); pipeline.py filters them out.
     """
-    kw = dict(resolution=resolution, min_size=min_size, image_format=image_format, jpeg_quality=jpeg_quality,
-              png_compress_level=png_compress_level, quality=quality)
+    kw = dict(
+        resolution=resolution,
+        min_size=min_size,
+        image_format=image_format,
+        jpeg_quality=jpeg_quality,
+        png_compress_level=png_compress_level,
+        quality=quality,
+    )
     sources = batch.column("source").to_pylist()
     blobs = batch.column("bytes").to_pylist()
     out: dict[str, list] = {f.name: [] for f in PROCESSED_SCHEMA}
@@ -204,12 +228,23 @@ def process_batch(batch, *, resolution: int, min_size: int, image_format: str = 
 
 
 def _processed_schema():
-    return pa.schema([
-        ("source", pa.string()), ("image", pa.binary()), ("sha256", pa.string()), ("reject", pa.string()),
-        ("upscaled", pa.bool_()), ("age", pa.int64()), ("gender", pa.int64()), ("race", pa.int64()),
-        ("label_source", pa.string()), ("nbytes", pa.int64()),
-        ("crop", pa.int64()), ("contrast", pa.float64()), ("sharpness", pa.float64()),
-    ])
+    return pa.schema(
+        [
+            ("source", pa.string()),
+            ("image", pa.binary()),
+            ("sha256", pa.string()),
+            ("reject", pa.string()),
+            ("upscaled", pa.bool_()),
+            ("age", pa.int64()),
+            ("gender", pa.int64()),
+            ("race", pa.int64()),
+            ("label_source", pa.string()),
+            ("nbytes", pa.int64()),
+            ("crop", pa.int64()),
+            ("contrast", pa.float64()),
+            ("sharpness", pa.float64()),
+        ]
+    )
 
 
 PROCESSED_SCHEMA = _processed_schema()

@@ -87,8 +87,11 @@ def gate_eval_config(cfg: FacegenConfig) -> EvalConfig:
     g = cfg.gate
     num_gen = g.num_gen or cfg.eval.num_gen
     num_real = g.num_real or cfg.eval.num_real
-    upd: dict[str, Any] = {"num_gen": num_gen, "num_real": num_real,
-                           "kid_subset_size": max(2, min(cfg.eval.kid_subset_size, num_gen, num_real or num_gen))}
+    upd: dict[str, Any] = {
+        "num_gen": num_gen,
+        "num_real": num_real,
+        "kid_subset_size": max(2, min(cfg.eval.kid_subset_size, num_gen, num_real or num_gen)),
+    }
     return with_updates(cfg, {f"eval.{k}": v for k, v in upd.items()}).eval  # validated, unlike model_copy
 
 
@@ -109,14 +112,29 @@ def summarize_metrics(result: dict[str, Any]) -> dict[str, Any]:
         "truncation": result.get("truncation"),
         "extractor": result.get("extractor"),
         "reference_cached": (result.get("reference") or {}).get("cached"),
-        **({"copy_rate": result["memorisation"]["copy_rate"], "memorisation": result["memorisation"]}
-           if "memorisation" in result else {}),
-        **({"cfid": result["cfid"]["mean"], "cfid_groups_computed": result["cfid"]["groups_computed"],
-            "cfid_groups_skipped": result["cfid"]["groups_skipped"], "cfid_groups": result["cfid"]["groups"]}
-           if "cfid" in result else {}),
-        **({"attr_acc": result["attr_acc"]["overall"]["accuracy"],
-            "attr_acc_by_attribute": {k: result["attr_acc"][k] for k in ("age", "gender", "race")}}
-           if "attr_acc" in result else {}),
+        **(
+            {"copy_rate": result["memorisation"]["copy_rate"], "memorisation": result["memorisation"]}
+            if "memorisation" in result
+            else {}
+        ),
+        **(
+            {
+                "cfid": result["cfid"]["mean"],
+                "cfid_groups_computed": result["cfid"]["groups_computed"],
+                "cfid_groups_skipped": result["cfid"]["groups_skipped"],
+                "cfid_groups": result["cfid"]["groups"],
+            }
+            if "cfid" in result
+            else {}
+        ),
+        **(
+            {
+                "attr_acc": result["attr_acc"]["overall"]["accuracy"],
+                "attr_acc_by_attribute": {k: result["attr_acc"][k] for k in ("age", "gender", "race")},
+            }
+            if "attr_acc" in result
+            else {}
+        ),
     }
 
 
@@ -124,7 +142,9 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(float(x))
 
 
-def decide(candidate: dict[str, Any], serving: dict[str, Any], gcfg: GateConfig) -> tuple[str, list[str], list[dict[str, Any]]]:
+def decide(
+    candidate: dict[str, Any], serving: dict[str, Any], gcfg: GateConfig
+) -> tuple[str, list[str], list[dict[str, Any]]]:
     """(decision, reasons, checks) from two summarize_metrics() dicts; see the module docstring."""
     checks: list[dict[str, Any]] = []
 
@@ -132,42 +152,90 @@ def decide(candidate: dict[str, Any], serving: dict[str, Any], gcfg: GateConfig)
         ok = _finite(cand) and _finite(serv)
         limit = limit_fn(float(serv)) if ok else None
         passed = bool(ok and (cand <= limit if better == "lower" else cand >= limit))
-        checks.append({"metric": metric, "candidate": cand, "serving": serv, "limit": limit, "better": better,
-                       "rule": rule, "passed": passed})
+        checks.append(
+            {
+                "metric": metric,
+                "candidate": cand,
+                "serving": serv,
+                "limit": limit,
+                "better": better,
+                "rule": rule,
+                "passed": passed,
+            }
+        )
 
     tol = gcfg.fid_tolerance
-    check("fid", candidate.get("fid"), serving.get("fid"), lambda s: s * (1.0 + tol), "lower",
-          f"candidate FID <= serving FID x (1 + {tol:g})")
+    check(
+        "fid",
+        candidate.get("fid"),
+        serving.get("fid"),
+        lambda s: s * (1.0 + tol),
+        "lower",
+        f"candidate FID <= serving FID x (1 + {tol:g})",
+    )
     if gcfg.kid_margin is not None:
         m = gcfg.kid_margin
-        check("kid", candidate.get("kid"), serving.get("kid"), lambda s: s + m, "lower",
-              f"candidate KID <= serving KID + {m:g}")
+        check(
+            "kid",
+            candidate.get("kid"),
+            serving.get("kid"),
+            lambda s: s + m,
+            "lower",
+            f"candidate KID <= serving KID + {m:g}",
+        )
     for name, margin in (("precision", gcfg.precision_margin), ("recall", gcfg.recall_margin)):
         if margin is not None:
-            check(name, candidate.get(name), serving.get(name), lambda s, m=margin: s - m, "higher",
-                  f"candidate {name} >= serving {name} - {margin:g}")
+            check(
+                name,
+                candidate.get(name),
+                serving.get(name),
+                lambda s, m=margin: s - m,
+                "higher",
+                f"candidate {name} >= serving {name} - {margin:g}",
+            )
     if gcfg.cfid_tolerance is not None:
         ct = gcfg.cfid_tolerance
-        check("cfid", candidate.get("cfid"), serving.get("cfid"), lambda s: s * (1.0 + ct), "lower",
-              f"candidate CFID <= serving CFID x (1 + {ct:g})")
+        check(
+            "cfid",
+            candidate.get("cfid"),
+            serving.get("cfid"),
+            lambda s: s * (1.0 + ct),
+            "lower",
+            f"candidate CFID <= serving CFID x (1 + {ct:g})",
+        )
     if gcfg.attr_acc_margin is not None:
         am = gcfg.attr_acc_margin
-        check("attr_acc", candidate.get("attr_acc"), serving.get("attr_acc"), lambda s: s - am, "higher",
-              f"candidate attribute accuracy >= serving attribute accuracy - {am:g}")
+        check(
+            "attr_acc",
+            candidate.get("attr_acc"),
+            serving.get("attr_acc"),
+            lambda s: s - am,
+            "higher",
+            f"candidate attribute accuracy >= serving attribute accuracy - {am:g}",
+        )
     if gcfg.max_copy_rate is not None:
         rate = candidate.get("copy_rate")
-        checks.append({"metric": "copy_rate", "candidate": rate, "serving": None,
-                       "limit": gcfg.max_copy_rate if _finite(rate) else None, "better": "lower",
-                       "rule": f"candidate suspected-copy rate <= {gcfg.max_copy_rate:g}",
-                       "passed": bool(_finite(rate) and rate <= gcfg.max_copy_rate)})
+        checks.append(
+            {
+                "metric": "copy_rate",
+                "candidate": rate,
+                "serving": None,
+                "limit": gcfg.max_copy_rate if _finite(rate) else None,
+                "better": "lower",
+                "rule": f"candidate suspected-copy rate <= {gcfg.max_copy_rate:g}",
+                "passed": bool(_finite(rate) and rate <= gcfg.max_copy_rate),
+            }
+        )
     reasons = []
     for c in checks:
         if c["metric"] == "copy_rate":
             if c["limit"] is None:
                 reasons.append(f"copy_rate: not measured (candidate {c['candidate']}) -> fails")
             else:
-                reasons.append(f"copy_rate: candidate {c['candidate']:.6g} {'<=' if c['passed'] else '>'} limit "
-                               f"{c['limit']:.6g} ({c['rule']}) -> {'ok' if c['passed'] else 'FAILS'}")
+                reasons.append(
+                    f"copy_rate: candidate {c['candidate']:.6g} {'<=' if c['passed'] else '>'} limit "
+                    f"{c['limit']:.6g} ({c['rule']}) -> {'ok' if c['passed'] else 'FAILS'}"
+                )
             continue
         if c["limit"] is None:
             reasons.append(f"{c['metric']}: not finite (candidate {c['candidate']}, serving {c['serving']}) -> fails")
@@ -177,8 +245,10 @@ def decide(candidate: dict[str, Any], serving: dict[str, Any], gcfg: GateConfig)
         else:
             op = ">=" if c["passed"] else "<"
         verdict = "ok" if c["passed"] else "FAILS"
-        reasons.append(f"{c['metric']}: candidate {c['candidate']:.6g} {op} limit {c['limit']:.6g} "
-                       f"(serving {c['serving']:.6g}; {c['rule']}) -> {verdict}")
+        reasons.append(
+            f"{c['metric']}: candidate {c['candidate']:.6g} {op} limit {c['limit']:.6g} "
+            f"(serving {c['serving']:.6g}; {c['rule']}) -> {verdict}"
+        )
     decision = PROMOTED if checks and all(c["passed"] for c in checks) else REJECTED
     return decision, reasons, checks
 
@@ -195,14 +265,17 @@ def conditional_notes(candidate: dict[str, Any], serving: dict[str, Any], gcfg: 
         if getattr(gcfg, setting) is not None or (metric not in candidate and metric not in serving):
             continue
 
-        def show(m: dict[str, Any]) -> str:
+        def show(m: dict[str, Any], metric: str = metric) -> str:
             if metric not in m:
                 return "not measured"
             if metric == "cfid":
                 return f"{_fmt(m['cfid'])} ({m['cfid_groups_computed']} groups, {m['cfid_groups_skipped']} skipped)"
             return _fmt(m["attr_acc"])
-        lines.append(f"{metric}: candidate {show(candidate)}, serving {show(serving)} "
-                     f"(shown, not a rule: set gate.{setting} to gate on it)")
+
+        lines.append(
+            f"{metric}: candidate {show(candidate)}, serving {show(serving)} "
+            f"(shown, not a rule: set gate.{setting} to gate on it)"
+        )
     return lines
 
 
@@ -226,8 +299,9 @@ def gate_conditional_metrics(conditional: bool, gcfg: GateConfig) -> list[str]:
     return ["cfid"] + (["attr_acc"] if gcfg.attribute_model else [])
 
 
-def reference_for(storage: Storage, cfg: FacegenConfig, cand_meta: dict[str, Any], serv_meta: dict[str, Any],
-                  data: str | None = None) -> str:
+def reference_for(
+    storage: Storage, cfg: FacegenConfig, cand_meta: dict[str, Any], serv_meta: dict[str, Any], data: str | None = None
+) -> str:
     """Reals to compare on: --data / gate.data, else the real-only version behind the
     candidate's (then the serving model's) training dataset."""
     explicit = data or cfg.gate.data
@@ -240,8 +314,15 @@ def reference_for(storage: Storage, cfg: FacegenConfig, cand_meta: dict[str, Any
     raise UserError("cannot tell which dataset to evaluate on (the models' metadata name none): pass --data URI")
 
 
-def run_gate(cfg: FacegenConfig, candidate: str, *, storage: Storage | None = None, data: str | None = None,
-             promote: bool = True, progress=print) -> GateResult:
+def run_gate(
+    cfg: FacegenConfig,
+    candidate: str,
+    *,
+    storage: Storage | None = None,
+    data: str | None = None,
+    promote: bool = True,
+    progress=print,
+) -> GateResult:
     """Evaluate `candidate` (a registry version) and the serving model with one eval config,
     decide, record, and (when `promote` and it passes) make the candidate the serving model.
 
@@ -255,8 +336,9 @@ def run_gate(cfg: FacegenConfig, candidate: str, *, storage: Storage | None = No
     cand_entry = reg.get(candidate)  # RegistryError (exit 2) when unknown
     serving = reg.serving()
     if not serving:
-        raise UserError("no model is serving, so there is nothing to gate against: promote one first "
-                        "(`facegen promote VERSION`)")
+        raise UserError(
+            "no model is serving, so there is nothing to gate against: promote one first (`facegen promote VERSION`)"
+        )
     if serving == candidate:
         raise UserError(f"{candidate} is already the serving model; gate a different candidate")
     serv_entry = reg.get(serving)
@@ -274,8 +356,10 @@ def run_gate(cfg: FacegenConfig, candidate: str, *, storage: Storage | None = No
     for setting in ("cfid_tolerance", "attr_acc_margin"):
         plain = [versions[k] for k in ("candidate", "serving") if not conditional[k]]
         if getattr(cfg.gate, setting) is not None and plain:
-            raise UserError(f"gate.{setting} compares conditional models, but {' and '.join(plain)} "
-                            f"{'is' if len(plain) == 1 else 'are'} unconditional: unset gate.{setting}")
+            raise UserError(
+                f"gate.{setting} compares conditional models, but {' and '.join(plain)} "
+                f"{'is' if len(plain) == 1 else 'are'} unconditional: unset gate.{setting}"
+            )
     ref = reference_for(storage, cfg, meta["candidate"], meta["serving"], data)
     human = _human(storage, cfg, candidate, serving)
     ev = gate_eval_config(cfg)
@@ -283,14 +367,26 @@ def run_gate(cfg: FacegenConfig, candidate: str, *, storage: Storage | None = No
         ensure_ray()
     results = {}
     for label, version, entry in (("candidate", candidate, cand_entry), ("serving", serving, serv_entry)):
-        progress(f"[facegen] gate: evaluating {label} {version} ({ev.num_gen} generated vs "
-                 f"{ev.num_real or 'all'} reals of {ref})")
-        metrics = GATE_METRICS + (["memorisation"] if label == "candidate" and cfg.gate.max_copy_rate is not None else [])
+        progress(
+            f"[facegen] gate: evaluating {label} {version} ({ev.num_gen} generated vs "
+            f"{ev.num_real or 'all'} reals of {ref})"
+        )
+        metrics = GATE_METRICS + (
+            ["memorisation"] if label == "candidate" and cfg.gate.max_copy_rate is not None else []
+        )
         metrics += gate_conditional_metrics(conditional[label], cfg.gate)
-        res = evaluate_model(storage, entry["uri"], ref, ev, metrics=metrics, use_ray=cfg.gate.use_ray,
-                             attribute_model=cfg.gate.attribute_model,
-                             sheet_uri=join(Layout(cfg.storage.root).model(candidate), "gate", "memorisation-sheet.png")
-                             if "memorisation" in metrics else None)
+        res = evaluate_model(
+            storage,
+            entry["uri"],
+            ref,
+            ev,
+            metrics=metrics,
+            use_ray=cfg.gate.use_ray,
+            attribute_model=cfg.gate.attribute_model,
+            sheet_uri=join(Layout(cfg.storage.root).model(candidate), "gate", "memorisation-sheet.png")
+            if "memorisation" in metrics
+            else None,
+        )
         results[label] = summarize_metrics(res)
     decision, reasons, checks = decide(results["candidate"], results["serving"], cfg.gate)
     notes = conditional_notes(results["candidate"], results["serving"], cfg.gate)
@@ -301,17 +397,31 @@ def run_gate(cfg: FacegenConfig, candidate: str, *, storage: Storage | None = No
 
         reasons.append(human["reason"])
         decision = combine_decision(decision, human)
-    now = _dt.datetime.now(_dt.timezone.utc)
+    now = _dt.datetime.now(_dt.UTC)
     stamp = now.strftime("%Y%m%dT%H%M%S%fZ")
     report_uri = join(Layout(cfg.storage.root).model(candidate), "gate", f"{stamp}.json")
-    eval_info = {"data": ref, "num_gen": ev.num_gen, "num_real": results["candidate"]["num_real"],
-                 "seeds": results["candidate"]["seeds"], "truncation": ev.truncation,
-                 "data_version": results["candidate"]["data_version"],
-                 "metrics": GATE_METRICS + gate_conditional_metrics(conditional["candidate"], cfg.gate)}
+    eval_info = {
+        "data": ref,
+        "num_gen": ev.num_gen,
+        "num_real": results["candidate"]["num_real"],
+        "seeds": results["candidate"]["seeds"],
+        "truncation": ev.truncation,
+        "data_version": results["candidate"]["data_version"],
+        "metrics": GATE_METRICS + gate_conditional_metrics(conditional["candidate"], cfg.gate),
+    }
     result = GateResult(
-        candidate=candidate, serving=serving, decision=decision, reasons=reasons, checks=checks,
-        candidate_metrics=results["candidate"], serving_metrics=results["serving"], eval=eval_info,
-        report_uri=report_uri, time=now.isoformat(timespec="seconds"), human=human, notes=notes,
+        candidate=candidate,
+        serving=serving,
+        decision=decision,
+        reasons=reasons,
+        checks=checks,
+        candidate_metrics=results["candidate"],
+        serving_metrics=results["serving"],
+        eval=eval_info,
+        report_uri=report_uri,
+        time=now.isoformat(timespec="seconds"),
+        human=human,
+        notes=notes,
     )
     promoting = promote and decision == PROMOTED
     if decision == PROMOTED and not promote:
@@ -321,18 +431,41 @@ def run_gate(cfg: FacegenConfig, candidate: str, *, storage: Storage | None = No
     report = {**result.to_json(), "gate": cfg.gate.model_dump(mode="json")}
     storage.write_json(report_uri, report)
     cand = results["candidate"]
-    reg.set_metrics(candidate, {
-        **{k: cand[k] for k in ("fid", "kid", "precision", "recall", "num_gen", "num_real", "data_version")},
-        **{k: cand[k] for k in ("cfid", "attr_acc") if k in cand},
-        "gate": {"decision": decision, "reasons": reasons, "time": result.time, "report": report_uri,
-                 "serving_version": serving, "candidate": cand, "serving": results["serving"],
-                 "tolerance": cfg.gate.fid_tolerance, "promoted": promoting, "human": human},
-    })
+    reg.set_metrics(
+        candidate,
+        {
+            **{k: cand[k] for k in ("fid", "kid", "precision", "recall", "num_gen", "num_real", "data_version")},
+            **{k: cand[k] for k in ("cfid", "attr_acc") if k in cand},
+            "gate": {
+                "decision": decision,
+                "reasons": reasons,
+                "time": result.time,
+                "report": report_uri,
+                "serving_version": serving,
+                "candidate": cand,
+                "serving": results["serving"],
+                "tolerance": cfg.gate.fid_tolerance,
+                "promoted": promoting,
+                "human": human,
+            },
+        },
+    )
     if promoting:
         reg.promote(candidate)
     return result
 
 
-__all__ = ["GateResult", "gate_eval_config", "summarize_metrics", "decide", "conditional_notes",
-           "gate_conditional_metrics", "reference_for", "run_gate",
-           "PROMOTED", "REJECTED", "PASSED", "PENDING"]
+__all__ = [
+    "GateResult",
+    "gate_eval_config",
+    "summarize_metrics",
+    "decide",
+    "conditional_notes",
+    "gate_conditional_metrics",
+    "reference_for",
+    "run_gate",
+    "PROMOTED",
+    "REJECTED",
+    "PASSED",
+    "PENDING",
+]

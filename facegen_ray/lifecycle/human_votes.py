@@ -56,8 +56,9 @@ def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def human_verdict(tally: dict[str, Any], min_win_rate: float | None, min_votes: int | None,
-                  confidence: float = 0.95) -> dict[str, Any]:
+def human_verdict(
+    tally: dict[str, Any], min_win_rate: float | None, min_votes: int | None, confidence: float = 0.95
+) -> dict[str, Any]:
     """The human rule on a tally_votes() result: the win rate (cant_tell = half a win), its
     Wilson interval and a verdict: "pass" (lower bound >= min_win_rate), "fail", "pending"
     (fewer than min_votes votes), or "off" (min_win_rate None: shown, not required)."""
@@ -66,23 +67,35 @@ def human_verdict(tally: dict[str, Any], min_win_rate: float | None, min_votes: 
     rate = wins / n if n else None
     lo, hi = wilson_interval(wins, n, confidence)
     need = (min_votes or DEFAULT_MIN_VOTES) if min_win_rate is not None else None
-    out = {**tally, "win_rate": rate, "ci": [lo, hi] if n else None, "confidence": confidence,
-           "min_win_rate": min_win_rate, "min_votes": need}
+    out = {
+        **tally,
+        "win_rate": rate,
+        "ci": [lo, hi] if n else None,
+        "confidence": confidence,
+        "min_win_rate": min_win_rate,
+        "min_votes": need,
+    }
     pct = f"{confidence:.0%}"
-    seen = (f"{n} vote(s): {tally['wins']} for the candidate, {tally['losses']} for the serving model, "
-            f"{tally['cant_tell']} can't tell")
+    seen = (
+        f"{n} vote(s): {tally['wins']} for the candidate, {tally['losses']} for the serving model, "
+        f"{tally['cant_tell']} can't tell"
+    )
     if n:
         seen += f"; win rate {rate:.3f} ({pct} Wilson CI {lo:.3f}-{hi:.3f})"
     if min_win_rate is None:
         out.update(verdict="off", reason=f"human votes: {seen} -> not required (gate.min_human_win_rate unset)")
     elif n < need:
-        out.update(verdict="pending", reason=f"human votes: {seen} -> PENDING: {need} votes needed "
-                                             f"(gate.min_votes), {need - n} to go")
+        out.update(
+            verdict="pending",
+            reason=f"human votes: {seen} -> PENDING: {need} votes needed (gate.min_votes), {need - n} to go",
+        )
     else:
         ok = lo >= min_win_rate
-        out.update(verdict="pass" if ok else "fail",
-                   reason=f"human votes: {seen} -> CI lower bound {lo:.3f} {'>=' if ok else '<'} "
-                          f"{min_win_rate:g} (gate.min_human_win_rate) -> {'ok' if ok else 'FAILS'}")
+        out.update(
+            verdict="pass" if ok else "fail",
+            reason=f"human votes: {seen} -> CI lower bound {lo:.3f} {'>=' if ok else '<'} "
+            f"{min_win_rate:g} (gate.min_human_win_rate) -> {'ok' if ok else 'FAILS'}",
+        )
     return out
 
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from facegen_ray.config import FacegenConfig, with_updates
 from facegen_ray.data.feedback_merge import NoApprovedFeedback, merge_feedback, summary
@@ -76,14 +77,18 @@ def serving_source(storage: Storage, root: str) -> WarmStartSource:
     reg = Registry(storage, root)
     version = reg.serving()
     if not version:
-        raise UserError("no model is serving: train one and promote it first (`facegen train`, then "
-                        "`facegen promote VERSION`); retrain fine-tunes the serving model")
+        raise UserError(
+            "no model is serving: train one and promote it first (`facegen train`, then "
+            "`facegen promote VERSION`); retrain fine-tunes the serving model"
+        )
     model_uri = reg.get(version)["uri"]
     try:
         doc = storage.read_json(join(model_uri, MODEL_FILE))
     except FileNotFoundError:
-        raise UserError(f"serving model {version}'s directory {model_uri} has no {MODEL_FILE}: it is gone or "
-                        f"incomplete; promote another version") from None
+        raise UserError(
+            f"serving model {version}'s directory {model_uri} has no {MODEL_FILE}: it is gone or "
+            f"incomplete; promote another version"
+        ) from None
     meta = doc.get("metadata") or {}
     run = meta.get("run")
     images = int(meta.get("images_seen") or 0)
@@ -92,15 +97,31 @@ def serving_source(storage: Storage, root: str) -> WarmStartSource:
         if storage.exists(join(ckpt, STATE_FILE)) and storage.exists(join(ckpt, META_FILE)):
             saved = storage.read_json(join(ckpt, META_FILE)).get("g_ema_digest")
             if saved and saved == _g_ema_digest(storage, model_uri):
-                return WarmStartSource(version, model_uri, doc, run, images, ckpt, "checkpoint",
-                                       f"checkpoint of run {run} at {images} images (G, D, G_ema, optimisers)")
+                return WarmStartSource(
+                    version,
+                    model_uri,
+                    doc,
+                    run,
+                    images,
+                    ckpt,
+                    "checkpoint",
+                    f"checkpoint of run {run} at {images} images (G, D, G_ema, optimisers)",
+                )
             note = f"checkpoint {ckpt} does not hold {version}'s weights"
         else:
             note = f"run {run} no longer has its checkpoint at {images} images"
     else:
         note = f"{version} names no training run"
-    return WarmStartSource(version, model_uri, doc, run, images, model_uri, "model",
-                           f"{note}: starting G/G_ema from the model directory, D from scratch")
+    return WarmStartSource(
+        version,
+        model_uri,
+        doc,
+        run,
+        images,
+        model_uri,
+        "model",
+        f"{note}: starting G/G_ema from the model directory, D from scratch",
+    )
 
 
 def base_dataset(storage: Storage, cfg: FacegenConfig, source: WarmStartSource, dataset: str | None = None) -> str:
@@ -122,8 +143,14 @@ def check_overrides(overrides: Mapping[str, Any] | None) -> None:
         raise UserError("retrain keeps the serving model's architecture: drop the --set model.* options")
 
 
-def retrain_config(storage: Storage, cfg: FacegenConfig, source: WarmStartSource, train_data: str, run_name: str,
-                   overrides: Mapping[str, Any] | None = None) -> FacegenConfig:
+def retrain_config(
+    storage: Storage,
+    cfg: FacegenConfig,
+    source: WarmStartSource,
+    train_data: str,
+    run_name: str,
+    overrides: Mapping[str, Any] | None = None,
+) -> FacegenConfig:
     """The candidate run's config (see the module docstring, step 3). overrides: the command's
     --set, parsed (dotted key -> value); the train.* and loss.* ones apply."""
     sections: dict[str, Any] = {}
@@ -136,9 +163,11 @@ def retrain_config(storage: Storage, cfg: FacegenConfig, source: WarmStartSource
     check_overrides(overrides)
     mine = {k: v for k, v in (overrides or {}).items() if k.split(".")[0] in ("train", "loss")}
     fixed = {
-        "train.run_name": run_name, "train.dataset": train_data,
+        "train.run_name": run_name,
+        "train.dataset": train_data,
         "train.start_resolution": int(source.model_doc["model"]["resolution"]),
-        "train.total_images": source.images_seen + int(cfg.retrain.images), "train.init_from": source.init_from,
+        "train.total_images": source.images_seen + int(cfg.retrain.images),
+        "train.init_from": source.init_from,
         "train.export": True,
     }
     return with_updates(cfg, sections, mine, fixed)
@@ -147,7 +176,7 @@ def retrain_config(storage: Storage, cfg: FacegenConfig, source: WarmStartSource
 def _run_name(storage: Storage, cfg: FacegenConfig, serving: str, name: str | None) -> str:
     if name:
         return name
-    base = f"{cfg.retrain.run_prefix}-{serving}-{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+    base = f"{cfg.retrain.run_prefix}-{serving}-{_dt.datetime.now(_dt.UTC).strftime('%Y%m%d-%H%M%S')}"
     layout, out, k = Layout(cfg.storage.root), base, 1
     while storage.exists(layout.run(out)):
         k += 1
@@ -155,23 +184,36 @@ def _run_name(storage: Storage, cfg: FacegenConfig, serving: str, name: str | No
     return out
 
 
-def retrain(cfg: FacegenConfig, *, storage: Storage | None = None, overrides: Mapping[str, Any] | None = None,
-            dataset: str | None = None, run_name: str | None = None, allow_empty: bool = False,
-            merge_only: bool = False, gate: bool = True, data: str | None = None,
-            progress: Callable[[str], None] = print) -> dict[str, Any]:
+def retrain(
+    cfg: FacegenConfig,
+    *,
+    storage: Storage | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    dataset: str | None = None,
+    run_name: str | None = None,
+    allow_empty: bool = False,
+    merge_only: bool = False,
+    gate: bool = True,
+    data: str | None = None,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Steps 1-4 of the module docstring; returns the JSON-able summary the CLI prints.
     Raises UserError (exit 2) for a missing serving model / base dataset, or no approved
     feedback without allow_empty; nothing is written in those cases."""
     check_overrides(overrides)
     storage = storage or Storage(cfg.storage)
     source = serving_source(storage, cfg.storage.root)
-    progress(f"[facegen] serving model {source.version} ({source.model_uri}, {source.images_seen} images); "
-             f"warm start: {source.note}")
+    progress(
+        f"[facegen] serving model {source.version} ({source.model_uri}, {source.images_seen} images); "
+        f"warm start: {source.note}"
+    )
     stage = source.metadata.get("stage")
     max_stage = int(source.model_doc["model"]["resolution"]).bit_length() - 3
     if stage is not None and int(stage) != max_stage:
-        progress(f"[facegen] note: {source.version} stopped growing at stage {stage}; the candidate trains at the "
-                 f"model's full {source.model_doc['model']['resolution']} px")
+        progress(
+            f"[facegen] note: {source.version} stopped growing at stage {stage}; the candidate trains at the "
+            f"model's full {source.model_doc['model']['resolution']} px"
+        )
     base = base_dataset(storage, cfg, source, dataset)
     base_manifest = read_manifest(storage, base)  # UserError when missing
     out: dict[str, Any] = {"serving_before": source.version, "base_dataset": base_manifest["path"]}
@@ -180,38 +222,69 @@ def retrain(cfg: FacegenConfig, *, storage: Storage | None = None, overrides: Ma
         merged = merge_feedback(cfg, base, storage=storage)
         progress(f"[facegen] {summary(merged)}")
         train_data = merged.version_uri
-        out["dataset"] = {"uri": merged.version_uri, "version": merged.manifest["version"],
-                          "base_version": merged.base_version, "merged": merged.merged,
-                          "rows": merged.manifest["num_images"], "skipped": merged.skipped,
-                          "feedback_ids": merged.manifest["feedback"]["feedback_ids"]}
+        out["dataset"] = {
+            "uri": merged.version_uri,
+            "version": merged.manifest["version"],
+            "base_version": merged.base_version,
+            "merged": merged.merged,
+            "rows": merged.manifest["num_images"],
+            "skipped": merged.skipped,
+            "feedback_ids": merged.manifest["feedback"]["feedback_ids"],
+        }
     except NoApprovedFeedback as e:
         if not allow_empty or merge_only:
             raise
         progress(f"[facegen] {e}")
         progress(f"[facegen] --allow-empty: retraining on {base_manifest['path']} without feedback")
         train_data = base_manifest["path"]
-        out["dataset"] = {"uri": train_data, "version": base_manifest["version"],
-                          "base_version": base_manifest["version"], "merged": 0,
-                          "rows": base_manifest["num_images"], "skipped": e.skipped, "feedback_ids": []}
+        out["dataset"] = {
+            "uri": train_data,
+            "version": base_manifest["version"],
+            "base_version": base_manifest["version"],
+            "merged": 0,
+            "rows": base_manifest["num_images"],
+            "skipped": e.skipped,
+            "feedback_ids": [],
+        }
     if merge_only:
         return out
 
     name = _run_name(storage, cfg, source.version, run_name)
     rcfg = retrain_config(storage, cfg, source, train_data, name, overrides)
-    progress(f"[facegen] training candidate: run {name}, {cfg.retrain.images} images from {source.images_seen} "
-             f"at {rcfg.model.resolution} px on {train_data} (Ray Train, {rcfg.train.num_workers} worker(s))")
+    progress(
+        f"[facegen] training candidate: run {name}, {cfg.retrain.images} images from {source.images_seen} "
+        f"at {rcfg.model.resolution} px on {train_data} (Ray Train, {rcfg.train.num_workers} worker(s))"
+    )
     outcome = train(rcfg, storage, export=True)
     if not outcome.version:
         raise RuntimeError(f"retrain run {name} finished without exporting a model")
     reg = Registry(storage, cfg.storage.root)
-    reg.set_metrics(outcome.version, {"retrain": {
-        "from_version": source.version, "init_from": source.init_from, "warm_start": source.kind,
-        "dataset": train_data, "dataset_version": out["dataset"]["version"], "feedback_merged": out["dataset"]["merged"],
-        "run": name, "images_seen": outcome.images_seen,
-    }})
+    reg.set_metrics(
+        outcome.version,
+        {
+            "retrain": {
+                "from_version": source.version,
+                "init_from": source.init_from,
+                "warm_start": source.kind,
+                "dataset": train_data,
+                "dataset_version": out["dataset"]["version"],
+                "feedback_merged": out["dataset"]["merged"],
+                "run": name,
+                "images_seen": outcome.images_seen,
+            }
+        },
+    )
     progress(f"[facegen] candidate {outcome.version} registered ({outcome.model_uri}; {outcome.images_seen} images)")
-    out.update({"run": name, "init_from": source.init_from, "warm_start": source.kind,
-                "images_seen": outcome.images_seen, "candidate": outcome.version, "candidate_uri": outcome.model_uri})
+    out.update(
+        {
+            "run": name,
+            "init_from": source.init_from,
+            "warm_start": source.kind,
+            "images_seen": outcome.images_seen,
+            "candidate": outcome.version,
+            "candidate_uri": outcome.model_uri,
+        }
+    )
     if not gate:
         out.update({"decision": None, "serving": reg.serving()})
         return out
@@ -220,9 +293,18 @@ def retrain(cfg: FacegenConfig, *, storage: Storage | None = None, overrides: Ma
     for line in result.reasons:
         progress(f"[facegen] gate: {line}")
     progress(f"[facegen] gate: {result.decision} (serving: {result.serving_after}; report {result.report_uri})")
-    out.update({"decision": result.decision, "reasons": result.reasons, "candidate_metrics": result.candidate_metrics,
-                "serving_metrics": result.serving_metrics, "gate_report": result.report_uri,
-                "serving": result.serving_after, "human": result.human, "notes": result.notes})
+    out.update(
+        {
+            "decision": result.decision,
+            "reasons": result.reasons,
+            "candidate_metrics": result.candidate_metrics,
+            "serving_metrics": result.serving_metrics,
+            "gate_report": result.report_uri,
+            "serving": result.serving_after,
+            "human": result.human,
+            "notes": result.notes,
+        }
+    )
     return out
 
 
@@ -231,5 +313,4 @@ def dumps(obj: dict[str, Any]) -> str:
     return json.dumps(obj, default=str, sort_keys=True)
 
 
-__all__ = ["WarmStartSource", "serving_source", "base_dataset", "check_overrides", "retrain_config", "retrain",
-           "dumps"]
+__all__ = ["WarmStartSource", "serving_source", "base_dataset", "check_overrides", "retrain_config", "retrain", "dumps"]

@@ -23,7 +23,8 @@ Pure numpy on features, codes and predictions: evaluation (metrics/evaluate.py) 
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,9 +37,11 @@ DEFAULT_MIN_IMAGES = 10
 
 def attribute_groups(age_buckets: Sequence[int]) -> list[tuple[str, int, str]]:
     """(attribute, code, name) of every value a conditional model is conditioned on."""
-    return ([("age", i, n) for i, n in enumerate(age_bucket_names(age_buckets))]
-            + [("gender", k, v) for k, v in GENDER_NAMES.items()]
-            + [("race", k, v) for k, v in RACE_NAMES.items()])
+    return (
+        [("age", i, n) for i, n in enumerate(age_bucket_names(age_buckets))]
+        + [("gender", k, v) for k, v in GENDER_NAMES.items()]
+        + [("race", k, v) for k, v in RACE_NAMES.items()]
+    )
 
 
 def _codes(c: np.ndarray) -> np.ndarray:
@@ -48,8 +51,14 @@ def _codes(c: np.ndarray) -> np.ndarray:
     return c
 
 
-def conditional_fid(gen: np.ndarray, gen_c: np.ndarray, real: np.ndarray, real_labels: Mapping[str, np.ndarray],
-                    age_buckets: Sequence[int], min_images: int = DEFAULT_MIN_IMAGES) -> dict[str, Any]:
+def conditional_fid(
+    gen: np.ndarray,
+    gen_c: np.ndarray,
+    real: np.ndarray,
+    real_labels: Mapping[str, np.ndarray],
+    age_buckets: Sequence[int],
+    min_images: int = DEFAULT_MIN_IMAGES,
+) -> dict[str, Any]:
     """Per-group FID and their mean (CFID).
 
     gen [N,D] features of generated images requested with condition codes gen_c [N,3];
@@ -70,25 +79,41 @@ def conditional_fid(gen: np.ndarray, gen_c: np.ndarray, real: np.ndarray, real_l
         if len(labels) != len(real):
             raise ValueError(f"{len(real)} real feature rows but {len(labels)} {attr} labels")
         g, r = gen[gen_c[:, col] == code], real[labels == code]
-        row: dict[str, Any] = {"group": f"{attr}={code}", "attribute": attr, "code": code, "name": name,
-                               "n_gen": int(len(g)), "n_real": int(len(r)), "fid": None}
+        row: dict[str, Any] = {
+            "group": f"{attr}={code}",
+            "attribute": attr,
+            "code": code,
+            "name": name,
+            "n_gen": int(len(g)),
+            "n_real": int(len(r)),
+            "fid": None,
+        }
         if min(len(r), len(g)) < min_images:
-            row["skipped"] = (f"too few images: {len(r)} real, {len(g)} generated "
-                              f"(each needs eval.cfid_min_images = {min_images})")
+            row["skipped"] = (
+                f"too few images: {len(r)} real, {len(g)} generated (each needs eval.cfid_min_images = {min_images})"
+            )
         else:
             row["fid"] = fid_to_stats(g, *feature_stats(r))
         groups.append(row)
     fids = [g["fid"] for g in groups if g["fid"] is not None]
-    out: dict[str, Any] = {"mean": float(np.mean(fids)) if fids else None, "groups_computed": len(fids),
-                           "groups_skipped": len(groups) - len(fids), "min_images": int(min_images), "groups": groups}
+    out: dict[str, Any] = {
+        "mean": float(np.mean(fids)) if fids else None,
+        "groups_computed": len(fids),
+        "groups_skipped": len(groups) - len(fids),
+        "min_images": int(min_images),
+        "groups": groups,
+    }
     if not fids:
-        out["reason"] = (f"no group has {min_images}+ reals and {min_images}+ generated images: use more images "
-                         "(--num-gen, --num-real), labelled data, or a lower eval.cfid_min_images")
+        out["reason"] = (
+            f"no group has {min_images}+ reals and {min_images}+ generated images: use more images "
+            "(--num-gen, --num-real), labelled data, or a lower eval.cfid_min_images"
+        )
     return out
 
 
-def attribute_accuracy(pred: Mapping[str, np.ndarray], requested: np.ndarray,
-                       skip: Mapping[str, str] | None = None, held_out: Any = None) -> dict[str, Any]:
+def attribute_accuracy(
+    pred: Mapping[str, np.ndarray], requested: np.ndarray, skip: Mapping[str, str] | None = None, held_out: Any = None
+) -> dict[str, Any]:
     """Agreement of the classifier's predictions with the requested condition.
 
     pred {"age" (bucket index), "gender", "race": int [N]} (AttributeTagger.predict_buckets);

@@ -24,7 +24,9 @@ def total_variation(p: np.ndarray, q: np.ndarray) -> float:
     return float(0.5 * np.abs(np.asarray(p) - np.asarray(q)).sum())
 
 
-def diversity_report(tagger: AttributeTagger, generated: np.ndarray, data_labels: dict[str, np.ndarray]) -> dict[str, Any]:
+def diversity_report(
+    tagger: AttributeTagger, generated: np.ndarray, data_labels: dict[str, np.ndarray]
+) -> dict[str, Any]:
     """generated uint8 [N,H,W,3]; data_labels {"age" (bucket idx), "gender", "race": int64 [M]}."""
     pred = tagger.predict_buckets(generated)
     classes = tagger.meta["classes"]

@@ -14,8 +14,9 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- progress
 
+
 class _Progress:
     """A tqdm bar on stderr in a terminal (facegen_ray.progress); elsewhere (logs, CI, Ray
     workers) a log line every ~10% instead."""
@@ -78,6 +80,7 @@ class _Progress:
 
 # ---------------------------------------------------------------- real images
 
+
 @dataclass
 class RealSelection:
     """Which distinct shard rows form the reference set (same rule as read_images_uint8)."""
@@ -88,15 +91,19 @@ class RealSelection:
     hashes: list[str]
 
 
-def select_reals(storage: Storage, data_uri: str, num_real: int | None, seed: int, split: str = "train") -> RealSelection:
+def select_reals(
+    storage: Storage, data_uri: str, num_real: int | None, seed: int, split: str = "train"
+) -> RealSelection:
     """Distinct images (by sha256) of the dataset version; a seeded subset of num_real of them.
     split "holdout": the held-out rows (`facegen prepare --holdout-fraction`) instead."""
     manifest = read_manifest(storage, data_uri)
     if split == "holdout":
         uris = holdout_uris(manifest)
         if not uris:
-            raise UserError(f"dataset {data_uri} has no held-out split: prepare it with "
-                            "`facegen prepare SOURCE DEST --holdout-fraction 0.05` (memorisation needs one)")
+            raise UserError(
+                f"dataset {data_uri} has no held-out split: prepare it with "
+                "`facegen prepare SOURCE DEST --holdout-fraction 0.05` (memorisation needs one)"
+            )
     else:
         uris = shard_uris(manifest)
     if not uris or int(manifest.get("num_images") or 0) <= 0:
@@ -106,7 +113,9 @@ def select_reals(storage: Storage, data_uri: str, num_real: int | None, seed: in
     where: list[tuple[int, int]] = []
     hashes: list[str] = []
     for i, u in enumerate(uris):
-        for j, h in enumerate(pq.read_table(worker_filesystem_path(u), filesystem=fs, columns=["sha256"]).column("sha256").to_pylist()):
+        for j, h in enumerate(
+            pq.read_table(worker_filesystem_path(u), filesystem=fs, columns=["sha256"]).column("sha256").to_pylist()
+        ):
             if h not in seen:
                 seen.add(h)
                 where.append((i, j))
@@ -131,7 +140,9 @@ def read_selected_images(storage: Storage, sel: RealSelection, indices: Sequence
     for k in indices:
         i, j = sel.rows[int(k)]
         if i not in cols:
-            cols[i] = pq.read_table(worker_filesystem_path(sel.shards[i]), filesystem=fs, columns=["image"]).column("image")
+            cols[i] = pq.read_table(worker_filesystem_path(sel.shards[i]), filesystem=fs, columns=["image"]).column(
+                "image"
+            )
         out.append(decode_image(cols[i][j].as_py()))
     return np.stack(out)
 
@@ -163,7 +174,7 @@ def _real_features_local(storage: Storage, sel: RealSelection, extractor: Incept
         col = pq.read_table(worker_filesystem_path(sel.shards[i]), filesystem=fs, columns=["image"]).column("image")
         rows = wanted[i]
         for s in range(0, len(rows), batch):
-            imgs = np.stack([decode_image(col[j].as_py()) for j in rows[s:s + batch]])  # [B,H,W,3]
+            imgs = np.stack([decode_image(col[j].as_py()) for j in rows[s : s + batch]])  # [B,H,W,3]
             feats.append(extractor(imgs))
             bar.update(len(imgs))
     bar.close()
@@ -183,7 +194,10 @@ class _InceptionBatch:
         if not keep:
             return {"sha256": np.zeros(0, dtype=object), "features": np.zeros((0, 2048), np.float64)}
         imgs = np.stack([decode_image(batch["image"][k]) for k in keep])
-        return {"sha256": np.asarray([batch["sha256"][k] for k in keep], dtype=object), "features": self.extractor(imgs)}
+        return {
+            "sha256": np.asarray([batch["sha256"][k] for k in keep], dtype=object),
+            "features": self.extractor(imgs),
+        }
 
 
 def _ray_gpu_share(cfg: EvalConfig) -> float:
@@ -199,12 +213,20 @@ def _real_features_ray(storage: Storage, sel: RealSelection, cfg: EvalConfig) ->
     import ray
 
     fs, _ = worker_filesystem(storage, sel.shards[0])
-    ds = ray.data.read_parquet([worker_filesystem_path(u) for u in sel.shards], filesystem=fs, columns=["image", "sha256"])
+    ds = ray.data.read_parquet(
+        [worker_filesystem_path(u) for u in sel.shards], filesystem=fs, columns=["image", "sha256"]
+    )
     num_gpus = _ray_gpu_share(cfg)
-    extractor = InceptionExtractor(cfg.inception_path, "cuda" if num_gpus else "cpu", cfg.batch_size, cfg.inception_mode)
+    extractor = InceptionExtractor(
+        cfg.inception_path, "cuda" if num_gpus else "cpu", cfg.batch_size, cfg.inception_mode
+    )
     ds = ds.map_batches(
-        _InceptionBatch, fn_constructor_args=(extractor, set(sel.hashes)), batch_size=cfg.batch_size,
-        batch_format="numpy", concurrency=cfg.num_actors, num_gpus=num_gpus or None,
+        _InceptionBatch,
+        fn_constructor_args=(extractor, set(sel.hashes)),
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+        concurrency=cfg.num_actors,
+        num_gpus=num_gpus or None,
     )
     by_hash: dict[str, np.ndarray] = {}
     bar = _Progress(len(sel.hashes), "inception(real, ray)")
@@ -220,8 +242,15 @@ def _real_features_ray(storage: Storage, sel: RealSelection, cfg: EvalConfig) ->
     return np.stack([by_hash[h] for h in sel.hashes])
 
 
-def reference_features(storage: Storage, data_uri: str, cfg: EvalConfig, *, use_ray: bool = False,
-                       extractor: InceptionExtractor | None = None, split: str = "train") -> tuple[np.ndarray, dict[str, Any]]:
+def reference_features(
+    storage: Storage,
+    data_uri: str,
+    cfg: EvalConfig,
+    *,
+    use_ray: bool = False,
+    extractor: InceptionExtractor | None = None,
+    split: str = "train",
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Features [n_real,2048] (float64 of stored float32) of the dataset version's reals, cached
     at Layout.reference_stats(version, key) together with their mean/covariance.
 
@@ -231,8 +260,14 @@ def reference_features(storage: Storage, data_uri: str, cfg: EvalConfig, *, use_
     manifest = sel.manifest
     key = reference_key(manifest, len(sel.rows), cfg.seed, split)
     uri = Layout.reference_stats(manifest["path"], key)
-    info = {"n_real": len(sel.rows), "key": key, "uri": uri, "version": manifest["version"],
-            "resolution": manifest["resolution"], "selection": sel}
+    info = {
+        "n_real": len(sel.rows),
+        "key": key,
+        "uri": uri,
+        "version": manifest["version"],
+        "resolution": manifest["resolution"],
+        "selection": sel,
+    }
     if storage.exists(uri):
         with np.load(io.BytesIO(storage.read_bytes(uri))) as z:
             feats = z["features"].astype(np.float64)
@@ -257,8 +292,16 @@ def reference_features(storage: Storage, data_uri: str, cfg: EvalConfig, *, use_
 
 # ---------------------------------------------------------------- generated images
 
-def generate_uint8(G: torch.nn.Module, seeds: Sequence[int], truncation: float, *, c: torch.Tensor | None = None,
-                   batch_size: int = 64, device: str = "cpu") -> np.ndarray:
+
+def generate_uint8(
+    G: torch.nn.Module,
+    seeds: Sequence[int],
+    truncation: float,
+    *,
+    c: torch.Tensor | None = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+) -> np.ndarray:
     """Images for seeds with truncation ψ and const noise -> uint8 [N,R,R,3] — the same
     seed -> face mapping as serving (facegen_ray.models.sampling)."""
     if not len(seeds):
@@ -266,38 +309,57 @@ def generate_uint8(G: torch.nn.Module, seeds: Sequence[int], truncation: float, 
     return sample_images(G, list(seeds), truncation, c=c, device=device, batch_size=batch_size)
 
 
-def conditioning_for(G: torch.nn.Module, labels: dict[str, np.ndarray] | None, n: int, seed: int) -> torch.Tensor | None:
+def conditioning_for(
+    G: torch.nn.Module, labels: dict[str, np.ndarray] | None, n: int, seed: int
+) -> torch.Tensor | None:
     """Conditional models: attribute rows drawn (seeded) from the data's labels, [n,3]; else None."""
     if not getattr(G, "conditional", False) or labels is None or len(labels["age"]) == 0:
         return None
     idx = np.random.default_rng(seed + 1).integers(0, len(labels["age"]), size=n)
-    return torch.as_tensor(np.stack([labels["age"][idx], labels["gender"][idx], labels["race"][idx]], 1), dtype=torch.long)
+    return torch.as_tensor(
+        np.stack([labels["age"][idx], labels["gender"][idx], labels["race"][idx]], 1), dtype=torch.long
+    )
 
 
 class GeneratedFeatureWorker:
     """Holds a generator and the Inception; seeds -> (features [n,2048], uint8 images or None).
     Used directly in-process and as a Ray actor (ray.remote(GeneratedFeatureWorker))."""
 
-    def __init__(self, storage: Storage, model_uri: str, inception_path: str | None, device: str, batch_size: int,
-                 inception_mode: str = "auto"):
+    def __init__(
+        self,
+        storage: Storage,
+        model_uri: str,
+        inception_path: str | None,
+        device: str,
+        batch_size: int,
+        inception_mode: str = "auto",
+    ):
         self.device = resolve_device(device)
         self.G, self.model_cfg, self.metadata = load_model_dir(storage, model_uri, device=self.device)
         self.extractor = InceptionExtractor(inception_path, self.device, batch_size, inception_mode)
         self.batch_size = batch_size
 
-    def run(self, seeds: Sequence[int], truncation: float, c: torch.Tensor | None = None,
-            keep_images: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    def run(
+        self, seeds: Sequence[int], truncation: float, c: torch.Tensor | None = None, keep_images: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         imgs = generate_uint8(self.G, seeds, truncation, c=c, batch_size=self.batch_size, device=self.device)
         return self.extractor(imgs), (imgs if keep_images else None)
 
 
-def generated_features(seeds: Sequence[int], truncation: float, cfg: EvalConfig, *,
-                       c: torch.Tensor | None = None, keep_images: bool = False, actors: list | None = None,
-                       local: GeneratedFeatureWorker | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def generated_features(
+    seeds: Sequence[int],
+    truncation: float,
+    cfg: EvalConfig,
+    *,
+    c: torch.Tensor | None = None,
+    keep_images: bool = False,
+    actors: list | None = None,
+    local: GeneratedFeatureWorker | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Features of the generator's images for `seeds`, from Ray actors (when given) or `local`."""
     chunk = max(1, cfg.batch_size)
-    parts = [list(seeds[i:i + chunk]) for i in range(0, len(seeds), chunk)]
-    cs = [c[i:i + chunk] if c is not None else None for i in range(0, len(seeds), chunk)]
+    parts = [list(seeds[i : i + chunk]) for i in range(0, len(seeds), chunk)]
+    cs = [c[i : i + chunk] if c is not None else None for i in range(0, len(seeds), chunk)]
     bar = _Progress(len(seeds), f"inception(generated, psi={truncation})")
     results: list[tuple[np.ndarray, np.ndarray | None]] = []
     if actors:
@@ -325,8 +387,13 @@ FEATURE_METRICS = ("fid", "kid", "pr", "is")
 METRICS = (*FEATURE_METRICS, "diversity", "memorisation", "cfid", "attr_acc")
 
 
-def compute_metrics(gen: np.ndarray, real: np.ndarray, metrics: Sequence[str], cfg: EvalConfig,
-                    real_stats: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+def compute_metrics(
+    gen: np.ndarray,
+    real: np.ndarray,
+    metrics: Sequence[str],
+    cfg: EvalConfig,
+    real_stats: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
     """Metric values from generated [N,2048] and real [M,2048] features."""
     out: dict[str, Any] = {"num_gen": int(len(gen)), "num_real": int(len(real))}
     if "fid" in metrics:
@@ -343,10 +410,18 @@ def compute_metrics(gen: np.ndarray, real: np.ndarray, metrics: Sequence[str], c
     return out
 
 
-def evaluate_model(storage: Storage, model_uri: str, data_uri: str, cfg: EvalConfig, *,
-                   metrics: Sequence[str] | None = None, sweep: Sequence[float] | None = None,
-                   attribute_model: str | None = None, use_ray: bool = False,
-                   sheet_uri: str | None = None) -> dict[str, Any]:
+def evaluate_model(
+    storage: Storage,
+    model_uri: str,
+    data_uri: str,
+    cfg: EvalConfig,
+    *,
+    metrics: Sequence[str] | None = None,
+    sweep: Sequence[float] | None = None,
+    attribute_model: str | None = None,
+    use_ray: bool = False,
+    sheet_uri: str | None = None,
+) -> dict[str, Any]:
     """Evaluate the generator in `model_uri` against the dataset at `data_uri`.
 
     metrics ⊆ METRICS; with `sweep`, also FID and precision/recall for each ψ (under "sweep").
@@ -360,21 +435,34 @@ def evaluate_model(storage: Storage, model_uri: str, data_uri: str, cfg: EvalCon
     tagger = None
     for name in ("diversity", "attr_acc"):
         if name in metrics and not attribute_model:
-            raise UserError(f"the {name} metric needs --attribute-model URI (train one with `facegen attributes train`)")
+            raise UserError(
+                f"the {name} metric needs --attribute-model URI (train one with `facegen attributes train`)"
+            )
     t0 = time.time()
-    local = GeneratedFeatureWorker(storage, model_uri, cfg.inception_path, cfg.device, cfg.batch_size,
-                                   cfg.inception_mode) if not use_ray else None
+    local = (
+        GeneratedFeatureWorker(storage, model_uri, cfg.inception_path, cfg.device, cfg.batch_size, cfg.inception_mode)
+        if not use_ray
+        else None
+    )
     G, model_cfg, meta = (local.G, local.model_cfg, local.metadata) if local else load_model_dir(storage, model_uri)
     conditional_only = [m for m in metrics if m in ("cfid", "attr_acc")]
     if conditional_only and not getattr(G, "conditional", False):
-        raise UserError(f"{' and '.join(conditional_only)} measure conditional generators (model.conditional: true); "
-                        f"{model_uri} is unconditional: drop {','.join(conditional_only)} from --metrics")
+        raise UserError(
+            f"{' and '.join(conditional_only)} measure conditional generators (model.conditional: true); "
+            f"{model_uri} is unconditional: drop {','.join(conditional_only)} from --metrics"
+        )
     if "diversity" in metrics or "attr_acc" in metrics:
         tagger = load_tagger(storage, attribute_model)
-    real, info = reference_features(storage, data_uri, cfg, use_ray=use_ray, extractor=local.extractor if local else None)
+    real, info = reference_features(
+        storage, data_uri, cfg, use_ray=use_ray, extractor=local.extractor if local else None
+    )
     sel: RealSelection = info.pop("selection")
 
-    labels = data_labels(storage, sel, model_cfg.age_buckets) if (tagger is not None or getattr(G, "conditional", False)) else None
+    labels = (
+        data_labels(storage, sel, model_cfg.age_buckets)
+        if (tagger is not None or getattr(G, "conditional", False))
+        else None
+    )
     seeds = list(range(cfg.seed, cfg.seed + cfg.num_gen))
     c = conditioning_for(G, labels, len(seeds), cfg.seed)
     actors = None
@@ -383,33 +471,59 @@ def evaluate_model(storage: Storage, model_uri: str, data_uri: str, cfg: EvalCon
 
         num_gpus = _ray_gpu_share(cfg)
         Remote = ray.remote(num_cpus=1, num_gpus=num_gpus)(GeneratedFeatureWorker)
-        actors = [Remote.remote(storage, model_uri, cfg.inception_path, "cuda" if num_gpus else "cpu", cfg.batch_size,
-                                  cfg.inception_mode) for _ in range(cfg.num_actors)]
+        actors = [
+            Remote.remote(
+                storage,
+                model_uri,
+                cfg.inception_path,
+                "cuda" if num_gpus else "cpu",
+                cfg.batch_size,
+                cfg.inception_mode,
+            )
+            for _ in range(cfg.num_actors)
+        ]
     try:
-        gen, imgs = generated_features(seeds, cfg.truncation, cfg, c=c, keep_images=tagger is not None,
-                                       actors=actors, local=local)
+        gen, imgs = generated_features(
+            seeds, cfg.truncation, cfg, c=c, keep_images=tagger is not None, actors=actors, local=local
+        )
         mu_sigma = feature_stats(real) if "fid" in metrics else None
         result: dict[str, Any] = {
-            "model": model_uri, "model_version": meta.get("version"), "data": data_uri,
-            "data_version": info["version"], "resolution": info["resolution"], "truncation": cfg.truncation,
-            "seeds": [seeds[0], seeds[-1]], "reference": {k: info[k] for k in ("uri", "key", "cached")},
-            "extractor": EXTRACTOR_ID, "inception_mode": cfg.inception_mode,
+            "model": model_uri,
+            "model_version": meta.get("version"),
+            "data": data_uri,
+            "data_version": info["version"],
+            "resolution": info["resolution"],
+            "truncation": cfg.truncation,
+            "seeds": [seeds[0], seeds[-1]],
+            "reference": {k: info[k] for k in ("uri", "key", "cached")},
+            "extractor": EXTRACTOR_ID,
+            "inception_mode": cfg.inception_mode,
             # what "auto" became for the generated images (local: this process; Ray: as an actor on
             # this node would decide; actors elsewhere decide for themselves, with the same features)
-            "inception_runs": local.extractor.runs if local else resolve_mode(cfg.inception_mode, "cuda" if num_gpus else "cpu"),
+            "inception_runs": local.extractor.runs
+            if local
+            else resolve_mode(cfg.inception_mode, "cuda" if num_gpus else "cpu"),
         }
         result.update(compute_metrics(gen, real, [m for m in metrics if m in FEATURE_METRICS], cfg, mu_sigma))
         if "cfid" in metrics:
             result["cfid"] = conditional_fid(gen, c.numpy(), real, labels, model_cfg.age_buckets, cfg.cfid_min_images)
-            log.info("cfid: mean %s over %d group(s), %d skipped (too few images)", _num(result["cfid"]["mean"]),
-                     result["cfid"]["groups_computed"], result["cfid"]["groups_skipped"])
+            log.info(
+                "cfid: mean %s over %d group(s), %d skipped (too few images)",
+                _num(result["cfid"]["mean"]),
+                result["cfid"]["groups_computed"],
+                result["cfid"]["groups_skipped"],
+            )
         if "attr_acc" in metrics:
             acc = result["attr_acc"] = _attribute_accuracy(tagger, imgs, c.numpy(), model_cfg.age_buckets)
-            log.info("attr_acc: overall %s (age %s, gender %s, race %s)", _num(acc["overall"]["accuracy"]),
-                     *(_num(acc[k]["accuracy"]) for k in ("age", "gender", "race")))
+            log.info(
+                "attr_acc: overall %s (age %s, gender %s, race %s)",
+                _num(acc["overall"]["accuracy"]),
+                *(_num(acc[k]["accuracy"]) for k in ("age", "gender", "race")),
+            )
         if "memorisation" in metrics:
-            result["memorisation"] = _memorisation(storage, data_uri, cfg, G, seeds, c, gen, use_ray,
-                                                   local.extractor if local else None, sheet_uri)
+            result["memorisation"] = _memorisation(
+                storage, data_uri, cfg, G, seeds, c, gen, use_ray, local.extractor if local else None, sheet_uri
+            )
         if "diversity" in metrics:
             result["diversity"] = diversity_report(tagger, imgs, labels)
         if sweep:
@@ -438,14 +552,25 @@ def _attribute_accuracy(tagger, imgs: np.ndarray, c: np.ndarray, age_buckets: Se
     is read only when it buckets ages as the model does."""
     skip = {}
     if list(tagger.age_buckets) != list(age_buckets):
-        skip["age"] = (f"the attribute model's age buckets {list(tagger.age_buckets)} differ from the generator's "
-                       f"{list(age_buckets)}")
+        skip["age"] = (
+            f"the attribute model's age buckets {list(tagger.age_buckets)} differ from the generator's "
+            f"{list(age_buckets)}"
+        )
     return attribute_accuracy(tagger.predict_buckets(imgs), c, skip, tagger.meta.get("held_out"))
 
 
-def _memorisation(storage: Storage, data_uri: str, cfg: EvalConfig, G: torch.nn.Module, seeds: list[int],
-                  c: torch.Tensor | None, gen: np.ndarray, use_ray: bool, extractor: InceptionExtractor | None,
-                  sheet_uri: str | None) -> dict[str, Any]:
+def _memorisation(
+    storage: Storage,
+    data_uri: str,
+    cfg: EvalConfig,
+    G: torch.nn.Module,
+    seeds: list[int],
+    c: torch.Tensor | None,
+    gen: np.ndarray,
+    use_ray: bool,
+    extractor: InceptionExtractor | None,
+    sheet_uri: str | None,
+) -> dict[str, Any]:
     """Nearest-training-neighbour distances of the generated faces vs held-out reals; the
     contact sheet of the closest pairs goes to sheet_uri (see metrics/memorisation.py)."""
     tcfg = EvalConfig.model_validate({**cfg.model_dump(), "num_real": cfg.memorisation_num_train})  # validated
@@ -453,15 +578,29 @@ def _memorisation(storage: Storage, data_uri: str, cfg: EvalConfig, G: torch.nn.
     hold, _ = reference_features(storage, data_uri, cfg, use_ray=use_ray, extractor=extractor, split="holdout")
     rep = memorisation_report(gen, train, hold, percentile=cfg.memorisation_percentile, worst=cfg.memorisation_sheet)
     pairs = rep.pop("_pairs")
-    rep["closest"] = [{"seed": seeds[g], "train_sha256": tinfo["selection"].hashes[t], "distance": d,
-                       "suspected": d < rep["threshold"]} for g, t, d in pairs]
+    rep["closest"] = [
+        {
+            "seed": seeds[g],
+            "train_sha256": tinfo["selection"].hashes[t],
+            "distance": d,
+            "suspected": d < rep["threshold"],
+        }
+        for g, t, d in pairs
+    ]
     if sheet_uri and pairs:
         gi = [g for g, _, _ in pairs]
-        gimgs = generate_uint8(G, [seeds[g] for g in gi], cfg.truncation, c=c[gi] if c is not None else None,
-                               batch_size=cfg.batch_size, device="cpu" if extractor is None else extractor.device)
+        gimgs = generate_uint8(
+            G,
+            [seeds[g] for g in gi],
+            cfg.truncation,
+            c=c[gi] if c is not None else None,
+            batch_size=cfg.batch_size,
+            device="cpu" if extractor is None else extractor.device,
+        )
         timgs = read_selected_images(storage, tinfo["selection"], [t for _, t, _ in pairs])
-        storage.write_bytes(sheet_uri, contact_sheet([(g, t, d, d < rep["threshold"])
-                                                      for g, t, (_, _, d) in zip(gimgs, timgs, pairs)]))
+        storage.write_bytes(
+            sheet_uri, contact_sheet([(g, t, d, d < rep["threshold"]) for g, t, (_, _, d) in zip(gimgs, timgs, pairs)])
+        )
         rep["contact_sheet"] = sheet_uri
     return rep
 
@@ -496,7 +635,16 @@ def plot_sweep(rows: Sequence[dict[str, Any]]) -> bytes:
 
 
 __all__ = [
-    "select_reals", "reference_key", "reference_features", "data_labels", "generate_uint8",
-    "GeneratedFeatureWorker", "generated_features", "compute_metrics", "evaluate_model", "plot_sweep",
-    "METRICS", "FEATURE_METRICS",
+    "select_reals",
+    "reference_key",
+    "reference_features",
+    "data_labels",
+    "generate_uint8",
+    "GeneratedFeatureWorker",
+    "generated_features",
+    "compute_metrics",
+    "evaluate_model",
+    "plot_sweep",
+    "METRICS",
+    "FEATURE_METRICS",
 ]

@@ -19,8 +19,9 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                     eps: float = 1e-6) -> float:
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+) -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2).
 
     sqrtm of a product of covariances that are singular (N < D is the usual case for small
@@ -46,6 +47,7 @@ def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray, eps: float) -> float:
     """Tr((S1 S2)^{1/2}). scipy sqrtm first; if it fails or is complex beyond round-off, again
     with eps on both diagonals; if still complex (very singular covariances, N << D), the
     equivalent symmetric form Tr((A S2 A)^{1/2}) with A = S1^{1/2} (eigendecompositions)."""
+
     def imag_ok(c: np.ndarray) -> bool:
         if not np.iscomplexobj(c):
             return True

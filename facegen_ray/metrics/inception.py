@@ -133,9 +133,16 @@ def onnx_export(path: str | os.PathLike | None = None, directory: Path | None = 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
-            torch.onnx.export(net, (torch.zeros(2, 3, INPUT_SIZE, INPUT_SIZE),), str(tmp), dynamo=False,
-                              input_names=["images"], output_names=["features"], opset_version=ONNX_OPSET,
-                              dynamic_axes={"images": {0: "n"}, "features": {0: "n"}})
+            torch.onnx.export(
+                net,
+                (torch.zeros(2, 3, INPUT_SIZE, INPUT_SIZE),),
+                str(tmp),
+                dynamo=False,
+                input_names=["images"],
+                output_names=["features"],
+                opset_version=ONNX_OPSET,
+                dynamic_axes={"images": {0: "n"}, "features": {0: "n"}},
+            )
         os.replace(tmp, out)
     finally:
         if tmp.exists():
@@ -215,15 +222,28 @@ class InceptionExtractor:
         n = len(images)
         out = np.zeros((n, FEATURE_DIM), np.float64)
         for i in range(0, n, self.batch_size):
-            x = preprocess(images[i:i + self.batch_size], self.device)  # [B,3,299,299]
+            x = preprocess(images[i : i + self.batch_size], self.device)  # [B,3,299,299]
             if self.runs == "channels_last":
                 x = x.contiguous(memory_format=torch.channels_last)
-            out[i:i + len(x)] = net(x).reshape(len(x), FEATURE_DIM).double().cpu().numpy()
+            out[i : i + len(x)] = net(x).reshape(len(x), FEATURE_DIM).double().cpu().numpy()
         return out
 
 
 __all__ = [
-    "default_inception_path", "inception_file", "load_inception", "preprocess", "resolve_device", "InceptionExtractor",
-    "INCEPTION_MODES", "OnnxInception", "onnx_available", "onnx_export", "resolve_mode", "cache_dir",
-    "EXTRACTOR_ID", "FEATURE_DIM", "INSTALL_HINT", "IS_UNAVAILABLE_REASON",
+    "default_inception_path",
+    "inception_file",
+    "load_inception",
+    "preprocess",
+    "resolve_device",
+    "InceptionExtractor",
+    "INCEPTION_MODES",
+    "OnnxInception",
+    "onnx_available",
+    "onnx_export",
+    "resolve_mode",
+    "cache_dir",
+    "EXTRACTOR_ID",
+    "FEATURE_DIM",
+    "INSTALL_HINT",
+    "IS_UNAVAILABLE_REASON",
 ]

@@ -20,21 +20,24 @@ def polynomial_mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     return float(sxx + syy - 2.0 * kxy.mean())
 
 
-def kernel_inception_distance(feats_gen: np.ndarray, feats_real: np.ndarray, subsets: int = 100,
-                              subset_size: int = 1000, seed: int = 0) -> dict[str, float | int]:
+def kernel_inception_distance(
+    feats_gen: np.ndarray, feats_real: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> dict[str, float | int]:
     """KID mean and std over `subsets` random subsets of size min(subset_size, n_gen, n_real).
 
     Unbiased: on two samples of one distribution the mean is near 0 and may be negative.
     """
     n = min(int(subset_size), len(feats_gen), len(feats_real))
     rng = np.random.default_rng(seed)
-    vals = np.array([
-        polynomial_mmd2_unbiased(
-            feats_gen[rng.choice(len(feats_gen), n, replace=False)],
-            feats_real[rng.choice(len(feats_real), n, replace=False)],
-        )
-        for _ in range(int(subsets))
-    ])
+    vals = np.array(
+        [
+            polynomial_mmd2_unbiased(
+                feats_gen[rng.choice(len(feats_gen), n, replace=False)],
+                feats_real[rng.choice(len(feats_real), n, replace=False)],
+            )
+            for _ in range(int(subsets))
+        ]
+    )
     return {"mean": float(vals.mean()), "std": float(vals.std()), "subsets": int(subsets), "subset_size": int(n)}
 
 

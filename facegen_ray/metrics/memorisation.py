@@ -13,7 +13,8 @@ the threshold noisy (num_holdout is reported).
 from __future__ import annotations
 
 import io
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ def nearest(query: np.ndarray, ref: np.ndarray, chunk: int = 1024) -> tuple[np.n
     r2 = (r * r).sum(1)
     dist, idx = [], []
     for s in range(0, len(query), chunk):
-        q = torch.as_tensor(np.asarray(query[s:s + chunk], np.float64))
+        q = torch.as_tensor(np.asarray(query[s : s + chunk], np.float64))
         d2 = (q * q).sum(1, keepdim=True) - 2 * q @ r.T + r2[None]
         m, i = d2.min(1)
         dist.append(m.clamp_min(0).sqrt().numpy())
@@ -39,12 +40,18 @@ def nearest(query: np.ndarray, ref: np.ndarray, chunk: int = 1024) -> tuple[np.n
 def _quantiles(d: np.ndarray) -> dict[str, float]:
     if not len(d):
         return {}
-    return {"min": float(d.min()), "p1": float(np.percentile(d, 1)), "p5": float(np.percentile(d, 5)),
-            "median": float(np.median(d)), "mean": float(d.mean())}
+    return {
+        "min": float(d.min()),
+        "p1": float(np.percentile(d, 1)),
+        "p5": float(np.percentile(d, 5)),
+        "median": float(np.median(d)),
+        "mean": float(d.mean()),
+    }
 
 
-def memorisation_report(gen: np.ndarray, train: np.ndarray, holdout: np.ndarray, *, percentile: float = 1.0,
-                        worst: int = 16) -> dict[str, Any]:
+def memorisation_report(
+    gen: np.ndarray, train: np.ndarray, holdout: np.ndarray, *, percentile: float = 1.0, worst: int = 16
+) -> dict[str, Any]:
     """gen [N,D], train [M,D], holdout [K,D] features -> the report (JSON-able) plus
     "_pairs": [(generated index, training index, distance)] of the `worst` closest pairs."""
     if len(holdout) < 1 or len(train) < 1:
@@ -59,7 +66,9 @@ def memorisation_report(gen: np.ndarray, train: np.ndarray, holdout: np.ndarray,
         "num_suspected": int(suspected.sum()),
         "threshold": threshold,
         "percentile": float(percentile),
-        "num_gen": int(len(gen)), "num_train": int(len(train)), "num_holdout": int(len(holdout)),
+        "num_gen": int(len(gen)),
+        "num_train": int(len(train)),
+        "num_holdout": int(len(holdout)),
         "generated_nn": _quantiles(g_d),
         "holdout_nn": _quantiles(h_d),
         "_pairs": [(int(k), int(g_i[k]), float(g_d[k])) for k in order],

@@ -21,8 +21,8 @@ def knn_radii(feats: np.ndarray, k: int = 3, batch_size: int = 1024) -> np.ndarr
         raise ValueError(f"precision/recall with k={k} needs more than {k} samples per set, got {len(f)}")
     out = np.empty(len(f))
     for i in range(0, len(f), batch_size):
-        d = _pairwise_dist(f[i:i + batch_size], f)  # [B,N]; column of self is 0 -> index k is k-th neighbour
-        out[i:i + batch_size] = np.partition(d, k, axis=1)[:, k]
+        d = _pairwise_dist(f[i : i + batch_size], f)  # [B,N]; column of self is 0 -> index k is k-th neighbour
+        out[i : i + batch_size] = np.partition(d, k, axis=1)[:, k]
     return out
 
 
@@ -30,12 +30,14 @@ def _coverage(query: np.ndarray, ref: np.ndarray, radii: np.ndarray, batch_size:
     """Share of query points within radii[j] of some ref point j."""
     inside = 0
     for i in range(0, len(query), batch_size):
-        d = _pairwise_dist(query[i:i + batch_size], ref)  # [B,M]
+        d = _pairwise_dist(query[i : i + batch_size], ref)  # [B,M]
         inside += int((d <= radii[None, :]).any(axis=1).sum())
     return inside / len(query)
 
 
-def precision_recall(feats_gen: np.ndarray, feats_real: np.ndarray, k: int = 3, batch_size: int = 1024) -> dict[str, float]:
+def precision_recall(
+    feats_gen: np.ndarray, feats_real: np.ndarray, k: int = 3, batch_size: int = 1024
+) -> dict[str, float]:
     """{"precision", "recall"} in [0,1] from features [N,D] (generated) and [M,D] (real)."""
     g, r = np.asarray(feats_gen, np.float64), np.asarray(feats_real, np.float64)
     r_radii, g_radii = knn_radii(r, k, batch_size), knn_radii(g, k, batch_size)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,10 +40,18 @@ class AttributeNet(nn.Module):
         super().__init__()
         w = width
         self.trunk = nn.Sequential(
-            nn.Conv2d(3, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(),
-            nn.Conv2d(w, w, 3, stride=2, padding=1), nn.BatchNorm2d(w), nn.ReLU(),
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(),
-            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.BatchNorm2d(4 * w), nn.ReLU(),
+            nn.Conv2d(3, w, 3, padding=1),
+            nn.BatchNorm2d(w),
+            nn.ReLU(),
+            nn.Conv2d(w, w, 3, stride=2, padding=1),
+            nn.BatchNorm2d(w),
+            nn.ReLU(),
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1),
+            nn.BatchNorm2d(2 * w),
+            nn.ReLU(),
+            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1),
+            nn.BatchNorm2d(4 * w),
+            nn.ReLU(),
         )
         self.heads = nn.ModuleDict({k: nn.Linear(4 * w, n) for k, n in num_classes.items()})
 
@@ -56,8 +65,9 @@ def to_input(images: np.ndarray, resolution: int) -> torch.Tensor:
     """uint8 [N,H,W,3] -> float32 [N,3,R,R] in [-1,1] (antialiased bilinear resize when needed)."""
     x = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [N,3,H,W]
     if x.shape[-1] != resolution or x.shape[-2] != resolution:
-        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
-                          antialias=x.shape[-1] > resolution)
+        x = F.interpolate(
+            x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=x.shape[-1] > resolution
+        )
     return x
 
 
@@ -105,9 +115,18 @@ def _accuracy(model: AttributeNet, x: torch.Tensor, y: dict[str, torch.Tensor]) 
     return out
 
 
-def train_attribute_classifier(data: LabelledImages, age_buckets: Sequence[int], *, resolution: int = 32,
-                               epochs: int = 10, batch_size: int = 64, lr: float = 2e-3, width: int = 32,
-                               holdout: float = 0.2, seed: int = 0) -> tuple[AttributeNet, dict[str, Any]]:
+def train_attribute_classifier(
+    data: LabelledImages,
+    age_buckets: Sequence[int],
+    *,
+    resolution: int = 32,
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    width: int = 32,
+    holdout: float = 0.2,
+    seed: int = 0,
+) -> tuple[AttributeNet, dict[str, Any]]:
     """Train on (1 - holdout) of the images, report per-head accuracy on the rest -> (model, meta)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -116,7 +135,11 @@ def train_attribute_classifier(data: LabelledImages, age_buckets: Sequence[int],
     n_val = max(1, int(round(n * holdout)))
     val, tr = order[:n_val], order[n_val:]
     x = to_input(data.images, resolution)  # [N,3,R,R]
-    y = {"age": torch.as_tensor(data.age_bucket), "gender": torch.as_tensor(data.gender), "race": torch.as_tensor(data.race)}
+    y = {
+        "age": torch.as_tensor(data.age_bucket),
+        "gender": torch.as_tensor(data.gender),
+        "race": torch.as_tensor(data.race),
+    }
     classes = {"age": len(age_buckets), "gender": NUM_GENDERS, "race": NUM_RACES}
     model = AttributeNet(classes, width)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -125,7 +148,7 @@ def train_attribute_classifier(data: LabelledImages, age_buckets: Sequence[int],
         perm = tr[rng.permutation(len(tr))]
         losses = []
         for i in range(0, len(perm), batch_size):
-            idx = torch.as_tensor(perm[i:i + batch_size])
+            idx = torch.as_tensor(perm[i : i + batch_size])
             if len(idx) < 2:  # BatchNorm needs 2+
                 continue
             xb = x[idx]
@@ -136,7 +159,9 @@ def train_attribute_classifier(data: LabelledImages, age_buckets: Sequence[int],
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
-        log.info("attributes: epoch %d/%d loss %.4f", epoch + 1, epochs, float(np.mean(losses)) if losses else float("nan"))
+        log.info(
+            "attributes: epoch %d/%d loss %.4f", epoch + 1, epochs, float(np.mean(losses)) if losses else float("nan")
+        )
     vidx = torch.as_tensor(val)
     held_out = _accuracy(model, x[vidx], {k: v[vidx] for k, v in y.items()})
     meta = {
@@ -176,7 +201,7 @@ class AttributeTagger:
     def predict_buckets(self, images: np.ndarray) -> dict[str, np.ndarray]:
         out: dict[str, list[np.ndarray]] = {k: [] for k in HEADS}
         for i in range(0, len(images), self.batch_size):
-            logits = self.model(to_input(images[i:i + self.batch_size], self.resolution))
+            logits = self.model(to_input(images[i : i + self.batch_size], self.resolution))
             for k in HEADS:
                 out[k].append(logits[k].argmax(1).numpy().astype(np.int64))
         return {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in out.items()}
@@ -200,7 +225,9 @@ def load_tagger(storage: Storage, uri: str) -> AttributeTagger:
     try:
         meta = json.loads(storage.read_text(meta_uri))
         model = AttributeNet({k: int(v) for k, v in meta["classes"].items()}, int(meta.get("width", 32)))
-        state = torch.load(io.BytesIO(storage.read_bytes(join(uri, WEIGHTS_FILE))), map_location="cpu", weights_only=True)
+        state = torch.load(
+            io.BytesIO(storage.read_bytes(join(uri, WEIGHTS_FILE))), map_location="cpu", weights_only=True
+        )
         model.load_state_dict(state)
     except (ValueError, KeyError, OSError, RuntimeError) as e:
         raise UserError(f"attribute model {uri} is incomplete or corrupt: {e}") from e
@@ -208,6 +235,13 @@ def load_tagger(storage: Storage, uri: str) -> AttributeTagger:
 
 
 __all__ = [
-    "AttributeNet", "AttributeTagger", "LabelledImages", "train_attribute_classifier",
-    "save_classifier", "load_tagger", "multi_head_loss", "representative_ages", "to_input",
+    "AttributeNet",
+    "AttributeTagger",
+    "LabelledImages",
+    "train_attribute_classifier",
+    "save_classifier",
+    "load_tagger",
+    "multi_head_loss",
+    "representative_ages",
+    "to_input",
 ]

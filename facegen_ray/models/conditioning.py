@@ -9,7 +9,7 @@ ModelConfig.age_buckets (lower bounds in years, ascending).
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -90,9 +90,7 @@ def encode_attributes(age, gender, race, cfg: ModelConfig) -> torch.Tensor:
                 a = float(a)
             except (TypeError, ValueError):
                 raise UserError(f"age must be a number of years or null, got {a!r}") from None
-        rows.append(
-            [age_to_bucket(a, cfg.age_buckets), _code(g, n_gender, "gender"), _code(r, n_race, "race")]
-        )
+        rows.append([age_to_bucket(a, cfg.age_buckets), _code(g, n_gender, "gender"), _code(r, n_race, "race")])
     return torch.tensor(rows, dtype=torch.long).reshape(n, 3)
 
 

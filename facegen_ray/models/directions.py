@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,11 +62,13 @@ class Directions:
         return apply_edit(ws, self.vectors[idx], [self.scales[i] for i in idx], [strengths[k] for k in strengths])
 
     def summary(self) -> dict[str, Any]:
-        return {n: {"margin_scale": s, **{k: self.doc["directions"][n].get(k) for k in ("kind", "positive", "fit")}}
-                for n, s in zip(self.names, self.scales)}
+        return {
+            n: {"margin_scale": s, **{k: self.doc["directions"][n].get(k) for k in ("kind", "positive", "fit")}}
+            for n, s in zip(self.names, self.scales)
+        }
 
     @classmethod
-    def from_doc(cls, doc: Mapping[str, Any]) -> "Directions":
+    def from_doc(cls, doc: Mapping[str, Any]) -> Directions:
         """Parse a directions.json document (ValueError when malformed)."""
         if not isinstance(doc, Mapping) or not isinstance(doc.get("directions"), Mapping):
             raise ValueError("no 'directions' object")
@@ -98,8 +101,9 @@ def save_directions(storage: Storage, model_uri: str, doc: dict[str, Any]) -> st
     return uri
 
 
-def load_directions(storage: Storage, model_uri: str, w_dim: int | None = None,
-                    weights_sha256: str | None = None) -> Directions | None:
+def load_directions(
+    storage: Storage, model_uri: str, w_dim: int | None = None, weights_sha256: str | None = None
+) -> Directions | None:
     """The model's directions; None when it has none. UserError when the file is corrupt, does not
     fit the model's w_dim, or was fitted for other weights."""
     uri = directions_uri(model_uri)
@@ -110,12 +114,16 @@ def load_directions(storage: Storage, model_uri: str, w_dim: int | None = None,
     except (ValueError, KeyError, TypeError, OSError) as e:
         raise UserError(f"{uri} is corrupt ({e}); remake it with `facegen directions`") from e
     if w_dim is not None and d.names and d.vectors.shape[1] != w_dim:
-        raise UserError(f"{uri} holds {d.vectors.shape[1]}-d directions for a model with w_dim {w_dim}; "
-                        "remake it with `facegen directions`")
+        raise UserError(
+            f"{uri} holds {d.vectors.shape[1]}-d directions for a model with w_dim {w_dim}; "
+            "remake it with `facegen directions`"
+        )
     fitted_for = d.doc.get("weights_sha256")
     if weights_sha256 and fitted_for and fitted_for != weights_sha256:
-        raise UserError(f"{uri} was fitted for other generator weights ({fitted_for[:12]}, this model is "
-                        f"{weights_sha256[:12]}); remake it with `facegen directions`")
+        raise UserError(
+            f"{uri} was fitted for other generator weights ({fitted_for[:12]}, this model is "
+            f"{weights_sha256[:12]}); remake it with `facegen directions`"
+        )
     return d
 
 
@@ -188,8 +196,13 @@ def gram_schmidt(vectors: Sequence[np.ndarray], eps: float = GS_EPS) -> list[np.
     return out
 
 
-def boundaries(W: np.ndarray, labels: Mapping[str, np.ndarray], age_years: np.ndarray | None,
-               seed: int = 0, min_class: int = MIN_CLASS_SAMPLES) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def boundaries(
+    W: np.ndarray,
+    labels: Mapping[str, np.ndarray],
+    age_years: np.ndarray | None,
+    seed: int = 0,
+    min_class: int = MIN_CLASS_SAMPLES,
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Fit every boundary on W [N,D] -> ([{"name", "normal", "kind", "positive", "fit",
     "num_samples"}] in Gram-Schmidt order, {skipped name: reason}). labels: "gender", "race"
     int arrays [N]; age_years [N] (or None)."""
@@ -209,9 +222,16 @@ def boundaries(W: np.ndarray, labels: Mapping[str, np.ndarray], age_years: np.nd
             dy, dp = y[va][:, None] - y[va][None, :], pred[:, None] - pred[None, :]
             pairs = dy != 0
             order_acc = float(((dy * dp)[pairs] > 0).mean()) if pairs.any() else None
-            fits.append({"name": "age", "normal": beta, "kind": "ridge", "positive": "older",
-                         "fit": {"r2_held_out": r2, "pair_order_accuracy_held_out": order_acc},
-                         "num_samples": {str(int(v)): int((y == v).sum()) for v in np.unique(y)}})
+            fits.append(
+                {
+                    "name": "age",
+                    "normal": beta,
+                    "kind": "ridge",
+                    "positive": "older",
+                    "fit": {"r2_held_out": r2, "pair_order_accuracy_held_out": order_acc},
+                    "num_samples": {str(int(v)): int((y == v).sum()) for v in np.unique(y)},
+                }
+            )
 
     def binary(name: str, y: np.ndarray, positive: str) -> None:
         n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
@@ -221,8 +241,16 @@ def boundaries(W: np.ndarray, labels: Mapping[str, np.ndarray], age_years: np.nd
             return
         beta, b = fit_logistic(W[tr], y[tr])
         acc = float((((W[va] @ beta + b) > 0).astype(np.int64) == y[va]).mean())
-        fits.append({"name": name, "normal": beta, "kind": "logistic", "positive": positive,
-                     "fit": {"accuracy_held_out": acc, "num_held_out": int(len(va))}, "num_samples": counts})
+        fits.append(
+            {
+                "name": name,
+                "normal": beta,
+                "kind": "logistic",
+                "positive": positive,
+                "fit": {"accuracy_held_out": acc, "num_held_out": int(len(va))},
+                "num_samples": counts,
+            }
+        )
 
     if "gender" in labels:
         g = np.asarray(labels["gender"])
@@ -246,8 +274,16 @@ def boundaries(W: np.ndarray, labels: Mapping[str, np.ndarray], age_years: np.nd
     return out, skipped
 
 
-def directions_doc(W: np.ndarray, fits: list[dict[str, Any]], skipped: dict[str, str], *, weights_sha256: str,
-                   classifier: dict[str, Any], num_samples: int, seed: int) -> dict[str, Any]:
+def directions_doc(
+    W: np.ndarray,
+    fits: list[dict[str, Any]],
+    skipped: dict[str, str],
+    *,
+    weights_sha256: str,
+    classifier: dict[str, Any],
+    num_samples: int,
+    seed: int,
+) -> dict[str, Any]:
     """The directions.json document for boundaries fitted on W [N,D]."""
     dirs = {}
     for f in fits:
@@ -255,17 +291,30 @@ def directions_doc(W: np.ndarray, fits: list[dict[str, Any]], skipped: dict[str,
         dirs[f["name"]] = {
             "vector": [float(x) for x in f["normal"]],
             "margin_scale": float(max(proj.std(), 1e-6)),
-            "kind": f["kind"], "positive": f["positive"], "fit": f["fit"], "num_samples": f["num_samples"],
+            "kind": f["kind"],
+            "positive": f["positive"],
+            "fit": f["fit"],
+            "num_samples": f["num_samples"],
             "raw_cosine": f["raw_cosine"],
         }
-    return {"format": FORMAT, "space": "w", "w_dim": int(W.shape[1]), "num_samples": int(num_samples),
-            "seed": int(seed), "weights_sha256": weights_sha256, "classifier": classifier,
-            "order": [f["name"] for f in fits], "directions": dirs, "skipped": skipped}
+    return {
+        "format": FORMAT,
+        "space": "w",
+        "w_dim": int(W.shape[1]),
+        "num_samples": int(num_samples),
+        "seed": int(seed),
+        "weights_sha256": weights_sha256,
+        "classifier": classifier,
+        "order": [f["name"] for f in fits],
+        "directions": dirs,
+        "skipped": skipped,
+    }
 
 
 @torch.no_grad()
-def sample_and_label(G, tagger: Callable[[np.ndarray], dict[str, np.ndarray]], num_samples: int, seed: int = 0,
-                     batch_size: int = 64) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def sample_and_label(
+    G, tagger: Callable[[np.ndarray], dict[str, np.ndarray]], num_samples: int, seed: int = 0, batch_size: int = 64
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """w for seeds seed..seed+num_samples-1 (psi 1, conditional models with unknown attributes)
     and the tagger's labels of their faces -> (W [N,w_dim] float64, {"age", "gender", "race": [N]})."""
     Ws, labels = [], {}

@@ -1,8 +1,8 @@
 """Model directories: the exported generator that evaluate / generate / serve load.
 
-    <uri>/generator.pt   torch state_dict of G_ema (incl. buffers stage, alpha, w_avg, const noise)
-    <uri>/model.json     {"format": 1, "model": ModelConfig dump, "metadata": {...}} -- written
-                         LAST: its presence marks a complete directory (registry.MODEL_MARKER).
+<uri>/generator.pt   torch state_dict of G_ema (incl. buffers stage, alpha, w_avg, const noise)
+<uri>/model.json     {"format": 1, "model": ModelConfig dump, "metadata": {...}} -- written
+                     LAST: its presence marks a complete directory (registry.MODEL_MARKER).
 """
 
 from __future__ import annotations
@@ -65,7 +65,9 @@ def load_model_dir(
     if not isinstance(doc, dict) or "model" not in doc:
         raise UserError(f"{marker} is missing the 'model' section; the model directory is corrupt")
     if int(doc.get("format", 0)) > FORMAT:
-        raise UserError(f"{marker} has format {doc.get('format')}; this facegen reads format <= {FORMAT}; upgrade facegen")
+        raise UserError(
+            f"{marker} has format {doc.get('format')}; this facegen reads format <= {FORMAT}; upgrade facegen"
+        )
     model_doc = dict(doc["model"]) if isinstance(doc["model"], dict) else doc["model"]
     if isinstance(model_doc, dict):
         # models exported before `architecture` existed were all ProGAN-style ('orig') generators

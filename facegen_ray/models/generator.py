@@ -29,10 +29,10 @@ from torch import nn
 from facegen_ray.config import ModelConfig
 from facegen_ray.models.conditioning import ConditionEmbedding
 from facegen_ray.models.layers import (
-    AdaIN,
-    AdaINConv2d,
     LRELU_GAIN,
     LRELU_SLOPE,
+    AdaIN,
+    AdaINConv2d,
     EqualizedLinear,
     ModulatedConv2d,
     NoiseInjection,
@@ -195,7 +195,9 @@ class SynthesisBlock(nn.Module):
             self.convs = nn.ModuleList(
                 [
                     SynthesisLayer(in_ch, out_ch, cfg.w_dim, res, up=True, modulation=cfg.modulation, noise=cfg.noise),
-                    SynthesisLayer(out_ch, out_ch, cfg.w_dim, res, up=False, modulation=cfg.modulation, noise=cfg.noise),
+                    SynthesisLayer(
+                        out_ch, out_ch, cfg.w_dim, res, up=False, modulation=cfg.modulation, noise=cfg.noise
+                    ),
                 ]
             )
         self.torgb = ToRGB(out_ch, cfg.w_dim)

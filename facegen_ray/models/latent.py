@@ -21,8 +21,8 @@ and the image is then `G.synthesis(ws, noise_mode="const")`, so a seed's face he
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -73,8 +73,9 @@ def seed_ws(G, seeds: Sequence[int], psi: float = 1.0, c: torch.Tensor | None = 
 
 def check_crossover(num_ws: int, crossover: int) -> int:
     if isinstance(crossover, bool) or not 1 <= int(crossover) <= num_ws - 1:
-        raise ControlError(f"crossover must be between 1 and {num_ws - 1} (the model has {num_ws} w layers), "
-                           f"got {crossover}")
+        raise ControlError(
+            f"crossover must be between 1 and {num_ws - 1} (the model has {num_ws} w layers), got {crossover}"
+        )
     return int(crossover)
 
 
@@ -82,9 +83,11 @@ def check_mixing(style_mixing_prob: float | None) -> None:
     """Refuse style mixing on a generator trained without it (model.style_mixing_prob = 0): its layers
     were only ever fed one w, so swapping the fine styles of another face is not what it learned."""
     if style_mixing_prob is not None and float(style_mixing_prob) <= 0.0:
-        raise ControlError("this model was trained without style mixing (model.style_mixing_prob = 0), so its "
-                           "coarse and fine styles were never trained to come from different faces; mixing is "
-                           "refused (train with model.style_mixing_prob > 0, e.g. 0.9, to use it)")
+        raise ControlError(
+            "this model was trained without style mixing (model.style_mixing_prob = 0), so its "
+            "coarse and fine styles were never trained to come from different faces; mixing is "
+            "refused (train with model.style_mixing_prob > 0, e.g. 0.9, to use it)"
+        )
 
 
 def mix_ws(ws_coarse: torch.Tensor, ws_fine: torch.Tensor, crossover: int) -> torch.Tensor:
@@ -118,15 +121,18 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float, eps: float = 1e-7) -> torc
     omega = torch.arccos(cos)  # [N,1]
     so = torch.sin(omega)
     near = so.abs() < 1e-6  # (anti)parallel: fall back to a normalised lerp of the directions
-    wa = torch.where(near, torch.full_like(so, 1 - t), torch.sin((1 - t) * omega) / so.where(~near, torch.ones_like(so)))
+    wa = torch.where(
+        near, torch.full_like(so, 1 - t), torch.sin((1 - t) * omega) / so.where(~near, torch.ones_like(so))
+    )
     wb = torch.where(near, torch.full_like(so, t), torch.sin(t * omega) / so.where(~near, torch.ones_like(so)))
     u = wa * ua + wb * ub
     u = u / u.norm(dim=-1, keepdim=True).clamp_min(eps)
     return (u * ((1 - t) * na + t * nb)).to(a.dtype)
 
 
-def interpolate_ws(G, seeds_a: Sequence[int], seed_b: int, t: float, space: str = "w", psi: float = 1.0,
-                   c: torch.Tensor | None = None) -> torch.Tensor:
+def interpolate_ws(
+    G, seeds_a: Sequence[int], seed_b: int, t: float, space: str = "w", psi: float = 1.0, c: torch.Tensor | None = None
+) -> torch.Tensor:
     """Faces seeds_a moved a fraction t of the way to seed_b -> ws [N,L,D]."""
     if space not in SPACES:
         raise ControlError(f"space must be one of {SPACES}, got {space!r}")
@@ -142,7 +148,9 @@ def interpolate_ws(G, seeds_a: Sequence[int], seed_b: int, t: float, space: str 
     return z_to_ws(G, slerp(za, zb, float(t)), psi, c)
 
 
-def apply_edit(ws: torch.Tensor, vectors: torch.Tensor, scales: Sequence[float], strengths: Sequence[float]) -> torch.Tensor:
+def apply_edit(
+    ws: torch.Tensor, vectors: torch.Tensor, scales: Sequence[float], strengths: Sequence[float]
+) -> torch.Tensor:
     """ws [N,L,D] + sum_k strengths[k] * scales[k] * vectors[k] (vectors [K,D]) on every layer."""
     if all(float(s) == 0.0 for s in strengths):
         return ws
@@ -156,7 +164,7 @@ def synthesize(G, ws: torch.Tensor, batch_size: int | None = None) -> np.ndarray
     """ws [N,L,D] -> uint8 [N,H,W,3] with the stored (constant) noise."""
     dev = next(G.parameters()).device
     step = batch_size or max(1, ws.shape[0])
-    out = [to_uint8(G.synthesis(ws[i:i + step].to(dev), noise_mode="const")) for i in range(0, ws.shape[0], step)]
+    out = [to_uint8(G.synthesis(ws[i : i + step].to(dev), noise_mode="const")) for i in range(0, ws.shape[0], step)]
     return np.concatenate(out, axis=0)
 
 
@@ -173,14 +181,15 @@ class Control:
     edit: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_item(cls, item: Mapping) -> "Control | None":
+    def from_item(cls, item: Mapping) -> Control | None:
         """From a request item's "mix" / "interpolate" / "edit" (None when it has none)."""
         mix, itp, edit = item.get("mix"), item.get("interpolate"), item.get("edit")
         if mix is None and itp is None and not edit:
             return None
         if mix is not None and itp is not None:
-            raise ControlError("mix and interpolate cannot be combined in one request; send one of them "
-                               "(edit combines with either)")
+            raise ControlError(
+                "mix and interpolate cannot be combined in one request; send one of them (edit combines with either)"
+            )
         ctl = cls(edit={str(k): quantize(v) for k, v in (edit or {}).items()})
         if mix is not None:
             ctl.mix_seed, ctl.crossover = int(mix["seed"]), int(mix["crossover"])
@@ -205,9 +214,11 @@ def check_edit(edit: Mapping[str, float], names: Sequence[str] | None, max_stren
     if not edit:
         return
     if names is None:
-        raise ControlError("this model has no attribute directions: run `facegen directions MODEL "
-                           "--attribute-model URI` (it writes directions.json into the model directory), "
-                           "then reload the model")
+        raise ControlError(
+            "this model has no attribute directions: run `facegen directions MODEL "
+            "--attribute-model URI` (it writes directions.json into the model directory), "
+            "then reload the model"
+        )
     unknown = sorted(set(edit) - set(names))
     if unknown:
         raise ControlError(f"unknown attribute direction(s) {unknown}; this model has {list(names)}")
@@ -216,8 +227,15 @@ def check_edit(edit: Mapping[str, float], names: Sequence[str] | None, max_stren
             raise ControlError(f"edit strength for {k!r} must be within [-{max_strength:g}, {max_strength:g}], got {s}")
 
 
-def control_ws(G, seeds: Sequence[int], psi: float, c: torch.Tensor | None, ctl: Control, directions=None,
-               style_mixing_prob: float | None = None) -> torch.Tensor:
+def control_ws(
+    G,
+    seeds: Sequence[int],
+    psi: float,
+    c: torch.Tensor | None,
+    ctl: Control,
+    directions=None,
+    style_mixing_prob: float | None = None,
+) -> torch.Tensor:
     """A request's controls -> ws [len(seeds),L,D]. directions: models.directions.Directions or None;
     style_mixing_prob: the model's training setting (0 refuses mixing; None: not known, allowed)."""
     check_edit(ctl.edit, directions.names if directions is not None else None)

@@ -62,10 +62,12 @@ def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, taps: torch.Tensor |
     y = F.conv2d(t, (f[:, None] * f[None, :]).expand(cout, 1, 4, 4), groups=cout)  # [N,out,2h,2w]
     # the clamped pixels beyond the border: the upsampled first/last rows (one pixel longer at
     # each end, the corners) and first/last columns of x
-    rows = F.interpolate(xp[:, :, 1 : h + 1 : h - 1], scale_factor=(1.0, 2.0), mode="bilinear",
-                         align_corners=False)[..., 1:-1]  # [N,in,2,2w+2]
-    cols = F.interpolate(x[:, :, :, 0 : w_ : w_ - 1], scale_factor=(2.0, 1.0), mode="bilinear",
-                         align_corners=False)  # [N,in,2h,2]
+    rows = F.interpolate(xp[:, :, 1 : h + 1 : h - 1], scale_factor=(1.0, 2.0), mode="bilinear", align_corners=False)[
+        ..., 1:-1
+    ]  # [N,in,2,2w+2]
+    cols = F.interpolate(
+        x[:, :, :, 0 : w_ : w_ - 1], scale_factor=(2.0, 1.0), mode="bilinear", align_corners=False
+    )  # [N,in,2h,2]
     y[:, :, :1, :] -= F.conv2d(rows[:, :, :1], weight[:, :, :1, :])
     y[:, :, -1:, :] -= F.conv2d(rows[:, :, 1:], weight[:, :, 2:, :])
     y[:, :, :, :1] -= F.conv2d(cols[..., :1], weight[:, :, :, :1], padding=(1, 0))
@@ -468,8 +470,9 @@ def _compiling() -> bool:
     return bool(fn()) if fn is not None else False
 
 
-def set_progressive_state(stage_buf: torch.Tensor, alpha_buf: torch.Tensor, num_stages: int,
-                          stage: int, alpha: float) -> None:
+def set_progressive_state(
+    stage_buf: torch.Tensor, alpha_buf: torch.Tensor, num_stages: int, stage: int, alpha: float
+) -> None:
     """Validate and store (stage, fade-in alpha) in a network's buffers (so they checkpoint)."""
     stage, alpha = int(stage), float(alpha)
     if not 0 <= stage < num_stages:

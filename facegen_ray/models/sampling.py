@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -116,8 +116,14 @@ class GraphedSynthesis:
 
     BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
-    def __init__(self, synthesis: torch.nn.Module, device: str | torch.device, *,
-                 buckets: Sequence[int] = BUCKETS, capture: bool | None = None):
+    def __init__(
+        self,
+        synthesis: torch.nn.Module,
+        device: str | torch.device,
+        *,
+        buckets: Sequence[int] = BUCKETS,
+        capture: bool | None = None,
+    ):
         self.synthesis = synthesis
         self.device = torch.device(device)
         self.buckets = tuple(sorted(int(b) for b in buckets))

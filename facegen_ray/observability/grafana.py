@@ -54,7 +54,9 @@ def iter_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def panel_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
     """(panel title, PromQL expr) of every query target of every panel."""
-    return [(p.get("title", ""), t["expr"]) for p in iter_panels(dashboard) for t in p.get("targets", []) if "expr" in t]
+    return [
+        (p.get("title", ""), t["expr"]) for p in iter_panels(dashboard) for t in p.get("targets", []) if "expr" in t
+    ]
 
 
 def metric_names_in(expr: str) -> set[str]:
@@ -91,8 +93,10 @@ def resolve_token(source: str | None) -> str | None:
         if token:
             return token
         raise UserError(f"--token {source}: environment variable {source} is not set (or empty)")
-    raise UserError(f"--token {source!r} is neither a file nor an environment variable name: "
-                    "pass the NAME of a variable holding the token, or a file path (never the token itself)")
+    raise UserError(
+        f"--token {source!r} is neither a file nor an environment variable name: "
+        "pass the NAME of a variable holding the token, or a file path (never the token itself)"
+    )
 
 
 def public_url(url: str) -> str:
@@ -125,11 +129,14 @@ def _grafana_error(e: Exception, url: str) -> UserError:
 
     where = public_url(url)
     if isinstance(e, GrafanaUnauthorizedError):
-        return UserError(f"Grafana at {where} refused the credentials (401 Unauthorized): pass a valid service "
-                         f"account token with --token (an env var name or file; default ${TOKEN_ENV})")
+        return UserError(
+            f"Grafana at {where} refused the credentials (401 Unauthorized): pass a valid service "
+            f"account token with --token (an env var name or file; default ${TOKEN_ENV})"
+        )
     if isinstance(e, GrafanaClientError) and e.status_code == 403:
-        return UserError(f"Grafana at {where} answered 403 Forbidden: the token needs the Editor role "
-                         "(folders and dashboards write)")
+        return UserError(
+            f"Grafana at {where} answered 403 Forbidden: the token needs the Editor role (folders and dashboards write)"
+        )
     if isinstance(e, GrafanaException):
         if e.status_code == 0:
             return UserError(f"cannot reach Grafana at {where}: {e.message}")
@@ -155,8 +162,13 @@ def ensure_folder(api, title: str) -> str:
     return str(created["uid"])
 
 
-def push_dashboards(url: str, token: str | None = None, folder: str = DEFAULT_FOLDER, timeout: float = 10.0,
-                    names: tuple[str, ...] = DASHBOARD_NAMES) -> list[PushResult]:
+def push_dashboards(
+    url: str,
+    token: str | None = None,
+    folder: str = DEFAULT_FOLDER,
+    timeout: float = 10.0,
+    names: tuple[str, ...] = DASHBOARD_NAMES,
+) -> list[PushResult]:
     """Create `folder` in the Grafana at `url` if missing and upsert the dashboards into it.
 
     Raises UserError with a clear message when Grafana is unreachable or refuses the request."""
@@ -172,14 +184,25 @@ def push_dashboards(url: str, token: str | None = None, folder: str = DEFAULT_FO
         for name in names:
             dash = copy.deepcopy(load_dashboard(name))
             dash["id"] = None  # upsert by uid
-            resp = api.dashboard.update_dashboard({
-                "dashboard": dash, "folderUid": folder_uid, "overwrite": True,
-                "message": f"facegen dashboards push ({name})",
-            })
+            resp = api.dashboard.update_dashboard(
+                {
+                    "dashboard": dash,
+                    "folderUid": folder_uid,
+                    "overwrite": True,
+                    "message": f"facegen dashboards push ({name})",
+                }
+            )
             rel = str(resp.get("url") or f"/d/{dash['uid']}")
-            results.append(PushResult(name=name, uid=str(resp.get("uid", dash["uid"])), title=dash["title"],
-                                      url=public_url(urljoin(base, rel)), version=resp.get("version"),
-                                      status=str(resp.get("status", ""))))
+            results.append(
+                PushResult(
+                    name=name,
+                    uid=str(resp.get("uid", dash["uid"])),
+                    title=dash["title"],
+                    url=public_url(urljoin(base, rel)),
+                    version=resp.get("version"),
+                    status=str(resp.get("status", "")),
+                )
+            )
         return results
     except (GrafanaException, niquests.exceptions.RequestException, OSError) as e:
         raise _grafana_error(e, url) from e

@@ -79,42 +79,90 @@ class MetricSpec:
 
 
 SERVING_SPECS: tuple[MetricSpec, ...] = (
-    MetricSpec("facegen_serve_requests", "counter",
-               "HTTP requests answered by the facegen ingress, by route template, method and status code",
-               ("route", "method", "status")),
-    MetricSpec("facegen_serve_request_seconds", "histogram",
-               "time from request start to the last response byte at the ingress (seconds)",
-               ("route", "method"), LATENCY_BUCKETS_S),
-    MetricSpec("facegen_serve_images_generated", "counter",
-               "images rendered by generator replicas", ("model_version",)),
-    MetricSpec("facegen_serve_batch_images", "histogram",
-               "images per generator batch (one @serve.batch call)", ("model_version",), BATCH_IMAGES_BUCKETS),
-    MetricSpec("facegen_serve_batch_requests", "histogram",
-               "requests per generator batch", ("model_version",), BATCH_REQUESTS_BUCKETS),
-    MetricSpec("facegen_serve_batch_seconds", "histogram",
-               "generator forward time of one batch (seconds)", ("model_version",), LATENCY_BUCKETS_S),
-    MetricSpec("facegen_serve_feedback", "counter",
-               "POST /feedback by outcome: approved, rejected, duplicate, not_found (404), invalid (422), "
-               "too_large (413), error", ("outcome",)),
-    MetricSpec("facegen_serve_model_info", "gauge",
-               "1 for the model version a generator replica serves (a replaced version reads 0 until "
-               "its series expires, ~20 s)", ("model_version",)),
-    MetricSpec("facegen_serve_model_reloads", "counter",
-               "model loads in generator replicas (initial load and swaps) by outcome: loaded, failed", ("outcome",)),
+    MetricSpec(
+        "facegen_serve_requests",
+        "counter",
+        "HTTP requests answered by the facegen ingress, by route template, method and status code",
+        ("route", "method", "status"),
+    ),
+    MetricSpec(
+        "facegen_serve_request_seconds",
+        "histogram",
+        "time from request start to the last response byte at the ingress (seconds)",
+        ("route", "method"),
+        LATENCY_BUCKETS_S,
+    ),
+    MetricSpec(
+        "facegen_serve_images_generated", "counter", "images rendered by generator replicas", ("model_version",)
+    ),
+    MetricSpec(
+        "facegen_serve_batch_images",
+        "histogram",
+        "images per generator batch (one @serve.batch call)",
+        ("model_version",),
+        BATCH_IMAGES_BUCKETS,
+    ),
+    MetricSpec(
+        "facegen_serve_batch_requests",
+        "histogram",
+        "requests per generator batch",
+        ("model_version",),
+        BATCH_REQUESTS_BUCKETS,
+    ),
+    MetricSpec(
+        "facegen_serve_batch_seconds",
+        "histogram",
+        "generator forward time of one batch (seconds)",
+        ("model_version",),
+        LATENCY_BUCKETS_S,
+    ),
+    MetricSpec(
+        "facegen_serve_feedback",
+        "counter",
+        "POST /feedback by outcome: approved, rejected, duplicate, not_found (404), invalid (422), "
+        "too_large (413), error",
+        ("outcome",),
+    ),
+    MetricSpec(
+        "facegen_serve_model_info",
+        "gauge",
+        "1 for the model version a generator replica serves (a replaced version reads 0 until "
+        "its series expires, ~20 s)",
+        ("model_version",),
+    ),
+    MetricSpec(
+        "facegen_serve_model_reloads",
+        "counter",
+        "model loads in generator replicas (initial load and swaps) by outcome: loaded, failed",
+        ("outcome",),
+    ),
 )
 
 TRAINING_SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("facegen_train_images_seen", "gauge", "real images shown to D so far (all workers)", ("run", "rank")),
-    MetricSpec("facegen_train_images_per_second", "gauge",
-               "training throughput since the previous progress point (images/s, all workers)", ("run", "rank")),
-    MetricSpec("facegen_train_data_wait_ratio", "gauge",
-               "share of wall time the worker waited for its next batch since the previous progress point",
-               ("run", "rank")),
+    MetricSpec(
+        "facegen_train_images_per_second",
+        "gauge",
+        "training throughput since the previous progress point (images/s, all workers)",
+        ("run", "rank"),
+    ),
+    MetricSpec(
+        "facegen_train_data_wait_ratio",
+        "gauge",
+        "share of wall time the worker waited for its next batch since the previous progress point",
+        ("run", "rank"),
+    ),
     MetricSpec("facegen_train_stage", "gauge", "progressive-growing stage (resolution 4*2**stage)", ("run", "rank")),
     MetricSpec("facegen_train_resolution", "gauge", "current training resolution (px)", ("run", "rank")),
-    MetricSpec("facegen_train_alpha", "gauge", "fade-in alpha of the newest block (1 = fully faded in)", ("run", "rank")),
-    MetricSpec("facegen_train_loss", "gauge", "mean loss since the previous progress point, network G or D",
-               ("run", "rank", "network")),
+    MetricSpec(
+        "facegen_train_alpha", "gauge", "fade-in alpha of the newest block (1 = fully faded in)", ("run", "rank")
+    ),
+    MetricSpec(
+        "facegen_train_loss",
+        "gauge",
+        "mean loss since the previous progress point, network G or D",
+        ("run", "rank", "network"),
+    ),
     MetricSpec("facegen_train_checkpoints", "counter", "checkpoints reported to Ray Train", ("run", "rank")),
     MetricSpec("facegen_train_fid", "gauge", "FID of G_ema at the periodic evaluation points", ("run", "rank")),
 )
@@ -157,8 +205,12 @@ class MetricSet:
                 elif spec.kind == "gauge":
                     m = rm.Gauge(spec.name, description=spec.description, tag_keys=spec.tag_keys)
                 else:
-                    m = rm.Histogram(spec.name, description=spec.description, boundaries=list(spec.boundaries),
-                                     tag_keys=spec.tag_keys)
+                    m = rm.Histogram(
+                        spec.name,
+                        description=spec.description,
+                        boundaries=list(spec.boundaries),
+                        tag_keys=spec.tag_keys,
+                    )
                 self._objects[name] = m
             return m
 
@@ -171,7 +223,9 @@ class MetricSet:
         with self._lock:
             self._live[key] = float(value)
             if self._refresher is None:
-                self._refresher = threading.Thread(target=self._refresh_loop, name="facegen-metrics-refresh", daemon=True)
+                self._refresher = threading.Thread(
+                    target=self._refresh_loop, name="facegen-metrics-refresh", daemon=True
+                )
                 self._refresher.start()
 
     def _refresh_period(self) -> float:
@@ -278,10 +332,15 @@ class TrainingMetrics(MetricSet):
         """entry: the loop's progress record (images_seen, img_per_s, stage, resolution, alpha,
         d_loss, g_loss and, at eval points, fid)."""
         tags = {"run": run, "rank": rank}
-        for name, key in (("facegen_train_images_seen", "images_seen"), ("facegen_train_images_per_second", "img_per_s"),
-                          ("facegen_train_stage", "stage"), ("facegen_train_resolution", "resolution"),
-                          ("facegen_train_alpha", "alpha"), ("facegen_train_fid", "fid"),
-                          ("facegen_train_data_wait_ratio", "data_wait")):
+        for name, key in (
+            ("facegen_train_images_seen", "images_seen"),
+            ("facegen_train_images_per_second", "img_per_s"),
+            ("facegen_train_stage", "stage"),
+            ("facegen_train_resolution", "resolution"),
+            ("facegen_train_alpha", "alpha"),
+            ("facegen_train_fid", "fid"),
+            ("facegen_train_data_wait_ratio", "data_wait"),
+        ):
             if entry.get(key) is not None:
                 self.set(name, entry[key], **tags)
         for network, key in (("G", "g_loss"), ("D", "d_loss")):

@@ -31,11 +31,24 @@ _EXIF_DESCRIPTION, _EXIF_SOFTWARE = 0x010E, 0x0131
 PNG_COMPRESS_LEVEL = 1
 
 
-def provenance_record(model_version: str, image_id: str | None, seed: int | list[int] | None,
-                      psi: float | None, edit: dict[str, Any] | None = None) -> dict[str, Any]:
+def provenance_record(
+    model_version: str,
+    image_id: str | None,
+    seed: int | list[int] | None,
+    psi: float | None,
+    edit: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The JSON every image carries (and /generate returns next to it)."""
-    return {"synthetic": True, "generator": GENERATOR, "model_version": str(model_version), "image_id": image_id,
-            "seed": seed, "psi": psi, "edit": edit or None, "watermark": WATERMARK_ID}
+    return {
+        "synthetic": True,
+        "generator": GENERATOR,
+        "model_version": str(model_version),
+        "image_id": image_id,
+        "seed": seed,
+        "psi": psi,
+        "edit": edit or None,
+        "watermark": WATERMARK_ID,
+    }
 
 
 def grid_id(model_version: str, weights_digest: str, seeds: list[int], psi: float) -> str:
@@ -106,12 +119,18 @@ def inspect(data: bytes) -> dict[str, Any]:
         arr = np.asarray(im.convert("RGB"))
     meta = read_metadata(data)
     det = watermark.detect(arr)
-    out: dict[str, Any] = {"format": fmt, "size": [int(arr.shape[1]), int(arr.shape[0])],
-                           "metadata": meta, "watermark": det.to_json()}
+    out: dict[str, Any] = {
+        "format": fmt,
+        "size": [int(arr.shape[1]), int(arr.shape[0])],
+        "metadata": meta,
+        "watermark": det.to_json(),
+    }
     out["synthetic"] = bool((meta or {}).get("synthetic")) or det.found
     if meta and det.found:
-        out["consistent"] = (det.model_tag == watermark.model_tag(meta.get("model_version", ""))
-                             and det.image_id_prefix == watermark.payload_bytes("", meta.get("image_id") or "")[2:].hex())
+        out["consistent"] = (
+            det.model_tag == watermark.model_tag(meta.get("model_version", ""))
+            and det.image_id_prefix == watermark.payload_bytes("", meta.get("image_id") or "")[2:].hex()
+        )
     return out
 
 
@@ -119,9 +138,11 @@ def summary_line(path: str, rep: dict[str, Any]) -> str:
     meta, wm = rep["metadata"], rep["watermark"]
     parts = [f"{path}: {'SYNTHETIC' if rep['synthetic'] else 'no provenance found'}"]
     if meta:
-        parts.append(f"metadata: model {meta.get('model_version')} seed {meta.get('seed')} psi {meta.get('psi')}"
-                     + (f" edit {json.dumps(meta['edit'])}" if meta.get("edit") else "")
-                     + (f" image {meta['image_id']}" if meta.get("image_id") else ""))
+        parts.append(
+            f"metadata: model {meta.get('model_version')} seed {meta.get('seed')} psi {meta.get('psi')}"
+            + (f" edit {json.dumps(meta['edit'])}" if meta.get("edit") else "")
+            + (f" image {meta['image_id']}" if meta.get("image_id") else "")
+        )
     else:
         parts.append("metadata: none")
     if wm["found"]:
@@ -133,4 +154,14 @@ def summary_line(path: str, rep: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-__all__ = ["provenance_record", "encode", "read_metadata", "inspect", "summary_line", "grid_id", "GENERATOR", "METADATA_KEY", "WATERMARK_ID"]
+__all__ = [
+    "provenance_record",
+    "encode",
+    "read_metadata",
+    "inspect",
+    "summary_line",
+    "grid_id",
+    "GENERATOR",
+    "METADATA_KEY",
+    "WATERMARK_ID",
+]

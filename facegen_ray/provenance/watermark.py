@@ -38,14 +38,14 @@ import numpy as np
 from PIL import Image
 
 DEFAULT_KEY = "facegen-ray/watermark/v1"
-TILE = 32                  # period of the mark, px
-BAND = (3.0, 5.0)          # radial frequency band, cycles per tile
-PAYLOAD_BYTES = 4          # model tag (2 bytes) + image-id tag (2 bytes)
+TILE = 32  # period of the mark, px
+BAND = (3.0, 5.0)  # radial frequency band, cycles per tile
+PAYLOAD_BYTES = 4  # model tag (2 bytes) + image-id tag (2 bytes)
 NBITS = (PAYLOAD_BYTES + 2) * 8  # + CRC-16
-DELTA = 56.0               # STDM quantiser step on the projections (strength)
-Z_MIN = 6.0                # sync z-score needed before the CRC is checked
-SCALES = (1.0, 2.0)        # detector's scale hypotheses (2.0 undoes a 0.5x resize)
-SEARCH = 0.1               # detector looks for the window within +-10% of the size around the centre
+DELTA = 56.0  # STDM quantiser step on the projections (strength)
+Z_MIN = 6.0  # sync z-score needed before the CRC is checked
+SCALES = (1.0, 2.0)  # detector's scale hypotheses (2.0 undoes a 0.5x resize)
+SEARCH = 0.1  # detector looks for the window within +-10% of the size around the centre
 GAINS = (1.0, 0.9, 0.8, 0.7, 0.6)  # detector's gain hypotheses (resizing attenuates the band)
 _LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -116,9 +116,9 @@ def embed(img: np.ndarray, model_version: str, image_id: str, key: str | None = 
     u, v = _window(h, w)
     # only the T x T window changes: the float work stays inside it (at 256 x 256 a
     # whole-image float copy + clip per pass was most of the cost), the rest is one uint8 copy
-    base = img[u:u + TILE, v:v + TILE].astype(np.float64)
+    base = img[u : u + TILE, v : v + TILE].astype(np.float64)
     delta = np.zeros((TILE, TILE))
-    win = img[u:u + TILE, v:v + TILE]
+    win = img[u : u + TILE, v : v + TILE]
     for _ in range(4):  # re-measure after rounding/clipping and correct what they undid
         y = P.T @ _luma(win).ravel()
         err = _lattice_target(y, bits, dither) - y
@@ -129,14 +129,14 @@ def embed(img: np.ndarray, model_version: str, image_id: str, key: str | None = 
     if np.shares_memory(win, img):
         return img, True  # already on the lattice: unchanged (as before, the input itself)
     out = img.copy()
-    out[u:u + TILE, v:v + TILE] = win
+    out[u : u + TILE, v : v + TILE] = win
     return out, True
 
 
 @dataclass
 class Detection:
     found: bool
-    z: float               # sync z-score of the best alignment
+    z: float  # sync z-score of the best alignment
     crc_ok: bool
     model_tag: str | None  # 4 hex chars (sha256 of the model version) when found
     image_id_prefix: str | None  # 4 hex chars when found
@@ -145,9 +145,16 @@ class Detection:
     at: tuple[int, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"found": self.found, "z": round(self.z, 2), "crc_ok": self.crc_ok, "model_tag": self.model_tag,
-                "image_id_prefix": self.image_id_prefix, "scale": self.scale, "gain": self.gain,
-                "at": list(self.at) if self.at else None}
+        return {
+            "found": self.found,
+            "z": round(self.z, 2),
+            "crc_ok": self.crc_ok,
+            "model_tag": self.model_tag,
+            "image_id_prefix": self.image_id_prefix,
+            "scale": self.scale,
+            "gain": self.gain,
+            "at": list(self.at) if self.at else None,
+        }
 
 
 def _resize(y: np.ndarray, f: float) -> np.ndarray:
@@ -166,7 +173,7 @@ def _sliding_projections(y: np.ndarray, P: np.ndarray) -> np.ndarray:
     fy = np.fft.rfft2(y, sh)
     fp = np.fft.rfft2(P.T.reshape(NBITS, TILE, TILE)[:, ::-1, ::-1], sh)
     full = np.fft.irfft2(fy[None] * fp, sh)
-    return full[:, TILE - 1:h, TILE - 1:w]
+    return full[:, TILE - 1 : h, TILE - 1 : w]
 
 
 def detect(img: np.ndarray, key: str | None = None, *, candidates: int = 3) -> Detection:
@@ -182,7 +189,7 @@ def detect(img: np.ndarray, key: str | None = None, *, candidates: int = 3) -> D
         # the window sits near the centre: a crop of up to SEARCH of the size moves it by less
         (u0, v0), r = _window(*y.shape), int(np.ceil(SEARCH * max(y.shape))) + 1
         us, vs = max(0, u0 - r), max(0, v0 - r)
-        proj = proj[:, us:u0 + r + 1, vs:v0 + r + 1]
+        proj = proj[:, us : u0 + r + 1, vs : v0 + r + 1]
         for g in GAINS:
             score = np.cos(4 * np.pi * (proj / g - dither[:, None, None]) / DELTA).sum(0) / np.sqrt(NBITS / 2)
             for flat in np.argsort(score.ravel())[::-1][:candidates]:

@@ -36,8 +36,9 @@ import datetime as _dt
 import hashlib
 import json
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from facegen_ray.data.feedback import CLIENT_KEY_RE, check_id, read_record
 from facegen_ray.storage import Layout, Storage, join
@@ -82,7 +83,7 @@ class PairExpired(CompareError):
 
 
 def _now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
+    return _dt.datetime.now(_dt.UTC)
 
 
 def _iso(t: _dt.datetime) -> str:
@@ -101,13 +102,13 @@ def derive_client_key(choice: str) -> str:
 def vote_id(pair_id: str, client_key: str) -> str:
     """Deterministic id of one (pair, client key): sha256 -> 32 hex chars."""
     check_id(pair_id, "pair_id")
-    return hashlib.sha256(f"{pair_id}|{client_key}".encode("utf-8")).hexdigest()[:32]
+    return hashlib.sha256(f"{pair_id}|{client_key}".encode()).hexdigest()[:32]
 
 
 def blind_image_id(pair_id: str, side: str) -> str:
     """The image id a pair image's provenance record carries: derived from the pair, so it says
     nothing about the model (the real image id would: GET /generate returns it per seed)."""
-    return hashlib.sha256(f"compare|{pair_id}|{side}".encode("utf-8")).hexdigest()[:32]
+    return hashlib.sha256(f"compare|{pair_id}|{side}".encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -186,15 +187,24 @@ class ComparisonStore:
         ComparisonConflict when one is running already (stop it first); CompareError when the
         two are the same version. Returns the comparison (get_comparison)."""
         if baseline["version"] == candidate["version"]:
-            raise CompareError(f"baseline and candidate are both {candidate['version']}: compare two different versions")
+            raise CompareError(
+                f"baseline and candidate are both {candidate['version']}: compare two different versions"
+            )
         running = self.active()
         if running is not None:
-            raise ComparisonConflict(f"comparison {running['comparison_id']} ({running['candidate']['version']} vs "
-                                     f"{running['baseline']['version']}) is running: stop it first "
-                                     "(POST /admin/compare/stop)")
+            raise ComparisonConflict(
+                f"comparison {running['comparison_id']} ({running['candidate']['version']} vs "
+                f"{running['baseline']['version']}) is running: stop it first "
+                "(POST /admin/compare/stop)"
+            )
         cid = secrets.token_hex(16)
-        rec = {"format": RECORD_FORMAT, "comparison_id": cid, "started": _iso(_now()),
-               "baseline": dict(baseline), "candidate": dict(candidate)}
+        rec = {
+            "format": RECORD_FORMAT,
+            "comparison_id": cid,
+            "started": _iso(_now()),
+            "baseline": dict(baseline),
+            "candidate": dict(candidate),
+        }
         self.storage.create_exclusive(self.start_uri(cid), _dumps(rec))
         self.storage.write_json(self.active_uri(), {"comparison_id": cid, "updated": rec["started"]})
         return {**rec, "stopped": None}
@@ -206,8 +216,7 @@ class ComparisonStore:
         if running is None:
             raise ComparisonConflict("no comparison is running")
         if comparison_id is not None and comparison_id != running["comparison_id"]:
-            raise ComparisonConflict(f"comparison {comparison_id} is not the running one "
-                                     f"({running['comparison_id']})")
+            raise ComparisonConflict(f"comparison {comparison_id} is not the running one ({running['comparison_id']})")
         cid = running["comparison_id"]
         t = _iso(_now())
         self.storage.create_exclusive(self.stop_uri(cid), _dumps({"comparison_id": cid, "stopped": t}))
@@ -215,8 +224,14 @@ class ComparisonStore:
         return self.get_comparison(cid) or {**running, "stopped": t}
 
     # ---- pairs
-    def record_pair(self, comparison: dict[str, Any], candidate_side: str, sides: dict[str, dict[str, Any]],
-                    truncation: float, ttl_s: float) -> dict[str, Any]:
+    def record_pair(
+        self,
+        comparison: dict[str, Any],
+        candidate_side: str,
+        sides: dict[str, dict[str, Any]],
+        truncation: float,
+        ttl_s: float,
+    ) -> dict[str, Any]:
         """Store a pair about to be served. sides: {"left"|"right": {"version", "seed",
         "image_id", "weights_sha256"}}; candidate_side: where the candidate's face is."""
         if candidate_side not in SIDES or set(sides) != set(SIDES):
@@ -224,10 +239,16 @@ class ComparisonStore:
         pid = secrets.token_hex(16)
         created = _now()
         rec = {
-            "format": RECORD_FORMAT, "pair_id": pid, "comparison_id": comparison["comparison_id"],
-            "candidate": comparison["candidate"]["version"], "baseline": comparison["baseline"]["version"],
-            "candidate_side": candidate_side, "left": dict(sides["left"]), "right": dict(sides["right"]),
-            "truncation": truncation, "created": _iso(created),
+            "format": RECORD_FORMAT,
+            "pair_id": pid,
+            "comparison_id": comparison["comparison_id"],
+            "candidate": comparison["candidate"]["version"],
+            "baseline": comparison["baseline"]["version"],
+            "candidate_side": candidate_side,
+            "left": dict(sides["left"]),
+            "right": dict(sides["right"]),
+            "truncation": truncation,
+            "created": _iso(created),
             "expires": _iso(created + _dt.timedelta(seconds=float(ttl_s))),
         }
         if not self.storage.create_exclusive(self.pair_uri(pid), _dumps(rec)):  # 128 random bits: never
@@ -273,11 +294,19 @@ class ComparisonStore:
             winner = "candidate" if choice == pair["candidate_side"] else "baseline"
             winner_version = pair[winner]
         rec = {
-            "format": RECORD_FORMAT, "vote_id": vid, "pair_id": pair_id, "comparison_id": pair["comparison_id"],
-            "choice": choice, "winner": winner, "winner_version": winner_version,
-            "candidate": pair["candidate"], "baseline": pair["baseline"], "candidate_side": pair["candidate_side"],
+            "format": RECORD_FORMAT,
+            "vote_id": vid,
+            "pair_id": pair_id,
+            "comparison_id": pair["comparison_id"],
+            "choice": choice,
+            "winner": winner,
+            "winner_version": winner_version,
+            "candidate": pair["candidate"],
+            "baseline": pair["baseline"],
+            "candidate_side": pair["candidate_side"],
             "client_key_sha256": hashlib.sha256(client_key.encode("utf-8")).hexdigest()[:16],
-            "pair_created": pair["created"], "created": _iso(now),
+            "pair_created": pair["created"],
+            "created": _iso(now),
         }
         if self.storage.create_exclusive(uri, _dumps(rec)):
             return VoteResult(vid, True, rec)
@@ -311,9 +340,14 @@ class ComparisonStore:
 def comparison_info(cmp: dict[str, Any], counts: dict[str, dict[str, int]]) -> dict[str, Any]:
     """A comparison as the admin routes show it (schemas.ComparisonInfo)."""
     c = counts.get(cmp["comparison_id"], {})
-    return {"comparison_id": cmp["comparison_id"], "baseline": cmp["baseline"]["version"],
-            "candidate": cmp["candidate"]["version"], "started": cmp["started"], "stopped": cmp.get("stopped"),
-            **{k: int(c.get(k, 0)) for k in ("votes", "wins", "losses", "cant_tell")}}
+    return {
+        "comparison_id": cmp["comparison_id"],
+        "baseline": cmp["baseline"]["version"],
+        "candidate": cmp["candidate"]["version"],
+        "started": cmp["started"],
+        "stopped": cmp.get("stopped"),
+        **{k: int(c.get(k, 0)) for k in ("votes", "wins", "losses", "cant_tell")},
+    }
 
 
 # ----------------------------------------------------------------------------- record checks
@@ -367,6 +401,21 @@ def vote_record_problem(rec: Any) -> str | None:
     return None
 
 
-__all__ = ["ComparisonStore", "CompareError", "NoComparison", "ComparisonConflict", "UnknownPair", "PairExpired",
-           "VoteResult", "CHOICES", "SIDES", "CANT_TELL_WEIGHT", "DEFAULT_MIN_VOTES", "BLIND_LABEL",
-           "blind_image_id", "comparison_info", "derive_client_key", "vote_id"]
+__all__ = [
+    "ComparisonStore",
+    "CompareError",
+    "NoComparison",
+    "ComparisonConflict",
+    "UnknownPair",
+    "PairExpired",
+    "VoteResult",
+    "CHOICES",
+    "SIDES",
+    "CANT_TELL_WEIGHT",
+    "DEFAULT_MIN_VOTES",
+    "BLIND_LABEL",
+    "blind_image_id",
+    "comparison_info",
+    "derive_client_key",
+    "vote_id",
+]

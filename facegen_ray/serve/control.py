@@ -11,7 +11,8 @@ gets {"ok": False, "status": 422, "error": ...} and does not affect the others.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,8 +25,9 @@ def control_of(item: dict[str, Any]) -> Control | None:
     return Control.from_item(item)
 
 
-def render_controlled(model, jobs: Sequence[tuple[list[int], float, list[int] | None, Control]],
-                      forward_batch: int | None = None) -> list[np.ndarray | ControlError]:
+def render_controlled(
+    model, jobs: Sequence[tuple[list[int], float, list[int] | None, Control]], forward_batch: int | None = None
+) -> list[np.ndarray | ControlError]:
     """jobs: (seeds, psi, condition codes or None, controls) per request -> per request uint8
     images [k,H,W,3] or the ControlError that refused it."""
     G = model.G
@@ -47,6 +49,6 @@ def render_controlled(model, jobs: Sequence[tuple[list[int], float, list[int] | 
         images = synthesize(G, torch.cat(rows, dim=0), forward_batch)  # [sum k,H,W,3]
         pos = 0
         for j, ws in zip(owners, rows):
-            out[j] = images[pos:pos + ws.shape[0]]
+            out[j] = images[pos : pos + ws.shape[0]]
             pos += ws.shape[0]
     return out  # type: ignore[return-value]

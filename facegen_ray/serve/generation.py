@@ -23,8 +23,9 @@ import io
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,9 +43,8 @@ from facegen_ray.models.sampling import (  # noqa: F401 - re-exported: the servi
     seeds_to_z,
     to_uint8,
 )
-from facegen_ray.provenance import GENERATOR, METADATA_KEY, PNG_COMPRESS_LEVEL, WATERMARK_ID
+from facegen_ray.provenance import GENERATOR, METADATA_KEY, PNG_COMPRESS_LEVEL, WATERMARK_ID, provenance_record
 from facegen_ray.provenance import encode as encode_with_provenance
-from facegen_ray.provenance import provenance_record
 from facegen_ray.storage import Storage, join
 
 MAX_SEED = 2**31 - 1  # fits a JS number and every RNG API
@@ -53,7 +53,9 @@ WEIGHTS_FILE = "generator.pt"
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
 
 
-def encode_image(arr: np.ndarray, fmt: str = "png", quality: int = 95, provenance: dict[str, Any] | None = None) -> bytes:
+def encode_image(
+    arr: np.ndarray, fmt: str = "png", quality: int = 95, provenance: dict[str, Any] | None = None
+) -> bytes:
     """uint8 [H,W,3] -> PNG or JPEG bytes (deterministic: no timestamps or random chunks).
     With `provenance` (facegen_ray.provenance.provenance_record): the invisible watermark goes
     into the pixels and the record into a PNG text chunk / JPEG EXIF."""
@@ -89,7 +91,7 @@ def make_grid(images: np.ndarray, cols: int | None = None, pad: int = 2) -> np.n
 
 
 def parse_seeds(spec: str, max_count: int = 10_000) -> list[int]:
-    """"0-15" / "1,5,9" / "3" / "0-3,10" -> list of seeds (order kept, duplicates dropped)."""
+    """ "0-15" / "1,5,9" / "3" / "0-3,10" -> list of seeds (order kept, duplicates dropped)."""
     seeds: list[int] = []
     text = str(spec).strip()
     if not text:
@@ -107,7 +109,9 @@ def parse_seeds(spec: str, max_count: int = 10_000) -> list[int]:
         elif re.fullmatch(r"\d+", part):
             seeds.append(int(part))
         else:
-            raise UserError(f"cannot parse seed {part!r}: use non-negative integers, ranges like 0-15, separated by commas")
+            raise UserError(
+                f"cannot parse seed {part!r}: use non-negative integers, ranges like 0-15, separated by commas"
+            )
     out = list(dict.fromkeys(seeds))
     if len(out) > max_count:
         raise UserError(f"too many seeds ({len(out)} > {max_count})")
@@ -117,14 +121,26 @@ def parse_seeds(spec: str, max_count: int = 10_000) -> list[int]:
     return out
 
 
-def image_id(model_version: str, weights_digest: str, seed: int, truncation: float, condition: Sequence[int] | None,
-             control: dict[str, Any] | None = None) -> str:
+def image_id(
+    model_version: str,
+    weights_digest: str,
+    seed: int,
+    truncation: float,
+    condition: Sequence[int] | None,
+    control: dict[str, Any] | None = None,
+) -> str:
     """32 hex chars identifying one rendered image: sha256 of the canonical JSON of
     (model version, weights digest, seed, quantised psi, condition codes or null[, controls]).
     control: `models.latent.Control.describe()` (mix / interpolate / edit); plain images (no
     controls) keep the ids they always had."""
-    fields: list[Any] = [1, str(model_version), str(weights_digest), int(seed), f"{quantize_psi(truncation):.{PSI_DECIMALS}f}",
-                         [int(x) for x in condition] if condition is not None else None]
+    fields: list[Any] = [
+        1,
+        str(model_version),
+        str(weights_digest),
+        int(seed),
+        f"{quantize_psi(truncation):.{PSI_DECIMALS}f}",
+        [int(x) for x in condition] if condition is not None else None,
+    ]
     if control:
         fields.append(control)
     payload = json.dumps(fields, separators=(",", ":"), sort_keys=True)
@@ -220,7 +236,12 @@ def load_model(
 
 def response_provenance(model: dict[str, Any], truncation: float) -> dict[str, Any]:
     """What a /generate response says about its images (each image also carries it inside)."""
-    return {"synthetic": True, "generator": GENERATOR, "model_version": model["model_version"],
-            "psi": quantize_psi(truncation), "watermark": WATERMARK_ID,
-            "metadata": f"PNG text chunk {METADATA_KEY!r} / JPEG EXIF ImageDescription (JSON)",
-            "notice": "AI-generated faces: not photographs of real people"}
+    return {
+        "synthetic": True,
+        "generator": GENERATOR,
+        "model_version": model["model_version"],
+        "psi": quantize_psi(truncation),
+        "watermark": WATERMARK_ID,
+        "metadata": f"PNG text chunk {METADATA_KEY!r} / JPEG EXIF ImageDescription (JSON)",
+        "notice": "AI-generated faces: not photographs of real people",
+    }

@@ -31,10 +31,14 @@ def check_admin(authorization: str | None, digest: str | None) -> None:
     """Raise 403 when admin routes are disabled (no token configured) or the token is wrong,
     401 when the request carries no bearer token."""
     if not digest:
-        raise HTTPException(403, f"admin routes are disabled: set {TOKEN_ENV} (or serve.admin_token) where the app runs")
+        raise HTTPException(
+            403, f"admin routes are disabled: set {TOKEN_ENV} (or serve.admin_token) where the app runs"
+        )
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise HTTPException(401, "missing bearer token (Authorization: Bearer <token>)", headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            401, "missing bearer token (Authorization: Bearer <token>)", headers={"WWW-Authenticate": "Bearer"}
+        )
     if not hmac.compare_digest(_token_digest(token.strip()) or "", digest):
         raise HTTPException(403, "invalid admin token")
 
@@ -108,8 +112,9 @@ def parse_json_body(raw: bytes, model: type[BaseModel]) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise HTTPException(422, f"request body is not valid UTF-8 (byte {e.start}): send a JSON object "
-                                 "encoded as UTF-8") from None
+        raise HTTPException(
+            422, f"request body is not valid UTF-8 (byte {e.start}): send a JSON object encoded as UTF-8"
+        ) from None
     try:
         _check_strings(json.loads(text, parse_constant=_no_constants, parse_float=_finite_float))
     except RecursionError:

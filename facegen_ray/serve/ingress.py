@@ -72,16 +72,33 @@ INGRESS_NAME = "FacegenIngress"
 api = FastAPI(title="facegen", docs_url=None, redoc_url=None, openapi_url=None)
 api.add_middleware(RequestMetricsMiddleware)  # facegen_serve_requests / _request_seconds / _feedback
 
-_REQUEST_MODELS = (GenerateRequest, FeedbackRequest, ReloadRequest, PromoteRequest, CompareVoteRequest,
-                   CompareStartRequest, CompareStopRequest)
-_REASONS = {400: "bad request header", 401: "no bearer token", 403: "admin routes disabled or wrong token",
-            404: "unknown image, pair, model or version",
-            409: "not now: no comparison running / one running already / the pair's comparison stopped or it has a vote",
-            410: "the pair expired", 413: "request body too large",
-            422: "malformed request (not UTF-8 JSON, or fails the schema)", 500: "a replica could not load the model",
-            504: "replicas did not all switch in time"}
-_IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
-                    "schema": {"type": "string", "pattern": CLIENT_KEY_RE.pattern}}
+_REQUEST_MODELS = (
+    GenerateRequest,
+    FeedbackRequest,
+    ReloadRequest,
+    PromoteRequest,
+    CompareVoteRequest,
+    CompareStartRequest,
+    CompareStopRequest,
+)
+_REASONS = {
+    400: "bad request header",
+    401: "no bearer token",
+    403: "admin routes disabled or wrong token",
+    404: "unknown image, pair, model or version",
+    409: "not now: no comparison running / one running already / the pair's comparison stopped or it has a vote",
+    410: "the pair expired",
+    413: "request body too large",
+    422: "malformed request (not UTF-8 JSON, or fails the schema)",
+    500: "a replica could not load the model",
+    504: "replicas did not all switch in time",
+}
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "pattern": CLIENT_KEY_RE.pattern},
+}
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 
 
@@ -94,8 +111,11 @@ def server_timing(call_s: float, record_s: float, replica: dict[str, float] | No
     parts: list[tuple[str, float]]
     if replica and "replica_s" in replica:
         fwd = float(replica.get("forward_s", 0.0))
-        parts = [("hop", call_s - float(replica["replica_s"])), ("queue", float(replica["replica_s"]) - fwd),
-                 ("forward", fwd)]
+        parts = [
+            ("hop", call_s - float(replica["replica_s"])),
+            ("queue", float(replica["replica_s"]) - fwd),
+            ("forward", fwd),
+        ]
     else:
         parts = [("generator", call_s)]
     parts.append(("record", record_s))
@@ -108,8 +128,13 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 def _json_body(model: type[BaseModel], **extra: Any) -> dict[str, Any]:
     """openapi_extra of a route that reads a `model` JSON body itself."""
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}, **extra}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        },
+        **extra,
+    }
 
 
 def _query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
@@ -128,8 +153,9 @@ def _query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
 def _openapi() -> dict[str, Any]:
     if api.openapi_schema is None:
         doc = get_openapi(title=api.title, version=api.version, routes=api.routes)
-        _, defs = models_json_schema([(m, "validation") for m in _REQUEST_MODELS],
-                                     ref_template="#/components/schemas/{model}")
+        _, defs = models_json_schema(
+            [(m, "validation") for m in _REQUEST_MODELS], ref_template="#/components/schemas/{model}"
+        )
         components = doc.setdefault("components", {})
         components.setdefault("schemas", {}).update(defs.get("$defs", {}))
         components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
@@ -146,7 +172,7 @@ def _page_html(name: str = "index.html") -> str:
 
 PAGE_HEADERS = {  # the pages' CSP: own scripts and data: images only, nothing from elsewhere
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-                               "script-src 'self' 'unsafe-inline'; connect-src 'self'",
+    "script-src 'self' 'unsafe-inline'; connect-src 'self'",
     "Cache-Control": "no-store",
 }
 
@@ -157,7 +183,9 @@ class Ingress:
     The plain class (its routes are registered on `api`); the Serve deployment is
     FacegenIngress below. Tests drive `api` in process with an instance of this class."""
 
-    def __init__(self, generator, state, root: str, storage: dict, serve_cfg: dict, admin_token_sha256: str | None) -> None:
+    def __init__(
+        self, generator, state, root: str, storage: dict, serve_cfg: dict, admin_token_sha256: str | None
+    ) -> None:
         self.generator = generator
         self.state = state
         self.cfg = ServeConfig.model_validate(serve_cfg)
@@ -191,8 +219,15 @@ class Ingress:
     def _admin(self, request: Request) -> None:
         check_admin(request.headers.get("authorization"), self.admin_digest)
 
-    async def _render(self, seed: int | None, k: int, truncation: float | None, attributes: dict | None, fmt: str,
-                      controls: dict[str, Any] | None = None):
+    async def _render(
+        self,
+        seed: int | None,
+        k: int,
+        truncation: float | None,
+        attributes: dict | None,
+        fmt: str,
+        controls: dict[str, Any] | None = None,
+    ):
         """Render k images and record each; -> (model describe dict, [(image_id, seed, bytes)]).
         controls: {"mix", "interpolate", "edit"} of the request (values None when absent)."""
         if seed is None:
@@ -223,9 +258,14 @@ class Ingress:
             iid = gen.image_id(model["model_version"], model["weights_sha256"], seed, item["truncation"], cond, control)
             png = gen.encode_image(images[j], "png", provenance=gen.image_provenance(model, item, seed, iid))
             meta = {
-                "seed": seed, "truncation": item["truncation"], "attributes": item["attributes"], "condition": cond,
-                "model_version": model["model_version"], "model_uri": model["model_uri"],
-                "weights_sha256": model["weights_sha256"], "resolution": int(images[j].shape[0]),
+                "seed": seed,
+                "truncation": item["truncation"],
+                "attributes": item["attributes"],
+                "condition": cond,
+                "model_version": model["model_version"],
+                "model_uri": model["model_uri"],
+                "weights_sha256": model["weights_sha256"],
+                "resolution": int(images[j].shape[0]),
             }
             if control:  # mix / interpolate / edit parameters: feedback on this face refers to them
                 meta["control"] = control
@@ -234,64 +274,109 @@ class Ingress:
                 data = stored
             else:
                 arr = images[j] if stored == png else gen.decode_png(stored)
-                data = gen.encode_image(arr, "jpeg", self.cfg.image_format_quality,
-                                        provenance=gen.image_provenance(model, item, seed, iid))
+                data = gen.encode_image(
+                    arr, "jpeg", self.cfg.image_format_quality, provenance=gen.image_provenance(model, item, seed, iid)
+                )
             out.append((iid, seed, data))
         return out
 
     # ---- routes
-    @api.get("/healthz", responses={200: {"model": HealthResponse}, 503: {"model": HealthResponse, "description": "no model loaded"}})
+    @api.get(
+        "/healthz",
+        responses={200: {"model": HealthResponse}, 503: {"model": HealthResponse, "description": "no model loaded"}},
+    )
     async def healthz(self) -> JSONResponse:
         try:
             info = await asyncio.wait_for(self.generator.info.remote(), timeout=30)
         except Exception as e:  # noqa: BLE001 - any failure means not healthy
             return JSONResponse({"status": "unavailable", "model_version": None, "error": str(e)}, status_code=503)
-        return JSONResponse({"status": "ok", "model_version": info["model_version"], "model_uri": info["model_uri"],
-                             "conditional": info["conditional"], "resolution": info["resolution"],
-                             "num_ws": info.get("num_ws"), "style_mixing": info.get("style_mixing"),
-                             "directions": info.get("directions"),
-                             "max_edit_strength": MAX_EDIT_STRENGTH})
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model_version": info["model_version"],
+                "model_uri": info["model_uri"],
+                "conditional": info["conditional"],
+                "resolution": info["resolution"],
+                "num_ws": info.get("num_ws"),
+                "style_mixing": info.get("style_mixing"),
+                "directions": info.get("directions"),
+                "max_edit_strength": MAX_EDIT_STRENGTH,
+            }
+        )
 
     @api.get("/", response_class=HTMLResponse)
     async def page(self) -> HTMLResponse:
         return HTMLResponse(self.page, headers=PAGE_HEADERS)
 
-    @api.post("/generate", responses={200: {"model": GenerateResponse}, **_errors(400, 413, 422)},
-              openapi_extra=_json_body(GenerateRequest))
+    @api.post(
+        "/generate",
+        responses={200: {"model": GenerateResponse}, **_errors(400, 413, 422)},
+        openapi_extra=_json_body(GenerateRequest),
+    )
     async def generate_json(self, request: Request) -> JSONResponse:
         req: GenerateRequest = await self._body(request, GenerateRequest)
         attrs = req.attributes.model_dump() if req.attributes is not None else None
-        model, out, timing = await self._render(req.seed, req.num_images, req.truncation, attrs, req.format,
-                                                req.controls())
-        return JSONResponse(headers={"Server-Timing": timing}, content={
-            "model_version": model["model_version"],
-            "truncation": gen.quantize_psi(self.cfg.default_truncation if req.truncation is None else req.truncation),
-            "format": req.format,
-            "provenance": gen.response_provenance(model, req.truncation if req.truncation is not None else self.cfg.default_truncation),
-            "images": [{"image_id": iid, "seed": s, "data": base64.b64encode(b).decode("ascii")} for iid, s, b in out],
-        })
+        model, out, timing = await self._render(
+            req.seed, req.num_images, req.truncation, attrs, req.format, req.controls()
+        )
+        return JSONResponse(
+            headers={"Server-Timing": timing},
+            content={
+                "model_version": model["model_version"],
+                "truncation": gen.quantize_psi(
+                    self.cfg.default_truncation if req.truncation is None else req.truncation
+                ),
+                "format": req.format,
+                "provenance": gen.response_provenance(
+                    model, req.truncation if req.truncation is not None else self.cfg.default_truncation
+                ),
+                "images": [
+                    {"image_id": iid, "seed": s, "data": base64.b64encode(b).decode("ascii")} for iid, s, b in out
+                ],
+            },
+        )
 
-    @api.get("/generate", response_class=Response,
-             responses={200: {"description": "the image", "content": {"image/png": _BINARY, "image/jpeg": _BINARY}},
-                        **_errors(422)},
-             openapi_extra={"parameters": _query_params(GenerateQuery)})
+    @api.get(
+        "/generate",
+        response_class=Response,
+        responses={
+            200: {"description": "the image", "content": {"image/png": _BINARY, "image/jpeg": _BINARY}},
+            **_errors(422),
+        },
+        openapi_extra={"parameters": _query_params(GenerateQuery)},
+    )
     async def generate_bytes(self, request: Request) -> Response:
         try:
             q = GenerateQuery.model_validate(dict(request.query_params))
         except ValidationError as e:
             raise HTTPException(422, validation_detail(e)) from None
         attrs = q.attributes()
-        model, out, timing = await self._render(q.seed, 1, q.truncation, attrs.model_dump() if attrs else None,
-                                                q.format)
+        model, out, timing = await self._render(
+            q.seed, 1, q.truncation, attrs.model_dump() if attrs else None, q.format
+        )
         iid, seed, data = out[0]
-        return Response(content=data, media_type=gen.CONTENT_TYPES[q.format], headers={
-            "X-Image-Id": iid, "X-Seed": str(seed), "X-Model-Version": model["model_version"], "X-Synthetic": "true",
-            "Server-Timing": timing,
-        })
+        return Response(
+            content=data,
+            media_type=gen.CONTENT_TYPES[q.format],
+            headers={
+                "X-Image-Id": iid,
+                "X-Seed": str(seed),
+                "X-Model-Version": model["model_version"],
+                "X-Synthetic": "true",
+                "Server-Timing": timing,
+            },
+        )
 
-    @api.post("/feedback", status_code=201, openapi_extra=_json_body(FeedbackRequest, parameters=[_IDEMPOTENCY_KEY]),
-        responses={200: {"model": FeedbackResponse, "description": "the same feedback was already stored"},
-                   201: {"model": FeedbackResponse}, **_errors(400, 404, 413, 422)})
+    @api.post(
+        "/feedback",
+        status_code=201,
+        openapi_extra=_json_body(FeedbackRequest, parameters=[_IDEMPOTENCY_KEY]),
+        responses={
+            200: {"model": FeedbackResponse, "description": "the same feedback was already stored"},
+            201: {"model": FeedbackResponse},
+            **_errors(400, 404, 413, 422),
+        },
+    )
     async def feedback(self, request: Request) -> JSONResponse:
         req: FeedbackRequest = await self._body(request, FeedbackRequest)
         key = request.headers.get("idempotency-key")
@@ -301,10 +386,14 @@ class Ingress:
                 self.store.add_feedback, req.image_id, req.approved, req.rating, req.comment, key
             )
         except UnknownImage:
-            raise HTTPException(404, f"unknown image_id {req.image_id}: only images generated here can get feedback") from None
+            raise HTTPException(
+                404, f"unknown image_id {req.image_id}: only images generated here can get feedback"
+            ) from None
         except ValueError as e:  # malformed Idempotency-Key
             raise HTTPException(422, str(e)) from None
-        return JSONResponse({"feedback_id": res.feedback_id, "created": res.created}, status_code=201 if res.created else 200)
+        return JSONResponse(
+            {"feedback_id": res.feedback_id, "created": res.created}, status_code=201 if res.created else 200
+        )
 
     # ---- pairwise comparison (serve/comparison.py: the store, the tally the gate reads)
     @api.get("/compare", response_class=HTMLResponse)
@@ -322,9 +411,18 @@ class Ingress:
         cand_side = cmpstore.SIDES[secrets.randbelow(2)]
         plan = {side: cmp["candidate" if side == cand_side else "baseline"] for side in cmpstore.SIDES}
         seeds = {side: secrets.randbelow(gen.MAX_SEED + 1) for side in cmpstore.SIDES}
-        answers = await asyncio.gather(*(self.generator.render_version.remote({
-            "model": {"uri": plan[side]["uri"], "label": plan[side]["version"]}, "seeds": [seeds[side]],
-            "truncation": psi}) for side in cmpstore.SIDES))
+        answers = await asyncio.gather(
+            *(
+                self.generator.render_version.remote(
+                    {
+                        "model": {"uri": plan[side]["uri"], "label": plan[side]["version"]},
+                        "seeds": [seeds[side]],
+                        "truncation": psi,
+                    }
+                )
+                for side in cmpstore.SIDES
+            )
+        )
         for res in answers:
             if not res["ok"]:
                 raise HTTPException(res["status"], res["error"])
@@ -335,25 +433,49 @@ class Ingress:
             for side, res in rendered.items():
                 m = res["model"]
                 cond = res["conditions"][0] if res["conditions"] else None
-                sides[side] = {"version": m["model_version"], "seed": seeds[side], "weights_sha256": m["weights_sha256"],
-                               "image_id": gen.image_id(m["model_version"], m["weights_sha256"], seeds[side], psi, cond),
-                               "condition": cond}
+                sides[side] = {
+                    "version": m["model_version"],
+                    "seed": seeds[side],
+                    "weights_sha256": m["weights_sha256"],
+                    "image_id": gen.image_id(m["model_version"], m["weights_sha256"], seeds[side], psi, cond),
+                    "condition": cond,
+                }
             pair = self.compare.record_pair(cmp, cand_side, sides, psi, self.cfg.compare_pair_ttl_s)
             from facegen_ray.provenance import provenance_record
 
-            pngs = {side: gen.encode_image(res["images"][0], "png", provenance=provenance_record(
-                cmpstore.BLIND_LABEL, cmpstore.blind_image_id(pair["pair_id"], side), None, psi))
-                for side, res in rendered.items()}
+            pngs = {
+                side: gen.encode_image(
+                    res["images"][0],
+                    "png",
+                    provenance=provenance_record(
+                        cmpstore.BLIND_LABEL, cmpstore.blind_image_id(pair["pair_id"], side), None, psi
+                    ),
+                )
+                for side, res in rendered.items()
+            }
             return pair, pngs
 
         pair, pngs = await asyncio.to_thread(record)
-        return JSONResponse({"pair_id": pair["pair_id"], "expires": pair["expires"],
-                             **{side: {"data": base64.b64encode(pngs[side]).decode("ascii")} for side in cmpstore.SIDES}},
-                            status_code=201, headers={"Cache-Control": "no-store"})
+        return JSONResponse(
+            {
+                "pair_id": pair["pair_id"],
+                "expires": pair["expires"],
+                **{side: {"data": base64.b64encode(pngs[side]).decode("ascii")} for side in cmpstore.SIDES},
+            },
+            status_code=201,
+            headers={"Cache-Control": "no-store"},
+        )
 
-    @api.post("/compare", status_code=201, openapi_extra=_json_body(CompareVoteRequest, parameters=[_IDEMPOTENCY_KEY]),
-              responses={200: {"model": CompareVoteResponse, "description": "this vote was already stored"},
-                         201: {"model": CompareVoteResponse}, **_errors(400, 404, 409, 410, 413, 422)})
+    @api.post(
+        "/compare",
+        status_code=201,
+        openapi_extra=_json_body(CompareVoteRequest, parameters=[_IDEMPOTENCY_KEY]),
+        responses={
+            200: {"model": CompareVoteResponse, "description": "this vote was already stored"},
+            201: {"model": CompareVoteResponse},
+            **_errors(400, 404, 409, 410, 413, 422),
+        },
+    )
     async def compare_vote(self, request: Request) -> JSONResponse:
         req: CompareVoteRequest = await self._body(request, CompareVoteRequest)
         key = request.headers.get("idempotency-key")
@@ -363,8 +485,10 @@ class Ingress:
             raise HTTPException(e.status, str(e)) from None
         except ValueError as e:  # malformed Idempotency-Key
             raise HTTPException(422, str(e)) from None
-        return JSONResponse({"vote_id": res.vote_id, "pair_id": req.pair_id, "choice": res.record["choice"],
-                             "created": res.created}, status_code=201 if res.created else 200)
+        return JSONResponse(
+            {"vote_id": res.vote_id, "pair_id": req.pair_id, "choice": res.record["choice"], "created": res.created},
+            status_code=201 if res.created else 200,
+        )
 
     def _version(self, reg, version: str) -> dict[str, Any]:
         """A registered version as a comparison side, test-loaded (a broken model is refused now,
@@ -378,9 +502,12 @@ class Ingress:
             raise HTTPException(422, f"version {version} cannot be loaded: {e}") from None
         return {"version": version, "uri": entry["uri"], "weights_sha256": model.digest}
 
-    @api.post("/admin/compare/start", status_code=201,
-              responses={201: {"model": ComparisonInfo}, **_errors(400, 401, 403, 404, 409, 413, 422)},
-              openapi_extra=_json_body(CompareStartRequest, security=[{"bearer": []}]))
+    @api.post(
+        "/admin/compare/start",
+        status_code=201,
+        responses={201: {"model": ComparisonInfo}, **_errors(400, 401, 403, 404, 409, 413, 422)},
+        openapi_extra=_json_body(CompareStartRequest, security=[{"bearer": []}]),
+    )
     async def admin_compare_start(self, request: Request) -> JSONResponse:
         self._admin(request)
         req: CompareStartRequest = await self._body(request, CompareStartRequest)
@@ -389,7 +516,7 @@ class Ingress:
             reg = Registry(self.storage, self.root)
             baseline = req.baseline or reg.serving()
             if not baseline:
-                raise HTTPException(422, "no model is serving: name the baseline version ({\"baseline\": ...})")
+                raise HTTPException(422, 'no model is serving: name the baseline version ({"baseline": ...})')
             if baseline == req.candidate:
                 raise HTTPException(422, f"baseline and candidate are both {baseline}: compare two different versions")
             sides = self._version(reg, baseline), self._version(reg, req.candidate)
@@ -400,8 +527,11 @@ class Ingress:
 
         return JSONResponse(await asyncio.to_thread(start), status_code=201)
 
-    @api.post("/admin/compare/stop", responses={200: {"model": ComparisonInfo}, **_errors(400, 401, 403, 409, 413, 422)},
-              openapi_extra=_json_body(CompareStopRequest, security=[{"bearer": []}]))
+    @api.post(
+        "/admin/compare/stop",
+        responses={200: {"model": ComparisonInfo}, **_errors(400, 401, 403, 409, 413, 422)},
+        openapi_extra=_json_body(CompareStopRequest, security=[{"bearer": []}]),
+    )
     async def admin_compare_stop(self, request: Request) -> JSONResponse:
         self._admin(request)
         req: CompareStopRequest = await self._body(request, CompareStopRequest)
@@ -415,16 +545,21 @@ class Ingress:
 
         return JSONResponse(await asyncio.to_thread(stop))
 
-    @api.get("/admin/compare", responses={200: {"model": CompareStatusResponse}, **_errors(401, 403)},
-             openapi_extra={"security": [{"bearer": []}]})
+    @api.get(
+        "/admin/compare",
+        responses={200: {"model": CompareStatusResponse}, **_errors(401, 403)},
+        openapi_extra={"security": [{"bearer": []}]},
+    )
     async def admin_compare_status(self, request: Request) -> JSONResponse:
         self._admin(request)
 
         def status() -> dict[str, Any]:
             counts = self.compare.counts()
             active = self.compare.active()
-            return {"active": cmpstore.comparison_info(active, counts) if active else None,
-                    "comparisons": [cmpstore.comparison_info(c, counts) for c in self.compare.comparisons()]}
+            return {
+                "active": cmpstore.comparison_info(active, counts) if active else None,
+                "comparisons": [cmpstore.comparison_info(c, counts) for c in self.compare.comparisons()],
+            }
 
         return JSONResponse(await asyncio.to_thread(status))
 
@@ -443,24 +578,35 @@ class Ingress:
             reps = await self.state.replicas.remote(max_age)
             failed = [r for r in reps if r.get("failed") and (r["failed"]["epoch"], r["failed"]["generation"]) == key]
             if failed:
-                raise HTTPException(500, f"replica {failed[0]['replica']} could not load {uri}: {failed[0]['failed']['error']}")
+                raise HTTPException(
+                    500, f"replica {failed[0]['replica']} could not load {uri}: {failed[0]['failed']['error']}"
+                )
             done = [r for r in reps if (r.get("epoch"), r.get("generation")) == key]
             if len(done) == len(reps):  # none live (scaled to zero): new replicas load the target
                 return {"model_version": model.version, "model_uri": uri, "generation": key[1], "replicas": len(done)}
             if time.time() > deadline:
-                raise HTTPException(504, f"{len(done)}/{len(reps)} replicas switched to {model.version} within "
-                                         f"{self.cfg.reload_timeout_s:.0f}s; the rest will follow when they can")
+                raise HTTPException(
+                    504,
+                    f"{len(done)}/{len(reps)} replicas switched to {model.version} within "
+                    f"{self.cfg.reload_timeout_s:.0f}s; the rest will follow when they can",
+                )
             await asyncio.sleep(0.2)
 
-    @api.post("/admin/reload", responses={200: {"model": ReloadResponse}, **_errors(400, 401, 403, 413, 422, 500, 504)},
-              openapi_extra=_json_body(ReloadRequest, security=[{"bearer": []}]))
+    @api.post(
+        "/admin/reload",
+        responses={200: {"model": ReloadResponse}, **_errors(400, 401, 403, 413, 422, 500, 504)},
+        openapi_extra=_json_body(ReloadRequest, security=[{"bearer": []}]),
+    )
     async def admin_reload(self, request: Request) -> JSONResponse:
         self._admin(request)
         req: ReloadRequest = await self._body(request, ReloadRequest)
         return JSONResponse(await self._reload(req.model))
 
-    @api.post("/admin/promote", responses={200: {"model": ReloadResponse}, **_errors(400, 401, 403, 404, 413, 422, 500, 504)},
-              openapi_extra=_json_body(PromoteRequest, security=[{"bearer": []}]))
+    @api.post(
+        "/admin/promote",
+        responses={200: {"model": ReloadResponse}, **_errors(400, 401, 403, 404, 413, 422, 500, 504)},
+        openapi_extra=_json_body(PromoteRequest, security=[{"bearer": []}]),
+    )
     async def admin_promote(self, request: Request) -> JSONResponse:
         self._admin(request)
         req: PromoteRequest = await self._body(request, PromoteRequest)

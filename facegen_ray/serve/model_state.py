@@ -16,7 +16,10 @@ STATE_NAME = "ModelState"
 
 
 @serve.deployment(
-    name=STATE_NAME, num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000,
+    name=STATE_NAME,
+    num_replicas=1,
+    ray_actor_options={"num_cpus": 0},
+    max_ongoing_requests=1000,
     logging_config={"enable_access_log": False},  # polled every second by every replica
 )
 class ModelState:
@@ -59,4 +62,3 @@ class ModelState:
         now = time.time()
         self.reports = {k: v for k, v in self.reports.items() if now - v["time"] <= max(max_age_s, 60.0)}
         return [v for v in self.reports.values() if now - v["time"] <= max_age_s]
-

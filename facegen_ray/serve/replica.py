@@ -106,7 +106,11 @@ class GeneratorDeployment:
     # ---- model management
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """user_config: {"model": URI or version, "max_batch_size"?: int, "batch_wait_timeout_s"?: float}."""
-        if not isinstance(user_config, dict) or not isinstance(user_config.get("model"), str) or not user_config["model"]:
+        if (
+            not isinstance(user_config, dict)
+            or not isinstance(user_config.get("model"), str)
+            or not user_config["model"]
+        ):
             raise ValueError('GeneratorDeployment user_config needs {"model": "<model dir URI or registry version>"}')
         unknown = set(user_config) - {"model", "max_batch_size", "batch_wait_timeout_s"}
         if unknown:
@@ -138,7 +142,11 @@ class GeneratorDeployment:
             t0 = time.time()
             try:
                 model = await asyncio.to_thread(
-                    gen.load_model, self.storage, target["uri"], self.root, self.device,
+                    gen.load_model,
+                    self.storage,
+                    target["uri"],
+                    self.root,
+                    self.device,
                     resolved=(target["uri"], target["label"]),
                 )
             except Exception as e:  # noqa: BLE001 - keep serving the old model, report the failure
@@ -157,7 +165,13 @@ class GeneratorDeployment:
             self.loaded_target = wanted
             self.failed = None
             ready.set()
-            log.info("replica %s: serving model %s (%s) after %.1fs", self.replica, model.version, model.uri, time.time() - t0)
+            log.info(
+                "replica %s: serving model %s (%s) after %.1fs",
+                self.replica,
+                model.version,
+                model.uri,
+                time.time() - t0,
+            )
         await self._report()
 
     def _ensure_poller(self) -> None:
@@ -166,13 +180,16 @@ class GeneratorDeployment:
 
     async def _report(self) -> None:
         key = self.loaded_key
-        await self.state.report.remote(self.replica, {
-            "epoch": key[0] if key else None,
-            "generation": key[1] if key else None,
-            "model_version": self.model.version if self.model else None,
-            "loading": bool(self._loading and not self._loading.done()),
-            "failed": self.failed,
-        })
+        await self.state.report.remote(
+            self.replica,
+            {
+                "epoch": key[0] if key else None,
+                "generation": key[1] if key else None,
+                "model_version": self.model.version if self.model else None,
+                "loading": bool(self._loading and not self._loading.done()),
+                "failed": self.failed,
+            },
+        )
 
     async def _poll_loop(self) -> None:
         while True:
@@ -206,7 +223,11 @@ class GeneratorDeployment:
     # ---- requests
     async def info(self) -> dict[str, Any]:
         model = await self._wait_ready()
-        return {**model.describe(), "replica": self.replica, "generation": self.loaded_key[1] if self.loaded_key else None}
+        return {
+            **model.describe(),
+            "replica": self.replica,
+            "generation": self.loaded_key[1] if self.loaded_key else None,
+        }
 
     async def render(self, item: dict[str, Any]) -> dict[str, Any]:
         """One request through the batcher; an ok result carries "timing": {"replica_s": arrival
@@ -220,7 +241,8 @@ class GeneratorDeployment:
         self._in_flight += 1
         try:
             self.render_batch.set_batch_wait_timeout_s(
-                batch_wait_for(self._in_flight, self.batch_wait_s, self.cfg.adaptive_batch_wait))
+                batch_wait_for(self._in_flight, self.batch_wait_s, self.cfg.adaptive_batch_wait)
+            )
             res = await self.render_batch(item)
         finally:
             self._in_flight -= 1
@@ -249,13 +271,18 @@ class GeneratorDeployment:
 
             c = torch.full((len(seeds), 3), -1, dtype=torch.long)  # [N,3] unknown age/gender/race
         try:
-            images = await asyncio.to_thread(gen.generate, model.G, seeds, float(item["truncation"]), c, model.device,
-                                             self.forward_batch)
+            images = await asyncio.to_thread(
+                gen.generate, model.G, seeds, float(item["truncation"]), c, model.device, self.forward_batch
+            )
         except Exception as e:  # noqa: BLE001
             log.exception("replica %s: generation with %s failed", self.replica, model.version)
             return {"ok": False, "status": 500, "error": f"generation failed: {e}"}
-        return {"ok": True, "model": model.describe(), "images": images,
-                "conditions": [[-1, -1, -1]] * len(seeds) if model.conditional else None}
+        return {
+            "ok": True,
+            "model": model.describe(),
+            "images": images,
+            "conditions": [[-1, -1, -1]] * len(seeds) if model.conditional else None,
+        }
 
     async def _other(self, wanted: tuple[str, str]) -> gen.LoadedModel:
         if self._others_lock is None:
@@ -263,8 +290,9 @@ class GeneratorDeployment:
         async with self._others_lock:
             model = self._others.pop(wanted, None)
             if model is None:
-                model = await asyncio.to_thread(gen.load_model, self.storage, wanted[0], self.root, self.device,
-                                                resolved=wanted)
+                model = await asyncio.to_thread(
+                    gen.load_model, self.storage, wanted[0], self.root, self.device, resolved=wanted
+                )
                 log.info("replica %s: loaded %s (%s) for comparisons", self.replica, model.version, model.uri)
             self._others[wanted] = model
             while len(self._others) > MAX_OTHER_MODELS:
@@ -286,9 +314,14 @@ class GeneratorDeployment:
             cond = None
             if attrs is not None:
                 if not model.conditional:
-                    results[i] = {"ok": False, "status": 422, "error": (
-                        f"model {model.version} is unconditional: it cannot generate by attributes; "
-                        "omit 'attributes' (or serve a model trained with model.conditional=true)")}
+                    results[i] = {
+                        "ok": False,
+                        "status": 422,
+                        "error": (
+                            f"model {model.version} is unconditional: it cannot generate by attributes; "
+                            "omit 'attributes' (or serve a model trained with model.conditional=true)"
+                        ),
+                    }
                     continue
             if model.conditional:
                 a = attrs or {}
@@ -343,8 +376,13 @@ class GeneratorDeployment:
             await self._render_controlled(model, items, controlled, results)
         return results  # type: ignore[return-value]
 
-    async def _render_controlled(self, model: gen.LoadedModel, items: list[dict[str, Any]],
-                                 controlled: list[tuple[int, Any]], results: list[dict[str, Any] | None]) -> None:
+    async def _render_controlled(
+        self,
+        model: gen.LoadedModel,
+        items: list[dict[str, Any]],
+        controlled: list[tuple[int, Any]],
+        results: list[dict[str, Any] | None],
+    ) -> None:
         """Requests with mix / interpolate / edit: their own ws, one synthesis pass for all of them."""
         jobs = [(list(items[i]["seeds"]), float(items[i]["truncation"]), cond, ctl) for i, (cond, ctl) in controlled]
         forward_s = 0.0
@@ -364,6 +402,10 @@ class GeneratorDeployment:
             elif isinstance(o, Exception):
                 results[i] = {"ok": False, "status": 500, "error": str(o)}
             else:
-                results[i] = {"ok": True, "model": model.describe(), "images": o,
-                              "conditions": [cond] * len(o) if model.conditional else None, "forward_s": forward_s}
-
+                results[i] = {
+                    "ok": True,
+                    "model": model.describe(),
+                    "images": o,
+                    "conditions": [cond] * len(o) if model.conditional else None,
+                    "forward_s": forward_s,
+                }

@@ -48,9 +48,15 @@ class Interpolate(_Body):
 
 
 EditStrengths = Annotated[
-    dict[Annotated[str, Field(pattern=r"^[a-z_]{1,32}$")], Annotated[float, Field(ge=-MAX_EDIT_STRENGTH, le=MAX_EDIT_STRENGTH)]],
-    Field(max_length=16, description="attribute direction -> strength in units of its margin_scale (/healthz lists "
-                                     "the model's directions)"),
+    dict[
+        Annotated[str, Field(pattern=r"^[a-z_]{1,32}$")],
+        Annotated[float, Field(ge=-MAX_EDIT_STRENGTH, le=MAX_EDIT_STRENGTH)],
+    ],
+    Field(
+        max_length=16,
+        description="attribute direction -> strength in units of its margin_scale (/healthz lists "
+        "the model's directions)",
+    ),
 ]
 
 
@@ -68,19 +74,22 @@ class GenerateRequest(_Body):
     edit: EditStrengths | None = None
 
     @model_validator(mode="after")
-    def _seed_range(self) -> "GenerateRequest":
+    def _seed_range(self) -> GenerateRequest:
         if self.seed is not None and self.seed + self.num_images - 1 > MAX_SEED:
             raise ValueError(f"seed + num_images - 1 must be <= {MAX_SEED}")
         if self.mix is not None and self.interpolate is not None:
-            raise ValueError("mix and interpolate cannot be combined in one request; send one of them "
-                             "(edit combines with either)")
+            raise ValueError(
+                "mix and interpolate cannot be combined in one request; send one of them (edit combines with either)"
+            )
         return self
 
     def controls(self) -> dict[str, Any]:
         """The request item's control keys (None when absent)."""
-        return {"mix": self.mix.model_dump() if self.mix else None,
-                "interpolate": self.interpolate.model_dump() if self.interpolate else None,
-                "edit": dict(self.edit) if self.edit else None}
+        return {
+            "mix": self.mix.model_dump() if self.mix else None,
+            "interpolate": self.interpolate.model_dump() if self.interpolate else None,
+            "edit": dict(self.edit) if self.edit else None,
+        }
 
 
 class GenerateQuery(_Body):

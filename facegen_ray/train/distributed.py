@@ -32,7 +32,7 @@ def allreduce_grads(module: torch.nn.Module, world: int, sanitize: bool) -> None
         offset = 0
         for p in params:
             n = p.numel()
-            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
             offset += n
     if sanitize:  # fp32 path: keep one bad batch from poisoning the weights
         for p in params:

@@ -44,13 +44,14 @@ from facegen_ray.storage import Storage
 from facegen_ray.train import report as rep
 from facegen_ray.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint, upload_checkpoint
 from facegen_ray.train.distributed import any_rank, module_digest, world_size
-from facegen_ray.train.schedule import ProgressiveSchedule, SchedulePoint
 from facegen_ray.train.periodic_eval import PeriodicEvaluator
+from facegen_ray.train.schedule import ProgressiveSchedule, SchedulePoint
 from facegen_ray.train.steps import GANSteps, batch_attributes, fixed_latents, row_weights
 from facegen_ray.train.warm_start import warm_start
 
 # Imported where used, not here: ray: in the worker function Ray Train runs; the step code and tests
 # use this module without Ray.
+
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     """Ray Train entry point. config: {"cfg": FacegenConfig dump, "run_uri": str,
@@ -104,8 +105,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     # ------------------------------------------------------------------ data, samples, evaluation
     schedule = ProgressiveSchedule(tcfg, cfg.model, num_workers=world)
     feeder = ShardFeeder(
-        ray.train.get_dataset_shard("train"), chunk=tcfg.data_chunk, seed=tcfg.seed, rank=rank,
-        shuffle_buffer=tcfg.shuffle_buffer, epoch=data_pos["epoch"], rows=data_pos["rows"],
+        ray.train.get_dataset_shard("train"),
+        chunk=tcfg.data_chunk,
+        seed=tcfg.seed,
+        rank=rank,
+        shuffle_buffer=tcfg.shuffle_buffer,
+        epoch=data_pos["epoch"],
+        rows=data_pos["rows"],
         cache=bool(config.get("data_in_memory")),
     )
     sample_z, sample_c = fixed_latents(cfg, device)
@@ -125,14 +131,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             check()
         fs, dest = sc.storage_filesystem, sc.build_checkpoint_path_from_name(dir_name)
         after_file = None
-        if (ckpt_fault and rank == 0 and counters["images_seen"] >= int(ckpt_fault["after_images"])
-                and not os.path.exists(ckpt_fault["marker"])):
+        if (
+            ckpt_fault
+            and rank == 0
+            and counters["images_seen"] >= int(ckpt_fault["after_images"])
+            and not os.path.exists(ckpt_fault["marker"])
+        ):
+
             def after_file(name: str) -> None:
                 if name == "state.pt":  # meta.json not written yet: the folder is incomplete
                     with open(ckpt_fault["marker"], "w") as f:
                         f.write(f"{os.getpid()} {dest}\n")
                     print(f"[facegen] fault injection: checkpoint upload paused in {dest}", flush=True)
                     time.sleep(float(ckpt_fault.get("pause_s", 600)))
+
         upload_checkpoint(checkpoint.path, fs, dest, after_file)
         return ray.train.Checkpoint(path=dest, filesystem=fs)
 
@@ -141,13 +153,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         state = meta = None
         if rank == 0:
             state = {
-                **gan.state_dict(), "counters": dict(counters), "data": feeder.position,
-                "stage": point.stage, "alpha": point.alpha, "history": history,
-                "config": cfg.model_dump(mode="json"), "world_size": world,
+                **gan.state_dict(),
+                "counters": dict(counters),
+                "data": feeder.position,
+                "stage": point.stage,
+                "alpha": point.alpha,
+                "history": history,
+                "config": cfg.model_dump(mode="json"),
+                "world_size": world,
             }
             meta = {
-                **counters, "stage": point.stage, "alpha": point.alpha, "resolution": point.resolution,
-                "world_size": world, "final": final, "config": cfg.model_dump(mode="json"),
+                **counters,
+                "stage": point.stage,
+                "alpha": point.alpha,
+                "resolution": point.resolution,
+                "world_size": world,
+                "final": final,
+                "config": cfg.model_dump(mode="json"),
                 "g_ema_digest": module_digest(gan.G_ema),
             }
             rep.write_sample_grid(storage, run_uri, gan.samples(sample_z, sample_c), counters["images_seen"])
@@ -157,8 +179,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             save_checkpoint(tmp, rank, state, meta)
             metrics = {**(history[-1] if history else {}), **counters, "checkpoint": True, "final": final}
             ray.train.report(
-                metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                checkpoint_dir_name=f"checkpoint-{counters['images_seen']:012d}", checkpoint_upload_fn=upload,
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                checkpoint_dir_name=f"checkpoint-{counters['images_seen']:012d}",
+                checkpoint_upload_fn=upload,
             )
         if rank == 0:
             training_metrics().checkpoint(tcfg.run_name, rank)  # Prometheus (never raises)
@@ -209,24 +233,37 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             if over:
                 stopped_by_budget = True
                 next_point = dataclasses.replace(next_point, done=True)
-                print(f"[facegen] train.max_minutes={tcfg.max_minutes:g} reached at {seen} images: "
-                      "final checkpoint and export", flush=True)
+                print(
+                    f"[facegen] train.max_minutes={tcfg.max_minutes:g} reached at {seen} images: "
+                    "final checkpoint and export",
+                    flush=True,
+                )
         if crossed_log or crossed_ckpt or crossed_eval or next_point.done:
             now = time.perf_counter()
             wall = max(now - t_last, 1e-9)
             entry = {
-                "images_seen": seen, "stage": point.stage, "alpha": round(point.alpha, 6),
-                "resolution": point.resolution, "global_batch": point.global_batch,
-                "d_loss": acc["d"] / max(acc["n_d"], 1), "g_loss": acc["g"] / max(acc["n_g"], 1),
+                "images_seen": seen,
+                "stage": point.stage,
+                "alpha": round(point.alpha, 6),
+                "resolution": point.resolution,
+                "global_batch": point.global_batch,
+                "d_loss": acc["d"] / max(acc["n_d"], 1),
+                "g_loss": acc["g"] / max(acc["n_g"], 1),
                 "img_per_s": (seen - img_last) / wall,
-                "data_wait": timing["data"] / wall, "checkpoint_s": timing["checkpoint"],
+                "data_wait": timing["data"] / wall,
+                "checkpoint_s": timing["checkpoint"],
                 "threads": threads,
-                "d_steps": counters["d_steps"], "g_steps": counters["g_steps"], **gan.reg_stats,
+                "d_steps": counters["d_steps"],
+                "g_steps": counters["g_steps"],
+                **gan.reg_stats,
             }
             if evaluator is not None and (crossed_eval or next_point.done):
                 entry.update(evaluator(gan.G_ema))  # rank 0 only: "fid" goes out with this report
-                print(f"[facegen] {seen} img: FID {entry['fid']:.2f} ({entry['eval_num_gen']} generated vs "
-                      f"{entry['eval_num_real']} real, {entry['eval_s']:.1f}s)", flush=True)
+                print(
+                    f"[facegen] {seen} img: FID {entry['fid']:.2f} ({entry['eval_num_gen']} generated vs "
+                    f"{entry['eval_num_real']} real, {entry['eval_s']:.1f}s)",
+                    flush=True,
+                )
             history.append(entry)
             acc = {"d": 0.0, "g": 0.0, "n_d": 0, "n_g": 0}
             training_metrics().progress(tcfg.run_name, rank, entry)  # Prometheus gauges, tag rank (never raises)
@@ -251,8 +288,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
                 # die only once the last checkpoint is committed, so the test knows where the
                 # restarted group must resume from (a crash before the commit would restart
                 # from the previous checkpoint instead, which is also correct, just less checkable)
-                ray.train.get_all_reported_checkpoints(
-                    consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
+                ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
                 with open(marker, "w") as f:
                     f.write(f"worker rank {rank} killed at {seen} images\n")
                 print(f"[facegen] fault injection: rank {rank} exits at {seen} images", flush=True)
@@ -264,11 +300,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     # ------------------------------------------------------------------ summary
     # for the driver (rank 0's return value): every rank's step counts and weight digests
     summary = {
-        "rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+        "rank": rank,
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "pid": os.getpid(),
         "torch_threads": torch.get_num_threads(),
-        **counters, "started_at": started_at, "data_position": feeder.position,
+        **counters,
+        "started_at": started_at,
+        "data_position": feeder.position,
         "stopped_by_budget": stopped_by_budget,
-        "g_digest": module_digest(gan.G), "d_digest": module_digest(gan.D),
+        "g_digest": module_digest(gan.G),
+        "d_digest": module_digest(gan.D),
         "g_ema_digest": module_digest(gan.G_ema),
     }
     w = world_size()

@@ -44,14 +44,16 @@ class PeriodicEvaluator:
         self.storage = storage
         self.data_uri = data_uri
         self.device = device
-        self._real = None          # [n_real,2048] float64
+        self._real = None  # [n_real,2048] float64
         self._mu_sigma = None
         self._extractor = None
         self._labels = None
 
     def _load(self, G_ema: torch.nn.Module) -> None:
         ecfg = self.cfg.eval
-        self._extractor = InceptionExtractor(ecfg.inception_path, str(self.device), ecfg.batch_size, ecfg.inception_mode)
+        self._extractor = InceptionExtractor(
+            ecfg.inception_path, str(self.device), ecfg.batch_size, ecfg.inception_mode
+        )
         real, info = reference_features(self.storage, self.data_uri, ecfg, extractor=self._extractor)
         sel = info.pop("selection")
         self._real = real
@@ -69,8 +71,9 @@ class PeriodicEvaluator:
         c = conditioning_for(G_ema, self._labels, len(seeds), ecfg.seed)
         # sampling is seeded per image; fork the RNGs anyway so training streams stay untouched
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            imgs = generate_uint8(G_ema, seeds, ecfg.truncation, c=c, batch_size=ecfg.batch_size,
-                                  device=str(self.device))  # [N,R,R,3] uint8
+            imgs = generate_uint8(
+                G_ema, seeds, ecfg.truncation, c=c, batch_size=ecfg.batch_size, device=str(self.device)
+            )  # [N,R,R,3] uint8
             feats = self._extractor(imgs)  # [N,2048]
         wanted = ["fid"] + (["kid"] if "kid" in ecfg.metrics else [])
         m = compute_metrics(feats, self._real, wanted, ecfg, self._mu_sigma)

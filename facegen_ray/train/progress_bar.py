@@ -70,5 +70,6 @@ def training_bar(cfg: FacegenConfig):
         point = ray.get(board.get.remote(), timeout=10)
         return (int(point["images_seen"]), progress_postfix(point)) if point else None
 
-    return [_progress_callback(board)], progress.PolledBar(poll, cfg.train.total_images,
-                                                           f"train {cfg.train.run_name}", unit="img")
+    return [_progress_callback(board)], progress.PolledBar(
+        poll, cfg.train.total_images, f"train {cfg.train.run_name}", unit="img"
+    )

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ def image_grid(images: torch.Tensor, min_tile: int = 64) -> np.ndarray:
     for i in range(n):
         rr, cc = divmod(i, cols)
         y0, x0 = pad + rr * step, pad + cc * step
-        grid[:, y0:y0 + r, x0:x0 + r] = x[i]
+        grid[:, y0 : y0 + r, x0 : x0 + r] = x[i]
     arr = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # [3,H,W]
     return arr.permute(1, 2, 0).numpy()
 

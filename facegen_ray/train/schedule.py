@@ -47,13 +47,13 @@ class SchedulePoint:
 
     images_seen: int
     stage: int
-    alpha: float          # 1.0 when no block is fading in
+    alpha: float  # 1.0 when no block is fading in
     resolution: int
-    global_batch: int     # effective: worker_batch * num_workers
+    global_batch: int  # effective: worker_batch * num_workers
     worker_batch: int
     lr_scale: float
     fading: bool
-    done: bool            # images_seen >= total_images
+    done: bool  # images_seen >= total_images
 
     @property
     def kimg(self) -> float:
@@ -131,11 +131,16 @@ class ProgressiveSchedule:
         for sp in self.spans:
             res = resolution_of_stage(sp.stage)
             worker, global_batch = self.batch_sizes(res)
-            out.append({
-                "stage": sp.stage, "resolution": res, "start_images": sp.start,
-                "fade_end_images": sp.fade_end,
-                "end_images": sp.end if sp.end is not None else self.total_images,
-                "global_batch": global_batch, "worker_batch": worker,
-                "lr_scale": float(self.train.lr_scale.get(res, 1.0)),
-            })
+            out.append(
+                {
+                    "stage": sp.stage,
+                    "resolution": res,
+                    "start_images": sp.start,
+                    "fade_end_images": sp.fade_end,
+                    "end_images": sp.end if sp.end is not None else self.total_images,
+                    "global_batch": global_batch,
+                    "worker_batch": worker,
+                    "lr_scale": float(self.train.lr_scale.get(res, 1.0)),
+                }
+            )
         return out

@@ -46,9 +46,13 @@ def row_weights(batch: dict[str, torch.Tensor], enabled: bool, device: torch.dev
     w_dev = w_host.to(device=device, non_blocking=True)
     src = w_host if world == 1 else w_dev
     invalid = (~torch.isfinite(src)) | (src < 0)
-    stats = torch.stack([
-        torch.where(invalid, torch.zeros_like(src), src).sum(), (src != 1).sum().float(), invalid.sum().float(),
-    ])
+    stats = torch.stack(
+        [
+            torch.where(invalid, torch.zeros_like(src), src).sum(),
+            (src != 1).sum().float(),
+            invalid.sum().float(),
+        ]
+    )
     if world > 1:
         dist.all_reduce(stats)
     total, not_one, n_invalid = stats.tolist()
@@ -164,9 +168,13 @@ class GANSteps:
     def state_dict(self) -> dict[str, Any]:
         fn = getattr(self.loss, "state_dict", None)
         return {
-            "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
-            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-            "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "G_ema": self.G_ema.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "scaler_g": self.scaler_g.state_dict(),
+            "scaler_d": self.scaler_d.state_dict(),
             "loss": fn() if callable(fn) else {},
         }
 
@@ -225,8 +233,13 @@ class GANSteps:
         return real
 
     # -- steps
-    def d_step(self, real: torch.Tensor, c: torch.Tensor | None, d_step_index: int,
-               weight: RowWeights | torch.Tensor | None = None) -> float:
+    def d_step(
+        self,
+        real: torch.Tensor,
+        c: torch.Tensor | None,
+        d_step_index: int,
+        weight: RowWeights | torch.Tensor | None = None,
+    ) -> float:
         """One discriminator update on a real batch and as many fakes; lazy R1 when due.
         weight: the real rows' dataset weights (row_weights(); None: unweighted)."""
         G, D = self.G, self.D
@@ -282,4 +295,3 @@ class GANSteps:
         """G_ema on fixed latents with constant noise, without touching the training RNGs."""
         with torch.random.fork_rng(devices=[self.device] if self.on_gpu else []):
             return self.G_ema(z, c, noise_mode="const")  # [N,3,R,R]
-

@@ -29,6 +29,7 @@ from facegen_ray.config import FacegenConfig
 from facegen_ray.data.shards import read_manifest, read_training_dataset
 from facegen_ray.errors import UserError
 from facegen_ray.lifecycle.registry import Registry
+from facegen_ray.progress import configure_ray_data
 from facegen_ray.storage import (
     Layout,
     Storage,
@@ -39,7 +40,6 @@ from facegen_ray.storage import (
     normalize,
     worker_filesystem,
 )
-from facegen_ray.progress import configure_ray_data
 from facegen_ray.train.progress_bar import training_bar
 from facegen_ray.train.schedule import ProgressiveSchedule
 
@@ -52,8 +52,12 @@ log = logging.getLogger(__name__)
 FAULT_ENV = "FACEGEN_TRAIN_FAULT"  # test hook: "RANK:AFTER_IMAGES:MARKER_FILE"
 CHECKPOINT_FAULT_ENV = "FACEGEN_CHECKPOINT_FAULT"  # test hook: "AFTER_IMAGES:MARKER_FILE" (loop.py)
 FORWARD_ENV = (
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
-    "AWS_ENDPOINT_URL", "FACEGEN_S3_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "FACEGEN_S3_ENDPOINT_URL",
 )
 RUN_FILE = "run.json"
 
@@ -164,23 +168,33 @@ def train(cfg: FacegenConfig, storage: Storage | None = None, *, export: bool | 
     configure_ray_data()  # the dataset below (cached: executed here) and the Trainer carry this context
 
     if cfg.train.use_gpu and ray.cluster_resources().get("GPU", 0) < 1:
-        raise UserError("train.use_gpu is true but the Ray cluster has no GPUs: set train.use_gpu=false or add GPU nodes")
+        raise UserError(
+            "train.use_gpu is true but the Ray cluster has no GPUs: set train.use_gpu=false or add GPU nodes"
+        )
 
-    storage.write_json(join(run_uri, RUN_FILE), {
-        "run": run_name, "architecture": _architecture(cfg), "dataset": ds_uri,
-        "dataset_version": manifest.get("version"), "config": cfg.model_dump(mode="json"),
-        "schedule": ProgressiveSchedule(cfg.train, cfg.model).describe(),
-        "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    })
+    storage.write_json(
+        join(run_uri, RUN_FILE),
+        {
+            "run": run_name,
+            "architecture": _architecture(cfg),
+            "dataset": ds_uri,
+            "dataset_version": manifest.get("version"),
+            "config": cfg.model_dump(mode="json"),
+            "schedule": ProgressiveSchedule(cfg.train, cfg.model).describe(),
+            "updated": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        },
+    )
 
     result = fit(cfg, storage, training_dataset(storage, ds_uri, cfg))
     ret = result.return_value or {}
     counters = ret.get("counters", {})
     outcome = TrainOutcome(
-        run_name=run_name, run_uri=run_uri,
+        run_name=run_name,
+        run_uri=run_uri,
         images_seen=int(counters.get("images_seen", (result.metrics or {}).get("images_seen", 0))),
         checkpoint_path=fs_path_to_uri(result.checkpoint.path, run_uri) if result.checkpoint else None,
-        workers=list(ret.get("workers", [])), history=list(ret.get("history", [])),
+        workers=list(ret.get("workers", [])),
+        history=list(ret.get("history", [])),
     )
     if (cfg.train.export if export is None else export) and result.checkpoint is not None:
         outcome.model_uri, outcome.version = export_checkpoint(cfg, storage, result.checkpoint, run_name)
@@ -214,8 +228,11 @@ def training_dataset(storage: Storage, ds_uri: str, cfg: FacegenConfig):
     if caches_dataset(cfg, rows):
         t0 = time.perf_counter()
         ds = ds.materialize()
-        print(f"[facegen] dataset cached in the object store: {rows} rows, ~{decoded / 2**20:.0f} MB "
-              f"({time.perf_counter() - t0:.1f}s)", flush=True)
+        print(
+            f"[facegen] dataset cached in the object store: {rows} rows, ~{decoded / 2**20:.0f} MB "
+            f"({time.perf_counter() - t0:.1f}s)",
+            flush=True,
+        )
     return ds
 
 
@@ -260,8 +277,15 @@ def torch_trainer_class():
     return FacegenTorchTrainer
 
 
-def fit(cfg: FacegenConfig, storage: Storage, dataset, *, runs_uri: str | None = None,
-        callbacks: list[Any] | None = None, show_bar: bool = True) -> Any:
+def fit(
+    cfg: FacegenConfig,
+    storage: Storage,
+    dataset,
+    *,
+    runs_uri: str | None = None,
+    callbacks: list[Any] | None = None,
+    show_bar: bool = True,
+) -> Any:
     """Wire and run the TorchTrainer on a Ray Dataset with columns image/age/gender/race/weight.
     Returns Ray Train's Result; raises RuntimeError when the run failed for good.
 
@@ -290,14 +314,21 @@ def fit(cfg: FacegenConfig, storage: Storage, dataset, *, runs_uri: str | None =
     bar_callbacks, bar = training_bar(cfg) if show_bar else ([], contextlib.nullcontext())
     trainer = torch_trainer_class()(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_uri": run_uri, "dataset_uri": dataset_uri(cfg),
-                           "threads": max(1, int(resources.get("CPU", 1))), "fault": _fault_from_env(),
-                           "checkpoint_fault": _checkpoint_fault_from_env(),
-                           # a dataset that fits the object store (training_dataset materialized it) also fits
-                           # the workers' memory: epochs >= 1 are served from there (data.feeder.ShardFeeder)
-                           "data_in_memory": isinstance(dataset, MaterializedDataset)},
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"),
+            "run_uri": run_uri,
+            "dataset_uri": dataset_uri(cfg),
+            "threads": max(1, int(resources.get("CPU", 1))),
+            "fault": _fault_from_env(),
+            "checkpoint_fault": _checkpoint_fault_from_env(),
+            # a dataset that fits the object store (training_dataset materialized it) also fits
+            # the workers' memory: epochs >= 1 are served from there (data.feeder.ShardFeeder)
+            "data_in_memory": isinstance(dataset, MaterializedDataset),
+        },
         scaling_config=ScalingConfig(
-            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources,
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker=resources,
             placement_strategy=cfg.train.placement_strategy,
         ),
         run_config=RunConfig(
@@ -346,11 +377,17 @@ def export_checkpoint(cfg: FacegenConfig, storage: Storage, checkpoint, run_name
             return known[prev["version"]]["uri"], prev["version"]
     version = registry.next_version()
     metadata = {
-        "version": version, "run": run_name, "images_seen": int(counters["images_seen"]),
-        "resolution": int(cfg.model.resolution), "stage": int(state["stage"]), "alpha": float(state["alpha"]),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "conditional": bool(cfg.model.conditional), "loss": cfg.loss.name,
-        "dataset": dataset_uri(cfg), "torch": torch.__version__,
+        "version": version,
+        "run": run_name,
+        "images_seen": int(counters["images_seen"]),
+        "resolution": int(cfg.model.resolution),
+        "stage": int(state["stage"]),
+        "alpha": float(state["alpha"]),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "conditional": bool(cfg.model.conditional),
+        "loss": cfg.loss.name,
+        "dataset": dataset_uri(cfg),
+        "torch": torch.__version__,
     }
     save_model_dir(storage, model_uri, G_ema, cfg.model, metadata)
     version = registry.register(model_uri, version, source=run_name)

@@ -32,7 +32,7 @@ from facegen_ray.train.checkpoint import META_FILE, STATE_FILE
 
 
 def source_kind(storage: Storage, uri: str) -> str:
-    """"checkpoint" | "model" for a warm-start URI; UserError when it is neither."""
+    """ "checkpoint" | "model" for a warm-start URI; UserError when it is neither."""
     try:
         if storage.exists(join(uri, STATE_FILE)) and storage.exists(join(uri, META_FILE)):
             return "checkpoint"
@@ -69,18 +69,23 @@ def load_init_state(storage: Storage, uri: str, map_location: str | torch.device
     "scaler_g"?, "scaler_d"?, "loss"?, "counters"} (keys missing for a model directory)."""
     kind = source_kind(storage, uri)
     if kind == "checkpoint":
-        state = torch.load(io.BytesIO(storage.read_bytes(join(uri, STATE_FILE))), map_location=map_location,
-                           weights_only=False)
+        state = torch.load(
+            io.BytesIO(storage.read_bytes(join(uri, STATE_FILE))), map_location=map_location, weights_only=False
+        )
         keep = ("G", "D", "G_ema", "opt_g", "opt_d", "scaler_g", "scaler_d", "loss")
         out = {k: state[k] for k in keep if k in state}
         c = state.get("counters", {})
         out["counters"] = {k: int(c.get(k, 0)) for k in ("images_seen", "d_steps", "g_steps", "iterations")}
     else:
-        g = torch.load(io.BytesIO(storage.read_bytes(join(uri, WEIGHTS_FILE))), map_location=map_location,
-                       weights_only=True)
+        g = torch.load(
+            io.BytesIO(storage.read_bytes(join(uri, WEIGHTS_FILE))), map_location=map_location, weights_only=True
+        )
         meta = json.loads(storage.read_text(join(uri, MODEL_FILE))).get("metadata") or {}
-        out = {"G": g, "G_ema": g, "counters": {"images_seen": int(meta.get("images_seen") or 0),
-                                                "d_steps": 0, "g_steps": 0, "iterations": 0}}
+        out = {
+            "G": g,
+            "G_ema": g,
+            "counters": {"images_seen": int(meta.get("images_seen") or 0), "d_steps": 0, "g_steps": 0, "iterations": 0},
+        }
     out["kind"] = kind
     return out
 

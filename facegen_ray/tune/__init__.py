@@ -1,7 +1,7 @@
 """Hyperparameter sweeps: Ray Tune over Ray Train runs, ranked by FID (see runner.py).
 
-    from facegen_ray.tune import load_sweep, run_sweep
-    summary = run_sweep(load_sweep("tune_configs/quickstart-cpu.yaml"))
+from facegen_ray.tune import load_sweep, run_sweep
+summary = run_sweep(load_sweep("tune_configs/quickstart-cpu.yaml"))
 """
 
 from facegen_ray.tune.spec import (

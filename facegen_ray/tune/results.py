@@ -52,8 +52,12 @@ def trial_row(result, sweep: Sweep, exp_uri: str) -> dict[str, Any]:
         status = "finished"
     best = min(evals, key=lambda e: e[metric]) if evals else None
     row: dict[str, Any] = {
-        "trial_id": trial_id, "status": status, "params": params, metric: value,
-        "images_seen": images, "evals": evals,
+        "trial_id": trial_id,
+        "status": status,
+        "params": params,
+        metric: value,
+        "images_seen": images,
+        "evals": evals,
         f"best_{metric}": best[metric] if best else None,
         "best_images_seen": best["images_seen"] if best else None,
         "checkpoint": fs_path_to_uri(last.get("checkpoint_path"), exp_uri),
@@ -88,27 +92,49 @@ def rank_trials(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]
     return out
 
 
-def summarize(rows: list[dict[str, Any]], sweep: Sweep, exp_uri: str, *, reference: dict[str, Any] | None = None,
-              num_gen: int | None = None) -> dict[str, Any]:
+def summarize(
+    rows: list[dict[str, Any]],
+    sweep: Sweep,
+    exp_uri: str,
+    *,
+    reference: dict[str, Any] | None = None,
+    num_gen: int | None = None,
+) -> dict[str, Any]:
     metric = sweep.spec.metric
     ranked = rank_trials(rows, metric)
     best = ranked[0] if ranked and ranked[0]["rank"] == 1 else None
     best_out = None
     if best is not None:
         best_out = {
-            "trial_id": best["trial_id"], metric: best[metric], "params": best["params"],
-            "images_seen": best["images_seen"], "checkpoint": best["checkpoint"], "run_uri": best["run_uri"],
-            "config": trial_config(sweep.base, sweep.paths, best["params"],
-                                   run_name=f"{sweep.name}-best").model_dump(mode="json"),
+            "trial_id": best["trial_id"],
+            metric: best[metric],
+            "params": best["params"],
+            "images_seen": best["images_seen"],
+            "checkpoint": best["checkpoint"],
+            "run_uri": best["run_uri"],
+            "config": trial_config(sweep.base, sweep.paths, best["params"], run_name=f"{sweep.name}-best").model_dump(
+                mode="json"
+            ),
         }
     return {
-        "sweep": sweep.name, "metric": metric, "mode": "min", "experiment": exp_uri,
-        "num_trials": len(rows), "num_finished": sum(r["status"] == "finished" for r in rows),
-        "num_stopped": sum(r["status"] == "stopped" for r in rows), "num_errors": sum(r["status"] == "error" for r in rows),
-        "num_gen": num_gen, "num_real": (reference or {}).get("n_real"), "reference": reference,
-        "best": best_out, "trials": ranked,
-        "results": {"json": join(exp_uri, RESULTS_JSON), "csv": join(exp_uri, RESULTS_CSV),
-                    "best_config": join(exp_uri, BEST_CONFIG) if best_out else None},
+        "sweep": sweep.name,
+        "metric": metric,
+        "mode": "min",
+        "experiment": exp_uri,
+        "num_trials": len(rows),
+        "num_finished": sum(r["status"] == "finished" for r in rows),
+        "num_stopped": sum(r["status"] == "stopped" for r in rows),
+        "num_errors": sum(r["status"] == "error" for r in rows),
+        "num_gen": num_gen,
+        "num_real": (reference or {}).get("n_real"),
+        "reference": reference,
+        "best": best_out,
+        "trials": ranked,
+        "results": {
+            "json": join(exp_uri, RESULTS_JSON),
+            "csv": join(exp_uri, RESULTS_CSV),
+            "best_config": join(exp_uri, BEST_CONFIG) if best_out else None,
+        },
     }
 
 
@@ -119,17 +145,34 @@ def write_results(storage: Storage, exp_uri: str, summary: dict[str, Any], sweep
     buf = io.StringIO()
     w = csv.writer(buf)
     extra = [k for k in ("fid", "kid", "kid_std", "time_total_s") if k != metric]
-    w.writerow(["rank", "trial_id", "status", metric, f"best_{metric}", "images_seen", *extra, *keys,
-                "checkpoint", "error"])
+    w.writerow(
+        ["rank", "trial_id", "status", metric, f"best_{metric}", "images_seen", *extra, *keys, "checkpoint", "error"]
+    )
     for r in summary["trials"]:
-        w.writerow([r["rank"], r["trial_id"], r["status"], r[metric], r[f"best_{metric}"], r["images_seen"],
-                    *(r.get(k) for k in extra), *(r["params"].get(k) for k in keys), r["checkpoint"], r["error"]])
+        w.writerow(
+            [
+                r["rank"],
+                r["trial_id"],
+                r["status"],
+                r[metric],
+                r[f"best_{metric}"],
+                r["images_seen"],
+                *(r.get(k) for k in extra),
+                *(r["params"].get(k) for k in keys),
+                r["checkpoint"],
+                r["error"],
+            ]
+        )
     storage.write_text(join(exp_uri, RESULTS_CSV), buf.getvalue())
     if summary["best"] is not None:
-        head = (f"# best trial {summary['best']['trial_id']} of sweep {summary['sweep']} "
-                f"({metric} {summary['best'][metric]:.3f}); train it further with\n"
-                f"#   facegen train --config best_config.yaml\n")
-        storage.write_text(join(exp_uri, BEST_CONFIG), head + yaml.safe_dump(summary["best"]["config"], sort_keys=False))
+        head = (
+            f"# best trial {summary['best']['trial_id']} of sweep {summary['sweep']} "
+            f"({metric} {summary['best'][metric]:.3f}); train it further with\n"
+            f"#   facegen train --config best_config.yaml\n"
+        )
+        storage.write_text(
+            join(exp_uri, BEST_CONFIG), head + yaml.safe_dump(summary["best"]["config"], sort_keys=False)
+        )
 
 
 def _fmt(v: Any) -> str:
@@ -145,11 +188,23 @@ def format_table(summary: dict[str, Any]) -> str:
     metric = summary["metric"]
     keys = sorted({k for r in summary["trials"] for k in r["params"]})
     head = ["rank", "trial", "status", metric, f"best {metric}", "kimg", *keys]
-    rows = [[_fmt(r["rank"]), r["trial_id"], r["status"], _fmt(r[metric]), _fmt(r[f"best_{metric}"]),
-             _fmt(None if r["images_seen"] is None else r["images_seen"] / 1000), *(_fmt(r["params"].get(k)) for k in keys)]
-            for r in summary["trials"]]
+    rows = [
+        [
+            _fmt(r["rank"]),
+            r["trial_id"],
+            r["status"],
+            _fmt(r[metric]),
+            _fmt(r[f"best_{metric}"]),
+            _fmt(None if r["images_seen"] is None else r["images_seen"] / 1000),
+            *(_fmt(r["params"].get(k)) for k in keys),
+        ]
+        for r in summary["trials"]
+    ]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    def line(cells):
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
     out = [line(head), line(["-" * w for w in widths]), *(line(r) for r in rows)]
     for r in summary["trials"]:
         if r["error"]:

@@ -36,7 +36,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from facegen_ray.errors import UserError
 from facegen_ray.runtime import ensure_ray
 from facegen_ray.storage import Layout, Storage, StorageError, join
@@ -55,8 +54,21 @@ log = logging.getLogger(__name__)
 TRIAL_DRIVER_RESOURCES = {"cpu": 0, "memory": 2**20}
 SWEEP_FILE = "sweep.json"
 # what the trial driver keeps of a rank-0 report (the rest is per-step detail)
-REPORT_KEYS = ("images_seen", "stage", "resolution", "alpha", "d_loss", "g_loss", "fid", "kid", "kid_std",
-               "eval_num_gen", "eval_num_real", "eval_s", "final")
+REPORT_KEYS = (
+    "images_seen",
+    "stage",
+    "resolution",
+    "alpha",
+    "d_loss",
+    "g_loss",
+    "fid",
+    "kid",
+    "kid_std",
+    "eval_num_gen",
+    "eval_num_real",
+    "eval_s",
+    "final",
+)
 
 
 @dataclass
@@ -104,11 +116,18 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     from facegen_ray.progress import configure_ray_data
 
     configure_ray_data()  # FACEGEN_PROGRESS comes from the driver (setup.env): bars only if it has a terminal
-    fit(cfg, storage, training_dataset(storage, setup.data_uri, cfg), runs_uri=setup.runs_uri,
-        callbacks=[_report_callback(setup.metric)], show_bar=False)
+    fit(
+        cfg,
+        storage,
+        training_dataset(storage, setup.data_uri, cfg),
+        runs_uri=setup.runs_uri,
+        callbacks=[_report_callback(setup.metric)],
+        show_bar=False,
+    )
 
 
 # ------------------------------------------------------------------ driver
+
 
 def _validate_data(sweep: Sweep, storage: Storage) -> tuple[str, dict[str, Any]]:
     """Dataset present, non-empty and at least as large as every model resolution the sweep may use."""
@@ -147,7 +166,8 @@ def concurrency(sweep: Sweep, cluster: dict[str, float]) -> int:
             raise UserError(
                 f"one trial needs {v:g} {k} (train.num_workers x per-worker resources) but the Ray cluster has "
                 f"{float(cluster.get(k, 0)):g}: lower train.num_workers"
-                + (" or set train.use_gpu=false" if k == "GPU" else "") + " (with --set)"
+                + (" or set train.use_gpu=false" if k == "GPU" else "")
+                + " (with --set)"
             )
         fits = min(fits, int(have // v))
     auto = max(1, int(fits)) if fits != math.inf else 1
@@ -161,9 +181,11 @@ def _scheduler(sweep: Sweep):
     from ray.tune.schedulers import ASHAScheduler
 
     return ASHAScheduler(
-        time_attr="images_seen", max_t=sweep.max_total_images(),
+        time_attr="images_seen",
+        max_t=sweep.max_total_images(),
         grace_period=sched.grace_period_images or int(sweep.base_cfg.train.eval_every_images or 1),
-        reduction_factor=sched.reduction_factor, brackets=sched.brackets,
+        reduction_factor=sched.reduction_factor,
+        brackets=sched.brackets,
     )
 
 
@@ -181,17 +203,23 @@ def _prepare_experiment(sweep: Sweep, storage: Storage, exp_uri: str, resume: bo
     sweep_file = join(exp_uri, SWEEP_FILE)
     if not restorable:
         if storage.exists(sweep_file) and not resume:
-            raise UserError(f"sweep {sweep.name!r} was started before at {exp_uri} but has no restorable state yet: "
-                            f"pass --resume to start it again there, or use --name NEW")
+            raise UserError(
+                f"sweep {sweep.name!r} was started before at {exp_uri} but has no restorable state yet: "
+                f"pass --resume to start it again there, or use --name NEW"
+            )
         return False
     if not resume:
-        raise UserError(f"sweep {sweep.name!r} already exists at {exp_uri}: pass --resume to continue it "
-                        f"(or to re-print its results), or use --name NEW for a new sweep")
+        raise UserError(
+            f"sweep {sweep.name!r} already exists at {exp_uri}: pass --resume to continue it "
+            f"(or to re-print its results), or use --name NEW for a new sweep"
+        )
     if storage.exists(sweep_file):
         prev = storage.read_json(sweep_file)
         if prev.get("spec", {}).get("search_space") != sweep.spec.model_dump(mode="json")["search_space"]:
-            raise UserError(f"sweep {sweep.name!r} at {exp_uri} was started with a different search space; "
-                            f"resume it with the original sweep file or use --name NEW")
+            raise UserError(
+                f"sweep {sweep.name!r} at {exp_uri} was started with a different search space; "
+                f"resume it with the original sweep file or use --name NEW"
+            )
     return True
 
 
@@ -214,8 +242,10 @@ def trials_bar_callback(total: int, metric: str):
             if isinstance(value, (int, float)) and value == value:
                 self.best = value if self.best is None else min(self.best, value)
             self.bar.update(1)
-            self.bar.set_postfix_str(f"last {trial.trial_id} {status}"
-                                     + (f", best {metric} {self.best:.3g}" if self.best is not None else ""))
+            self.bar.set_postfix_str(
+                f"last {trial.trial_id} {status}"
+                + (f", best {metric} {self.best:.3g}" if self.best is not None else "")
+            )
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._done(trial, "done")
@@ -261,40 +291,65 @@ def run_sweep(sweep: Sweep, storage: Storage | None = None, *, resume: bool = Fa
     ecfg = sweep.base_cfg.eval
     _, ref = reference_features(storage, data_uri, ecfg, use_ray=bool(ecfg.num_real is None or ecfg.num_real > 2000))
     ref.pop("selection", None)
-    storage.write_json(join(exp_uri, SWEEP_FILE), {
-        **_sweep_record(sweep), "data": data_uri, "data_version": manifest.get("version"),
-        "updated": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-    })
+    storage.write_json(
+        join(exp_uri, SWEEP_FILE),
+        {
+            **_sweep_record(sweep),
+            "data": data_uri,
+            "data_version": manifest.get("version"),
+            "updated": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        },
+    )
 
     setup = TrialSetup(
-        base=sweep.base, paths=sweep.paths, data_uri=data_uri, runs_uri=join(exp_uri, "runs"),
-        metric=sweep.spec.metric, env={k: os.environ[k] for k in FORWARD_ENV if os.environ.get(k)},
+        base=sweep.base,
+        paths=sweep.paths,
+        data_uri=data_uri,
+        runs_uri=join(exp_uri, "runs"),
+        metric=sweep.spec.metric,
+        env={k: os.environ[k] for k in FORWARD_ENV if os.environ.get(k)},
     )
     from facegen_ray import progress
 
     setup.env[progress.ENV] = "1" if progress.enabled() else "0"
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), TRIAL_DRIVER_RESOURCES)
     run_config = tune.RunConfig(
-        name=sweep.name, storage_path=storage_path, storage_filesystem=fs,
+        name=sweep.name,
+        storage_path=storage_path,
+        storage_filesystem=fs,
         failure_config=tune.FailureConfig(max_failures=0),  # worker faults are Ray Train's (train.max_failures)
-        callbacks=[JsonLoggerCallback(), CSVLoggerCallback(),
-                   *filter(None, [trials_bar_callback(sweep.num_trials(), sweep.spec.metric)])],
+        callbacks=[
+            JsonLoggerCallback(),
+            CSVLoggerCallback(),
+            *filter(None, [trials_bar_callback(sweep.num_trials(), sweep.spec.metric)]),
+        ],
         verbose=1,
     )
-    print(f"[facegen] sweep {sweep.name}: {sweep.num_trials()} trials, up to {max_conc} at a time, "
-          f"{sweep.spec.metric} on {ecfg.num_gen} generated vs {ref['n_real']} real images; experiment {exp_uri}",
-          flush=True)
+    print(
+        f"[facegen] sweep {sweep.name}: {sweep.num_trials()} trials, up to {max_conc} at a time, "
+        f"{sweep.spec.metric} on {ecfg.num_gen} generated vs {ref['n_real']} real images; experiment {exp_uri}",
+        flush=True,
+    )
     if restoring:
         path, _ = _run_storage(storage, exp_uri)
-        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
-                                   param_space=param_space(sweep.spec), storage_filesystem=fs)
+        tuner = tune.Tuner.restore(
+            path,
+            trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            param_space=param_space(sweep.spec),
+            storage_filesystem=fs,
+        )
     else:
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(sweep.spec),
             tune_config=tune.TuneConfig(
-                metric=sweep.spec.metric, mode="min", num_samples=sweep.spec.num_samples,
-                scheduler=_scheduler(sweep), time_budget_s=sweep.spec.time_budget_s,
+                metric=sweep.spec.metric,
+                mode="min",
+                num_samples=sweep.spec.num_samples,
+                scheduler=_scheduler(sweep),
+                time_budget_s=sweep.spec.time_budget_s,
                 search_alg=BasicVariantGenerator(random_state=sweep.spec.seed, max_concurrent=max_conc),
                 trial_dirname_creator=lambda trial: trial.trial_id,
                 trial_name_creator=lambda trial: trial.trial_id,
@@ -303,8 +358,9 @@ def run_sweep(sweep: Sweep, storage: Storage | None = None, *, resume: bool = Fa
         )
     grid = tuner.fit()
     rows = [trial_row(r, sweep, exp_uri) for r in grid]
-    summary = summarize(rows, sweep, exp_uri, reference={k: ref[k] for k in ("uri", "key", "n_real", "cached")},
-                        num_gen=ecfg.num_gen)
+    summary = summarize(
+        rows, sweep, exp_uri, reference={k: ref[k] for k in ("uri", "key", "n_real", "cached")}, num_gen=ecfg.num_gen
+    )
     write_results(storage, exp_uri, summary, sweep)
     return summary
 

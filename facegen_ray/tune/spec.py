@@ -88,7 +88,9 @@ class Distribution(_Strict):
         if unknown:
             raise ValueError(f"unknown distribution {unknown[0]!r}; use one of {', '.join(DISTRIBUTIONS)}")
         if len(data) != 1:
-            raise ValueError(f"give exactly one distribution ({', '.join(DISTRIBUTIONS)}), got {sorted(data) or 'none'}")
+            raise ValueError(
+                f"give exactly one distribution ({', '.join(DISTRIBUTIONS)}), got {sorted(data) or 'none'}"
+            )
         return data
 
     @model_validator(mode="after")
@@ -143,7 +145,9 @@ class EvalSpec(_Strict):
 
     num_gen: int | None = Field(default=None, ge=2, description="generated images per FID (eval.num_gen)")
     num_real: int | None = Field(default=None, ge=2, description="reference reals (eval.num_real); default all")
-    every_images: int | None = Field(default=None, ge=1, description="train.eval_every_images; default: only at the end")
+    every_images: int | None = Field(
+        default=None, ge=1, description="train.eval_every_images; default: only at the end"
+    )
     batch_size: int | None = Field(default=None, ge=1)
     truncation: float | None = Field(default=None, ge=0, le=1)
 
@@ -165,6 +169,7 @@ class SweepSpec(_Strict):
 
 # ------------------------------------------------------------------ config paths
 
+
 def check_config_path(key: str, where: str) -> list[str]:
     """`train.g_lr` -> ["train", "g_lr"] (config.config_key; a whole section is not a sweep
     key); SweepError naming `where` when no such config field."""
@@ -182,6 +187,7 @@ def _fmt_config_error(e: ConfigError) -> str:
 
 
 # ------------------------------------------------------------------ the loaded sweep
+
 
 @dataclass
 class Sweep:
@@ -211,8 +217,9 @@ class Sweep:
         return int(self.base_cfg.train.total_images)
 
 
-def trial_config(base: dict[str, Any], paths: dict[str, list[str]], params: dict[str, Any],
-                 run_name: str | None = None) -> FacegenConfig:
+def trial_config(
+    base: dict[str, Any], paths: dict[str, list[str]], params: dict[str, Any], run_name: str | None = None
+) -> FacegenConfig:
     data = copy.deepcopy(base)
     for key, value in params.items():
         set_dotted(data, paths.get(key) or key.split("."), value)
@@ -250,8 +257,9 @@ def _format_spec_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_sweep(path: str | Path, sets: list[str] | None = None, *, name: str | None = None,
-               root: str | None = None) -> Sweep:
+def load_sweep(
+    path: str | Path, sets: list[str] | None = None, *, name: str | None = None, root: str | None = None
+) -> Sweep:
     """Read and validate a sweep file. sets: `--set key=value` applied to the base config
     (after the sweep's overrides); name/root replace the sweep name / storage root."""
     p = Path(path)
@@ -268,13 +276,19 @@ def load_sweep(path: str | Path, sets: list[str] | None = None, *, name: str | N
     if spec.base_config:
         bp = (p.parent / spec.base_config) if not Path(spec.base_config).is_absolute() else Path(spec.base_config)
         base = read_yaml_mapping(
-            bp, "base_config", "sections (storage, data, model, ...)", error=SweepError,
+            bp,
+            "base_config",
+            "sections (storage, data, model, ...)",
+            error=SweepError,
             missing=f"base_config: file not found: {spec.base_config} (resolved to {bp}; paths are relative to the sweep file)",
         )
     ev = spec.eval
     shorthand = {
-        "eval.num_gen": ev.num_gen, "eval.num_real": ev.num_real, "train.eval_every_images": ev.every_images,
-        "eval.batch_size": ev.batch_size, "eval.truncation": ev.truncation,
+        "eval.num_gen": ev.num_gen,
+        "eval.num_real": ev.num_real,
+        "train.eval_every_images": ev.every_images,
+        "eval.batch_size": ev.batch_size,
+        "eval.truncation": ev.truncation,
     }
     try:  # SweepError (a bad key) passes through; ConfigError (a bad value or shape) is reworded
         for key, value in spec.overrides.items():
@@ -290,7 +304,9 @@ def load_sweep(path: str | Path, sets: list[str] | None = None, *, name: str | N
         sets = list(sets or [])
         for key in (["storage.root"] if root else []) + [item.split("=", 1)[0].strip() for item in sets]:
             if key in spec.search_space:
-                raise SweepError(f"--set {key}: that field is in the search space; change search_space[{key!r}] instead")
+                raise SweepError(
+                    f"--set {key}: that field is in the search space; change search_space[{key!r}] instead"
+                )
             check_config_path(key, f"--set {key}")
         if root:
             set_dotted(base, "storage.root", root)
@@ -303,8 +319,10 @@ def load_sweep(path: str | Path, sets: list[str] | None = None, *, name: str | N
             set_dotted(base, "storage.root", os.path.abspath(local_root))
             base_cfg = config_from_dict(base)
     except ConfigError as e:
-        raise SweepError(f"base configuration of sweep {spec.name!r} (base_config + overrides + --set) is invalid: "
-                         f"{_fmt_config_error(e)}") from None
+        raise SweepError(
+            f"base configuration of sweep {spec.name!r} (base_config + overrides + --set) is invalid: "
+            f"{_fmt_config_error(e)}"
+        ) from None
 
     sweep = Sweep(spec=spec, source=str(p), base=base, base_cfg=base_cfg, paths=paths)
     _check_samples(sweep)
@@ -322,8 +340,9 @@ def _check_samples(sweep: Sweep) -> None:
                 sweep.trial_config({key: v})
             except ConfigError as e:
                 kind = sweep.spec.search_space[key].kind
-                raise SweepError(f"search_space[{key!r}] ({kind}): value {v!r} gives an invalid config: "
-                                 f"{_fmt_config_error(e)}") from None
+                raise SweepError(
+                    f"search_space[{key!r}] ({kind}): value {v!r} gives an invalid config: {_fmt_config_error(e)}"
+                ) from None
     if len(probes) > 1 and math.prod(len(v) for v in probes.values()) <= MAX_PRODUCT_CHECK:
         keys = list(probes)
         for combo in itertools.product(*(probes[k] for k in keys)):
@@ -331,8 +350,9 @@ def _check_samples(sweep: Sweep) -> None:
             try:
                 sweep.trial_config(params)
             except ConfigError as e:
-                raise SweepError(f"search_space: the combination {params} gives an invalid config: "
-                                 f"{_fmt_config_error(e)}") from None
+                raise SweepError(
+                    f"search_space: the combination {params} gives an invalid config: {_fmt_config_error(e)}"
+                ) from None
 
 
 def _check_scheduler(sweep: Sweep) -> None:
@@ -340,15 +360,20 @@ def _check_scheduler(sweep: Sweep) -> None:
     every = sweep.base_cfg.train.eval_every_images
     if sched is not None and sched.type == "asha":
         if not every:
-            raise SweepError("scheduler: asha stops trials on intermediate results; set eval.every_images "
-                             "(how often trials report the metric)")
+            raise SweepError(
+                "scheduler: asha stops trials on intermediate results; set eval.every_images "
+                "(how often trials report the metric)"
+            )
         grace = sched.grace_period_images or every
         if grace > sweep.max_total_images():
-            raise SweepError(f"scheduler.grace_period_images ({grace}) exceeds train.total_images "
-                             f"({sweep.max_total_images()}): no trial could ever be stopped early")
+            raise SweepError(
+                f"scheduler.grace_period_images ({grace}) exceeds train.total_images "
+                f"({sweep.max_total_images()}): no trial could ever be stopped early"
+            )
 
 
 # ------------------------------------------------------------------ Ray Tune search space
+
 
 def to_tune_domain(dist: Distribution) -> Any:
     """One distribution -> the Ray Tune object (grid -> {"grid_search": [...]})."""
