@@ -9,7 +9,7 @@ import sys
 
 from facegen_ray.config import ConfigError
 from facegen_ray.errors import UserError
-from facegen_ray.lifecycle.registry import RegistryError
+from facegen_ray.registry import RegistryError
 from facegen_ray.storage import StorageError
 
 # One line per subcommand module (facegen_ray/commands/<name>.py defines register()).

@@ -26,11 +26,11 @@ from pydantic import ValidationError
 from test_serve_hostile import InProcessGenerator, _Method, _stored
 
 from facegen_ray.config import GateConfig, ModelConfig
+from facegen_ray.data import comparison as cmp
 from facegen_ray.lifecycle import human_votes as hv
-from facegen_ray.lifecycle.registry import Registry
 from facegen_ray.models import Generator, save_model_dir
 from facegen_ray.provenance import read_metadata
-from facegen_ray.serve import comparison as cmp
+from facegen_ray.registry import Registry
 from facegen_ray.serve import generation as gen
 from facegen_ray.serve.ingress import Ingress, api
 from facegen_ray.storage import Storage

@@ -22,7 +22,7 @@ from test_metrics_inception import RES, write_tiny_dataset
 
 from facegen_ray.cli import main
 from facegen_ray.config import EvalConfig, GateConfig, ModelConfig
-from facegen_ray.lifecycle.registry import Registry
+from facegen_ray.registry import Registry
 from facegen_ray.storage import Layout, Storage
 
 N = 24

@@ -19,7 +19,7 @@ from facegen_ray.config import (
     set_dotted,
     with_updates,
 )
-from facegen_ray.lifecycle.registry import Registry, RegistryError
+from facegen_ray.registry import Registry, RegistryError
 from facegen_ray.storage import Layout, Storage, StorageError, fs_path_to_uri, join
 
 

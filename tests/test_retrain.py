@@ -88,7 +88,7 @@ def record(store, loaded, seed: int, psi: float) -> str:
 def world(ray_session, sample_zip, tmp_path_factory):
     """root with datasets/faces v1 (16 px), model v1 serving (8 px, 96 images), feedback."""
     from facegen_ray.data.feedback import FeedbackStore
-    from facegen_ray.lifecycle.registry import Registry
+    from facegen_ray.registry import Registry
     from facegen_ray.serve.generation import load_model
     from facegen_ray.train.trainer import train
 
@@ -264,7 +264,7 @@ def test_warm_start_loads_the_serving_checkpoint(world):
 
 # ---------------------------------------------------------------------------- retrain + gate
 def test_retrain_end_to_end_promotes_with_huge_tolerance(world, capsys):
-    from facegen_ray.lifecycle.registry import Registry
+    from facegen_ray.registry import Registry
 
     storage, root, ids = Storage(), world["root"], world["ids"]
     world["store"].add_feedback(ids["unvoted"], True, client_key="carol")  # one new approval since the merge
@@ -300,7 +300,7 @@ def test_retrain_end_to_end_promotes_with_huge_tolerance(world, capsys):
 
 
 def test_gate_rejects_with_impossible_tolerance(world, capsys):
-    from facegen_ray.lifecycle.registry import Registry
+    from facegen_ray.registry import Registry
 
     storage, root = Storage(), world["root"]
     reg = Registry(storage, root)
@@ -325,7 +325,7 @@ def test_allow_empty_no_gate_and_refusals_write_nothing(world, capsys):
     any write; --allow-empty --no-gate -> a candidate trained on the base data, registered but
     not evaluated or promoted."""
     from facegen_ray.data.shards import list_versions
-    from facegen_ray.lifecycle.registry import Registry
+    from facegen_ray.registry import Registry
 
     storage, root = Storage(), world["root"]
     reg = Registry(storage, root)
@@ -421,9 +421,9 @@ def test_gate_with_human_votes_pending_then_promoted(world, capsys):
     /compare votes against the serving model is "pending" (exit 3, not promoted, recorded);
     with them the gate promotes it, and the report shows the votes, win rate and Wilson
     interval beside FID/KID/PR."""
+    from facegen_ray.data.comparison import ComparisonStore
     from facegen_ray.lifecycle.human_votes import wilson_interval
-    from facegen_ray.lifecycle.registry import Registry
-    from facegen_ray.serve.comparison import ComparisonStore
+    from facegen_ray.registry import Registry
 
     storage, root = Storage(), world["root"]
     reg = Registry(storage, root)

@@ -30,9 +30,9 @@ from test_control import synthetic_directions
 
 from facegen_ray.config import ModelConfig
 from facegen_ray.data.feedback import FeedbackStore, approved_images, iter_feedback
-from facegen_ray.lifecycle.registry import Registry
 from facegen_ray.models import Generator, save_model_dir
 from facegen_ray.models.directions import save_directions
+from facegen_ray.registry import Registry
 from facegen_ray.serve.generation import decode_png, generate, load_model
 from facegen_ray.storage import Storage
 
@@ -617,7 +617,7 @@ def test_compare_page_in_chromium(app, client, tmp_path):
     key press vote, and the stored votes say which version won."""
     from playwright.sync_api import sync_playwright
 
-    from facegen_ray.serve.comparison import ComparisonStore
+    from facegen_ray.data.comparison import ComparisonStore
 
     storage, root = app["storage"], app["root"]
     store = ComparisonStore(storage, root)

@@ -27,8 +27,8 @@ from facegen_ray.data.feedback import (
     iter_images,
 )
 from facegen_ray.errors import UserError
-from facegen_ray.lifecycle.registry import Registry
 from facegen_ray.models import Generator, save_model_dir
+from facegen_ray.registry import Registry
 from facegen_ray.serve import generation as gen
 from facegen_ray.serve.schemas import FeedbackRequest, GenerateRequest
 from facegen_ray.storage import Storage

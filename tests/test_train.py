@@ -86,8 +86,8 @@ def _run_ckpts(root: str, run: str) -> list[str]:
 
 
 def test_ddp_two_workers_trains_checkpoints_and_exports(reference_run, faces_root):
-    from facegen_ray.lifecycle.registry import Registry
     from facegen_ray.models import load_model_dir
+    from facegen_ray.registry import Registry
 
     cfg, out = reference_run
     assert out.images_seen == 160
@@ -339,7 +339,7 @@ def _s3_run(s3_server, s3_root, s3_storage, sample_zip, run: str, total: int) ->
 def test_s3_storage_on_moto(s3_server, s3_root, s3_storage, ray_session, sample_zip):
     """storage.root = s3:// (moto): shards, checkpoints (both ranks' parts), samples, curves and
     the exported, registered model all live in the bucket."""
-    from facegen_ray.lifecycle.registry import Registry
+    from facegen_ray.registry import Registry
 
     cfg, out = _s3_run(s3_server, s3_root, s3_storage, sample_zip, "s3-run", 64)
     assert out.images_seen == 64

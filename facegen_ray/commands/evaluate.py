@@ -17,8 +17,8 @@ from typing import Any
 
 from facegen_ray.commands._common import add_config_args, config_from_args, option_updates
 from facegen_ray.errors import UserError
-from facegen_ray.lifecycle.registry import Registry
 from facegen_ray.progress import configure_ray_data
+from facegen_ray.registry import Registry
 from facegen_ray.runtime import ensure_ray
 from facegen_ray.storage import Storage, join
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from facegen_ray.commands._common import add_config_args, config_from_args
-from facegen_ray.lifecycle.registry import Registry
+from facegen_ray.registry import Registry
 from facegen_ray.serve.admin_client import admin_token, reload_app
 from facegen_ray.storage import Storage
 

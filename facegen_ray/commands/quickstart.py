@@ -28,7 +28,7 @@ from facegen_ray.commands._common import add_config_args, config_from_args
 from facegen_ray.config import with_updates
 from facegen_ray.data.feedback import iter_feedback
 from facegen_ray.errors import UserError
-from facegen_ray.lifecycle.registry import Registry
+from facegen_ray.registry import Registry
 from facegen_ray.serve.admin_client import configured_token, reload_app
 from facegen_ray.storage import Layout, Storage, join
 

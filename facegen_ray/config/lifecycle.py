@@ -28,7 +28,7 @@ class GateConfig(_Section):
     Promote iff candidate FID <= serving FID * (1 + fid_tolerance) and every margin that is set
     holds (KID mean not higher by more than kid_margin; precision / recall not lower by more
     than their margins). With min_human_win_rate set, people's /compare votes (candidate vs the
-    serving model) must also agree: see serve/comparison.py (fewer than min_votes -> "pending").
+    serving model) must also agree: see data/comparison.py (fewer than min_votes -> "pending").
     Conditional models are also measured for CFID (and attribute accuracy with attribute_model),
     gated only when cfid_tolerance / attr_acc_margin is set."""
 

@@ -5,5 +5,6 @@ blurry / near-constant / low-resolution filter, demographic mix), report (`prepa
 page and contact sheets), attributes (UTKFace labels, balancing, classifier tagging), shards
 (schema, versions, manifests, read-back), pipeline (`facegen prepare`), feeder (batches for the
 training loop), feedback (the store of generated images and votes), feedback_merge (approved
-feedback -> a new version).
+feedback -> a new version), comparison (the store of pairwise /compare votes that serve writes
+and the promotion gate's human rule reads).
 """

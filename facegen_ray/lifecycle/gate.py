@@ -18,7 +18,7 @@ mean per-attribute-value FID (metrics/conditional.py), and, with gate.attribute_
 accuracy; these are shown beside FID/KID/PR (the report's metrics and a "shown, not a rule"
 line) and gate only when set:  [CFID_cand <= CFID_serving * (1 + cfid_tolerance)]
                                 [attr_acc_cand >= attr_acc_serving - attr_acc_margin].
-Human rule (gate.min_human_win_rate set; serve/comparison.py): people's /compare votes on
+Human rule (gate.min_human_win_rate set; data/comparison.py): people's /compare votes on
 pairs of the candidate and the serving model must also pass -- the lower end of the Wilson
 interval of the candidate's win rate >= min_human_win_rate -- and with fewer than
 gate.min_votes votes the decision is "pending" (not promoted; `facegen gate` exits 3). Votes
@@ -42,7 +42,7 @@ from typing import Any
 from facegen_ray.config import EvalConfig, FacegenConfig, GateConfig, with_updates
 from facegen_ray.data.feedback_merge import reference_dataset
 from facegen_ray.errors import UserError
-from facegen_ray.lifecycle.registry import Registry
+from facegen_ray.registry import Registry
 from facegen_ray.runtime import ensure_ray
 from facegen_ray.storage import Layout, Storage, join
 

@@ -1,5 +1,5 @@
 """The human rule of the promotion gate: votes from the pairwise comparison store
-(serve/comparison.py) tallied for one candidate/baseline pair, the candidate's win rate
+(data/comparison.py) tallied for one candidate/baseline pair, the candidate's win rate
 ("can't tell" counts as half a win) with its Wilson score interval, and the verdict the gate
 combines with its automatic one (lifecycle/gate.py).
 
@@ -17,7 +17,7 @@ import math
 from statistics import NormalDist
 from typing import Any
 
-from facegen_ray.serve.comparison import CANT_TELL_WEIGHT, DEFAULT_MIN_VOTES, ComparisonStore
+from facegen_ray.data.comparison import CANT_TELL_WEIGHT, DEFAULT_MIN_VOTES, ComparisonStore
 from facegen_ray.storage import Storage
 
 

@@ -30,7 +30,7 @@ from facegen_ray.data.feedback_merge import NoApprovedFeedback, merge_feedback, 
 from facegen_ray.data.shards import _split_version, read_manifest
 from facegen_ray.errors import UserError
 from facegen_ray.lifecycle.gate import run_gate
-from facegen_ray.lifecycle.registry import Registry
+from facegen_ray.registry import Registry
 from facegen_ray.storage import Layout, Storage, join, normalize
 from facegen_ray.train.trainer import train
 

@@ -33,7 +33,6 @@ from PIL import Image
 
 from facegen_ray.config import ModelConfig
 from facegen_ray.errors import UserError
-from facegen_ray.lifecycle.registry import Registry, RegistryError
 from facegen_ray.models import load_model_dir
 from facegen_ray.models.directions import load_directions
 from facegen_ray.models.sampling import (  # noqa: F401 - re-exported: the serving API
@@ -45,6 +44,7 @@ from facegen_ray.models.sampling import (  # noqa: F401 - re-exported: the servi
 )
 from facegen_ray.provenance import GENERATOR, METADATA_KEY, PNG_COMPRESS_LEVEL, WATERMARK_ID, provenance_record
 from facegen_ray.provenance import encode as encode_with_provenance
+from facegen_ray.registry import Registry, RegistryError
 from facegen_ray.storage import Storage, join
 
 MAX_SEED = 2**31 - 1  # fits a JS number and every RNG API

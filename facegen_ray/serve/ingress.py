@@ -31,12 +31,12 @@ from pydantic.json_schema import models_json_schema
 from ray import serve
 
 from facegen_ray.config import ServeConfig, StorageConfig
+from facegen_ray.data import comparison as cmpstore
 from facegen_ray.data.feedback import CLIENT_KEY_RE, FeedbackStore, UnknownImage
 from facegen_ray.errors import UserError
-from facegen_ray.lifecycle.registry import Registry, RegistryError
 from facegen_ray.models.latent import MAX_EDIT_STRENGTH, Control
 from facegen_ray.observability.asgi import RequestMetricsMiddleware
-from facegen_ray.serve import comparison as cmpstore
+from facegen_ray.registry import Registry, RegistryError
 from facegen_ray.serve import generation as gen
 from facegen_ray.serve.http_input import admin_digest, check_admin, parse_json_body, validation_detail
 from facegen_ray.serve.schemas import (
@@ -395,7 +395,7 @@ class Ingress:
             {"feedback_id": res.feedback_id, "created": res.created}, status_code=201 if res.created else 200
         )
 
-    # ---- pairwise comparison (serve/comparison.py: the store, the tally the gate reads)
+    # ---- pairwise comparison (data/comparison.py: the store, the tally the gate reads)
     @api.get("/compare", response_class=HTMLResponse)
     async def compare_page(self) -> HTMLResponse:
         return HTMLResponse(self.compare_page_html, headers=PAGE_HEADERS)

@@ -253,7 +253,7 @@ class GeneratorDeployment:
 
     async def render_version(self, item: dict[str, Any]) -> dict[str, Any]:
         """Render with a given model instead of the pointer's: item {"model": {"uri", "label"},
-        "seeds", "truncation"} (the /compare pairs, serve/comparison.py). The held model when it
+        "seeds", "truncation"} (the /compare pairs, data/comparison.py). The held model when it
         is that one, else one loaded here and kept (at most MAX_OTHER_MODELS, least recently
         used dropped). Not batched: a pair is one person's click. Conditional models render
         with unknown attributes. Answers what render() answers."""

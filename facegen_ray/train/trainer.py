@@ -28,8 +28,8 @@ from facegen_ray import runtime
 from facegen_ray.config import FacegenConfig
 from facegen_ray.data.shards import read_manifest, read_training_dataset
 from facegen_ray.errors import UserError
-from facegen_ray.lifecycle.registry import Registry
 from facegen_ray.progress import configure_ray_data
+from facegen_ray.registry import Registry
 from facegen_ray.storage import (
     Layout,
     Storage,
