@@ -532,15 +532,11 @@ def test_modulated_conv_unfused_equals_grouped(demodulate, up, k):
 
 
 def test_forward_reads_stage_without_item_and_sees_every_change(monkeypatch):
-    """G and D read (stage, alpha) from Python after the first forward (no .item(), i.e. no GPU
-    sync, per call), yet every way the buffers change is seen: set_stage, load_state_dict,
-    the EMA's buffer copy, .to() and a .data write followed by forget_progressive_state."""
-    from facegen_ray.models.layers import forget_progressive_state
-
+    """G and D read (stage, alpha) from Python (no .item(), i.e. no GPU sync, per call), and
+    every way the pair changes is seen: set_stage, load_state_dict, the EMA, .to()."""
     cfg = make_cfg(16)
     G, D = Generator(cfg), Discriminator(cfg)
     z = torch.randn(2, cfg.z_dim)
-    G(z, noise_mode="const"), D(torch.randn(2, 3, 16, 16))  # first reads fill the cache
     calls = []
     real_item = torch.Tensor.item
     monkeypatch.setattr(torch.Tensor, "item", lambda self: calls.append(1) or real_item(self))
@@ -553,27 +549,53 @@ def test_forward_reads_stage_without_item_and_sees_every_change(monkeypatch):
     G.set_stage(1, 0.5)
     D.set_stage(1, 0.5)
     assert (G.stage, G.alpha, G(z).shape[-1]) == (1, 0.5, 8)
+    assert (int(G.synthesis.stage), float(G.synthesis.alpha)) == (1, 0.5)  # the checkpointed copy
     assert D(torch.randn(2, 3, 8, 8)).shape == (2,)
     other = Generator(cfg)
-    other.load_state_dict(G.state_dict())  # stage 1 / alpha 0.5 arrive by copy_
+    other.load_state_dict(G.state_dict())  # stage 1 / alpha 0.5 arrive in the buffers
     assert (other.stage, other.alpha) == (1, 0.5)
     G_ema = copy.deepcopy(G)
     G_ema(z)
     G.set_stage(2, 1.0)
-    update_ema(G_ema, G, 0.9)  # buffers copied
+    update_ema(G_ema, G, 0.9)  # buffers and the pair copied
     assert (G_ema.stage, G_ema.alpha) == (2, 1.0) and G_ema(z).shape[-1] == 16
-    G.synthesis.stage.data.fill_(0)  # bypasses the version counter ...
-    forget_progressive_state(G)  # ... so the writer says so
-    assert G(z).shape[-1] == 4
+    assert int(G_ema.synthesis.stage) == 2
     G64 = G.to(torch.float64)
-    G64.set_stage(2)
-    assert G64(z.double()).shape[-1] == 16
+    G64.set_stage(0)
+    assert G64(z.double()).shape[-1] == 4
+
+
+def test_forward_takes_stage_and_alpha_with_the_same_outputs_as_set_stage():
+    """forward(stage=, alpha=) renders / scores exactly what set_stage(stage, alpha) then
+    forward() does, leaves the held pair alone, and refuses a point outside the schedule."""
+    cfg = make_cfg(16)
+    torch.manual_seed(0)
+    G, D = Generator(cfg), Discriminator(cfg)
+    z = torch.randn(3, cfg.z_dim)
+    for stage, alpha in [(0, 1.0), (1, 0.25), (2, 0.0), (2, 0.7), (2, 1.0)]:
+        res = 4 * 2**stage
+        x = torch.randn(3, 3, res, res)
+        torch.manual_seed(1)
+        img = G(z, noise_mode="const", style_mixing_prob=0.5, stage=stage, alpha=alpha)
+        logits = D(x, stage=stage, alpha=alpha)
+        assert (G.stage, G.alpha, D.progress) == (2, 1.0, (2, 1.0))  # unchanged
+        G.set_stage(stage, alpha)
+        D.set_stage(stage, alpha)
+        torch.manual_seed(1)
+        assert torch.equal(G(z, noise_mode="const", style_mixing_prob=0.5), img)
+        assert torch.equal(D(x), logits)
+        G.set_stage(2, 1.0)
+        D.set_stage(2, 1.0)
+    with pytest.raises(ValueError, match="stage must be in"):
+        G(z, stage=3)
+    with pytest.raises(ValueError, match="alpha must be in"):
+        D(torch.randn(1, 3, 16, 16), alpha=1.5)
 
 
 def test_compiled_forward_has_no_graph_break_and_follows_set_stage():
-    """Under torch.compile, G and D read (stage, alpha) from the cache that set_stage keeps
-    current (dynamo cannot trace .item(): the graph broke there before); a new stage
-    recompiles instead of reusing a stale graph, and load_state_dict drops the cache."""
+    """Under torch.compile, G and D read (stage, alpha) from the Python pair that set_stage
+    sets (dynamo cannot trace .item(): the graph broke there before); a new stage recompiles
+    instead of reusing a stale graph, and load_state_dict sets the pair from the buffers."""
     cfg = make_cfg(16)
     G, D = Generator(cfg), Discriminator(cfg)
     G.set_stage(2, 1.0)
@@ -597,7 +619,7 @@ def test_compiled_forward_has_no_graph_break_and_follows_set_stage():
     torch.testing.assert_close(G_c(z, noise_mode="const"), eager)
     other = Generator(cfg)  # at stage 2: loading G's state brings stage 1 in
     other.load_state_dict(G.state_dict())
-    assert "_progressive_cache" not in other.synthesis.__dict__ and other.stage == 1
+    assert other.synthesis.progress == (1, 1.0) and other.stage == 1
     torch._dynamo.reset()
 
 

@@ -24,10 +24,8 @@ from facegen_ray.models.layers import (
     EqualizedLinear,
     MinibatchStdDev,
     downsample2x,
-    progressive_load_hook,
-    progressive_state,
-    set_progressive,
 )
+from facegen_ray.models.progressive import Progressive
 
 
 class FromRGB(nn.Module):
@@ -77,7 +75,7 @@ class DEpilogue(nn.Module):
         return self.fc(x.flatten(1))  # [N, C]
 
 
-class Discriminator(nn.Module):
+class Discriminator(Progressive):
     """D(img [N,3,R,R], c [N,3] | None) -> logits [N] at the current stage (R = 4 * 2**stage)."""
 
     def __init__(self, cfg: ModelConfig):
@@ -95,25 +93,29 @@ class Discriminator(nn.Module):
         self.epilogue = DEpilogue(cfg)
         if cfg.conditional:
             self.embed = ConditionEmbedding(cfg, cfg.channels(4), mode="sum")
-        self.register_buffer("stage", torch.tensor(cfg.num_stages - 1, dtype=torch.long))
-        self.register_buffer("alpha", torch.tensor(1.0))
-        self.register_load_state_dict_post_hook(progressive_load_hook)
-
-    def set_stage(self, stage: int, alpha: float = 1.0) -> None:
-        set_progressive(self, self.num_stages, stage, alpha)
+        self.init_progressive()
 
     @property
     def current_resolution(self) -> int:
-        return 4 * 2 ** progressive_state(self)[0]
+        return 4 * 2 ** self.progress[0]
 
     # forward() takes `parts`: losses may score reals and fakes in one batch (see losses.call_d_pair)
     accepts_parts = True
 
-    def forward(self, img: torch.Tensor, c: torch.Tensor | None = None, parts: int = 1) -> torch.Tensor:
+    def forward(
+        self,
+        img: torch.Tensor,
+        c: torch.Tensor | None = None,
+        parts: int = 1,
+        *,
+        stage: int | None = None,
+        alpha: float | None = None,
+    ) -> torch.Tensor:
         """parts > 1: img is that many equal batches side by side; the minibatch standard
         deviation (the only layer that mixes samples) keeps them apart, so the logits equal
-        those of separate calls, at one larger batch's cost."""
-        stage, alpha = progressive_state(self)
+        those of separate calls, at one larger batch's cost. stage / alpha: the
+        progressive-growing point to score at (default: the one set_stage set)."""
+        stage, alpha = self.resolve_progress(stage, alpha)
         res = 4 * 2**stage
         if img.dim() != 4 or img.shape[1] != 3 or img.shape[2] != res or img.shape[3] != res:
             raise ValueError(f"discriminator at stage {stage} expects [N,3,{res},{res}], got {tuple(img.shape)}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from facegen_ray.models.progressive import copy_progress
+
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module under DistributedDataParallel / torch.compile wrappers."""
@@ -32,3 +34,4 @@ def update_ema(ema_model: nn.Module, model: nn.Module, beta: float) -> None:
     src_buffers = dict(model.named_buffers())
     for name, b_ema in ema_model.named_buffers():
         b_ema.copy_(src_buffers[name])
+    copy_progress(ema_model, model)  # the (stage, alpha) forwards use, beside its buffers

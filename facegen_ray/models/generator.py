@@ -38,11 +38,9 @@ from facegen_ray.models.layers import (
     NoiseInjection,
     lrelu,
     normalize_2nd_moment,
-    progressive_load_hook,
-    progressive_state,
-    set_progressive,
     upsample2x,
 )
+from facegen_ray.models.progressive import Progressive
 
 NOISE_MODES = ("random", "const", "none")
 
@@ -218,10 +216,11 @@ class SynthesisBlock(nn.Module):
         return self.torgb(x, ws[:, 2 * self.stage + 1])
 
 
-class SynthesisNetwork(nn.Module):
+class SynthesisNetwork(Progressive):
     """ws [N,num_ws,w_dim] -> image [N,3,R,R], R = 4 * 2**stage (current stage, fade-in alpha).
 
-    `stage` (long) and `alpha` (float) are buffers, so they travel with the state dict.
+    (stage, alpha): forward's arguments, or the pair set_stage last set (models/progressive.py);
+    the `stage` (long) and `alpha` (float) buffers hold it in the state dict.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -232,32 +231,35 @@ class SynthesisNetwork(nn.Module):
         self.architecture = cfg.architecture
         self.const = nn.Parameter(torch.randn(cfg.channels(4), 4, 4))
         self.blocks = nn.ModuleList(SynthesisBlock(cfg, s) for s in range(cfg.num_stages))
-        self.register_buffer("stage", torch.tensor(cfg.num_stages - 1, dtype=torch.long))
-        self.register_buffer("alpha", torch.tensor(1.0))
-        self.register_load_state_dict_post_hook(progressive_load_hook)
-
-    def set_stage(self, stage: int, alpha: float = 1.0) -> None:
-        set_progressive(self, self.num_stages, stage, alpha)
+        self.init_progressive()
 
     @property
     def current_stage(self) -> int:
-        return progressive_state(self)[0]
+        return self.progress[0]
 
     @property
     def current_alpha(self) -> float:
-        return progressive_state(self)[1]
+        return self.progress[1]
 
     def num_used_ws(self, stage: int | None = None) -> int:
         """How many ws (from the start) the network reads at a stage."""
         s = self.current_stage if stage is None else stage
         return 2 * s + 2
 
-    def forward(self, ws: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+    def forward(
+        self,
+        ws: torch.Tensor,
+        noise_mode: str = "random",
+        *,
+        stage: int | None = None,
+        alpha: float | None = None,
+    ) -> torch.Tensor:
+        """stage / alpha: the progressive-growing point to render at (default: set_stage's)."""
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         if ws.dim() != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
             raise ValueError(f"ws must be [N,{self.num_ws},{self.w_dim}], got {tuple(ws.shape)}")
-        stage, alpha = progressive_state(self)
+        stage, alpha = self.resolve_progress(stage, alpha)
         n = ws.shape[0]
         x = self.const.unsqueeze(0).repeat(n, 1, 1, 1)  # [N, C4, 4, 4]
         if self.architecture == "skip":
@@ -322,11 +324,12 @@ class Generator(nn.Module):
         ws2: torch.Tensor,
         prob: float,
         generator: torch.Generator | None = None,
+        stage: int | None = None,
     ) -> torch.Tensor:
         """Style mixing: per sample with probability `prob`, layers >= a random crossover index
         (in [1, used ws)) take their w from ws2.  ws, ws2 [N,num_ws,w_dim] -> [N,num_ws,w_dim]."""
         n, device = ws.shape[0], ws.device
-        used = self.synthesis.num_used_ws()
+        used = self.synthesis.num_used_ws(stage)
         cross = torch.randint(1, max(used, 2), (n,), generator=generator).to(device)  # [N]
         mix = torch.rand(n, generator=generator).to(device) < prob  # [N]
         cross = torch.where(mix, cross, torch.full_like(cross, self.num_ws))
@@ -346,19 +349,24 @@ class Generator(nn.Module):
         noise_mode: str = "random",
         return_ws: bool = False,
         ws_offset: torch.Tensor | None = None,
+        stage: int | None = None,
+        alpha: float | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """z [N,z_dim], c [N,3] | None -> img [N,3,R,R] (and ws [N,num_ws,w_dim] with return_ws).
+
+        stage / alpha: the progressive-growing point to render at (default: the one set_stage set).
 
         ws_offset [N,num_ws,w_dim] is added to the ws before synthesis; a zero tensor with
         requires_grad gives d img / d ws through wrappers (DDP) that re-wrap returned tensors,
         which is how the path-length regulariser differentiates.
         """
+        stage, alpha = self.synthesis.resolve_progress(stage, alpha)
         ws = self.mapping(z, c, truncation_psi, truncation_cutoff, update_w_avg=update_w_avg)
         if style_mixing_prob > 0:
             z2 = torch.randn_like(z)
             ws2 = self.mapping(z2, c, truncation_psi, truncation_cutoff, update_w_avg=False)
-            ws = self.mix_styles(ws, ws2, style_mixing_prob)
+            ws = self.mix_styles(ws, ws2, style_mixing_prob, stage=stage)
         if ws_offset is not None:
             ws = ws + ws_offset.to(ws.dtype)
-        img = self.synthesis(ws, noise_mode=noise_mode)
+        img = self.synthesis(ws, noise_mode=noise_mode, stage=stage, alpha=alpha)
         return (img, ws) if return_ws else img

@@ -11,8 +11,6 @@ import hashlib
 import torch
 import torch.distributed as dist
 
-from facegen_ray.models.layers import forget_progressive_state
-
 
 def world_size() -> int:
     """Workers in the process group (1 without one)."""
@@ -53,7 +51,6 @@ def broadcast_module(module: torch.nn.Module, world: int) -> None:
         return
     for t in list(module.parameters()) + list(module.buffers()):
         dist.broadcast(t.data, src=0)
-    forget_progressive_state(module)  # .data writes bypass the version counter the cache keys on
 
 
 def average_buffers(module: torch.nn.Module, world: int, name_part: str) -> None:
