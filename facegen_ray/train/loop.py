@@ -20,8 +20,10 @@ epochs are permutations seeded from (seed, epoch, rank), so resume stays exact t
 
 Where the parts live: the step (GANSteps, prepare_reals, row weights, EMA) in train/steps.py,
 the collectives in train/distributed.py, the shard feeder in data/feeder.py; this file is the
-loop itself, in the order the reference training loops read: setup, resume, data, then one
-iteration = the phases below, then logging/checkpoints.
+loop itself, in the order the reference training loops read: setup, resume, data, then per
+iteration: the steps (`run_iteration`), what is due (`what_is_due`: log line, evaluation,
+checkpoint), writing it; the counters and log accumulators are the types in loop_state.py,
+and the crash tests' fault injection is train/faults.py (nothing unless a test asks).
 """
 
 from __future__ import annotations
@@ -31,19 +33,22 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from facegen_ray.config import FacegenConfig
+from facegen_ray.config import FacegenConfig, TrainConfig
 from facegen_ray.data.feeder import ShardFeeder
 from facegen_ray.observability.metrics import training_metrics
 from facegen_ray.storage import Storage
 from facegen_ray.train import report as rep
 from facegen_ray.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint, upload_checkpoint
 from facegen_ray.train.distributed import any_rank, module_digest, world_size
+from facegen_ray.train.faults import FaultHooks
+from facegen_ray.train.loop_state import Counters, Due, LogWindow, due_after
 from facegen_ray.train.periodic_eval import PeriodicEvaluator
 from facegen_ray.train.schedule import ProgressiveSchedule, SchedulePoint
 from facegen_ray.train.steps import GANSteps, batch_attributes, fixed_latents, row_weights
@@ -53,12 +58,65 @@ from facegen_ray.train.warm_start import warm_start
 # use this module without Ray.
 
 
+def run_iteration(
+    gan: GANSteps,
+    feeder: ShardFeeder,
+    point: SchedulePoint,
+    counters: Counters,
+    window: LogWindow,
+    cfg: FacegenConfig,
+    device: torch.device,
+) -> None:
+    """One iteration: n_critic D steps, each on a fresh real batch, then one G step and the EMA."""
+    tcfg = cfg.train
+    nb = point.worker_batch
+    c = None
+    for _ in range(gan.n_critic):
+        t_data = time.perf_counter()
+        batch = feeder.take(nb)
+        window.data_s += time.perf_counter() - t_data
+        real = gan.to_device_reals(batch["image"], point)  # [nb,3,R,R]
+        c = batch_attributes(batch, cfg, device)
+        window.add_d(gan.d_step(real, c, counters.d_steps, row_weights(batch, tcfg.row_weights, device)))
+        counters.d_steps += 1
+        counters.images_seen += point.global_batch
+    window.add_g(gan.g_step(nb, c, counters.g_steps))
+    counters.g_steps += 1
+    counters.iterations += 1
+    gan.ema(counters.images_seen, point.global_batch)
+
+
+def what_is_due(
+    tcfg: TrainConfig,
+    counters: Counters,
+    point: SchedulePoint,
+    next_point: SchedulePoint,
+    n_critic: int,
+    over_budget: Callable[[], bool] | None,
+) -> Due:
+    """After an iteration at `point`: which of log line, evaluation and checkpoint are due, and
+    whether the run ends (the schedule's end, or train.max_minutes spent: checked at log points
+    only, and `over_budget` agrees across ranks). Depends on the counters only: the same on
+    every rank."""
+    seen = counters.images_seen
+    prev = seen - n_critic * point.global_batch
+    due = due_after(
+        prev,
+        seen,
+        log_every=tcfg.log_every_images,
+        checkpoint_every=tcfg.checkpoint_every_images,
+        eval_every=tcfg.eval_every_images,
+        final=next_point.done,
+    )
+    if over_budget is not None and due.log and not due.final and over_budget():
+        due = dataclasses.replace(due, final=True)
+    return due
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     """Ray Train entry point. config: {"cfg": FacegenConfig dump, "run_uri": str,
     "dataset_uri": str (the dataset the run reads; periodic FID's reals),
-    "fault": {"rank", "after_images", "marker"} | None (test hook: os._exit once),
-    "checkpoint_fault": {"after_images", "marker", "pause_s"} | None (test hook: rank 0 stops
-    halfway through uploading a checkpoint, so that a test can SIGKILL it there)}.
+    "fault", "checkpoint_fault": test hooks (train/faults.py), None in a real run}.
     Returns (rank 0) {"workers": [per-rank summary], "history": [...], "counters": {...}}."""
     import ray.train
     import ray.train.torch
@@ -74,8 +132,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     threads = int(config.get("threads") or 1)
     torch.set_num_threads(threads)  # the CPUs this worker reserved, no more (trainer.worker_resources)
     gan = GANSteps(cfg, device, world=world_size())
+    faults = FaultHooks.from_config(config, rank)
 
-    counters = {"images_seen": 0, "d_steps": 0, "g_steps": 0, "iterations": 0}
+    counters = Counters()
     data_pos = {"epoch": 0, "rows": 0}
     history: list[dict[str, Any]] = []
     seed = tcfg.seed + 1000 * rank + 1  # per-rank streams: latents, noise, style mixing
@@ -95,11 +154,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         if rng is not None:
             restore_rng(rng)
         if rank == 0:
-            print(f"[facegen] resumed from checkpoint at {counters['images_seen']} images", flush=True)
+            print(f"[facegen] resumed from checkpoint at {counters.images_seen} images", flush=True)
     elif tcfg.init_from:  # warm start of a new run (facegen retrain): weights + counters, new data
         counters.update(warm_start(gan, storage, tcfg.init_from, device))
         if rank == 0:
-            print(f"[facegen] warm start from {tcfg.init_from} at {counters['images_seen']} images", flush=True)
+            print(f"[facegen] warm start from {tcfg.init_from} at {counters.images_seen} images", flush=True)
     gan.sync_initial_state()
 
     # ------------------------------------------------------------------ data, samples, evaluation
@@ -115,14 +174,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         cache=bool(config.get("data_in_memory")),
     )
     sample_z, sample_c = fixed_latents(cfg, device)
-    fault = config.get("fault") or None
     evaluator = None  # FID of G_ema at eval points, for Ray Tune (train.eval_every_images, eval_at_end; off by default)
     if (tcfg.eval_every_images or tcfg.eval_at_end) and rank == 0:
         evaluator = PeriodicEvaluator(cfg, storage, config["dataset_uri"], device)
 
     # ------------------------------------------------------------------ checkpoint (every rank writes its part)
-    ckpt_fault = config.get("checkpoint_fault") or None
-
     def upload(checkpoint: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
         """Ray Train's upload step, done crash-safely (checkpoint.upload_checkpoint)."""
         sc = ray.train.get_context().get_storage()
@@ -130,22 +186,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         if check is not None:  # run folder is reachable from this node (not another node's local disk)
             check()
         fs, dest = sc.storage_filesystem, sc.build_checkpoint_path_from_name(dir_name)
-        after_file = None
-        if (
-            ckpt_fault
-            and rank == 0
-            and counters["images_seen"] >= int(ckpt_fault["after_images"])
-            and not os.path.exists(ckpt_fault["marker"])
-        ):
-
-            def after_file(name: str) -> None:
-                if name == "state.pt":  # meta.json not written yet: the folder is incomplete
-                    with open(ckpt_fault["marker"], "w") as f:
-                        f.write(f"{os.getpid()} {dest}\n")
-                    print(f"[facegen] fault injection: checkpoint upload paused in {dest}", flush=True)
-                    time.sleep(float(ckpt_fault.get("pause_s", 600)))
-
-        upload_checkpoint(checkpoint.path, fs, dest, after_file)
+        upload_checkpoint(checkpoint.path, fs, dest, faults.upload_pause(counters.images_seen, dest))
         return ray.train.Checkpoint(path=dest, filesystem=fs)
 
     def write_checkpoint(point: SchedulePoint, final: bool) -> None:
@@ -154,7 +195,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         if rank == 0:
             state = {
                 **gan.state_dict(),
-                "counters": dict(counters),
+                "counters": counters.as_dict(),
                 "data": feeder.position,
                 "stage": point.stage,
                 "alpha": point.alpha,
@@ -163,7 +204,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
                 "world_size": world,
             }
             meta = {
-                **counters,
+                **counters.as_dict(),
                 "stage": point.stage,
                 "alpha": point.alpha,
                 "resolution": point.resolution,
@@ -172,127 +213,97 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
                 "config": cfg.model_dump(mode="json"),
                 "g_ema_digest": module_digest(gan.G_ema),
             }
-            rep.write_sample_grid(storage, run_uri, gan.samples(sample_z, sample_c), counters["images_seen"])
+            rep.write_sample_grid(storage, run_uri, gan.samples(sample_z, sample_c), counters.images_seen)
             if history:
                 rep.write_loss_curves(storage, run_uri, history)
         with tempfile.TemporaryDirectory(prefix="facegen-ckpt-") as tmp:
             save_checkpoint(tmp, rank, state, meta)
-            metrics = {**(history[-1] if history else {}), **counters, "checkpoint": True, "final": final}
+            metrics = {**(history[-1] if history else {}), **counters.as_dict(), "checkpoint": True, "final": final}
             ray.train.report(
                 metrics,
                 checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                checkpoint_dir_name=f"checkpoint-{counters['images_seen']:012d}",
+                checkpoint_dir_name=f"checkpoint-{counters.images_seen:012d}",
                 checkpoint_upload_fn=upload,
             )
         if rank == 0:
             training_metrics().checkpoint(tcfg.run_name, rank)  # Prometheus (never raises)
 
-    # ------------------------------------------------------------------ the loop
-    last_ckpt = started_at = counters["images_seen"]
-    t_last, img_last = time.perf_counter(), counters["images_seen"]
-    # where the wall time goes between two log lines: waiting for data, the steps, checkpoints
-    # (sample grid + save + report) and evaluation; data_wait is the share of the whole
-    timing = {"data": 0.0, "checkpoint": 0.0}
-    acc = {"d": 0.0, "g": 0.0, "n_d": 0, "n_g": 0}
-    point = schedule.at(counters["images_seen"])
+    def history_entry(point: SchedulePoint, window: LogWindow, due: Due) -> dict[str, Any]:
+        """The log line / report of this point: schedule, losses, throughput; FID when due."""
+        seen = counters.images_seen
+        losses = window.entry(time.perf_counter(), seen)
+        entry = {
+            "images_seen": seen,
+            "stage": point.stage,
+            "alpha": round(point.alpha, 6),
+            "resolution": point.resolution,
+            "global_batch": point.global_batch,
+            "d_loss": losses["d_loss"],
+            "g_loss": losses["g_loss"],
+            "img_per_s": losses["img_per_s"],
+            "data_wait": losses["data_wait"],
+            "checkpoint_s": losses["checkpoint_s"],
+            "threads": threads,
+            "d_steps": counters.d_steps,
+            "g_steps": counters.g_steps,
+            **gan.reg_stats,
+        }
+        if evaluator is not None and due.evaluate:
+            entry.update(evaluator(gan.G_ema))  # rank 0 only: "fid" goes out with this report
+            print(
+                f"[facegen] {seen} img: FID {entry['fid']:.2f} ({entry['eval_num_gen']} generated vs "
+                f"{entry['eval_num_real']} real, {entry['eval_s']:.1f}s)",
+                flush=True,
+            )
+        return entry
+
     budget_s = tcfg.max_minutes * 60.0 if tcfg.max_minutes else None
     loop_t0 = time.perf_counter()
+
+    def over_budget() -> bool:
+        """Any rank over train.max_minutes stops all (one tiny all-reduce)."""
+        return any_rank(time.perf_counter() - loop_t0 >= budget_s, world, device)
+
+    # ------------------------------------------------------------------ the loop
+    last_ckpt = started_at = counters.images_seen
+    window = LogWindow(started=time.perf_counter(), images_at_start=counters.images_seen)
+    point = schedule.at(counters.images_seen)
     stopped_by_budget = False
     while not point.done:
+        # ---- the steps
         gan.apply(point)
-        nb = point.worker_batch
-        c = None
-        for _ in range(gan.n_critic):  # each D step on a fresh real batch
-            t_data = time.perf_counter()
-            batch = feeder.take(nb)
-            timing["data"] += time.perf_counter() - t_data
-            real = gan.to_device_reals(batch["image"], point)  # [nb,3,R,R]
-            c = batch_attributes(batch, cfg, device)
-            acc["d"] += gan.d_step(real, c, counters["d_steps"], row_weights(batch, tcfg.row_weights, device))
-            acc["n_d"] += 1
-            counters["d_steps"] += 1
-            counters["images_seen"] += point.global_batch
-        acc["g"] += gan.g_step(nb, c, counters["g_steps"])
-        acc["n_g"] += 1
-        counters["g_steps"] += 1
-        counters["iterations"] += 1
-        gan.ema(counters["images_seen"], point.global_batch)
+        run_iteration(gan, feeder, point, counters, window, cfg, device)
 
-        # -------------------------------------------------------------- logging, evaluation, checkpoints
-        # the decision depends on counters only -> same on every rank
-        seen = counters["images_seen"]
-        prev = seen - gan.n_critic * point.global_batch
-        next_point = schedule.at(seen)
-        crossed_log = seen // tcfg.log_every_images > prev // tcfg.log_every_images
-        crossed_ckpt = seen // tcfg.checkpoint_every_images > prev // tcfg.checkpoint_every_images
-        every_eval = tcfg.eval_every_images
-        crossed_eval = bool(every_eval) and seen // every_eval > prev // every_eval
-        if budget_s is not None and crossed_log and not next_point.done:
-            # decided at log points only, and the same on every rank (any rank over budget stops all)
-            over = any_rank(time.perf_counter() - loop_t0 >= budget_s, world, device)
-            if over:
-                stopped_by_budget = True
-                next_point = dataclasses.replace(next_point, done=True)
-                print(
-                    f"[facegen] train.max_minutes={tcfg.max_minutes:g} reached at {seen} images: "
-                    "final checkpoint and export",
-                    flush=True,
-                )
-        if crossed_log or crossed_ckpt or crossed_eval or next_point.done:
-            now = time.perf_counter()
-            wall = max(now - t_last, 1e-9)
-            entry = {
-                "images_seen": seen,
-                "stage": point.stage,
-                "alpha": round(point.alpha, 6),
-                "resolution": point.resolution,
-                "global_batch": point.global_batch,
-                "d_loss": acc["d"] / max(acc["n_d"], 1),
-                "g_loss": acc["g"] / max(acc["n_g"], 1),
-                "img_per_s": (seen - img_last) / wall,
-                "data_wait": timing["data"] / wall,
-                "checkpoint_s": timing["checkpoint"],
-                "threads": threads,
-                "d_steps": counters["d_steps"],
-                "g_steps": counters["g_steps"],
-                **gan.reg_stats,
-            }
-            if evaluator is not None and (crossed_eval or next_point.done):
-                entry.update(evaluator(gan.G_ema))  # rank 0 only: "fid" goes out with this report
-                print(
-                    f"[facegen] {seen} img: FID {entry['fid']:.2f} ({entry['eval_num_gen']} generated vs "
-                    f"{entry['eval_num_real']} real, {entry['eval_s']:.1f}s)",
-                    flush=True,
-                )
+        # ---- what is due: log line, evaluation, checkpoint, the end
+        next_point = schedule.at(counters.images_seen)
+        due = what_is_due(tcfg, counters, point, next_point, gan.n_critic, over_budget if budget_s else None)
+        if due.final and not next_point.done:
+            stopped_by_budget = True
+            next_point = dataclasses.replace(next_point, done=True)
+            print(
+                f"[facegen] train.max_minutes={tcfg.max_minutes:g} reached at {counters.images_seen} images: "
+                "final checkpoint and export",
+                flush=True,
+            )
+
+        # ---- writing it
+        if due.report:
+            entry = history_entry(point, window, due)
             history.append(entry)
-            acc = {"d": 0.0, "g": 0.0, "n_d": 0, "n_g": 0}
             training_metrics().progress(tcfg.run_name, rank, entry)  # Prometheus gauges, tag rank (never raises)
             if rank == 0:
                 print(rep.progress_line(entry), flush=True)
-            if crossed_ckpt or next_point.done:
+            ckpt_s = 0.0
+            if due.write_checkpoint:
                 t_ckpt = time.perf_counter()
-                write_checkpoint(point, final=next_point.done)
-                last_ckpt = seen
+                write_checkpoint(point, final=due.final)
+                last_ckpt = counters.images_seen
                 ckpt_s = time.perf_counter() - t_ckpt
             else:
                 ray.train.report(dict(entry))
-                ckpt_s = 0.0
-            # img_per_s and data_wait cover the steps and data since the last line; a checkpoint's
-            # time is reported in the next line (it happens after this one), evaluation's in eval_s
-            t_last, img_last = time.perf_counter(), seen
-            timing = {"data": 0.0, "checkpoint": ckpt_s}
-        # -------------------------------------------------------------- fault injection (tests)
-        if fault and rank == int(fault["rank"]) and seen >= int(fault["after_images"]) and last_ckpt > 0:
-            marker = fault["marker"]
-            if not os.path.exists(marker):
-                # die only once the last checkpoint is committed, so the test knows where the
-                # restarted group must resume from (a crash before the commit would restart
-                # from the previous checkpoint instead, which is also correct, just less checkable)
-                ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
-                with open(marker, "w") as f:
-                    f.write(f"worker rank {rank} killed at {seen} images\n")
-                print(f"[facegen] fault injection: rank {rank} exits at {seen} images", flush=True)
-                os._exit(1)
+            window = LogWindow(started=time.perf_counter(), images_at_start=counters.images_seen, checkpoint_s=ckpt_s)
+
+        faults.after_iteration(counters.images_seen, last_ckpt)  # crash tests only
         point = next_point
 
     feeder.close()  # the prefetch thread (data_position below is what was handed out)
@@ -304,7 +315,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         "node_id": ray.get_runtime_context().get_node_id(),
         "pid": os.getpid(),
         "torch_threads": torch.get_num_threads(),
-        **counters,
+        **counters.as_dict(),
         "started_at": started_at,
         "data_position": feeder.position,
         "stopped_by_budget": stopped_by_budget,
@@ -319,5 +330,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     else:
         gathered = [summary]
     if rank == 0:
-        return {"workers": gathered, "history": history, "counters": counters}
+        return {"workers": gathered, "history": history, "counters": counters.as_dict()}
     return None
