@@ -218,7 +218,7 @@ def test_imports_run_downward(graph):
 def test_the_graph_sees_lazy_and_relative_imports(graph):
     """The parser finds what the checks rely on: a function-level import, `from pkg import
     submodule`, and the implicit arrow to a package __init__."""
-    assert "facegen_ray.progress" in graph["facegen_ray.metrics.evaluate"]  # inside a function
+    assert "facegen_ray.progress" in graph["facegen_ray.metrics.reals"]  # inside a function
     assert (
         "facegen_ray.serve.generation" in graph["facegen_ray.serve.ingress"]
     )  # from facegen_ray.serve import generation

@@ -19,6 +19,7 @@ from facegen_ray.config import EvalConfig, GateConfig, ModelConfig
 from facegen_ray.errors import UserError
 from facegen_ray.lifecycle.gate import decide
 from facegen_ray.metrics import evaluate as ev
+from facegen_ray.metrics import generated
 from facegen_ray.metrics.memorisation import memorisation_report, nearest
 from facegen_ray.storage import Layout, Storage, join
 
@@ -139,7 +140,7 @@ def test_memorising_model_is_flagged_and_untrained_is_not(env, monkeypatch, tmp_
     sheet = str(tmp_path / "sheet.png")
     clean = ev.evaluate_model(storage, model_uri, data_uri, _cfg(), sheet_uri=sheet)["memorisation"]
     assert clean["copy_rate"] == 0.0 and clean["num_holdout"] == N_HOLD and clean["num_train"] == N_TRAIN
-    monkeypatch.setattr(ev, "sample_images", training_images_stand_in(train_imgs))
+    monkeypatch.setattr(generated, "sample_images", training_images_stand_in(train_imgs))
     copy = ev.evaluate_model(storage, model_uri, data_uri, _cfg(), sheet_uri=sheet)["memorisation"]
     assert copy["copy_rate"] == 1.0 and copy["threshold"] == pytest.approx(clean["threshold"])
     assert copy["closest"][0]["distance"] == pytest.approx(0.0, abs=1e-3) and copy["closest"][0]["suspected"]

@@ -129,11 +129,11 @@ def test_tune_trials_bar(monkeypatch):
 def test_evaluate_progress_logs_without_a_terminal(monkeypatch, caplog):
     import logging
 
-    from facegen_ray.metrics.evaluate import _Progress
+    from facegen_ray.metrics.reals import _Progress
 
     monkeypatch.delenv(progress.ENV, raising=False)
     monkeypatch.setattr("sys.stderr", _Stream(False))
-    with caplog.at_level(logging.INFO, logger="facegen_ray.metrics.evaluate"):
+    with caplog.at_level(logging.INFO, logger="facegen_ray.metrics.reals"):
         p = _Progress(100, "inception(real)")
         assert p._bar is None
         for _ in range(4):

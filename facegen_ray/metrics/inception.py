@@ -27,8 +27,8 @@ FEATURE_DIM = 2048
 INPUT_SIZE = 299
 # How the network runs (eval.inception_mode): "script": the TorchScript as shipped, NCHW input;
 # "channels_last": the same network fed NHWC (channels_last) batches, which oneDNN's
-# convolutions and the pools run faster on CPU (benchmarks/evaluate.py --variants: 6.92 -> 7.80
-# images/s on 200 real faces on the 2-core machine; features equal, FID unchanged); "onnx": the
+# convolutions and the pools run faster on CPU (benchmarks/evaluate.py --variants measures it;
+# the features are equal); "onnx": the
 # same TorchScript exported once to ONNX (cached on disk, keyed by the TorchScript's sha256) and
 # run by onnxruntime on the CPU, whose graph optimiser folds the batch norms into the
 # convolutions and fuses the ReLUs (the extra `facegen-ray[onnx]`; see benchmarks/evaluate.py

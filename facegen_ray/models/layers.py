@@ -14,77 +14,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from facegen_ray.models.resample import (  # noqa: F401 - re-exported: the layers' public API
+    STRIDED_DOWN_MIN_SIZE,
+    UPSAMPLE_CONV_MIN_SIZE,
+    bilinear_taps,
+    box_downsample_kernel,
+    downsample2x,
+    upsample2x,
+    upsample_conv3x3,
+    upsample_then_conv,
+)
+
 LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)  # keeps activations' second moment ~1 after leaky ReLU
-STRIDED_DOWN_MIN_SIZE = 16  # EqualizedConv2d(down=True): one strided conv from this input width up
-# upsample_then_conv: the transposed form from this input size up. Below it the border
-# corrections cost more than the saved multiply-adds (2-core CPU, batch 8, 512 channels:
-# 4x4 input 84 -> 122 ms forward + backward; 8x8 131 -> 113; 32x32 252 -> 88)
-UPSAMPLE_CONV_MIN_SIZE = 8
-_BILINEAR_TAPS = (0.25, 0.75, 0.75, 0.25)  # upsample2x = zero insertion, then these taps per axis
 
 
 def lrelu(x: torch.Tensor) -> torch.Tensor:
     """Leaky ReLU (slope 0.2) scaled by sqrt(2)."""
     return F.leaky_relu(x, LRELU_SLOPE) * LRELU_GAIN
-
-
-def upsample2x(x: torch.Tensor) -> torch.Tensor:
-    """[N,C,H,W] -> [N,C,2H,2W], bilinear. Used for features and for the RGB fade-in skip."""
-    return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-
-
-def downsample2x(x: torch.Tensor) -> torch.Tensor:
-    """[N,C,H,W] -> [N,C,H/2,W/2], 2x2 box filter (average pooling)."""
-    return F.avg_pool2d(x, 2)
-
-
-def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, taps: torch.Tensor | None = None) -> torch.Tensor:
-    """conv2d(upsample2x(x), weight, padding=1) for a 3x3 weight, the same values at a quarter
-    of the multiply-adds. x [N,in,h,w] (h, w >= 2), weight [out,in,3,3] -> [N,out,2h,2w].
-
-    The bilinear upsampling is a zero-insertion followed by the separable filter
-    [1,3,3,1]/4 (edges clamped), and a per-channel filter commutes with the convolution's
-    channel mixing: so the 3x3 kernel runs first, as a stride-2 transposed convolution on the
-    low-resolution input (edge-padded by one pixel: the clamp), and the filter after it, on
-    each output channel alone. That differs from the original in one place: the 3x3 conv pads
-    the upsampled image with zeros, while the transposed form sees the clamped values one pixel
-    beyond its border; the four border lines subtract exactly what those values added.
-    `taps`: the filter as a tensor on x's device (layers keep it as a buffer: building it here
-    would copy from the host on every call, which CUDA graph capture refuses).
-    """
-    h, w_ = x.shape[2], x.shape[3]
-    cout = weight.shape[0]
-    xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
-    t = F.conv_transpose2d(xp, weight.flip(2, 3).transpose(0, 1), stride=2, padding=1)  # [N,out,2h+3,2w+3]
-    f = bilinear_taps(t.device) if taps is None else taps
-    f = f.to(t.dtype)
-    y = F.conv2d(t, (f[:, None] * f[None, :]).expand(cout, 1, 4, 4), groups=cout)  # [N,out,2h,2w]
-    # the clamped pixels beyond the border: the upsampled first/last rows (one pixel longer at
-    # each end, the corners) and first/last columns of x
-    rows = F.interpolate(xp[:, :, 1 : h + 1 : h - 1], scale_factor=(1.0, 2.0), mode="bilinear", align_corners=False)[
-        ..., 1:-1
-    ]  # [N,in,2,2w+2]
-    cols = F.interpolate(
-        x[:, :, :, 0 : w_ : w_ - 1], scale_factor=(2.0, 1.0), mode="bilinear", align_corners=False
-    )  # [N,in,2h,2]
-    y[:, :, :1, :] -= F.conv2d(rows[:, :, :1], weight[:, :, :1, :])
-    y[:, :, -1:, :] -= F.conv2d(rows[:, :, 1:], weight[:, :, 2:, :])
-    y[:, :, :, :1] -= F.conv2d(cols[..., :1], weight[:, :, :, :1], padding=(1, 0))
-    y[:, :, :, -1:] -= F.conv2d(cols[..., 1:], weight[:, :, :, 2:], padding=(1, 0))
-    return y
-
-
-def bilinear_taps(device: torch.device | str | None = None) -> torch.Tensor:
-    """The 1-D filter of upsample2x after zero insertion, [4] float32."""
-    return torch.tensor(_BILINEAR_TAPS, device=device)
-
-
-def upsample_then_conv(x: torch.Tensor, weight: torch.Tensor, taps: torch.Tensor | None = None) -> torch.Tensor:
-    """conv2d(upsample2x(x), weight, 'same' padding), by upsample_conv3x3 where that is faster."""
-    if weight.shape[-1] == 3 and min(x.shape[2], x.shape[3]) >= UPSAMPLE_CONV_MIN_SIZE:
-        return upsample_conv3x3(x, weight, taps)
-    return F.conv2d(upsample2x(x), weight, padding=weight.shape[-1] // 2)
 
 
 def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
@@ -166,8 +113,8 @@ class EqualizedConv2d(nn.Module):
     4x4 convolution with stride 2 whose kernel is the 3x3 kernel convolved with the box (exact,
     zero padding included): no pooling pass, and the convolution does 16/4 instead of 9
     multiply-adds per output pixel and input channel. Below STRIDED_DOWN_MIN_SIZE pixels of input
-    width it stays conv + pool: there oneDNN's backward of the strided conv was the slower one
-    (8x8 input, 512 channels, batch 8: 175 vs 77 ms on the 2-core CPU; 2x faster at >= 32).
+    width it stays conv + pool: there oneDNN's backward of the strided conv is the slower one
+    (models/resample.py).
     """
 
     def __init__(
@@ -211,13 +158,6 @@ class EqualizedConv2d(nn.Module):
             f"in={self.in_channels}, out={self.out_channels}, k={self.kernel_size}, "
             f"down={self.down}, activation={self.activation}"
         )
-
-
-def box_downsample_kernel(weight: torch.Tensor) -> torch.Tensor:
-    """[out,in,k,k] -> [out,in,k+1,k+1]: the kernel of "conv(weight, padding k//2), then 2x2
-    average pooling" as a single convolution with stride 2 and padding k//2 (k odd)."""
-    w = F.pad(weight, (1, 1, 1, 1))
-    return (w[:, :, :-1, :-1] + w[:, :, 1:, :-1] + w[:, :, :-1, 1:] + w[:, :, 1:, 1:]) * 0.25
 
 
 class ModulatedConv2d(nn.Module):
@@ -274,7 +214,7 @@ class ModulatedConv2d(nn.Module):
         weight = self.weight.float() * self.weight_gain  # [out, in, k, k]
         if not self.fused and self.kernel_size == 1 and not self.demodulate and not self.up and x.is_contiguous():
             # a 1x1 conv with per-sample weights is a batched matrix product: no pass to scale
-            # the input (toRGB: 14 -> 4 ms forward + backward at 64 px, 64 channels, batch 8)
+            # the input, and no grouped convolution (slow on CPU for toRGB's shapes)
             h, w_ = x.shape[2], x.shape[3]
             wgt = weight.view(1, self.out_channels, self.in_channels) * styles.view(n, 1, -1)  # [N, out, in]
             y = torch.bmm(wgt.to(x.dtype), x.reshape(n, self.in_channels, h * w_))
