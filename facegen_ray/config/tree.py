@@ -20,6 +20,7 @@ from facegen_ray.config.lifecycle import GateConfig, RetrainConfig
 from facegen_ray.config.model import LossConfig, ModelConfig
 from facegen_ray.config.serve import ServeConfig
 from facegen_ray.config.train import TrainConfig
+from facegen_ray.errors import format_validation_error
 
 
 class FacegenConfig(_Section):
@@ -43,16 +44,11 @@ class FacegenConfig(_Section):
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration ({source}):"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; see facegen_ray/config/ for the fields)"
-        lines.append(
-            f"  {loc}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden" else f"  {loc}: {msg}"
-        )
-    return "\n".join(lines)
+    return format_validation_error(
+        err,
+        f"invalid configuration ({source}):",
+        unknown_field=lambda loc: "unknown field (check the spelling; see facegen_ray/config/ for the fields)",
+    )
 
 
 # ------------------------------------------------------------------ dotted keys

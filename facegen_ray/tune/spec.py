@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError
 
 from facegen_ray.config import (
     ConfigError,
@@ -47,88 +47,19 @@ from facegen_ray.config import (
     read_yaml_mapping,
     set_dotted,
 )
-from facegen_ray.errors import UserError
+from facegen_ray.errors import UserError, format_validation_error
 from facegen_ray.storage import is_remote
+from facegen_ray.tune.distributions import DISTRIBUTIONS, Distribution, _Strict, to_tune_domain
 
 # Imported where used, not here: ray: only to_tune_domain builds Ray Tune objects; sweep files are
 # validated before Ray starts.
 
-DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 MAX_PRODUCT_CHECK = 256  # validate every combination of discrete values up to this many
 
 
 class SweepError(UserError):
     """A sweep file (or its base config / --set) is invalid; the message names the field."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Distribution(_Strict):
-    """Exactly one of: grid, choice (non-empty lists), uniform, loguniform ([lo, hi] floats),
-    randint ([lo, hi) ints)."""
-
-    grid: list[Any] | None = Field(default=None, min_length=1)
-    choice: list[Any] | None = Field(default=None, min_length=1)
-    uniform: tuple[float, float] | None = None
-    loguniform: tuple[float, float] | None = None
-    randint: tuple[int, int] | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_kind(cls, data: Any) -> Any:
-        if not isinstance(data, dict):  # ValueError: pydantic turns only that into a located error
-            raise ValueError(  # noqa: TRY004
-                f"a distribution must be a mapping with one of {', '.join(DISTRIBUTIONS)}, e.g. "
-                f"{{loguniform: [1.0e-4, 1.0e-2]}}, got {data!r} (fixed values go under `overrides`)"
-            )
-        unknown = sorted(set(data) - set(DISTRIBUTIONS))
-        if unknown:
-            raise ValueError(f"unknown distribution {unknown[0]!r}; use one of {', '.join(DISTRIBUTIONS)}")
-        if len(data) != 1:
-            raise ValueError(
-                f"give exactly one distribution ({', '.join(DISTRIBUTIONS)}), got {sorted(data) or 'none'}"
-            )
-        return data
-
-    @model_validator(mode="after")
-    def _bounds(self) -> Distribution:
-        if self.uniform is not None and not self.uniform[0] < self.uniform[1]:
-            raise ValueError(f"uniform needs [low, high] with low < high, got {list(self.uniform)}")
-        if self.loguniform is not None:
-            lo, hi = self.loguniform
-            if not (0 < lo < hi):
-                raise ValueError(f"loguniform needs [low, high] with 0 < low < high, got {[lo, hi]}")
-        if self.randint is not None and not self.randint[0] < self.randint[1]:
-            raise ValueError(f"randint needs [low, high) with low < high (high exclusive), got {list(self.randint)}")
-        return self
-
-    @property
-    def kind(self) -> str:
-        return next(k for k in DISTRIBUTIONS if getattr(self, k) is not None)
-
-    @property
-    def args(self) -> Any:
-        return getattr(self, self.kind)
-
-    def probe_values(self) -> list[Any]:
-        """Values this distribution can produce that are worth validating: every grid/choice
-        value; the bounds of a range (a config constraint is an interval, so the bounds decide)."""
-        k, a = self.kind, self.args
-        if k in ("grid", "choice"):
-            return list(a)
-        if k == "randint":
-            return [int(a[0]), int(a[1]) - 1]
-        return [float(a[0]), float(a[1])]
-
-    def max_value(self) -> Any:
-        vals = self.probe_values()
-        try:
-            return max(vals)
-        except TypeError:
-            return None
 
 
 class SchedulerSpec(_Strict):
@@ -233,28 +164,30 @@ def expected_trials(spec: SweepSpec) -> int:
     return spec.num_samples * math.prod(grid)
 
 
-def _format_spec_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid sweep file {source}:"]
-    for e in err.errors():
-        loc = list(e["loc"])
-        parts: list[str] = []
-        for i, p in enumerate(loc):
-            if i > 0 and loc[i - 1] in ("search_space", "overrides"):
-                parts[-1] += f"[{p!r}]"
-            elif isinstance(p, int):
-                parts[-1] += f"[{p}]"
-            else:
-                parts.append(str(p))
-        where = ".".join(parts) or "<root>"
-        if e["type"] == "extra_forbidden":
-            allowed = {"eval": EvalSpec, "scheduler": SchedulerSpec}.get(parts[0] if len(parts) > 1 else "", SweepSpec)
-            lines.append(f"  {where}: unknown key (allowed: {', '.join(allowed.model_fields)})")
-        elif e["type"] == "missing":
-            lines.append(f"  {where}: required")
+def _spec_location(loc) -> str:
+    """Dotted, with the keys of search_space / overrides (dotted config keys) in brackets:
+    search_space['train.g_lr'].grid."""
+    parts: list[str] = []
+    for i, p in enumerate(loc):
+        if i > 0 and loc[i - 1] in ("search_space", "overrides"):
+            parts[-1] += f"[{p!r}]"
+        elif isinstance(p, int) and parts:
+            parts[-1] += f"[{p}]"
         else:
-            msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"  {where}: {msg}" + ("" if e["type"] == "value_error" else f" (got {e.get('input')!r})"))
-    return "\n".join(lines)
+            parts.append(str(p))
+    return ".".join(parts) or "<root>"
+
+
+def _unknown_spec_key(loc) -> str:
+    section = str(loc[0]) if len(loc) > 1 else ""
+    allowed = {"eval": EvalSpec, "scheduler": SchedulerSpec}.get(section, SweepSpec)
+    return f"unknown key (allowed: {', '.join(allowed.model_fields)})"
+
+
+def _format_spec_error(err: ValidationError, source: str) -> str:
+    return format_validation_error(
+        err, f"invalid sweep file {source}:", location=_spec_location, unknown_field=_unknown_spec_key
+    )
 
 
 def load_sweep(
@@ -373,22 +306,6 @@ def _check_scheduler(sweep: Sweep) -> None:
 
 
 # ------------------------------------------------------------------ Ray Tune search space
-
-
-def to_tune_domain(dist: Distribution) -> Any:
-    """One distribution -> the Ray Tune object (grid -> {"grid_search": [...]})."""
-    from ray import tune
-
-    k, a = dist.kind, dist.args
-    if k == "grid":
-        return tune.grid_search(list(a))
-    if k == "choice":
-        return tune.choice(list(a))
-    if k == "uniform":
-        return tune.uniform(float(a[0]), float(a[1]))
-    if k == "loguniform":
-        return tune.loguniform(float(a[0]), float(a[1]))
-    return tune.randint(int(a[0]), int(a[1]))
 
 
 def param_space(spec: SweepSpec) -> dict[str, Any]:
