@@ -61,8 +61,8 @@ def call_d_pair(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(D(real), D(fake)) as logits [N] each. A discriminator that keeps joined batches apart
     (`accepts_parts`: ours, plain or augmented, under DDP or torch.compile) scores both in one
-    call of 2N: the same logits, one larger batch instead of two (on the 2-core CPU, D's
-    forward + backward at 64 px, batch 8: 1.38 s joined vs 1.57 s for two calls)."""
+    call of 2N: the same logits, one larger batch instead of two, which costs less than two
+    calls (docs/performance.md)."""
     if real.shape != fake.shape or not getattr(unwrap(D), "accepts_parts", False):
         return _call_d(D, real, c), _call_d(D, fake, c)
     x = torch.cat([real, fake.to(real.dtype)])

@@ -4,7 +4,7 @@ image, or one JSON object per line with --json. Exit 0 whether or not anything w
 
 The watermark reads only with the key it was written with (FACEGEN_WATERMARK_KEY, default the
 built-in one). Not finding anything does NOT show an image is real: metadata is easily
-stripped and the mark does not survive every edit (see README, Responsible use).
+stripped and the mark does not survive every edit (see docs/responsible-use.md).
 """
 
 from __future__ import annotations

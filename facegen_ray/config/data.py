@@ -34,7 +34,10 @@ class DataConfig(_Section):
     image_format: Literal["png", "jpeg"] = "png"
     jpeg_quality: int = Field(default=95, ge=50, le=100)
     png_compress_level: int = Field(
-        default=1, ge=0, le=9, description="zlib level of stored PNGs (1: ~2.5x faster than 6, ~15% larger)"
+        default=1,
+        ge=0,
+        le=9,
+        description="zlib level of stored PNGs (1: much faster to write than 6, files slightly larger)",
     )
     balance: Literal["none", "reweight", "resample"] = "none"
     seed: int = 0
@@ -45,7 +48,7 @@ class DataConfig(_Section):
         description="real faces kept out of training (by content "
         "hash) in a held-out split, for the memorisation report",
     )
-    # quality filter (facegen_ray/data/quality.py); 0 turns a rule off. Defaults read off UTKFace (README).
+    # quality filter (facegen_ray/data/quality.py); 0 turns a rule off. Defaults read off UTKFace (docs/quality.md).
     max_upscale: float = Field(
         default=2.0,
         ge=0,

@@ -23,8 +23,8 @@ class ModelConfig(_Section):
     modulation: Literal["modulated", "adain"] = "modulated"
     architecture: Literal["skip", "orig"] = Field(
         default="orig",
-        description="G output: 'orig' uses the last block's toRGB only (ProGAN; the default: it measured better "
-        "in the 60-minute CPU benchmark, README 'Quality'); 'skip' sums every block's upsampled toRGB (StyleGAN2)",
+        description="G output: 'orig' uses the last block's toRGB only (ProGAN; the default: it scored better "
+        "in the CPU quality benchmark, docs/quality.md); 'skip' sums every block's upsampled toRGB (StyleGAN2)",
     )
     noise: bool = True
     style_mixing_prob: float = Field(default=0.9, ge=0, le=1)

@@ -33,7 +33,7 @@ class ServeConfig(_Section):
     cuda_graphs: bool = Field(
         default=True,
         description="GPU replicas replay the synthesis network from CUDA graphs (one per batch bucket "
-        "1..64; measured 7.9 -> 3.0 ms per 256x256 face at batch 1 on an H200); no effect on CPU",
+        "1..64): at small batches a forward is mostly kernel launches, which a replay skips; no effect on CPU",
     )
     max_request_bytes: int = Field(default=16_384, ge=256)
     admin_token: str | None = Field(

@@ -20,9 +20,8 @@ class KeptRows:
 
     Small columns are concatenated once. Large ones (the images: 245 MB of float32 for
     UTKFace at 32²) stay in the batches they arrived in and are gathered row by row: copying
-    them into one fresh array at the end of epoch 0 cost ~1 s of page faults on the 2-core
-    VM (benchmarks/train_data.py: the epoch-switching batch waited 0.9–1.2 s) and held the
-    rows twice meanwhile."""
+    them into one fresh array at the end of epoch 0 stalled the batch that switches epochs on
+    page faults (benchmarks/train_data.py shows the wait) and held the rows twice meanwhile."""
 
     CONCAT_BYTES = 16 << 20  # columns up to this size are concatenated
 
@@ -242,8 +241,8 @@ class ShardFeeder:
             k = min(n - got, total - cursor)
             idx = orders[epoch][cursor : cursor + k]
             # numpy, one thread. torch's index_select spreads this small copy over the
-            # intra-op threads, whose wake-up after each training step cost more than the copy
-            # (4.6 ms vs 0.5 ms per 64 rows with 2 threads on the 2-core machine)
+            # intra-op threads, whose wake-up after each training step costs several times
+            # more than the copy itself
             parts.append(self._rows.take(idx))
             cursor += k
             got += k

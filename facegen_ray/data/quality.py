@@ -23,8 +23,8 @@ source is the low_resolution rule's business.
 Grey = ITU-R 601 luma (Pillow's "L"); Laplacian = the 4-neighbour kernel [[0,1,0],[1,-4,1],[0,1,0]]
 over the interior pixels (no padding), so a constant image scores exactly 0.
 
-Defaults were read off the full UTKFace set (21,336 faces, 200x200; the figures are in the
-README): its sharpness at 64 px has 0.1th / 1st / 50th percentiles of ~41 / ~83 / ~640, and the
+Defaults were read off the full UTKFace set (21,336 faces, 200x200; the figures are in
+docs/quality.md): its sharpness at 64 px has 0.1th / 1st / 50th percentiles of ~41 / ~83 / ~640, and the
 faces below ~40 are visibly smeared or not faces at all (a blank frame, an eye close-up), so
 min_sharpness = 40 drops about 0.1% of it. Its lowest grey-level deviation is ~12 (dim,
 low-contrast but real faces), so min_contrast = 8 rejects only frames with next to nothing in

@@ -7,7 +7,7 @@ Serve app and `facegen generate`, so a seed means the same face everywhere.
   (the stored noise buffers) and the model's truncation cutoff.
 - `GraphedSynthesis`: the synthesis network replayed from CUDA graphs, one per batch-size
   bucket (the Serve replicas on a GPU): at batch 1 a forward is mostly kernel launches and
-  Python, which a graph replay removes (measured on an H200: 7.9 -> 3.0 ms per 256x256 face).
+  Python, which a graph replay removes (the GPU figures: docs/performance.md).
 """
 
 from __future__ import annotations

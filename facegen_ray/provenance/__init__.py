@@ -25,9 +25,9 @@ METADATA_KEY = "facegen:provenance"
 GENERATOR = "facegen-ray"
 WATERMARK_ID = "facegen-stdm-v1"
 _EXIF_DESCRIPTION, _EXIF_SOFTWARE = 0x010E, 0x0131
-# zlib level of the PNGs we write and serve: on UTKFace faces at 256 x 256, level 6 took 27 ms and
-# level 1 5.8 ms for a file 10% larger (2-core AMD EPYC, 2026-11-28); at 6 a served 256 x 256
-# face spent more time being compressed than being generated on a GPU
+# zlib level of the PNGs we write and serve: level 1 compresses several times faster than the
+# default 6 for a slightly larger file; at 6 a served face spends more time being compressed
+# than being generated on a GPU (docs/performance.md)
 PNG_COMPRESS_LEVEL = 1
 
 
