@@ -7,7 +7,7 @@
 #
 # For each repeat and each ARCH in ${AB_ARCHS:-skip orig}: REV's benchmarks/train.py, then the
 # working tree's, each in its own process with its own checkout first on sys.path (a git
-# worktree of REV under ${AB_WORKTREE:-/tmp/facegen-ab-REV}). Prints one JSON line per run:
+# worktree of REV under ${AB_WORKTREE:-.ab/REV in the repository}). Prints one JSON line per run:
 # {"rep", "code": "REV" | "worktree", "arch", "end_utc", "result": <benchmarks/train.py's JSON line>}.
 set -euo pipefail
 rev=${1:?usage: benchmarks/train_ab.sh REV [REPEATS] [-- train.py arguments]}
@@ -20,7 +20,7 @@ extra=("$@")
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 sha=$(git -C "$repo" rev-parse --verify "$rev^{commit}")
-tree=${AB_WORKTREE:-/tmp/facegen-ab-${sha:0:12}}
+tree=${AB_WORKTREE:-$repo/.ab/${sha:0:12}}
 if [[ ! -d $tree ]]; then
   git -C "$repo" worktree add --detach -f "$tree" "$sha" >/dev/null 2>&1
 fi

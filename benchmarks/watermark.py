@@ -2,8 +2,9 @@
 watermark.py) after JPEG quality 90/75/50, a 0.5x resize and a 10% crop, and false positives on
 unmarked real faces. Prints ONE JSON line.
 
-Cover images are real UTKFace faces (/work/shared/data/utkface/*.zip or --zip), resized to
---resolution (the serving resolution); each is marked with its own image id, then attacked.
+Cover images are real UTKFace faces (--zip; default: ../shared/data/utkface/*.zip beside the
+repository), resized to --resolution (the serving resolution); each is marked with its own
+image id, then attacked.
 The same faces unmarked give the false-positive count. Runs in-process, numpy only.
 
     python benchmarks/watermark.py --n 1000 --resolution 64
@@ -17,11 +18,14 @@ import io
 import json
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from facegen_ray.provenance import watermark as wm
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def faces(zips: list[str], n: int, res: int) -> list[np.ndarray]:
@@ -61,7 +65,7 @@ def main() -> None:
     ap.add_argument("--zip", action="append", default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    zips = args.zip or sorted(glob.glob("/work/shared/data/utkface/*.zip"))
+    zips = args.zip or sorted(glob.glob(str(REPO.parent / "shared" / "data" / "utkface" / "*.zip")))
     imgs = faces(zips, args.n, args.resolution)
     rng = np.random.default_rng(args.seed)
     attacks = {

@@ -209,7 +209,7 @@ def test_request_schemas():
 
 
 # ----------------------------------------------------------------------------- deployment files
-def test_deployment_yamls_are_valid_and_in_sync():
+def test_deployment_yamls_are_valid_and_in_sync(tmp_path):
     from ray.serve.schema import ServeDeploySchema
 
     from facegen_ray.serve.app import app_config, build_app, serve_config_dict
@@ -225,7 +225,7 @@ def test_deployment_yamls_are_valid_and_in_sync():
     assert serve_config_dict(app["args"]) == serve_doc
     cfg, model = app_config(app["args"])
     assert model == "serving" and cfg.serve.num_gpus == 1
-    built = build_app({**app["args"], "root": "/tmp/unused"})
+    built = build_app({**app["args"], "root": str(tmp_path / "unused")})
     assert built is not None
     with pytest.raises(UserError):
         app_config({"modle": "x"})
