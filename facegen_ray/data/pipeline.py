@@ -1,12 +1,16 @@
 """`facegen prepare`: raw face images -> a new version of validated Parquet shards.
 
-    plan (driver: list sources, --limit)                    ingest.plan_sources
-      -> read + decode/validate/crop/resize/hash (Ray Data)  ingest.read_sources, transforms.process_batch
-      -> quality filter (quality.py: blurry, near-constant, too small after the crop)
-      -> materialize; count rejects, find duplicates (driver, metadata only)
-      -> drop rejects + duplicates; tag unlabelled rows (optional, actor)
-      -> balance (weights or repeats), shard rows (Ray Data)
-      -> write Parquet + manifests (shards.write_version)
+`prepare` runs these steps (the functions below, the row UDFs in prepare_rows.py):
+
+    check_dest, plan (driver: list sources, --limit)         ingest.plan_sources
+      -> process_sources: read + decode/validate/crop/resize/hash + quality filter, materialized
+         (Ray Data; transforms.process_batch, quality.py: blurry, near-constant, too small)
+      -> select_rows: count rejects, find duplicates, set the held-out faces aside (driver,
+         metadata only)
+      -> drop rejects + duplicates, split_holdout; tag unlabelled rows (optional, actor)
+      -> plan_balance (weights or repeats), shard rows (Ray Data)
+      -> write Parquet + manifests (shards.write_version), then the --report page
+         (prepare_report.py)
 
 Dedupe is a global step: the driver pulls the metadata columns (no image bytes: ~100 bytes a
 row, so ~10 MB for 100k images) and keeps the first row per content hash in source-name
