@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model_dict
 
 from facegen_ray.config import ModelConfig
 from facegen_ray.models import Generator
 from facegen_ray.models.sampling import GraphedSynthesis, generate, seeds_to_z, truncate
-from tests.conftest import tiny_model_dict
 
 
 @pytest.fixture(scope="module")
