@@ -263,6 +263,18 @@ class GeneratorDeployment:
             res = res.timed(RenderTiming(time.perf_counter() - t0, forward_s))
         return res
 
+    async def batch_stats(self) -> dict[str, Any]:
+        """What the batcher did (benchmarks, operators): batches and images so far, the images
+        of the last (up to 10,000) batches, and the requests waiting now."""
+        st = self.batcher.stats
+        return {
+            "replica": self.replica,
+            "batches": st.batches,
+            "images": st.images,
+            "sizes": list(st.sizes),
+            "queued": self.batcher.queued(),
+        }
+
     async def render_version(self, req: RenderRequest) -> RenderResult:
         """Render with a given model instead of the pointer's: req.model (the /compare pairs,
         serve/comparison.py). The held model when it is that one, else one loaded here and kept
