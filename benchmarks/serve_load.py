@@ -11,6 +11,16 @@ at batch sizes 1, 8 and 64, so batching efficiency = served img/s at concurrency
 batch c.
 
     python benchmarks/serve_load.py [--model DIR] [--size tiny|small|default] [--requests 64,256,1024]
+        [--set serve.fake_forward_ms=45+23.5n] [--open-rate 33 --open-seconds 30]
+
+With `--set serve.fake_forward_ms=A+Bn` the replica sleeps A + B*n ms per batch of n instead of
+running the model (Serve's own per-request cost is then what is measured); the capacity is then
+c / (A + B*c) ms at batch c, and "fraction_of_capacity" compares the served rate with it. Each
+level also reports the images per batch the replica ran (its batch_stats(), the sizes its
+facegen_serve_batch_images metric records) and the metric's histogram as Ray exported it.
+Closed-loop latency is not a latency target: with c clients, p50 ~ c / throughput (Little's
+law). --open-rate adds an open-loop run: Poisson arrivals at that many requests/s, whatever
+the answers, so its p50/p99 are the latencies a user sees at that load.
 
 feedback: durability of POST /feedback under load and a crash. --posts feedback posts (default
 10,000) from --clients concurrent clients (default 64; asyncio + httpx, loopback only), each with
@@ -103,6 +113,106 @@ async def _load(url: str, concurrency: int, n_requests: int, seed0: int) -> dict
         "wall_s": round(wall, 2),
         "p50_split_ms": {k: round(_pct(v, 50), 2) for k, v in parts.items()},
     }
+
+
+async def _open_loop(url: str, rate: float, seconds: float, seed0: int) -> dict:
+    """Poisson arrivals at `rate` requests/s for `seconds`, each a GET /generate of a new seed."""
+    import random
+
+    import httpx
+
+    rng = random.Random(seed0)
+    lat: list[float] = []
+    parts: dict[str, list[float]] = {}
+    errors = 0
+    limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+
+        async def one(i: int, t_arrive: float):
+            nonlocal errors
+            r = await client.get("/generate", params={"seed": seed0 + i})
+            if r.status_code != 200:
+                errors += 1
+                return
+            lat.append(time.perf_counter() - t_arrive)
+            for name, ms in parse_server_timing(r.headers.get("server-timing", "")).items():
+                parts.setdefault(name, []).append(ms)
+
+        tasks = []
+        t0 = time.perf_counter()
+        t_next = t0
+        while t_next - t0 < seconds:
+            t_next += rng.expovariate(rate)
+            delay = t_next - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one(len(tasks), t_next)))
+        offered_wall = time.perf_counter() - t0
+        await asyncio.gather(*tasks)
+        wall = time.perf_counter() - t0
+    return {
+        "mode": "open",
+        "offered_per_s": rate,
+        "requests": len(tasks),
+        "achieved_arrivals_per_s": round(len(tasks) / offered_wall, 2),
+        "errors": errors,
+        "p50_ms": round(1000 * _pct(lat, 50), 2) if lat else None,
+        "p90_ms": round(1000 * _pct(lat, 90), 2) if lat else None,
+        "p99_ms": round(1000 * _pct(lat, 99), 2) if lat else None,
+        "images_per_s": round(len(lat) / wall, 2),
+        "drain_s": round(wall - offered_wall, 2),
+        "p50_split_ms": {k: round(_pct(v, 50), 2) for k, v in parts.items()},
+    }
+
+
+def _batch_delta(before: dict, after: dict) -> dict:
+    """Images per batch the replica ran between two batch_stats() answers."""
+    n = after["batches"] - before["batches"]
+    sizes = after["sizes"][-n:] if n > 0 else []
+    return {
+        "batches": n,
+        "batch_images_p50": _pct(sizes, 50) if sizes else None,
+        "batch_images_mean": round(statistics.mean(sizes), 2) if sizes else None,
+        "batch_images_max": max(sizes) if sizes else None,
+    }
+
+
+def _metric_batches(wait_for: int, timeout_s: float = 30.0) -> dict | None:
+    """The facegen_serve_batch_images histogram as Ray's metrics export shows it (cumulative
+    bucket counts), once its count reaches `wait_for` batches; None when not exported in time."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from facegen_ray.observability.metrics import node_metrics_endpoints
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        buckets: dict[str, float] = {}
+        for ep in node_metrics_endpoints():
+            try:
+                with urllib.request.urlopen(ep, timeout=10) as r:
+                    text = r.read().decode()
+            except OSError:
+                continue
+            for fam in text_string_to_metric_families(text):
+                for smp in fam.samples:
+                    if smp.name == "ray_facegen_serve_batch_images_bucket":
+                        buckets[smp.labels["le"]] = buckets.get(smp.labels["le"], 0) + smp.value
+        if buckets.get("+Inf", 0) >= wait_for:
+            return dict(sorted(buckets.items(), key=lambda kv: float(kv[0])))
+        time.sleep(2)
+    return None
+
+
+def _median_bucket(cum: dict[str, float], cum_before: dict[str, float] | None) -> str | None:
+    """The upper bound (le) of the histogram bucket holding the median batch of a level."""
+    delta = {k: v - (cum_before or {}).get(k, 0) for k, v in cum.items()}
+    total = delta.get("+Inf", 0)
+    for le, v in delta.items():
+        if total and v >= total / 2:
+            return le
+    return None
 
 
 def parse_server_timing(header: str) -> dict[str, float]:
@@ -594,12 +704,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replica-cpus", type=float, default=1.0, help="num_cpus (and torch threads) per generator replica")
     p.add_argument("--num-gpus", type=float, default=0.0)
     p.add_argument("--max-batch-size", type=int, default=64)
-    p.add_argument("--batch-wait-ms", type=float, default=10.0)
     p.add_argument(
-        "--fixed-wait",
-        action="store_true",
-        help="always wait --batch-wait-ms (serve.adaptive_batch_wait=false); default: adaptive",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for the app, e.g. serve.fake_forward_ms=45+23.5n",
     )
+    p.add_argument("--open-rate", type=float, default=None, help="also run open loop: Poisson requests/s")
+    p.add_argument("--open-seconds", type=float, default=30.0)
+    p.add_argument("--skip-raw", action="store_true", help="do not time the raw generator")
     p.add_argument("--replicas", type=int, default=1)
     p.add_argument(
         "--ingress-replicas",
@@ -615,13 +729,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--requests needs one count per --concurrency level")
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    import datetime as _dt
+
     import ray
     import torch
     from ray import serve
 
     from facegen_ray.config import ModelConfig
     from facegen_ray.models import Generator, save_model_dir
-    from facegen_ray.serve.app import APP_NAME, build_app
+    from facegen_ray.serve.app import APP_NAME, GENERATOR_NAME, build_app
     from facegen_ray.serve.generation import choose_device, load_model
     from facegen_ray.storage import Storage
 
@@ -637,16 +753,24 @@ def main(argv: list[str] | None = None) -> int:
         model_uri = os.path.join(tmp, "model")
         save_model_dir(storage, model_uri, G, cfg, {"version": f"random-{args.size}"})
 
+    from facegen_ray.config import load_config
+    from facegen_ray.config.serve import fake_forward_costs
+
+    fake = load_config(None, list(args.set)).serve.fake_forward_ms  # validated like the app does
+    costs = fake_forward_costs(fake) if fake else None
     device = choose_device(args.num_gpus)
     model = load_model(storage, model_uri, root, device=device)
     threads = max(1, int(args.replica_cpus))
     raw = {}
     for b in sorted(set(conc)):
-        raw[b] = round(_raw_throughput(model.G, b, threads), 2)
+        if costs is not None:  # the fake's capacity at batch b
+            raw[b] = round(1000 * b / (costs[0] + costs[1] * b), 2)
+        elif not args.skip_raw:
+            raw[b] = round(_raw_throughput(model.G, b, threads), 2)
         if device == "cuda":
             torch.cuda.synchronize()
 
-    ray.init(address="local", num_cpus=max(4, os.cpu_count() or 2) * 2, include_dashboard=False, log_to_driver=False)
+    _start_ray(num_cpus=max(4, os.cpu_count() or 2) * 2, include_dashboard=False, log_to_driver=False)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(
@@ -659,26 +783,42 @@ def main(argv: list[str] | None = None) -> int:
                 "min_replicas": args.replicas,
                 "max_replicas": args.replicas,
                 "max_batch_size": args.max_batch_size,
-                "batch_wait_timeout_s": args.batch_wait_ms / 1000,
-                "adaptive_batch_wait": not args.fixed_wait,
-                "max_ongoing_requests": max(args.max_batch_size, 64),
-                "target_ongoing_requests": 64,
                 "ingress_replicas": args.ingress_replicas,
                 "ingress_num_cpus": args.ingress_cpus,
+                "ingress_max_ongoing_requests": max(256, 2 * max(conc)),
+                "set": list(args.set),
             }
         ),
         name=APP_NAME,
         route_prefix="/",
     )
     url = f"http://127.0.0.1:{port}"
+    generator = serve.get_deployment_handle(GENERATOR_NAME, app_name=APP_NAME)
     asyncio.run(_load(url, 4, 16, 10_000_000))  # warm-up
     served = []
     seed0 = 0
-    for c, n in zip(conc, reqs):
-        res = asyncio.run(_load(url, c, n, seed0))
-        seed0 += n
-        res["raw_images_per_s_at_batch"] = raw[c]
-        res["batching_efficiency"] = round(res["images_per_s"] / raw[c], 3) if raw[c] else None
+    metric_before = None
+    levels = [("closed", c, n) for c, n in zip(conc, reqs)]
+    if args.open_rate:
+        levels.append(("open", None, None))
+    for mode, c, n in levels:
+        before = generator.batch_stats.remote().result()
+        if mode == "closed":
+            res = asyncio.run(_load(url, c, n, seed0))
+            seed0 += n
+            res["raw_images_per_s_at_batch"] = raw.get(c)
+            res["batching_efficiency"] = round(res["images_per_s"] / raw[c], 3) if raw.get(c) else None
+        else:
+            res = asyncio.run(_open_loop(url, args.open_rate, args.open_seconds, seed0))
+            seed0 += res["requests"]
+        after = generator.batch_stats.remote().result()
+        res.update(_batch_delta(before, after))
+        metric = _metric_batches(after["batches"])
+        res["metric_batch_images_median_le"] = _median_bucket(metric, metric_before) if metric else None
+        metric_before = metric or metric_before
+        split = res.get("p50_split_ms", {})
+        if split.get("forward"):
+            res["queue_over_forward_p50"] = round(split.get("queue", 0.0) / split["forward"], 2)
         served.append(res)
     serve.shutdown()
     ray.shutdown()
@@ -695,12 +835,14 @@ def main(argv: list[str] | None = None) -> int:
                 "ingress_replicas": args.ingress_replicas,
                 "ingress_cpus": args.ingress_cpus,
                 "max_batch_size": args.max_batch_size,
-                "batch_wait_ms": args.batch_wait_ms,
-                "adaptive_batch_wait": not args.fixed_wait,
+                "fake_forward_ms": fake,
                 "host_cpus": os.cpu_count(),
                 "torch_threads": threads,
                 "served": served,
-                "raw_images_per_s": {str(k): v for k, v in raw.items()},
+                ("fake_capacity_images_per_s" if fake else "raw_images_per_s"): {str(k): v for k, v in raw.items()},
+                "machine": _machine(),
+                "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                "command": "python benchmarks/serve_load.py " + " ".join(argv),
             }
         )
     )

@@ -33,6 +33,7 @@ from facegen_ray.provenance import read_metadata
 from facegen_ray.registry import Registry
 from facegen_ray.serve import generation as gen
 from facegen_ray.serve.ingress import Ingress, api
+from facegen_ray.serve.messages import RenderRequest, RenderResult
 from facegen_ray.storage import Storage
 
 TOKEN = "compare-test-token"
@@ -264,13 +265,13 @@ class VersionsGenerator(InProcessGenerator):
         self.loaded: dict = {}
         self.render_version = _Method(self._render_version)
 
-    async def _render_version(self, item: dict) -> dict:
-        key = (item["model"]["uri"], item["model"]["label"])
+    async def _render_version(self, req: RenderRequest) -> RenderResult:
+        key = (req.model.uri, req.model.label)
         if key not in self.loaded:
             self.loaded[key] = gen.load_model(self.storage, key[0], self.root, resolved=key)
         model = self.loaded[key]
-        images = gen.generate(model.G, item["seeds"], item["truncation"])
-        return {"ok": True, "model": model.describe(), "images": images, "conditions": None}
+        images = gen.generate(model.G, req.seeds, req.truncation)
+        return RenderResult.success(model.describe(), images)
 
 
 def _save_tiny(storage: Storage, uri: str, seed: int, version: str) -> None:

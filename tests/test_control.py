@@ -50,6 +50,7 @@ from facegen_ray.models.latent import (
 from facegen_ray.models.sampling import generate, seeds_to_z
 from facegen_ray.provenance import inspect, read_metadata
 from facegen_ray.serve import generation as gen
+from facegen_ray.serve.messages import RenderRequest, RenderResult
 from facegen_ray.storage import Storage
 
 
@@ -430,20 +431,20 @@ class ControlGenerator:
         self.render = _Method(self._render)
         self.info = _Method(self._info)
 
-    async def _render(self, item: dict) -> dict:
+    async def _render(self, req: RenderRequest) -> RenderResult:
         from facegen_ray.serve.control import control_of, render_controlled
 
         try:
-            ctl = control_of(item)
+            ctl = control_of(req.item())
         except UserError as e:
-            return {"ok": False, "status": 422, "error": str(e)}
+            return RenderResult.failure(422, str(e))
         if ctl is None:
-            images = gen.generate(self.model.G, item["seeds"], item["truncation"])
+            images = gen.generate(self.model.G, req.seeds, req.truncation)
         else:
-            (images,) = render_controlled(self.model, [(item["seeds"], item["truncation"], None, ctl)], 8)
+            (images,) = render_controlled(self.model, [(list(req.seeds), req.truncation, None, ctl)], 8)
             if isinstance(images, UserError):
-                return {"ok": False, "status": 422, "error": str(images)}
-        return {"ok": True, "model": self.model.describe(), "images": images, "conditions": None}
+                return RenderResult.failure(422, str(images))
+        return RenderResult.success(self.model.describe(), images)
 
     async def _info(self) -> dict:
         return {**self.model.describe(), "replica": "in-process", "generation": 1}

@@ -71,7 +71,6 @@ def _serve_config(root: str, port: int) -> dict:
             "admin_token": TOKEN,
             "max_request_bytes": MAX_BODY,
             "max_batch_size": 8,
-            "batch_wait_timeout_s": 0.02,
             "model_poll_interval_s": 0.5,
             "ingress_num_cpus": 0.5,
         }
@@ -401,7 +400,7 @@ def test_openapi_fuzz_live(case, app):
 
 def test_controls_live(client, app):
     """Mix / interpolate / edit through Serve: requests with and without controls sent together
-    (so @serve.batch gathers them) all answer, plain faces are the faces a plain request gives,
+    (so the continuous batcher gathers them) all answer, plain faces are the faces a plain request gives,
     records keep the controls, bad controls are 422 with a message."""
     info = client.get("/healthz").json()
     assert info["directions"] == ["age", "gender", "race_white"] and info["num_ws"] == 6

@@ -33,6 +33,7 @@ from facegen_ray.models import Generator, save_model_dir
 from facegen_ray.serve import generation as gen
 from facegen_ray.serve.http_input import json_safe, parse_json_body, validation_detail
 from facegen_ray.serve.ingress import Ingress, api
+from facegen_ray.serve.messages import RenderRequest, RenderResult
 from facegen_ray.serve.schemas import MAX_COMMENT_CHARS, CompareVoteRequest, FeedbackRequest, GenerateRequest
 from facegen_ray.storage import Storage
 
@@ -68,11 +69,11 @@ class InProcessGenerator:
         self.render = _Method(self._render)
         self.info = _Method(self._info)
 
-    async def _render(self, item: dict) -> dict:
-        if item.get("attributes") is not None:
-            return {"ok": False, "status": 422, "error": f"model {self.model.version} is unconditional"}
-        images = gen.generate(self.model.G, item["seeds"], item["truncation"])
-        return {"ok": True, "model": self.model.describe(), "images": images, "conditions": None}
+    async def _render(self, req: RenderRequest) -> RenderResult:
+        if req.attributes is not None:
+            return RenderResult.failure(422, f"model {self.model.version} is unconditional")
+        images = gen.generate(self.model.G, req.seeds, req.truncation)
+        return RenderResult.success(self.model.describe(), images)
 
     async def _info(self) -> dict:
         return {**self.model.describe(), "replica": "in-process", "generation": 1}

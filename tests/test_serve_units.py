@@ -183,17 +183,6 @@ def test_server_timing_header_splits_a_request():
     assert bench.parse_server_timing("") == {} and bench.parse_server_timing("x;desc=a") == {}
 
 
-def test_adaptive_batch_wait_only_skips_the_wait_for_a_lone_request():
-    from facegen_ray.serve.replica import batch_wait_for
-
-    assert batch_wait_for(1, 0.01, adaptive=True) == 0.0  # alone in the replica: start now
-    assert batch_wait_for(2, 0.01, adaptive=True) == 0.01  # others queued or rendering: wait for company
-    assert batch_wait_for(1, 0.01, adaptive=False) == 0.01
-    from facegen_ray.config import ServeConfig
-
-    assert ServeConfig().adaptive_batch_wait is True
-
-
 def test_request_schemas():
     assert GenerateRequest.model_validate_json(b"{}").num_images == 1
     with pytest.raises(ValidationError):
@@ -227,6 +216,15 @@ def test_deployment_yamls_are_valid_and_in_sync(tmp_path):
     assert model == "serving" and cfg.serve.num_gpus == 1
     built = build_app({**app["args"], "root": str(tmp_path / "unused")})
     assert built is not None
+    # production defaults that fit the GPUs: one replica per GPU at most, a backlog to batch
+    gen_dep = next(d for d in app["deployments"] if d["name"] == "GeneratorDeployment")
+    sc = cfg.serve
+    assert gen_dep["max_ongoing_requests"] >= 2 * sc.max_batch_size
+    assert gen_dep["autoscaling_config"]["target_ongoing_requests"] >= sc.max_batch_size
+    (gpu_group,) = [g for g in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"] if g["groupName"] == "gpu"]
+    (container,) = gpu_group["template"]["spec"]["containers"]
+    gpus = gpu_group["maxReplicas"] * int(container["resources"]["limits"]["nvidia.com/gpu"])
+    assert gen_dep["autoscaling_config"]["max_replicas"] * gen_dep["ray_actor_options"]["num_gpus"] <= gpus
     with pytest.raises(UserError):
         app_config({"modle": "x"})
 

@@ -4,7 +4,8 @@ Serve app and `facegen generate`, so a seed means the same face everywhere.
 - `seeds_to_z(seeds, z_dim)`: each seed draws its own latent from a CPU `torch.Generator`,
   so a seed means the same z whatever else is in the batch and on whichever device G runs.
 - `generate(G, seeds, truncation, c, device)`: uint8 images NHWC with `noise_mode="const"`
-  (the stored noise buffers) and the model's truncation cutoff.
+  (the stored noise buffers) and the model's truncation cutoff; one psi per row, applied on
+  the device (`truncate`), so a batch of mixed psi is one forward pass, not one per psi.
 - `GraphedSynthesis`: the synthesis network replayed from CUDA graphs, one per batch-size
   bucket (the Serve replicas on a GPU): at batch 1 a forward is mostly kernel launches and
   Python, which a graph replay removes (the GPU figures: docs/performance.md).
@@ -32,12 +33,25 @@ def quantize_psi(psi: float) -> float:
 
 
 def seeds_to_z(seeds: Sequence[int], z_dim: int) -> torch.Tensor:
-    """One standard-normal latent per seed, drawn on the CPU -> z [N, z_dim] float32."""
-    rows = []
-    for s in seeds:
-        g = torch.Generator(device="cpu").manual_seed(int(s))
-        rows.append(torch.randn(1, z_dim, generator=g))
-    return torch.cat(rows, dim=0) if rows else torch.zeros(0, z_dim)
+    """One standard-normal latent per seed, drawn on the CPU -> z [N, z_dim] float32.
+
+    Each seed keeps its own CPU generator (the stream that fixes a seed's face everywhere: a
+    shared batched stream would make a face depend on its batch neighbours); the rows are drawn
+    straight into one preallocated tensor."""
+    z = torch.empty(len(seeds), z_dim)
+    g = torch.Generator(device="cpu")
+    for i, s in enumerate(seeds):
+        g.manual_seed(int(s))
+        torch.randn(z_dim, generator=g, out=z[i])
+    return z
+
+
+def truncate(ws: torch.Tensor, w_avg: torch.Tensor, psi: torch.Tensor, cutoff: int | None) -> torch.Tensor:
+    """Per-row truncation on the device: ws [N,L,D], psi [N] -> w_avg + psi * (ws - w_avg) on the
+    first `cutoff` layers (all when None), the same lerp the mapping network applies for one psi."""
+    cut = ws.shape[1] if cutoff is None else min(int(cutoff), ws.shape[1])
+    head = w_avg.to(ws.dtype).lerp(ws[:, :cut], psi.to(ws.dtype).view(-1, 1, 1))  # [N,cut,D]
+    return torch.cat([head, ws[:, cut:]], dim=1) if cut < ws.shape[1] else head
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
@@ -55,14 +69,17 @@ def generate(
     device: str | torch.device | None = None,
     batch_size: int | None = None,
     synthesis: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    z: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Seeds -> uint8 images [N,H,W,3] with constant noise.
 
-    truncation: one psi for all, or one per seed (rows sharing a psi run together).
-    c: condition codes [N,3] or [1,3] (broadcast) for conditional models, None otherwise.
-    device: where to run (default: where G's parameters are). batch_size bounds the images per
-    forward pass (default: all rows of one psi at once). synthesis: ws -> images in place of
-    G.synthesis with constant noise (a GraphedSynthesis); the mapping still runs eagerly.
+    truncation: one psi for all, or one per seed (applied per row on the device, so rows with
+    different psi share a forward pass). c: condition codes [N,3] or [1,3] (broadcast) for
+    conditional models, None otherwise. device: where to run (default: where G's parameters
+    are). batch_size bounds the images per forward pass (default: all rows at once). synthesis:
+    ws -> images in place of G.synthesis with constant noise (a GraphedSynthesis); the mapping
+    runs eagerly. z: the seeds' latents when drawn beforehand (seeds_to_z; the Serve replica
+    draws them while the previous batch runs).
     """
     seeds = [int(s) for s in seeds]
     n = len(seeds)
@@ -76,7 +93,10 @@ def generate(
             raise ValueError(f"{len(psis)} truncation values for {n} seeds")
     dev = torch.device(device) if device is not None else next(G.parameters()).device
     cutoff = getattr(getattr(G, "cfg", None), "truncation_cutoff", None)
-    z = seeds_to_z(seeds, G.z_dim)  # [N, z_dim]
+    if z is None:
+        z = seeds_to_z(seeds, G.z_dim)  # [N, z_dim]
+    elif tuple(z.shape) != (n, G.z_dim):
+        raise ValueError(f"z has shape {tuple(z.shape)}, expected {(n, G.z_dim)}")
     if c is not None:
         c = c.to(torch.long)
         if c.dim() == 1:
@@ -85,21 +105,19 @@ def generate(
             c = c.expand(n, -1)
         if c.shape[0] != n:
             raise ValueError(f"condition has {c.shape[0]} rows for {n} seeds")
-    out: list[np.ndarray | None] = [None] * n
-    for psi in dict.fromkeys(psis):
-        rows = [i for i in range(n) if psis[i] == psi]
-        step = batch_size or len(rows)
-        for k in range(0, len(rows), step):
-            idx = torch.tensor(rows[k : k + step])
-            zi = z[idx].to(dev)  # [n_i, z_dim]
-            ci = c[idx].to(dev) if c is not None else None  # [n_i, 3]
-            if synthesis is None:
-                img = G(zi, ci, truncation_psi=psi, truncation_cutoff=cutoff, noise_mode="const")  # [n_i,3,R,R]
-            else:
-                img = synthesis(G.mapping(zi, ci, psi, cutoff))  # ws [n_i,num_ws,w_dim] -> [n_i,3,R,R]
-            for j, arr in zip(rows[k : k + step], to_uint8(img)):
-                out[j] = arr
-    return np.stack(out, axis=0)
+    psi = torch.tensor(psis, dtype=torch.float32)  # [N]
+    z = z.to(dev, non_blocking=True)
+    psi = psi.to(dev, non_blocking=True)
+    c = c.to(dev) if c is not None else None
+    w_avg = G.mapping.w_avg
+    step = batch_size or n
+    out = []
+    for k in range(0, n, step):  # forward passes of at most batch_size rows
+        ci = c[k : k + step] if c is not None else None
+        ws = truncate(G.mapping(z[k : k + step], ci), w_avg, psi[k : k + step], cutoff)  # [n_k,L,D]
+        img = synthesis(ws) if synthesis is not None else G.synthesis(ws, noise_mode="const")  # [n_k,3,R,R]
+        out.append(to_uint8(img))
+    return out[0] if len(out) == 1 else np.concatenate(out, axis=0)
 
 
 class GraphedSynthesis:
@@ -108,7 +126,7 @@ class GraphedSynthesis:
     A batch of n rows runs in the graph of the smallest bucket >= n (the rows are padded with
     copies of the first one and the padding is dropped from the output); larger batches, and
     every batch after a capture failed, run eagerly. Graphs are captured on first use of their
-    bucket and share one memory pool; a lock keeps replays (and their output copies) one at a
+    bucket (or all at once by `capture_all`, at model load) and share one memory pool; a lock keeps replays (and their output copies) one at a
     time. The generator must not change stage or weights afterwards (a loaded serving model
     never does). `capture=False` runs the padded batches eagerly instead, which is how CPU
     tests check the padding and slicing.
@@ -160,6 +178,21 @@ class GraphedSynthesis:
         with torch.cuda.graph(graph, pool=self._pool):
             static_out = self._eager(static_in)
         return static_in, static_out, graph
+
+    @torch.no_grad()
+    def capture_all(self, like: torch.Tensor) -> None:
+        """Build every bucket now (a replica does it at model load, on its forward thread, so no
+        request pays for a capture). like: ws [k,L,D] of the model (its first row fills the
+        static inputs). A failure switches this synthesis to eager, as on first use."""
+        for b in self.buckets:
+            with self._lock:
+                if self.failed is not None or b in self._graphs:
+                    continue
+                try:
+                    self._graphs[b] = self._build(b, like.to(self.device))
+                except Exception as e:  # noqa: BLE001 - serving goes on, eagerly
+                    self.failed = f"{type(e).__name__}: {e}"
+                    log.warning("CUDA graph capture failed (bucket %d), running eagerly: %s", b, self.failed)
 
     @torch.no_grad()
     def __call__(self, ws: torch.Tensor) -> torch.Tensor:

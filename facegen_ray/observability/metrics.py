@@ -98,7 +98,7 @@ SERVING_SPECS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "facegen_serve_batch_images",
         "histogram",
-        "images per generator batch (one @serve.batch call)",
+        "images per generator batch (one forward of the continuous batcher)",
         ("model_version",),
         BATCH_IMAGES_BUCKETS,
     ),

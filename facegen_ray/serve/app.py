@@ -4,7 +4,7 @@
                │  handle.render.remote(request item)      PNG/JPEG encoding, feedback store writes
                ▼
              GeneratorDeployment (serve/replica.py: autoscaling, num_gpus/num_cpus from ServeConfig,
-               @serve.batch over requests, model swaps without dropped requests)
+               continuous batching (serve/batcher.py), model swaps without dropped requests)
                ▲ polls every model_poll_interval_s
              ModelState (serve/model_state.py: 1 replica, no CPU): which model every generator
                replica should hold + each replica's last report.
@@ -12,7 +12,7 @@
 Two ways to change the served model:
   - `user_config: {"model": URI-or-version}` on GeneratorDeployment (edit it in
     deployments/serve.yaml and `serve deploy`/`serve run` again: a lightweight update that
-    calls `reconfigure`; optional keys max_batch_size / batch_wait_timeout_s retune batching).
+    calls `reconfigure`; the optional key max_batch_size retunes batching).
   - `POST /admin/reload {"model": ...}` / `POST /admin/promote {"version": ...}` with
     `Authorization: Bearer <token>` (ServeConfig.admin_token or FACEGEN_ADMIN_TOKEN; the client
     side is serve/admin_client.py): the ingress resolves and test-loads the model, moves the
@@ -131,6 +131,12 @@ def autoscaling_config(sc: ServeConfig) -> dict[str, Any]:
     return out
 
 
+def generator_max_ongoing(sc: ServeConfig) -> int:
+    """GeneratorDeployment's max_ongoing_requests: the running batch plus a full next batch at
+    least, so the continuous batcher sees the backlog (requests beyond it wait in Serve's queue)."""
+    return max(sc.max_ongoing_requests, 2 * sc.max_batch_size)
+
+
 def generator_actor_options(sc: ServeConfig) -> dict[str, Any]:
     """GeneratorDeployment's ray_actor_options (what each replica reserves)."""
     return {"num_cpus": sc.num_cpus, "num_gpus": sc.num_gpus}
@@ -147,7 +153,7 @@ def build_app(args: dict[str, Any] | None = None):
     generator = GeneratorDeployment.options(
         autoscaling_config=autoscaling_config(sc),
         ray_actor_options=generator_actor_options(sc),
-        max_ongoing_requests=max(sc.max_ongoing_requests, sc.max_batch_size),
+        max_ongoing_requests=generator_max_ongoing(sc),
         user_config={"model": model},
     ).bind(state, root, storage, serve_cfg)
     return FacegenIngress.options(
@@ -175,6 +181,7 @@ def serve_config_dict(args: dict[str, Any], host: str = "0.0.0.0", port: int = 8
                     {
                         "name": GENERATOR_NAME,
                         "user_config": {"model": model},
+                        "max_ongoing_requests": generator_max_ongoing(sc),
                         "autoscaling_config": autoscaling_config(sc),
                         "ray_actor_options": generator_actor_options(sc),
                     },

@@ -6,7 +6,7 @@ request's ws are computed on its own (its mix/interpolation partner and edit), t
 the batch go through the synthesis network together, `forward_batch` rows at a time. A
 request the model cannot do (unknown direction, crossover beyond its layers, no directions,
 mixing on a model trained without style mixing)
-gets {"ok": False, "status": 422, "error": ...} and does not affect the others.
+gets its ControlError (the replica answers it 422) and does not affect the others.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@ feedback store, the feedback page, the pairwise comparison page and the admin ro
 
     HTTP ──► FacegenIngress   /generate /feedback / /healthz /admin/reload /admin/promote
                               /compare (page + votes) /compare/pairs /admin/compare[/start|/stop]
-               │  handle.render.remote(request item)   (serve/replica.py: GeneratorDeployment)
-               │  handle.render_version.remote(item)   (a /compare pair: a named registry version)
+               │  handle.render.remote(RenderRequest)  (serve/replica.py: GeneratorDeployment;
+               │  handle.render_version.remote(...)     serve/messages.py; a /compare pair: a version)
                │  state.set_target / replicas          (serve/model_state.py: ModelState)
 
 Admin routes need `Authorization: Bearer <token>` (ServeConfig.admin_token or
@@ -39,6 +39,7 @@ from facegen_ray.observability.asgi import RequestMetricsMiddleware
 from facegen_ray.registry import Registry, RegistryError
 from facegen_ray.serve import generation as gen
 from facegen_ray.serve.http_input import admin_digest, check_admin, parse_json_body, validation_detail
+from facegen_ray.serve.messages import ModelRef, RenderRequest
 from facegen_ray.serve.schemas import (
     MAX_IMAGES_PER_REQUEST,
     ComparePairResponse,
@@ -241,14 +242,16 @@ class Ingress:
         if ctl is not None:
             item["control"] = ctl.describe()  # quantised: what the image id, the record and the replica use
             item.update(item["control"])
+        req = RenderRequest(item["seeds"], psi, attributes, item.get("control"))
         t0 = time.perf_counter()
-        res = await self.generator.render.remote(item)
+        res = await self.generator.render.remote(req)
         t1 = time.perf_counter()
-        if not res["ok"]:
-            raise HTTPException(res["status"], res["error"])
-        model = res["model"]
-        out = await asyncio.to_thread(self._record, model, item, res["images"], res["conditions"], fmt)
-        return model, out, server_timing(t1 - t0, time.perf_counter() - t1, res.get("timing"))
+        if not res.ok:
+            raise HTTPException(res.status, res.error)
+        model = res.model
+        out = await asyncio.to_thread(self._record, model, item, res.images, res.conditions, fmt)
+        timing = {"replica_s": res.timing.replica_s, "forward_s": res.timing.forward_s} if res.timing else None
+        return model, out, server_timing(t1 - t0, time.perf_counter() - t1, timing)
 
     def _record(self, model: dict, item: dict, images, conditions, fmt: str) -> list[tuple[str, int, bytes]]:
         out = []
@@ -414,25 +417,21 @@ class Ingress:
         answers = await asyncio.gather(
             *(
                 self.generator.render_version.remote(
-                    {
-                        "model": {"uri": plan[side]["uri"], "label": plan[side]["version"]},
-                        "seeds": [seeds[side]],
-                        "truncation": psi,
-                    }
+                    RenderRequest((seeds[side],), psi, model=ModelRef(plan[side]["uri"], plan[side]["version"]))
                 )
                 for side in cmpstore.SIDES
             )
         )
         for res in answers:
-            if not res["ok"]:
-                raise HTTPException(res["status"], res["error"])
+            if not res.ok:
+                raise HTTPException(res.status, res.error)
         rendered = dict(zip(cmpstore.SIDES, answers))
 
         def record() -> tuple[dict[str, Any], dict[str, bytes]]:
             sides = {}
             for side, res in rendered.items():
-                m = res["model"]
-                cond = res["conditions"][0] if res["conditions"] else None
+                m = res.model
+                cond = res.conditions[0] if res.conditions else None
                 sides[side] = {
                     "version": m["model_version"],
                     "seed": seeds[side],
@@ -445,7 +444,7 @@ class Ingress:
 
             pngs = {
                 side: gen.encode_image(
-                    res["images"][0],
+                    res.images[0],
                     "png",
                     provenance=provenance_record(
                         cmpstore.BLIND_LABEL, cmpstore.blind_image_id(pair["pair_id"], side), None, psi

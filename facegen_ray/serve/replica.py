@@ -1,11 +1,14 @@
 """The generator deployment: holds G_ema on its device and renders batches of requests.
 
     ModelState (serve/model_state.py) ──polled──► GeneratorDeployment (autoscaling, num_gpus/
-    num_cpus from ServeConfig) ◄── handle.render.remote(request item) ── FacegenIngress
+    num_cpus from ServeConfig) ◄── handle.render.remote(RenderRequest) ── FacegenIngress
 
-@serve.batch: requests are the batch items (batch_size_fn = images per request), so one
-request's images always come from one model snapshot; forward passes hold at most
-ServeConfig.max_batch_size images.
+Continuous batching (serve/batcher.py): requests queue as they arrive; whenever the forward
+thread is free, the next batch is everything waiting (up to ServeConfig.max_batch_size images,
+whole requests), so one request's images always come from one model snapshot. A lone request
+runs at once; under load the batch is the backlog. A request's latents are drawn when it
+arrives, while the previous batch runs. Every forward (and render_version's, and CUDA-graph
+capture) runs on the one forward thread.
 
 Model swaps (no dropped requests): the replica loads the new generator in a thread while it
 keeps serving, then swaps one reference; a batch takes its model snapshot when it starts, so
@@ -18,19 +21,23 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from ray import serve
 
 from facegen_ray.config import ServeConfig, StorageConfig
+from facegen_ray.config.serve import fake_forward_costs
 from facegen_ray.errors import UserError
 from facegen_ray.models import encode_attributes
-from facegen_ray.models.sampling import GraphedSynthesis
+from facegen_ray.models.sampling import GraphedSynthesis, seeds_to_z
 from facegen_ray.observability.metrics import serving_metrics
 from facegen_ray.serve import generation as gen
+from facegen_ray.serve.batcher import ContinuousBatcher
 from facegen_ray.serve.control import control_of, render_controlled
-from facegen_ray.serve.schemas import MAX_IMAGES_PER_REQUEST
+from facegen_ray.serve.messages import RenderRequest, RenderResult, RenderTiming
 from facegen_ray.storage import Storage
 
 log = logging.getLogger("ray.serve")
@@ -39,14 +46,29 @@ GENERATOR_NAME = "GeneratorDeployment"
 MAX_OTHER_MODELS = 2  # versions held besides the pointer's model (render_version: a comparison's two)
 
 
-def _images_in(items: list[dict[str, Any]]) -> int:
-    return sum(len(it["seeds"]) for it in items)
+@dataclass
+class Job:
+    """A request in the batcher: its RenderRequest and the latents drawn on arrival (plain
+    requests; None for requests with controls, or when no model was loaded yet)."""
+
+    req: RenderRequest
+    z: torch.Tensor | None = None  # [k, z_dim] float32 (CPU)
 
 
-def batch_wait_for(in_flight: int, wait_s: float, adaptive: bool) -> float:
-    """The batch wait for a request that arrives with `in_flight` requests in the replica (itself
-    included): none when it is alone and the wait is adaptive, else the configured one."""
-    return float(wait_s) if (in_flight > 1 or not adaptive) else 0.0
+def fake_images(seeds: list[int], resolution: int) -> np.ndarray:
+    """serve.fake_forward_ms's output: uint8 [n,R,R,3], each image one grey level from its seed."""
+    level = (np.asarray(seeds, dtype=np.int64) % 251).astype(np.uint8)  # [n]
+    return np.ascontiguousarray(np.broadcast_to(level[:, None, None, None], (len(seeds), resolution, resolution, 3)))
+
+
+def capture_graphs(model: gen.LoadedModel) -> GraphedSynthesis:
+    """The model's synthesis with every CUDA-graph bucket captured now (the forward thread runs
+    this at model load, so no request waits for a capture)."""
+    synth = GraphedSynthesis(model.G.synthesis, model.device)
+    with torch.no_grad():
+        z = seeds_to_z([0], model.G.z_dim).to(model.device)
+        synth.capture_all(model.G.mapping(z, None))  # [1,L,D]
+    return synth
 
 
 def _replica_id() -> str:
@@ -60,11 +82,10 @@ def _replica_id() -> str:
 class GeneratorDeployment:
     """Holds G_ema on its device and renders batches of requests.
 
-    Item (one HTTP request): {"seeds": [int], "truncation": float, "attributes": dict | None,
-    "mix"?, "interpolate"?, "edit"? (see serve/control.py: such requests get their own ws and
-    share one synthesis pass per batch; plain requests render exactly as before)}.
-    Result: {"ok": True, "model": LoadedModel.describe(), "images": uint8 [k,H,W,3],
-    "conditions": [[a,g,r]] | None} or {"ok": False, "status": 422, "error": message}.
+    Request: serve/messages.RenderRequest (one HTTP request; with controls -- mix / interpolate
+    / edit -- it gets its own ws and shares one synthesis pass per batch, see serve/control.py).
+    Answer: serve/messages.RenderResult (ok with the model, uint8 images [k,H,W,3], condition
+    codes and timing; or status 422/500 and the error).
     """
 
     def __init__(self, state, root: str, storage: dict, serve_cfg: dict) -> None:
@@ -87,16 +108,11 @@ class GeneratorDeployment:
         self._loading: asyncio.Task | None = None
         self._others: OrderedDict[tuple[str, str], gen.LoadedModel] = OrderedDict()  # render_version's, LRU
         self._others_lock: asyncio.Lock | None = None
-        self._in_flight = 0  # requests in render() now (adaptive batch wait)
-        self._set_batching(self.cfg.max_batch_size, self.cfg.batch_wait_timeout_s)
-
-    # ---- batching parameters
-    def _set_batching(self, max_batch_size: int, wait_s: float) -> None:
-        self.forward_batch = int(max_batch_size)
-        # the queue gathers whole requests; a single request may hold up to 16 images
-        self.render_batch.set_max_batch_size(max(int(max_batch_size), MAX_IMAGES_PER_REQUEST))
-        self.batch_wait_s = float(wait_s)
-        self.render_batch.set_batch_wait_timeout_s(self.batch_wait_s)
+        self.fake_ms = fake_forward_costs(self.cfg.fake_forward_ms) if self.cfg.fake_forward_ms else None
+        self.forward_batch = int(self.cfg.max_batch_size)
+        self.batcher: ContinuousBatcher[Job, RenderResult] = ContinuousBatcher(
+            self._forward, max_batch_size=self.forward_batch, size_of=lambda req: req.images, prepare=self._prepare
+        )
 
     def _sync(self) -> tuple[asyncio.Lock, asyncio.Event]:
         if self._lock is None:
@@ -105,21 +121,19 @@ class GeneratorDeployment:
 
     # ---- model management
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """user_config: {"model": URI or version, "max_batch_size"?: int, "batch_wait_timeout_s"?: float}."""
+        """user_config: {"model": URI or version, "max_batch_size"?: int (images per forward pass)}."""
         if (
             not isinstance(user_config, dict)
             or not isinstance(user_config.get("model"), str)
             or not user_config["model"]
         ):
             raise ValueError('GeneratorDeployment user_config needs {"model": "<model dir URI or registry version>"}')
-        unknown = set(user_config) - {"model", "max_batch_size", "batch_wait_timeout_s"}
+        unknown = set(user_config) - {"model", "max_batch_size"}
         if unknown:
-            raise ValueError(f"unknown GeneratorDeployment user_config keys: {sorted(unknown)}")
-        if "max_batch_size" in user_config or "batch_wait_timeout_s" in user_config:
-            self._set_batching(
-                int(user_config.get("max_batch_size", self.forward_batch)),
-                float(user_config.get("batch_wait_timeout_s", self.render_batch.get_batch_wait_timeout_s())),
-            )
+            raise ValueError(f"unknown GeneratorDeployment user_config keys: {sorted(unknown)} (model, max_batch_size)")
+        if "max_batch_size" in user_config:
+            self.batcher.set_max_batch_size(int(user_config["max_batch_size"]))
+            self.forward_batch = int(user_config["max_batch_size"])
         ref = user_config["model"]
         self.user_ref = ref
         uri, label = await asyncio.to_thread(gen.resolve_model, self.storage, ref, self.root)
@@ -156,8 +170,9 @@ class GeneratorDeployment:
                 if raise_errors:
                     raise
                 return
-            if self.cfg.cuda_graphs and model.device == "cuda":
-                model.synthesis = GraphedSynthesis(model.G.synthesis, model.device)  # captured on first use
+            if self.cfg.cuda_graphs and model.device == "cuda" and self.fake_ms is None:
+                # every bucket captured before the swap, between batches of the old model
+                model.synthesis = await self.batcher.run_on_forward_thread(capture_graphs, model)
             previous = self.model.version if self.model is not None else None
             self.model = model  # the swap: batches already running keep their snapshot
             serving_metrics().model_loaded(model.version, previous)
@@ -229,60 +244,64 @@ class GeneratorDeployment:
             "generation": self.loaded_key[1] if self.loaded_key else None,
         }
 
-    async def render(self, item: dict[str, Any]) -> dict[str, Any]:
-        """One request through the batcher; an ok result carries "timing": {"replica_s": arrival
-        to result here, "forward_s": its batch's generator pass} (the ingress's Server-Timing)."""
+    def _prepare(self, req: RenderRequest) -> Job:
+        """On arrival (the event loop, while a batch runs): a plain request's latents."""
+        model = self.model
+        if model is None or req.control or self.fake_ms is not None:
+            return Job(req)
+        return Job(req, seeds_to_z(req.seeds, model.G.z_dim))
+
+    async def render(self, req: RenderRequest) -> RenderResult:
+        """One request through the continuous batcher; an ok result carries its timing
+        (replica_s: arrival to result here, forward_s: its batch's generator pass), which the
+        ingress turns into Server-Timing."""
         await self._wait_ready()
         t0 = time.perf_counter()
-        # Adaptive batch wait: a request that finds no other one in this replica (queued or being
-        # rendered) starts its batch at once instead of waiting batch_wait_timeout_s for company
-        # that is not coming; with others in flight the batcher waits as configured. The batcher
-        # reads the timeout when it takes a batch's first request, i.e. after this line.
-        self._in_flight += 1
-        try:
-            self.render_batch.set_batch_wait_timeout_s(
-                batch_wait_for(self._in_flight, self.batch_wait_s, self.cfg.adaptive_batch_wait)
-            )
-            res = await self.render_batch(item)
-        finally:
-            self._in_flight -= 1
-        if res.get("ok"):
-            res = {**res, "timing": {"replica_s": time.perf_counter() - t0, "forward_s": res.get("forward_s", 0.0)}}
-            res.pop("forward_s", None)
+        res = await self.batcher.submit(req)
+        if res.ok:
+            forward_s = res.timing.forward_s if res.timing else 0.0
+            res = res.timed(RenderTiming(time.perf_counter() - t0, forward_s))
         return res
 
-    async def render_version(self, item: dict[str, Any]) -> dict[str, Any]:
-        """Render with a given model instead of the pointer's: item {"model": {"uri", "label"},
-        "seeds", "truncation"} (the /compare pairs, data/comparison.py). The held model when it
-        is that one, else one loaded here and kept (at most MAX_OTHER_MODELS, least recently
-        used dropped). Not batched: a pair is one person's click. Conditional models render
-        with unknown attributes. Answers what render() answers."""
+    async def batch_stats(self) -> dict[str, Any]:
+        """What the batcher did (benchmarks, operators): batches and images so far, the images
+        of the last (up to 10,000) batches, and the requests waiting now."""
+        st = self.batcher.stats
+        return {
+            "replica": self.replica,
+            "batches": st.batches,
+            "images": st.images,
+            "sizes": list(st.sizes),
+            "queued": self.batcher.queued(),
+        }
+
+    async def render_version(self, req: RenderRequest) -> RenderResult:
+        """Render with a given model instead of the pointer's: req.model (the /compare pairs,
+        data/comparison.py). The held model when it is that one, else one loaded here and kept
+        (at most MAX_OTHER_MODELS, least recently used dropped). Not batched (a pair is one
+        person's click) but run on the forward thread between batches. Conditional models
+        render with unknown attributes. Answers what render() answers."""
         await self._wait_ready()
-        wanted = (str(item["model"]["uri"]), str(item["model"]["label"]))
+        if req.model is None:
+            return RenderResult.failure(422, "render_version needs the model to render with")
+        wanted = (str(req.model.uri), str(req.model.label))
         try:
             model = self.model if self.loaded_target == wanted and self.model is not None else await self._other(wanted)
         except Exception as e:  # noqa: BLE001 - report to the ingress, keep the replica alive
             log.error("replica %s: loading model %s for a comparison failed: %s", self.replica, wanted[0], e)
-            return {"ok": False, "status": 500, "error": f"could not load model {wanted[1] or wanted[0]}: {e}"}
-        seeds = [int(s) for s in item["seeds"]]
-        c = None
-        if model.conditional:
-            import torch
-
-            c = torch.full((len(seeds), 3), -1, dtype=torch.long)  # [N,3] unknown age/gender/race
+            return RenderResult.failure(500, f"could not load model {wanted[1] or wanted[0]}: {e}")
+        seeds = list(req.seeds)
+        c = torch.full((len(seeds), 3), -1, dtype=torch.long) if model.conditional else None  # [N,3] unknown
         try:
-            images = await asyncio.to_thread(
-                gen.generate, model.G, seeds, float(item["truncation"]), c, model.device, self.forward_batch
+            images = await self.batcher.run_on_forward_thread(
+                gen.generate, model.G, seeds, req.truncation, c, model.device, self.forward_batch
             )
         except Exception as e:  # noqa: BLE001
             log.exception("replica %s: generation with %s failed", self.replica, model.version)
-            return {"ok": False, "status": 500, "error": f"generation failed: {e}"}
-        return {
-            "ok": True,
-            "model": model.describe(),
-            "images": images,
-            "conditions": [[-1, -1, -1]] * len(seeds) if model.conditional else None,
-        }
+            return RenderResult.failure(500, f"generation failed: {e}")
+        return RenderResult.success(
+            model.describe(), images, [[-1, -1, -1]] * len(seeds) if model.conditional else None
+        )
 
     async def _other(self, wanted: tuple[str, str]) -> gen.LoadedModel:
         if self._others_lock is None:
@@ -299,113 +318,110 @@ class GeneratorDeployment:
                 self._others.popitem(last=False)
             return model
 
-    @serve.batch(max_batch_size=MAX_IMAGES_PER_REQUEST, batch_wait_timeout_s=0.01, batch_size_fn=_images_in)
-    async def render_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # ---- the forward thread
+    def _forward(self, jobs: list[Job]) -> list[RenderResult]:
+        """One batch (on the forward thread): plain requests in one generator pass, requests
+        with controls in one synthesis pass, refusals answered without rendering."""
         model = self.model  # snapshot: the whole batch uses one model even if a swap lands now
         assert model is not None
-        results: list[dict[str, Any] | None] = [None] * len(items)
+        results: list[RenderResult | None] = [None] * len(jobs)
         seeds: list[int] = []
         psis: list[float] = []
         conds: list[list[int]] = []
-        owners: list[int] = []
-        controlled: list[tuple[int, Any]] = []  # (item index, its controls): rendered by serve/control.py
-        for i, it in enumerate(items):
-            attrs = it.get("attributes")
+        zs: list[torch.Tensor | None] = []
+        plain: list[int] = []
+        controlled: list[tuple[int, Any]] = []  # (job index, (condition, controls)): serve/control.py
+        for i, job in enumerate(jobs):
+            req = job.req
+            if req.attributes is not None and not model.conditional:
+                results[i] = RenderResult.failure(
+                    422,
+                    f"model {model.version} is unconditional: it cannot generate by attributes; "
+                    "omit 'attributes' (or serve a model trained with model.conditional=true)",
+                )
+                continue
             cond = None
-            if attrs is not None:
-                if not model.conditional:
-                    results[i] = {
-                        "ok": False,
-                        "status": 422,
-                        "error": (
-                            f"model {model.version} is unconditional: it cannot generate by attributes; "
-                            "omit 'attributes' (or serve a model trained with model.conditional=true)"
-                        ),
-                    }
-                    continue
             if model.conditional:
-                a = attrs or {}
+                a = req.attributes or {}
                 try:
                     cond = encode_attributes(a.get("age"), a.get("gender"), a.get("race"), model.cfg)[0].tolist()
                 except UserError as e:
-                    results[i] = {"ok": False, "status": 422, "error": str(e)}
+                    results[i] = RenderResult.failure(422, str(e))
                     continue
             try:
-                ctl = control_of(it)
+                ctl = control_of(req.item())
             except UserError as e:
-                results[i] = {"ok": False, "status": 422, "error": str(e)}
+                results[i] = RenderResult.failure(422, str(e))
                 continue
             if ctl is not None:
                 controlled.append((i, (cond, ctl)))
-                results[i] = {"pending": True}  # filled below; the plain rows skip it
                 continue
-            for s in it["seeds"]:
-                seeds.append(int(s))
-                psis.append(float(it["truncation"]))
-                conds.append(cond if cond is not None else [-1, -1, -1])
-                owners.append(i)
-        if seeds:
-            c = torch.tensor(conds, dtype=torch.long) if model.conditional else None  # [N,3]
-            try:
-                t_batch = time.perf_counter()
-                images = await asyncio.to_thread(
-                    gen.generate, model.G, seeds, psis, c, model.device, self.forward_batch, model.synthesis
-                )  # uint8 [N,H,W,3]
-                forward_s = time.perf_counter() - t_batch
-                serving_metrics().batch(model.version, len(seeds), len(set(owners)), forward_s)
-            except Exception as e:  # noqa: BLE001 - report per request, keep the replica alive
-                log.exception("replica %s: generation failed", self.replica)
-                images, err = None, f"generation failed: {e}"
-            pos = 0
-            for i in range(len(items)):
-                if results[i] is not None:  # refused, or a request with controls
-                    continue
-                k = len(items[i]["seeds"])
-                if images is None:
-                    results[i] = {"ok": False, "status": 500, "error": err}
-                else:
-                    results[i] = {
-                        "ok": True,
-                        "model": model.describe(),
-                        "images": images[pos : pos + k],
-                        "conditions": [conds[pos + j] for j in range(k)] if model.conditional else None,
-                        "forward_s": forward_s,
-                    }
-                pos += k
+            plain.append(i)
+            seeds.extend(req.seeds)
+            psis.extend([req.truncation] * req.images)
+            conds.extend([cond if cond is not None else [-1, -1, -1]] * req.images)
+            # latents drawn on arrival, unless the model (its z_dim) changed since
+            zs.append(job.z if job.z is not None and job.z.shape[1] == model.G.z_dim else None)
+        if plain:
+            self._render_plain(model, jobs, plain, seeds, psis, conds, zs, results)
         if controlled:
-            await self._render_controlled(model, items, controlled, results)
+            self._render_controlled(model, jobs, controlled, results)
         return results  # type: ignore[return-value]
 
-    async def _render_controlled(
-        self,
-        model: gen.LoadedModel,
-        items: list[dict[str, Any]],
-        controlled: list[tuple[int, Any]],
-        results: list[dict[str, Any] | None],
+    def _render_plain(self, model, jobs, plain, seeds, psis, conds, zs, results) -> None:
+        describe = model.describe()
+        t_batch = time.perf_counter()
+        try:
+            if self.fake_ms is not None:  # serve.fake_forward_ms: benchmarks and tests
+                time.sleep((self.fake_ms[0] + self.fake_ms[1] * len(seeds)) / 1000)
+                images = fake_images(seeds, model.resolution)
+            else:
+                z = torch.cat(
+                    [z if z is not None else seeds_to_z(jobs[i].req.seeds, model.G.z_dim) for i, z in zip(plain, zs)]
+                )
+                c = torch.tensor(conds, dtype=torch.long) if model.conditional else None  # [N,3]
+                images = gen.generate(
+                    model.G, seeds, psis, c, model.device, self.forward_batch, model.synthesis, z=z
+                )  # uint8 [N,H,W,3]
+        except Exception as e:  # noqa: BLE001 - report per request, keep the replica alive
+            log.exception("replica %s: generation failed", self.replica)
+            for i in plain:
+                results[i] = RenderResult.failure(500, f"generation failed: {e}")
+            return
+        forward_s = time.perf_counter() - t_batch
+        serving_metrics().batch(model.version, len(seeds), len(plain), forward_s)
+        timing = RenderTiming(0.0, forward_s)
+        pos = 0
+        for i in plain:
+            k = jobs[i].req.images
+            results[i] = RenderResult.success(
+                describe, images[pos : pos + k], conds[pos : pos + k] if model.conditional else None, timing
+            )
+            pos += k
+
+    def _render_controlled(
+        self, model: gen.LoadedModel, jobs: list[Job], controlled: list[tuple[int, Any]], results: list
     ) -> None:
         """Requests with mix / interpolate / edit: their own ws, one synthesis pass for all of them."""
-        jobs = [(list(items[i]["seeds"]), float(items[i]["truncation"]), cond, ctl) for i, (cond, ctl) in controlled]
+        work = [(list(jobs[i].req.seeds), jobs[i].req.truncation, cond, ctl) for i, (cond, ctl) in controlled]
         forward_s = 0.0
         try:
             t_batch = time.perf_counter()
-            out = await asyncio.to_thread(render_controlled, model, jobs, self.forward_batch)
+            out = render_controlled(model, work, self.forward_batch)
             forward_s = time.perf_counter() - t_batch
-            n = sum(len(j[0]) for j, o in zip(jobs, out) if not isinstance(o, Exception))
+            n = sum(len(w[0]) for w, o in zip(work, out) if not isinstance(o, Exception))
             if n:
-                serving_metrics().batch(model.version, n, len(jobs), forward_s)
+                serving_metrics().batch(model.version, n, len(work), forward_s)
         except Exception as e:  # noqa: BLE001 - report per request, keep the replica alive
             log.exception("replica %s: controlled generation failed", self.replica)
-            out = [RuntimeError(f"generation failed: {e}")] * len(jobs)
+            out = [RuntimeError(f"generation failed: {e}")] * len(work)
+        describe = model.describe()
         for (i, (cond, _)), o in zip(controlled, out):
             if isinstance(o, UserError):
-                results[i] = {"ok": False, "status": 422, "error": str(o)}
+                results[i] = RenderResult.failure(422, str(o))
             elif isinstance(o, Exception):
-                results[i] = {"ok": False, "status": 500, "error": str(o)}
+                results[i] = RenderResult.failure(500, str(o))
             else:
-                results[i] = {
-                    "ok": True,
-                    "model": model.describe(),
-                    "images": o,
-                    "conditions": [cond] * len(o) if model.conditional else None,
-                    "forward_s": forward_s,
-                }
+                results[i] = RenderResult.success(
+                    describe, o, [cond] * len(o) if model.conditional else None, RenderTiming(0.0, forward_s)
+                )
