@@ -42,7 +42,8 @@ from facegen_ray.data.feeder import ShardFeeder
 from facegen_ray.observability.metrics import training_metrics
 from facegen_ray.storage import Storage
 from facegen_ray.train import report as rep
-from facegen_ray.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint, upload_checkpoint
+from facegen_ray.train.checkpoint import restore as restore_checkpoint
+from facegen_ray.train.checkpoint import restore_rng, save_checkpoint, upload_checkpoint
 from facegen_ray.train.distributed import any_rank, module_digest, world_size
 from facegen_ray.train.periodic_eval import PeriodicEvaluator
 from facegen_ray.train.schedule import ProgressiveSchedule, SchedulePoint
@@ -74,6 +75,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     threads = int(config.get("threads") or 1)
     torch.set_num_threads(threads)  # the CPUs this worker reserved, no more (trainer.worker_resources)
     gan = GANSteps(cfg, device, world=world_size())
+    node_ip = ray.util.get_node_ip_address()
+    print(
+        f"[facegen] rank {rank}/{world} on node {node_ip} (gloo interface {os.environ.get('GLOO_SOCKET_IFNAME') or 'default'})",
+        flush=True,
+    )
 
     counters = {"images_seen": 0, "d_steps": 0, "g_steps": 0, "iterations": 0}
     data_pos = {"epoch": 0, "rows": 0}
@@ -86,8 +92,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     # ------------------------------------------------------------------ resume / warm start
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state, rng = load_checkpoint(d, rank, map_location=device)
+        state, rng = restore_checkpoint(ckpt, rank, map_location=device)
         gan.load_state_dict(state)
         counters.update(state["counters"])
         data_pos.update(state["data"])
@@ -302,6 +307,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     summary = {
         "rank": rank,
         "node_id": ray.get_runtime_context().get_node_id(),
+        "node_ip": node_ip,
         "pid": os.getpid(),
         "torch_threads": torch.get_num_threads(),
         **counters,
