@@ -63,6 +63,6 @@ def test_ddp_across_two_hosts_strict_spread(cluster):
     for w in out["workers"]:
         assert f"rank {w['rank']}/2 on node {w['node_ip']} (gloo interface eth0)" in job.logs
     assert len({(w["g_digest"], w["d_digest"]) for w in out["workers"]}) == 1, out["workers"]
-    assert all(w["d_steps"] == 8 for w in out["workers"]), out["workers"]
+    assert all(w["d_steps"] == 16 for w in out["workers"]), out["workers"]
     # the run's checkpoints are in S3 (the only storage the hosts share)
     assert any(k.endswith("state.pt") for k in cluster.keys("spread/runs/cluster-tiny/"))
