@@ -66,3 +66,40 @@ def test_ddp_across_two_hosts_strict_spread(cluster):
     assert all(w["d_steps"] == 16 for w in out["workers"]), out["workers"]
     # the run's checkpoints are in S3 (the only storage the hosts share)
     assert any(k.endswith("state.pt") for k in cluster.keys("spread/runs/cluster-tiny/"))
+
+
+def _bench(name: str):
+    import importlib
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    return importlib.import_module(name)
+
+
+def test_worker_host_killed_mid_training_resumes_from_s3_on_the_first_retry(cluster):
+    """SIGKILL every process of a worker host after a committed checkpoint, a replacement joins:
+    with max_failures 1 the run resumes from that checkpoint once and finishes; the model generates."""
+    import argparse
+
+    args = argparse.Namespace(total_images=2048, checkpoint_every=256, timeout=360)
+    out = _bench("cluster_faults").train_kill(cluster, args)
+    assert out["job_status"] == "SUCCEEDED", out
+    assert out["finished_at_configured_images"] and out["images_seen"] == 2048, out
+    assert out["restarts"] == 1, out  # one host loss = one failure
+    assert out["resumed_from_images"] >= out["last_committed_checkpoint_at_kill"], out
+    assert out["images_redone_approx"] <= 256 + 50, out  # progress lines are rounded to 0.1k images
+    assert out["weights_identical"] and out["final_model_generates"], out
+    assert cluster.state.hosts[-1].ip in {w["node_ip"] for w in out["workers"]}, out  # the replacement trained
+
+
+def test_serving_across_hosts_survives_a_host_kill(cluster):
+    """2 generator replicas on the 2 worker hosts, 16 outside clients; one host dies mid-run."""
+    import argparse
+
+    args = argparse.Namespace(duration=40, clients=16, restore_timeout=120)
+    out = _bench("cluster_serve").serve_kill(cluster, args)
+    workers = {h.ip for h in cluster.state.hosts[1:3]}
+    assert set(out["generator_hosts_before"]) == workers, out  # one replica per worker host
+    assert out["failed_after_one_retry"] == 0, out
+    assert out["feedback_acknowledged"] > 0 and out["feedback_lost"] == 0, out
+    assert out["replicas_restored_s"] is not None, out
