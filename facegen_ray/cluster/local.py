@@ -259,6 +259,8 @@ def status(state: ClusterState) -> list[dict]:
 
 def summary(state: ClusterState) -> str:
     head = state.head.ip
+    if not state.with_ray:
+        return f"{len(state.hosts)} host(s) {', '.join(h.ip for h in state.hosts)} (no Ray, no S3); state: {state.state_file}"
     env = " ".join(f"{k}={v}" for k, v in CREDENTIALS.items())
     return "\n".join(
         [

@@ -39,7 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--hosts", type=int, default=3, help="hosts, the head included (default 3)")
     u.add_argument("--subnet", default="10.213.0.0/24", help="private /24 for the bridge (default 10.213.0.0/24)")
     u.add_argument("--cpus", type=float, default=2, help="logical CPUs per worker host (default 2)")
-    u.add_argument("--head-cpus", type=float, default=0, help="logical CPUs of the head (default 0: no work)")
+    u.add_argument(
+        "--head-cpus",
+        type=float,
+        default=None,
+        help="logical CPUs of the head (default 0: no work; --cpus with --hosts 1)",
+    )
     u.add_argument("--no-ray", action="store_true", help="namespaces only (no Ray, no S3): checks the plumbing")
     verb("status", "hosts, their addresses and processes; the submit line")
     verb("down", "remove every namespace, link and process the cluster made")
@@ -63,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             args.subnet,
             state_file,
             cpus_per_host=args.cpus,
-            head_cpus=args.head_cpus,
+            head_cpus=args.head_cpus if args.head_cpus is not None else (0 if args.hosts > 1 else args.cpus),
             with_ray=not args.no_ray,
         )
         local.up(args.hosts, state, with_s3=not args.no_ray)
