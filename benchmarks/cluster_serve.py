@@ -141,6 +141,7 @@ def serve_kill(c: LocalCluster, args: argparse.Namespace) -> dict:
     serve_job = c.submit(f"facegen serve {final[-1]['model_version']} --root {root} --host 0.0.0.0 {sets}")
     url = f"http://{c.state.head.ip}:8000"
     out = cf.record("serve-kill", args)
+    out["command"] = "python benchmarks/cluster_serve.py " + " ".join(sys.argv[1:])
     try:
         out["generator_hosts_before"] = wait_ready(c, url, serve_job, 240)
         image_ids = httpx.post(f"{url}/generate", json={"seed": 7, "num_images": 16}, timeout=60).json()["images"]
