@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "facegen_ray.commands.dashboards",
     "facegen_ray.commands.retrain",
     "facegen_ray.commands.tune",
+    "facegen_ray.commands.cluster",
 ]
 
 

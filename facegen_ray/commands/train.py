@@ -56,6 +56,11 @@ def run(args: argparse.Namespace) -> int:
                 "checkpoint": out.checkpoint_path,
                 "model_version": out.version,
                 "model_uri": out.model_uri,
+                # where each DDP worker ran and the digest of its weights (equal = in sync)
+                "workers": [
+                    {k: w.get(k) for k in ("rank", "node_ip", "d_steps", "g_steps", "g_digest", "d_digest")}
+                    for w in out.workers
+                ],
             }
         )
     )

@@ -29,6 +29,7 @@ import json
 import os
 import random
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -142,6 +143,27 @@ def load_checkpoint(directory: str, rank: int, map_location: str | torch.device 
     rng_path = os.path.join(directory, rng_file(rank))
     rng = torch.load(rng_path, map_location="cpu", weights_only=False) if os.path.isfile(rng_path) else None
     return state, rng
+
+
+def restore(checkpoint, rank: int, map_location: str | torch.device = "cpu") -> tuple[dict, dict | None]:
+    """load_checkpoint of a Ray Train checkpoint (on the run's storage) for worker `rank`.
+
+    A checkpoint on a remote filesystem (S3) is downloaded into a directory of this worker's
+    own, then removed. Not Checkpoint.as_directory(): that gives every process on a node the
+    same temporary directory, and a worker that starts its download after another finished
+    rewrites the files in place while the other reads them ("PytorchStreamReader failed
+    reading file data/1 ... checkpoint file is corrupted": two workers restoring on one host,
+    e.g. after their host was replaced). A local checkpoint is read in place."""
+    import pyarrow.fs as pafs
+
+    if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
+        return load_checkpoint(checkpoint.path, rank, map_location=map_location)
+    directory = tempfile.mkdtemp(prefix=f"facegen-restore-rank{rank}-")
+    try:
+        checkpoint.to_directory(directory)
+        return load_checkpoint(directory, rank, map_location=map_location)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def read_meta(directory: str) -> dict[str, Any]:

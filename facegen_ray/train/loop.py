@@ -45,7 +45,8 @@ from facegen_ray.data.feeder import ShardFeeder
 from facegen_ray.observability.metrics import training_metrics
 from facegen_ray.storage import Storage
 from facegen_ray.train import report as rep
-from facegen_ray.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint, upload_checkpoint
+from facegen_ray.train.checkpoint import restore as restore_checkpoint
+from facegen_ray.train.checkpoint import restore_rng, save_checkpoint, upload_checkpoint
 from facegen_ray.train.distributed import any_rank, module_digest, world_size
 from facegen_ray.train.faults import FaultHooks
 from facegen_ray.train.loop_state import Counters, Due, LogWindow, due_after
@@ -133,6 +134,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     torch.set_num_threads(threads)  # the CPUs this worker reserved, no more (trainer.worker_resources)
     gan = GANSteps(cfg, device, world=world_size())
     faults = FaultHooks.from_config(config, rank)
+    node_ip = ray.util.get_node_ip_address()
+    print(
+        f"[facegen] rank {rank}/{world} on node {node_ip} (gloo interface {os.environ.get('GLOO_SOCKET_IFNAME') or 'default'})",
+        flush=True,
+    )
 
     counters = Counters()
     data_pos = {"epoch": 0, "rows": 0}
@@ -145,8 +151,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     # ------------------------------------------------------------------ resume / warm start
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state, rng = load_checkpoint(d, rank, map_location=device)
+        state, rng = restore_checkpoint(ckpt, rank, map_location=device)
         gan.load_state_dict(state)
         counters.update(state["counters"])
         data_pos.update(state["data"])
@@ -313,6 +318,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     summary = {
         "rank": rank,
         "node_id": ray.get_runtime_context().get_node_id(),
+        "node_ip": node_ip,
         "pid": os.getpid(),
         "torch_threads": torch.get_num_threads(),
         **counters.as_dict(),

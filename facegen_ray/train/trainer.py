@@ -299,6 +299,7 @@ def fit(
     from ray.data.dataset import MaterializedDataset
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 
+    from facegen_ray.train.gloo import torch_config
     from facegen_ray.train.loop import train_loop_per_worker
 
     layout = Layout(cfg.storage.root)
@@ -341,6 +342,7 @@ def fit(
             callbacks=list(callbacks or []) + bar_callbacks,
         ),
         datasets={"train": dataset},
+        torch_config=torch_config(),  # gloo on the node's own address (train/gloo.py)
         # preserve_order: deterministic split across workers (exact resume; see loop.py)
         dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
     )

@@ -1,0 +1,217 @@
+"""Faults on a multi-host cluster on one machine (`facegen cluster`: network namespaces, S3 the only
+shared storage); each mode builds its own cluster, injects one fault, always tears the cluster
+down, and appends one JSON line to docs/cluster/<mode>.jsonl.
+
+train-kill: a DDP run (configs/cluster-tiny.yaml: STRICT_SPREAD, 2 workers on 2 worker hosts,
+  max_failures 1) is started; once Ray Train has committed a checkpoint in S3, every process of
+  one worker host is SIGKILLed (`kill-host`) and a replacement host joins (`add-host`). Reports
+  the time from the kill to the resumed run's first line and to its first progress beyond the
+  kill, the checkpoint it resumed from, the images re-done, how many restarts it took, whether
+  the run finished at the configured image count, and whether the exported model generates.
+partition: the same run; one worker host's link is taken down for --seconds (30), then up.
+  Reports what Ray did (node state after the cut, restarts) and whether the run finished.
+serve-kill: see serve_faults.py.
+
+    flock /work/heavy.lock timeout 480 python benchmarks/cluster_faults.py train-kill
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import sys
+import threading
+import time
+import uuid
+
+from facegen_ray.cluster import local
+from facegen_ray.cluster.jobs import LocalCluster
+from facegen_ray.cluster.plan import STATE_DIR
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE = os.path.join(REPO, "facegen_ray", "sample_data", "utkface-sample.zip")
+MACHINE = "2-core AMD EPYC CPU VM, no GPU (one Linux VM: hosts are network namespaces on one bridge)"
+RESUMED = re.compile(r"resumed from checkpoint at (\d+) images")
+PROGRESS = re.compile(r"\[facegen\] (\d+\.\d)k img \|")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def tail(logs: str, *needles: str, n: int = 12) -> list[str]:
+    return [ANSI.sub("", ln) for ln in logs.splitlines() if any(k in ln for k in needles)][-n:]
+
+
+def record(mode: str, args: argparse.Namespace) -> dict:
+    return {
+        "fault": mode,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": MACHINE,
+        "command": "python benchmarks/cluster_faults.py " + " ".join(sys.argv[1:]),
+    }
+
+
+def committed_checkpoints(c: LocalCluster, run_prefix: str) -> list[int]:
+    """Images of the checkpoints Ray Train's controller has committed (its snapshot names them)."""
+    key = f"{run_prefix}/checkpoint_manager_snapshot.json"
+    try:
+        body = c.s3().get_object(Bucket="facegen", Key=key)["Body"].read().decode()
+    except Exception:  # noqa: BLE001 (not written yet)
+        return []
+    return sorted({int(m) for m in re.findall(r"checkpoint-(\d{12})", body)})
+
+
+def last_progress(logs: str) -> int:
+    found = PROGRESS.findall(logs)
+    return int(float(found[-1]) * 1000) if found else 0
+
+
+def start_training(c: LocalCluster, root: str, total: int, every: int, max_failures: int) -> str:
+    raw = c.upload(SAMPLE, "raw/utkface-sample.zip")
+    prep = c.run_job(f"facegen prepare {raw} {root}/datasets/faces --resolution 8 --limit 128", timeout=300)
+    if prep.status != "SUCCEEDED":
+        raise RuntimeError("prepare failed:\n" + prep.logs[-3000:])
+    return c.submit(
+        f"facegen train --config configs/cluster-tiny.yaml --root {root} --set train.total_images={total} "
+        f"--set train.checkpoint_every_images={every} --set train.max_failures={max_failures}"
+    )
+
+
+def wait_for_checkpoint(c: LocalCluster, job: str, run_prefix: str, timeout: float) -> list[int]:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        done = committed_checkpoints(c, run_prefix)
+        if done:
+            return done
+        if str(c.client().get_job_status(job).value) in {"FAILED", "STOPPED", "SUCCEEDED"}:
+            raise RuntimeError("training ended before a checkpoint:\n" + c.client().get_job_logs(job)[-3000:])
+        time.sleep(0.5)
+    raise RuntimeError("no committed checkpoint in time")
+
+
+def finish(c: LocalCluster, job: str, out: dict, total: int, root: str, timeout: float) -> dict:
+    res = c.wait(job, timeout)
+    lines = [ln for ln in res.logs.splitlines() if ln.startswith('{"run"')]
+    final = json.loads(lines[-1]) if lines else {}
+    out.update(
+        job_status=res.status,
+        images_seen=final.get("images_seen"),
+        finished_at_configured_images=final.get("images_seen") == total,
+        restarts=len(RESUMED.findall(res.logs)),
+        workers=[{k: w.get(k) for k in ("rank", "node_ip")} for w in final.get("workers", [])],
+        weights_identical=len({w.get("g_digest") for w in final.get("workers", [])}) == 1,
+    )
+    if final.get("model_uri"):
+        gen = c.run_job(f"facegen generate {final['model_uri']} --seeds 0-3 --out {root}/check.png", timeout=180)
+        out["final_model_generates"] = gen.status == "SUCCEEDED" and bool(c.keys(root.split("/", 3)[3] + "/check.png"))
+    return res.logs
+
+
+def train_kill(c: LocalCluster, args: argparse.Namespace) -> dict:
+    root = f"s3://facegen/kill-{uuid.uuid4().hex[:6]}"
+    prefix = root.split("/", 3)[3] + "/runs/cluster-tiny"
+    job = start_training(c, root, args.total_images, args.checkpoint_every, max_failures=1)
+    committed = wait_for_checkpoint(c, job, prefix, 300)
+    seen_at_kill = last_progress(c.client().get_job_logs(job))
+    victim = c.state.hosts[-1].index
+    t_kill = time.monotonic()
+    killed = local.kill_host(c.reload(), victim)
+    host = local.add_host(c.reload())
+    t_added = time.monotonic()
+    out = record("train-kill", args)
+    out.update(
+        config="configs/cluster-tiny.yaml (8x8, 2 DDP workers STRICT_SPREAD, max_failures 1)",
+        total_images=args.total_images,
+        checkpoint_every_images=args.checkpoint_every,
+        killed_host=victim,
+        killed_processes=killed,
+        replacement_host=host.index,
+        replacement_join_s=round(t_added - t_kill, 1),
+        last_committed_checkpoint_at_kill=committed[-1],
+        images_seen_at_kill_approx=seen_at_kill,
+    )
+    resumed_at, first_progress_s = None, None
+    while time.monotonic() - t_kill < args.timeout:
+        logs = c.client().get_job_logs(job)
+        m = RESUMED.findall(logs)
+        if m and resumed_at is None:
+            resumed_at = int(m[0])
+            out["recovery_to_resume_s"] = round(time.monotonic() - t_kill, 1)
+        if resumed_at is not None and last_progress(logs.split("resumed from checkpoint")[-1]) > seen_at_kill:
+            first_progress_s = round(time.monotonic() - t_kill, 1)
+            break
+        if str(c.client().get_job_status(job).value) in {"FAILED", "STOPPED", "SUCCEEDED"}:
+            break
+        time.sleep(1)
+    out.update(
+        resumed_from_images=resumed_at,
+        recovery_past_kill_point_s=first_progress_s,
+        images_redone_approx=(seen_at_kill - resumed_at) if resumed_at is not None else None,
+    )
+    logs = finish(c, job, out, args.total_images, root, args.timeout)
+    out["log_tail"] = tail(logs, "[facegen]", "Error")
+    return out
+
+
+def partition(c: LocalCluster, args: argparse.Namespace) -> dict:
+    root = f"s3://facegen/part-{uuid.uuid4().hex[:6]}"
+    prefix = root.split("/", 3)[3] + "/runs/cluster-tiny"
+    job = start_training(c, root, args.total_images, args.checkpoint_every, max_failures=2)
+    wait_for_checkpoint(c, job, prefix, 300)
+    victim = c.state.hosts[-1]
+    out = record("partition", args)
+    out.update(
+        partitioned_host=victim.index,
+        seconds=args.seconds,
+        images_seen_at_cut_approx=last_progress(c.client().get_job_logs(job)),
+    )
+    t0 = time.monotonic()
+    cut = threading.Thread(target=local.partition, args=(c.reload(), victim.index, args.seconds))
+    cut.start()
+    cut.join()
+    out["link_restored_s"] = round(time.monotonic() - t0, 1)
+    time.sleep(5)
+    nodes = local.run_on(
+        c.reload(), 0, ["ray", "list", "nodes", "--format", "json"], capture_output=True, text=True, timeout=60
+    )
+    try:
+        states = {n["node_ip"]: n["state"] for n in json.loads(nodes.stdout)}
+    except (ValueError, KeyError):
+        states = {"error": nodes.stdout[-500:] + nodes.stderr[-500:]}
+    out["ray_node_states_after"] = states
+    if states.get(victim.ip) != "ALIVE" or list(states.values()).count("ALIVE") < len(c.state.hosts):
+        # the cut host's Ray node was declared dead: it does not come back by itself (its raylet
+        # exits when it learns that); a replacement joins, as an autoscaler would add one
+        local.add_host(c.reload())
+        out["replacement_added"] = True
+    logs = finish(c, job, out, args.total_images, root, args.timeout)
+    out["total_s"] = round(time.monotonic() - t0, 1)
+    out["log_tail"] = tail(logs, "[facegen]", "Error", "dead", "died")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", choices=("train-kill", "partition"))
+    p.add_argument("--total-images", type=int, default=2048)
+    p.add_argument("--checkpoint-every", type=int, default=256)
+    p.add_argument("--seconds", type=float, default=30)
+    p.add_argument("--timeout", type=float, default=360)
+    p.add_argument("--subnet", default="10.213.70.0/24")
+    p.add_argument("--out", default=None, help="JSONL to append to (default docs/cluster/<mode>.jsonl)")
+    args = p.parse_args(argv)
+    name = "b" + uuid.uuid4().hex[:4]
+    fn = {"train-kill": train_kill, "partition": partition}[args.mode]
+    with LocalCluster(3, name=name, subnet=args.subnet, state_file=f"{STATE_DIR}/{name}.json") as c:
+        out = fn(c, args)
+    line = json.dumps(out)
+    print(line)
+    path = args.out or os.path.join(REPO, "docs", "cluster", f"{args.mode}.jsonl")
+    with open(path, "a") as f:
+        f.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

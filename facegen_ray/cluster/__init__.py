@@ -1,0 +1,1 @@
+"""Cluster tooling: facegen_ray.cluster.local builds a multi-host Ray cluster on one Linux machine."""
