@@ -319,30 +319,27 @@ def iter_lines(storage: Storage, uri: str) -> Iterator[str]:
         yield from f
 
 
-def s3_worker_options(cfg: StorageConfig) -> dict[str, Any]:
-    """Keyword arguments for pyarrow's S3FileSystem that work inside Ray workers and Ray
-    Train's controller, whose environment may lack the driver's credentials.
+# environment variables that hold a secret: never forwarded to workers (runtime_env env_vars are
+# logged by Ray's runtime_env agent and pickled with Tune's trainables), never written anywhere
+SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
-    Order of precedence (one rule for every caller):
-      1. storage.anon: anonymous access, even when credentials exist (a public bucket);
-      2. credentials botocore finds on the driver (env vars, ~/.aws, instance role), frozen
-         into the filesystem so it pickles with them;
-      3. none: pyarrow's own credential chain on the worker.
-    Plus the endpoint (storage.endpoint_url / FACEGEN_S3_ENDPOINT_URL, scheme kept) and region
-    (default us-east-1)."""
+
+def s3_worker_options(cfg: StorageConfig) -> dict[str, Any]:
+    """Keyword arguments for pyarrow's S3FileSystem, for Ray workers, Ray Train's controller and
+    Ray Tune (whose RunConfig, with this filesystem, is pickled into `tuner.pkl` in storage).
+
+    No credentials, ever: a filesystem built from these options pickles with the endpoint and
+    region only, and each process that unpickles it resolves credentials itself through the AWS
+    chain of its own node (env vars, ~/.aws profile, credential_process, web identity, SSO,
+    container/instance metadata), refreshing them when they expire. Keys frozen in here would
+    be written to the bucket with `tuner.pkl` and would stop working when they rotate.
+
+    storage.anon: anonymous access (a public bucket), even when credentials exist. The endpoint
+    (storage.endpoint_url / FACEGEN_S3_ENDPOINT_URL, scheme kept) and region (default
+    us-east-1) may travel: they are not secret."""
     kw: dict[str, Any] = {}
     if cfg.anon:
         kw["anonymous"] = True
-    else:
-        try:
-            import botocore.session
-
-            creds = botocore.session.get_session().get_credentials()
-        except Exception:  # noqa: BLE001 - no botocore or a broken profile: pyarrow's chain decides
-            creds = None
-        if creds is not None:
-            frozen = creds.get_frozen_credentials()
-            kw.update(access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token)
     if cfg.endpoint_url:
         scheme, _, host = cfg.endpoint_url.partition("://")
         kw.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
@@ -352,8 +349,8 @@ def s3_worker_options(cfg: StorageConfig) -> dict[str, Any]:
 
 def worker_filesystem(storage: Storage, uri: str) -> tuple[Any, str]:
     """(pyarrow FileSystem, path) that also works inside Ray workers: for s3:// pyarrow's native
-    S3FileSystem from s3_worker_options (it pickles with the driver's credentials); other URIs
-    use Storage.pyarrow_fs."""
+    S3FileSystem from s3_worker_options (it pickles with endpoint and region only: each process
+    finds its own credentials); other URIs use Storage.pyarrow_fs."""
     uri = normalize(uri)
     if not uri.startswith("s3://"):
         return storage.pyarrow_fs(uri)

@@ -51,10 +51,10 @@ log = logging.getLogger(__name__)
 
 FAULT_ENV = "FACEGEN_TRAIN_FAULT"  # test hook: "RANK:AFTER_IMAGES:MARKER_FILE"
 CHECKPOINT_FAULT_ENV = "FACEGEN_CHECKPOINT_FAULT"  # test hook: "AFTER_IMAGES:MARKER_FILE" (loop.py)
+# non-secret storage settings handed to the train workers (a `ray job submit` driver's environment
+# does not reach them). Credentials are never forwarded: they would be pickled into Tune's
+# tuner.pkl in storage; every node resolves its own through the AWS chain (storage.s3_worker_options)
 FORWARD_ENV = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
     "AWS_DEFAULT_REGION",
     "AWS_ENDPOINT_URL",
     "FACEGEN_S3_ENDPOINT_URL",
@@ -128,9 +128,9 @@ def validate(cfg: FacegenConfig, storage: Storage) -> dict[str, Any]:
 
 
 def _run_storage(storage: Storage, runs_uri: str):
-    """(storage_path, storage_filesystem) for RunConfig. For s3:// the filesystem is built
-    with the driver's credentials so Ray Train's controller (which does not inherit our
-    environment) can read and write checkpoints."""
+    """(storage_path, storage_filesystem) for RunConfig. For s3:// a pyarrow S3FileSystem with the
+    endpoint and region (Ray's own from_uri would miss a custom endpoint); it carries no
+    credentials: Ray Train's controller and workers resolve theirs on their own node."""
     if not is_remote(runs_uri):
         return runs_uri, None
     fs, path = worker_filesystem(storage, runs_uri)

@@ -38,7 +38,7 @@ from typing import Any
 
 from facegen_ray.errors import UserError
 from facegen_ray.runtime import ensure_ray
-from facegen_ray.storage import Layout, Storage, StorageError, join
+from facegen_ray.storage import SECRET_ENV, Layout, Storage, StorageError, join
 from facegen_ray.train.trainer import FORWARD_ENV, _run_storage, check_dataset, dataset_uri, fit, training_dataset
 from facegen_ray.tune.results import summarize, trial_row, write_results
 from facegen_ray.tune.spec import Sweep, param_space, trial_config
@@ -108,7 +108,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """Tune function trainable: one training run with the sampled params (config["params"])."""
     from ray import tune
 
-    for k, v in setup.env.items():  # S3 credentials for _run_storage in this actor
+    for k, v in setup.env.items():  # endpoint, region, progress switch (never credentials: FORWARD_ENV)
         os.environ.setdefault(k, v)
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(setup.base, setup.paths, dict(config["params"]), run_name=trial_id)
@@ -259,6 +259,22 @@ def trials_bar_callback(total: int, metric: str):
     return TrialsBar()
 
 
+def _stop_tune_forwarding_credentials() -> None:
+    """Ray Tune copies the driver's AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/session token into
+    every trainable actor's runtime_env (ray.tune.execution.class_cache), and Ray's runtime_env
+    agent writes each runtime_env it creates, values included, to its log on the node's disk.
+    Trial actors find credentials the way every other facegen process does, through their own
+    node's AWS chain (storage.s3_worker_options), so the secret variables are taken off the
+    list. tests/test_secrets.py scans the node's disk for them."""
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:  # a Ray without that module forwards nothing
+        return
+    names = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
+    if isinstance(names, set):
+        names.difference_update(SECRET_ENV)
+
+
 def run_sweep(sweep: Sweep, storage: Storage | None = None, *, resume: bool = False) -> dict[str, Any]:
     """Run (or --resume) the sweep; returns the summary that `facegen tune` prints as JSON.
     Writes results.json/results.csv/best_config.yaml below <root>/tune/<name>/."""
@@ -312,6 +328,7 @@ def run_sweep(sweep: Sweep, storage: Storage | None = None, *, resume: bool = Fa
     from facegen_ray import progress
 
     setup.env[progress.ENV] = "1" if progress.enabled() else "0"
+    _stop_tune_forwarding_credentials()
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), TRIAL_DRIVER_RESOURCES)
     run_config = tune.RunConfig(
         name=sweep.name,
