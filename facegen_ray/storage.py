@@ -15,6 +15,7 @@ so it travels to Ray workers. `Layout(root)` is the only place that knows where 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -232,6 +233,72 @@ class Storage:
             return False
         finally:
             os.unlink(tmp)
+
+    # ---- compare-and-swap (the model registry: several hosts may update it at once)
+    def read_versioned(self, uri: str) -> tuple[bytes | None, str | None]:
+        """(content, token) of an object, (None, None) when it does not exist. Pass the token to
+        write_if: the write happens only if nobody wrote in between. S3: the ETag (read before
+        the content, and checked against its MD5, so content and token belong together); local:
+        the content's sha256."""
+        uri = normalize(uri)
+        if not uri.startswith("s3://"):
+            try:
+                data = self.read_bytes(uri)
+            except FileNotFoundError:
+                return None, None
+            return data, hashlib.sha256(data).hexdigest()
+        fs, path = self.fs(uri)
+        for _ in range(10):
+            fs.invalidate_cache(path)
+            try:
+                etag = str(fs.info(path)["ETag"])
+                data = fs.cat_file(path)
+            except FileNotFoundError:
+                return None, None
+            except OSError:  # replaced between the ETag and the read (s3fs checks): read again
+                continue
+            plain = etag.strip('"')
+            if "-" in plain or hashlib.md5(data).hexdigest() == plain:  # noqa: S324 - S3's ETag, not security
+                return data, etag
+        raise StorageError(f"{uri} keeps changing while being read")
+
+    def write_if(self, uri: str, data: bytes, token: str | None) -> bool:
+        """Write `data` only if the object is still what read_versioned returned with `token`
+        (token None: only if it still does not exist). False when someone wrote in between.
+        S3: a conditional PUT (If-Match / If-None-Match); local: under an flock of `<uri>.lock`."""
+        uri = normalize(uri)
+        if token is None:
+            return self.create_exclusive(uri, data)
+        if uri.startswith("s3://"):
+            fs, path = self.fs(uri)
+            try:
+                fs.pipe_file(path, data, IfMatch=token)
+            except (FileExistsError, FileNotFoundError):
+                return False
+            except OSError as e:
+                cause = getattr(e.__cause__, "response", None) or {}
+                if cause.get("Error", {}).get("Code") == "PreconditionFailed" or "pre-condition" in str(e):
+                    return False
+                raise StorageError(f"cannot write {uri}: {e}") from e
+            finally:
+                fs.invalidate_cache(path)
+            return True
+        if is_remote(uri):
+            raise StorageError(f"conditional writes need s3:// or a local path, not {uri}")
+        import fcntl
+
+        os.makedirs(os.path.dirname(uri) or ".", exist_ok=True)
+        with open(f"{uri}.lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                with open(uri, "rb") as f:
+                    current = hashlib.sha256(f.read()).hexdigest()
+            except FileNotFoundError:
+                return False
+            if current != token:
+                return False
+            os.replace(_write_temp(uri, data), uri)
+            return True
 
     def rm(self, uri: str, recursive: bool = False) -> None:
         fs, path = self.fs(uri)

@@ -218,7 +218,7 @@ def _real_features_ray(storage: Storage, sel: RealSelection, cfg: EvalConfig) ->
     )
     num_gpus = _ray_gpu_share(cfg)
     extractor = InceptionExtractor(
-        cfg.inception_path, "cuda" if num_gpus else "cpu", cfg.batch_size, cfg.inception_mode
+        cfg.inception_path, "cuda" if num_gpus else "cpu", cfg.batch_size, cfg.inception_mode, storage=storage
     )
     ds = ds.map_batches(
         _InceptionBatch,
@@ -279,7 +279,9 @@ def reference_features(
     if use_ray:
         feats = _real_features_ray(storage, sel, cfg)
     else:
-        extractor = extractor or InceptionExtractor(cfg.inception_path, cfg.device, cfg.batch_size, cfg.inception_mode)
+        extractor = extractor or InceptionExtractor(
+            cfg.inception_path, cfg.device, cfg.batch_size, cfg.inception_mode, storage=storage
+        )
         feats = _real_features_local(storage, sel, extractor, cfg.batch_size)
     feats = feats.astype(np.float32)
     mu, sigma = feature_stats(feats)
@@ -336,7 +338,7 @@ class GeneratedFeatureWorker:
     ):
         self.device = resolve_device(device)
         self.G, self.model_cfg, self.metadata = load_model_dir(storage, model_uri, device=self.device)
-        self.extractor = InceptionExtractor(inception_path, self.device, batch_size, inception_mode)
+        self.extractor = InceptionExtractor(inception_path, self.device, batch_size, inception_mode, storage=storage)
         self.batch_size = batch_size
 
     def run(

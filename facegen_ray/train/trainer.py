@@ -165,6 +165,16 @@ def train(cfg: FacegenConfig, storage: Storage | None = None, *, export: bool | 
     runtime.ensure_ray()
     import ray
 
+    # the train workers, Ray Train's controller and Ray Data tasks open these on their own nodes
+    runtime.require_shared(
+        {
+            "storage.root": cfg.storage.root,
+            "dataset": ds_uri,
+            "train.init_from": cfg.train.init_from,
+            "eval.inception_path": cfg.eval.inception_path if cfg.train.eval_every_images else None,
+        }
+    )
+
     configure_ray_data()  # the dataset below (cached: executed here) and the Trainer carry this context
 
     if cfg.train.use_gpu and ray.cluster_resources().get("GPU", 0) < 1:

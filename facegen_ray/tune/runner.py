@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from facegen_ray.errors import UserError
-from facegen_ray.runtime import ensure_ray
+from facegen_ray.runtime import ensure_ray, require_shared
 from facegen_ray.storage import SECRET_ENV, Layout, Storage, StorageError, join
 from facegen_ray.train.trainer import FORWARD_ENV, _run_storage, check_dataset, dataset_uri, fit, training_dataset
 from facegen_ray.tune.results import summarize, trial_row, write_results
@@ -297,6 +297,10 @@ def run_sweep(sweep: Sweep, storage: Storage | None = None, *, resume: bool = Fa
     restoring = _prepare_experiment(sweep, storage, exp_uri, resume, fs)  # name clash: error before Ray starts
     ensure_ray()
     import ray
+
+    require_shared(
+        {"storage.root": layout.root, "data": data_uri, "eval.inception_path": sweep.base_cfg.eval.inception_path}
+    )
 
     from facegen_ray.progress import configure_ray_data
 

@@ -1,0 +1,78 @@
+"""Waiting for the cluster to have what a job needs, instead of failing on what it has now.
+
+An autoscaling cluster (cluster/ray-up-aws.yaml with min_workers: 0, a KubeRay RayCluster with
+autoscaling) starts without the GPU nodes a training run or sweep needs. Comparing the needs
+with `ray.cluster_resources()` at start would fail before the autoscaler could add a node; this
+module asks the autoscaler for the bundles (ray.autoscaler.sdk.request_resources), prints a
+progress line while it waits, and fails with a clear message after the configured wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+
+from facegen_ray.errors import UserError
+
+# Imported where used, not here: ray (this module is imported by the driver before Ray starts).
+
+
+def shortfall(bundles: list[dict[str, float]], have: dict[str, float]) -> dict[str, tuple[float, float]]:
+    """{resource: (needed, present)} for every resource the cluster has less of than the bundles
+    need in total (a first check: placement may still need them on one node)."""
+    need: dict[str, float] = {}
+    for b in bundles:
+        for k, v in b.items():
+            if v > 0:
+                need[k] = need.get(k, 0.0) + float(v)
+    return {k: (v, float(have.get(k, 0.0))) for k, v in sorted(need.items()) if float(have.get(k, 0.0)) < v}
+
+
+def _describe(missing: dict[str, tuple[float, float]]) -> str:
+    return ", ".join(f"{need:g} {k} (cluster has {have:g})" for k, (need, have) in missing.items())
+
+
+@contextlib.contextmanager
+def resources_for(bundles: list[dict[str, float]], wait_s: float, what: str, poll_s: float = 2.0) -> Iterator[None]:
+    """Hold an autoscaler request for `bundles` while the block runs; wait (up to `wait_s`, with
+    a progress line every poll) until the cluster has them. UserError when they never appear.
+    A cluster without an autoscaler simply waits for someone to add a node, then fails."""
+    import ray
+
+    missing = shortfall(bundles, ray.cluster_resources())
+    requested = False
+    if missing:
+        try:
+            from ray.autoscaler.sdk import request_resources
+
+            request_resources(bundles=bundles)
+            requested = True
+        except Exception as e:  # noqa: BLE001 - no autoscaler API: wait all the same
+            print(f"[facegen] could not ask the autoscaler for resources ({e}); waiting anyway", file=sys.stderr)
+        start = time.monotonic()
+        while missing:
+            waited = time.monotonic() - start
+            if waited >= wait_s:
+                raise UserError(
+                    f"{what} needs {_describe(missing)} and the cluster did not grow to fit it within "
+                    f"{wait_s:g} s (train.resource_wait_s). Add nodes of that kind (cluster/ray-up-aws.yaml "
+                    f"worker types, max_workers), or lower train.num_workers / set train.use_gpu=false"
+                )
+            print(
+                f"[facegen] {what}: waiting for {_describe(missing)}; "
+                f"{'asked the autoscaler, ' if requested else ''}{waited:.0f} of {wait_s:g} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(min(poll_s, max(0.1, wait_s - waited)))
+            missing = shortfall(bundles, ray.cluster_resources())
+    try:
+        yield
+    finally:
+        if requested:  # let the autoscaler scale down again once the job is done
+            with contextlib.suppress(Exception):
+                from ray.autoscaler.sdk import request_resources
+
+                request_resources(bundles=[])
