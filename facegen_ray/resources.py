@@ -34,45 +34,60 @@ def _describe(missing: dict[str, tuple[float, float]]) -> str:
     return ", ".join(f"{need:g} {k} (cluster has {have:g})" for k, (need, have) in missing.items())
 
 
-@contextlib.contextmanager
-def resources_for(bundles: list[dict[str, float]], wait_s: float, what: str, poll_s: float = 2.0) -> Iterator[None]:
-    """Hold an autoscaler request for `bundles` while the block runs; wait (up to `wait_s`, with
-    a progress line every poll) until the cluster has them. UserError when they never appear.
-    A cluster without an autoscaler simply waits for someone to add a node, then fails."""
+def wait_for_resources(bundles: list[dict[str, float]], wait_s: float, what: str, poll_s: float = 2.0) -> bool:
+    """Return once the cluster has `bundles` (at once when it has them now). Otherwise ask the
+    autoscaler for them and wait up to `wait_s`, printing a progress line every poll; UserError
+    when they never appear. A cluster without an autoscaler just waits for someone to add a
+    node. True when a request was made (release it with release_resources())."""
     import ray
 
     missing = shortfall(bundles, ray.cluster_resources())
+    if not missing:
+        return False
     requested = False
-    if missing:
-        try:
-            from ray.autoscaler.sdk import request_resources
+    try:
+        from ray.autoscaler.sdk import request_resources
 
-            request_resources(bundles=bundles)
-            requested = True
-        except Exception as e:  # noqa: BLE001 - no autoscaler API: wait all the same
-            print(f"[facegen] could not ask the autoscaler for resources ({e}); waiting anyway", file=sys.stderr)
-        start = time.monotonic()
-        while missing:
-            waited = time.monotonic() - start
-            if waited >= wait_s:
-                raise UserError(
-                    f"{what} needs {_describe(missing)} and the cluster did not grow to fit it within "
-                    f"{wait_s:g} s (train.resource_wait_s). Add nodes of that kind (cluster/ray-up-aws.yaml "
-                    f"worker types, max_workers), or lower train.num_workers / set train.use_gpu=false"
-                )
-            print(
-                f"[facegen] {what}: waiting for {_describe(missing)}; "
-                f"{'asked the autoscaler, ' if requested else ''}{waited:.0f} of {wait_s:g} s",
-                file=sys.stderr,
-                flush=True,
+        request_resources(bundles=bundles)
+        requested = True
+    except Exception as e:  # noqa: BLE001 - no autoscaler API: wait all the same
+        print(f"[facegen] could not ask the autoscaler for resources ({e}); waiting anyway", file=sys.stderr)
+    start = time.monotonic()
+    while missing:
+        waited = time.monotonic() - start
+        if waited >= wait_s:
+            if requested:
+                release_resources()
+            raise UserError(
+                f"{what} needs {_describe(missing)} and the cluster did not grow to fit it within "
+                f"{wait_s:g} s (train.resource_wait_s). Add nodes of that kind (cluster/ray-up-aws.yaml "
+                f"worker types, max_workers), or lower train.num_workers / set train.use_gpu=false"
             )
-            time.sleep(min(poll_s, max(0.1, wait_s - waited)))
-            missing = shortfall(bundles, ray.cluster_resources())
+        print(
+            f"[facegen] {what}: waiting for {_describe(missing)}; "
+            f"{'asked the autoscaler, ' if requested else ''}{waited:.0f} of {wait_s:g} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        time.sleep(min(poll_s, max(0.1, wait_s - waited)))
+        missing = shortfall(bundles, ray.cluster_resources())
+    return requested
+
+
+def release_resources() -> None:
+    """Withdraw this job's autoscaler request, so that idle nodes can be scaled down again."""
+    with contextlib.suppress(Exception):
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[])
+
+
+@contextlib.contextmanager
+def resources_for(bundles: list[dict[str, float]], wait_s: float, what: str, poll_s: float = 2.0) -> Iterator[None]:
+    """wait_for_resources, holding the autoscaler request while the block runs."""
+    requested = wait_for_resources(bundles, wait_s, what, poll_s)
     try:
         yield
     finally:
-        if requested:  # let the autoscaler scale down again once the job is done
-            with contextlib.suppress(Exception):
-                from ray.autoscaler.sdk import request_resources
-
-                request_resources(bundles=[])
+        if requested:
+            release_resources()

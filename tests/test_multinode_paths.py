@@ -1,5 +1,5 @@
-"""No local path crosses a node boundary: on a 2-node `ray.cluster_utils.Cluster` whose nodes
-have different temp dirs, `facegen train` with a relative root and `facegen prepare` with a
+"""No local path crosses a node boundary: on a `ray.cluster_utils.Cluster` (a local dataset is
+prepared while it has one node), then with a second node whose temp dir differs, `facegen train` with a relative root and `facegen prepare` with a
 local source fail at start naming the fix (s3://), and a file fetched from storage by a task on
 the second node (the Inception given as eval.inception_path=s3://...) lands in that node's own
 cache, not the driver's. Runs in a subprocess with its own cluster and moto server."""
@@ -31,7 +31,6 @@ SCRIPT = textwrap.dedent(
         os.makedirs(d)
     cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1, "include_dashboard": False,
                       "env_vars": {{"TMPDIR": node_a}}}})
-    cluster.add_node(num_cpus=1, resources={{"node_b": 1}}, env_vars={{"TMPDIR": node_b}})
     ray.init(address=cluster.address, runtime_env={{"env_vars": {{"PYTHONPATH": {repo!r}}}}})
     out = {{}}
     def run(argv):
@@ -41,6 +40,11 @@ SCRIPT = textwrap.dedent(
         return rc, err.getvalue()
     try:
         os.chdir(tmp)
+        # one node: a local root is that node's own disk, fine
+        out["one_node_prepare"] = run(["prepare", sample, "rel-root/datasets/faces", "--resolution", "8",
+                                       "--limit", "16"])
+        cluster.add_node(num_cpus=1, resources={{"node_b": 1}}, env_vars={{"TMPDIR": node_b}})
+        cluster.wait_for_nodes()
         out["train"] = run(["train", "--root", "rel-root", "--set", "model.resolution=8"])
         out["prepare"] = run(["prepare", sample, "s3://facegen-test/faces", "--set",
                               f"storage.endpoint_url={{endpoint}}"])
@@ -81,6 +85,7 @@ def test_local_paths_never_cross_nodes(tmp_path, sample_zip, s3_server):
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, f"rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     res = json.loads(lines[-1][len("RESULT ") :])
+    assert res["one_node_prepare"][0] == 0, res["one_node_prepare"]
     rc, err = res["train"]
     assert rc == 2 and "storage.root" in err and str(tmp_path / "rel-root") in err and "s3://" in err, err
     rc, err = res["prepare"]

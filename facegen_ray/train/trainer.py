@@ -30,6 +30,7 @@ from facegen_ray.data.shards import read_manifest, read_training_dataset
 from facegen_ray.errors import UserError
 from facegen_ray.lifecycle.registry import Registry
 from facegen_ray.progress import configure_ray_data
+from facegen_ray.resources import resources_for
 from facegen_ray.storage import (
     Layout,
     Storage,
@@ -157,13 +158,10 @@ def train(cfg: FacegenConfig, storage: Storage | None = None, *, export: bool | 
     """Run (or resume) the training run `cfg.train.run_name`; see the module docstring."""
     storage = storage or Storage(cfg.storage)
     manifest = validate(cfg, storage)
-    layout = Layout(cfg.storage.root)
     run_name = cfg.train.run_name
-    run_uri = layout.run(run_name)
     ds_uri = dataset_uri(cfg)
 
     runtime.ensure_ray()
-    import ray
 
     # the train workers, Ray Train's controller and Ray Data tasks open these on their own nodes
     runtime.require_shared(
@@ -177,11 +175,18 @@ def train(cfg: FacegenConfig, storage: Storage | None = None, *, export: bool | 
 
     configure_ray_data()  # the dataset below (cached: executed here) and the Trainer carry this context
 
-    if cfg.train.use_gpu and ray.cluster_resources().get("GPU", 0) < 1:
-        raise UserError(
-            "train.use_gpu is true but the Ray cluster has no GPUs: set train.use_gpu=false or add GPU nodes"
-        )
+    # an autoscaling cluster may not have the GPU nodes yet: ask for them and wait (with a
+    # progress line) up to train.resource_wait_s, instead of failing on what is there now
+    bundles = [worker_resources(cfg)] * cfg.train.num_workers
+    with resources_for(bundles, cfg.train.resource_wait_s, f"training run {run_name!r}"):
+        return _train_on_cluster(cfg, storage, manifest, ds_uri, export)
 
+
+def _train_on_cluster(
+    cfg: FacegenConfig, storage: Storage, manifest: dict[str, Any], ds_uri: str, export: bool | None
+) -> TrainOutcome:
+    run_name = cfg.train.run_name
+    run_uri = Layout(cfg.storage.root).run(run_name)
     storage.write_json(
         join(run_uri, RUN_FILE),
         {

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from facegen_ray.errors import UserError
+from facegen_ray.resources import release_resources, wait_for_resources
 from facegen_ray.runtime import ensure_ray, require_shared
 from facegen_ray.storage import SECRET_ENV, Layout, Storage, StorageError, join
 from facegen_ray.train.trainer import FORWARD_ENV, _run_storage, check_dataset, dataset_uri, fit, training_dataset
@@ -149,6 +150,17 @@ def trial_resources(sweep: Sweep) -> dict[str, float]:
     out = {"CPU": cpu * workers, "GPU": gpu * workers}
     out.update({k: v * workers for k, v in per.items()})
     return out
+
+
+def trial_bundles(sweep: Sweep) -> list[dict[str, float]]:
+    """One trial as the autoscaler must place it: a bundle per Train worker (each on some node)
+    and one CPU for Ray Data; the same totals as trial_resources."""
+    total = trial_resources(sweep)
+    t = sweep.base_cfg.train
+    nw_dist = sweep.spec.search_space.get("train.num_workers")
+    workers = int(nw_dist.max_value()) if nw_dist is not None and nw_dist.max_value() else t.num_workers
+    per = {k: v / workers for k, v in total.items() if v > 0}
+    return [dict(per) for _ in range(workers)] + [{"CPU": 1.0}]
 
 
 def concurrency(sweep: Sweep, cluster: dict[str, float]) -> int:
@@ -305,6 +317,11 @@ def run_sweep(sweep: Sweep, storage: Storage | None = None, *, resume: bool = Fa
     from facegen_ray.progress import configure_ray_data
 
     configure_ray_data()
+    # an autoscaling cluster may lack the trial's GPU nodes now: ask, wait up to
+    # train.resource_wait_s (one trial's workers plus the CPU concurrency() keeps for Ray Data)
+    requested = wait_for_resources(
+        trial_bundles(sweep), sweep.base_cfg.train.resource_wait_s, f"sweep {sweep.name!r} (one trial)"
+    )
     max_conc = concurrency(sweep, ray.cluster_resources())
 
     # the reference statistics once, here: trials then only read the cache (no race, no repeat)
@@ -377,7 +394,11 @@ def run_sweep(sweep: Sweep, storage: Storage | None = None, *, resume: bool = Fa
             ),
             run_config=run_config,
         )
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    finally:
+        if requested:
+            release_resources()
     rows = [trial_row(r, sweep, exp_uri) for r in grid]
     summary = summarize(
         rows, sweep, exp_uri, reference={k: ref[k] for k in ("uri", "key", "n_real", "cached")}, num_gen=ecfg.num_gen
