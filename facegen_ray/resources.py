@@ -37,31 +37,38 @@ def _describe(missing: dict[str, tuple[float, float]]) -> str:
 def wait_for_resources(bundles: list[dict[str, float]], wait_s: float, what: str, poll_s: float = 2.0) -> bool:
     """Return once the cluster has `bundles` (at once when it has them now). Otherwise ask the
     autoscaler for them and wait up to `wait_s`, printing a progress line every poll; UserError
-    when they never appear. A cluster without an autoscaler just waits for someone to add a
-    node. True when a request was made (release it with release_resources())."""
+    when they never appear (at once when wait_s is 0: an embedded Ray that cannot grow). A
+    cluster without an autoscaler just waits for someone to add a node. True when a request
+    was made (release it with release_resources())."""
     import ray
 
     missing = shortfall(bundles, ray.cluster_resources())
     if not missing:
         return False
     requested = False
-    try:
-        from ray.autoscaler.sdk import request_resources
+    if wait_s > 0:
+        try:
+            from ray.autoscaler.sdk import request_resources
 
-        request_resources(bundles=bundles)
-        requested = True
-    except Exception as e:  # noqa: BLE001 - no autoscaler API: wait all the same
-        print(f"[facegen] could not ask the autoscaler for resources ({e}); waiting anyway", file=sys.stderr)
+            request_resources(bundles=bundles)
+            requested = True
+        except Exception as e:  # noqa: BLE001 - no autoscaler API: wait all the same
+            print(f"[facegen] could not ask the autoscaler for resources ({e}); waiting anyway", file=sys.stderr)
     start = time.monotonic()
     while missing:
         waited = time.monotonic() - start
         if waited >= wait_s:
             if requested:
                 release_resources()
+            grew = (
+                f"the cluster did not grow to fit it within {wait_s:g} s (train.resource_wait_s)"
+                if wait_s > 0
+                else "this Ray instance cannot grow (facegen started it on this machine)"
+            )
             raise UserError(
-                f"{what} needs {_describe(missing)} and the cluster did not grow to fit it within "
-                f"{wait_s:g} s (train.resource_wait_s). Add nodes of that kind (cluster/ray-up-aws.yaml "
-                f"worker types, max_workers), or lower train.num_workers / set train.use_gpu=false"
+                f"{what} needs {_describe(missing)} and {grew}. Add nodes of that kind "
+                f"(cluster/ray-up-aws.yaml worker types, max_workers), or lower train.num_workers / "
+                f"set train.use_gpu=false"
             )
         print(
             f"[facegen] {what}: waiting for {_describe(missing)}; "

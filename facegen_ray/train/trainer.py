@@ -178,7 +178,8 @@ def train(cfg: FacegenConfig, storage: Storage | None = None, *, export: bool | 
     # an autoscaling cluster may not have the GPU nodes yet: ask for them and wait (with a
     # progress line) up to train.resource_wait_s, instead of failing on what is there now
     bundles = [worker_resources(cfg)] * cfg.train.num_workers
-    with resources_for(bundles, cfg.train.resource_wait_s, f"training run {run_name!r}"):
+    wait_s = 0.0 if runtime.embedded() else cfg.train.resource_wait_s  # an embedded Ray never grows
+    with resources_for(bundles, wait_s, f"training run {run_name!r}"):
         return _train_on_cluster(cfg, storage, manifest, ds_uri, export)
 
 

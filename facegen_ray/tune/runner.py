@@ -38,7 +38,7 @@ from typing import Any
 
 from facegen_ray.errors import UserError
 from facegen_ray.resources import release_resources, wait_for_resources
-from facegen_ray.runtime import ensure_ray, require_shared
+from facegen_ray.runtime import embedded, ensure_ray, require_shared
 from facegen_ray.storage import SECRET_ENV, Layout, Storage, StorageError, join
 from facegen_ray.train.trainer import FORWARD_ENV, _run_storage, check_dataset, dataset_uri, fit, training_dataset
 from facegen_ray.tune.results import summarize, trial_row, write_results
@@ -320,7 +320,9 @@ def run_sweep(sweep: Sweep, storage: Storage | None = None, *, resume: bool = Fa
     # an autoscaling cluster may lack the trial's GPU nodes now: ask, wait up to
     # train.resource_wait_s (one trial's workers plus the CPU concurrency() keeps for Ray Data)
     requested = wait_for_resources(
-        trial_bundles(sweep), sweep.base_cfg.train.resource_wait_s, f"sweep {sweep.name!r} (one trial)"
+        trial_bundles(sweep),
+        0.0 if embedded() else sweep.base_cfg.train.resource_wait_s,  # an embedded Ray never grows
+        f"sweep {sweep.name!r} (one trial)",
     )
     max_conc = concurrency(sweep, ray.cluster_resources())
 
