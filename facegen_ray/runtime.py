@@ -55,3 +55,40 @@ def local_cpus() -> int:
 def embedded() -> bool:
     """True when facegen starts its own Ray on this machine (no RAY_ADDRESS to join)."""
     return not os.environ.get("RAY_ADDRESS")
+
+
+SHARED_FS_ENV = "FACEGEN_SHARED_FS"  # "1": every node mounts the same local paths (NFS, one host)
+
+
+def alive_nodes() -> int:
+    """Alive nodes of the Ray cluster this process is connected to (1 when not connected)."""
+    import ray
+
+    if not ray.is_initialized():
+        return 1
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def require_shared(paths: dict[str, str | None]) -> None:
+    """UserError when a local path that Ray tasks or actors on other nodes would open is used on a
+    multi-node cluster: each node would resolve it on its own disk (files missing, or written
+    where nobody reads them). paths: what it is (e.g. "storage.root") -> URI or path; None skipped.
+
+    A local path passes on a single-node cluster, or with FACEGEN_SHARED_FS=1 (every node mounts
+    the same path, e.g. NFS)."""
+    from facegen_ray.errors import UserError
+    from facegen_ray.storage import is_remote, normalize
+
+    local = {k: normalize(v) for k, v in paths.items() if v and not is_remote(normalize(v))}
+    if not local or os.environ.get(SHARED_FS_ENV) == "1":
+        return
+    nodes = alive_nodes()
+    if nodes <= 1:
+        return
+    named = "; ".join(f"{k} = {v}" for k, v in local.items())
+    raise UserError(
+        f"{named}: a local path, but this Ray cluster has {nodes} nodes and they share no disk "
+        f"(each node would read or write its own copy). Use storage every node reaches, e.g. "
+        f"s3://BUCKET/PREFIX (with storage.endpoint_url for a non-AWS S3), or set {SHARED_FS_ENV}=1 "
+        f"if every node mounts this same path"
+    )

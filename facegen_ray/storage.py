@@ -15,6 +15,7 @@ so it travels to Ray workers. `Layout(root)` is the only place that knows where 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -233,6 +234,72 @@ class Storage:
         finally:
             os.unlink(tmp)
 
+    # ---- compare-and-swap (the model registry: several hosts may update it at once)
+    def read_versioned(self, uri: str) -> tuple[bytes | None, str | None]:
+        """(content, token) of an object, (None, None) when it does not exist. Pass the token to
+        write_if: the write happens only if nobody wrote in between. S3: the ETag (read before
+        the content, and checked against its MD5, so content and token belong together); local:
+        the content's sha256."""
+        uri = normalize(uri)
+        if not uri.startswith("s3://"):
+            try:
+                data = self.read_bytes(uri)
+            except FileNotFoundError:
+                return None, None
+            return data, hashlib.sha256(data).hexdigest()
+        fs, path = self.fs(uri)
+        for _ in range(10):
+            fs.invalidate_cache(path)
+            try:
+                etag = str(fs.info(path)["ETag"])
+                data = fs.cat_file(path)
+            except FileNotFoundError:
+                return None, None
+            except OSError:  # replaced between the ETag and the read (s3fs checks): read again
+                continue
+            plain = etag.strip('"')
+            if "-" in plain or hashlib.md5(data).hexdigest() == plain:  # noqa: S324 - S3's ETag, not security
+                return data, etag
+        raise StorageError(f"{uri} keeps changing while being read")
+
+    def write_if(self, uri: str, data: bytes, token: str | None) -> bool:
+        """Write `data` only if the object is still what read_versioned returned with `token`
+        (token None: only if it still does not exist). False when someone wrote in between.
+        S3: a conditional PUT (If-Match / If-None-Match); local: under an flock of `<uri>.lock`."""
+        uri = normalize(uri)
+        if token is None:
+            return self.create_exclusive(uri, data)
+        if uri.startswith("s3://"):
+            fs, path = self.fs(uri)
+            try:
+                fs.pipe_file(path, data, IfMatch=token)
+            except (FileExistsError, FileNotFoundError):
+                return False
+            except OSError as e:
+                cause = getattr(e.__cause__, "response", None) or {}
+                if cause.get("Error", {}).get("Code") == "PreconditionFailed" or "pre-condition" in str(e):
+                    return False
+                raise StorageError(f"cannot write {uri}: {e}") from e
+            finally:
+                fs.invalidate_cache(path)
+            return True
+        if is_remote(uri):
+            raise StorageError(f"conditional writes need s3:// or a local path, not {uri}")
+        import fcntl
+
+        os.makedirs(os.path.dirname(uri) or ".", exist_ok=True)
+        with open(f"{uri}.lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                with open(uri, "rb") as f:
+                    current = hashlib.sha256(f.read()).hexdigest()
+            except FileNotFoundError:
+                return False
+            if current != token:
+                return False
+            os.replace(_write_temp(uri, data), uri)
+            return True
+
     def rm(self, uri: str, recursive: bool = False) -> None:
         fs, path = self.fs(uri)
         try:
@@ -319,30 +386,27 @@ def iter_lines(storage: Storage, uri: str) -> Iterator[str]:
         yield from f
 
 
-def s3_worker_options(cfg: StorageConfig) -> dict[str, Any]:
-    """Keyword arguments for pyarrow's S3FileSystem that work inside Ray workers and Ray
-    Train's controller, whose environment may lack the driver's credentials.
+# environment variables that hold a secret: never forwarded to workers (runtime_env env_vars are
+# logged by Ray's runtime_env agent and pickled with Tune's trainables), never written anywhere
+SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
-    Order of precedence (one rule for every caller):
-      1. storage.anon: anonymous access, even when credentials exist (a public bucket);
-      2. credentials botocore finds on the driver (env vars, ~/.aws, instance role), frozen
-         into the filesystem so it pickles with them;
-      3. none: pyarrow's own credential chain on the worker.
-    Plus the endpoint (storage.endpoint_url / FACEGEN_S3_ENDPOINT_URL, scheme kept) and region
-    (default us-east-1)."""
+
+def s3_worker_options(cfg: StorageConfig) -> dict[str, Any]:
+    """Keyword arguments for pyarrow's S3FileSystem, for Ray workers, Ray Train's controller and
+    Ray Tune (whose RunConfig, with this filesystem, is pickled into `tuner.pkl` in storage).
+
+    No credentials, ever: a filesystem built from these options pickles with the endpoint and
+    region only, and each process that unpickles it resolves credentials itself through the AWS
+    chain of its own node (env vars, ~/.aws profile, credential_process, web identity, SSO,
+    container/instance metadata), refreshing them when they expire. Keys frozen in here would
+    be written to the bucket with `tuner.pkl` and would stop working when they rotate.
+
+    storage.anon: anonymous access (a public bucket), even when credentials exist. The endpoint
+    (storage.endpoint_url / FACEGEN_S3_ENDPOINT_URL, scheme kept) and region (default
+    us-east-1) may travel: they are not secret."""
     kw: dict[str, Any] = {}
     if cfg.anon:
         kw["anonymous"] = True
-    else:
-        try:
-            import botocore.session
-
-            creds = botocore.session.get_session().get_credentials()
-        except Exception:  # noqa: BLE001 - no botocore or a broken profile: pyarrow's chain decides
-            creds = None
-        if creds is not None:
-            frozen = creds.get_frozen_credentials()
-            kw.update(access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token)
     if cfg.endpoint_url:
         scheme, _, host = cfg.endpoint_url.partition("://")
         kw.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
@@ -352,8 +416,8 @@ def s3_worker_options(cfg: StorageConfig) -> dict[str, Any]:
 
 def worker_filesystem(storage: Storage, uri: str) -> tuple[Any, str]:
     """(pyarrow FileSystem, path) that also works inside Ray workers: for s3:// pyarrow's native
-    S3FileSystem from s3_worker_options (it pickles with the driver's credentials); other URIs
-    use Storage.pyarrow_fs."""
+    S3FileSystem from s3_worker_options (it pickles with endpoint and region only: each process
+    finds its own credentials); other URIs use Storage.pyarrow_fs."""
     uri = normalize(uri)
     if not uri.startswith("s3://"):
         return storage.pyarrow_fs(uri)

@@ -33,6 +33,15 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 _CACHE = tempfile.mkdtemp(prefix="facegen-test-cache-")
 os.environ.setdefault("FACEGEN_CACHE_DIR", _CACHE)
 atexit.register(shutil.rmtree, _CACHE, True)
+# dummy S3 credentials for moto, set before any Ray instance starts: Ray's processes inherit them
+# from this one, the way a node's processes find theirs in the node's environment (facegen never
+# ships credentials to workers: storage.s3_worker_options)
+for _k, _v in (
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_DEFAULT_REGION", "us-east-1"),
+):
+    os.environ.setdefault(_k, _v)
 
 
 def free_port() -> int:

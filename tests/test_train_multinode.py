@@ -57,7 +57,9 @@ SCRIPT = textwrap.dedent(
 def test_two_nodes_one_worker_each_stay_identical(tmp_path, sample_zip):
     script = tmp_path / "multinode.py"
     script.write_text(SCRIPT.format(repo=str(REPO)))
+    # cluster_utils nodes share this host's disk: say so (a local root on several nodes is refused otherwise)
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TRAIN_ENABLE_STATE_TRACKING": "0", "RAY_ADDRESS": ""}
+    env["FACEGEN_SHARED_FS"] = "1"
     env.pop("RAY_ADDRESS")
     proc = subprocess.run(
         [sys.executable, str(script), str(tmp_path / "root"), str(sample_zip)],

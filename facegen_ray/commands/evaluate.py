@@ -19,7 +19,7 @@ from facegen_ray.commands._common import add_config_args, config_from_args, opti
 from facegen_ray.errors import UserError
 from facegen_ray.progress import configure_ray_data
 from facegen_ray.registry import Registry
-from facegen_ray.runtime import ensure_ray
+from facegen_ray.runtime import ensure_ray, require_shared
 from facegen_ray.storage import Storage, join
 
 # Imported where used, not here: metrics.evaluate (torch): cli.py imports every command module to
@@ -93,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.local:
         ensure_ray()
         configure_ray_data()
+        # the feature actors load the model, shards and the Inception on their own nodes
+        require_shared({"MODEL": model_uri, "--data": args.data, "eval.inception_path": cfg.eval.inception_path})
 
     result = evaluate_model(
         storage,

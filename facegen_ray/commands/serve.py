@@ -12,7 +12,7 @@ import signal
 import time
 
 from facegen_ray.commands._common import add_config_args, config_from_args
-from facegen_ray.runtime import ensure_ray
+from facegen_ray.runtime import ensure_ray, require_shared
 from facegen_ray.storage import Storage
 
 # Imported where used, not here: ray, serve.app, serve.generation (torch, Ray Serve): cli.py imports
@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     # a new local instance unless RAY_ADDRESS says which cluster to join ("auto" = a `ray start` one)
     ensure_ray()
+    require_shared({"storage.root": cfg.storage.root})  # replicas on any node read models, write feedback
     signal.signal(signal.SIGTERM, _stop)  # after ray.init, which installs its own handler
     try:
         serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})

@@ -60,6 +60,12 @@ class TrainConfig(_Section):
     checkpoint_every_images: int = Field(default=200_000, ge=1)
     keep_checkpoints: int = Field(default=3, ge=1)
     max_failures: int = Field(default=3, ge=-1)
+    resource_wait_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="how long train/tune wait for the cluster (its autoscaler) to provide the workers' "
+        "resources (e.g. a GPU node) before failing; 0: fail at once",
+    )
     log_every_images: int = Field(default=10_000, ge=1)
     sample_grid: int = Field(default=16, ge=1, description="number of fixed latents in the sample grid")
     row_weights: bool = Field(

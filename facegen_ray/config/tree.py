@@ -187,6 +187,20 @@ def read_yaml_mapping(
     return loaded
 
 
+PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # facegen_ray/configs, in the wheel
+
+
+def packaged_config(path: str | os.PathLike) -> Path:
+    """A config path as given, or, when no such file exists here, the config of that name shipped
+    in the package (`configs/utkface-64.yaml` or `utkface-64.yaml`): a RayJob's entrypoint runs
+    in an installed package, without the repository's configs/ folder."""
+    p = Path(path)
+    if p.is_file() or p.is_absolute() or p.parent.name not in ("", "configs"):
+        return p
+    shipped = PACKAGED_CONFIGS / p.name
+    return shipped if shipped.is_file() else p
+
+
 def load_config(
     path: str | os.PathLike | None = None, overrides: list[str] | None = None, updates: Mapping[str, Any] | None = None
 ) -> FacegenConfig:
@@ -195,6 +209,7 @@ def load_config(
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
+        path = packaged_config(path)
         data = read_yaml_mapping(path, "config file", "sections (storage, data, model, ...)")
         source = str(path)
     for key, value in (updates or {}).items():

@@ -57,7 +57,7 @@ from facegen_ray.data.shards import (
 )
 from facegen_ray.data.transforms import encode_image, pixel_sha256
 from facegen_ray.errors import UserError
-from facegen_ray.runtime import ensure_ray
+from facegen_ray.runtime import ensure_ray, require_shared
 from facegen_ray.storage import Layout, Storage, normalize
 
 # Imported where used, not here: ray, pandas: only the merge itself writes through Ray Data;
@@ -297,6 +297,7 @@ def merge_feedback(
     import ray
 
     uris = shard_uris(manifest)
+    require_shared({"dataset": uris[0] if uris else None, "feedback": feedback_root})
     fs, _ = worker_filesystem(storage, uris[0])
     base_ds = ray.data.read_parquet([worker_filesystem_path(u) for u in uris], filesystem=fs, schema=shard_schema())
     num_rows = int(manifest["num_images"]) + fb_table.num_rows

@@ -45,7 +45,7 @@ from facegen_ray.data.prepare_rows import _filter_rows, _rows_per_shard, _split_
 from facegen_ray.data.shards import in_holdout, write_version
 from facegen_ray.data.transforms import REJECT_REASONS, process_batch
 from facegen_ray.errors import UserError
-from facegen_ray.runtime import ensure_ray
+from facegen_ray.runtime import ensure_ray, require_shared
 from facegen_ray.storage import Layout, Storage, StorageError, normalize
 
 # Imported where used, not here: ray: after ensure_ray() in prepare.
@@ -242,6 +242,9 @@ def prepare(
 
     ensure_ray()
     import ray  # noqa: F401  (initialised above)
+
+    # Ray Data tasks on any node read the sources and write DEST: before reading anything
+    require_shared({**{f"SOURCE {s}": s for s in sources}, "DEST": dest, "--report": report or None})
 
     from facegen_ray.progress import configure_ray_data
 

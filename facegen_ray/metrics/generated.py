@@ -66,7 +66,7 @@ class GeneratedFeatureWorker:
     ):
         self.device = resolve_device(device)
         self.G, self.model_cfg, self.metadata = load_model_dir(storage, model_uri, device=self.device)
-        self.extractor = InceptionExtractor(inception_path, self.device, batch_size, inception_mode)
+        self.extractor = InceptionExtractor(inception_path, self.device, batch_size, inception_mode, storage=storage)
         self.batch_size = batch_size
 
     def run(

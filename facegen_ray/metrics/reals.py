@@ -197,7 +197,7 @@ def _real_features_ray(storage: Storage, sel: RealSelection, cfg: EvalConfig) ->
     )
     num_gpus = _ray_gpu_share(cfg)
     extractor = InceptionExtractor(
-        cfg.inception_path, "cuda" if num_gpus else "cpu", cfg.batch_size, cfg.inception_mode
+        cfg.inception_path, "cuda" if num_gpus else "cpu", cfg.batch_size, cfg.inception_mode, storage=storage
     )
     ds = ds.map_batches(
         _InceptionBatch,
@@ -258,7 +258,9 @@ def reference_features(
     if use_ray:
         feats = _real_features_ray(storage, sel, cfg)
     else:
-        extractor = extractor or InceptionExtractor(cfg.inception_path, cfg.device, cfg.batch_size, cfg.inception_mode)
+        extractor = extractor or InceptionExtractor(
+            cfg.inception_path, cfg.device, cfg.batch_size, cfg.inception_mode, storage=storage
+        )
         feats = _real_features_local(storage, sel, extractor, cfg.batch_size)
     feats = feats.astype(np.float32)
     mu, sigma = feature_stats(feats)

@@ -36,6 +36,7 @@ from facegen_ray.serve.http_input import _token_digest
 from facegen_ray.serve.ingress import INGRESS_NAME, FacegenIngress
 from facegen_ray.serve.model_state import STATE_NAME, ModelState
 from facegen_ray.serve.replica import GENERATOR_NAME, GeneratorDeployment
+from facegen_ray.storage import normalize
 
 __all__ = [
     "APP_NAME",
@@ -147,8 +148,10 @@ def build_app(args: dict[str, Any] | None = None):
     cfg, model = app_config(args or {})
     sc = cfg.serve
     serve_cfg = sc.model_dump(mode="json", exclude={"admin_token"})
-    storage = cfg.storage.model_dump(mode="json")
-    root = cfg.storage.root
+    # absolute here, where the app is built: a relative root handed to the replicas would be
+    # resolved by each replica against its own working directory on its own host
+    root = normalize(cfg.storage.root)
+    storage = {**cfg.storage.model_dump(mode="json"), "root": root}
     state = ModelState.bind()
     generator = GeneratorDeployment.options(
         autoscaling_config=autoscaling_config(sc),

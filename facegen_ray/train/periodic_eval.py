@@ -52,7 +52,7 @@ class PeriodicEvaluator:
     def _load(self, G_ema: torch.nn.Module) -> None:
         ecfg = self.cfg.eval
         self._extractor = InceptionExtractor(
-            ecfg.inception_path, str(self.device), ecfg.batch_size, ecfg.inception_mode
+            ecfg.inception_path, str(self.device), ecfg.batch_size, ecfg.inception_mode, storage=self.storage
         )
         real, info = reference_features(self.storage, self.data_uri, ecfg, extractor=self._extractor)
         sel = info.pop("selection")

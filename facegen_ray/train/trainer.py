@@ -30,6 +30,7 @@ from facegen_ray.data.shards import read_manifest, read_training_dataset
 from facegen_ray.errors import UserError
 from facegen_ray.progress import configure_ray_data
 from facegen_ray.registry import Registry
+from facegen_ray.resources import resources_for
 from facegen_ray.storage import (
     Layout,
     Storage,
@@ -51,10 +52,10 @@ log = logging.getLogger(__name__)
 
 FAULT_ENV = "FACEGEN_TRAIN_FAULT"  # test hook: "RANK:AFTER_IMAGES:MARKER_FILE"
 CHECKPOINT_FAULT_ENV = "FACEGEN_CHECKPOINT_FAULT"  # test hook: "AFTER_IMAGES:MARKER_FILE" (loop.py)
+# non-secret storage settings handed to the train workers (a `ray job submit` driver's environment
+# does not reach them). Credentials are never forwarded: they would be pickled into Tune's
+# tuner.pkl in storage; every node resolves its own through the AWS chain (storage.s3_worker_options)
 FORWARD_ENV = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
     "AWS_DEFAULT_REGION",
     "AWS_ENDPOINT_URL",
     "FACEGEN_S3_ENDPOINT_URL",
@@ -128,9 +129,9 @@ def validate(cfg: FacegenConfig, storage: Storage) -> dict[str, Any]:
 
 
 def _run_storage(storage: Storage, runs_uri: str):
-    """(storage_path, storage_filesystem) for RunConfig. For s3:// the filesystem is built
-    with the driver's credentials so Ray Train's controller (which does not inherit our
-    environment) can read and write checkpoints."""
+    """(storage_path, storage_filesystem) for RunConfig. For s3:// a pyarrow S3FileSystem with the
+    endpoint and region (Ray's own from_uri would miss a custom endpoint); it carries no
+    credentials: Ray Train's controller and workers resolve theirs on their own node."""
     if not is_remote(runs_uri):
         return runs_uri, None
     fs, path = worker_filesystem(storage, runs_uri)
@@ -157,21 +158,36 @@ def train(cfg: FacegenConfig, storage: Storage | None = None, *, export: bool | 
     """Run (or resume) the training run `cfg.train.run_name`; see the module docstring."""
     storage = storage or Storage(cfg.storage)
     manifest = validate(cfg, storage)
-    layout = Layout(cfg.storage.root)
     run_name = cfg.train.run_name
-    run_uri = layout.run(run_name)
     ds_uri = dataset_uri(cfg)
 
     runtime.ensure_ray()
-    import ray
+
+    # the train workers, Ray Train's controller and Ray Data tasks open these on their own nodes
+    runtime.require_shared(
+        {
+            "storage.root": cfg.storage.root,
+            "dataset": ds_uri,
+            "train.init_from": cfg.train.init_from,
+            "eval.inception_path": cfg.eval.inception_path if cfg.train.eval_every_images else None,
+        }
+    )
 
     configure_ray_data()  # the dataset below (cached: executed here) and the Trainer carry this context
 
-    if cfg.train.use_gpu and ray.cluster_resources().get("GPU", 0) < 1:
-        raise UserError(
-            "train.use_gpu is true but the Ray cluster has no GPUs: set train.use_gpu=false or add GPU nodes"
-        )
+    # an autoscaling cluster may not have the GPU nodes yet: ask for them and wait (with a
+    # progress line) up to train.resource_wait_s, instead of failing on what is there now
+    bundles = [worker_resources(cfg)] * cfg.train.num_workers
+    wait_s = 0.0 if runtime.embedded() else cfg.train.resource_wait_s  # an embedded Ray never grows
+    with resources_for(bundles, wait_s, f"training run {run_name!r}"):
+        return _train_on_cluster(cfg, storage, manifest, ds_uri, export)
 
+
+def _train_on_cluster(
+    cfg: FacegenConfig, storage: Storage, manifest: dict[str, Any], ds_uri: str, export: bool | None
+) -> TrainOutcome:
+    run_name = cfg.train.run_name
+    run_uri = Layout(cfg.storage.root).run(run_name)
     storage.write_json(
         join(run_uri, RUN_FILE),
         {

@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from facegen_ray.errors import UserError
-from facegen_ray.runtime import ensure_ray
-from facegen_ray.storage import Layout, Storage, StorageError, join
+from facegen_ray.resources import release_resources, wait_for_resources
+from facegen_ray.runtime import embedded, ensure_ray, require_shared
+from facegen_ray.storage import SECRET_ENV, Layout, Storage, StorageError, join
 from facegen_ray.train.trainer import FORWARD_ENV, _run_storage, check_dataset, dataset_uri, fit, training_dataset
 from facegen_ray.tune.results import summarize, trial_row, write_results
 from facegen_ray.tune.spec import Sweep, param_space, trial_config
@@ -108,7 +109,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """Tune function trainable: one training run with the sampled params (config["params"])."""
     from ray import tune
 
-    for k, v in setup.env.items():  # S3 credentials for _run_storage in this actor
+    for k, v in setup.env.items():  # endpoint, region, progress switch (never credentials: FORWARD_ENV)
         os.environ.setdefault(k, v)
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(setup.base, setup.paths, dict(config["params"]), run_name=trial_id)
@@ -149,6 +150,17 @@ def trial_resources(sweep: Sweep) -> dict[str, float]:
     out = {"CPU": cpu * workers, "GPU": gpu * workers}
     out.update({k: v * workers for k, v in per.items()})
     return out
+
+
+def trial_bundles(sweep: Sweep) -> list[dict[str, float]]:
+    """One trial as the autoscaler must place it: a bundle per Train worker (each on some node)
+    and one CPU for Ray Data; the same totals as trial_resources."""
+    total = trial_resources(sweep)
+    t = sweep.base_cfg.train
+    nw_dist = sweep.spec.search_space.get("train.num_workers")
+    workers = int(nw_dist.max_value()) if nw_dist is not None and nw_dist.max_value() else t.num_workers
+    per = {k: v / workers for k, v in total.items() if v > 0}
+    return [dict(per) for _ in range(workers)] + [{"CPU": 1.0}]
 
 
 def concurrency(sweep: Sweep, cluster: dict[str, float]) -> int:
@@ -259,6 +271,22 @@ def trials_bar_callback(total: int, metric: str):
     return TrialsBar()
 
 
+def _stop_tune_forwarding_credentials() -> None:
+    """Ray Tune copies the driver's AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/session token into
+    every trainable actor's runtime_env (ray.tune.execution.class_cache), and Ray's runtime_env
+    agent writes each runtime_env it creates, values included, to its log on the node's disk.
+    Trial actors find credentials the way every other facegen process does, through their own
+    node's AWS chain (storage.s3_worker_options), so the secret variables are taken off the
+    list. tests/test_secrets.py scans the node's disk for them."""
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:  # a Ray without that module forwards nothing
+        return
+    names = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
+    if isinstance(names, set):
+        names.difference_update(SECRET_ENV)
+
+
 def run_sweep(sweep: Sweep, storage: Storage | None = None, *, resume: bool = False) -> dict[str, Any]:
     """Run (or --resume) the sweep; returns the summary that `facegen tune` prints as JSON.
     Writes results.json/results.csv/best_config.yaml below <root>/tune/<name>/."""
@@ -282,9 +310,20 @@ def run_sweep(sweep: Sweep, storage: Storage | None = None, *, resume: bool = Fa
     ensure_ray()
     import ray
 
+    require_shared(
+        {"storage.root": layout.root, "data": data_uri, "eval.inception_path": sweep.base_cfg.eval.inception_path}
+    )
+
     from facegen_ray.progress import configure_ray_data
 
     configure_ray_data()
+    # an autoscaling cluster may lack the trial's GPU nodes now: ask, wait up to
+    # train.resource_wait_s (one trial's workers plus the CPU concurrency() keeps for Ray Data)
+    requested = wait_for_resources(
+        trial_bundles(sweep),
+        0.0 if embedded() else sweep.base_cfg.train.resource_wait_s,  # an embedded Ray never grows
+        f"sweep {sweep.name!r} (one trial)",
+    )
     max_conc = concurrency(sweep, ray.cluster_resources())
 
     # the reference statistics once, here: trials then only read the cache (no race, no repeat)
@@ -312,6 +351,7 @@ def run_sweep(sweep: Sweep, storage: Storage | None = None, *, resume: bool = Fa
     from facegen_ray import progress
 
     setup.env[progress.ENV] = "1" if progress.enabled() else "0"
+    _stop_tune_forwarding_credentials()
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), TRIAL_DRIVER_RESOURCES)
     run_config = tune.RunConfig(
         name=sweep.name,
@@ -356,7 +396,11 @@ def run_sweep(sweep: Sweep, storage: Storage | None = None, *, resume: bool = Fa
             ),
             run_config=run_config,
         )
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    finally:
+        if requested:
+            release_resources()
     rows = [trial_row(r, sweep, exp_uri) for r in grid]
     summary = summarize(
         rows, sweep, exp_uri, reference={k: ref[k] for k in ("uri", "key", "n_real", "cached")}, num_gen=ecfg.num_gen
