@@ -7,10 +7,6 @@ feedback store, the feedback page, the pairwise comparison page and the admin ro
                │  handle.render_version.remote(item)   (a /compare pair: a named registry version)
                │  state.set_target / replicas          (serve/model_state.py: ModelState)
 
-Admin routes need `Authorization: Bearer <token>` (ServeConfig.admin_token or
-FACEGEN_ADMIN_TOKEN); only the token's sha256 travels in deployment arguments. Without a
-configured token the admin routes answer 403.
-
 Feedback, pairs and votes need a rater (a session cookie or the proxy's header) and every
 costly route is rate limited: serve/session_routes.py. Admin routes: serve/admin_routes.py;
 the FastAPI app, its middleware and OpenAPI declarations: serve/openapi_doc.py; request
