@@ -157,3 +157,11 @@ def tiny_config(tmp_path) -> FacegenConfig:
     return FacegenConfig.model_validate(
         {"storage": {"root": str(tmp_path / "root")}, "model": tiny_model_dict(16), "data": {"resolution": 16}}
     )
+
+
+def start_session(client) -> str:
+    """Give an HTTP test client (httpx or Starlette's) a rater session: feedback, comparison
+    pairs and votes need one (serve/identity.py). The client keeps the cookie; returns the rater id."""
+    r = client.get("/session")
+    assert r.status_code == 200, r.text
+    return r.json()["rater"]

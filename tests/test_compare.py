@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model_dict
+from conftest import start_session, tiny_model_dict
 from PIL import Image
 from pydantic import ValidationError
 from test_serve_hostile import InProcessGenerator, _Method, _stored
@@ -315,6 +315,7 @@ def client(app):
     from starlette.testclient import TestClient
 
     with TestClient(api, raise_server_exceptions=False) as c:
+        start_session(c)
         yield c
 
 
@@ -326,7 +327,8 @@ def test_compare_http_flow(client, app):
     store = app["store"]
     page = client.get("/compare")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    assert "script-src 'self' 'unsafe-inline'" in page.headers["content-security-policy"]
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self';" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
     assert "Can't tell" in page.text and "v1" not in page.text and "v2" not in page.text
     assert client.post("/compare/pairs").status_code == 409  # nothing running yet
     # admin: token first, then readable 4xx for bad versions

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, tiny_model_dict
+from conftest import REPO, start_session, tiny_model_dict
 from PIL import Image
 
 from facegen_ray.cli import main as cli_main
@@ -479,6 +479,7 @@ def http(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(serve, "get_replica_context", lambda: SimpleNamespace(servable_object=current["inst"]))
         with TestClient(api, raise_server_exceptions=False) as c:
+            start_session(c)
             yield SimpleNamespace(
                 client=c,
                 G=G,
@@ -594,7 +595,8 @@ def test_http_mixing_on_a_model_trained_without_it_is_422(http):
 
 
 def test_page_has_direction_sliders_and_mix_control():
-    page = (Path(REPO) / "facegen_ray" / "serve" / "static" / "index.html").read_text()
+    static = Path(REPO) / "facegen_ray" / "serve" / "static"
+    page = (static / "index.html").read_text() + (static / "index.js").read_text()  # the script is its own file
     for marker in (
         'id="controls"',
         'id="sliders"',

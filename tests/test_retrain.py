@@ -121,6 +121,19 @@ def world(ray_session, sample_zip, tmp_path_factory):
     return {"root": root, "faces": faces, "ids": ids, "store": store, "loaded": loaded, "base": out}
 
 
+# The merge's poisoning brakes (data/feedback_brakes.py: 2 distinct raters, new-rater quarantine,
+# a cap of 5% of the base) are tested in tests/test_feedback_brakes.py; these tests check the
+# merge mechanics with the brakes released (their feedback records are seconds old).
+NO_BRAKES = [
+    "--set",
+    "retrain.min_approvals=1",
+    "--set",
+    "retrain.quarantine_new_rater_minutes=0",
+    "--set",
+    "retrain.max_feedback_share=1",
+]
+
+
 def _last_json(out: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
@@ -177,7 +190,7 @@ def test_merge_only_writes_a_new_version(world, capsys):
     storage, root, faces, ids = Storage(), world["root"], world["faces"], world["ids"]
     v1_manifest = storage.read_bytes(join(faces, "v1", "manifest.json"))
     v1_files = {p: storage.size(p) for p in storage.find(join(faces, "v1"))}
-    rc = cli_main(["retrain", "--merge-only", "--root", root, "--set", "retrain.feedback_weight=2.5"])
+    rc = cli_main(["retrain", "--merge-only", "--root", root, "--set", "retrain.feedback_weight=2.5", *NO_BRAKES])
     out = capsys.readouterr().out
     assert rc == 0, out
     doc = _last_json(out)
@@ -207,7 +220,7 @@ def test_merge_only_writes_a_new_version(world, capsys):
     gen8 = decode_image(world["store"].read_image(ids["approved"]))
     assert np.array_equal(decode_image(row["image"])[::2, ::2], gen8)
     # nothing new to merge now: exit 2, no version written
-    rc = cli_main(["retrain", "--merge-only", "--root", root])
+    rc = cli_main(["retrain", "--merge-only", "--root", root, *NO_BRAKES])
     err = capsys.readouterr().err
     assert (
         rc == 2 and "no new approved feedback images" in err and "in_base=4" in err
@@ -268,7 +281,7 @@ def test_retrain_end_to_end_promotes_with_huge_tolerance(world, capsys):
 
     storage, root, ids = Storage(), world["root"], world["ids"]
     world["store"].add_feedback(ids["unvoted"], True, client_key="carol")  # one new approval since the merge
-    rc = cli_main(["retrain", "--root", root, "--images", "32", "--tolerance", "1e6", *GATE_SETS])
+    rc = cli_main(["retrain", "--root", root, "--images", "32", "--tolerance", "1e6", *GATE_SETS, *NO_BRAKES])
     out = capsys.readouterr().out
     assert rc == 0, out
     doc = _last_json(out)
@@ -523,7 +536,16 @@ def test_merge_on_s3(s3_server, s3_root, s3_storage, ray_session, sample_zip):
         store.add_feedback(iid, k != 2, client_key="u1")
         ids.append(iid)
     cfg = FacegenConfig.model_validate(
-        {"storage": {**s3_storage.cfg.model_dump(), "root": s3_root}, "retrain": {"feedback_repeats": 2}}
+        {
+            "storage": {**s3_storage.cfg.model_dump(), "root": s3_root},
+            # brakes released (tests/test_feedback_brakes.py covers them): one fresh rater, a 24-image base
+            "retrain": {
+                "feedback_repeats": 2,
+                "min_approvals": 1,
+                "quarantine_new_rater_minutes": 0,
+                "max_feedback_share": 1,
+            },
+        }
     )
     res = merge_feedback(cfg, faces, storage=s3_storage)
     assert res.merged == 2 and res.skipped["rejected"] == 1 and res.version_uri == join(faces, "v2")

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import free_port, tiny_model_dict
+from conftest import free_port, start_session, tiny_model_dict
 from hypothesis import HealthCheck, settings
 from PIL import Image
 from serve_fuzz import openapi_schema, send_and_validate
@@ -132,6 +132,7 @@ def app(ray_session, tmp_path_factory):
 @pytest.fixture
 def client(app):
     with httpx.Client(base_url=app["url"], timeout=120) as c:
+        start_session(c)
         yield c
 
 

@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model_dict
+from conftest import start_session, tiny_model_dict
 from fastapi import HTTPException
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -81,7 +81,9 @@ class InProcessGenerator:
 
 def _ingress_instance(generator, root: str, token_digest: str | None):
     """A real ingress (the class FacegenIngress deploys), without Serve."""
-    return Ingress(generator, None, root, {}, {"max_request_bytes": 16_384, "default_truncation": 0.7}, token_digest)
+    unlimited = {k: {"per_minute": 1e6, "burst": 10_000} for k in ("generate", "feedback", "pairs", "vote", "session")}
+    cfg = {"max_request_bytes": 16_384, "default_truncation": 0.7, "rate_limits": unlimited}
+    return Ingress(generator, None, root, {}, cfg, token_digest)
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +112,7 @@ def client(ingress):
     from starlette.testclient import TestClient
 
     with TestClient(api, raise_server_exceptions=False) as c:
+        start_session(c)
         yield c
 
 
@@ -211,6 +214,7 @@ def _fuzz(case) -> None:
     from starlette.testclient import TestClient
 
     with TestClient(api, raise_server_exceptions=False) as client:
+        start_session(client)  # so feedback / vote bodies get past the rater check
         send_and_validate(client, case, "http://testserver")
 
 

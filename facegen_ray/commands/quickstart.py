@@ -150,10 +150,10 @@ def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from facegen_ray.serve.app import APP_NAME, build_app
+    from facegen_ray.serve.app import APP_NAME, build_app, http_timeouts
 
     t0 = _step(5, total, f"serve: Ray Serve app on http://127.0.0.1:{cfg.serve.port}/")
-    serve.start(http_options={"host": "127.0.0.1", "port": cfg.serve.port})
+    serve.start(http_options={"host": "127.0.0.1", "port": cfg.serve.port, **http_timeouts(cfg.serve)})
     # one replica; no CPU reservations, so the retrain step's Ray Train worker and Ray Data
     # tasks can be scheduled next to the running app on a 2-core machine. A fresh admin token
     # (unless FACEGEN_ADMIN_TOKEN is set) lets step 9 swap the model through /admin/reload.
@@ -196,13 +196,17 @@ def run(args: argparse.Namespace) -> int:
             )
 
             # 7. feedback -------------------------------------------------------------------
-            t0 = _step(7, total, "feedback: approve the first face, reject the second (POST /feedback)")
+            t0 = _step(7, total, "feedback: two raters approve the first face, reject the second (POST /feedback)")
             ids = [i["image_id"] for i in body["images"]]
+            client.get("/session").raise_for_status()  # a rater session cookie: feedback needs one
             a = client.post(
                 "/feedback", json={"image_id": ids[0], "approved": True, "rating": 5, "comment": "quickstart"}
             )
             b = client.post("/feedback", json={"image_id": ids[1], "approved": False, "rating": 2})
             bad = client.post("/feedback", json={"image_id": "0" * 32, "approved": True})
+            with httpx.Client(base_url=url, timeout=60) as second:  # retrain.min_approvals: 2 distinct raters
+                second.get("/session").raise_for_status()
+                second.post("/feedback", json={"image_id": ids[0], "approved": True}).raise_for_status()
             for resp in (a, b):
                 resp.raise_for_status()
 
@@ -222,7 +226,11 @@ def run(args: argparse.Namespace) -> int:
                 f"retrain: approved feedback -> new dataset version -> candidate warm-started "
                 f"from {outcome.version} ({cfg.retrain.images} images, Ray Train) -> promotion gate",
             )
-            rcfg = with_updates(cfg, {"gate.num_gen": cfg.gate.num_gen or args.num_gen})
+            # the demo's raters are seconds old: no new-rater quarantine here (it stays on by default)
+            rcfg = with_updates(
+                cfg,
+                {"gate.num_gen": cfg.gate.num_gen or args.num_gen, "retrain.quarantine_new_rater_minutes": 0},
+            )
             out = retrain(rcfg, storage=storage, run_name=f"quickstart-retrain-{stamp}")
             _done(
                 t0,

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from facegen_ray.serve.app import APP_NAME, build_app
+    from facegen_ray.serve.app import APP_NAME, build_app, http_timeouts
     from facegen_ray.serve.generation import resolve_model
 
     serve_opts = {k: getattr(args, k) for k in ("port", "host") if getattr(args, k) is not None}
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     require_shared({"storage.root": cfg.storage.root})  # replicas on any node read models, write feedback
     signal.signal(signal.SIGTERM, _stop)  # after ray.init, which installs its own handler
     try:
-        serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+        serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port, **http_timeouts(cfg.serve)})
         serve.run(build_app(app_args), name=APP_NAME, route_prefix="/")
         host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "::") else cfg.serve.host
         print(f"[facegen] serving {model} at http://{host}:{cfg.serve.port}/  (Ctrl-C to stop)", flush=True)

@@ -14,11 +14,27 @@ class RetrainConfig(_Section):
     rejections (the rule of data.feedback.approved_images), and, if set, a mean rating >= min_rating."""
 
     dataset: str | None = Field(default=None, description="base dataset URI; default: the serving model's dataset")
-    min_approvals: int = Field(default=1, ge=1)
+    min_approvals: int = Field(default=2, ge=1, description="distinct raters who approve an image")
     min_rating: float | None = Field(default=None, ge=1, le=5, description="skip images rated lower on average")
     feedback_weight: float = Field(default=1.0, gt=0, description="'weight' column of merged feedback rows")
     feedback_repeats: int = Field(default=1, ge=1, le=100, description="rows written per merged image (oversampling)")
     images: int = Field(default=100_000, ge=1, description="images the candidate trains beyond the serving model")
+    max_feedback_images: int = Field(default=500, ge=1, description="cap on feedback images one retrain merges")
+    max_feedback_share: float = Field(
+        default=0.05, gt=0, le=1, description="cap on merged feedback images as a share of the base dataset's images"
+    )
+    quarantine_new_rater_minutes: float = Field(
+        default=60.0,
+        ge=0,
+        description="approvals from a rater known for less than this (at approval time) are held back",
+    )
+    quarantine_approvals_per_hour: int = Field(
+        default=60, ge=1, description="a rater with more approvals than this in any hour is held back entirely"
+    )
+    review: str | None = Field(
+        default=None,
+        description="reviewed list (`facegen feedback review --out`): only image ids in it are merged; None: no review",
+    )
     run_prefix: str = Field(default="retrain", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,40}$")
 
 

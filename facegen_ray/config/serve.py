@@ -9,6 +9,26 @@ from pydantic import Field, field_validator, model_validator
 
 from facegen_ray.config.base import ADMIN_TOKEN_ENV, _Section
 
+MIN_ADMIN_TOKEN_CHARS = 32  # a shorter admin token is refused at start (guessable)
+
+
+class RateSpec(_Section):
+    """One token bucket: `burst` requests at once, refilled at `per_minute`."""
+
+    per_minute: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
+def _default_rate_limits() -> dict[str, RateSpec]:
+    # route class -> bucket, applied per rater AND per client address (serve/ratelimit.py)
+    return {
+        "generate": RateSpec(per_minute=120, burst=60),
+        "feedback": RateSpec(per_minute=30, burst=20),
+        "pairs": RateSpec(per_minute=30, burst=20),
+        "vote": RateSpec(per_minute=30, burst=20),
+        "session": RateSpec(per_minute=6, burst=10),  # new sessions per client address
+    }
+
 
 class ServeConfig(_Section):
     """Ray Serve app: generator replicas + FastAPI ingress."""
@@ -76,6 +96,31 @@ class ServeConfig(_Section):
         default=3600.0, gt=0, description="a pair shown by the /compare page takes a vote for this long (then 410)"
     )
 
+    rater_header: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9-]{1,64}$",
+        description="header an authenticating proxy sets to the user's id (e.g. X-Forwarded-User); when set, "
+        "feedback and votes need it and it is the rater identity. Only set it behind a proxy that strips it from clients",
+    )
+    session_ttl_s: float = Field(default=30 * 86400.0, gt=0, description="lifetime of a rater session cookie")
+    session_cookie_secure: bool = Field(default=False, description="mark the session cookie Secure (behind TLS)")
+    rate_limits: dict[str, RateSpec] = Field(
+        default_factory=_default_rate_limits,
+        description="token buckets by route class (generate, feedback, pairs, vote, session)",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="client addresses of proxies whose X-Forwarded-For names the real client (rate limits key on it)",
+    )
+    body_timeout_s: float = Field(default=10.0, gt=0, description="a request body must arrive within this (else 408)")
+    request_timeout_s: float = Field(
+        default=120.0, gt=0, description="Serve's end-to-end request timeout (http_options)"
+    )
+    reload_outside_root: bool = Field(
+        default=False,
+        description="admin reload may name model URIs outside storage.root (off: registry versions and URIs under it)",
+    )
+
     @field_validator("fake_forward_ms")
     @classmethod
     def _fake_forward(cls, v: str | None) -> str | None:
@@ -87,6 +132,9 @@ class ServeConfig(_Section):
     def _replicas(self) -> ServeConfig:
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
+        unknown = sorted(set(self.rate_limits) - set(_default_rate_limits()))
+        if unknown:
+            raise ValueError(f"unknown serve.rate_limits keys {unknown}: use {sorted(_default_rate_limits())}")
         return self
 
 

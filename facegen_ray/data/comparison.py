@@ -27,7 +27,9 @@ being the Idempotency-Key header or, without one, derived from the body (the cho
 per pair: the vote object is named by the pair id, so a retry with the same key gets the
 stored vote back (created=False) while another key -- or, without a key, another choice -- is
 refused with 409: a pair is one person's judgement, and one client cannot stuff the count by
-re-voting on it.
+re-voting on it. A pair served to a rater (serve/identity.py) takes a vote from that rater
+only (403 for anyone else), so votes cannot be cast on pairs nobody was shown, and each vote
+record names its rater for the gate's per-rater breakdown.
 """
 
 from __future__ import annotations
@@ -74,6 +76,12 @@ class UnknownPair(CompareError):
     """A vote names a pair id that was never served here."""
 
     status = 404
+
+
+class NotYourPair(CompareError):
+    """A vote on a pair that was served to another rater (pairs are bound to their rater)."""
+
+    status = 403
 
 
 class PairExpired(CompareError):
@@ -231,9 +239,11 @@ class ComparisonStore:
         sides: dict[str, dict[str, Any]],
         truncation: float,
         ttl_s: float,
+        rater: str | None = None,
     ) -> dict[str, Any]:
         """Store a pair about to be served. sides: {"left"|"right": {"version", "seed",
-        "image_id", "weights_sha256"}}; candidate_side: where the candidate's face is."""
+        "image_id", "weights_sha256"}}; candidate_side: where the candidate's face is; rater:
+        who it is served to (only they may vote on it; None: anyone, for tools and tests)."""
         if candidate_side not in SIDES or set(sides) != set(SIDES):
             raise ValueError(f"a pair has a left and a right side, got {sorted(sides)} / {candidate_side!r}")
         pid = secrets.token_hex(16)
@@ -248,6 +258,7 @@ class ComparisonStore:
             "left": dict(sides["left"]),
             "right": dict(sides["right"]),
             "truncation": truncation,
+            "rater": rater,
             "created": _iso(created),
             "expires": _iso(created + _dt.timedelta(seconds=float(ttl_s))),
         }
@@ -262,12 +273,13 @@ class ComparisonStore:
     def get_vote(self, pid: str) -> dict[str, Any] | None:
         return self._read(self.vote_uri(pid), vote_record_problem)
 
-    def vote(self, pair_id: str, choice: str, client_key: str | None = None) -> VoteResult:
+    def vote(self, pair_id: str, choice: str, client_key: str | None = None, rater: str | None = None) -> VoteResult:
         """Record the vote on a served pair (idempotent per (pair_id, client key); one per pair).
 
         ValueError for a malformed id/key; CompareError (422) for a choice not in CHOICES;
         UnknownPair (404), PairExpired (410), ComparisonConflict (409: the comparison was
-        stopped, or the pair has another client's vote)."""
+        stopped, or the pair has another client's vote), NotYourPair (403: the pair was served
+        to another rater than `rater`)."""
         check_id(pair_id, "pair_id")
         if choice not in CHOICES:
             raise CompareError(f"choice must be one of {', '.join(CHOICES)}, got {choice!r}")
@@ -282,6 +294,8 @@ class ComparisonStore:
         pair = self.get_pair(pair_id)
         if pair is None:
             raise UnknownPair(f"unknown pair_id {pair_id}: only pairs served by POST /compare/pairs take a vote")
+        if pair.get("rater") is not None and pair["rater"] != rater:
+            raise NotYourPair(f"pair {pair_id} was served to another rater: vote on the pairs you are shown")
         cmp = self.get_comparison(pair["comparison_id"])
         if cmp is None or cmp["stopped"] is not None:
             raise ComparisonConflict(f"the comparison of pair {pair_id} was stopped: it takes no more votes")
@@ -305,6 +319,7 @@ class ComparisonStore:
             "baseline": pair["baseline"],
             "candidate_side": pair["candidate_side"],
             "client_key_sha256": hashlib.sha256(client_key.encode("utf-8")).hexdigest()[:16],
+            "rater": rater,
             "pair_created": pair["created"],
             "created": _iso(now),
         }
@@ -407,6 +422,7 @@ __all__ = [
     "NoComparison",
     "ComparisonConflict",
     "UnknownPair",
+    "NotYourPair",
     "PairExpired",
     "VoteResult",
     "CHOICES",

@@ -18,10 +18,17 @@ same id collapse into one object, and nothing is ever rewritten or deleted here.
 Ids are strict lowercase hex (32 chars) and are checked before any path is built, so no
 request can name an object outside this prefix.
 
-Idempotency: feedback_id = sha256("<image_id>|<client key>")[:32]. The client key is the
-`Idempotency-Key` header when given (1-128 chars of [A-Za-z0-9._:-]); without it the key is
-derived from the canonical body (approved, rating, comment), so an exact retry collapses
-while different opinions on the same image are stored separately.
+Idempotency: feedback_id = sha256("<image_id>|<rater>|<client key>")[:32] (without the
+"<rater>|" part for a record with no rater). The client key is the `Idempotency-Key` header
+when given (1-128 chars of [A-Za-z0-9._:-]); without it the key is derived from the canonical
+body (approved, rating, comment), so an exact retry collapses while different opinions on the
+same image are stored separately.
+
+Raters: the serve app records who gave each opinion ("rater": a session or proxy identity,
+serve/identity.py; "rater_since": when that identity was issued). Counting is per rater: each
+rater's latest record on an image is their opinion, so approvals count once per rater and
+rejections do not stack. A record without a rater (written directly, or before raters existed)
+counts as the rater "key-<its client key digest>".
 """
 
 from __future__ import annotations
@@ -140,8 +147,10 @@ class FeedbackStore:
         rating: int | None = None,
         comment: str | None = None,
         client_key: str | None = None,
+        rater: str | None = None,
+        rater_since: float | None = None,
     ) -> FeedbackResult:
-        """Append one feedback record (idempotent per (image_id, client key)).
+        """Append one feedback record (idempotent per (image_id, rater, client key)).
 
         Raises ValueError for a malformed id/key and UnknownImage when the image was never
         generated here."""
@@ -150,7 +159,7 @@ class FeedbackStore:
             client_key = derive_client_key(approved, rating, comment)
         elif not CLIENT_KEY_RE.match(client_key):
             raise ValueError("Idempotency-Key must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")
-        fid = feedback_id(image_id, client_key)
+        fid = feedback_id(image_id, f"{rater}|{client_key}" if rater else client_key)
         uri = self.feedback_uri(fid)
         if self.storage.exists(uri):
             return FeedbackResult(fid, created=False)
@@ -165,6 +174,8 @@ class FeedbackStore:
             "rating": rating,
             "comment": comment,
             "client_key_sha256": hashlib.sha256(client_key.encode("utf-8")).hexdigest()[:16],
+            "rater": rater,
+            "rater_since": rater_since,
             "created": _now(),
             "model_version": image.get("model_version"),
             "seed": image.get("seed"),
@@ -262,20 +273,42 @@ def iter_images(storage: Storage, root: str) -> Iterator[dict[str, Any]]:
             yield rec
 
 
-def summarize_feedback(storage: Storage, root: str) -> dict[str, dict[str, Any]]:
-    """image_id -> {"approvals", "rejections", "ratings": [..], "feedback_ids": [..]} over all
-    feedback records."""
+def rater_of(rec: dict[str, Any]) -> str:
+    """Who gave a feedback record: its rater, else "key-<client key digest>" (see the module doc)."""
+    rater = rec.get("rater")
+    if isinstance(rater, str) and rater:
+        return rater
+    return "key-" + str(rec.get("client_key_sha256") or rec["feedback_id"])
+
+
+def latest_opinions(records) -> dict[tuple[str, str], dict[str, Any]]:
+    """(image_id, rater) -> that rater's latest record on the image (by created, then id)."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for rec in records:
+        k = (rec["image_id"], rater_of(rec))
+        cur = out.get(k)
+        if cur is None or (str(rec.get("created")), rec["feedback_id"]) > (str(cur.get("created")), cur["feedback_id"]):
+            out[k] = rec
+    return out
+
+
+def summarize_records(records) -> dict[str, dict[str, Any]]:
+    """image_id -> {"approvals", "rejections", "ratings": [..], "feedback_ids": [..], "raters":
+    {rater: approved}} from each rater's latest opinion (one vote per rater per image)."""
     out: dict[str, dict[str, Any]] = {}
-    for rec in iter_feedback(storage, root):
-        s = out.setdefault(rec["image_id"], {"approvals": 0, "rejections": 0, "ratings": [], "feedback_ids": []})
-        if rec.get("approved"):
-            s["approvals"] += 1
-        else:
-            s["rejections"] += 1
+    for (iid, rater), rec in sorted(latest_opinions(records).items()):
+        s = out.setdefault(iid, {"approvals": 0, "rejections": 0, "ratings": [], "feedback_ids": [], "raters": {}})
+        s["approvals" if rec["approved"] else "rejections"] += 1
+        s["raters"][rater] = bool(rec["approved"])
         if rec.get("rating") is not None:
             s["ratings"].append(int(rec["rating"]))
         s["feedback_ids"].append(rec["feedback_id"])
     return out
+
+
+def summarize_feedback(storage: Storage, root: str) -> dict[str, dict[str, Any]]:
+    """summarize_records over every feedback record under <root>/feedback."""
+    return summarize_records(iter_feedback(storage, root))
 
 
 def approval_verdict(summary: dict[str, Any], min_approvals: int = 1) -> str | None:

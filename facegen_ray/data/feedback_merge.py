@@ -15,6 +15,9 @@ images users approved (what `facegen retrain` trains the candidate on).
              the model was conditional (label_source "requested"), else null. Each image is
              written retrain.feedback_repeats times (oversampling: how often training sees it;
              the weight scales its share of D's real-loss terms, train.row_weights).
+    brakes   opinions of quarantined raters do not count, an optional review list limits the
+             images, and at most a capped number (images, share of the base) are merged:
+             data/feedback_brakes.py. The manifest's feedback block lists per-rater contributions.
     dedupe   by sha256 of the stored pixels against every base row and among the feedback
              ("in_base" / "duplicate"), so re-running a merge never adds an image twice.
     write    base rows + feedback rows, shuffled (seeded), through shards.write_version: the
@@ -44,7 +47,8 @@ from PIL import Image
 
 from facegen_ray.config import FacegenConfig
 from facegen_ray.data import attributes as attrs
-from facegen_ray.data.feedback import FeedbackStore, approval_verdict, summarize_feedback
+from facegen_ray.data.feedback import FeedbackStore, approval_verdict, iter_feedback, summarize_records
+from facegen_ray.data.feedback_brakes import Brakes, HeldBack, merge_cap, quarantine, rater_report
 from facegen_ray.data.ingest import worker_filesystem, worker_filesystem_path
 from facegen_ray.data.shards import (
     _split_version,
@@ -68,6 +72,9 @@ log = logging.getLogger(__name__)
 SKIP_REASONS = (
     "too_few_approvals",
     "rejected",
+    "quarantined",
+    "not_reviewed",
+    "over_cap",
     "low_rating",
     "missing_image",
     "unreadable",
@@ -124,15 +131,34 @@ def reference_dataset(storage: Storage, dataset_uri: str) -> str:
 
 
 def select_feedback(
-    storage: Storage, root: str, min_approvals: int = 1, min_rating: float | None = None
+    storage: Storage,
+    root: str,
+    min_approvals: int = 1,
+    min_rating: float | None = None,
+    brakes: Brakes | None = None,
+    report: dict[str, Any] | None = None,
 ) -> tuple[list[FeedbackImage], dict[str, int]]:
     """(approved images sorted by id, skipped reason -> count) over all feedback records; see
-    the module docstring for the rule."""
+    the module docstring for the rule. With `brakes`, quarantined opinions do not count and a
+    review list limits the images (data/feedback_brakes.py); `report` (a dict) receives the
+    per-rater breakdown."""
     store = FeedbackStore(storage, root)
     skipped = {r: 0 for r in SKIP_REASONS}
     out: list[FeedbackImage] = []
-    for iid, v in sorted(summarize_feedback(storage, root).items()):
-        verdict = approval_verdict(v, min_approvals)
+    records = list(iter_feedback(storage, root))
+    held = HeldBack()
+    unbraked = summarize_records(records)
+    summaries = unbraked
+    if brakes is not None:
+        kept, held = quarantine(records, brakes)
+        summaries = summarize_records(kept)
+    for iid, u in sorted(unbraked.items()):
+        v = summaries.get(iid)
+        verdict = approval_verdict(v, min_approvals) if v is not None else "quarantined"
+        if verdict is not None and approval_verdict(u, min_approvals) is None:
+            verdict = "quarantined"  # approved only with the held-back opinions
+        if verdict is None and brakes is not None and brakes.review is not None and iid not in brakes.review:
+            verdict = "not_reviewed"
         if verdict is not None:
             skipped[verdict] += 1
             continue
@@ -149,7 +175,19 @@ def select_feedback(
                 iid, rec, store.image_uri(iid), v["approvals"], v["rejections"], mean, sorted(v["feedback_ids"])
             )
         )
+    if report is not None:
+        report.update(rater_report(out, summaries, held))
     return out, skipped
+
+
+def brakes_of(rcfg) -> Brakes:
+    """The merge's brakes from a RetrainConfig (the review list read from its file)."""
+    review = None
+    if rcfg.review:
+        from facegen_ray.data.feedback_review import read_review
+
+        review = frozenset(read_review(rcfg.review))
+    return Brakes(rcfg.quarantine_new_rater_minutes, rcfg.quarantine_approvals_per_hour, review)
 
 
 # ------------------------------------------------------------------ conversion
@@ -280,7 +318,15 @@ def merge_feedback(
     dest, _ = _split_version(normalize(base))
     reference = reference_dataset(storage, manifest["path"])
 
-    items, skipped = select_feedback(storage, feedback_root, rcfg.min_approvals, rcfg.min_rating)
+    raters: dict[str, Any] = {}
+    items, skipped = select_feedback(
+        storage, feedback_root, rcfg.min_approvals, rcfg.min_rating, brakes_of(rcfg), raters
+    )
+    cap = merge_cap(int(manifest["num_images"]), rcfg.max_feedback_images, rcfg.max_feedback_share)
+    if len(items) > cap:  # the most-approved first; the rest wait for the next retrain
+        keep = sorted(items, key=lambda it: (-it.approvals, it.image_id))[:cap]
+        skipped["over_cap"] += len(items) - cap
+        items = sorted(keep, key=lambda it: it.image_id)
     meta = _base_metadata(storage, manifest)
     rows, used = _convert(storage, items, manifest, set(meta["sha256"].tolist()), skipped, rcfg.feedback_weight)
     if not rows:
@@ -340,6 +386,8 @@ def merge_feedback(
                 "min_rating": rcfg.min_rating,
                 "weight": rcfg.feedback_weight,
                 "repeats": rcfg.feedback_repeats,
+                "cap": cap,
+                "raters": raters,
                 "feedback_root": Layout(feedback_root).feedback(),
             },
         }

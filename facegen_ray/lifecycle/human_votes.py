@@ -26,11 +26,14 @@ def tally_votes(storage: Storage, root: str, candidate: str, baseline: str) -> d
     {"candidate", "baseline", "votes", "wins", "losses", "cant_tell", "comparisons": [ids]}."""
     out = {"candidate": candidate, "baseline": baseline, "votes": 0, "wins": 0, "losses": 0, "cant_tell": 0}
     cids: set[str] = set()
+    by_rater: dict[str, int] = {}
     for v in ComparisonStore(storage, root).iter_votes() if candidate != baseline else ():
         if {v["candidate"], v["baseline"]} != {candidate, baseline}:
             continue
         out["votes"] += 1
         cids.add(v["comparison_id"])
+        rater = v.get("rater") or "unidentified"
+        by_rater[rater] = by_rater.get(rater, 0) + 1
         if v["winner"] == "cant_tell":
             out["cant_tell"] += 1
         elif v["winner_version"] == candidate:
@@ -38,6 +41,11 @@ def tally_votes(storage: Storage, root: str, candidate: str, baseline: str) -> d
         else:
             out["losses"] += 1
     out["comparisons"] = sorted(cids)
+    # who decided: votes per rater (a reviewer sees when a few raters carry the verdict)
+    top = sorted(by_rater.items(), key=lambda kv: (-kv[1], kv[0]))
+    out["raters"] = len(top)
+    out["top_rater_share"] = round(top[0][1] / out["votes"], 4) if top else 0.0
+    out["by_rater"] = dict(top[:20])
     return out
 
 
@@ -82,6 +90,8 @@ def human_verdict(
     )
     if n:
         seen += f"; win rate {rate:.3f} ({pct} Wilson CI {lo:.3f}-{hi:.3f})"
+        if "raters" in tally:
+            seen += f"; {tally['raters']} rater(s), the busiest cast {tally['top_rater_share']:.0%}"
     if min_win_rate is None:
         out.update(verdict="off", reason=f"human votes: {seen} -> not required (gate.min_human_win_rate unset)")
     elif n < need:

@@ -221,6 +221,12 @@ def retrain(
     try:
         merged = merge_feedback(cfg, base, storage=storage)
         progress(f"[facegen] {summary(merged)}")
+        raters = merged.manifest["feedback"].get("raters") or {}
+        progress(
+            f"[facegen] feedback raters: {raters.get('raters', 0)} counted, the busiest approved "
+            f"{raters.get('top_rater_share', 0):.0%} of the merged images; {raters.get('held_back_raters', 0)} "
+            f"held back ({raters.get('held_back_opinions', 0)} opinions, quarantine)"
+        )
         train_data = merged.version_uri
         out["dataset"] = {
             "uri": merged.version_uri,
@@ -230,6 +236,7 @@ def retrain(
             "rows": merged.manifest["num_images"],
             "skipped": merged.skipped,
             "feedback_ids": merged.manifest["feedback"]["feedback_ids"],
+            "raters": raters,
         }
     except NoApprovedFeedback as e:
         if not allow_empty or merge_only:

@@ -8,6 +8,8 @@
                ▲ polls every model_poll_interval_s
              ModelState (serve/model_state.py: 1 replica, no CPU): which model every generator
                replica should hold + each replica's last report.
+             FacegenGuard (serve/ratelimit.py: 1 replica, no CPU): the rate-limit buckets every
+               ingress replica shares, and the session secret when FACEGEN_SESSION_SECRET is unset.
 
 Two ways to change the served model:
   - `user_config: {"model": URI-or-version}` on GeneratorDeployment (edit it in
@@ -31,16 +33,20 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
 
 from facegen_ray.config import FacegenConfig, ServeConfig, load_config
+from facegen_ray.config.serve import MIN_ADMIN_TOKEN_CHARS
 from facegen_ray.errors import UserError
 from facegen_ray.serve.http_input import _token_digest
+from facegen_ray.serve.identity import secret_from_env
 from facegen_ray.serve.ingress import INGRESS_NAME, FacegenIngress
 from facegen_ray.serve.model_state import STATE_NAME, ModelState
+from facegen_ray.serve.ratelimit import GUARD_NAME, GuardDeployment
 from facegen_ray.serve.replica import GENERATOR_NAME, GeneratorDeployment
 from facegen_ray.storage import normalize
 
 __all__ = [
     "APP_NAME",
     "GENERATOR_NAME",
+    "GUARD_NAME",
     "INGRESS_NAME",
     "STATE_NAME",
     "AppArgs",
@@ -143,16 +149,30 @@ def generator_actor_options(sc: ServeConfig) -> dict[str, Any]:
     return {"num_cpus": sc.num_cpus, "num_gpus": sc.num_gpus}
 
 
+def check_secrets(sc: ServeConfig) -> None:
+    """UserError for an admin token shorter than 32 characters or a short FACEGEN_SESSION_SECRET
+    (both are refused at start: a short one can be guessed)."""
+    if sc.admin_token is not None and len(sc.admin_token) < MIN_ADMIN_TOKEN_CHARS:
+        raise UserError(
+            f"the admin token (serve.admin_token / FACEGEN_ADMIN_TOKEN) is {len(sc.admin_token)} characters: "
+            f"use at least {MIN_ADMIN_TOKEN_CHARS} random ones (e.g. `python -c 'import secrets; "
+            "print(secrets.token_hex(32))'`), or leave it unset to disable the admin routes"
+        )
+    secret_from_env()
+
+
 def build_app(args: dict[str, Any] | None = None):
     """Serve application builder (deployments/serve.yaml: import_path facegen_ray.serve.app:build_app)."""
     cfg, model = app_config(args or {})
     sc = cfg.serve
+    check_secrets(sc)
     serve_cfg = sc.model_dump(mode="json", exclude={"admin_token"})
     # absolute here, where the app is built: a relative root handed to the replicas would be
     # resolved by each replica against its own working directory on its own host
     root = normalize(cfg.storage.root)
     storage = {**cfg.storage.model_dump(mode="json"), "root": root}
     state = ModelState.bind()
+    guard = GuardDeployment.bind(serve_cfg)
     generator = GeneratorDeployment.options(
         autoscaling_config=autoscaling_config(sc),
         ray_actor_options=generator_actor_options(sc),
@@ -163,7 +183,13 @@ def build_app(args: dict[str, Any] | None = None):
         num_replicas=sc.ingress_replicas,
         ray_actor_options={"num_cpus": sc.ingress_num_cpus},
         max_ongoing_requests=sc.ingress_max_ongoing_requests,
-    ).bind(generator, state, root, storage, serve_cfg, _token_digest(sc.admin_token))
+    ).bind(generator, state, root, storage, serve_cfg, _token_digest(sc.admin_token), guard)
+
+
+def http_timeouts(sc: ServeConfig) -> dict[str, Any]:
+    """Serve http_options that bound a request: request_timeout_s end to end (the body read has
+    its own, serve.body_timeout_s, in the ingress) and keep_alive_timeout_s for idle connections."""
+    return {"request_timeout_s": sc.request_timeout_s, "keep_alive_timeout_s": 5}
 
 
 def serve_config_dict(args: dict[str, Any], host: str = "0.0.0.0", port: int = 8000) -> dict[str, Any]:
@@ -173,7 +199,7 @@ def serve_config_dict(args: dict[str, Any], host: str = "0.0.0.0", port: int = 8
     sc = cfg.serve
     return {
         "proxy_location": "EveryNode",
-        "http_options": {"host": host, "port": port},
+        "http_options": {"host": host, "port": port, **http_timeouts(sc)},
         "applications": [
             {
                 "name": APP_NAME,

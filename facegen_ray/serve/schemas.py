@@ -243,3 +243,9 @@ class ComparisonInfo(BaseModel):
 class CompareStatusResponse(BaseModel):
     active: ComparisonInfo | None
     comparisons: list[ComparisonInfo]
+
+
+class SessionResponse(BaseModel):
+    rater: str  # "s-<session id>" or "h-<digest of the proxy's user header>"
+    since: float | None  # unix seconds the session was issued (None: a proxy identity)
+    new: bool  # True: this response set a new session cookie

@@ -1,0 +1,145 @@
+"""Rate limits that hold across ingress replicas: token buckets in one actor of the app.
+
+    FacegenIngress replica 1 ─┐  guard.take.remote(route, [address key, rater key])
+    FacegenIngress replica 2 ─┼──────────────►  FacegenGuard (1 replica, no CPU): TokenBuckets
+    ...                       ┘  guard.session_secret.remote()   (the HMAC secret when the env has none)
+
+Each route class (serve.rate_limits: generate, feedback, pairs, vote, session) has a bucket per
+client address and one per rater: `burst` requests at once, refilled at `per_minute`. A request
+takes one token from each of its buckets, or none when any is empty: it then gets 429 with
+Retry-After (the seconds until the emptiest bucket has a token). State lives in the guard's
+memory only (a restart refills every bucket); the LRU keeps at most `max_keys` buckets, dropping
+the least recently used (a dropped bucket comes back full, so the table cannot grow without
+bound under a flood of new addresses).
+
+An ingress built without a guard (in-process tests) uses a LocalGuard: the same buckets in its
+own memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from ray import serve
+
+from facegen_ray.config import ServeConfig
+from facegen_ray.serve.identity import new_secret, secret_from_env
+
+GUARD_NAME = "FacegenGuard"
+MAX_KEYS = 200_000
+
+log = logging.getLogger("ray.serve")
+
+
+class TokenBuckets:
+    """Token buckets by (route, key); `take` is all-or-nothing over a request's keys."""
+
+    def __init__(
+        self,
+        specs: dict[str, Any],
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = MAX_KEYS,
+    ) -> None:
+        # spec: {"per_minute": float, "burst": int} (serve.rate_limits, as dicts or RateSpec)
+        self.specs = {
+            k: (float(s["per_minute"]) / 60.0, float(s["burst"]))
+            for k, s in ((k, s if isinstance(s, dict) else s.model_dump()) for k, s in specs.items())
+        }
+        self.clock = clock
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
+
+    def _level(self, route: str, key: str, now: float) -> float:
+        rate, burst = self.specs[route]
+        tokens, last = self._buckets.get((route, key), (burst, now))
+        return min(burst, tokens + max(0.0, now - last) * rate)
+
+    def take(self, route: str, keys: list[str], cost: float = 1.0) -> float:
+        """0.0 when `cost` tokens were taken from every key's bucket; else the seconds to wait
+        (nothing taken). A cost above the burst is charged as the burst. A route without a
+        configured bucket is not limited."""
+        if route not in self.specs:
+            return 0.0
+        rate, burst = self.specs[route]
+        cost = min(float(cost), burst)
+        now = self.clock()
+        levels = {k: self._level(route, k, now) for k in dict.fromkeys(keys)}
+        short = [cost - lv for lv in levels.values() if lv < cost]
+        if short:
+            return max(short) / rate
+        for k, lv in levels.items():
+            self._buckets[(route, k)] = (lv - cost, now)
+            self._buckets.move_to_end((route, k))
+        while len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+        return 0.0
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+class GuardCore:
+    """What the guard holds: the buckets and the session secret (env, else random)."""
+
+    def __init__(self, serve_cfg: dict[str, Any]) -> None:
+        cfg = ServeConfig.model_validate(serve_cfg)
+        self.buckets = TokenBuckets(cfg.rate_limits)
+        env = secret_from_env()
+        if env is None:
+            log.warning(
+                "FACEGEN_SESSION_SECRET is not set: rater sessions use a random secret that ends "
+                "when the app's guard restarts (set it, >= 32 chars, on every node to keep sessions)"
+            )
+        self._secret = env or new_secret()
+
+    def take(self, route: str, keys: list[str], cost: float = 1.0) -> float:
+        return self.buckets.take(route, keys, cost)
+
+    def session_secret(self) -> bytes:
+        return self._secret
+
+
+class _Local:
+    """`obj.method.remote(...)` -> awaitable, like a Serve handle, for a GuardCore in process."""
+
+    def __init__(self, fn) -> None:
+        self._fn = fn
+
+    async def remote(self, *args: Any) -> Any:
+        return self._fn(*args)
+
+
+class LocalGuard:
+    """A guard in the ingress's own memory (tests that drive the FastAPI app in process)."""
+
+    def __init__(self, serve_cfg: dict[str, Any]) -> None:
+        self.core = GuardCore(serve_cfg)
+        self.take = _Local(self.core.take)
+        self.session_secret = _Local(self.core.session_secret)
+
+
+@serve.deployment(name=GUARD_NAME, num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=10_000)
+class GuardDeployment:
+    """The app's one guard replica (a named actor of the app): rate limits, session secret."""
+
+    def __init__(self, serve_cfg: dict[str, Any]) -> None:
+        self.core = GuardCore(serve_cfg)
+
+    def take(self, route: str, keys: list[str], cost: float = 1.0) -> float:
+        return self.core.take(route, keys, cost)
+
+    def session_secret(self) -> bytes:
+        return self.core.session_secret()
+
+
+def retry_after(wait_s: float) -> str:
+    """The Retry-After header value (whole seconds, at least 1)."""
+    return str(max(1, math.ceil(wait_s)))
+
+
+__all__ = ["GUARD_NAME", "GuardCore", "GuardDeployment", "LocalGuard", "TokenBuckets", "retry_after"]

@@ -1,0 +1,138 @@
+"""Raters, rate limits and the pages (a mixin of serve/ingress.py's Ingress, registered on the
+same FastAPI app).
+
+    GET /session              the caller's rater session (a new signed cookie when it has none)
+    GET /  and  GET /compare  the pages; a first visit gets a session cookie with the page
+    GET /static/<file>        the pages' scripts and styles (no inline code: CSP without 'unsafe-inline')
+
+`_rater(request, required=True)` is what every route that records an opinion calls (401 without
+an identity: serve/identity.py says where it comes from), `_limit(request, route, rater)` what
+every costly route calls (429 with Retry-After; buckets per client address and per rater in the
+app's guard actor, serve/ratelimit.py). New sessions per client address are a bucket too
+("session"), so sessions are not free: a page load without a token left is served without a
+cookie.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from fastapi import HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from facegen_ray.serve.identity import (
+    SESSION_COOKIE,
+    Rater,
+    SessionSigner,
+    client_address,
+    cookie_header,
+    header_rater,
+    secret_from_env,
+)
+from facegen_ray.serve.openapi_doc import _errors, api
+from facegen_ray.serve.ratelimit import retry_after
+from facegen_ray.serve.schemas import SessionResponse
+from facegen_ray.serve.security_headers import PAGE_CSP
+
+ASSETS = {  # /static/<name> -> content type (the only files served from static/)
+    "index.js": "text/javascript; charset=utf-8",
+    "index.css": "text/css; charset=utf-8",
+    "compare.js": "text/javascript; charset=utf-8",
+    "compare.css": "text/css; charset=utf-8",
+}
+PAGE_HEADERS = {"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-store"}
+
+
+def _static(name: str) -> str:
+    return resources.files("facegen_ray.serve").joinpath(f"static/{name}").read_text(encoding="utf-8")
+
+
+class SessionRoutes:
+    """Rater identity, rate limits, pages; the Ingress supplies cfg and guard."""
+
+    def _init_sessions(self) -> None:
+        self.pages = {"index": _static("index.html"), "compare": _static("compare.html")}
+        self.assets = {name: _static(name) for name in ASSETS}
+        env = secret_from_env()  # UserError (replica start fails) when set but too short
+        self._signer = SessionSigner(env, self.cfg.session_ttl_s) if env else None
+
+    async def _session_signer(self) -> SessionSigner:
+        if self._signer is None:  # no secret in this process's env: the guard's, shared by all replicas
+            self._signer = SessionSigner(await self.guard.session_secret.remote(), self.cfg.session_ttl_s)
+        return self._signer
+
+    def _address(self, request: Request) -> str:
+        peer = request.client.host if request.client else None
+        return client_address(peer, request.headers.get("x-forwarded-for"), self.cfg.trusted_proxies)
+
+    async def _rater(self, request: Request, required: bool = False) -> Rater | None:
+        """The caller's rater: the trusted proxy header when serve.rater_header is set (only
+        it), else a valid session cookie; 401 when `required` and there is none."""
+        if self.cfg.rater_header:
+            rater = header_rater(request.headers.get(self.cfg.rater_header))
+            why = f"no {self.cfg.rater_header} header from the authenticating proxy"
+        else:
+            rater = (await self._session_signer()).verify(request.cookies.get(SESSION_COOKIE))
+            why = "no valid rater session: GET /session first (the pages do this on load) and send its cookie"
+        if rater is None and required:
+            raise HTTPException(401, why)
+        return rater
+
+    async def _limit(self, request: Request, route: str, rater: Rater | None, cost: int = 1) -> None:
+        """Take `cost` tokens of `route` for the client address (and the rater); 429 when out."""
+        keys = [f"a:{self._address(request)}"] + ([f"r:{rater.rater_id}"] if rater else [])
+        wait = await self.guard.take.remote(route, keys, cost)
+        if wait > 0:
+            raise HTTPException(
+                429,
+                f"too many {route} requests: retry in {retry_after(wait)}s",
+                headers={"Retry-After": retry_after(wait)},
+            )
+
+    async def _new_session(self, request: Request) -> tuple[str, Rater] | None:
+        """A new session (cookie value, rater), or None when this address is out of sessions."""
+        if await self.guard.take.remote("session", [f"a:{self._address(request)}"]) > 0:
+            return None
+        return (await self._session_signer()).issue()
+
+    def _set_cookie(self, response: Response, value: str) -> None:
+        response.headers.append(
+            "Set-Cookie", cookie_header(value, self.cfg.session_ttl_s, self.cfg.session_cookie_secure)
+        )
+
+    async def _page(self, request: Request, name: str) -> HTMLResponse:
+        resp = HTMLResponse(self.pages[name], headers=PAGE_HEADERS)
+        if not self.cfg.rater_header and await self._rater(request) is None:
+            new = await self._new_session(request)
+            if new is not None:
+                self._set_cookie(resp, new[0])
+        return resp
+
+    # ---- routes
+    @api.get("/session", responses={200: {"model": SessionResponse}, **_errors(401, 429)})
+    async def session(self, request: Request) -> JSONResponse:
+        rater = await self._rater(request, required=bool(self.cfg.rater_header))
+        if rater is not None:
+            return JSONResponse({"rater": rater.rater_id, "since": rater.since, "new": False})
+        new = await self._new_session(request)
+        if new is None:
+            raise HTTPException(429, "too many new sessions from this address", headers={"Retry-After": "60"})
+        resp = JSONResponse({"rater": new[1].rater_id, "since": new[1].since, "new": True})
+        self._set_cookie(resp, new[0])
+        return resp
+
+    @api.get("/", response_class=HTMLResponse)
+    async def page(self, request: Request) -> HTMLResponse:
+        return await self._page(request, "index")
+
+    @api.get("/compare", response_class=HTMLResponse)
+    async def compare_page(self, request: Request) -> HTMLResponse:
+        return await self._page(request, "compare")
+
+    @api.get("/static/{name}", response_class=Response, responses=_errors(404))
+    async def static_file(self, name: str) -> Response:
+        if name not in ASSETS:
+            raise HTTPException(404, "no such file")
+        headers: dict[str, Any] = {"Cache-Control": "no-cache"}
+        return Response(self.assets[name], media_type=ASSETS[name], headers=headers)
