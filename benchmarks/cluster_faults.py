@@ -12,7 +12,7 @@ partition: the same run; one worker host's link is taken down for --seconds (30)
   Reports what Ray did (node state after the cut, restarts) and whether the run finished.
 serve-kill: see serve_faults.py.
 
-    flock /work/heavy.lock timeout 480 python benchmarks/cluster_faults.py train-kill
+    timeout 480 python benchmarks/cluster_faults.py train-kill
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ failures, p50/p99 latency overall and during failover (from the kill until the r
 back), the seconds until 2 generator replicas run again, and feedback lost (every 200/201 answer
 checked against the S3 store, benchmarks/serve_load.verify_store).
 
-    flock /work/heavy.lock timeout 540 python benchmarks/cluster_serve.py [--duration 120]
+    timeout 540 python benchmarks/cluster_serve.py [--duration 120]
 """
 
 from __future__ import annotations

@@ -22,12 +22,15 @@ raters decide a model.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from facegen_ray.data.feedback import rater_of
+from facegen_ray.errors import UserError
+from facegen_ray.storage import Storage
 
 HOUR_S = 3600.0
 
@@ -134,3 +137,19 @@ def rater_report(items: list[Any], summaries: dict[str, dict[str, Any]], held: H
 
 
 __all__ = ["Brakes", "HeldBack", "merge_cap", "quarantine", "rater_report"]
+
+
+def read_review(uri: str) -> list[str]:
+    """The image ids of a review file; UserError when it is missing or malformed."""
+    try:
+        doc = json.loads(Storage().read_bytes(uri).decode("utf-8"))
+    except FileNotFoundError:
+        raise UserError(
+            f"retrain.review file {uri} does not exist: write it with `facegen feedback review --out`"
+        ) from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"retrain.review file {uri} is not JSON: {e}") from None
+    ids = doc.get("image_ids") if isinstance(doc, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise UserError(f"retrain.review file {uri} has no 'image_ids' list of strings")
+    return ids

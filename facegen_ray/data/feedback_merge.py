@@ -184,7 +184,7 @@ def brakes_of(rcfg) -> Brakes:
     """The merge's brakes from a RetrainConfig (the review list read from its file)."""
     review = None
     if rcfg.review:
-        from facegen_ray.data.feedback_review import read_review
+        from facegen_ray.data.feedback_brakes import read_review
 
         review = frozenset(read_review(rcfg.review))
     return Brakes(rcfg.quarantine_new_rater_minutes, rcfg.quarantine_approvals_per_hour, review)

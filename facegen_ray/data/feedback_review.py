@@ -11,10 +11,9 @@ back.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from typing import Any
 
-from facegen_ray.errors import UserError
+from facegen_ray.data.feedback_brakes import read_review
 from facegen_ray.storage import Storage
 
 
@@ -44,22 +43,6 @@ def review_list(storage: Storage, root: str, rcfg) -> dict[str, Any]:
         "skipped": {k: v for k, v in skipped.items() if v},
         "raters": report,
     }
-
-
-def read_review(uri: str) -> list[str]:
-    """The image ids of a review file; UserError when it is missing or malformed."""
-    try:
-        doc = json.loads(Storage().read_bytes(uri).decode("utf-8"))
-    except FileNotFoundError:
-        raise UserError(
-            f"retrain.review file {uri} does not exist: write it with `facegen feedback review --out`"
-        ) from None
-    except (UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"retrain.review file {uri} is not JSON: {e}") from None
-    ids = doc.get("image_ids") if isinstance(doc, dict) else None
-    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise UserError(f"retrain.review file {uri} has no 'image_ids' list of strings")
-    return ids
 
 
 __all__ = ["read_review", "review_list"]
