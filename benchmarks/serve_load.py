@@ -53,6 +53,15 @@ import sys
 import tempfile
 import time
 
+# A load test measures the serving path, not the abuse limits: lift the per-address and
+# per-rater buckets (serve.rate_limits) far above what the test sends, and let its single
+# rater's approvals count (the quarantine only matters to retraining).
+LOAD_TEST_SETTINGS = [
+    "serve.rate_limits={generate: {per_minute: 1000000, burst: 100000}, feedback: {per_minute: 1000000, burst: 100000},"
+    " pairs: {per_minute: 1000000, burst: 100000}, vote: {per_minute: 1000000, burst: 100000},"
+    " session: {per_minute: 1000000, burst: 100000}}",
+]
+
 SIZES = {
     "tiny": dict(resolution=16, z_dim=32, w_dim=32, mapping_layers=2, fmap_base=128, fmap_max=32, fmap_min=8),
     "small": dict(resolution=32, z_dim=128, w_dim=128, mapping_layers=4, fmap_base=1024, fmap_max=128, fmap_min=16),
@@ -416,6 +425,7 @@ async def _feedback_load(
             looked_up.set()
 
     async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as client:
+        await _session(client)
 
         async def worker(w: int) -> None:
             nonlocal answered
@@ -445,6 +455,11 @@ async def _feedback_load(
     return {"wall_s": wall, "attempt_latencies": attempt_lat, "kill": kill if kill_after is not None else None}
 
 
+async def _session(client) -> None:
+    """A rater session for the client (feedback needs one; the cookie stays in the client)."""
+    (await client.get("/session")).raise_for_status()
+
+
 async def _replay(url: str, posts: list[dict], clients: int, timeout_s: float) -> list[dict]:
     """Send each post once more with its key: what a client whose answer was lost would do."""
     import httpx
@@ -452,6 +467,7 @@ async def _replay(url: str, posts: list[dict], clients: int, timeout_s: float) -
     out: list[dict] = []
     queue = iter(posts)
     async with httpx.AsyncClient(base_url=url, timeout=timeout_s) as client:
+        await _session(client)
 
         async def worker() -> None:
             for p in queue:
@@ -592,6 +608,7 @@ def feedback_main(argv: list[str]) -> int:
                     "ingress_replicas": 1,
                     "ingress_num_cpus": 0.5,
                     "ingress_max_ongoing_requests": max(256, 2 * args.clients),
+                    "set": LOAD_TEST_SETTINGS,
                 }
             ),
             name=APP_NAME,
@@ -786,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
                 "ingress_replicas": args.ingress_replicas,
                 "ingress_num_cpus": args.ingress_cpus,
                 "ingress_max_ongoing_requests": max(256, 2 * max(conc)),
-                "set": list(args.set),
+                "set": LOAD_TEST_SETTINGS + list(args.set),
             }
         ),
         name=APP_NAME,

@@ -36,7 +36,7 @@ from facegen_ray.serve.ingress import Ingress, api
 from facegen_ray.serve.messages import RenderRequest, RenderResult
 from facegen_ray.storage import Storage
 
-TOKEN = "compare-test-token"
+TOKEN = "compare-test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import start_session
 from test_serve import MAX_BODY, app, client  # noqa: F401 - the Serve app fixture (module-scoped here)
 
 from facegen_ray.cli import main as cli_main
@@ -354,6 +355,7 @@ def test_metrics_are_exported_on_the_node_endpoint(app, client, ray_session):  #
     assert client.post("/generate", json={"seed": 40, "num_images": 2}).status_code == 200
     assert client.get("/generate", params={"seed": 9}).status_code == 200
     assert client.get("/no-such-route").status_code == 404
+    start_session(client)  # feedback needs a rater session
     fb = [
         (
             client.post("/feedback", json={"image_id": ids[0], "approved": True}, headers={"Idempotency-Key": "obs-1"}),

@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from conftest import start_session
 from test_serve import app, client  # noqa: F401 - the Serve app fixture (module-scoped here)
 
 from facegen_ray.cli import main as cli_main
@@ -147,6 +148,7 @@ def test_prometheus_scrapes_serving_and_training_and_dashboards_evaluate(prometh
         r = client.post("/generate", json={"seed": seed, "num_images": 2})
         assert r.status_code == 200
         ids += [im["image_id"] for im in r.json()["images"]]
+    start_session(client)  # feedback needs a rater session
     assert (
         client.post(
             "/feedback", json={"image_id": ids[0], "approved": True}, headers={"Idempotency-Key": "prom-1"}

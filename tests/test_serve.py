@@ -37,7 +37,7 @@ from facegen_ray.serve.generation import decode_png, generate, load_model
 from facegen_ray.storage import Storage
 
 REPO = Path(__file__).resolve().parents[1]
-TOKEN = "test-admin-token-123"
+TOKEN = "test-admin-token-123-0123456789abcdef"
 MAX_BODY = 4096
 
 

@@ -37,7 +37,7 @@ from facegen_ray.serve.messages import RenderRequest, RenderResult
 from facegen_ray.serve.schemas import MAX_COMMENT_CHARS, CompareVoteRequest, FeedbackRequest, GenerateRequest
 from facegen_ray.storage import Storage
 
-TOKEN = "hostile-test-token"
+TOKEN = "hostile-test-token-0123456789abcdef"
 HOSTILE_BODIES = [
     pytest.param(b"\x00\xff\xfe\xfd", id="not-utf8"),
     pytest.param(b'{"seed": 1, "comment": "\xc3\x28"}', id="invalid-utf8-inside-json"),
