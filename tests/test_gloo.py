@@ -13,7 +13,10 @@ def test_interface_for_ip_finds_loopback_and_nothing_for_a_foreign_address():
 
 
 def test_bind_sets_the_interface_of_the_node_ip(monkeypatch):
-    monkeypatch.delenv(gloo.ENV, raising=False)
+    # set, then delete: monkeypatch then restores the variable's absence after the test
+    # (bind_to_node_ip writes os.environ itself; a leaked value breaks later gloo tests)
+    monkeypatch.setenv(gloo.ENV, "placeholder")
+    monkeypatch.delenv(gloo.ENV)
     monkeypatch.setattr(gloo, "interface_for_ip", lambda ip: {"10.1.2.3": "eth7"}.get(ip))
     assert gloo.bind_to_node_ip("10.1.2.3") == {"node_ip": "10.1.2.3", "interface": "eth7"}
     import os
@@ -23,7 +26,10 @@ def test_bind_sets_the_interface_of_the_node_ip(monkeypatch):
 
 @pytest.mark.parametrize("preset,ip,expected", [("ib0", "10.1.2.3", "ib0"), (None, "127.0.0.1", None)])
 def test_bind_keeps_a_users_choice_and_leaves_loopback_alone(monkeypatch, preset, ip, expected):
-    monkeypatch.delenv(gloo.ENV, raising=False)
+    # set, then delete: monkeypatch then restores the variable's absence after the test
+    # (bind_to_node_ip writes os.environ itself; a leaked value breaks later gloo tests)
+    monkeypatch.setenv(gloo.ENV, "placeholder")
+    monkeypatch.delenv(gloo.ENV)
     if preset:
         monkeypatch.setenv(gloo.ENV, preset)
     assert gloo.bind_to_node_ip(ip)["interface"] == expected
