@@ -24,7 +24,8 @@ import yaml
 from conftest import tiny_model_dict
 
 from facegen_ray.cli import main as cli_main
-from facegen_ray.storage import Layout, Storage, join, worker_filesystem
+from facegen_ray.storage import Layout, Storage, join
+from facegen_ray.storage_workers import worker_filesystem
 from facegen_ray.train.checkpoint import (
     META_FILE,
     STATE_FILE,

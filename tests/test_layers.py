@@ -28,7 +28,7 @@ LAYERS: list[list[str]] = [
     ["facegen_ray", "facegen_ray.errors"],
     ["facegen_ray.config"],
     ["facegen_ray.storage", "facegen_ray.progress", "facegen_ray.resources", "facegen_ray.cluster"],
-    ["facegen_ray.runtime"],  # Ray start-up and the shared-storage check, over storage
+    ["facegen_ray.runtime", "facegen_ray.storage_workers"],  # Ray start-up and the shared-storage check, over storage
     # the model registry needs only storage: train registers an export, serve resolves MODEL,
     # lifecycle promotes
     ["facegen_ray.registry"],

@@ -105,7 +105,7 @@ def test_training_bar_is_off_without_a_terminal(monkeypatch):
 
 
 def test_tune_trials_bar(monkeypatch):
-    from facegen_ray.tune.runner import trials_bar_callback
+    from facegen_ray.tune.callbacks import trials_bar_callback
 
     monkeypatch.delenv(progress.ENV, raising=False)
     monkeypatch.setattr("sys.stderr", _Stream(False))

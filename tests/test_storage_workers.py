@@ -9,7 +9,8 @@ import pickle
 import pytest
 
 from facegen_ray.config import StorageConfig
-from facegen_ray.storage import Storage, s3_worker_options, worker_filesystem, worker_filesystem_path
+from facegen_ray.storage import Storage
+from facegen_ray.storage_workers import s3_worker_options, worker_filesystem, worker_filesystem_path
 
 
 @pytest.fixture
@@ -77,7 +78,7 @@ def test_worker_filesystem_pickles_without_the_credentials(no_aws, tmp_path):
 
 
 def test_training_and_data_readers_use_the_same_builder():
-    from facegen_ray import storage
+    from facegen_ray import storage_workers as storage
     from facegen_ray.data import ingest
     from facegen_ray.train import trainer
 

@@ -19,9 +19,6 @@ OVERSIZE_ALLOWED = {
     "data/comparison.py",  # pairs and votes per rater: split the tally from the store
     "lifecycle/gate.py",  # split the human-vote report from the metric rules
     "data/feedback_merge.py",  # split the selection (brakes, cap) from the dataset write
-    "train/trainer.py",  # split the resource wait and Ray Train wiring from the run logic
-    "tune/runner.py",  # split the credential and trial set-up from the sweep driver
-    "storage.py",  # split the S3 filesystem options (credentials chain) from the Storage class
 }
 
 

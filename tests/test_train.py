@@ -144,7 +144,8 @@ def test_resume_matches_uninterrupted_run(reference_run, faces_root):
 def test_killed_worker_is_replaced_and_run_finishes(reference_run, faces_root, tmp_path, monkeypatch):
     """Rank 1 os._exit()s once after the 64-image checkpoint; FailureConfig restarts the
     group from that checkpoint and the run ends where the uninterrupted one does."""
-    from facegen_ray.train.trainer import FAULT_ENV, train
+    from facegen_ray.train.faults import FAULT_ENV
+    from facegen_ray.train.trainer import train
 
     _, ref = reference_run
     marker = tmp_path / "fault-fired"

@@ -28,7 +28,8 @@ import pyarrow as pa
 from facegen_ray.errors import UserError
 
 # the one builder of worker filesystems lives in storage.py; re-exported for the data readers
-from facegen_ray.storage import Storage, is_remote, normalize, worker_filesystem, worker_filesystem_path  # noqa: F401
+from facegen_ray.storage import Storage, is_remote, normalize
+from facegen_ray.storage_workers import worker_filesystem, worker_filesystem_path  # noqa: F401 (re-exported to data readers)
 
 # Imported where used, not here: ray: only read_sources builds a Ray Dataset; planning sources runs
 # without Ray.

@@ -9,8 +9,7 @@ calls at two points, which does nothing unless the run's config names a fault.
   there (tests/test_checkpoint_crash.py).
 
 The marker file makes each fault fire once per run: the restarted workers see it and go on.
-The trainer fills both from environment variables (train/trainer.py FAULT_ENV,
-CHECKPOINT_FAULT_ENV).
+The trainer fills both from environment variables (FAULT_ENV, CHECKPOINT_FAULT_ENV below).
 """
 
 from __future__ import annotations
@@ -20,6 +19,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+FAULT_ENV = "FACEGEN_TRAIN_FAULT"  # test hook: "RANK:AFTER_IMAGES:MARKER_FILE"
+CHECKPOINT_FAULT_ENV = "FACEGEN_CHECKPOINT_FAULT"  # test hook: "AFTER_IMAGES:MARKER_FILE"
 
 
 @dataclass(frozen=True)
@@ -66,3 +68,21 @@ class FaultHooks:
             fh.write(f"worker rank {self.rank} killed at {images_seen} images\n")
         print(f"[facegen] fault injection: rank {self.rank} exits at {images_seen} images", flush=True)
         os._exit(1)
+
+
+def worker_fault_from_env() -> dict[str, Any] | None:
+    """FAULT_ENV = "RANK:AFTER_IMAGES:MARKER_FILE" -> the `worker` fault, or None."""
+    raw = os.environ.get(FAULT_ENV)
+    if not raw:
+        return None
+    rank, after, marker = raw.split(":", 2)
+    return {"rank": int(rank), "after_images": int(after), "marker": marker}
+
+
+def checkpoint_fault_from_env() -> dict[str, Any] | None:
+    """CHECKPOINT_FAULT_ENV = "AFTER_IMAGES:MARKER_FILE" -> the `checkpoint` fault, or None."""
+    raw = os.environ.get(CHECKPOINT_FAULT_ENV)
+    if not raw:
+        return None
+    after, marker = raw.split(":", 1)
+    return {"after_images": int(after), "marker": marker}

@@ -39,8 +39,9 @@ from facegen_ray.storage import (
     is_remote,
     join,
     normalize,
-    worker_filesystem,
 )
+from facegen_ray.storage_workers import worker_filesystem
+from facegen_ray.train.faults import checkpoint_fault_from_env, worker_fault_from_env
 from facegen_ray.train.progress_bar import training_bar
 from facegen_ray.train.schedule import ProgressiveSchedule
 
@@ -50,8 +51,6 @@ from facegen_ray.train.schedule import ProgressiveSchedule
 
 log = logging.getLogger(__name__)
 
-FAULT_ENV = "FACEGEN_TRAIN_FAULT"  # test hook: "RANK:AFTER_IMAGES:MARKER_FILE"
-CHECKPOINT_FAULT_ENV = "FACEGEN_CHECKPOINT_FAULT"  # test hook: "AFTER_IMAGES:MARKER_FILE" (loop.py)
 # non-secret storage settings handed to the train workers (a `ray job submit` driver's environment
 # does not reach them). Credentials are never forwarded: they would be pickled into Tune's
 # tuner.pkl in storage; every node resolves its own through the AWS chain (storage.s3_worker_options)
@@ -136,22 +135,6 @@ def _run_storage(storage: Storage, runs_uri: str):
         return runs_uri, None
     fs, path = worker_filesystem(storage, runs_uri)
     return path, fs
-
-
-def _fault_from_env() -> dict[str, Any] | None:
-    raw = os.environ.get(FAULT_ENV)
-    if not raw:
-        return None
-    rank, after, marker = raw.split(":", 2)
-    return {"rank": int(rank), "after_images": int(after), "marker": marker}
-
-
-def _checkpoint_fault_from_env() -> dict[str, Any] | None:
-    raw = os.environ.get(CHECKPOINT_FAULT_ENV)
-    if not raw:
-        return None
-    after, marker = raw.split(":", 1)
-    return {"after_images": int(after), "marker": marker}
 
 
 def train(cfg: FacegenConfig, storage: Storage | None = None, *, export: bool | None = None) -> TrainOutcome:
@@ -336,8 +319,8 @@ def fit(
             "run_uri": run_uri,
             "dataset_uri": dataset_uri(cfg),
             "threads": max(1, int(resources.get("CPU", 1))),
-            "fault": _fault_from_env(),
-            "checkpoint_fault": _checkpoint_fault_from_env(),
+            "fault": worker_fault_from_env(),
+            "checkpoint_fault": checkpoint_fault_from_env(),
             # a dataset that fits the object store (training_dataset materialized it) also fits
             # the workers' memory: epochs >= 1 are served from there (data.feeder.ShardFeeder)
             "data_in_memory": isinstance(dataset, MaterializedDataset),

@@ -39,8 +39,9 @@ from typing import Any
 from facegen_ray.errors import UserError
 from facegen_ray.resources import release_resources, wait_for_resources
 from facegen_ray.runtime import embedded, ensure_ray, require_shared
-from facegen_ray.storage import SECRET_ENV, Layout, Storage, StorageError, join
+from facegen_ray.storage import Layout, Storage, StorageError, join
 from facegen_ray.train.trainer import FORWARD_ENV, _run_storage, check_dataset, dataset_uri, fit, training_dataset
+from facegen_ray.tune.callbacks import stop_tune_forwarding_credentials, trials_bar_callback
 from facegen_ray.tune.results import summarize, trial_row, write_results
 from facegen_ray.tune.spec import Sweep, param_space, trial_config
 
@@ -235,58 +236,6 @@ def _prepare_experiment(sweep: Sweep, storage: Storage, exp_uri: str, resume: bo
     return True
 
 
-def trials_bar_callback(total: int, metric: str):
-    """A Tune callback (it runs on this driver) drawing trials finished out of `total`, with the
-    best `metric` so far; None when bars are off (not a terminal: Tune's own status lines stay)."""
-    from facegen_ray import progress
-
-    if not progress.enabled():
-        return None
-    from ray.tune import Callback
-
-    class TrialsBar(Callback):
-        def __init__(self):
-            self.bar = progress.bar(total=total, desc="tune trials", unit="trial")
-            self.best: float | None = None
-
-        def _done(self, trial, status: str) -> None:
-            value = (trial.last_result or {}).get(metric)
-            if isinstance(value, (int, float)) and value == value:
-                self.best = value if self.best is None else min(self.best, value)
-            self.bar.update(1)
-            self.bar.set_postfix_str(
-                f"last {trial.trial_id} {status}"
-                + (f", best {metric} {self.best:.3g}" if self.best is not None else "")
-            )
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self._done(trial, "done")
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self._done(trial, "error")
-
-        def on_experiment_end(self, trials, **info):
-            self.bar.close()
-
-    return TrialsBar()
-
-
-def _stop_tune_forwarding_credentials() -> None:
-    """Ray Tune copies the driver's AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/session token into
-    every trainable actor's runtime_env (ray.tune.execution.class_cache), and Ray's runtime_env
-    agent writes each runtime_env it creates, values included, to its log on the node's disk.
-    Trial actors find credentials the way every other facegen process does, through their own
-    node's AWS chain (storage.s3_worker_options), so the secret variables are taken off the
-    list. tests/test_secrets.py scans the node's disk for them."""
-    try:
-        from ray.tune.execution import class_cache
-    except ImportError:  # a Ray without that module forwards nothing
-        return
-    names = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
-    if isinstance(names, set):
-        names.difference_update(SECRET_ENV)
-
-
 def run_sweep(sweep: Sweep, storage: Storage | None = None, *, resume: bool = False) -> dict[str, Any]:
     """Run (or --resume) the sweep; returns the summary that `facegen tune` prints as JSON.
     Writes results.json/results.csv/best_config.yaml below <root>/tune/<name>/."""
@@ -351,7 +300,7 @@ def run_sweep(sweep: Sweep, storage: Storage | None = None, *, resume: bool = Fa
     from facegen_ray import progress
 
     setup.env[progress.ENV] = "1" if progress.enabled() else "0"
-    _stop_tune_forwarding_credentials()
+    stop_tune_forwarding_credentials()
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), TRIAL_DRIVER_RESOURCES)
     run_config = tune.RunConfig(
         name=sweep.name,
