@@ -17,8 +17,6 @@ MAX_LINES = 400
 OVERSIZE_ALLOWED = {
     "serve/replica.py",  # the continuous batcher's replica: split its model loading out
     "data/comparison.py",  # pairs and votes per rater: split the tally from the store
-    "lifecycle/gate.py",  # split the human-vote report from the metric rules
-    "data/feedback_merge.py",  # split the selection (brakes, cap) from the dataset write
 }
 
 
