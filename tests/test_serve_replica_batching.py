@@ -16,8 +16,9 @@ from facegen_ray.config import ModelConfig, load_config
 from facegen_ray.config.base import ConfigError
 from facegen_ray.models import Generator, save_model_dir
 from facegen_ray.serve import generation as gen
+from facegen_ray.serve.batch_plan import fake_images
 from facegen_ray.serve.messages import ModelRef, RenderRequest, RenderResult
-from facegen_ray.serve.replica import GeneratorDeployment, fake_images
+from facegen_ray.serve.replica import GeneratorDeployment
 from facegen_ray.storage import Storage
 
 

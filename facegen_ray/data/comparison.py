@@ -42,12 +42,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from facegen_ray.data.comparison_records import (
+    CHOICES,
+    SIDES,
+    comparison_record_problem,
+    is_id,
+    pair_record_problem,
+    vote_record_problem,
+)
 from facegen_ray.data.feedback import CLIENT_KEY_RE, check_id, read_record
 from facegen_ray.storage import Layout, Storage, join
 
 RECORD_FORMAT = 1
-SIDES = ("left", "right")
-CHOICES = ("left", "right", "cant_tell")
 CANT_TELL_WEIGHT = 0.5  # a "can't tell" is half a win
 DEFAULT_MIN_VOTES = 30  # gate.min_votes when only gate.min_human_win_rate is set
 BLIND_LABEL = "blind-comparison"  # the model_version in a pair image's provenance record
@@ -184,7 +190,7 @@ class ComparisonStore:
         out = []
         for uri in self.storage.find(self.comparisons_dir):
             parts = uri.rsplit("/", 2)
-            if len(parts) == 3 and parts[2] == "start.json" and _is_id(parts[1]):
+            if len(parts) == 3 and parts[2] == "start.json" and is_id(parts[1]):
                 cmp = self.get_comparison(parts[1])
                 if cmp is not None:
                     out.append(cmp)
@@ -346,7 +352,7 @@ class ComparisonStore:
         """Every readable vote record (order: by pair id); malformed ones skipped with a warning."""
         for uri in self.storage.find(self.votes_dir):
             name = uri.rsplit("/", 1)[-1]
-            if name.endswith(".json") and _is_id(name[:-5]):
+            if name.endswith(".json") and is_id(name[:-5]):
                 rec = self._read(uri, vote_record_problem)
                 if rec is not None:
                     yield rec
@@ -363,57 +369,6 @@ def comparison_info(cmp: dict[str, Any], counts: dict[str, dict[str, int]]) -> d
         "stopped": cmp.get("stopped"),
         **{k: int(c.get(k, 0)) for k in ("votes", "wins", "losses", "cant_tell")},
     }
-
-
-# ----------------------------------------------------------------------------- record checks
-def _is_id(value: Any) -> bool:
-    try:
-        check_id(value)
-        return True
-    except ValueError:
-        return False
-
-
-def _is_version(value: Any) -> bool:
-    return isinstance(value, str) and bool(value)
-
-
-def comparison_record_problem(rec: Any) -> str | None:
-    if not isinstance(rec, dict) or not _is_id(rec.get("comparison_id")):
-        return "no valid comparison_id"
-    for side in ("baseline", "candidate"):
-        if not isinstance(rec.get(side), dict) or not _is_version(rec[side].get("version")):
-            return f"no {side} version"
-    if not isinstance(rec.get("started"), str):
-        return "no start time"
-    return None
-
-
-def pair_record_problem(rec: Any) -> str | None:
-    if not isinstance(rec, dict) or not _is_id(rec.get("pair_id")) or not _is_id(rec.get("comparison_id")):
-        return "no valid pair_id/comparison_id"
-    if rec.get("candidate_side") not in SIDES:
-        return "candidate_side is not left/right"
-    if not _is_version(rec.get("candidate")) or not _is_version(rec.get("baseline")):
-        return "no candidate/baseline version"
-    try:
-        _dt.datetime.fromisoformat(rec["expires"])
-    except (KeyError, TypeError, ValueError):
-        return "no valid expiry time"
-    return None
-
-
-def vote_record_problem(rec: Any) -> str | None:
-    """Why `rec` is not a usable vote (None when it is): what the tally relies on is checked."""
-    if not isinstance(rec, dict) or not _is_id(rec.get("pair_id")) or not _is_id(rec.get("vote_id")):
-        return "no valid pair_id/vote_id"
-    if rec.get("choice") not in CHOICES or rec.get("winner") not in ("candidate", "baseline", "cant_tell"):
-        return "choice/winner is not one of the known values"
-    if not _is_version(rec.get("candidate")) or not _is_version(rec.get("baseline")):
-        return "no candidate/baseline version"
-    if rec["winner"] != "cant_tell" and rec.get("winner_version") != rec[rec["winner"]]:
-        return "winner_version does not match the winner"
-    return None
 
 
 __all__ = [

@@ -21,22 +21,20 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from ray import serve
 
 from facegen_ray.config import ServeConfig, StorageConfig
 from facegen_ray.config.serve import fake_forward_costs
 from facegen_ray.errors import UserError
-from facegen_ray.models import encode_attributes
-from facegen_ray.models.sampling import GraphedSynthesis, seeds_to_z
+from facegen_ray.models.sampling import seeds_to_z
 from facegen_ray.observability.metrics import serving_metrics
 from facegen_ray.serve import generation as gen
+from facegen_ray.serve.batch_plan import Job, capture_graphs, fake_images, plan_batch
 from facegen_ray.serve.batcher import ContinuousBatcher
-from facegen_ray.serve.control import control_of, render_controlled
+from facegen_ray.serve.control import render_controlled
 from facegen_ray.serve.messages import RenderRequest, RenderResult, RenderTiming
 from facegen_ray.storage import Storage
 
@@ -44,31 +42,6 @@ log = logging.getLogger("ray.serve")
 
 GENERATOR_NAME = "GeneratorDeployment"
 MAX_OTHER_MODELS = 2  # versions held besides the pointer's model (render_version: a comparison's two)
-
-
-@dataclass
-class Job:
-    """A request in the batcher: its RenderRequest and the latents drawn on arrival (plain
-    requests; None for requests with controls, or when no model was loaded yet)."""
-
-    req: RenderRequest
-    z: torch.Tensor | None = None  # [k, z_dim] float32 (CPU)
-
-
-def fake_images(seeds: list[int], resolution: int) -> np.ndarray:
-    """serve.fake_forward_ms's output: uint8 [n,R,R,3], each image one grey level from its seed."""
-    level = (np.asarray(seeds, dtype=np.int64) % 251).astype(np.uint8)  # [n]
-    return np.ascontiguousarray(np.broadcast_to(level[:, None, None, None], (len(seeds), resolution, resolution, 3)))
-
-
-def capture_graphs(model: gen.LoadedModel) -> GraphedSynthesis:
-    """The model's synthesis with every CUDA-graph bucket captured now (the forward thread runs
-    this at model load, so no request waits for a capture)."""
-    synth = GraphedSynthesis(model.G.synthesis, model.device)
-    with torch.no_grad():
-        z = seeds_to_z([0], model.G.z_dim).to(model.device)
-        synth.capture_all(model.G.mapping(z, None))  # [1,L,D]
-    return synth
 
 
 def _replica_id() -> str:
@@ -324,49 +297,12 @@ class GeneratorDeployment:
         with controls in one synthesis pass, refusals answered without rendering."""
         model = self.model  # snapshot: the whole batch uses one model even if a swap lands now
         assert model is not None
-        results: list[RenderResult | None] = [None] * len(jobs)
-        seeds: list[int] = []
-        psis: list[float] = []
-        conds: list[list[int]] = []
-        zs: list[torch.Tensor | None] = []
-        plain: list[int] = []
-        controlled: list[tuple[int, Any]] = []  # (job index, (condition, controls)): serve/control.py
-        for i, job in enumerate(jobs):
-            req = job.req
-            if req.attributes is not None and not model.conditional:
-                results[i] = RenderResult.failure(
-                    422,
-                    f"model {model.version} is unconditional: it cannot generate by attributes; "
-                    "omit 'attributes' (or serve a model trained with model.conditional=true)",
-                )
-                continue
-            cond = None
-            if model.conditional:
-                a = req.attributes or {}
-                try:
-                    cond = encode_attributes(a.get("age"), a.get("gender"), a.get("race"), model.cfg)[0].tolist()
-                except UserError as e:
-                    results[i] = RenderResult.failure(422, str(e))
-                    continue
-            try:
-                ctl = control_of(req.item())
-            except UserError as e:
-                results[i] = RenderResult.failure(422, str(e))
-                continue
-            if ctl is not None:
-                controlled.append((i, (cond, ctl)))
-                continue
-            plain.append(i)
-            seeds.extend(req.seeds)
-            psis.extend([req.truncation] * req.images)
-            conds.extend([cond if cond is not None else [-1, -1, -1]] * req.images)
-            # latents drawn on arrival, unless the model (its z_dim) changed since
-            zs.append(job.z if job.z is not None and job.z.shape[1] == model.G.z_dim else None)
-        if plain:
-            self._render_plain(model, jobs, plain, seeds, psis, conds, zs, results)
-        if controlled:
-            self._render_controlled(model, jobs, controlled, results)
-        return results  # type: ignore[return-value]
+        plan = plan_batch(model, jobs)
+        if plan.plain:
+            self._render_plain(model, jobs, plan.plain, plan.seeds, plan.psis, plan.conds, plan.zs, plan.results)
+        if plan.controlled:
+            self._render_controlled(model, jobs, plan.controlled, plan.results)
+        return plan.results  # type: ignore[return-value]
 
     def _render_plain(self, model, jobs, plain, seeds, psis, conds, zs, results) -> None:
         describe = model.describe()
