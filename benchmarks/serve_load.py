@@ -425,7 +425,8 @@ async def _feedback_load(
             looked_up.set()
 
     async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as client:
-        await _session(client)
+        rater = await _session(client)
+        cookies = dict(client.cookies)
 
         async def worker(w: int) -> None:
             nonlocal answered
@@ -452,22 +453,31 @@ async def _feedback_load(
     kill.pop("t", None)
     if first_ok_after:
         kill["first_success_after_kill_s"] = round(min(first_ok_after), 3)
-    return {"wall_s": wall, "attempt_latencies": attempt_lat, "kill": kill if kill_after is not None else None}
+    return {
+        "wall_s": wall,
+        "attempt_latencies": attempt_lat,
+        "kill": kill if kill_after is not None else None,
+        "rater": rater,
+        "cookies": cookies,
+    }
 
 
-async def _session(client) -> None:
-    """A rater session for the client (feedback needs one; the cookie stays in the client)."""
-    (await client.get("/session")).raise_for_status()
+async def _session(client) -> str:
+    """A rater session for the client (feedback needs one; the cookie stays in the client);
+    returns the rater id, which the server folds into each feedback id."""
+    r = await client.get("/session")
+    r.raise_for_status()
+    return r.json()["rater"]
 
 
-async def _replay(url: str, posts: list[dict], clients: int, timeout_s: float) -> list[dict]:
-    """Send each post once more with its key: what a client whose answer was lost would do."""
+async def _replay(url: str, posts: list[dict], clients: int, timeout_s: float, cookies: dict) -> list[dict]:
+    """Send each post once more with its key and the load's session: what a client whose answer
+    was lost would do."""
     import httpx
 
     out: list[dict] = []
     queue = iter(posts)
-    async with httpx.AsyncClient(base_url=url, timeout=timeout_s) as client:
-        await _session(client)
+    async with httpx.AsyncClient(base_url=url, timeout=timeout_s, cookies=cookies) as client:
 
         async def worker() -> None:
             for p in queue:
@@ -479,7 +489,7 @@ async def _replay(url: str, posts: list[dict], clients: int, timeout_s: float) -
     return out
 
 
-def verify_store(root: str, posts: list[dict], tag: str) -> dict:
+def verify_store(root: str, posts: list[dict], tag: str, rater: str | None = None) -> dict:
     """What is on disk after the run, checked against what the clients were told."""
     import collections
     import re
@@ -510,7 +520,7 @@ def verify_store(root: str, posts: list[dict], tag: str) -> dict:
     lost = id_mismatches = 0
     acknowledged = set()
     for p in posts:
-        expected = feedback_id(p["image_id"], p["key"])
+        expected = feedback_id(p["image_id"], f"{rater}|{p['key']}" if rater else p["key"])
         id_mismatches += any(i != expected for i in p["ids"])
         if p["final"] in ACKNOWLEDGED:
             acknowledged.add(expected)
@@ -635,7 +645,9 @@ def feedback_main(argv: list[str]) -> int:
         acked = [q for q in posts if q["final"] in ACKNOWLEDGED]
         step = max(1, len(acked) // max(1, args.replay)) if args.replay > 0 else 0
         sample = acked[::step][: args.replay] if step else []
-        replay = asyncio.run(_replay(url, sample, min(args.clients, 16), args.timeout_s)) if sample else []
+        replay = (
+            asyncio.run(_replay(url, sample, min(args.clients, 16), args.timeout_s, run["cookies"])) if sample else []
+        )
         model_version = httpx.get(f"{url}/healthz", timeout=60).json().get("model_version")
     finally:
         try:
@@ -645,8 +657,9 @@ def feedback_main(argv: list[str]) -> int:
 
     from facegen_ray.data.feedback import feedback_id
 
-    expected = {q["key"]: feedback_id(q["image_id"], q["key"]) for q in posts}
-    disk = verify_store(root, posts, tag)
+    rater = run["rater"]
+    expected = {q["key"]: feedback_id(q["image_id"], f"{rater}|{q['key']}") for q in posts}
+    disk = verify_store(root, posts, tag, rater)
     lat = [q["latency_s"] for q in acked]
     failed = {}
     for q in posts:
@@ -676,6 +689,7 @@ def feedback_main(argv: list[str]) -> int:
         "wall_s": round(run["wall_s"], 2),
         "posts_per_s": round(len(posts) / run["wall_s"], 1),
         "kill": run["kill"],
+        "rater": rater,
         "images": len(image_ids),
         "model": model_version,
         "max_attempts": args.max_attempts,
