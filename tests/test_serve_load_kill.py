@@ -138,7 +138,7 @@ def test_feedback_posts_survive_a_killed_ingress_replica(tmp_path):
     assert len(posts) == 300
     for p in posts:
         assert p["final"] in (200, 201), p
-        fid = feedback_id(p["image_id"], p["key"])
+        fid = feedback_id(p["image_id"], f"{res['rater']}|{p['key']}")  # the load's one rater
         assert set(p["ids"]) == {fid}, p  # every answer for this key: the same id
         rec = store.get_feedback(fid)
         assert rec is not None and all(rec[k] == v for k, v in p["body"].items()), (p, rec)
