@@ -90,8 +90,8 @@ class TrainConfig(_Section):
         le=65536,
         description="rows per Ray Data batch the training loop "
         "pulls from its shard (batches of any size are cut from these); part of the data order, "
-        "so keep it fixed for a run you will resume (256: a streamed epoch waited 2.2% at a "
-        "simulated 2,000 images/s vs 11% with 32, benchmarks/train_data.py)",
+        "so keep it fixed for a run you will resume (larger chunks cut the streamed epoch's data "
+        "wait: docs/performance.md, the data path)",
     )
     cache_dataset_bytes: int = Field(
         default=2 * 1024**3,
