@@ -22,6 +22,7 @@ import asyncio
 import importlib.util
 import json
 import os
+import shlex
 import sys
 import time
 import uuid
@@ -79,6 +80,9 @@ async def client_loop(url: str, i: int, end: float, image_ids: list[str], tag: s
     import httpx
 
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        r = await http.get("/session")  # feedback needs a rater: each client is one
+        r.raise_for_status()
+        rater = r.json()["rater"]
         n = 0
         while time.monotonic() < end:
             n += 1
@@ -88,7 +92,14 @@ async def client_loop(url: str, i: int, end: float, image_ids: list[str], tag: s
                 k = len(posts)
                 iid = image_ids[k % len(image_ids)]
                 body = {"image_id": iid, "approved": k % 3 != 0, "rating": 1 + k % 5, "comment": f"{tag} post {k}"}
-                post = {"key": f"{tag}-{i}-{n}", "image_id": iid, "body": body, "ids": [], "final": None}
+                post = {
+                    "key": f"{tag}-{i}-{n}",
+                    "image_id": iid,
+                    "body": body,
+                    "ids": [],
+                    "final": None,
+                    "rater": rater,
+                }
                 posts.append(post)
             t0 = time.monotonic()
             statuses: list = []
@@ -138,6 +149,8 @@ def serve_kill(c: LocalCluster, args: argparse.Namespace) -> dict:
         raise RuntimeError("training the model failed:\n" + res.logs[-3000:])
     opts = "min_replicas=2 max_replicas=2 initial_replicas=2 ingress_replicas=2 num_cpus=1 ingress_num_cpus=0.25"
     sets = " ".join(f"--set serve.{o}" for o in opts.split())
+    # the load comes from one address: lift the abuse limits far above it (serve_load's settings)
+    sets += " " + " ".join(f"--set {shlex.quote(v)}" for v in _serve_load().LOAD_TEST_SETTINGS)
     serve_job = c.submit(f"facegen serve {final[-1]['model_version']} --root {root} --host 0.0.0.0 {sets}")
     url = f"http://{c.state.head.ip}:8000"
     out = cf.record("serve-kill", args)

@@ -520,7 +520,8 @@ def verify_store(root: str, posts: list[dict], tag: str, rater: str | None = Non
     lost = id_mismatches = 0
     acknowledged = set()
     for p in posts:
-        expected = feedback_id(p["image_id"], f"{rater}|{p['key']}" if rater else p["key"])
+        who = p.get("rater") or rater  # the rater the server folded into the id (one per client)
+        expected = feedback_id(p["image_id"], f"{who}|{p['key']}" if who else p["key"])
         id_mismatches += any(i != expected for i in p["ids"])
         if p["final"] in ACKNOWLEDGED:
             acknowledged.add(expected)
