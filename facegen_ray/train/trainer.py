@@ -5,7 +5,7 @@
          dataset present/non-empty/at least model.resolution, run folder compatible,
          GPUs present when asked for (UserError -> `facegen train` exits 2);
       2. TorchTrainer(train_loop_per_worker, ScalingConfig, RunConfig(storage_path=<root>/runs,
-         name=run_name, CheckpointConfig(num_to_keep), FailureConfig(max_failures)),
+         name=run_name, CheckpointConfig(num_to_keep), FailureConfig: train/failures.py),
          datasets={"train": ...}); re-running the same run name resumes from the run's latest
          checkpoint (Ray Train V2 restores it from the run folder's snapshot);
       3. export G_ema of the final checkpoint to <root>/runs/<run>/model/ and register it.
@@ -296,8 +296,9 @@ def fit(
     import ray.train
     from ray.data import ExecutionOptions
     from ray.data.dataset import MaterializedDataset
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
 
+    from facegen_ray.train.failures import explain, failure_config
     from facegen_ray.train.gloo import torch_config
     from facegen_ray.train.loop import train_loop_per_worker
 
@@ -336,7 +337,7 @@ def fit(
             storage_path=storage_path,
             storage_filesystem=storage_fs,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            failure_config=failure_config(cfg.train),  # controller retries bounded (train/failures.py)
             worker_runtime_env={"env_vars": env},
             callbacks=list(callbacks or []) + bar_callbacks,
         ),
@@ -349,7 +350,7 @@ def fit(
         with bar:
             result = trainer.fit()
     except ray.train.TrainingFailedError as e:
-        raise RuntimeError(f"training run {run_name!r} failed: {e}") from e
+        raise RuntimeError(explain(run_name, cfg.train, e)) from e
     return result
 
 
