@@ -9,7 +9,9 @@ train-kill: a DDP run (configs/cluster-tiny.yaml: STRICT_SPREAD, 2 workers on 2 
   kill, the checkpoint it resumed from, the images re-done, how many restarts it took, whether
   the run finished at the configured image count, and whether the exported model generates.
 partition: the same run; one worker host's link is taken down for --seconds (30), then up.
-  Reports what Ray did (node state after the cut, restarts) and whether the run finished.
+  Reports what Ray did (whether and when it declared the host dead, restarts) and whether the
+  run finished; a host declared dead is replaced (`add-host`) unless --no-replace, in which case
+  the run must fail by itself after train.resource_wait_s (--resource-wait) with a message.
 serve-kill: see serve_faults.py.
 
     timeout 480 python benchmarks/cluster_faults.py train-kill
@@ -67,14 +69,28 @@ def last_progress(logs: str) -> int:
     return int(float(found[-1]) * 1000) if found else 0
 
 
-def start_training(c: LocalCluster, root: str, total: int, every: int, max_failures: int) -> str:
+def node_states(c: LocalCluster) -> dict[str, str]:
+    """node IP -> Ray's state for it (ALIVE / DEAD), from `ray list nodes` on the head."""
+    nodes = local.run_on(
+        c.reload(), 0, ["ray", "list", "nodes", "--format", "json"], capture_output=True, text=True, timeout=60
+    )
+    try:
+        return {n["node_ip"]: n["state"] for n in json.loads(nodes.stdout)}
+    except (ValueError, KeyError):
+        return {"error": nodes.stdout[-500:] + nodes.stderr[-500:]}
+
+
+def start_training(
+    c: LocalCluster, root: str, total: int, every: int, max_failures: int, resource_wait_s: float = 600.0
+) -> str:
     raw = c.upload(SAMPLE, "raw/utkface-sample.zip")
     prep = c.run_job(f"facegen prepare {raw} {root}/datasets/faces --resolution 8 --limit 128", timeout=300)
     if prep.status != "SUCCEEDED":
         raise RuntimeError("prepare failed:\n" + prep.logs[-3000:])
     return c.submit(
         f"facegen train --config configs/cluster-tiny.yaml --root {root} --set train.total_images={total} "
-        f"--set train.checkpoint_every_images={every} --set train.max_failures={max_failures}"
+        f"--set train.checkpoint_every_images={every} --set train.max_failures={max_failures} "
+        f"--set train.resource_wait_s={resource_wait_s:g}"
     )
 
 
@@ -157,7 +173,9 @@ def train_kill(c: LocalCluster, args: argparse.Namespace) -> dict:
 def partition(c: LocalCluster, args: argparse.Namespace) -> dict:
     root = f"s3://facegen/part-{uuid.uuid4().hex[:6]}"
     prefix = root.split("/", 3)[3] + "/runs/cluster-tiny"
-    job = start_training(c, root, args.total_images, args.checkpoint_every, max_failures=2)
+    job = start_training(
+        c, root, args.total_images, args.checkpoint_every, max_failures=2, resource_wait_s=args.resource_wait
+    )
     wait_for_checkpoint(c, job, prefix, 300)
     victim = c.state.hosts[-1]
     out = record("partition", args)
@@ -171,23 +189,28 @@ def partition(c: LocalCluster, args: argparse.Namespace) -> dict:
     cut.start()
     cut.join()
     out["link_restored_s"] = round(time.monotonic() - t0, 1)
-    time.sleep(5)
-    nodes = local.run_on(
-        c.reload(), 0, ["ray", "list", "nodes", "--format", "json"], capture_output=True, text=True, timeout=60
-    )
-    try:
-        states = {n["node_ip"]: n["state"] for n in json.loads(nodes.stdout)}
-    except (ValueError, KeyError):
-        states = {"error": nodes.stdout[-500:] + nodes.stderr[-500:]}
+    # Ray's verdict on the cut host comes from its health checks, some seconds after the link is
+    # back: watch the node table for --verdict-s. A node declared dead does not come back by
+    # itself (its raylet exits when it learns that); unless --no-replace, a replacement joins,
+    # as an autoscaler would add one. With --no-replace the run must give up by itself after
+    # train.resource_wait_s (train/failures.py) instead of waiting forever.
+    states, declared_dead_s = {}, None
+    while time.monotonic() - t0 < args.seconds + args.verdict_s:
+        states = node_states(c)
+        if states.get(victim.ip) == "DEAD":
+            declared_dead_s = round(time.monotonic() - t0, 1)
+            break
+        time.sleep(2)
     out["ray_node_states_after"] = states
-    if states.get(victim.ip) != "ALIVE" or list(states.values()).count("ALIVE") < len(c.state.hosts):
-        # the cut host's Ray node was declared dead: it does not come back by itself (its raylet
-        # exits when it learns that); a replacement joins, as an autoscaler would add one
+    out["declared_dead_after_cut_s"] = declared_dead_s
+    out["resource_wait_s"] = args.resource_wait
+    if declared_dead_s is not None and not args.no_replace:
         local.add_host(c.reload())
-        out["replacement_added"] = True
+        out["replacement_added_s"] = round(time.monotonic() - t0, 1)
     logs = finish(c, job, out, args.total_images, root, args.timeout)
     out["total_s"] = round(time.monotonic() - t0, 1)
-    out["log_tail"] = tail(logs, "[facegen]", "Error", "dead", "died")
+    out["gave_up_with_message"] = "could not be (re)started within train.resource_wait_s" in logs
+    out["log_tail"] = tail(logs, "[facegen]", "Error", "dead", "died", "resource_wait_s")
     return out
 
 
@@ -197,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--total-images", type=int, default=2048)
     p.add_argument("--checkpoint-every", type=int, default=256)
     p.add_argument("--seconds", type=float, default=30)
+    p.add_argument("--verdict-s", type=float, default=60, help="partition: how long to watch for the node's death")
+    p.add_argument("--no-replace", action="store_true", help="partition: add no host when the cut one is declared dead")
+    p.add_argument("--resource-wait", type=float, default=600, help="train.resource_wait_s of the run")
     p.add_argument("--timeout", type=float, default=360)
     p.add_argument("--subnet", default="10.213.70.0/24")
     p.add_argument("--out", default=None, help="JSONL to append to (default docs/cluster/<mode>.jsonl)")
