@@ -1,5 +1,5 @@
 """Retention of the feedback store (data/feedback_retention.py, `facegen feedback expire`): what
-expires, what is kept, how age is decided, the dry run, S3; and that
+expires, what is kept, how age is decided, the dry run, the command's exit codes, S3; and that
 the retrain merge's selection and the gate's vote tally read the opinions only, so a flood of
 images or unvoted pairs does not change what they read. No Ray.
 """
@@ -12,6 +12,7 @@ import os
 
 import pytest
 
+from facegen_ray.cli import main as cli_main
 from facegen_ray.config import ConfigError, FacegenConfig, load_config
 from facegen_ray.data import comparison as cmp
 from facegen_ray.data import feedback as fbmod
@@ -229,6 +230,30 @@ def test_retention_config_default_null_and_refusals():
         with pytest.raises(ConfigError, match=why) as e:
             load_config(overrides=[f"feedback.retention_days={bad}"])
         assert "feedback.retention_days" in str(e.value)
+
+
+def test_expire_command_exit_codes_and_output(tmp_path, capsys, stamp):
+    root = str(tmp_path / "root")
+    store = FeedbackStore(Storage(), root)
+    stamp["t"] = dt.datetime.now(dt.UTC) - dt.timedelta(days=DAYS + 10)
+    old, rated = _image(store, 1), _image(store, 2)
+    store.add_feedback(rated, True, rater="s-a")
+    for uri in (store.image_uri(old), store.image_record_uri(old)):
+        _set_mtime(uri, stamp["t"])
+    before = _files(root)
+    for bad in (["--days", "0"], ["--days", "-1"], ["--set", "feedback.retention_days=-1"]):
+        assert cli_main(["feedback", "expire", "--root", root, *bad]) == 2, bad
+        assert "feedback.retention_days" in capsys.readouterr().err
+    assert cli_main(["feedback", "expire", "--root", root, "--set", "feedback.retention_days=null"]) == 0
+    assert "retention is off" in capsys.readouterr().out and _files(root) == before
+    assert cli_main(["feedback", "expire", "--root", root, "--dry-run"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "would expire 1 image(s)" in out[0] and json.loads(out[-1])["dry_run"] is True
+    assert _files(root) == before
+    assert cli_main(["feedback", "expire", "--root", root]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["images"] == {"expired": 1, "kept_feedback": 1} and result["retention_days"] == DAYS
+    assert not store.has_image(old) and store.has_image(rated)
 
 
 # ----------------------------------------------------------------------------- S3
