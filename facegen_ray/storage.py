@@ -15,6 +15,7 @@ so it travels to Ray workers. `Layout(root)` is the only place that knows where 
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
 import os
@@ -142,18 +143,24 @@ class Storage:
 
     def find(self, uri: str) -> list[str]:
         """All files below a folder, recursively, as full URIs (sorted)."""
+        return list(self.find_stat(uri, stat=False))
+
+    def find_stat(self, uri: str, stat: bool = True) -> dict[str, tuple[int, _dt.datetime | None]]:
+        """find() with each file's (size, modification time in UTC or None when the filesystem
+        has none), from the same listing: one LIST per 1000 keys on S3, no request per file."""
         fs, path = self.fs(uri)
         try:
-            files = fs.find(path)
+            files = fs.find(path, detail=True) if stat else dict.fromkeys(fs.find(path), {})
         except FileNotFoundError:
-            return []
-        base = normalize(uri)
-        root = path.rstrip("/")
-        out = []
-        for f in files:
+            return {}
+        base, root, out = normalize(uri), path.rstrip("/"), {}
+        for f, info in files.items():
+            t = info.get("LastModified", info.get("mtime"))  # S3's, a local file's
+            t = _dt.datetime.fromtimestamp(t, _dt.UTC) if isinstance(t, int | float) else t
+            t = (t if t.tzinfo else t.replace(tzinfo=_dt.UTC)) if isinstance(t, _dt.datetime) else None
             rel = f[len(root) :].lstrip("/") if f.startswith(root) else posixpath.basename(f)
-            out.append(join(base, rel))
-        return sorted(out)
+            out[join(base, rel)] = (int(info.get("size") or 0), t)
+        return dict(sorted(out.items()))
 
     def size(self, uri: str) -> int:
         fs, path = self.fs(uri)
@@ -306,6 +313,13 @@ class Storage:
             fs.rm(path, recursive=recursive)
         except FileNotFoundError:
             pass
+
+    def rm_files(self, uris: list[str]) -> None:
+        """Remove files (a missing one is no error); on S3 in bulk, so in no particular order."""
+        if uris and is_remote(normalize(uris[0])):
+            return self.fs(uris[0])[0].rm([self.fs(u)[1] for u in uris])
+        for uri in uris:
+            self.rm(uri)
 
     def copy_tree(self, src: str, dst: str) -> None:
         """Copy every file below src to the same relative path below dst (across filesystems)."""

@@ -16,7 +16,7 @@ def add_config_args(p: argparse.ArgumentParser, config_file: bool = True) -> Non
             "--config",
             "-c",
             default=None,
-            help="config YAML (sections: storage, data, model, loss, train, eval, serve)",
+            help="config YAML (sections: storage, data, model, loss, train, eval, serve, retrain, gate, feedback)",
         )
     p.add_argument(
         "--set",

@@ -3,6 +3,8 @@
 retrain: approved feedback images + the base dataset -> a new dataset version -> a candidate
 fine-tuned from the serving model (Ray Train, warm start) -> the gate -> promoted or rejected.
 gate:    the gate alone, on an already registered candidate version.
+Neither deletes from the feedback store: retention is `facegen feedback expire`, a separate job
+that never deletes what a merge or the gate reads (feedback records, votes, the images they name).
 
 Both print `[facegen] ...` progress lines, then ONE JSON object on the last line. Exit codes:
 0 done (whether the gate promoted or rejected; the JSON's "decision" says which), 1 when the

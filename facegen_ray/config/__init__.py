@@ -10,13 +10,14 @@ Between layers a config travels as a FacegenConfig; a changed copy is
 `set_dotted` is the one writer of dotted keys (--set, with_updates, sweep files).
 
 One module per section (data.py: storage and data, model.py, train.py, evaluate.py, serve.py,
-lifecycle.py: retrain and gate); tree.py holds the whole tree and the ways it is set. Every
-public name is importable from `facegen_ray.config`.
+lifecycle.py: retrain and gate, feedback.py: the feedback store's retention); tree.py holds the
+whole tree and the ways it is set. Every public name is importable from `facegen_ray.config`.
 """
 
 from facegen_ray.config.base import ADMIN_TOKEN_ENV, ConfigError
 from facegen_ray.config.data import DataConfig, StorageConfig
 from facegen_ray.config.evaluate import EvalConfig
+from facegen_ray.config.feedback import FeedbackConfig
 from facegen_ray.config.lifecycle import GateConfig, RetrainConfig
 from facegen_ray.config.model import LossConfig, ModelConfig
 from facegen_ray.config.serve import ServeConfig
@@ -40,6 +41,7 @@ __all__ = [
     "DataConfig",
     "EvalConfig",
     "FacegenConfig",
+    "FeedbackConfig",
     "GateConfig",
     "LossConfig",
     "ModelConfig",

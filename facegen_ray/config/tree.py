@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, model_validator
 from facegen_ray.config.base import ConfigError, _Section
 from facegen_ray.config.data import DataConfig, StorageConfig
 from facegen_ray.config.evaluate import EvalConfig
+from facegen_ray.config.feedback import FeedbackConfig
 from facegen_ray.config.lifecycle import GateConfig, RetrainConfig
 from facegen_ray.config.model import LossConfig, ModelConfig
 from facegen_ray.config.serve import ServeConfig
@@ -33,6 +34,7 @@ class FacegenConfig(_Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> FacegenConfig:

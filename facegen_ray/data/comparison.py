@@ -5,7 +5,11 @@ gate's tally and Wilson interval over these votes are in lifecycle/human_votes.p
 
 Layout below `<root>/feedback/compare/` (the feedback store's conventions: every object is
 written once with `Storage.create_exclusive`, ids are strict lowercase hex checked before any
-path is built; only the `active.json` pointer is ever rewritten, by the admin routes):
+path is built; only the `active.json` pointer is ever rewritten, by the admin routes). A pair
+nobody voted on is deleted once it and its expiry are older than `feedback.retention_days`
+(`facegen feedback expire`, data/feedback_retention.py); votes, voted pairs and comparisons
+never are. The gate's tally and the admin counts list votes/ only (comparisons/ for the list
+of comparisons), never pairs/: a flood of POST /compare/pairs does not slow them.
 
     active.json                       {"comparison_id": <cid> | null, "updated": iso}
     comparisons/<cid>/start.json      baseline + candidate: version, model URI, weights digest; started

@@ -13,7 +13,14 @@ Layout below `Layout(root).feedback()` (two-hex-char fan-out keeps folders small
 
 Every object is written once with `Storage.create_exclusive` (temp file + link locally, a
 conditional PUT on S3): a crash mid-write leaves no torn record, concurrent writers of the
-same id collapse into one object, and nothing is ever rewritten or deleted here.
+same id collapse into one object, and nothing is rewritten. Feedback records are never deleted;
+an image no feedback record names is deleted once older than `feedback.retention_days` by
+`facegen feedback expire` (data/feedback_retention.py), its record before its PNG.
+
+Readers of opinions (summarize_feedback, approved_images, the retrain merge) list records/ and
+then read the record of each image that passes; they never list images/, so a flood of
+generated images does not slow them. There is no separate index: records/ holds only the
+opinions, which grow with POST /feedback (rate limited per rater), not with POST /generate.
 
 Ids are strict lowercase hex (32 chars) and are checked before any path is built, so no
 request can name an object outside this prefix.
@@ -115,7 +122,10 @@ class FeedbackStore:
         img_uri = self.image_uri(image_id)
         stored = png
         if not self.storage.create_exclusive(img_uri, png):
-            stored = self.storage.read_bytes(img_uri)
+            try:
+                stored = self.storage.read_bytes(img_uri)
+            except FileNotFoundError:  # expired in between (data/feedback_retention.py): store this one
+                self.storage.create_exclusive(img_uri, png)
         rec_uri = self.image_record_uri(image_id)
         if not self.storage.exists(rec_uri):
             record = {
