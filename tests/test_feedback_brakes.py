@@ -219,6 +219,12 @@ def test_a_pair_takes_a_vote_from_its_rater_only(tmp_path):
     with pytest.raises(cmp.NotYourPair):
         store.vote(pair["pair_id"], "cant_tell", "k1")  # no rater at all
     assert store.vote(pair["pair_id"], "left", "k1", rater="s-alice").record["rater"] == "s-alice"
+    # once voted: another rater's "retry" (same key, or no key and the same choice) is refused,
+    # never answered with the stored vote (that would tell them what alice chose)
+    for key in ("k1", None):
+        with pytest.raises(cmp.NotYourPair):
+            store.vote(pair["pair_id"], "left", key, rater="s-mallory")
+    assert not store.vote(pair["pair_id"], "left", "k1", rater="s-alice").created  # alice's retry still replays
     with pytest.raises(cmp.ComparisonConflict):  # one vote per pair, even from its rater
         store.vote(pair["pair_id"], "right", "k2", rater="s-alice")
 

@@ -298,14 +298,15 @@ class ComparisonStore:
         elif not CLIENT_KEY_RE.match(client_key):
             raise ValueError("Idempotency-Key must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")
         vid = vote_id(pair_id, client_key)
-        uri = self.vote_uri(pair_id)
-        if self.storage.exists(uri):
-            return self._replay(pair_id, vid)
         pair = self.get_pair(pair_id)
         if pair is None:
             raise UnknownPair(f"unknown pair_id {pair_id}: only pairs served by POST /compare/pairs take a vote")
+        # before any replay: another rater's retry of the stored vote would read it back
         if pair.get("rater") is not None and pair["rater"] != rater:
             raise NotYourPair(f"pair {pair_id} was served to another rater: vote on the pairs you are shown")
+        uri = self.vote_uri(pair_id)
+        if self.storage.exists(uri):
+            return self._replay(pair_id, vid)
         cmp = self.get_comparison(pair["comparison_id"])
         if cmp is None or cmp["stopped"] is not None:
             raise ComparisonConflict(f"the comparison of pair {pair_id} was stopped: it takes no more votes")
