@@ -149,6 +149,17 @@ def test_one_opinion_per_rater_per_image(tmp_path, clock):
     assert (s["approvals"], s["rejections"]) == (2, 0) and s["raters"] == {"s-eve": True, "s-mallory": True}
 
 
+def test_store_clock_stamps_records(tmp_path):
+    """A simulation's clock (benchmarks/poisoning.py) stamps "created" as the wall clock would."""
+    t = {"now": dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC).timestamp()}
+    store = FeedbackStore(Storage(), str(tmp_path), clock=lambda: t["now"])
+    iid = _image(store, 1)
+    t["now"] += 90.5
+    fid = store.add_feedback(iid, True, rater="s-a", rater_since=0).feedback_id
+    assert store.get_image_record(iid)["created"] == "2026-03-01T12:00:00.000+00:00"
+    assert store.get_feedback(fid)["created"] == "2026-03-01T12:01:30.500+00:00"
+
+
 def test_quarantine_review_and_cap(tmp_path, clock):
     root = str(tmp_path)
     store = FeedbackStore(Storage(), root)
