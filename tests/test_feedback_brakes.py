@@ -77,6 +77,12 @@ def test_session_cookie_signed_and_checked():
         assert signer.verify(junk, now=10_100) is None
     with pytest.raises(ValueError):
         SessionSigner(b"short", 3600)
+    clock = Clock()  # a simulated clock stands in for the wall clock when no `now` is passed
+    timed = SessionSigner(SECRET, ttl_s=3600, clock=clock)
+    value, rater = timed.issue()
+    assert rater.since == 1000 and timed.verify(value) == rater
+    clock.t += 3601
+    assert timed.verify(value) is None
 
 
 def test_secret_env_and_header_identity(monkeypatch):
