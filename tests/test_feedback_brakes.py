@@ -16,7 +16,7 @@ from facegen_ray.data import comparison as cmp
 from facegen_ray.data import feedback as fbmod
 from facegen_ray.data.feedback import FeedbackStore, summarize_feedback
 from facegen_ray.data.feedback_brakes import Brakes, merge_cap
-from facegen_ray.data.feedback_merge import select_feedback
+from facegen_ray.data.feedback_merge import apply_cap, select_feedback
 from facegen_ray.errors import UserError
 from facegen_ray.serve.admin_routes import under_root
 from facegen_ray.serve.identity import SessionSigner, client_address, header_rater, secret_from_env
@@ -203,6 +203,12 @@ def test_quarantine_review_and_cap(tmp_path, clock):
     assert [i.image_id for i in items] == honest[:1] and skipped["not_reviewed"] == 2 + len(flood)
     # the cap: images and share of the base
     assert merge_cap(1000, 500, 0.05) == 50 and merge_cap(100_000, 500, 0.05) == 500 and merge_cap(10, 500, 0.05) == 1
+    # over the cap: the most-approved first (ties by id), the rest skipped as over_cap
+    store.add_feedback(honest[2], True, rater="h-carol", rater_since=t0)
+    items, skipped = select_feedback(Storage(), root, 2)
+    kept = apply_cap(items, 2, skipped)
+    assert [i.image_id for i in kept] == sorted([honest[2], poisoned[0]]) and skipped["over_cap"] == len(items) - 2
+    assert apply_cap(items, len(items), skipped) == items
 
 
 def test_review_file_round_trip(tmp_path, clock):
