@@ -2,7 +2,7 @@
 honest raters; what share of a retrain's merged feedback images is the attacker's, under the
 defaults. One JSON line per configuration.
 
-    python benchmarks/poisoning.py [--hours 24] [--sessions 1,5,20,100]
+    python benchmarks/poisoning.py [--hours 24] [--sessions 1,2,5,20,100]
         [--strategies flood,patient,naive] [--honest 20] [--out docs/security/poisoning.jsonl]
 
 Nothing here re-implements a rule: a simulated clock drives the app's own pieces --
@@ -356,7 +356,7 @@ def header() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hours", type=float, default=24.0)
-    p.add_argument("--sessions", default="1,5,20,100", help="attacker sessions K, comma-separated")
+    p.add_argument("--sessions", default="1,2,5,20,100", help="attacker sessions K, comma-separated")
     p.add_argument("--strategies", default="flood,patient,naive")
     p.add_argument("--honest", type=int, default=20)
     p.add_argument("--votes-per-image", type=int, default=3)
