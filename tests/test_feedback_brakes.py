@@ -16,7 +16,7 @@ from facegen_ray.data import comparison as cmp
 from facegen_ray.data import feedback as fbmod
 from facegen_ray.data.feedback import FeedbackStore, summarize_feedback
 from facegen_ray.data.feedback_brakes import Brakes, merge_cap
-from facegen_ray.data.feedback_merge import select_feedback
+from facegen_ray.data.feedback_merge import apply_cap, select_feedback
 from facegen_ray.errors import UserError
 from facegen_ray.serve.admin_routes import under_root
 from facegen_ray.serve.identity import SessionSigner, client_address, header_rater, secret_from_env
@@ -77,6 +77,12 @@ def test_session_cookie_signed_and_checked():
         assert signer.verify(junk, now=10_100) is None
     with pytest.raises(ValueError):
         SessionSigner(b"short", 3600)
+    clock = Clock()  # a simulated clock stands in for the wall clock when no `now` is passed
+    timed = SessionSigner(SECRET, ttl_s=3600, clock=clock)
+    value, rater = timed.issue()
+    assert rater.since == 1000 and timed.verify(value) == rater
+    clock.t += 3601
+    assert timed.verify(value) is None
 
 
 def test_secret_env_and_header_identity(monkeypatch):
@@ -149,6 +155,17 @@ def test_one_opinion_per_rater_per_image(tmp_path, clock):
     assert (s["approvals"], s["rejections"]) == (2, 0) and s["raters"] == {"s-eve": True, "s-mallory": True}
 
 
+def test_store_clock_stamps_records(tmp_path):
+    """A simulation's clock (benchmarks/poisoning.py) stamps "created" as the wall clock would."""
+    t = {"now": dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC).timestamp()}
+    store = FeedbackStore(Storage(), str(tmp_path), clock=lambda: t["now"])
+    iid = _image(store, 1)
+    t["now"] += 90.5
+    fid = store.add_feedback(iid, True, rater="s-a", rater_since=0).feedback_id
+    assert store.get_image_record(iid)["created"] == "2026-03-01T12:00:00.000+00:00"
+    assert store.get_feedback(fid)["created"] == "2026-03-01T12:01:30.500+00:00"
+
+
 def test_quarantine_review_and_cap(tmp_path, clock):
     root = str(tmp_path)
     store = FeedbackStore(Storage(), root)
@@ -186,6 +203,12 @@ def test_quarantine_review_and_cap(tmp_path, clock):
     assert [i.image_id for i in items] == honest[:1] and skipped["not_reviewed"] == 2 + len(flood)
     # the cap: images and share of the base
     assert merge_cap(1000, 500, 0.05) == 50 and merge_cap(100_000, 500, 0.05) == 500 and merge_cap(10, 500, 0.05) == 1
+    # over the cap: the most-approved first (ties by id), the rest skipped as over_cap
+    store.add_feedback(honest[2], True, rater="h-carol", rater_since=t0)
+    items, skipped = select_feedback(Storage(), root, 2)
+    kept = apply_cap(items, 2, skipped)
+    assert [i.image_id for i in kept] == sorted([honest[2], poisoned[0]]) and skipped["over_cap"] == len(items) - 2
+    assert apply_cap(items, len(items), skipped) == items
 
 
 def test_review_file_round_trip(tmp_path, clock):

@@ -45,7 +45,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +74,11 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
 
 
+def _iso(t: float) -> str:
+    """Unix seconds as a record's "created" (UTC, milliseconds), like _now()."""
+    return _dt.datetime.fromtimestamp(t, _dt.UTC).isoformat(timespec="milliseconds")
+
+
 def derive_client_key(approved: bool, rating: int | None, comment: str | None) -> str:
     """Client key for a request without Idempotency-Key: a digest of the canonical body."""
     body = json.dumps([bool(approved), rating, comment or ""], separators=(",", ":"), ensure_ascii=False)
@@ -93,13 +98,18 @@ class FeedbackResult:
 
 
 class FeedbackStore:
-    """Append-only image + feedback records under Layout(root).feedback()."""
+    """Append-only image + feedback records under Layout(root).feedback(). `clock` (unix
+    seconds) stamps the records' "created"; default the wall clock (simulations pass theirs)."""
 
-    def __init__(self, storage: Storage, root: str):
+    def __init__(self, storage: Storage, root: str, clock: Callable[[], float] | None = None):
         self.storage = storage
+        self.clock = clock
         self.prefix = Layout(root).feedback()
         self.images_dir = join(self.prefix, "images")
         self.records_dir = join(self.prefix, "records")
+
+    def _created(self) -> str:
+        return _now() if self.clock is None else _iso(self.clock())
 
     # ---- paths (ids validated first)
     def image_uri(self, image_id: str) -> str:
@@ -133,7 +143,7 @@ class FeedbackStore:
                 **meta,
                 "image_id": image_id,
                 "image": f"images/{image_id[:2]}/{image_id}.png",
-                "created": _now(),
+                "created": self._created(),
             }
             self.storage.create_exclusive(rec_uri, _dumps(record))
         return stored
@@ -186,7 +196,7 @@ class FeedbackStore:
             "client_key_sha256": hashlib.sha256(client_key.encode("utf-8")).hexdigest()[:16],
             "rater": rater,
             "rater_since": rater_since,
-            "created": _now(),
+            "created": self._created(),
             "model_version": image.get("model_version"),
             "seed": image.get("seed"),
             "truncation": image.get("truncation"),

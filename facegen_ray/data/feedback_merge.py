@@ -162,6 +162,16 @@ def select_feedback(
     return out, skipped
 
 
+def apply_cap(items: list[FeedbackImage], cap: int, skipped: dict[str, int]) -> list[FeedbackImage]:
+    """At most `cap` of the selected images, the most-approved first (ties: by image id), sorted
+    by id; the rest count as skipped "over_cap" (they wait for the next retrain)."""
+    if len(items) <= cap:
+        return items
+    keep = sorted(items, key=lambda it: (-it.approvals, it.image_id))[:cap]
+    skipped["over_cap"] += len(items) - cap
+    return sorted(keep, key=lambda it: it.image_id)
+
+
 def brakes_of(rcfg) -> Brakes:
     """The merge's brakes from a RetrainConfig (the review list read from its file)."""
     review = None
@@ -208,10 +218,7 @@ def merge_feedback(
         storage, feedback_root, rcfg.min_approvals, rcfg.min_rating, brakes_of(rcfg), raters
     )
     cap = merge_cap(int(manifest["num_images"]), rcfg.max_feedback_images, rcfg.max_feedback_share)
-    if len(items) > cap:  # the most-approved first; the rest wait for the next retrain
-        keep = sorted(items, key=lambda it: (-it.approvals, it.image_id))[:cap]
-        skipped["over_cap"] += len(items) - cap
-        items = sorted(keep, key=lambda it: it.image_id)
+    items = apply_cap(items, cap, skipped)
     meta = _base_metadata(storage, manifest)
     rows, used = _convert(storage, items, manifest, set(meta["sha256"].tolist()), skipped, rcfg.feedback_weight)
     if not rows:
@@ -309,6 +316,7 @@ def summary(result: MergeResult) -> str:
 
 
 __all__ = [
+    "apply_cap",
     "merge_feedback",
     "select_feedback",
     "fit_resolution",

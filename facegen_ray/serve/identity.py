@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from facegen_ray.errors import UserError
@@ -64,20 +65,22 @@ def new_secret() -> bytes:
 
 
 class SessionSigner:
-    """Issues and verifies session cookies with one HMAC-SHA256 secret."""
+    """Issues and verifies session cookies with one HMAC-SHA256 secret; `clock` (unix seconds,
+    default the wall clock) is the time when a call passes no `now`."""
 
-    def __init__(self, secret: bytes, ttl_s: float) -> None:
+    def __init__(self, secret: bytes, ttl_s: float, clock: Callable[[], float] = time.time) -> None:
         if len(secret) < MIN_SECRET_CHARS:
             raise ValueError(f"session secret shorter than {MIN_SECRET_CHARS} bytes")
         self._secret = secret
         self.ttl_s = float(ttl_s)
+        self.clock = clock
 
     def _sig(self, payload: str) -> str:
         return hmac.new(self._secret, payload.encode("ascii"), hashlib.sha256).hexdigest()
 
     def issue(self, now: float | None = None) -> tuple[str, Rater]:
         """A new session: (cookie value, its rater)."""
-        issued = int(time.time() if now is None else now)
+        issued = int(self.clock() if now is None else now)
         sid = secrets.token_hex(16)
         payload = f"v1.{sid}.{issued}"
         return f"{payload}.{self._sig(payload)}", Rater(f"s-{sid}", float(issued))
@@ -92,7 +95,7 @@ class SessionSigner:
         sid, issued = m.group(1), int(m.group(2))
         if not hmac.compare_digest(self._sig(f"v1.{sid}.{issued}"), m.group(3)):
             return None
-        t = time.time() if now is None else now
+        t = self.clock() if now is None else now
         if issued > t + CLOCK_SKEW_S or t - issued > self.ttl_s:
             return None
         return Rater(f"s-{sid}", float(issued))
