@@ -3,8 +3,9 @@
 The slow test runs `facegen train` on a `ray.cluster_utils.Cluster` whose only node lacks the
 resource each train worker needs (a custom resource `accel`: the same code path as
 train.use_gpu's GPU, which a CPU-only machine cannot fake for torch). A simulated autoscaler,
-a thread reading the request that `ray.autoscaler.sdk.request_resources` writes to the GCS
-(the key Ray's v1 autoscaler reads), adds a node with that resource once the job is waiting;
+a thread reading the request that `ray.autoscaler.sdk.request_resources` leaves in the GCS (the
+internal-KV key the v1 autoscaler reads, or a cluster resource constraint where autoscaler v2 is
+on), adds a node with that resource once the job is waiting;
 the run then starts and finishes, and the request is withdrawn. A run needing a resource that
 never appears fails after train.resource_wait_s with a clear message. What is not simulated:
 a cloud provider launching an instance (minutes), Ray's autoscaler process itself."""
@@ -49,7 +50,10 @@ SCRIPT = textwrap.dedent(
     import ray
     from ray.cluster_utils import Cluster
     from ray.experimental.internal_kv import _internal_kv_get
+    from ray._raylet import GcsClient
     from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+    from ray.autoscaler.v2.sdk import get_cluster_resource_state
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
     from facegen_ray.cli import main as cli_main
 
     root, sample = sys.argv[1], sys.argv[2]
@@ -58,13 +62,18 @@ SCRIPT = textwrap.dedent(
     os.environ["RAY_ADDRESS"] = cluster.address  # a cluster facegen joined (it may grow), not an embedded Ray
     out = {{"requests": []}}
 
-    def request():
-        raw = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
+    def request():  # what request_resources last asked for, read where this Ray version puts it
+        if is_autoscaler_v2():  # a cluster resource constraint in the GCS (autoscaler v2)
+            state = get_cluster_resource_state(GcsClient(cluster.address))
+            req = [dict(r.request.resources_bundle) for c in state.cluster_resource_constraints
+                   for r in c.resource_requests for _ in range(r.count)]
+            return req  # [] once withdrawn (or before any request)
+        raw = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)  # v1: a JSON list in the KV store
         return json.loads(raw) if raw else None
 
-    def autoscaler(stop):  # adds one node per requested `accel` bundle the cluster lacks
-        added = 0
-        while not stop.is_set():
+    def autoscaler(until):  # adds one node per requested `accel` bundle the cluster lacks
+        added = 0  # (in the main thread: a cluster_utils node installs signal handlers)
+        while until.is_alive():
             req = request() or []
             want = sum(1 for b in req if b.get("accel"))
             if want > added:
@@ -81,8 +90,6 @@ SCRIPT = textwrap.dedent(
             rc = cli_main(argv)
         return rc, err.getvalue()
 
-    stop = threading.Event()
-    thread = threading.Thread(target=autoscaler, args=(stop,), daemon=True)
     try:
         assert cli_main(["prepare", sample, root + "/datasets/faces", "--resolution", "8", "--limit", "32"]) == 0
         common = ["train", "--root", root, "--no-export", "--set", "model.resolution=8", "--set", "model.z_dim=32",
@@ -93,14 +100,16 @@ SCRIPT = textwrap.dedent(
         out["never"] = run(common + ["--run-name", "never", "--set", 'train.resources_per_worker={{"CPU": 1, "never": 1}}',
                                      "--set", "train.resource_wait_s=3"])
         out["request_after_never"] = request()
-        thread.start()
-        out["grows"] = run(common + ["--run-name", "grows", "--set", 'train.resources_per_worker={{"CPU": 1, "accel": 1}}',
-                                     "--set", "train.resource_wait_s=180"])
+        grows = common + ["--run-name", "grows", "--set", 'train.resources_per_worker={{"CPU": 1, "accel": 1}}',
+                          "--set", "train.resource_wait_s=180"]
+        job = threading.Thread(target=lambda: out.__setitem__("grows", run(grows)))
+        job.start()
+        autoscaler(job)
+        job.join()
         out["request_after_run"] = request()
         out["nodes"] = len([n for n in ray.nodes() if n["Alive"]])
         print("RESULT " + json.dumps(out))
     finally:
-        stop.set()
         ray.shutdown()
         cluster.shutdown()
     """
@@ -108,11 +117,6 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow  # a cluster_utils cluster, a node added mid-run, one short training run: ~1 min
-@pytest.mark.xfail(
-    reason="the simulated autoscaler reads the v1 KV request; Ray 2.60 sent it over the v2 GCS RPC in the "
-    "one run made (the job waited with progress lines, the node was never added): not yet fixed",
-    strict=False,
-)
 def test_train_waits_for_the_autoscaler_and_fails_when_nothing_fits(tmp_path, sample_zip):
     script = tmp_path / "grow.py"
     script.write_text(SCRIPT.format(repo=str(REPO)))
