@@ -14,7 +14,9 @@ class RetrainConfig(_Section):
     rejections (the rule of data.feedback.approved_images), and, if set, a mean rating >= min_rating."""
 
     dataset: str | None = Field(default=None, description="base dataset URI; default: the serving model's dataset")
-    min_approvals: int = Field(default=2, ge=1, description="distinct raters who approve an image")
+    min_approvals: int = Field(
+        default=2, ge=1, description="distinct sources (networks, serve/source.py) that approve an image"
+    )
     min_rating: float | None = Field(default=None, ge=1, le=5, description="skip images rated lower on average")
     feedback_weight: float = Field(default=1.0, gt=0, description="'weight' column of merged feedback rows")
     feedback_repeats: int = Field(default=1, ge=1, le=100, description="rows written per merged image (oversampling)")

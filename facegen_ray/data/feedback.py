@@ -169,6 +169,7 @@ class FeedbackStore:
         client_key: str | None = None,
         rater: str | None = None,
         rater_since: float | None = None,
+        source: str | None = None,
     ) -> FeedbackResult:
         """Append one feedback record (idempotent per (image_id, rater, client key)).
 
@@ -196,6 +197,7 @@ class FeedbackStore:
             "client_key_sha256": hashlib.sha256(client_key.encode("utf-8")).hexdigest()[:16],
             "rater": rater,
             "rater_since": rater_since,
+            "source": source,  # keyed hash of the rater's network (serve/source.py); None: its own rater
             "created": self._created(),
             "model_version": image.get("model_version"),
             "seed": image.get("seed"),
@@ -301,6 +303,12 @@ def rater_of(rec: dict[str, Any]) -> str:
     return "key-" + str(rec.get("client_key_sha256") or rec["feedback_id"])
 
 
+def source_of(rec: dict[str, Any]) -> str:
+    """Where a record came from: its "source" (serve/source.py), else its rater (older records)."""
+    src = rec.get("source")
+    return "src-" + src if isinstance(src, str) and src else rater_of(rec)
+
+
 def latest_opinions(records) -> dict[tuple[str, str], dict[str, Any]]:
     """(image_id, rater) -> that rater's latest record on the image (by created, then id)."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
@@ -314,11 +322,15 @@ def latest_opinions(records) -> dict[tuple[str, str], dict[str, Any]]:
 
 def summarize_records(records) -> dict[str, dict[str, Any]]:
     """image_id -> {"approvals", "rejections", "ratings": [..], "feedback_ids": [..], "raters":
-    {rater: approved}} from each rater's latest opinion (one vote per rater per image)."""
+    {rater: approved}, "sources": [approving sources]} from each rater's latest opinion (one
+    vote per rater per image; approvals are also grouped by source, serve/source.py)."""
     out: dict[str, dict[str, Any]] = {}
     for (iid, rater), rec in sorted(latest_opinions(records).items()):
         s = out.setdefault(iid, {"approvals": 0, "rejections": 0, "ratings": [], "feedback_ids": [], "raters": {}})
+        s.setdefault("sources", [])
         s["approvals" if rec["approved"] else "rejections"] += 1
+        if rec["approved"] and source_of(rec) not in s["sources"]:
+            s["sources"].append(source_of(rec))
         s["raters"][rater] = bool(rec["approved"])
         if rec.get("rating") is not None:
             s["ratings"].append(int(rec["rating"]))
@@ -333,11 +345,12 @@ def summarize_feedback(storage: Storage, root: str) -> dict[str, dict[str, Any]]
 
 def approval_verdict(summary: dict[str, Any], min_approvals: int = 1) -> str | None:
     """The approval rule for one image's summary (summarize_feedback): None when approved (at
-    least `min_approvals` approvals and more approvals than rejections), else why not:
+    least `min_approvals` approving distinct sources and more approvals than rejections), else why not:
     "rejected" (a tie or a rejection majority) or "too_few_approvals"."""
     if summary["approvals"] <= summary["rejections"]:
         return "rejected"
-    if summary["approvals"] < min_approvals:
+    approving = len(summary["sources"]) if "sources" in summary else summary["approvals"]
+    if approving < min_approvals:
         return "too_few_approvals"
     return None
 

@@ -283,9 +283,9 @@ class Ingress(SessionRoutes, AdminRoutes):
         await self._limit(request, "feedback", rater)
         req: FeedbackRequest = await self._body(request, FeedbackRequest)
         key = request.headers.get("idempotency-key")
-        request.state.feedback_approved = req.approved  # for the feedback outcome metric
+        request.state.feedback_approved, src = req.approved, await self._source(request, rater)
         try:
-            fb = (req.image_id, req.approved, req.rating, req.comment, key, rater.rater_id, rater.since)
+            fb = (req.image_id, req.approved, req.rating, req.comment, key, rater.rater_id, rater.since, src)
             res = await asyncio.to_thread(self.store.add_feedback, *fb)
         except UnknownImage:
             raise HTTPException(
