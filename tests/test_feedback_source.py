@@ -47,3 +47,17 @@ def test_records_without_source_count_as_their_rater():
     assert approval_verdict(s, 2) is None
     s = summarize_records([_rec(1, "s-1"), _rec(2, "s-2", source="x"), _rec(3, "s-3", False, "y")])["a" * 32]
     assert approval_verdict(s, 2) is None  # 2 approving sources, 2 approvals > 1 rejection
+
+
+def test_per_source_cap_bounds_one_network():
+    from facegen_ray.data.feedback_merge import apply_cap
+    from facegen_ray.data.feedback_rows import FeedbackImage
+
+    def item(i, sources):
+        return FeedbackImage(f"{i:032x}", {}, "", len(sources), 0, None, [], sources)
+
+    items = [item(i, ["src-a", "src-b"]) for i in range(10)] + [item(100 + i, ["src-c", "src-d"]) for i in range(3)]
+    skipped = {"over_cap": 0}
+    kept = apply_cap(items, 500, skipped, per_source=4, min_sources=2)
+    assert len(kept) == 7 and skipped["over_cap"] == 6
+    assert len(apply_cap(items, 500, {"over_cap": 0})) == 13

@@ -25,6 +25,9 @@ class RetrainConfig(_Section):
     max_feedback_share: float = Field(
         default=0.05, gt=0, le=1, description="cap on merged feedback images as a share of the base dataset's images"
     )
+    max_feedback_images_per_source: int = Field(
+        default=25, ge=1, description="merged images one approving source (network) may back per retrain"
+    )
     quarantine_new_rater_minutes: float = Field(
         default=60.0,
         ge=0,

@@ -154,7 +154,14 @@ def select_feedback(
             continue
         out.append(
             FeedbackImage(
-                iid, rec, store.image_uri(iid), v["approvals"], v["rejections"], mean, sorted(v["feedback_ids"])
+                iid,
+                rec,
+                store.image_uri(iid),
+                v["approvals"],
+                v["rejections"],
+                mean,
+                sorted(v["feedback_ids"]),
+                sorted(v.get("sources", [])),
             )
         )
     if report is not None:
@@ -162,13 +169,29 @@ def select_feedback(
     return out, skipped
 
 
-def apply_cap(items: list[FeedbackImage], cap: int, skipped: dict[str, int]) -> list[FeedbackImage]:
+def apply_cap(
+    items: list[FeedbackImage],
+    cap: int,
+    skipped: dict[str, int],
+    per_source: int | None = None,
+    min_sources: int = 1,
+) -> list[FeedbackImage]:
     """At most `cap` of the selected images, the most-approved first (ties: by image id), sorted
-    by id; the rest count as skipped "over_cap" (they wait for the next retrain)."""
-    if len(items) <= cap:
-        return items
-    keep = sorted(items, key=lambda it: (-it.approvals, it.image_id))[:cap]
-    skipped["over_cap"] += len(items) - cap
+    by id; the rest count as skipped "over_cap" (they wait for the next retrain). With
+    `per_source`, an image is taken only while at least `min_sources` of its approving sources
+    have budget left; each of its approving sources is then charged one."""
+    used: dict[str, int] = {}
+    keep = []
+    for it in sorted(items, key=lambda it: (-it.approvals, it.image_id)):
+        if len(keep) >= cap:
+            break
+        if per_source is not None and it.sources:
+            if sum(used.get(s, 0) < per_source for s in it.sources) < min(min_sources, len(it.sources)):
+                continue
+            for s in it.sources:
+                used[s] = used.get(s, 0) + 1
+        keep.append(it)
+    skipped["over_cap"] += len(items) - len(keep)
     return sorted(keep, key=lambda it: it.image_id)
 
 
@@ -218,7 +241,7 @@ def merge_feedback(
         storage, feedback_root, rcfg.min_approvals, rcfg.min_rating, brakes_of(rcfg), raters
     )
     cap = merge_cap(int(manifest["num_images"]), rcfg.max_feedback_images, rcfg.max_feedback_share)
-    items = apply_cap(items, cap, skipped)
+    items = apply_cap(items, cap, skipped, rcfg.max_feedback_images_per_source, rcfg.min_approvals)
     meta = _base_metadata(storage, manifest)
     rows, used = _convert(storage, items, manifest, set(meta["sha256"].tolist()), skipped, rcfg.feedback_weight)
     if not rows:

@@ -27,6 +27,7 @@ class FeedbackImage:
     rejections: int
     mean_rating: float | None
     feedback_ids: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # approving sources (serve/source.py)
 
 
 def fit_resolution(arr: np.ndarray, resolution: int) -> np.ndarray | None:
