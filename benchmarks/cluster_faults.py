@@ -12,7 +12,9 @@ partition: the same run; one worker host's link is taken down for --seconds (30)
   Reports what Ray did (whether and when it declared the host dead, restarts) and whether the
   run finished; a host declared dead is replaced (`add-host`) unless --no-replace, in which case
   the run must fail by itself after train.resource_wait_s (--resource-wait) with a message.
-serve-kill: see serve_faults.py.
+tune-kill: a 4-trial sweep (tune_configs/cluster-tiny.yaml) on S3; a worker host is SIGKILLed
+  once a trial has a checkpoint and a replacement joins; every trial must finish and be ranked.
+serve-kill: see cluster_serve.py.
 
     timeout 480 python benchmarks/cluster_faults.py train-kill
 """
@@ -214,9 +216,57 @@ def partition(c: LocalCluster, args: argparse.Namespace) -> dict:
     return out
 
 
+def tune_kill(c: LocalCluster, args: argparse.Namespace) -> dict:
+    """tune_configs/cluster-tiny.yaml (4 trials, 2 at a time, one worker each) on S3; once a trial
+    has committed a checkpoint, SIGKILL every process of one worker host and add a replacement.
+    The trial drivers sit on the head (tune/runner.py), so a trial that lost its worker resumes
+    from its checkpoint through Ray Train, and the sweep must rank all 4 trials."""
+    root = f"s3://facegen/tune-{uuid.uuid4().hex[:6]}"
+    raw = c.upload(SAMPLE, "raw/utkface-sample.zip")
+    prep = c.run_job(f"facegen prepare {raw} {root}/datasets/faces --resolution 8 --limit 128", timeout=300)
+    if prep.status != "SUCCEEDED":
+        raise RuntimeError("prepare failed:\n" + prep.logs[-3000:])
+    job = c.submit(f"facegen tune tune_configs/cluster-tiny.yaml --root {root}")
+    prefix = root.split("/", 3)[3] + "/tune/cluster-tiny/runs/"
+    end = time.monotonic() + 420
+    while not any(k.endswith("state.pt") for k in c.keys(prefix)):
+        if time.monotonic() > end or str(c.client().get_job_status(job).value) in {"FAILED", "STOPPED", "SUCCEEDED"}:
+            raise RuntimeError("no trial checkpoint before the kill:\n" + c.client().get_job_logs(job)[-3000:])
+        time.sleep(1)
+    victim = c.state.hosts[-1].index
+    t_kill = time.monotonic()
+    killed = local.kill_host(c.reload(), victim)
+    host = local.add_host(c.reload())
+    out = record("tune-kill", args)
+    out.update(
+        sweep="tune_configs/cluster-tiny.yaml (4 trials, 2 at a time, 1 worker each, 768 images, FID 32 vs 32)",
+        killed_host=victim,
+        killed_processes=killed,
+        replacement_host=host.index,
+        replacement_join_s=round(time.monotonic() - t_kill, 1),
+    )
+    res = c.wait(job, args.timeout)
+    lines = [ln for ln in res.logs.splitlines() if ln.startswith('{"sweep"')]
+    summary = json.loads(lines[-1]) if lines else {}
+    trials = summary.get("trials", [])
+    out.update(
+        job_status=res.status,
+        sweep_s_after_kill=round(time.monotonic() - t_kill, 1),
+        num_trials=summary.get("num_trials"),
+        num_finished=summary.get("num_finished"),
+        num_errors=summary.get("num_errors"),
+        ranked=[t.get("rank") for t in trials],
+        trials=[{k: t.get(k) for k in ("trial_id", "status", "images_seen", "fid")} for t in trials],
+        restarts=len(RESUMED.findall(res.logs)),
+        resumed_from=[int(x) for x in RESUMED.findall(res.logs)],
+    )
+    out["log_tail"] = tail(res.logs, "resumed", "Error", "best:")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=("train-kill", "partition"))
+    p.add_argument("mode", choices=("train-kill", "partition", "tune-kill"))
     p.add_argument("--total-images", type=int, default=2048)
     p.add_argument("--checkpoint-every", type=int, default=256)
     p.add_argument("--seconds", type=float, default=30)
@@ -228,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="JSONL to append to (default docs/cluster/<mode>.jsonl)")
     args = p.parse_args(argv)
     name = "b" + uuid.uuid4().hex[:4]
-    fn = {"train-kill": train_kill, "partition": partition}[args.mode]
+    fn = {"train-kill": train_kill, "partition": partition, "tune-kill": tune_kill}[args.mode]
     with LocalCluster(3, name=name, subnet=args.subnet, state_file=f"{STATE_DIR}/{name}.json") as c:
         out = fn(c, args)
     line = json.dumps(out)

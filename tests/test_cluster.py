@@ -127,3 +127,16 @@ def test_partitioned_host_never_replaced_fails_instead_of_hanging(cluster):
     else:
         assert out["job_status"] == "FAILED", out
         assert out["gave_up_with_message"], out
+
+
+def test_sweep_across_hosts_ranks_every_trial_after_a_host_kill(cluster):
+    """tune_configs/cluster-tiny.yaml (4 trials, 2 at a time) on S3; a worker host is killed once a
+    trial has a checkpoint and a replacement joins: every trial finishes and is ranked (trial
+    drivers on the head; one trial retry for what fails outside Ray Train, e.g. its data reads)."""
+    import argparse
+
+    out = _bench("cluster_faults").tune_kill(cluster, argparse.Namespace(timeout=600))
+    assert out["job_status"] == "SUCCEEDED", out
+    assert out["num_trials"] == 4 and out["num_finished"] == 4 and out["num_errors"] == 0, out
+    assert sorted(out["ranked"]) == [1, 2, 3, 4], out
+    assert all(t["images_seen"] == 768 for t in out["trials"]), out

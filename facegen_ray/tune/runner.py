@@ -52,8 +52,12 @@ log = logging.getLogger(__name__)
 
 # What a trial's driver function asks Tune for: no CPU (its Train workers reserve theirs, and even
 # a fractional CPU here would leave Ray Data's read tasks without a whole CPU on a small node);
-# Tune refuses an all-zero request, so a token 1 MiB of the "memory" resource.
-TRIAL_DRIVER_RESOURCES = {"cpu": 0, "memory": 2**20}
+# Tune refuses an all-zero request, so a token 1 MiB of the "memory" resource. Pinned to the head
+# node (a token of its built-in resource): a trial's driver holds the Ray Train controller, so on a
+# worker host that dies it would take the trial with it; on the head, a lost worker host costs
+# the trial one Ray Train restart from its checkpoint (train.max_failures), like `facegen train`.
+TRIAL_DRIVER_RESOURCES = {"cpu": 0, "memory": 2**20, "node:__internal_head__": 0.001}
+TRIAL_RETRIES = 1  # a trial restarted from its own checkpoint once when its driver fails
 SWEEP_FILE = "sweep.json"
 # what the trial driver keeps of a rank-0 report (the rest is per-step detail)
 REPORT_KEYS = (
@@ -306,7 +310,9 @@ def run_sweep(sweep: Sweep, storage: Storage | None = None, *, resume: bool = Fa
         name=sweep.name,
         storage_path=storage_path,
         storage_filesystem=fs,
-        failure_config=tune.FailureConfig(max_failures=0),  # worker faults are Ray Train's (train.max_failures)
+        # worker faults are Ray Train's (train.max_failures); one more try of a whole trial for what
+        # fails outside it (its dataset's read tasks on a host that died)
+        failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
         callbacks=[
             JsonLoggerCallback(),
             CSVLoggerCallback(),
