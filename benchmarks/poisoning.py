@@ -1,6 +1,8 @@
-"""Poisoning the feedback loop (issue 34): one attacker address with K rater sessions against
-honest raters; what share of a retrain's merged feedback images is the attacker's, under the
-defaults. One JSON line per configuration.
+"""Poisoning the feedback loop (issue 34): an attacker with K rater sessions on A addresses
+(--addresses, each on its own /24) against honest raters; what share of a retrain's merged
+feedback images is the attacker's, under the defaults. One JSON line per configuration.
+Every opinion carries the source the app computes (serve/source.py: the client's network,
+keyed), so min_approvals counts networks and each network's images per retrain are capped.
 
     python benchmarks/poisoning.py [--hours 24] [--sessions 1,2,5,20,100]
         [--strategies flood,patient,naive] [--honest 20] [--out docs/security/poisoning.jsonl]
@@ -68,7 +70,13 @@ from facegen_ray.serve.session_routes import SessionRoutes  # noqa: E402
 from facegen_ray.storage import Storage  # noqa: E402
 
 EPOCH = dt.datetime(2026, 1, 5, tzinfo=dt.UTC).timestamp()  # simulated t=0
-ATTACKER = "203.0.113.7"
+
+
+def attacker_address(k: int) -> str:
+    """The attacker's k-th address, each on its own /24 (its own source, serve/source.py)."""
+    return f"203.0.{113 + k}.7"
+
+
 MODEL = {"model_version": "v1", "model_uri": "sim://v1", "weights_sha256": "0" * 64}
 PNG = b"\x89PNG\r\n\x1a\n sim"  # selection never decodes the image
 POPULAR = list(range(200))  # seeds of shared links: Zipf weights (rank r: 1 / (r + 1))
@@ -79,6 +87,7 @@ SLACK_S = 2.0  # the attacker's margin on the quarantine's edges (records keep m
 @dataclasses.dataclass
 class Scenario:
     sessions: int = 5  # K
+    addresses: int = 1  # the attacker's addresses, each on its own /24
     strategy: str = "flood"  # flood | patient | naive
     hours: float = 24.0
     honest: int = 20
@@ -135,7 +144,8 @@ class App(SessionRoutes):
             await self._limit(req, "feedback", rater)
         except HTTPException as e:
             return int(e.headers["Retry-After"])
-        return store.add_feedback(iid, approved, None, None, None, rater.rater_id, rater.since).created
+        src = await self._source(req, rater)  # the app's keyed network of the opinion
+        return store.add_feedback(iid, approved, None, None, None, rater.rater_id, rater.since, source=src).created
 
 
 def appeal(seed: int) -> float:
@@ -145,7 +155,7 @@ def appeal(seed: int) -> float:
 class Honest:
     def __init__(self, i: int, sim: Sim) -> None:
         self.sim, self.rng = sim, random.Random(f"{sim.sc.seed}-honest-{i}")
-        self.address, self.cookie, self.visit_end = f"10.1.0.{i + 1}", None, None
+        self.address, self.cookie, self.visit_end = f"10.{1 + i // 250}.{i % 250 + 1}.1", None, None
         if self.rng.random() < 0.5:  # a returning rater: a session issued days ago
             self.cookie = sim.app._signer.issue(now=sim.clock() - self.rng.uniform(1, 14) * 86400)[0]
         self.start = self.rng.uniform(0, 8 * 3600)
@@ -197,7 +207,8 @@ class Attacker:
     async def step(self, t: float) -> float | None:
         sim, c = self.sim, self.sim.counts["attacker"]
         if len(self.sessions) < self.sc.sessions:
-            new = await sim.app._new_session(sim.app.request(ATTACKER))
+            addr = attacker_address(len(self.sessions) % self.sc.addresses)
+            new = await sim.app._new_session(sim.app.request(addr))
             if new is None:
                 c["session_429"] += 1
                 return t + 10.0  # a new session every 10 s: the session bucket's refill (6/min)
@@ -207,7 +218,7 @@ class Attacker:
         j = self.done // self.a
         if j >= len(self.images):
             seeds = list(range(2 * 10**9 + len(self.images), 2 * 10**9 + len(self.images) + 16))
-            ids = await sim.app.generate(sim.store, ATTACKER, None, seeds)
+            ids = await sim.app.generate(sim.store, attacker_address(j % self.sc.addresses), None, seeds)
             if isinstance(ids, int):
                 c["generate_429"] += 1
                 return t + ids
@@ -218,7 +229,8 @@ class Attacker:
         if at > t:
             return at
         c["attempts"] += 1
-        got = await sim.app.feedback(sim.store, ATTACKER, self.sessions[s][0], self.images[j], True)
+        addr = attacker_address(s % self.sc.addresses)  # a session posts from the address it came from
+        got = await sim.app.feedback(sim.store, addr, self.sessions[s][0], self.images[j], True)
         if isinstance(got, int) and not isinstance(got, bool):
             c["feedback_429"] += 1
             return t + got
@@ -251,7 +263,7 @@ class Sim:
         rc = self.rcfg
         items, skipped = select_feedback(Storage(), self.root, rc.min_approvals, rc.min_rating, brakes, report)
         cap = merge_cap(self.sc.base_images, rc.max_feedback_images, rc.max_feedback_share)
-        merged = apply_cap(items, cap, skipped)
+        merged = apply_cap(items, cap, skipped, rc.max_feedback_images_per_source, rc.min_approvals)  # as retrain
         mine, bad = set(att.images), set(report["held_back"])
         flooded = {r for r, why in report["held_back"].items() if "within an hour" in why}
         counted = [self.store.get_feedback(f) for it in merged for f in it.feedback_ids]
@@ -358,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hours", type=float, default=24.0)
     p.add_argument("--sessions", default="1,2,5,20,100", help="attacker sessions K, comma-separated")
     p.add_argument("--strategies", default="flood,patient,naive")
+    p.add_argument("--addresses", default="1", help="attacker addresses A (distinct /24s), comma-separated")
     p.add_argument("--honest", type=int, default=20)
     p.add_argument("--votes-per-image", type=int, default=3)
     p.add_argument("--patient-per-hour", type=float, default=20.0)
@@ -368,9 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     head, lines = header(), []
     for strategy in args.strategies.split(","):
-        for n_sessions in (int(x) for x in args.sessions.split(",")):
+        for n_sessions, n_addr in (
+            (k, a) for k in map(int, args.sessions.split(",")) for a in map(int, args.addresses.split(","))
+        ):
             sc = Scenario(
                 sessions=n_sessions,
+                addresses=n_addr,
                 strategy=strategy,
                 hours=args.hours,
                 honest=args.honest,
@@ -383,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             rows = run(sc)
             for row in rows:
-                top = {"strategy": strategy, "sessions": n_sessions, "hours": args.hours}
+                top = {"strategy": strategy, "sessions": n_sessions, "addresses": n_addr, "hours": args.hours}
                 line = {**head, **top, **row, "scenario": dataclasses.asdict(sc)}
                 line["run_s"] = round(time.perf_counter() - t0, 1)
                 lines.append(json.dumps(line))

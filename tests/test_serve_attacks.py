@@ -8,7 +8,8 @@ address, its own session) whose requests must all succeed; its request count and
 are printed (`-s` shows them), never asserted against a time.
 
 Addresses: every client binds its own loopback address (127.0.0.0/8 is all loopback on Linux),
-so the per-address buckets see the attacker and the honest user as two hosts, with no proxy
+so the per-address buckets see the attacker and the honest user as two hosts (each address on its
+own /24, so each is its own opinion source too: serve/source.py), with no proxy
 header involved. Honest raters hold sessions issued two hours ago (signed with the app's own
 session secret, read from its guard actor): old enough for the merge's new-rater quarantine.
 The attackers' sessions are new, as a flood's are.
@@ -56,7 +57,7 @@ MIN_HONEST_STEPS = 6
 LIMITS = {k: (v.burst, v.per_minute / 60.0) for k, v in _default_rate_limits().items()}  # route: (burst, /s)
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FORM_TYPES = ["application/x-www-form-urlencoded", "text/plain", "multipart/form-data; boundary=x"]
-_ADDRESSES = (f"127.0.{n // 250 + 1}.{n % 250 + 2}" for n in itertools.count())
+_ADDRESSES = (f"127.{n // 250 + 1}.{n % 250 + 1}.2" for n in itertools.count())  # each its own /24: its own source
 
 
 def _address() -> str:
@@ -321,10 +322,17 @@ def test_approval_flood_moves_neither_the_rate_limit_nor_the_merge(app):
     print(f"[approval flood] merge selection: {len(merged_ids)} images, skipped {skipped}")
     assert merged_ids.isdisjoint(images), "an attacker's image would be merged"
     assert honest_approved and set(honest_approved) <= merged_ids
-    # the quarantine is what stopped the images that got two attacker approvals through
-    unbraked, _ = select_feedback(app["storage"], app["root"], rc.min_approvals)
-    assert {it.image_id for it in unbraked} & set(images), "the flood got no image to 2 approvals: no proof"
+    # two brakes stood between the flood and the merge: its sessions are new (the quarantine) and
+    # all its approvals come from one network, one source (min_approvals counts sources)
+    raters_per_image: dict[str, set] = {}
+    for r in stored:
+        if r["approved"]:
+            raters_per_image.setdefault(r["image_id"], set()).add(r["rater"])
+    assert any(len(v) >= 2 for v in raters_per_image.values()), "the flood got no image 2 raters: no proof"
+    assert len({r.get("source") for r in stored}) == 1 and None not in {r.get("source") for r in stored}
     assert skipped["quarantined"] >= 1
+    unbraked, _ = select_feedback(app["storage"], app["root"], rc.min_approvals)
+    assert not {it.image_id for it in unbraked} & set(images)  # the source rule alone stops one address
 
 
 # ----------------------------------------------------------------------------- 2. vote flood
