@@ -437,3 +437,21 @@ def test_compare_http_flow(client, app):
     assert client.get("/admin/compare", headers=AUTH).json()["active"] is None
     t = hv.tally_votes(app["storage"], app["root"], "v2", "v1")
     assert (t["votes"], t["wins"], t["losses"], t["cant_tell"]) == (2, 1, 0, 1)
+
+
+def test_votes_carry_their_network_and_the_tally_counts_networks(tmp_path):
+    """A vote stores the voter's source (serve/source.py); the gate's tally reports how many
+    networks voted and the busiest one's share (a vote without a source counts as its rater's)."""
+    root = str(tmp_path / "root")
+    storage = Storage()
+    store = cmp.ComparisonStore(storage, root)
+    c = store.start(_side("v1"), _side("v2"))
+    votes = [("r1", "net-a"), ("r2", "net-a"), ("r3", "net-a"), ("r4", "net-b"), ("r5", None)]
+    for rater, source in votes:
+        res = store.vote(_pair(store, c)["pair_id"], "left", rater=rater, source=source)
+        assert res.record["source"] == source
+    t = hv.tally_votes(storage, root, "v2", "v1")
+    assert (t["votes"], t["raters"], t["networks"]) == (5, 5, 3)
+    assert t["top_network_share"] == 0.6 and t["top_rater_share"] == 0.2
+    verdict = hv.human_verdict(t, 0.5, 1, 0.95)
+    assert "3 network(s), the busiest cast 60%" in verdict["reason"]

@@ -49,6 +49,7 @@ from typing import Any
 from facegen_ray.data.comparison_records import (
     CHOICES,
     SIDES,
+    comparison_info,
     comparison_record_problem,
     is_id,
     pair_record_problem,
@@ -283,7 +284,14 @@ class ComparisonStore:
     def get_vote(self, pid: str) -> dict[str, Any] | None:
         return self._read(self.vote_uri(pid), vote_record_problem)
 
-    def vote(self, pair_id: str, choice: str, client_key: str | None = None, rater: str | None = None) -> VoteResult:
+    def vote(
+        self,
+        pair_id: str,
+        choice: str,
+        client_key: str | None = None,
+        rater: str | None = None,
+        source: str | None = None,
+    ) -> VoteResult:
         """Record the vote on a served pair (idempotent per (pair_id, client key); one per pair).
 
         ValueError for a malformed id/key; CompareError (422) for a choice not in CHOICES;
@@ -331,6 +339,7 @@ class ComparisonStore:
             "candidate_side": pair["candidate_side"],
             "client_key_sha256": hashlib.sha256(client_key.encode("utf-8")).hexdigest()[:16],
             "rater": rater,
+            "source": source,  # the voter's keyed network (serve/source.py), for the gate's report
             "pair_created": pair["created"],
             "created": _iso(now),
         }
@@ -361,19 +370,6 @@ class ComparisonStore:
                 rec = self._read(uri, vote_record_problem)
                 if rec is not None:
                     yield rec
-
-
-def comparison_info(cmp: dict[str, Any], counts: dict[str, dict[str, int]]) -> dict[str, Any]:
-    """A comparison as the admin routes show it (schemas.ComparisonInfo)."""
-    c = counts.get(cmp["comparison_id"], {})
-    return {
-        "comparison_id": cmp["comparison_id"],
-        "baseline": cmp["baseline"]["version"],
-        "candidate": cmp["candidate"]["version"],
-        "started": cmp["started"],
-        "stopped": cmp.get("stopped"),
-        **{k: int(c.get(k, 0)) for k in ("votes", "wins", "losses", "cant_tell")},
-    }
 
 
 __all__ = [

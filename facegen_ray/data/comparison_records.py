@@ -60,3 +60,16 @@ def vote_record_problem(rec: Any) -> str | None:
     if rec["winner"] != "cant_tell" and rec.get("winner_version") != rec[rec["winner"]]:
         return "winner_version does not match the winner"
     return None
+
+
+def comparison_info(cmp: dict[str, Any], counts: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """A comparison as the admin routes show it (schemas.ComparisonInfo)."""
+    c = counts.get(cmp["comparison_id"], {})
+    return {
+        "comparison_id": cmp["comparison_id"],
+        "baseline": cmp["baseline"]["version"],
+        "candidate": cmp["candidate"]["version"],
+        "started": cmp["started"],
+        "stopped": cmp.get("stopped"),
+        **{k: int(c.get(k, 0)) for k in ("votes", "wins", "losses", "cant_tell")},
+    }

@@ -27,6 +27,7 @@ def tally_votes(storage: Storage, root: str, candidate: str, baseline: str) -> d
     out = {"candidate": candidate, "baseline": baseline, "votes": 0, "wins": 0, "losses": 0, "cant_tell": 0}
     cids: set[str] = set()
     by_rater: dict[str, int] = {}
+    by_source: dict[str, int] = {}  # votes per network (a vote without a source: its rater's own)
     for v in ComparisonStore(storage, root).iter_votes() if candidate != baseline else ():
         if {v["candidate"], v["baseline"]} != {candidate, baseline}:
             continue
@@ -34,6 +35,7 @@ def tally_votes(storage: Storage, root: str, candidate: str, baseline: str) -> d
         cids.add(v["comparison_id"])
         rater = v.get("rater") or "unidentified"
         by_rater[rater] = by_rater.get(rater, 0) + 1
+        by_source[v.get("source") or "rater:" + rater] = by_source.get(v.get("source") or "rater:" + rater, 0) + 1
         if v["winner"] == "cant_tell":
             out["cant_tell"] += 1
         elif v["winner_version"] == candidate:
@@ -46,6 +48,8 @@ def tally_votes(storage: Storage, root: str, candidate: str, baseline: str) -> d
     out["raters"] = len(top)
     out["top_rater_share"] = round(top[0][1] / out["votes"], 4) if top else 0.0
     out["by_rater"] = dict(top[:20])
+    out["networks"] = len(by_source)
+    out["top_network_share"] = round(max(by_source.values()) / out["votes"], 4) if by_source else 0.0
     return out
 
 
@@ -92,6 +96,8 @@ def human_verdict(
         seen += f"; win rate {rate:.3f} ({pct} Wilson CI {lo:.3f}-{hi:.3f})"
         if "raters" in tally:
             seen += f"; {tally['raters']} rater(s), the busiest cast {tally['top_rater_share']:.0%}"
+            if "networks" in tally:
+                seen += f"; {tally['networks']} network(s), the busiest cast {tally['top_network_share']:.0%}"
     if min_win_rate is None:
         out.update(verdict="off", reason=f"human votes: {seen} -> not required (gate.min_human_win_rate unset)")
     elif n < need:

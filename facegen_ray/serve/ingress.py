@@ -383,7 +383,8 @@ class Ingress(SessionRoutes, AdminRoutes):
         req: CompareVoteRequest = await self._body(request, CompareVoteRequest)
         key = request.headers.get("idempotency-key")
         try:
-            res = await asyncio.to_thread(self.compare.vote, req.pair_id, req.choice, key, rater.rater_id)
+            src = await self._source(request, rater)
+            res = await asyncio.to_thread(self.compare.vote, req.pair_id, req.choice, key, rater.rater_id, src)
         except cmpstore.CompareError as e:
             raise HTTPException(e.status, str(e)) from None
         except ValueError as e:  # malformed Idempotency-Key
