@@ -35,7 +35,8 @@ def tally_votes(storage: Storage, root: str, candidate: str, baseline: str) -> d
         cids.add(v["comparison_id"])
         rater = v.get("rater") or "unidentified"
         by_rater[rater] = by_rater.get(rater, 0) + 1
-        by_source[v.get("source") or "rater:" + rater] = by_source.get(v.get("source") or "rater:" + rater, 0) + 1
+        source = v.get("source") or "rater:" + rater
+        by_source[source] = by_source.get(source, 0) + 1
         if v["winner"] == "cant_tell":
             out["cant_tell"] += 1
         elif v["winner_version"] == candidate:
