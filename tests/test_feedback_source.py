@@ -61,3 +61,15 @@ def test_per_source_cap_bounds_one_network():
     kept = apply_cap(items, 500, skipped, per_source=4, min_sources=2)
     assert len(kept) == 7 and skipped["over_cap"] == 6
     assert len(apply_cap(items, 500, {"over_cap": 0})) == 13
+
+
+def test_signer_keys_sources_without_exposing_its_secret():
+    """The ingress asks its SessionSigner for a source id; the id equals source_id under the
+    signer's secret, and differs under another secret (so ids do not outlive a rotation)."""
+    from facegen_ray.serve.identity import SessionSigner
+
+    signer = SessionSigner(SECRET, ttl_s=60)
+    assert signer.source_id("203.0.113.7") == source_id(SECRET, "203.0.113.7")
+    assert signer.source_id(rater="h-a") == source_id(SECRET, rater="h-a")
+    assert SessionSigner(b"m" * 40, ttl_s=60).source_id("203.0.113.7") != signer.source_id("203.0.113.7")
+    assert not [a for a in vars(signer) if "secret" in a and not a.startswith("_")]

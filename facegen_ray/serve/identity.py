@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from facegen_ray.errors import UserError
+from facegen_ray.serve.source import source_id as _source_id
 
 SECRET_ENV = "FACEGEN_SESSION_SECRET"
 MIN_SECRET_CHARS = 32
@@ -77,6 +78,11 @@ class SessionSigner:
 
     def _sig(self, payload: str) -> str:
         return hmac.new(self._secret, payload.encode("ascii"), hashlib.sha256).hexdigest()
+
+    def source_id(self, address: str | None = None, rater: str | None = None) -> str:
+        """The keyed id of an opinion's source (serve/source.py: the client's network, or the
+        rater behind an authenticating proxy) under this signer's secret, which stays here."""
+        return _source_id(self._secret, address, rater)
 
     def issue(self, now: float | None = None) -> tuple[str, Rater]:
         """A new session: (cookie value, its rater)."""

@@ -34,7 +34,6 @@ from facegen_ray.serve.openapi_doc import _errors, api
 from facegen_ray.serve.ratelimit import retry_after
 from facegen_ray.serve.schemas import SessionResponse
 from facegen_ray.serve.security_headers import PAGE_CSP
-from facegen_ray.serve.source import source_id
 
 ASSETS = {  # /static/<name> -> content type (the only files served from static/)
     "index.js": "text/javascript; charset=utf-8",
@@ -70,10 +69,10 @@ class SessionRoutes:
     async def _source(self, request: Request, rater: Rater) -> str:
         """The opinion's source (serve/source.py): the client's network, keyed; behind the
         authenticating proxy the rater itself."""
-        secret = (await self._session_signer())._secret
+        signer = await self._session_signer()
         if self.cfg.rater_header:
-            return source_id(secret, rater=rater.rater_id)
-        return source_id(secret, self._address(request))
+            return signer.source_id(rater=rater.rater_id)
+        return signer.source_id(self._address(request))
 
     async def _rater(self, request: Request, required: bool = False) -> Rater | None:
         """The caller's rater: the trusted proxy header when serve.rater_header is set (only
