@@ -330,7 +330,7 @@ def test_compare_http_flow(client, app):
     csp = page.headers["content-security-policy"]
     assert "script-src 'self';" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
     assert "Can't tell" in page.text and "v1" not in page.text and "v2" not in page.text
-    assert client.post("/compare/pairs").status_code == 409  # nothing running yet
+    assert client.post("/compare/pairs", json={}).status_code == 409  # nothing running yet
     # admin: token first, then readable 4xx for bad versions
     start = {"candidate": "v2"}
     assert client.post("/admin/compare/start", json=start).status_code == 401
@@ -360,7 +360,7 @@ def test_compare_http_flow(client, app):
     for _ in range(40):
         if len(sides_seen) == 2:
             break
-        r = client.post("/compare/pairs")
+        r = client.post("/compare/pairs", json={})
         assert r.status_code == 201, r.text
         body = r.json()
         assert set(body) == {"pair_id", "expires", "left", "right"}
@@ -417,7 +417,7 @@ def test_compare_http_flow(client, app):
     assert _stored(app["root"]) == before  # refused votes store nothing
 
     # a vote for the candidate: the server knows its side
-    r = client.post("/compare/pairs")
+    r = client.post("/compare/pairs", json={})
     p2 = store.get_pair(r.json()["pair_id"])
     assert client.post("/compare", json={"pair_id": p2["pair_id"], "choice": p2["candidate_side"]}).status_code == 201
     assert store.get_vote(p2["pair_id"])["winner_version"] == "v2"
@@ -432,7 +432,7 @@ def test_compare_http_flow(client, app):
     p3 = _pair(store, store.get_comparison(info["comparison_id"]))
     r = client.post("/compare", json={"pair_id": p3["pair_id"], "choice": "left"})
     assert r.status_code == 409 and "stopped" in _detail(r)
-    assert client.post("/compare/pairs").status_code == 409
+    assert client.post("/compare/pairs", json={}).status_code == 409
     assert client.post("/admin/compare/stop", json={}, headers=AUTH).status_code == 409
     assert client.get("/admin/compare", headers=AUTH).json()["active"] is None
     t = hv.tally_votes(app["storage"], app["root"], "v2", "v1")

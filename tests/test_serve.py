@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import hashlib
 import io
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -107,32 +109,45 @@ def _deploy(doc: dict, timeout: float = 240.0) -> None:
     raise TimeoutError("facegen app not RUNNING in time")
 
 
-@pytest.fixture(scope="module")
-def app(ray_session, tmp_path_factory):
+@contextlib.contextmanager
+def served_app(root: str, *, conditional_b: bool, adjust: Callable[[dict], None] | None = None):
+    """Two tiny registered models below `root` (v1 serving, v2 conditional or not), Serve on a
+    free port, the app deployed from the patched deployments/serve.yaml (then `adjust`ed in
+    place), healthy; deleted and Serve shut down on exit. Yields url, port, root, storage, doc."""
     from ray import serve
 
-    root = str(tmp_path_factory.mktemp("serve-root"))
     storage = Storage()
     _save_tiny(storage, f"{root}/exports/a", conditional=False, seed=1, version="a")
-    _save_tiny(storage, f"{root}/exports/b", conditional=True, seed=2, version="b")
+    _save_tiny(storage, f"{root}/exports/b", conditional=conditional_b, seed=2, version="b")
     reg = Registry(storage, root)
     reg.register(f"{root}/exports/a", "v1")
     reg.register(f"{root}/exports/b", "v2")
     reg.promote("v1")
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    doc = _serve_config(root, port)
-    _deploy(doc)
-    url = f"http://127.0.0.1:{port}"
-    with httpx.Client(base_url=url, timeout=60) as c:
-        deadline = time.time() + 60
-        while time.time() < deadline and c.get("/healthz").status_code != 200:
-            time.sleep(0.5)
-    yield {"url": url, "root": root, "storage": storage, "store": FeedbackStore(storage, root), "doc": doc}
     try:
-        serve.delete("facegen")
+        doc = _serve_config(root, port)
+        if adjust is not None:
+            adjust(doc)
+        _deploy(doc)
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=url, timeout=60) as c:
+            deadline = time.time() + 60
+            while time.time() < deadline and c.get("/healthz").status_code != 200:
+                time.sleep(0.5)
+        yield {"url": url, "port": port, "root": root, "storage": storage, "doc": doc}
     finally:
-        serve.shutdown()
+        try:
+            serve.delete("facegen")
+        finally:
+            serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def app(ray_session, tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("serve-root"))
+    with served_app(root, conditional_b=True) as served:
+        yield {**served, "store": FeedbackStore(served["storage"], root)}
 
 
 @pytest.fixture
@@ -715,5 +730,5 @@ def test_compare_page_in_chromium(app, client, tmp_path):
     status = client.get("/admin/compare", headers=auth).json()["active"]
     assert (status["votes"], status["cant_tell"]) == (2, 1)
     assert client.post("/admin/compare/stop", json={}, headers=auth).status_code == 200
-    assert client.post("/compare/pairs").status_code == 409
+    assert client.post("/compare/pairs", json={}).status_code == 409
     assert (tmp_path / "compare-page.png").stat().st_size > 0

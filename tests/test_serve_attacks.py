@@ -40,17 +40,14 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import free_port
-from test_serve import MAX_BODY, TOKEN, _deploy, _save_tiny, _serve_config
+from test_serve import MAX_BODY, TOKEN, served_app
 
 from facegen_ray.config import RetrainConfig
 from facegen_ray.config.serve import _default_rate_limits
 from facegen_ray.data.feedback import iter_feedback
 from facegen_ray.data.feedback_merge import brakes_of, select_feedback
 from facegen_ray.lifecycle.human_votes import tally_votes
-from facegen_ray.registry import Registry
 from facegen_ray.serve.identity import SESSION_COOKIE, SessionSigner
-from facegen_ray.storage import Storage
 
 BODY_TIMEOUT_S = 3.0
 MIN_HONEST_STEPS = 6
@@ -66,21 +63,8 @@ def _address() -> str:
 
 
 # ----------------------------------------------------------------------------- the app
-@pytest.fixture(scope="module")
-def app(ray_session, tmp_path_factory):
-    from ray import serve
-
-    root = str(tmp_path_factory.mktemp("attack-root"))
-    storage = Storage()
-    _save_tiny(storage, f"{root}/exports/a", conditional=False, seed=1, version="a")
-    _save_tiny(storage, f"{root}/exports/b", conditional=False, seed=2, version="b")
-    reg = Registry(storage, root)
-    reg.register(f"{root}/exports/a", "v1")
-    reg.register(f"{root}/exports/b", "v2")
-    reg.promote("v1")
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    doc = _serve_config(root, port)
+def _defaults_two_ingress_replicas(doc: dict) -> None:
+    """The deployment's default rate limits, one generator replica, two ingress replicas."""
     spec = doc["applications"][0]
     del spec["args"]["rate_limits"]  # the defaults: what a deployment gets
     spec["args"].update({"min_replicas": 1, "max_replicas": 1, "ingress_replicas": 2, "body_timeout_s": BODY_TIMEOUT_S})
@@ -89,18 +73,16 @@ def app(ray_session, tmp_path_factory):
             d["autoscaling_config"].update({"min_replicas": 1, "max_replicas": 1})
         if d["name"] == "FacegenIngress":
             d["num_replicas"] = 2
-    _deploy(doc)
-    url = f"http://127.0.0.1:{port}"
-    with httpx.Client(base_url=url, timeout=60) as c:
-        deadline = time.time() + 60
-        while time.time() < deadline and c.get("/healthz").status_code != 200:
-            time.sleep(0.5)
-    secret = serve.get_deployment_handle("FacegenGuard", app_name="facegen").session_secret.remote().result()
-    yield {"url": url, "port": port, "root": root, "storage": storage, "signer": SessionSigner(secret, 86400.0)}
-    try:
-        serve.delete("facegen")
-    finally:
-        serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def app(ray_session, tmp_path_factory):
+    from ray import serve
+
+    root = str(tmp_path_factory.mktemp("attack-root"))
+    with served_app(root, conditional_b=False, adjust=_defaults_two_ingress_replicas) as served:
+        secret = serve.get_deployment_handle("FacegenGuard", app_name="facegen").session_secret.remote().result()
+        yield {**served, "signer": SessionSigner(secret, 86400.0)}
 
 
 def _old_cookie(app) -> tuple[str, str]:
@@ -358,7 +340,7 @@ def test_vote_flood_is_limited_and_counted_once(app):
         if n >= 6:
             h.generate()
             return
-        r = h.call("POST", "/compare/pairs")
+        r = h.call("POST", "/compare/pairs", json={})
         if r is None:
             return
         pid, choice = r.json()["pair_id"], ("left" if n % 2 == 0 else None)
@@ -381,7 +363,7 @@ def test_vote_flood_is_limited_and_counted_once(app):
                 for ch in ([voted] if voted else []) + ["cant_tell"]
             ]
             t0 = time.perf_counter()
-            pairs = await _all([c.post("/compare/pairs", headers=hdr) for _ in range(36)], 6)
+            pairs = await _all([c.post("/compare/pairs", json={}, headers=hdr) for _ in range(36)], 6)
             t_pairs = time.perf_counter() - t0
             mine = [r.json()["pair_id"] for r in pairs if r.status_code == 201]
             t0 = time.perf_counter()
@@ -491,18 +473,20 @@ def test_slow_body_clients_get_408_and_the_honest_user_is_served(app):
 # ----------------------------------------------------------------------------- 4. cross-site posts
 def test_cross_site_form_posts_get_415_and_store_nothing(app):
     """What an HTML form on another site can send (form, text/plain, multipart), with the
-    victim's cookie and a body that is valid JSON (the text/plain trick): 415, nothing stored."""
+    victim's cookie and a body that is valid JSON (the text/plain trick): 415, nothing stored,
+    no pair rendered."""
     atk = _address()
     s = asyncio.run(_new_session(app, atk))
     ck = _cookie_of(s)
     _comparison(app)
     with _client(app, atk, ck) as c:  # the victim's own image and pair, made the JSON way
         iid = c.post("/generate", json={"num_images": 1}).json()["images"][0]["image_id"]
-        pid = c.post("/compare/pairs").json()["pair_id"]
+        pid = c.post("/compare/pairs", json={}).json()["pair_id"]
     bodies = {
         "/generate": {"seed": 424242, "num_images": 4},
         "/feedback": {"image_id": iid, "approved": True, "rating": 5},
         "/compare": {"pair_id": pid, "choice": "cant_tell"},
+        "/compare/pairs": {},  # would spend the victim's renders and store a pair
     }
     before = _stored(app["root"])
     with Honest(app, _generating_and_rating) as h, _client(app, atk, ck) as c:

@@ -301,12 +301,14 @@ class Ingress(SessionRoutes, AdminRoutes):
     @api.post(
         "/compare/pairs",
         status_code=201,
-        responses={201: {"model": ComparePairResponse}, **_errors(401, 409, 429, 500)},
+        responses={201: {"model": ComparePairResponse}, **_errors(401, 409, 415, 429, 500)},
     )
     async def compare_pair(self, request: Request) -> JSONResponse:
         """Two faces of the running comparison, one per version, sides and seeds drawn at random;
         the pair is recorded (which side is which, and the rater it was served to) before it is
-        answered."""
+        answered. The request says Content-Type: application/json (its body, if any, is not
+        read): an HTML form on another site cannot, so it cannot spend a rater's renders."""
+        require_json(request)
         rater = await self._rater(request, required=True)
         await self._limit(request, "pairs", rater)
         cmp = await asyncio.to_thread(self.compare.active)

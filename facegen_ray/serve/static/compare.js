@@ -20,7 +20,9 @@ async function loadPair() {
   document.body.dataset.loaded = "false";
   setButtons(false);
   try {
-    const resp = await fetch(root + "compare/pairs", { method: "POST" });
+    const resp = await fetch(root + "compare/pairs", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: "{}",
+    });
     const body = await resp.json().catch(() => ({}));
     if (resp.status === 409) {  // nothing to compare now
       document.body.dataset.state = "idle";
