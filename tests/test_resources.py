@@ -7,7 +7,9 @@ a thread reading the request that `ray.autoscaler.sdk.request_resources` leaves 
 internal-KV key the v1 autoscaler reads, or a cluster resource constraint where autoscaler v2 is
 on), adds a node with that resource once the job is waiting;
 the run then starts and finishes, and the request is withdrawn. A run needing a resource that
-never appears fails after train.resource_wait_s with a clear message. What is not simulated:
+never appears fails after train.resource_wait_s with a clear message. A run with a local storage
+root starts on a one-node cluster (the root passes the shared-storage check there) and is refused
+once the wait has brought a second node, before any worker starts. What is not simulated:
 a cloud provider launching an instance (minutes), Ray's autoscaler process itself."""
 
 from __future__ import annotations
@@ -71,18 +73,24 @@ SCRIPT = textwrap.dedent(
         raw = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)  # v1: a JSON list in the KV store
         return json.loads(raw) if raw else None
 
-    def autoscaler(until):  # adds one node per requested `accel` bundle the cluster lacks
+    def autoscaler(until, resource):  # adds one node per requested `resource` bundle the cluster lacks
         added = 0  # (in the main thread: a cluster_utils node installs signal handlers)
         while until.is_alive():
             req = request() or []
-            want = sum(1 for b in req if b.get("accel"))
+            want = sum(1 for b in req if b.get(resource))
             if want > added:
                 out["requests"].append(req)
                 time.sleep(3)  # a node takes a while to come up
                 for _ in range(want - added):
-                    cluster.add_node(num_cpus=1, resources={{"accel": 1}})
+                    cluster.add_node(num_cpus=1, resources={{resource: 1}})
                 added = want
             time.sleep(0.2)
+
+    def grow(name, argv, resource):
+        job = threading.Thread(target=lambda: out.__setitem__(name, run(argv)))
+        job.start()
+        autoscaler(job, resource)
+        job.join()
 
     def run(argv):
         err = io.StringIO()
@@ -100,12 +108,17 @@ SCRIPT = textwrap.dedent(
         out["never"] = run(common + ["--run-name", "never", "--set", 'train.resources_per_worker={{"CPU": 1, "never": 1}}',
                                      "--set", "train.resource_wait_s=3"])
         out["request_after_never"] = request()
+        # disks that are not shared: one node when the run starts (the local root passes), but the
+        # node the wait brings has a disk of its own: refused before any worker starts
+        os.environ["FACEGEN_SHARED_FS"] = "0"
+        grow("local", common + ["--run-name", "local", "--set", 'train.resources_per_worker={{"CPU": 1, "accel2": 1}}',
+                                "--set", "train.resource_wait_s=180"], "accel2")
+        out["request_after_local"] = request()
+        out["local_run_written"] = os.path.exists(root + "/runs/local")
+        os.environ["FACEGEN_SHARED_FS"] = "1"  # cluster_utils nodes do share this host's disk
         grows = common + ["--run-name", "grows", "--set", 'train.resources_per_worker={{"CPU": 1, "accel": 1}}',
                           "--set", "train.resource_wait_s=180"]
-        job = threading.Thread(target=lambda: out.__setitem__("grows", run(grows)))
-        job.start()
-        autoscaler(job)
-        job.join()
+        grow("grows", grows, "accel")
         out["request_after_run"] = request()
         out["nodes"] = len([n for n in ray.nodes() if n["Alive"]])
         print("RESULT " + json.dumps(out))
@@ -139,5 +152,9 @@ def test_train_waits_for_the_autoscaler_and_fails_when_nothing_fits(tmp_path, sa
     rc, err = res["grows"]
     assert rc == 0, err[-3000:]
     assert "waiting for 1 accel (cluster has 0); asked the autoscaler" in err, err[-3000:]
-    assert res["requests"] and {"CPU": 1.0, "accel": 1.0} in res["requests"][0], res["requests"]
-    assert res["request_after_run"] == [] and res["nodes"] == 2
+    assert any({"CPU": 1.0, "accel": 1.0} in r for r in res["requests"]), res["requests"]
+    assert res["request_after_run"] == []
+    rc, err = res["local"]
+    assert rc == 2 and "waiting for 1 accel2 (cluster has 0)" in err, err[-3000:]
+    assert "storage.root = " in err and "a local path, but this Ray cluster has 2 nodes" in err, err[-3000:]
+    assert res["request_after_local"] == [] and not res["local_run_written"] and res["nodes"] == 3

@@ -147,14 +147,13 @@ def train(cfg: FacegenConfig, storage: Storage | None = None, *, export: bool | 
     runtime.ensure_ray()
 
     # the train workers, Ray Train's controller and Ray Data tasks open these on their own nodes
-    runtime.require_shared(
-        {
-            "storage.root": cfg.storage.root,
-            "dataset": ds_uri,
-            "train.init_from": cfg.train.init_from,
-            "eval.inception_path": cfg.eval.inception_path if cfg.train.eval_every_images else None,
-        }
-    )
+    shared = {
+        "storage.root": cfg.storage.root,
+        "dataset": ds_uri,
+        "train.init_from": cfg.train.init_from,
+        "eval.inception_path": cfg.eval.inception_path if cfg.train.eval_every_images else None,
+    }
+    runtime.require_shared(shared)
 
     configure_ray_data()  # the dataset below (cached: executed here) and the Trainer carry this context
 
@@ -163,6 +162,9 @@ def train(cfg: FacegenConfig, storage: Storage | None = None, *, export: bool | 
     bundles = [worker_resources(cfg)] * cfg.train.num_workers
     wait_s = 0.0 if runtime.embedded() else cfg.train.resource_wait_s  # an embedded Ray never grows
     with resources_for(bundles, wait_s, f"training run {run_name!r}"):
+        # a one-node cluster passed the check above, but the nodes the wait brought have disks
+        # of their own: checked again on the cluster the workers will run on
+        runtime.require_shared(shared)
         return _train_on_cluster(cfg, storage, manifest, ds_uri, export)
 
 
