@@ -22,8 +22,9 @@ RESULTS_CSV = "results.csv"
 BEST_CONFIG = "best_config.yaml"
 
 
-def trial_row(result, sweep: Sweep, exp_uri: str) -> dict[str, Any]:
-    """One Tune Result -> the row of results.json/csv."""
+def trial_row(result, sweep: Sweep, exp_uri: str, cpus_per_trial: float = 1.0) -> dict[str, Any]:
+    """One Tune Result -> the row of results.json/csv. cpus_per_trial: what the trial's Train
+    workers reserve; with the trial's wall time it gives the CPU-minutes the trial cost."""
     metric = sweep.spec.metric
     params = dict((result.config or {}).get("params", {}))
     trial_id = os.path.basename(str(result.path).rstrip("/"))
@@ -69,6 +70,8 @@ def trial_row(result, sweep: Sweep, exp_uri: str) -> dict[str, Any]:
             row[key] = float(last[key])
     if last.get("time_total_s") is not None:
         row["time_total_s"] = round(float(last["time_total_s"]), 1)  # the trial's wall time (Tune's clock)
+        # reserved CPUs x wall time (training, evaluations and start-up, across resumes)
+        row["cpu_minutes"] = round(float(last["time_total_s"]) * cpus_per_trial / 60.0, 1)
     return row
 
 
@@ -116,6 +119,7 @@ def summarize(
                 mode="json"
             ),
         }
+    spent = [r for r in rows if r.get("cpu_minutes") is not None]
     return {
         "sweep": sweep.name,
         "metric": metric,
@@ -125,6 +129,12 @@ def summarize(
         "num_finished": sum(r["status"] == "finished" for r in rows),
         "num_stopped": sum(r["status"] == "stopped" for r in rows),
         "num_errors": sum(r["status"] == "error" for r in rows),
+        # what the sweep cost: CPU-minutes (reserved CPUs x trial wall time) and images trained
+        "budget": {
+            "cpu_minutes": round(sum(r["cpu_minutes"] for r in spent), 1) if spent else None,
+            "images": sum(int(r["images_seen"] or 0) for r in rows),
+            "trials_counted": len(spent),
+        },
         "num_gen": num_gen,
         "num_real": (reference or {}).get("n_real"),
         "reference": reference,
@@ -144,7 +154,7 @@ def write_results(storage: Storage, exp_uri: str, summary: dict[str, Any], sweep
     keys = list(sweep.spec.search_space)
     buf = io.StringIO()
     w = csv.writer(buf)
-    extra = [k for k in ("fid", "kid", "kid_std", "time_total_s") if k != metric]
+    extra = [k for k in ("fid", "kid", "kid_std", "time_total_s", "cpu_minutes") if k != metric]
     w.writerow(
         ["rank", "trial_id", "status", metric, f"best_{metric}", "images_seen", *extra, *keys, "checkpoint", "error"]
     )
@@ -187,7 +197,7 @@ def format_table(summary: dict[str, Any]) -> str:
     """The ranked trials as a fixed-width text table."""
     metric = summary["metric"]
     keys = sorted({k for r in summary["trials"] for k in r["params"]})
-    head = ["rank", "trial", "status", metric, f"best {metric}", "kimg", *keys]
+    head = ["rank", "trial", "status", metric, f"best {metric}", "kimg", "cpu-min", *keys]
     rows = [
         [
             _fmt(r["rank"]),
@@ -196,6 +206,7 @@ def format_table(summary: dict[str, Any]) -> str:
             _fmt(r[metric]),
             _fmt(r[f"best_{metric}"]),
             _fmt(None if r["images_seen"] is None else r["images_seen"] / 1000),
+            _fmt(r.get("cpu_minutes")),
             *(_fmt(r["params"].get(k)) for k in keys),
         ]
         for r in summary["trials"]
@@ -206,6 +217,12 @@ def format_table(summary: dict[str, Any]) -> str:
         return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
 
     out = [line(head), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+    budget = summary.get("budget") or {}
+    if budget.get("cpu_minutes") is not None:
+        out.append(
+            f"spent: {budget['cpu_minutes']:g} CPU-minutes, {budget['images']:,} images trained "
+            f"over {summary['num_trials']} trials"
+        )
     for r in summary["trials"]:
         if r["error"]:
             out.append(f"  {r['trial_id']}: {r['error']}")

@@ -37,13 +37,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from facegen_ray.errors import UserError
-from facegen_ray.resources import release_resources, wait_for_resources
+from facegen_ray.resources import resources_for
 from facegen_ray.runtime import embedded, ensure_ray, require_shared
 from facegen_ray.storage import Layout, Storage, StorageError, join
 from facegen_ray.train.trainer import FORWARD_ENV, _run_storage, check_dataset, dataset_uri, fit, training_dataset
 from facegen_ray.tune.callbacks import stop_tune_forwarding_credentials, trials_bar_callback
 from facegen_ray.tune.results import summarize, trial_row, write_results
-from facegen_ray.tune.spec import Sweep, param_space, trial_config
+from facegen_ray.tune.spec import Sweep, param_space, start_points, trial_config
 
 # Imported where used, not here: ray, metrics.evaluate (torch): in the functions that start trials;
 # the driver's checks run without them.
@@ -195,14 +195,15 @@ def _scheduler(sweep: Sweep):
     sched = sweep.spec.scheduler
     if sched is None or sched.type == "fifo":
         return None
-    from ray.tune.schedulers import ASHAScheduler
+    from facegen_ray.tune.asha import MarginASHAScheduler
 
-    return ASHAScheduler(
+    return MarginASHAScheduler(
         time_attr="images_seen",
         max_t=sweep.max_total_images(),
         grace_period=sched.grace_period_images or int(sweep.base_cfg.train.eval_every_images or 1),
         reduction_factor=sched.reduction_factor,
         brackets=sched.brackets,
+        margin=sched.margin,
     )
 
 
@@ -252,31 +253,55 @@ def run_sweep(sweep: Sweep, storage: Storage | None = None, *, resume: bool = Fa
         raise UserError(f"cannot tune: {e}. Check --root / storage.root and your credentials.") from None
     data_uri, manifest = _validate_data(sweep, storage)
 
+    storage_path, fs = _run_storage(storage, layout.tunes())
+    restoring = _prepare_experiment(sweep, storage, exp_uri, resume, fs)  # name clash: error before Ray starts
+    ensure_ray()
+    shared = {"storage.root": layout.root, "data": data_uri, "eval.inception_path": sweep.base_cfg.eval.inception_path}
+    require_shared(shared)
+
+    from facegen_ray.progress import configure_ray_data
+
+    configure_ray_data()
+    # an autoscaling cluster may lack the trial's GPU nodes now: ask, wait up to
+    # train.resource_wait_s (one trial's workers plus the CPU concurrency() keeps for Ray Data),
+    # holding the request while the sweep runs
+    with resources_for(
+        trial_bundles(sweep),
+        0.0 if embedded() else sweep.base_cfg.train.resource_wait_s,  # an embedded Ray never grows
+        f"sweep {sweep.name!r} (one trial)",
+    ):
+        require_shared(shared)  # again: the nodes the wait brought have disks of their own
+        grid, ref = _fit_sweep(sweep, storage, exp_uri, data_uri, manifest, restoring, storage_path, fs)
+    rows = [trial_row(r, sweep, exp_uri, trial_resources(sweep)["CPU"]) for r in grid]
+    summary = summarize(
+        rows,
+        sweep,
+        exp_uri,
+        reference={k: ref[k] for k in ("uri", "key", "n_real", "cached")},
+        num_gen=sweep.base_cfg.eval.num_gen,
+    )
+    write_results(storage, exp_uri, summary, sweep)
+    return summary
+
+
+def _fit_sweep(
+    sweep: Sweep,
+    storage: Storage,
+    exp_uri: str,
+    data_uri: str,
+    manifest: dict[str, Any],
+    restoring: bool,
+    storage_path: str,
+    fs,
+):
+    """The sweep on the cluster it waited for: (Tune's ResultGrid, the reference statistics' info)."""
+    import ray
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from facegen_ray.metrics.evaluate import reference_features
 
-    storage_path, fs = _run_storage(storage, layout.tunes())
-    restoring = _prepare_experiment(sweep, storage, exp_uri, resume, fs)  # name clash: error before Ray starts
-    ensure_ray()
-    import ray
-
-    require_shared(
-        {"storage.root": layout.root, "data": data_uri, "eval.inception_path": sweep.base_cfg.eval.inception_path}
-    )
-
-    from facegen_ray.progress import configure_ray_data
-
-    configure_ray_data()
-    # an autoscaling cluster may lack the trial's GPU nodes now: ask, wait up to
-    # train.resource_wait_s (one trial's workers plus the CPU concurrency() keeps for Ray Data)
-    requested = wait_for_resources(
-        trial_bundles(sweep),
-        0.0 if embedded() else sweep.base_cfg.train.resource_wait_s,  # an embedded Ray never grows
-        f"sweep {sweep.name!r} (one trial)",
-    )
     max_conc = concurrency(sweep, ray.cluster_resources())
 
     # the reference statistics once, here: trials then only read the cache (no race, no repeat)
@@ -345,23 +370,17 @@ def run_sweep(sweep: Sweep, storage: Storage | None = None, *, resume: bool = Fa
                 num_samples=sweep.spec.num_samples,
                 scheduler=_scheduler(sweep),
                 time_budget_s=sweep.spec.time_budget_s,
-                search_alg=BasicVariantGenerator(random_state=sweep.spec.seed, max_concurrent=max_conc),
+                search_alg=BasicVariantGenerator(
+                    points_to_evaluate=start_points(sweep.spec) or None,
+                    random_state=sweep.spec.seed,
+                    max_concurrent=max_conc,
+                ),
                 trial_dirname_creator=lambda trial: trial.trial_id,
                 trial_name_creator=lambda trial: trial.trial_id,
             ),
             run_config=run_config,
         )
-    try:
-        grid = tuner.fit()
-    finally:
-        if requested:
-            release_resources()
-    rows = [trial_row(r, sweep, exp_uri) for r in grid]
-    summary = summarize(
-        rows, sweep, exp_uri, reference={k: ref[k] for k in ("uri", "key", "n_real", "cached")}, num_gen=ecfg.num_gen
-    )
-    write_results(storage, exp_uri, summary, sweep)
-    return summary
+    return tuner.fit(), ref
 
 
 __all__ = [

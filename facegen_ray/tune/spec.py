@@ -8,11 +8,12 @@ field, addressed by its dotted key (`train.g_lr`, `loss.clip_value`, ...):
     overrides: {train.total_images: 2000000}    # optional fixed settings (dotted keys)
     metric: fid                                 # fid | kid; lower is better
     num_samples: 8                              # samples of the random dimensions, per grid point
+    start_points: [{train.g_lr: 0.002}]         # optional: trials run first (count towards num_samples)
     search_space:
       train.g_lr: {loguniform: [1.0e-4, 1.0e-2]}
       loss.name: {choice: [wgan, wgan-gp]}
       loss.clip_value: {grid: [0.005, 0.01, 0.02]}
-    scheduler: {type: asha, grace_period_images: 400000, reduction_factor: 2}
+    scheduler: {type: asha, grace_period_images: 400000, reduction_factor: 2, margin: 1.0}
     max_concurrent_trials: 2
     eval: {num_gen: 2000, num_real: 5000, every_images: 200000}
 
@@ -69,6 +70,12 @@ class SchedulerSpec(_Strict):
     grace_period_images: int | None = Field(default=None, ge=1, description="default: eval.every_images")
     reduction_factor: float = Field(default=2.0, gt=1)
     brackets: int = Field(default=1, ge=1)
+    margin: float = Field(
+        default=0.0,
+        ge=0,
+        description="stop a trial at a rung only when its metric is worse than the rung's cutoff by more "
+        "than this (metric units; the FID spread benchmarks/fid_noise.py measures); 0 = plain ASHA",
+    )
 
 
 class EvalSpec(_Strict):
@@ -91,6 +98,11 @@ class SweepSpec(_Strict):
     metric: Literal["fid", "kid"] = "fid"
     num_samples: int = Field(default=1, ge=1)
     search_space: dict[str, Distribution] = Field(min_length=1)
+    start_points: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="trials to run first, with these values of search keys (e.g. the hand-set default as a "
+        "control); they count towards num_samples; keys left out are sampled",
+    )
     scheduler: SchedulerSpec | None = None
     max_concurrent_trials: int | None = Field(default=None, ge=1)
     time_budget_s: float | None = Field(default=None, gt=0)
@@ -259,6 +271,7 @@ def load_sweep(
 
     sweep = Sweep(spec=spec, source=str(p), base=base, base_cfg=base_cfg, paths=paths)
     _check_samples(sweep)
+    _check_start_points(sweep)
     _check_scheduler(sweep)
     return sweep
 
@@ -288,6 +301,32 @@ def _check_samples(sweep: Sweep) -> None:
                 ) from None
 
 
+def _check_start_points(sweep: Sweep) -> None:
+    """Each start point: only search keys, at most num_samples points, no grid dimensions (a grid
+    point would multiply them), and a valid config with every value given."""
+    spec = sweep.spec
+    if not spec.start_points:
+        return
+    if any(d.grid is not None for d in spec.search_space.values()):
+        raise SweepError("start_points: not supported with grid dimensions; use choice instead of grid")
+    if len(spec.start_points) > spec.num_samples:
+        raise SweepError(
+            f"start_points: {len(spec.start_points)} points but num_samples is {spec.num_samples}; "
+            f"the points count towards num_samples"
+        )
+    for i, point in enumerate(spec.start_points):
+        for key in point:
+            if key not in spec.search_space:
+                raise SweepError(
+                    f"start_points[{i}]: {key!r} is not a search_space key "
+                    f"(search keys: {', '.join(spec.search_space)}); fixed values go under overrides"
+                )
+        try:
+            sweep.trial_config(point)
+        except ConfigError as e:
+            raise SweepError(f"start_points[{i}]: {point} gives an invalid config: {_fmt_config_error(e)}") from None
+
+
 def _check_scheduler(sweep: Sweep) -> None:
     sched = sweep.spec.scheduler
     every = sweep.base_cfg.train.eval_every_images
@@ -308,6 +347,11 @@ def _check_scheduler(sweep: Sweep) -> None:
 # ------------------------------------------------------------------ Ray Tune search space
 
 
+def start_points(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Tune's points_to_evaluate: each start point under "params", like param_space."""
+    return [{"params": dict(point)} for point in spec.start_points]
+
+
 def param_space(spec: SweepSpec) -> dict[str, Any]:
     """Tune's param_space: {"params": {dotted key: domain}} (a trial's config["params"] holds
     the sampled values under the same keys)."""
@@ -326,6 +370,7 @@ __all__ = [
     "expected_trials",
     "load_sweep",
     "param_space",
+    "start_points",
     "to_tune_domain",
     "trial_config",
 ]

@@ -1,0 +1,197 @@
+"""The pieces of a sweep that searches for a better recipe (tune_configs/cpu-32-search.yaml):
+ASHA with a noise margin, start points (the hand-set default as trial 1), and the budget a
+sweep reports (CPU-minutes and images per trial). No Ray cluster: the scheduler's bookkeeping,
+the sweep file and the results rows are checked directly."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import yaml
+
+from facegen_ray.cli import main as cli_main
+from facegen_ray.tune.spec import load_sweep, start_points
+from tests.test_tune import no_ray, write_sweep  # noqa: F401 - fixture
+
+REPO = Path(__file__).resolve().parents[1]
+SEARCH = REPO / "tune_configs" / "cpu-32-search.yaml"
+
+
+class _Trial:
+    def __init__(self, trial_id: str):
+        self.trial_id = trial_id
+
+
+def _bracket(margin: float):
+    from facegen_ray.tune.asha import MarginASHAScheduler
+
+    sched = MarginASHAScheduler(time_attr="images_seen", max_t=400, grace_period=100, reduction_factor=2, margin=margin)
+    return sched, sched._brackets[0]
+
+
+@pytest.mark.parametrize("margin", [0.0, 2.0])
+def test_margin_asha_stops_only_beyond_the_margin(margin):
+    """Rewards are -FID. Trials reach the 100-image rung in turn: FID 40 (first: continues), FID
+    50 (stopped by both: 10 worse). With 40 and 50 recorded the cutoff for reduction factor 2 is
+    their median, FID 45: a trial at FID 46 is stopped by plain ASHA but continues with margin 2;
+    then the cutoff is 46 and one at FID 48.5 is stopped by both."""
+    from ray.tune.schedulers import TrialScheduler
+
+    _, b = _bracket(margin)
+    assert b.on_result(_Trial("a"), 100, -40.0) == TrialScheduler.CONTINUE
+    assert b.on_result(_Trial("b"), 100, -50.0) == TrialScheduler.STOP  # 10 worse than the one value there
+    near = b.on_result(_Trial("c"), 100, -46.0)  # cutoff over {40, 50} = 45
+    assert near == (TrialScheduler.STOP if margin < 1.0 else TrialScheduler.CONTINUE)
+    # now {40, 50, 46}: cutoff (median) 46; FID 48.5 is 2.5 worse, beyond either margin
+    assert b.on_result(_Trial("d"), 100, -48.5) == TrialScheduler.STOP
+
+
+def test_margin_scheduler_survives_a_resume():
+    """`facegen tune --resume` restores the scheduler Tune saved: the margin and the recorded
+    rung values must come back."""
+    sched, b = _bracket(3.0)
+    b.on_result(_Trial("a"), 100, -40.0)
+    blob = pickle.dumps(sched)
+    back = pickle.loads(blob)
+    assert back.margin == 3.0 and back._brackets[0].margin == 3.0
+    assert back._brackets[0]._rungs[-1][1] == {"a": -40.0}
+    with pytest.raises(ValueError, match="margin"):
+        _bracket(-1.0)
+
+
+def test_search_sweep_is_valid_and_its_first_trial_is_the_shipped_default():
+    """The shipped search file validates; its start point reproduces configs/cpu-32.yaml on every
+    searched key (so trial 1 is the hand-set recipe, on the sweep's proxy schedule); the
+    scheduler is ASHA with the file's margin on images seen."""
+    from facegen_ray.config import load_config
+    from facegen_ray.tune.asha import MarginASHAScheduler
+    from facegen_ray.tune.runner import _scheduler
+
+    s = load_sweep(SEARCH)
+    raw = yaml.safe_load(SEARCH.read_text())
+    shipped = load_config(REPO / "configs" / "cpu-32.yaml")
+    point = s.spec.start_points[0]
+    assert set(point) == set(s.spec.search_space)
+    trial = s.trial_config(point)
+    assert trial.train.g_lr == shipped.train.g_lr and trial.train.d_lr == shipped.train.d_lr
+    assert tuple(trial.train.betas) == tuple(shipped.train.betas)
+    assert trial.loss.name == shipped.loss.name
+    assert trial.loss.r1_gamma_at(32, 32) == pytest.approx(shipped.loss.r1_gamma_at(32, 32))
+    assert trial.loss.ls_lambda == shipped.loss.ls_lambda and trial.loss.gp_lambda == shipped.loss.gp_lambda
+    assert trial.train.batch_size == shipped.train.batch_size
+    assert trial.train.ema_half_life_images == shipped.train.ema_half_life_images
+    assert trial.model.mapping_lr_mul == shipped.model.mapping_lr_mul
+    assert trial.model.style_mixing_prob == shipped.model.style_mixing_prob
+    assert start_points(s.spec) == [{"params": point}]
+    sched = _scheduler(s)
+    assert isinstance(sched, MarginASHAScheduler)
+    assert sched.margin == raw["scheduler"]["margin"] > 0
+    assert sorted(m for m, _ in sched._brackets[0]._rungs) == [40_000, 120_000]
+    # a resumed trial loses at most one rung: checkpoints at least as often as evaluations
+    assert s.base_cfg.train.checkpoint_every_images <= s.base_cfg.train.eval_every_images
+
+
+@pytest.mark.parametrize(
+    "fields, expected",
+    [
+        ({"start_points": [{"train.d_lr": 0.001}]}, "'train.d_lr' is not a search_space key"),
+        (
+            {"start_points": [{"train.g_lr": 0.001}, {"train.g_lr": 0.002}], "num_samples": 1},
+            "2 points but num_samples is 1",
+        ),
+        ({"start_points": [{"train.g_lr": -1.0}]}, "start_points[0]"),
+        (
+            {"search_space": {"train.g_lr": {"grid": [0.001, 0.002]}}, "start_points": [{"train.g_lr": 0.001}]},
+            "not supported with grid",
+        ),
+        ({"scheduler": {"type": "asha", "margin": -1}}, "margin"),
+    ],
+)
+def test_bad_start_points_and_margin_exit_2(tmp_path, capsys, no_ray, fields, expected):  # noqa: F811
+    base = {"search_space": {"train.g_lr": {"loguniform": [1e-4, 1e-2]}}, "num_samples": 2}
+    sweep = write_sweep(tmp_path / "sweep.yaml", **{**base, **fields})
+    assert cli_main(["tune", str(sweep), "--root", str(tmp_path / "root")]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def _result(trial_id: str, evals: list[tuple[int, float]], time_total_s: float, error=None):
+    df = pd.DataFrame([{"images_seen": n, "fid": f} for n, f in evals])
+    last = {"images_seen": evals[-1][0], "fid": evals[-1][1], "time_total_s": time_total_s}
+    return SimpleNamespace(
+        config={"params": {"train.g_lr": 0.001}},
+        path=f"/x/{trial_id}",
+        metrics=last,
+        metrics_dataframe=df,
+        error=error,
+    )
+
+
+def test_budget_counts_cpu_minutes_and_images_per_trial():
+    """Each row: images trained and CPU-minutes (reserved CPUs x Tune's wall time); the summary
+    adds them up and the printed table ends with what the sweep spent."""
+    from facegen_ray.tune.results import format_table, summarize, trial_row
+
+    s = load_sweep(SEARCH)
+    rows = [
+        trial_row(_result("t1", [(40_000, 80.0), (80_000, 60.0), (120_000, 50.0)], 1800.0), s, "/exp", 2.0),
+        trial_row(_result("t2", [(40_000, 120.0)], 600.0), s, "/exp", 2.0),
+    ]
+    assert rows[0]["status"] == "finished" and rows[1]["status"] == "stopped"
+    assert rows[0]["cpu_minutes"] == 60.0 and rows[1]["cpu_minutes"] == 20.0
+    assert [e["images_seen"] for e in rows[0]["evals"]] == [40_000, 80_000, 120_000]
+    summary = summarize(rows, s, "/exp", num_gen=2000)
+    assert summary["budget"] == {"cpu_minutes": 80.0, "images": 160_000, "trials_counted": 2}
+    assert summary["best"]["trial_id"] == "t1"
+    table = format_table(summary)
+    assert "cpu-min" in table.splitlines()[0]
+    assert table.splitlines()[-1] == "spent: 80 CPU-minutes, 160,000 images trained over 2 trials"
+
+
+def test_tune_report_writes_every_trial_at_every_rung(tmp_path):
+    """benchmarks/tune_report.py: one table row per trial in start order with its FID at each
+    rung (blank where it was stopped), the budget line, and a plot file."""
+    import importlib.util
+    import json
+    import subprocess
+    import sys
+
+    from facegen_ray.tune.results import summarize, trial_row
+
+    s = load_sweep(SEARCH)
+    rows = [
+        trial_row(_result("ab_00001", [(40_000, 120.0)], 600.0), s, "/exp", 2.0),
+        trial_row(_result("ab_00000", [(40_000, 80.0), (80_000, 60.0), (120_000, 50.0)], 1800.0), s, "/exp", 2.0),
+    ]
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(summarize(rows, s, "/exp", num_gen=2000)))
+    spec = importlib.util.spec_from_file_location("tune_report", REPO / "benchmarks" / "tune_report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    table = mod.markdown_table(json.loads(results.read_text())).splitlines()
+    assert table[0].startswith("| # | trial | rank | status | fid @40k | fid @80k | fid @120k | CPU-min | g_lr |")
+    assert table[2].startswith("| 1 | ab_00000 | 1 | finished | 80.0 | 60.0 | 50.0 | 60.0 | 0.001 |")
+    assert table[3].startswith("| 2 | ab_00001 | 2 | stopped | 120.0 |  |  | 20.0 | 0.001 |")
+    assert "spent 80.0 CPU-minutes, 160,000 images" in table[-1]
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "tune_report.py"),
+            str(results),
+            "--plot",
+            str(tmp_path / "p.png"),
+            "--table",
+            str(tmp_path / "t.md"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    line = json.loads(out.stdout.strip().splitlines()[-1])
+    assert line["best"] == {"trial_id": "ab_00000", "fid": 50.0} and line["budget"]["cpu_minutes"] == 80.0
+    assert line["winner_sets"] == ["train.g_lr=0.001"]
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "t.md").read_text().splitlines() == table
