@@ -434,3 +434,62 @@ def test_sweep_on_s3(s3_server, s3_root, s3_storage, sample_zip, tmp_path, capsy
     assert cli_main(["tune", str(sweep), "--root", s3_root, *s3_set, "--resume"]) == 0
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["best"]["trial_id"] == trial["trial_id"] and again["best"]["fid"] == trial["fid"]
+
+
+@pytest.mark.slow  # ~2 min: a sweep killed with its driver, then --resume
+def test_sweep_resumes_after_its_driver_is_killed(faces_root, tmp_path):
+    """The machine running a sweep stops: `facegen tune` (driver, Tune, its own Ray) is killed
+    with SIGKILL once the first trial has checkpoints and Tune has saved the experiment. Then
+    `facegen tune --resume` finishes it: every trial ends at its total, and the interrupted trial
+    continues from a checkpoint rather than from zero: its evaluation points never repeat (a
+    restart would report the early points again)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sweep = write_sweep(
+        tmp_path / "sweep.yaml",
+        name="killed",
+        max_concurrent_trials=1,
+        overrides={"train.total_images": 480, "train.checkpoint_every_images": 48},
+        eval={"num_gen": 16, "num_real": 16, "every_images": 96, "batch_size": 16},
+    )
+    exp = Path(Layout(faces_root).tune("killed"))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray, like a separate machine
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "facegen_ray.cli", "tune", str(sweep), "--root", faces_root],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "first.log", "w"),  # noqa: SIM115 - closed with the process
+    )
+    before: list[str] = []
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            before = sorted(p.name for p in exp.glob("runs/*/checkpoint-*"))
+            if len(before) >= 2 and list(exp.glob("experiment_state*.json")):
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, (
+            f"the sweep ended before it could be killed: {(tmp_path / 'first.log').read_text()[-2000:]}"
+        )
+        assert len(before) >= 2, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert not (exp / "results.json").exists()  # it did not finish
+
+    assert cli_main(["tune", str(sweep), "--root", faces_root, "--resume"]) == 0
+    summary = Storage().read_json(join(str(exp), "results.json"))
+    assert summary["num_trials"] == 2 and summary["num_finished"] == 2 and summary["num_errors"] == 0
+    for t in summary["trials"]:
+        seen = [e["images_seen"] for e in t["evals"]]
+        assert t["images_seen"] == 480 and seen[-1] == 480
+        assert seen == sorted(set(seen)), f"trial {t['trial_id']} repeated evaluation points: {seen}"
+    print(
+        f"killed with checkpoints {before}; resumed trials: {[[e['images_seen'] for e in t['evals']] for t in summary['trials']]}"
+    )
