@@ -306,8 +306,7 @@ class Ingress(SessionRoutes, AdminRoutes):
     async def compare_pair(self, request: Request) -> JSONResponse:
         """Two faces of the running comparison, one per version, sides and seeds drawn at random;
         the pair is recorded (which side is which, and the rater it was served to) before it is
-        answered. The request says Content-Type: application/json (its body, if any, is not
-        read): an HTML form on another site cannot, so it cannot spend a rater's renders."""
+        answered. JSON Content-Type required (body unread): no cross-site form spends renders."""
         require_json(request)
         rater = await self._rater(request, required=True)
         await self._limit(request, "pairs", rater)
