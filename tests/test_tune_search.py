@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from facegen_ray.cli import main as cli_main
-from facegen_ray.tune.spec import load_sweep, start_points
+from facegen_ray.tune.spec import load_sweep, param_space, start_points
 from tests.test_tune import no_ray, write_sweep  # noqa: F401 - fixture
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,6 +63,10 @@ def test_margin_scheduler_survives_a_resume():
         _bracket(-1.0)
 
 
+def _noop_trainable(config):  # Tune's generator needs a trainable to name; never run here
+    return None
+
+
 def test_search_sweep_is_valid_and_its_first_trial_is_the_shipped_default():
     """The shipped search file validates; its start point reproduces configs/cpu-32.yaml on every
     searched key (so trial 1 is the hand-set recipe, on the sweep's proxy schedule); the
@@ -86,7 +90,20 @@ def test_search_sweep_is_valid_and_its_first_trial_is_the_shipped_default():
     assert trial.train.ema_half_life_images == shipped.train.ema_half_life_images
     assert trial.model.mapping_lr_mul == shipped.model.mapping_lr_mul
     assert trial.model.style_mixing_prob == shipped.model.style_mixing_prob
-    assert start_points(s.spec) == [{"params": point}]
+    # through Ray Tune's own generator (no cluster needed): trial 1 is the start point, decoded
+    # (list values such as train.betas survive), the rest are samples of the space
+    from ray.tune.search import BasicVariantGenerator
+
+    from facegen_ray.tune.distributions import decode_params
+
+    gen = BasicVariantGenerator(points_to_evaluate=start_points(s.spec), random_state=0)
+    gen.add_configurations({"run": {"run": _noop_trainable, "config": param_space(s.spec), "num_samples": 3}})
+    trials = [gen.next_trial() for _ in range(3)]
+    params = [decode_params(t.config["params"]) for t in trials]
+    assert params[0] == point
+    for p in params[1:]:
+        assert set(p) == set(point) and p["train.betas"] in raw["search_space"]["train.betas"]["choice"]
+        assert isinstance(s.trial_config(p).train.betas, tuple | list)
     sched = _scheduler(s)
     assert isinstance(sched, MarginASHAScheduler)
     assert sched.margin == raw["scheduler"]["margin"] > 0

@@ -5,6 +5,7 @@ domain each one becomes (spec.py reads sweep files with them).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -83,15 +84,40 @@ class Distribution(_Strict):
             return None
 
 
+# Ray Tune walks into list values of a preset point (points_to_evaluate) element by element
+# and then fails on them (ray 2.60, variant_generator._get_preset_variants), so a choice/grid
+# whose values are lists or mappings (train.betas) travels through Tune as a tagged JSON string,
+# decoded back where a trial's params become a config or a results row.
+_ENCODED = "json:"
+
+
+def encode_value(value: Any) -> Any:
+    """A choice/grid value as Tune carries it: lists and mappings as "json:<JSON>"."""
+    if isinstance(value, (list, tuple, dict)):
+        return _ENCODED + json.dumps(value)
+    return value
+
+
+def decode_value(value: Any) -> Any:
+    """encode_value's inverse; anything else unchanged."""
+    if isinstance(value, str) and value.startswith(_ENCODED):
+        return json.loads(value[len(_ENCODED) :])
+    return value
+
+
+def decode_params(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: decode_value(v) for k, v in params.items()}
+
+
 def to_tune_domain(dist: Distribution) -> Any:
     """One distribution -> the Ray Tune object (grid -> {"grid_search": [...]})."""
     from ray import tune
 
     k, a = dist.kind, dist.args
     if k == "grid":
-        return tune.grid_search(list(a))
+        return tune.grid_search([encode_value(v) for v in a])
     if k == "choice":
-        return tune.choice(list(a))
+        return tune.choice([encode_value(v) for v in a])
     if k == "uniform":
         return tune.uniform(float(a[0]), float(a[1]))
     if k == "loguniform":

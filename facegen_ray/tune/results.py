@@ -15,6 +15,7 @@ import numpy as np
 import yaml
 
 from facegen_ray.storage import Storage, fs_path_to_uri, join
+from facegen_ray.tune.distributions import decode_params
 from facegen_ray.tune.spec import Sweep, trial_config
 
 RESULTS_JSON = "results.json"
@@ -26,7 +27,7 @@ def trial_row(result, sweep: Sweep, exp_uri: str, cpus_per_trial: float = 1.0) -
     """One Tune Result -> the row of results.json/csv. cpus_per_trial: what the trial's Train
     workers reserve; with the trial's wall time it gives the CPU-minutes the trial cost."""
     metric = sweep.spec.metric
-    params = dict((result.config or {}).get("params", {}))
+    params = decode_params(dict((result.config or {}).get("params", {})))
     trial_id = os.path.basename(str(result.path).rstrip("/"))
     last = result.metrics or {}
     evals: list[dict[str, Any]] = []

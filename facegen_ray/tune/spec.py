@@ -50,7 +50,14 @@ from facegen_ray.config import (
 )
 from facegen_ray.errors import UserError, format_validation_error
 from facegen_ray.storage import is_remote
-from facegen_ray.tune.distributions import DISTRIBUTIONS, Distribution, _Strict, to_tune_domain
+from facegen_ray.tune.distributions import (
+    DISTRIBUTIONS,
+    Distribution,
+    _Strict,
+    decode_value,
+    encode_value,
+    to_tune_domain,
+)
 
 # Imported where used, not here: ray: only to_tune_domain builds Ray Tune objects; sweep files are
 # validated before Ray starts.
@@ -165,7 +172,7 @@ def trial_config(
 ) -> FacegenConfig:
     data = copy.deepcopy(base)
     for key, value in params.items():
-        set_dotted(data, paths.get(key) or key.split("."), value)
+        set_dotted(data, paths.get(key) or key.split("."), decode_value(value))
     if run_name is not None:
         set_dotted(data, ["train", "run_name"], run_name)
     return config_from_dict(data)
@@ -349,7 +356,7 @@ def _check_scheduler(sweep: Sweep) -> None:
 
 def start_points(spec: SweepSpec) -> list[dict[str, Any]]:
     """Tune's points_to_evaluate: each start point under "params", like param_space."""
-    return [{"params": dict(point)} for point in spec.start_points]
+    return [{"params": {k: encode_value(v) for k, v in point.items()}} for point in spec.start_points]
 
 
 def param_space(spec: SweepSpec) -> dict[str, Any]:
