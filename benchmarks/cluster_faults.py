@@ -39,6 +39,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(REPO, "facegen_ray", "sample_data", "utkface-sample.zip")
 MACHINE = "2-core AMD EPYC CPU VM, no GPU (one Linux VM: hosts are network namespaces on one bridge)"
 RESUMED = re.compile(r"resumed from checkpoint at (\d+) images")
+CKPT_KEY = re.compile(r"^([^/]+)/.*checkpoint-0*(\d+)/state\.pt$")
 PROGRESS = re.compile(r"\[facegen\] (\d+\.\d)k img \|")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -217,8 +218,8 @@ def partition(c: LocalCluster, args: argparse.Namespace) -> dict:
 
 
 def tune_kill(c: LocalCluster, args: argparse.Namespace) -> dict:
-    """tune_configs/cluster-tiny.yaml (4 trials, 2 at a time, one worker each) on S3; once a trial
-    has committed a checkpoint, SIGKILL every process of one worker host and add a replacement.
+    """tune_configs/cluster-tiny.yaml (4 trials, 2 at a time, one worker each) on S3; once two
+    trials have committed a checkpoint, SIGKILL every process of one worker host and add a replacement.
     The trial drivers sit on the head (tune/runner.py), so a trial that lost its worker resumes
     from its checkpoint through Ray Train, and the sweep must rank all 4 trials."""
     root = f"s3://facegen/tune-{uuid.uuid4().hex[:6]}"
@@ -229,9 +230,20 @@ def tune_kill(c: LocalCluster, args: argparse.Namespace) -> dict:
     job = c.submit(f"facegen tune tune_configs/cluster-tiny.yaml --root {root}")
     prefix = root.split("/", 3)[3] + "/tune/cluster-tiny/runs/"
     end = time.monotonic() + 420
-    while not any(k.endswith("state.pt") for k in c.keys(prefix)):
+
+    def checkpointed() -> dict[str, int]:  # trial id -> images of its newest committed checkpoint
+        out: dict[str, int] = {}
+        for k in c.keys(prefix):
+            m = CKPT_KEY.search(k[len(prefix) :])
+            if m:
+                out[m.group(1)] = max(out.get(m.group(1), 0), int(m.group(2)))
+        return out
+
+    # both running trials (one worker each, one per worker host under PACK) have a checkpoint of
+    # their own: whichever worker host dies, the trial on it has something to resume from
+    while len(ckpts := checkpointed()) < 2:
         if time.monotonic() > end or str(c.client().get_job_status(job).value) in {"FAILED", "STOPPED", "SUCCEEDED"}:
-            raise RuntimeError("no trial checkpoint before the kill:\n" + c.client().get_job_logs(job)[-3000:])
+            raise RuntimeError("no two trial checkpoints before the kill:\n" + c.client().get_job_logs(job)[-3000:])
         time.sleep(1)
     victim = c.state.hosts[-1].index
     t_kill = time.monotonic()
@@ -244,6 +256,7 @@ def tune_kill(c: LocalCluster, args: argparse.Namespace) -> dict:
         killed_processes=killed,
         replacement_host=host.index,
         replacement_join_s=round(time.monotonic() - t_kill, 1),
+        checkpointed_before_kill=ckpts,
     )
     res = c.wait(job, args.timeout)
     lines = [ln for ln in res.logs.splitlines() if ln.startswith('{"sweep"')]
