@@ -9,7 +9,8 @@ on), adds a node with that resource once the job is waiting;
 the run then starts and finishes, and the request is withdrawn. A run needing a resource that
 never appears fails after train.resource_wait_s with a clear message. A run with a local storage
 root starts on a one-node cluster (the root passes the shared-storage check there) and is refused
-once the wait has brought a second node, before any worker starts. What is not simulated:
+once the wait has brought a second node, before any worker starts. `facegen tune` waits the
+same way for one trial's resources, by the names the workers use. What is not simulated:
 a cloud provider launching an instance (minutes), Ray's autoscaler process itself."""
 
 from __future__ import annotations
@@ -120,6 +121,19 @@ SCRIPT = textwrap.dedent(
                           "--set", "train.resource_wait_s=180"]
         grow("grows", grows, "accel")
         out["request_after_run"] = request()
+        # a sweep waits the same way: one trial's worker needs accel3, which only a new node has
+        base, sweep = os.path.join(root, "base.yaml"), os.path.join(root, "sweep.yaml")
+        with open(base, "w") as f:
+            json.dump({{"model": {{"resolution": 8, "z_dim": 32, "w_dim": 32, "fmap_base": 128, "fmap_max": 32}},
+                       "train": {{"start_resolution": 8, "total_images": 16, "batch_size": {{8: 8}},
+                                 "checkpoint_every_images": 16, "num_workers": 1, "max_failures": 0,
+                                 "resources_per_worker": {{"CPU": 1, "accel3": 1}}, "resource_wait_s": 180}}}}, f)
+        with open(sweep, "w") as f:
+            json.dump({{"name": "grows", "base_config": "base.yaml", "num_samples": 1, "max_concurrent_trials": 1,
+                       "search_space": {{"train.g_lr": {{"choice": [0.002]}}}},
+                       "eval": {{"num_gen": 8, "num_real": 8, "batch_size": 8}}}}, f)
+        grow("sweep", ["tune", sweep, "--root", root], "accel3")
+        out["request_after_sweep"] = request()
         out["nodes"] = len([n for n in ray.nodes() if n["Alive"]])
         print("RESULT " + json.dumps(out))
     finally:
@@ -129,7 +143,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.slow  # a cluster_utils cluster, a node added mid-run, one short training run: ~1 min
+@pytest.mark.slow  # a cluster_utils cluster, nodes added mid-run, short training runs and a sweep: ~2 min
 def test_train_waits_for_the_autoscaler_and_fails_when_nothing_fits(tmp_path, sample_zip):
     script = tmp_path / "grow.py"
     script.write_text(SCRIPT.format(repo=str(REPO)))
@@ -157,4 +171,9 @@ def test_train_waits_for_the_autoscaler_and_fails_when_nothing_fits(tmp_path, sa
     rc, err = res["local"]
     assert rc == 2 and "waiting for 1 accel2 (cluster has 0)" in err, err[-3000:]
     assert "storage.root = " in err and "a local path, but this Ray cluster has 2 nodes" in err, err[-3000:]
-    assert res["request_after_local"] == [] and not res["local_run_written"] and res["nodes"] == 3
+    assert res["request_after_local"] == [] and not res["local_run_written"]
+    rc, err = res["sweep"]
+    assert rc == 0, err[-3000:]
+    assert "waiting for 1 accel3 (cluster has 0); asked the autoscaler" in err, err[-3000:]
+    assert any({"CPU": 1.0, "accel3": 1.0} in r for r in res["requests"]), res["requests"]
+    assert res["request_after_sweep"] == [] and res["nodes"] == 4

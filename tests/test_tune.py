@@ -250,6 +250,9 @@ def test_rank_trials_and_concurrency():
     with pytest.raises(UserError, match="needs 4 GPU"):
         concurrency(gpu, {"CPU": 64.0})
     assert concurrency(gpu, {"CPU": 64.0, "GPU": 16.0}) == 4  # the sweep's max_concurrent_trials
+    # custom resources keep their (case-sensitive) names: what the workers request is what waits
+    s.base_cfg.train.resources_per_worker = {"CPU": 2, "accelerator_type:A100": 0.001}
+    assert trial_resources(s) == {"CPU": 2.0, "GPU": 0.0, "accelerator_type:A100": 0.001}
 
 
 # ------------------------------------------------------------------ a real sweep

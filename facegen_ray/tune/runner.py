@@ -149,7 +149,9 @@ def trial_resources(sweep: Sweep) -> dict[str, float]:
     t = sweep.base_cfg.train
     nw_dist = sweep.spec.search_space.get("train.num_workers")
     workers = int(nw_dist.max_value()) if nw_dist is not None and nw_dist.max_value() else t.num_workers
-    per = {k.upper(): float(v) for k, v in (t.resources_per_worker or {}).items()}
+    # names as Ray has them (case-sensitive: a custom "accel" or "accelerator_type:A100" is not
+    # its upper-case spelling), exactly what the Train workers will ask for
+    per = {k: float(v) for k, v in (t.resources_per_worker or {}).items()}
     cpu = per.pop("CPU", 1.0)
     gpu = per.pop("GPU", 1.0 if t.use_gpu else 0.0)
     out = {"CPU": cpu * workers, "GPU": gpu * workers}
