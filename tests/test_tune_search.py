@@ -50,17 +50,55 @@ def test_margin_asha_stops_only_beyond_the_margin(margin):
     assert b.on_result(_Trial("d"), 100, -48.5) == TrialScheduler.STOP
 
 
-def test_margin_scheduler_survives_a_resume():
-    """`facegen tune --resume` restores the scheduler Tune saved: the margin and the recorded
-    rung values must come back."""
+def test_rung_records_survive_a_resume():
+    """Tune pickles the scheduler only into tuner.pkl when the sweep starts (empty rungs) and
+    checkpoints callbacks, not the scheduler. Without RungState a restored sweep's rungs are empty
+    and the next trial passes one at any FID (seen on the real sweep: FID 319 through a rung where
+    the default had 93); with it the records come back and that trial is stopped."""
+    from ray.tune.schedulers import TrialScheduler
+
+    from facegen_ray.tune.asha import RungState
+
     sched, b = _bracket(3.0)
+    at_start = pickle.dumps((sched, RungState(sched)))  # tuner.pkl: one pickle, empty rungs
     b.on_result(_Trial("a"), 100, -40.0)
-    blob = pickle.dumps(sched)
-    back = pickle.loads(blob)
-    assert back.margin == 3.0 and back._brackets[0].margin == 3.0
-    assert back._brackets[0]._rungs[-1][1] == {"a": -40.0}
+    b.on_result(_Trial("b"), 100, -44.0)
+    saved = pickle.loads(pickle.dumps(RungState(sched).get_state()))  # Tune's callback checkpoint
+
+    lost, _ = pickle.loads(at_start)  # restored without the callback state: the bug
+    assert lost._brackets[0].on_result(_Trial("c"), 100, -319.0) == TrialScheduler.CONTINUE
+
+    back, cb = pickle.loads(at_start)
+    assert cb.scheduler is back and back.margin == 3.0 and back._brackets[0].margin == 3.0
+    cb.set_state(saved)
+    assert back._brackets[0]._rungs[-1][1] == {"a": -40.0, "b": -44.0}
+    assert back._brackets[0].on_result(_Trial("c"), 100, -319.0) == TrialScheduler.STOP
+    assert back._brackets[0].on_result(_Trial("d"), 100, -41.0) == TrialScheduler.CONTINUE
     with pytest.raises(ValueError, match="margin"):
         _bracket(-1.0)
+
+
+def test_a_restored_tuner_carries_rung_state(tmp_path):
+    """carry_rung_state on a Tuner as Tuner.restore returns it: a RungState bound to the
+    restored scheduler is present whether or not the sweep was started with one."""
+    from ray import tune
+
+    from facegen_ray.tune.asha import MarginASHAScheduler, RungState, carry_rung_state
+
+    for with_callback in (True, False):
+        sched = MarginASHAScheduler(time_attr="images_seen", max_t=400, grace_period=100, reduction_factor=2)
+        tuner = tune.Tuner(
+            _noop_trainable,
+            tune_config=tune.TuneConfig(metric="fid", mode="min", scheduler=sched),
+            run_config=tune.RunConfig(
+                storage_path=str(tmp_path), callbacks=[RungState(sched)] if with_callback else []
+            ),
+        )
+        restored = pickle.loads(pickle.dumps(tuner._local_tuner.__getstate__()))  # what tuner.pkl holds
+        tuner._local_tuner.__setstate__(restored)
+        carry_rung_state(tuner)
+        cbs = [c for c in tuner._local_tuner._run_config.callbacks if isinstance(c, RungState)]
+        assert len(cbs) == 1 and cbs[0].scheduler is tuner._local_tuner._tune_config.scheduler
 
 
 def _noop_trainable(config):  # Tune's generator needs a trainable to name; never run here

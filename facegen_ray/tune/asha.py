@@ -10,12 +10,21 @@ Ray's ASHA unchanged.
 
 Ray keeps a bracket's bookkeeping in a private class (_Bracket, whose `cutoff` is the quantile
 of the recorded rewards; Tune negates the metric for mode="min", so rewards are -FID). The
-subclass below shifts that cutoff down by the margin; everything else, including how the
-scheduler is saved with the experiment and restored by `facegen tune --resume`, is Ray's.
+subclass below shifts that cutoff down by the margin; everything else is Ray's.
+
+Resume: Tune checkpoints its search algorithm and its callbacks with the experiment, but not
+its scheduler (ray 2.60, TuneController.save_to_dir). After `facegen tune --resume` a fresh
+scheduler would see empty rungs, and the next trial to reach one would pass it whatever its
+FID (the first real sweep let a trial at FID 319 through a rung where the default had 93, after a
+resume). RungState is a callback that carries the rung records inside Tune's own callback
+checkpoint and puts them back into the scheduler on restore.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from ray.tune import Callback
 from ray.tune.schedulers.async_hyperband import AsyncHyperBandScheduler, _Bracket
 
 
@@ -61,5 +70,51 @@ class MarginASHAScheduler(AsyncHyperBandScheduler):
             for s in range(brackets)
         ]
 
+    def rung_records(self) -> list[list[tuple[int, dict[str, float]]]]:
+        """Per bracket, per rung: (milestone, {trial id: reward}) — what a resume must keep."""
+        return [[(int(m), dict(rec)) for m, rec in b._rungs] for b in self._brackets]
 
-__all__ = ["MarginASHAScheduler", "MarginBracket"]
+    def restore_rung_records(self, records: list[list[tuple[int, dict[str, float]]]]) -> None:
+        """Merge saved records into this scheduler's rungs (matched by milestone)."""
+        for bracket, saved in zip(self._brackets, records, strict=False):
+            by_milestone = {int(m): rec for m, rec in saved}
+            for m, rec in bracket._rungs:
+                for trial_id, reward in by_milestone.get(int(m), {}).items():
+                    rec.setdefault(trial_id, reward)
+
+
+class RungState(Callback):
+    """Saves the scheduler's rung records with Tune's experiment checkpoint (callback state is
+    checkpointed and restored by Tune; the scheduler is not) and restores them on --resume."""
+
+    def __init__(self, scheduler: MarginASHAScheduler):
+        self.scheduler = scheduler
+
+    def get_state(self) -> dict[str, Any] | None:
+        return {"rungs": self.scheduler.rung_records()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.scheduler.restore_rung_records(state.get("rungs") or [])
+
+
+def carry_rung_state(tuner) -> None:
+    """A restored Tuner's scheduler comes from tuner.pkl, pickled when the sweep started (empty
+    rungs); its rung records come back through the RungState callback's checkpoint. A sweep
+    started before that callback existed gets one now (its records are kept from here on).
+    Reaches into Tuner internals (ray 2.60: _local_tuner._tune_config/_run_config): Tuner.restore
+    takes no callbacks."""
+    inner = getattr(tuner, "_local_tuner", None)
+    sched = getattr(getattr(inner, "_tune_config", None), "scheduler", None)
+    if not isinstance(sched, MarginASHAScheduler):
+        return
+    run_config = inner._run_config
+    callbacks = list(run_config.callbacks or [])
+    carried = [c for c in callbacks if isinstance(c, RungState)]
+    for c in carried:
+        c.scheduler = sched  # the same object already (one pickle); made sure
+    if not carried:
+        callbacks.append(RungState(sched))
+        run_config.callbacks = callbacks
+
+
+__all__ = ["MarginASHAScheduler", "MarginBracket", "RungState", "carry_rung_state"]

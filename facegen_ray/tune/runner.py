@@ -303,6 +303,7 @@ def _fit_sweep(
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from facegen_ray.metrics.evaluate import reference_features
+    from facegen_ray.tune.asha import RungState, carry_rung_state
 
     max_conc = concurrency(sweep, ray.cluster_resources())
 
@@ -333,6 +334,7 @@ def _fit_sweep(
     setup.env[progress.ENV] = "1" if progress.enabled() else "0"
     stop_tune_forwarding_credentials()
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), TRIAL_DRIVER_RESOURCES)
+    scheduler = _scheduler(sweep)
     run_config = tune.RunConfig(
         name=sweep.name,
         storage_path=storage_path,
@@ -344,6 +346,7 @@ def _fit_sweep(
             JsonLoggerCallback(),
             CSVLoggerCallback(),
             *filter(None, [trials_bar_callback(sweep.num_trials(), sweep.spec.metric)]),
+            *([RungState(scheduler)] if scheduler is not None else []),  # rungs survive --resume
         ],
         verbose=1,
     )
@@ -362,6 +365,7 @@ def _fit_sweep(
             param_space=param_space(sweep.spec),
             storage_filesystem=fs,
         )
+        carry_rung_state(tuner)
     else:
         tuner = tune.Tuner(
             trainable,
@@ -370,7 +374,7 @@ def _fit_sweep(
                 metric=sweep.spec.metric,
                 mode="min",
                 num_samples=sweep.spec.num_samples,
-                scheduler=_scheduler(sweep),
+                scheduler=scheduler,
                 time_budget_s=sweep.spec.time_budget_s,
                 search_alg=BasicVariantGenerator(
                     points_to_evaluate=start_points(sweep.spec) or None,
