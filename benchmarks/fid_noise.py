@@ -110,17 +110,14 @@ def main() -> None:
 
 def _export(cfg, checkpoint_dir: str, dest: str) -> str:
     """G_ema of a training checkpoint as a model directory under dest (not registered)."""
-    from facegen_ray.models import Generator
     from facegen_ray.models.export import save_model_dir
     from facegen_ray.storage import Storage
-    from facegen_ray.train.checkpoint import load_checkpoint
+    from facegen_ray.train.checkpoint import load_g_ema
 
-    state, _ = load_checkpoint(checkpoint_dir, 0, map_location="cpu")
-    G = Generator(cfg.model)
-    G.load_state_dict(state["G_ema"])  # a model section unlike the run's fails here, loudly
+    G, state = load_g_ema(checkpoint_dir, cfg.model)  # a model section unlike the run's fails here
     uri = os.path.join(dest, "model")
     meta = {"images_seen": int(state["counters"]["images_seen"]), "checkpoint": checkpoint_dir}
-    save_model_dir(Storage(cfg.storage), uri, G.eval(), cfg.model, meta)
+    save_model_dir(Storage(cfg.storage), uri, G, cfg.model, meta)
     return uri
 
 

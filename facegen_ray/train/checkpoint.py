@@ -145,6 +145,17 @@ def load_checkpoint(directory: str, rank: int, map_location: str | torch.device 
     return state, rng
 
 
+def load_g_ema(directory: str, model_cfg) -> tuple[torch.nn.Module, dict]:
+    """(G_ema of a checkpoint folder in eval mode, the checkpoint's state): what export and
+    benchmarks score. A model_cfg unlike the run's fails in load_state_dict."""
+    from facegen_ray.models import Generator
+
+    state, _ = load_checkpoint(directory, 0, map_location="cpu")
+    G_ema = Generator(model_cfg)
+    G_ema.load_state_dict(state["G_ema"])
+    return G_ema.eval(), state
+
+
 def restore(checkpoint, rank: int, map_location: str | torch.device = "cpu") -> tuple[dict, dict | None]:
     """load_checkpoint of a Ray Train checkpoint (on the run's storage) for worker `rank`.
 

@@ -360,15 +360,11 @@ def export_checkpoint(cfg: FacegenConfig, storage: Storage, checkpoint, run_name
     """G_ema of a Ray Train checkpoint -> <root>/runs/<run>/model/ -> registry version."""
     import torch
 
-    from facegen_ray.models import Generator
     from facegen_ray.models.export import MODEL_FILE, save_model_dir
-    from facegen_ray.train.checkpoint import load_checkpoint
+    from facegen_ray.train.checkpoint import load_g_ema
 
     with checkpoint.as_directory() as d:
-        state, _ = load_checkpoint(d, 0, map_location="cpu")
-    G_ema = Generator(cfg.model)
-    G_ema.load_state_dict(state["G_ema"])
-    G_ema.eval()
+        G_ema, state = load_g_ema(d, cfg.model)
     counters = state["counters"]
     layout = Layout(cfg.storage.root)
     model_uri = join(layout.run(run_name), "model")

@@ -274,7 +274,8 @@ def run_sweep(sweep: Sweep, storage: Storage | None = None, *, resume: bool = Fa
     ):
         require_shared(shared)  # again: the nodes the wait brought have disks of their own
         grid, ref = _fit_sweep(sweep, storage, exp_uri, data_uri, manifest, restoring, storage_path, fs)
-    rows = [trial_row(r, sweep, exp_uri, trial_resources(sweep)["CPU"]) for r in grid]
+    cpus = trial_resources(sweep)["CPU"]
+    rows = [trial_row(r, sweep, exp_uri, cpus) for r in grid]
     summary = summarize(
         rows,
         sweep,
