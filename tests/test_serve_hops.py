@@ -1,0 +1,47 @@
+"""benchmarks/serve_hops.py: refuses bad arguments, and both call paths deliver every item."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("serve_hops", ROOT / "benchmarks" / "serve_hops.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("argv", [["--sizes", "0"], ["--sizes", "big"], ["--clients", "0"], ["--clients", "x"]])
+def test_bad_arguments_exit_2(argv, capsys):
+    assert _load().main(argv) == 2
+    assert "serve_hops:" in capsys.readouterr().err
+
+
+def test_reply_shapes():
+    mod = _load()
+    assert mod.reply_shape("256") == (256, 256, 3)
+    assert mod.reply_shape("token") == (32,)
+
+
+def test_both_paths_answer_every_item(capsys):
+    assert _load().main(["--clients", "1,8", "--seconds", "0.5", "--sizes", "16"]) == 0
+    recs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [(r["mode"], r["clients"]) for r in recs] == [
+        ("per_request", 1),
+        ("micro_batch", 1),
+        ("per_request", 8),
+        ("micro_batch", 8),
+    ]
+    for r in recs:
+        assert r["items"] > 0 and r["reply_bytes"] == 16 * 16 * 3
+        # a micro-batch call carries at least one item; per-request calls carry exactly one
+        assert r["median_items_per_call"] >= 1
+        assert r["calls_per_s"] <= r["items_per_s"] + 1e-6
+    assert recs[0]["median_items_per_call"] == 1
