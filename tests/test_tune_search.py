@@ -50,6 +50,29 @@ def test_margin_asha_stops_only_beyond_the_margin(margin):
     assert b.on_result(_Trial("d"), 100, -48.5) == TrialScheduler.STOP
 
 
+def test_a_trial_is_never_stopped_on_its_final_report():
+    """Ray's ASHA answers STOP to every report at max_t; Tune then ends the trial's actor while
+    Ray Train is still shutting down, and the worker group's placement group is never removed
+    (the real sweep stalled so). A report with final=True is let through; one at max_t without
+    it (a trial of a longer schedule) and an early-rung stop are still stopped."""
+    from ray.tune.schedulers import TrialScheduler
+
+    sched, _ = _bracket(0.0)
+    sched.set_search_properties("fid", "min")
+    for t in "abcd":
+        sched.on_trial_add(None, _Trial(t))
+    end = {"images_seen": 400, "fid": 30.0}
+    assert sched.on_trial_result(None, _Trial("a"), {**end, "final": True}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(None, _Trial("a"), {**end, "final": False}) == TrialScheduler.STOP
+    assert sched._num_stopped == 1
+    assert sched.on_trial_result(None, _Trial("b"), {"images_seen": 100, "fid": 40.0}) == TrialScheduler.CONTINUE
+    worse = {"images_seen": 100, "fid": 90.0}
+    assert sched.on_trial_result(None, _Trial("c"), worse) == TrialScheduler.STOP  # early rung: stopped
+    # a run that ends at a rung (its own total, e.g. max_minutes) is not stopped either
+    assert sched.on_trial_result(None, _Trial("d"), {**worse, "final": True}) == TrialScheduler.CONTINUE
+    assert sched._num_stopped == 2
+
+
 def test_rung_records_survive_a_resume():
     """Tune pickles the scheduler only into tuner.pkl when the sweep starts (empty rungs) and
     checkpoints callbacks, not the scheduler. Without RungState a restored sweep's rungs are empty

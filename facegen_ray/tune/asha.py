@@ -18,6 +18,16 @@ scheduler would see empty rungs, and the next trial to reach one would pass it w
 FID (the first real sweep let a trial at FID 319 through a rung where the default had 93, after a
 resume). RungState is a callback that carries the rung records inside Tune's own callback
 checkpoint and puts them back into the scheduler on restore.
+
+A trial's last report is never answered with STOP. Ray's ASHA stops every trial that reaches
+max_t, on the report itself; Tune then ends the trial's actor at once (its cleanup does not wait
+for the training thread), while Ray Train is still shutting down: the controller has already
+dismissed its placement-group cleaner and is killed before it removes the worker group's
+placement group. Those CPUs stay reserved for the life of the cluster; on the 2-core sweep the
+next trial's workers then never started (2026-12-06: trial 1 ended at max_t, trial 2 waited for
+CPUs that a dead run held). A report with `final` set comes from a run that is ending by itself,
+so the scheduler lets it end. Stops at earlier rungs kill a running controller, whose cleaner
+then removes the placement group (tests/test_tune.py checks that none is left).
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 from ray.tune import Callback
+from ray.tune.schedulers import TrialScheduler
 from ray.tune.schedulers.async_hyperband import AsyncHyperBandScheduler, _Bracket
 
 
@@ -69,6 +80,13 @@ class MarginASHAScheduler(AsyncHyperBandScheduler):
             MarginBracket(grace_period, max_t, reduction_factor, s, stop_last_trials=stop_last_trials, margin=margin)
             for s in range(brackets)
         ]
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        if action == TrialScheduler.STOP and result.get("final"):
+            self._num_stopped -= 1  # it ends by itself: let Ray Train finish its shutdown
+            return TrialScheduler.CONTINUE
+        return action
 
     def rung_records(self) -> list[list[tuple[int, dict[str, float]]]]:
         """Per bracket, per rung: (milestone, {trial id: reward}) — what a resume must keep."""
