@@ -411,6 +411,15 @@ def test_asha_stops_the_worse_trial_at_a_rung(faces_root, tmp_path, capsys):
         assert max(fid2) == expected_stop  # no evaluation after the stop
     assert summary["num_stopped"] == (expected_stop is not None)
     print(f"asha: first {fid1}, second {fid2}, stopped at {expected_stop}")
+    # every placement group the sweep made is gone: the first trial ran to max_t (Ray's ASHA used to
+    # stop it on that report, and its run's worker group stayed reserved), a stopped second trial's
+    # group is removed by the driver (tune/placement.py)
+    from ray.util.placement_group import placement_group_table
+
+    left = {k: v["bundles"] for k, v in placement_group_table().items() if v["state"] != "REMOVED"}
+    assert not left, f"placement groups still reserved after the sweep: {left}"
+    if expected_stop is not None:
+        assert "removed the placement group its ended run left" in out
 
 
 @pytest.mark.slow  # ~2 min in CI; S3 storage is covered in the default run by test_train/test_retrain/test_data

@@ -273,3 +273,38 @@ def test_tune_report_writes_every_trial_at_every_rung(tmp_path):
     assert line["winner_sets"] == ["train.g_lr=0.001"]
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "t.md").read_text().splitlines() == table
+
+
+def test_the_driver_removes_the_placement_group_an_ended_trial_named(ray_session, capsys):
+    """A stopped trial's Ray Train run may leave its worker group's placement group behind (its
+    cleaner needs the dashboard's state API; a controller in shutdown has dismissed it). The
+    driver's callback removes every group the trial's reports named once the trial ends, says
+    so, and leaves a group that is already gone alone."""
+    from ray.util.placement_group import placement_group, placement_group_table
+
+    from facegen_ray.tune.placement import PLACEMENT_GROUP_KEY, ReleasePlacementGroups
+
+    left = placement_group([{"CPU": 1.0}])
+    assert left.wait(60)
+    gone = placement_group([{"CPU": 1.0}])
+    assert gone.wait(60)
+    cb = ReleasePlacementGroups()
+    trial = _Trial("t1")
+    cb.on_trial_result(0, [], trial, {"images_seen": 40, PLACEMENT_GROUP_KEY: left.id.hex()})
+    cb.on_trial_result(0, [], trial, {"images_seen": 80})  # reports without the key change nothing
+    cb.on_trial_result(0, [], _Trial("t2"), {PLACEMENT_GROUP_KEY: gone.id.hex()})
+    # resume: the names travel in Tune's callback checkpoint
+    cb2 = ReleasePlacementGroups()
+    cb2.set_state(pickle.loads(pickle.dumps(cb.get_state())))
+    assert cb2.named == {"t1": {left.id.hex()}, "t2": {gone.id.hex()}}
+
+    cb2.on_trial_complete(0, [], trial)
+    assert placement_group_table(left)["state"] == "REMOVED"
+    assert placement_group_table(gone)["state"] == "CREATED"  # another trial's: untouched
+    assert "trial t1: removed the placement group its ended run left (1 CPU)" in capsys.readouterr().out
+
+    from ray.util.placement_group import remove_placement_group
+
+    remove_placement_group(gone)  # Ray Train removed it itself: nothing to do, nothing printed
+    cb2.on_trial_error(0, [], _Trial("t2"))
+    assert "removed" not in capsys.readouterr().out and cb2.named == {}

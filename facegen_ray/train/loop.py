@@ -114,6 +114,20 @@ def what_is_due(
     return due
 
 
+# rank 0 names its worker group's placement group in every report; a sweep's driver removes it
+# when the trial ends if Ray Train could not (tune/placement.py)
+PLACEMENT_GROUP_KEY = "placement_group"
+
+
+def _placement_group_tag(rank: int) -> dict[str, str]:
+    if rank != 0:
+        return {}
+    from ray.util import get_current_placement_group
+
+    pg = get_current_placement_group()
+    return {PLACEMENT_GROUP_KEY: pg.id.hex()} if pg is not None else {}
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     """Ray Train entry point. config: {"cfg": FacegenConfig dump, "run_uri": str,
     "dataset_uri": str (the dataset the run reads; periodic FID's reals),
@@ -135,6 +149,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     gan = GANSteps(cfg, device, world=world_size())
     faults = FaultHooks.from_config(config, rank)
     node_ip = ray.util.get_node_ip_address()
+    pg_tag = _placement_group_tag(rank)
     print(
         f"[facegen] rank {rank}/{world} on node {node_ip} (gloo interface {os.environ.get('GLOO_SOCKET_IFNAME') or 'default'})",
         flush=True,
@@ -223,7 +238,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
                 rep.write_loss_curves(storage, run_uri, history)
         with tempfile.TemporaryDirectory(prefix="facegen-ckpt-") as tmp:
             save_checkpoint(tmp, rank, state, meta)
-            metrics = {**(history[-1] if history else {}), **counters.as_dict(), "checkpoint": True, "final": final}
+            metrics = {
+                **(history[-1] if history else {}),
+                **counters.as_dict(),
+                "checkpoint": True,
+                "final": final,
+                **pg_tag,
+            }
             ray.train.report(
                 metrics,
                 checkpoint=ray.train.Checkpoint.from_directory(tmp),
@@ -305,7 +326,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
                 last_ckpt = counters.images_seen
                 ckpt_s = time.perf_counter() - t_ckpt
             else:
-                ray.train.report(dict(entry))
+                ray.train.report({**entry, **pg_tag})
             window = LogWindow(started=time.perf_counter(), images_at_start=counters.images_seen, checkpoint_s=ckpt_s)
 
         faults.after_iteration(counters.images_seen, last_ckpt)  # crash tests only

@@ -60,20 +60,9 @@ TRIAL_DRIVER_RESOURCES = {"cpu": 0, "memory": 2**20, "node:__internal_head__": 0
 TRIAL_RETRIES = 1  # a trial restarted from its own checkpoint once when its driver fails
 SWEEP_FILE = "sweep.json"
 # what the trial driver keeps of a rank-0 report (the rest is per-step detail)
-REPORT_KEYS = (
-    "images_seen",
-    "stage",
-    "resolution",
-    "alpha",
-    "d_loss",
-    "g_loss",
-    "fid",
-    "kid",
-    "kid_std",
-    "eval_num_gen",
-    "eval_num_real",
-    "eval_s",
-    "final",
+REPORT_KEYS = (  # "placement_group": removed by the driver when the trial ends (tune/placement.py)
+    *("images_seen", "stage", "resolution", "alpha", "d_loss", "g_loss", "fid", "kid", "kid_std"),
+    *("eval_num_gen", "eval_num_real", "eval_s", "final", "placement_group"),
 )
 
 
@@ -305,6 +294,7 @@ def _fit_sweep(
 
     from facegen_ray.metrics.evaluate import reference_features
     from facegen_ray.tune.asha import RungState, carry_rung_state
+    from facegen_ray.tune.placement import ReleasePlacementGroups, ensure_release_callback
 
     max_conc = concurrency(sweep, ray.cluster_resources())
 
@@ -348,6 +338,7 @@ def _fit_sweep(
             CSVLoggerCallback(),
             *filter(None, [trials_bar_callback(sweep.num_trials(), sweep.spec.metric)]),
             *([RungState(scheduler)] if scheduler is not None else []),  # rungs survive --resume
+            ReleasePlacementGroups(),  # what a stopped trial's Ray Train run could not remove
         ],
         verbose=1,
     )
@@ -367,6 +358,7 @@ def _fit_sweep(
             storage_filesystem=fs,
         )
         carry_rung_state(tuner)
+        ensure_release_callback(tuner)
     else:
         tuner = tune.Tuner(
             trainable,
