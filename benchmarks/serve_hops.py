@@ -86,7 +86,6 @@ def build_app(shape: tuple[int, ...]):
             rtts: list[float] = []
             sizes: list[int] = []
             queue: asyncio.Queue = asyncio.Queue()
-            stop = time.perf_counter() + seconds
 
             async def batch_loop() -> None:
                 while True:
@@ -101,7 +100,7 @@ def build_app(shape: tuple[int, ...]):
 
             async def client(k: int) -> None:
                 seed = k
-                while time.perf_counter() < stop:
+                while True:  # at least one item per client
                     t0 = time.perf_counter()
                     if mode == "per_request":
                         await self.hop.one.remote(seed)
@@ -111,11 +110,14 @@ def build_app(shape: tuple[int, ...]):
                         await fut
                     rtts.append(time.perf_counter() - t0)
                     seed += clients
+                    if time.perf_counter() >= stop:
+                        break
 
             loop_task = asyncio.create_task(batch_loop()) if mode == "micro_batch" else None
             for _ in range(20):  # warm-up: first calls set up the handle's routing
                 await self.hop.one.remote(0)
             t0 = time.perf_counter()
+            stop = t0 + seconds
             await asyncio.gather(*(client(k) for k in range(clients)))
             wall = time.perf_counter() - t0
             if loop_task is not None:

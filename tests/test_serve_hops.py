@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,9 +32,27 @@ def test_reply_shapes():
     assert mod.reply_shape("token") == (32,)
 
 
-def test_both_paths_answer_every_item(capsys):
-    assert _load().main(["--clients", "1,8", "--seconds", "0.5", "--sizes", "16"]) == 0
-    recs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+def test_both_paths_answer_every_item():
+    """Run as its own process: it starts (and shuts down) a Ray and Serve of its own, which must
+    not meet the test session's."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "serve_hops.py"),
+            "--clients",
+            "1,8",
+            "--seconds",
+            "0.5",
+            "--sizes",
+            "16",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    recs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert [(r["mode"], r["clients"]) for r in recs] == [
         ("per_request", 1),
         ("micro_batch", 1),
