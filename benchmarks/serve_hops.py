@@ -30,7 +30,6 @@ import asyncio
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -39,18 +38,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()}-core {cpu}, no GPU"
+from batcher import machine  # noqa: E402  (benchmarks/batcher.py: CPU model, cores, no GPU)
 
 
 def reply_shape(size: str) -> tuple[int, ...]:
