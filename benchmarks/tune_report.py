@@ -3,7 +3,14 @@
     python benchmarks/tune_report.py <root>/tune/<name>/results.json \
         --plot docs/tune/cpu-32-search.png --table docs/tune/cpu-32-search.md
 
-Reads the results.json that `facegen tune` writes (a local path or URI). The plot draws FID vs
+Reads the results.json that `facegen tune` writes (a local path or URI). A sweep that has not
+finished has none: `--sweep FILE --root ROOT` in place of results.json reads the trials recorded
+so far from the experiment folder (Tune's own records, read offline: nothing is started) and
+builds the same rows (`--write-snapshot PATH` keeps them as JSON):
+
+    python benchmarks/tune_report.py --sweep tune_configs/cpu-32-search.yaml --root <root> \
+        --plot … --table … --write-snapshot docs/tune/cpu-32-search-snapshot.json
+ The plot draws FID vs
 images for every trial: finished trials solid, trials ASHA stopped dashed and ending in an x,
 the sweep's start point (trial 1, the hand-set default) in black. The table lists each trial's
 status, FID at every evaluation point, CPU-minutes and its sampled settings. Prints one JSON line
@@ -47,12 +54,14 @@ def trial_order(summary: dict[str, Any]) -> list[dict[str, Any]]:
 def markdown_table(summary: dict[str, Any]) -> str:
     metric = summary["metric"]
     trials = trial_order(summary)
-    rungs = sorted({e["images_seen"] for r in trials for e in r["evals"]})
+    # an evaluation falls due at the first step past its point (40,032 images at batch 64): one
+    # column per thousand images
+    rungs = sorted({round(e["images_seen"] / 1000) for r in trials for e in r["evals"]})
     keys = sorted({k for r in trials for k in r["params"]})
-    head = ["#", "trial", "rank", "status", *[f"{metric} @{n // 1000}k" for n in rungs], "CPU-min", *map(_short, keys)]
+    head = ["#", "trial", "rank", "status", *[f"{metric} @{n}k" for n in rungs], "CPU-min", *map(_short, keys)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, r in enumerate(trials, 1):
-        at = {e["images_seen"]: e[metric] for e in r["evals"]}
+        at = {round(e["images_seen"] / 1000): e[metric] for e in r["evals"]}
         cells = [
             str(i),
             r["trial_id"],
@@ -67,9 +76,10 @@ def markdown_table(summary: dict[str, Any]) -> str:
     lines.append("")
     lines.append(
         f"{summary['num_trials']} trials ({summary['num_finished']} finished, {summary['num_stopped']} stopped, "
-        f"{summary['num_errors']} errors); spent {_minutes(b.get('cpu_minutes'))} CPU-minutes, "
-        f"{b.get('images', 0):,} images; {metric} of {summary.get('num_gen')} generated vs "
-        f"{summary.get('num_real')} reals."
+        + (f"{summary['num_unfinished']} unfinished, " if summary.get("num_unfinished") else "")
+        + f"{summary['num_errors']} errors); spent {_minutes(b.get('cpu_minutes'))} CPU-minutes, "
+        + f"{b.get('images', 0):,} images; {metric} of {summary.get('num_gen')} generated vs "
+        + f"{summary.get('num_real')} reals."
     )
     return "\n".join(lines) + "\n"
 
@@ -105,9 +115,41 @@ def plot(summary: dict[str, Any], out: str, title: str) -> None:
     plt.close(fig)
 
 
+def snapshot(sweep_file: str, root: str | None) -> dict[str, Any]:
+    """The summary `facegen tune` would write, from the trials Tune has recorded so far."""
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    from facegen_ray.storage import Layout, Storage
+    from facegen_ray.tune.results import summarize, trial_row
+    from facegen_ray.tune.runner import trial_resources
+    from facegen_ray.tune.spec import load_sweep
+
+    sweep = load_sweep(sweep_file, root=root)
+    exp_uri = Layout(sweep.base_cfg.storage.root).tune(sweep.name)
+    if not Storage().exists(exp_uri):
+        raise SystemExit(f"tune_report: no experiment at {exp_uri}")
+    grid = ResultGrid(ExperimentAnalysis(exp_uri))
+    cpus = trial_resources(sweep)["CPU"]
+    rows = [trial_row(r, sweep, exp_uri, cpus) for r in grid]
+    summary = summarize(rows, sweep, exp_uri, num_gen=sweep.base_cfg.eval.num_gen)
+    summary["num_real"] = sweep.base_cfg.eval.num_real
+    # Tune's saved state says which trials were still running or waiting when it last wrote
+    states = {t.trial_id: t.status for t in ExperimentAnalysis(exp_uri).trials}
+    for r in summary["trials"]:
+        if states.get(r["trial_id"]) in ("RUNNING", "PENDING", "PAUSED"):
+            r["status"] = "unfinished"
+    summary["num_stopped"] = sum(r["status"] == "stopped" for r in summary["trials"])
+    summary["num_unfinished"] = sum(r["status"] == "unfinished" for r in summary["trials"])
+    summary["snapshot"] = True
+    return summary
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("results", help="results.json of a sweep (path or URI)")
+    ap.add_argument("results", nargs="?", help="results.json of a sweep (path or URI)")
+    ap.add_argument("--sweep", default=None, help="instead of results.json: the sweep file of a sweep in progress")
+    ap.add_argument("--root", default=None, help="with --sweep: the storage root it runs under")
+    ap.add_argument("--write-snapshot", default=None, help="with --sweep: write the rows read as JSON")
     ap.add_argument("--plot", default=None, help="PNG to write")
     ap.add_argument("--table", default=None, help="Markdown file to write")
     ap.add_argument("--title", default=None)
@@ -115,7 +157,12 @@ def main() -> None:
 
     from facegen_ray.storage import Storage
 
-    summary = Storage().read_json(args.results)
+    if (args.results is None) == (args.sweep is None):
+        ap.error("give results.json or --sweep FILE (with --root), not both")
+    summary = snapshot(args.sweep, args.root) if args.sweep else Storage().read_json(args.results)
+    if args.write_snapshot:
+        with open(args.write_snapshot, "w") as f:
+            json.dump(summary, f, indent=1, default=str)
     if args.plot:
         plot(summary, args.plot, args.title or f"sweep {summary['sweep']}: {summary['metric']} vs images, every trial")
     if args.table:

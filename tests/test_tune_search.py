@@ -229,6 +229,28 @@ def test_budget_counts_cpu_minutes_and_images_per_trial():
     assert table.splitlines()[-1] == "spent: 80 CPU-minutes, 160,000 images trained over 2 trials"
 
 
+def test_a_resumed_trial_keeps_the_evaluations_before_its_resume(tmp_path):
+    """Tune restarts a resumed trial's records (no Tune checkpoint: the run resumes from its own
+    Train checkpoint), so Tune's dataframe lacks what came before; the run's history.json has
+    every evaluation, and the row takes them from there."""
+    import json as _json
+
+    from facegen_ray.tune.results import trial_row
+
+    s = load_sweep(SEARCH, root=str(tmp_path))
+    exp = str(tmp_path / "tune" / "cpu-32-search")
+    run = Path(exp) / "runs" / "t1"
+    run.mkdir(parents=True)
+    history = [{"images_seen": 20_000}, {"images_seen": 40_000, "fid": 84.4}, {"images_seen": 80_000, "fid": 56.9}]
+    history.append({"images_seen": 120_000, "fid": 38.8})
+    run.joinpath("history.json").write_text(_json.dumps(history))
+    row = trial_row(_result("t1", [(80_000, 56.9), (120_000, 38.8)], 600.0), s, exp, 2.0)
+    assert [(e["images_seen"], e["fid"]) for e in row["evals"]] == [(40_000, 84.4), (80_000, 56.9), (120_000, 38.8)]
+    assert row["fid"] == 38.8 and row["best_fid"] == 38.8
+    # no run folder (a trial that never started training): Tune's records as they are
+    assert len(trial_row(_result("t2", [(40_000, 99.0)], 60.0), s, exp, 2.0)["evals"]) == 1
+
+
 def test_tune_report_writes_every_trial_at_every_rung(tmp_path):
     """benchmarks/tune_report.py: one table row per trial in start order with its FID at each
     rung (blank where it was stopped), the budget line, and a plot file."""

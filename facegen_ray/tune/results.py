@@ -38,6 +38,14 @@ def trial_row(result, sweep: Sweep, exp_uri: str, cpus_per_trial: float = 1.0) -
                 evals.append({"images_seen": int(rec.get("images_seen", 0)), metric: float(rec[metric])})
     elif metric in last:
         evals.append({"images_seen": int(last.get("images_seen", 0)), metric: float(last[metric])})
+    # Tune starts a resumed trial's records afresh (its function trainable has no Tune checkpoint);
+    # the run's own history, restored from its Train checkpoint, has every evaluation
+    history = _run_history(sweep, join(exp_uri, "runs", trial_id))
+    from_run = [
+        {"images_seen": int(h["images_seen"]), metric: float(h[metric])} for h in history if h.get(metric) is not None
+    ]
+    if len(from_run) > len(evals):
+        evals = from_run
     try:
         total = trial_config(sweep.base, sweep.paths, params).train.total_images
     except Exception:  # noqa: BLE001 - an invalid sample shows up as the trial's error
@@ -74,6 +82,14 @@ def trial_row(result, sweep: Sweep, exp_uri: str, cpus_per_trial: float = 1.0) -
         # reserved CPUs x wall time (training, evaluations and start-up, across resumes)
         row["cpu_minutes"] = round(float(last["time_total_s"]) * cpus_per_trial / 60.0, 1)
     return row
+
+
+def _run_history(sweep: Sweep, run_uri: str) -> list[dict[str, Any]]:
+    try:
+        history = Storage(sweep.base_cfg.storage).read_json(join(run_uri, "history.json"))
+    except Exception:  # noqa: BLE001 - no run folder (a trial that never started): Tune's records only
+        return []
+    return history if isinstance(history, list) else []
 
 
 def _error_line(error: BaseException | None) -> str | None:
