@@ -26,8 +26,9 @@ dismissed its placement-group cleaner and is killed before it removes the worker
 placement group. Those CPUs stay reserved for the life of the cluster; on the 2-core sweep the
 next trial's workers then never started (2026-12-06: trial 1 ended at max_t, trial 2 waited for
 CPUs that a dead run held). A report with `final` set comes from a run that is ending by itself,
-so the scheduler lets it end. Stops at earlier rungs kill a running controller, whose cleaner
-then removes the placement group (tests/test_tune.py checks that none is left).
+so the scheduler lets it end. A stop at an earlier rung kills a running controller; the group
+it leaves is removed by the sweep's driver (tune/placement.py; tests/test_tune.py checks that
+none is left).
 """
 
 from __future__ import annotations

@@ -3,11 +3,11 @@
 A trial's Ray Train controller creates the placement group its workers run in and removes it
 when the run ends. Placement groups are owned by the job (the sweep's driver), not by the actor
 that created them, so when Tune ends a trial from outside — ASHA stopping it at a rung, a failed
-trial driver that Tune retries — only Ray Train's PlacementGroupCleaner is left to remove it, and
-that helper finds a dead controller through Ray's state API: on a cluster started without the
-dashboard it never does, and a controller that had begun its own shutdown has already dismissed
-it (asha.py: a trial stopped at max_t). The reserved CPUs then stay reserved until the cluster
-stops, and on a small cluster the next trial's workers never start.
+trial driver that Tune retries — only Ray Train's PlacementGroupCleaner is left to remove it. It
+did not, on the 2-core sweep of 2026-12-06 (a trial stopped at its 40k rung; the cluster had its
+dashboard; why the cleaner missed it was not found), and a controller that has begun its own
+shutdown has dismissed it already (asha.py: a trial stopped at max_t). Its CPUs then stay
+reserved until the cluster stops, and on a small cluster the next trial's workers never start.
 
 So rank 0 names its worker group's placement group in its reports (train/loop.py,
 PLACEMENT_GROUP_KEY), and ReleasePlacementGroups — a Tune callback on the
