@@ -9,9 +9,9 @@ so far from the experiment folder (Tune's own records, read offline: nothing is 
 builds the same rows (`--write-snapshot PATH` keeps them as JSON):
 
     python benchmarks/tune_report.py --sweep tune_configs/cpu-32-search.yaml --root <root> \
-        --plot … --table … --write-snapshot docs/tune/cpu-32-search-snapshot.json
- The plot draws FID vs
-images for every trial: finished trials solid, trials ASHA stopped dashed and ending in an x,
+        --plot … --table … --write-snapshot <out>/snapshot.json
+
+The plot draws FID vs images for every trial: finished trials solid, trials ASHA stopped dashed and ending in an x,
 the sweep's start point (trial 1, the hand-set default) in black. The table lists each trial's
 status, FID at every evaluation point, CPU-minutes and its sampled settings. Prints one JSON line
 (best trial and its settings as --set arguments, budget, files written).
@@ -128,18 +128,17 @@ def snapshot(sweep_file: str, root: str | None) -> dict[str, Any]:
     exp_uri = Layout(sweep.base_cfg.storage.root).tune(sweep.name)
     if not Storage().exists(exp_uri):
         raise SystemExit(f"tune_report: no experiment at {exp_uri}")
-    grid = ResultGrid(ExperimentAnalysis(exp_uri))
+    analysis = ExperimentAnalysis(exp_uri)
     cpus = trial_resources(sweep)["CPU"]
-    rows = [trial_row(r, sweep, exp_uri, cpus) for r in grid]
-    summary = summarize(rows, sweep, exp_uri, num_gen=sweep.base_cfg.eval.num_gen)
-    summary["num_real"] = sweep.base_cfg.eval.num_real
+    rows = [trial_row(r, sweep, exp_uri, cpus) for r in ResultGrid(analysis)]
     # Tune's saved state says which trials were still running or waiting when it last wrote
-    states = {t.trial_id: t.status for t in ExperimentAnalysis(exp_uri).trials}
-    for r in summary["trials"]:
+    states = {t.trial_id: t.status for t in analysis.trials}
+    for r in rows:
         if states.get(r["trial_id"]) in ("RUNNING", "PENDING", "PAUSED"):
             r["status"] = "unfinished"
-    summary["num_stopped"] = sum(r["status"] == "stopped" for r in summary["trials"])
-    summary["num_unfinished"] = sum(r["status"] == "unfinished" for r in summary["trials"])
+    summary = summarize(rows, sweep, exp_uri, num_gen=sweep.base_cfg.eval.num_gen)
+    summary["num_real"] = sweep.base_cfg.eval.num_real
+    summary["num_unfinished"] = sum(r["status"] == "unfinished" for r in rows)
     summary["snapshot"] = True
     return summary
 
