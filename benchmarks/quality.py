@@ -84,18 +84,47 @@ def main() -> None:
     ap.add_argument("--startup-s", type=float, default=30.0, help="--time-boxed: facegen train's start-up and export")
     ap.add_argument("--out", default=None, help="default <root>/quality")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
+    ap.add_argument(
+        "--run-name",
+        default=None,
+        help="training run under <root>/runs/ (default: the config's run_name + '-' + the --out folder's name, "
+        "so runs sharing a --root, and its prepared dataset and real-image statistics, never share a checkpoint)",
+    )
     args = ap.parse_args()
+    if any(s.split("=", 1)[0].strip() == "train.run_name" for s in args.set):
+        ap.error("set the run with --run-name, not --set train.run_name")
 
     with open(args.config) as f:
         cfg = yaml.safe_load(f)
     res = int(cfg["data"]["resolution"])
-    run_name = cfg["train"]["run_name"]
     root = os.path.abspath(args.root)
     out = os.path.abspath(args.out or os.path.join(root, "quality"))
+    state_file = os.path.join(out, "state.json")
+    previous = None
+    if os.path.exists(state_file):
+        with open(state_file) as f:
+            previous = json.load(f)
+    # a continued benchmark keeps its run (state files before --run-name trained the config's own)
+    run_name = (
+        (previous.get("run_name") or cfg["train"]["run_name"])
+        if previous is not None
+        else (args.run_name or f"{cfg['train']['run_name']}-{os.path.basename(out)}")
+    )
+    if previous is None and os.path.exists(os.path.join(root, "runs", run_name)):
+        ap.error(
+            f"{os.path.join(root, 'runs', run_name)} already holds a run, and {state_file} does not exist: "
+            "a fresh benchmark would resume someone else's training; use another --out or --run-name"
+        )
     os.makedirs(out, exist_ok=True)
     dataset = os.path.join(root, "datasets", "faces")
     model_dir = os.path.join(root, "runs", run_name, "model")
-    common = ["--config", args.config, "--root", root, *sum((["--set", s] for s in args.set), [])]
+    common = [
+        "--config",
+        args.config,
+        "--root",
+        root,
+        *sum((["--set", s] for s in [f"train.run_name={run_name}", *args.set]), []),
+    ]
     eval_at = sorted(float(x) for x in args.eval_at.split(","))
     if eval_at[-1] < args.minutes:
         eval_at.append(args.minutes)
@@ -110,16 +139,15 @@ def main() -> None:
     def resolution_at(n_images: int) -> int:
         return schedule.at(n_images).resolution
 
-    state_file = os.path.join(out, "state.json")
     state = {
         "segments": [],
         "evals": [],
         "config": args.config,
+        "run_name": run_name,
         "started": dt.datetime.now().isoformat(timespec="seconds"),
     }
-    if os.path.exists(state_file):
-        with open(state_file) as f:
-            state = json.load(f)
+    if previous is not None:
+        state = previous
         log(f"continuing from {state_file}: {len(state['segments'])} segments, {len(state['evals'])} evaluations")
 
     def save() -> None:
