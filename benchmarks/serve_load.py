@@ -178,11 +178,17 @@ def _batch_delta(before: dict, after: dict) -> dict:
     """Images per batch the replica ran between two batch_stats() answers."""
     n = after["batches"] - before["batches"]
     sizes = after["sizes"][-n:] if n > 0 else []
+    # requests per handle call (1: a call of its own; more: an ingress micro-batch, serve/hop.py)
+    k = after.get("calls", 0) - before.get("calls", 0)
+    calls = after.get("call_sizes", [])[-k:] if k > 0 else []
     return {
         "batches": n,
         "batch_images_p50": _pct(sizes, 50) if sizes else None,
         "batch_images_mean": round(statistics.mean(sizes), 2) if sizes else None,
         "batch_images_max": max(sizes) if sizes else None,
+        "calls": len(calls),
+        "call_requests_mean": round(statistics.mean(calls), 2) if calls else None,
+        "call_requests_max": max(calls) if calls else None,
     }
 
 

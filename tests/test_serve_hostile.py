@@ -67,7 +67,11 @@ class InProcessGenerator:
     def __init__(self, model: gen.LoadedModel) -> None:
         self.model = model
         self.render = _Method(self._render)
+        self.render_many = _Method(self._render_many)  # the ingress's micro-batched calls (serve/hop.py)
         self.info = _Method(self._info)
+
+    async def _render_many(self, reqs: list[RenderRequest]) -> list[RenderResult]:
+        return [await self._render(r) for r in reqs]
 
     async def _render(self, req: RenderRequest) -> RenderResult:
         if req.attributes is not None:

@@ -112,3 +112,37 @@ def test_fake_forward_ms_is_validated_strictly():
     for bad in ["45", "45+n", "n+45", "-1+2n", "1+2n+3", "45 + 23.5 ms"]:
         with pytest.raises(ConfigError, match="fake_forward_ms"):
             load_config(None, [f"serve.fake_forward_ms={bad}"])
+
+
+def test_a_micro_batched_call_answers_each_request_and_the_images_waiting_are_reported(model_dir):
+    """render_many (the ingress's micro-batch, serve/hop.py): each request answered in order as
+    if it had come alone; record_autoscaling_stats counts the images queued or rendering
+    (serve/autoscale.py scales on it), not the calls."""
+
+    async def main():
+        rep = _replica(model_dir, fake_forward_ms="300+0n")  # long enough to queue behind
+        idle = await rep.record_autoscaling_stats()
+        first = asyncio.ensure_future(rep.render(RenderRequest((1, 2, 3), 0.7)))  # 3 images running
+        while rep.batcher.queued() or not rep.batcher.images_in_flight():
+            await asyncio.sleep(0.001)
+        many = asyncio.ensure_future(
+            rep.render_many(
+                [RenderRequest((4,), 0.7), RenderRequest((5, 6), 0.7), RenderRequest((7,), 0.7, {"age": 3})]
+            )
+        )
+        while rep.batcher.queued() < 3:
+            await asyncio.sleep(0.001)
+        busy = await rep.record_autoscaling_stats()
+        out = [await first, *(await many)]
+        after = await rep.record_autoscaling_stats()
+        stats = await rep.batch_stats()
+        await rep.batcher.close()
+        return idle, busy, after, out, stats
+
+    idle, busy, after, out, stats = asyncio.run(main())
+    assert idle == after == {"images_in_flight": 0.0}
+    assert busy == {"images_in_flight": 7.0}  # 3 rendering + 1 + 2 + 1 queued, in one call
+    assert [r.ok for r in out] == [True, True, True, False] and out[3].status == 422
+    assert [r.images.shape[0] for r in out[:3]] == [3, 1, 2]
+    assert np.array_equal(out[2].images, fake_images([5, 6], 16))
+    assert stats["call_sizes"] == [1, 3] and stats["calls"] == 2 and stats["sizes"] == [3, 4]

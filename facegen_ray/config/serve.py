@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from facegen_ray.config.base import ADMIN_TOKEN_ENV, _Section
 
 MIN_ADMIN_TOKEN_CHARS = 32  # a shorter admin token is refused at start (guessable)
+CALLS_PER_REPLICA = 8  # default render calls per generator replica one ingress keeps outstanding (serve/hop.py)
 
 
 class RateSpec(_Section):
@@ -42,8 +43,9 @@ class ServeConfig(_Section):
     target_ongoing_requests: float = Field(
         default=64.0,
         gt=0,
-        description="autoscaling target per generator replica: about one full batch in flight (the continuous "
-        "batcher needs a backlog to batch; a lower target asks for replicas the GPUs cannot hold)",
+        description="autoscaling target per generator replica, in images queued or rendering there "
+        "(serve/autoscale.py): about one full batch (the continuous batcher needs a backlog to batch; "
+        "a lower target asks for replicas the GPUs cannot hold)",
     )
     upscale_delay_s: float = Field(default=10.0, ge=0)
     downscale_delay_s: float = Field(default=120.0, ge=0)
@@ -89,6 +91,18 @@ class ServeConfig(_Section):
     ingress_replicas: int = Field(default=1, ge=1)
     ingress_num_cpus: float = Field(default=0.5, ge=0)
     ingress_max_ongoing_requests: int = Field(default=256, ge=1)
+    ingress_micro_batch: bool = Field(
+        default=True,
+        description="each ingress replica sends the generator one call per micro-batch of the requests waiting "
+        "for a call slot (serve/hop.py); off: one call per request",
+    )
+    ingress_calls_in_flight: int | None = Field(
+        default=None,
+        ge=1,
+        description="render calls one ingress replica keeps outstanding (micro-batching); default "
+        "CALLS_PER_REPLICA x max_replicas: enough calls queued at each generator replica that its batch "
+        "is still everything waiting (docs/serving.md: 2 per replica halved the batch)",
+    )
     image_format_quality: int = Field(default=95, ge=50, le=100, description="JPEG quality of served images")
     model_poll_interval_s: float = Field(default=1.0, gt=0, description="how often replicas check the model pointer")
     reload_timeout_s: float = Field(default=300.0, gt=0, description="admin reload waits this long for every replica")
@@ -120,6 +134,10 @@ class ServeConfig(_Section):
         default=False,
         description="admin reload may name model URIs outside storage.root (off: registry versions and URIs under it)",
     )
+
+    def calls_in_flight(self) -> int:
+        """Outstanding render calls per ingress replica (serve.ingress_calls_in_flight or its default)."""
+        return self.ingress_calls_in_flight or CALLS_PER_REPLICA * self.max_replicas
 
     @field_validator("fake_forward_ms")
     @classmethod

@@ -35,6 +35,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, mo
 from facegen_ray.config import FacegenConfig, ServeConfig, load_config
 from facegen_ray.config.serve import MIN_ADMIN_TOKEN_CHARS
 from facegen_ray.errors import UserError
+from facegen_ray.serve.autoscale import POLICY_FUNCTION
 from facegen_ray.serve.http_input import _token_digest
 from facegen_ray.serve.identity import secret_from_env
 from facegen_ray.serve.ingress import INGRESS_NAME, FacegenIngress
@@ -132,6 +133,8 @@ def autoscaling_config(sc: ServeConfig) -> dict[str, Any]:
         "target_ongoing_requests": sc.target_ongoing_requests,
         "upscale_delay_s": sc.upscale_delay_s,
         "downscale_delay_s": sc.downscale_delay_s,
+        # replicas follow the images waiting, not the (micro-batched) calls
+        "policy": {"policy_function": POLICY_FUNCTION},
     }
     if sc.initial_replicas is not None:
         out["initial_replicas"] = sc.initial_replicas

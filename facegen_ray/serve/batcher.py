@@ -88,6 +88,7 @@ class ContinuousBatcher(Generic[T, R]):
         self.stats = BatchStats()
         self._queue: collections.deque[_Waiting] = collections.deque()
         self._queued_images = 0
+        self._running_images = 0
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
@@ -101,6 +102,10 @@ class ContinuousBatcher(Generic[T, R]):
 
     def queued_images(self) -> int:
         return self._queued_images
+
+    def images_in_flight(self) -> int:
+        """Images queued plus those of the batch running now (what an autoscaler should count)."""
+        return self._queued_images + self._running_images
 
     def set_max_batch_size(self, n: int) -> None:
         if int(n) < 1:
@@ -158,6 +163,7 @@ class ContinuousBatcher(Generic[T, R]):
                 continue
             self.stats.add(images, self._queued_images)
             items = [w.item for w in batch]
+            self._running_images = images
             try:
                 results = await loop.run_in_executor(self._executor, self.forward, items)
                 if len(results) != len(batch):
@@ -172,6 +178,8 @@ class ContinuousBatcher(Generic[T, R]):
                     if not w.future.done():
                         w.future.set_exception(e)
                 continue
+            finally:
+                self._running_images = 0
             for w, r in zip(batch, results):
                 if not w.future.done():
                     w.future.set_result(r)

@@ -3,8 +3,9 @@ feedback store, the feedback page, the pairwise comparison page and the admin ro
 
     HTTP ──► FacegenIngress   /generate /feedback / /healthz /admin/reload /admin/promote
                               /compare (page + votes) /compare/pairs /admin/compare[/start|/stop]
-               │  handle.render.remote(RenderRequest)  (serve/replica.py: GeneratorDeployment;
-               │  handle.render_version.remote(...)     serve/messages.py; a /compare pair: a version)
+               │  handle.render[_many].remote(...)     (serve/replica.py: GeneratorDeployment;
+               │    micro-batched by serve/hop.py       serve/messages.py)
+               │  handle.render_version.remote(...)     (a /compare pair: a given version)
                │  state.set_target / replicas          (serve/model_state.py: ModelState)
 
 Feedback, pairs and votes need a rater (a session cookie or the proxy's header) and every
@@ -32,8 +33,9 @@ from facegen_ray.errors import UserError
 from facegen_ray.models.latent import MAX_EDIT_STRENGTH, Control
 from facegen_ray.serve import generation as gen
 from facegen_ray.serve.admin_routes import AdminRoutes
+from facegen_ray.serve.hop import CallBatcher
 from facegen_ray.serve.http_input import admin_digest, parse_json_body, validation_detail
-from facegen_ray.serve.messages import ModelRef, RenderRequest
+from facegen_ray.serve.messages import ModelRef, RenderRequest, server_timing
 from facegen_ray.serve.openapi_doc import _BINARY, _IDEMPOTENCY_KEY, _errors, _json_body, _query_params, api
 from facegen_ray.serve.ratelimit import LocalGuard
 from facegen_ray.serve.schemas import (
@@ -55,26 +57,6 @@ from facegen_ray.storage import Storage
 log = logging.getLogger("ray.serve")
 
 INGRESS_NAME = "FacegenIngress"
-
-
-def server_timing(call_s: float, record_s: float, replica: dict[str, float] | None) -> str:
-    """The Server-Timing header of a generated response (ms; browsers' dev tools show it, and
-    benchmarks/serve_load.py splits latency with it): `hop` (the handle call to the generator
-    replica and back, Ray's part), `queue` (in the replica before its batch ran: the batch wait
-    and earlier batches), `forward` (the batch's generator pass), `record` (PNG encoding with
-    provenance and the durable image record). Without the replica's split: `generator` + `record`."""
-    parts: list[tuple[str, float]]
-    if replica and "replica_s" in replica:
-        fwd = float(replica.get("forward_s", 0.0))
-        parts = [
-            ("hop", call_s - float(replica["replica_s"])),
-            ("queue", float(replica["replica_s"]) - fwd),
-            ("forward", fwd),
-        ]
-    else:
-        parts = [("generator", call_s)]
-    parts.append(("record", record_s))
-    return ", ".join(f"{name};dur={max(0.0, v) * 1000:.2f}" for name, v in parts)
 
 
 class Ingress(SessionRoutes, AdminRoutes):
@@ -107,6 +89,7 @@ class Ingress(SessionRoutes, AdminRoutes):
         # in this process (tests driving the app in process)
         self.guard = guard if guard is not None else LocalGuard(serve_cfg)
         self._init_sessions()
+        self.hop: CallBatcher | None = None  # serve/hop.py: micro-batched render calls (created on first use)
 
     # ---- helpers
     async def _body(self, request: Request, model: type[BaseModel]) -> Any:
@@ -137,14 +120,29 @@ class Ingress(SessionRoutes, AdminRoutes):
             item.update(item["control"])
         req = RenderRequest(item["seeds"], psi, attributes, item.get("control"))
         t0 = time.perf_counter()
-        res = await self.generator.render.remote(req)
+        res, slot_s = await self._call_render(req)
         t1 = time.perf_counter()
         if not res.ok:
             raise HTTPException(res.status, res.error)
         model = res.model
         out = await asyncio.to_thread(self._record, model, item, res.images, res.conditions, fmt)
         timing = {"replica_s": res.timing.replica_s, "forward_s": res.timing.forward_s} if res.timing else None
-        return model, out, server_timing(t1 - t0, time.perf_counter() - t1, timing)
+        return model, out, server_timing(t1 - t0, time.perf_counter() - t1, timing, slot_s)
+
+    async def _call_render(self, req: RenderRequest) -> tuple[Any, float]:
+        """(RenderResult, seconds waited for a call slot): through the micro-batching hop, or one
+        call per request with serve.ingress_micro_batch off."""
+        if not self.cfg.ingress_micro_batch:
+            return await self.generator.render.remote(req), 0.0
+        if self.hop is None:
+            self.hop = CallBatcher(
+                self.generator.render.remote,
+                self.generator.render_many.remote,
+                max_in_flight=self.cfg.calls_in_flight(),
+                max_items=self.cfg.max_batch_size,
+                size_of=lambda r: r.images,
+            )
+        return await self.hop.submit_timed(req)
 
     def _record(self, model: dict, item: dict, images, conditions, fmt: str) -> list[tuple[str, int, bytes]]:
         out = []

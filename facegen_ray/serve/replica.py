@@ -2,6 +2,10 @@
 
     ModelState (serve/model_state.py) ──polled──► GeneratorDeployment (autoscaling, num_gpus/
     num_cpus from ServeConfig) ◄── handle.render.remote(RenderRequest) ── FacegenIngress
+                               ◄── handle.render_many.remote([RenderRequest, ...]) (serve/hop.py)
+
+Autoscaling counts images, not calls: record_autoscaling_stats reports the images queued or
+rendering here, and serve/autoscale.py's policy divides them by target_ongoing_requests.
 
 Continuous batching (serve/batcher.py): requests queue as they arrive; whenever the forward
 thread is free, the next batch is everything waiting (up to ServeConfig.max_batch_size images,
@@ -20,7 +24,7 @@ import asyncio
 import logging
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 import torch
@@ -32,9 +36,11 @@ from facegen_ray.errors import UserError
 from facegen_ray.models.sampling import seeds_to_z
 from facegen_ray.observability.metrics import serving_metrics
 from facegen_ray.serve import generation as gen
+from facegen_ray.serve.autoscale import IMAGES_IN_FLIGHT
 from facegen_ray.serve.batch_plan import Job, capture_graphs, fake_images, plan_batch
 from facegen_ray.serve.batcher import ContinuousBatcher
 from facegen_ray.serve.control import render_controlled
+from facegen_ray.serve.hop import KEEP_SIZES
 from facegen_ray.serve.messages import RenderRequest, RenderResult, RenderTiming
 from facegen_ray.storage import Storage
 
@@ -83,6 +89,8 @@ class GeneratorDeployment:
         self._others_lock: asyncio.Lock | None = None
         self.fake_ms = fake_forward_costs(self.cfg.fake_forward_ms) if self.cfg.fake_forward_ms else None
         self.forward_batch = int(self.cfg.max_batch_size)
+        self.calls: deque[int] = deque(maxlen=KEEP_SIZES)  # requests per handle call, the last ones
+        self.calls_total = 0
         self.batcher: ContinuousBatcher[Job, RenderResult] = ContinuousBatcher(
             self._forward, max_batch_size=self.forward_batch, size_of=lambda req: req.images, prepare=self._prepare
         )
@@ -228,6 +236,11 @@ class GeneratorDeployment:
         """One request through the continuous batcher; an ok result carries its timing
         (replica_s: arrival to result here, forward_s: its batch's generator pass), which the
         ingress turns into Server-Timing."""
+        self.calls.append(1)
+        self.calls_total += 1
+        return await self._render_one(req)
+
+    async def _render_one(self, req: RenderRequest) -> RenderResult:
         await self._wait_ready()
         t0 = time.perf_counter()
         res = await self.batcher.submit(req)
@@ -236,9 +249,22 @@ class GeneratorDeployment:
             res = res.timed(RenderTiming(time.perf_counter() - t0, forward_s))
         return res
 
+    async def render_many(self, reqs: list[RenderRequest]) -> list[RenderResult]:
+        """An ingress micro-batch (serve/hop.py): every request through the batcher as if it had
+        come alone, answered in one reply (one object for all their images, not one per request)."""
+        self.calls.append(len(reqs))
+        self.calls_total += 1
+        return list(await asyncio.gather(*(self._render_one(r) for r in reqs)))
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's custom autoscaling metric (serve/autoscale.py): the images queued or rendering
+        here. A micro-batched call counts once among Serve's ongoing requests, its images do not."""
+        return {IMAGES_IN_FLIGHT: float(self.batcher.images_in_flight())}
+
     async def batch_stats(self) -> dict[str, Any]:
         """What the batcher did (benchmarks, operators): batches and images so far, the images
-        of the last (up to 10,000) batches, and the requests waiting now."""
+        of the last (up to 10,000) batches, the requests waiting now, and the requests per call
+        of the last calls (1 for render, the micro-batch for render_many)."""
         st = self.batcher.stats
         return {
             "replica": self.replica,
@@ -246,6 +272,8 @@ class GeneratorDeployment:
             "images": st.images,
             "sizes": list(st.sizes),
             "queued": self.batcher.queued(),
+            "calls": self.calls_total,
+            "call_sizes": list(self.calls),
         }
 
     async def render_version(self, req: RenderRequest) -> RenderResult:
