@@ -276,6 +276,8 @@ def main() -> None:
     result = {
         "benchmark": "quality",
         "config": os.path.relpath(args.config, REPO),
+        "sets": list(args.set),  # the overrides trained (a tuned recipe is the config plus these)
+        "run_name": run_name,
         "resolution": res,
         "date": dt.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
