@@ -313,4 +313,7 @@ def test_sigkill_during_checkpoint_upload_resumes_from_previous(where, ray_sessi
     assert _read_meta(storage, cut)["images_seen"] == 64  # the torn folder was written again, whole
     final, _ = _load(storage, join(run_uri, "checkpoint-000000000096"), tmp_path)
     assert final["counters"]["images_seen"] == 96
+    # the run's clock went on from the 32-image checkpoint's (Tune's CPU-minutes of a resumed trial)
+    assert final["counters"]["train_s"] > state["counters"]["train_s"] > 0
+    assert final["history"][-1]["resumed_train_s"] == pytest.approx(state["counters"]["train_s"], abs=1e-3)
     assert not [p for p in storage.find(run_uri) if ".tmp-" in p.rsplit("/", 1)[-1]]

@@ -138,6 +138,13 @@ def test_resume_matches_uninterrupted_run(reference_run, faces_root):
     # the second run really resumed from the checkpoint at 64 (not from 0)
     assert all(w["started_at"] == 64 for w in second.workers)
     assert second.workers[0]["d_steps"] == ref.workers[0]["d_steps"]
+    # the run's clock (counters.train_s, Tune's CPU-minutes of a resumed trial) went on from the
+    # first process's, which the 64-image checkpoint holds
+    before = first.workers[0]["train_s"]
+    assert before > 0 and second.workers[0]["train_s"] > before
+    resumed = [h for h in second.history if h["images_seen"] > 64]
+    assert resumed and all(h["resumed_train_s"] == pytest.approx(before, abs=1e-3) for h in resumed)
+    assert all(h["resumed_train_s"] == 0.0 for h in second.history if h["images_seen"] <= 64)
 
 
 @pytest.mark.slow  # ~1.5 min in CI; restarts from checkpoints stay in the default run via the resume test

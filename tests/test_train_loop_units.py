@@ -22,10 +22,11 @@ def _point(seen: int, batch: int = 8, done: bool = False) -> SchedulePoint:
 
 def test_counters_round_trip_a_checkpoint_dict():
     c = Counters()
-    c.update({"images_seen": 96, "d_steps": "12", "g_steps": 12, "iterations": 12, "other": 5})
-    assert c.as_dict() == {"images_seen": 96, "d_steps": 12, "g_steps": 12, "iterations": 12}
-    c.update({"images_seen": 100})  # a partial dict keeps the rest
-    assert (c.images_seen, c.d_steps) == (100, 12)
+    c.update({"images_seen": 96, "d_steps": "12", "g_steps": 12, "iterations": 12, "other": 5, "train_s": 7})
+    assert c.as_dict() == {"images_seen": 96, "d_steps": 12, "g_steps": 12, "iterations": 12, "train_s": 7.0}
+    assert isinstance(c.train_s, float) and isinstance(c.images_seen, int)
+    c.update({"images_seen": 100})  # a partial dict keeps the rest (an older checkpoint: no train_s)
+    assert (c.images_seen, c.d_steps, c.train_s) == (100, 12, 7.0)
 
 
 def test_log_window_means_and_rates():

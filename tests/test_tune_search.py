@@ -229,6 +229,48 @@ def test_budget_counts_cpu_minutes_and_images_per_trial():
     assert table.splitlines()[-1] == "spent: 80 CPU-minutes, 160,000 images trained over 2 trials"
 
 
+def test_a_resumed_trial_counts_the_time_of_its_earlier_drivers():
+    """A sweep resumed after the machine stopped restarts the trial's Tune clock (time_total_s);
+    the trial driver passes on the loop time its run's checkpoint holds, and the row adds it."""
+    from facegen_ray.tune.results import summarize, trial_row
+
+    s = load_sweep(SEARCH)
+    resumed = _result("t1", [(40_000, 80.0), (80_000, 60.0)], 600.0)
+    resumed.metrics["earlier_attempts_s"] = 1200.0  # its first driver trained 20 minutes
+    row = trial_row(resumed, s, "/exp", 2.0)
+    assert row["time_total_s"] == 1800.0 and row["earlier_attempts_s"] == 1200.0
+    assert row["cpu_minutes"] == 60.0  # not the 20.0 of the last driver alone
+    assert summarize([row], s, "/exp", num_gen=2000)["budget"]["cpu_minutes"] == 60.0
+
+
+def test_the_trial_driver_forwards_the_loop_time_of_the_drivers_before_it(monkeypatch):
+    """The first report a trial driver sees carries the loop time restored from the checkpoint
+    (earlier drivers); a Ray Train restart under the same driver does not change it (that time
+    is in Tune's clock already). Reports without the metric are not forwarded."""
+    import ray.tune.integration.ray_train as rt
+
+    from facegen_ray.tune import runner
+
+    sent: list[dict] = []
+    monkeypatch.setattr(rt, "_in_tune_session", lambda: True)
+    monkeypatch.setattr(
+        rt,
+        "get_session",
+        lambda: SimpleNamespace(_get_or_create_inter_actor_queue=lambda: SimpleNamespace(put=sent.append)),
+    )
+    cb = runner._report_callback("fid")
+    cb.after_report(None, [{"images_seen": 48_000, "train_s": 1500.0, "resumed_train_s": 1200.0}], None)
+    cb.after_report(None, [{"images_seen": 60_000, "fid": 70.0, "train_s": 1900.0, "resumed_train_s": 1200.0}], None)
+    # the workers restarted from a later checkpoint under this driver
+    cb.after_report(None, [{"images_seen": 80_000, "fid": 60.0, "train_s": 2500.0, "resumed_train_s": 1700.0}], None)
+    assert [r["images_seen"] for r in sent] == [60_000, 80_000]
+    assert [r[runner.EARLIER_KEY] for r in sent] == [1200.0, 1200.0]
+    assert sent[-1]["train_s"] == 2500.0
+    fresh = runner._report_callback("fid")  # a fresh run: nothing before it
+    fresh.after_report(None, [{"images_seen": 40_000, "fid": 90.0, "train_s": 300.0, "resumed_train_s": 0.0}], None)
+    assert sent[-1][runner.EARLIER_KEY] == 0.0
+
+
 def test_a_resumed_trial_keeps_the_evaluations_before_its_resume(tmp_path):
     """Tune restarts a resumed trial's records (no Tune checkpoint: the run resumes from its own
     Train checkpoint), so Tune's dataframe lacks what came before; the run's history.json has

@@ -177,6 +177,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             print(f"[facegen] resumed from checkpoint at {counters.images_seen} images", flush=True)
     elif tcfg.init_from:  # warm start of a new run (facegen retrain): weights + counters, new data
         counters.update(warm_start(gan, storage, tcfg.init_from, device))
+        counters.train_s = 0.0  # a new run: the source's images go on, its clock does not
         if rank == 0:
             print(f"[facegen] warm start from {tcfg.init_from} at {counters.images_seen} images", flush=True)
     gan.sync_initial_state()
@@ -272,6 +273,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             "threads": threads,
             "d_steps": counters.d_steps,
             "g_steps": counters.g_steps,
+            "train_s": round(counters.train_s, 3),
+            "resumed_train_s": round(resumed_s, 3),  # for Tune's CPU-minutes of a resumed trial
             **gan.reg_stats,
         }
         if evaluator is not None and due.evaluate:
@@ -285,6 +288,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
 
     budget_s = tcfg.max_minutes * 60.0 if tcfg.max_minutes else None
     loop_t0 = time.perf_counter()
+    resumed_s = counters.train_s  # the loop time of the processes before this one (0 on a fresh run)
+
+    def clock() -> None:
+        counters.train_s = resumed_s + (time.perf_counter() - loop_t0)
 
     def over_budget() -> bool:
         """Any rank over train.max_minutes stops all (one tiny all-reduce)."""
@@ -314,6 +321,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
 
         # ---- writing it
         if due.report:
+            clock()
             entry = history_entry(point, window, due)
             history.append(entry)
             training_metrics().progress(tcfg.run_name, rank, entry)  # Prometheus gauges, tag rank (never raises)
@@ -322,6 +330,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             ckpt_s = 0.0
             if due.write_checkpoint:
                 t_ckpt = time.perf_counter()
+                clock()  # after an evaluation in history_entry
                 write_checkpoint(point, final=due.final)
                 last_ckpt = counters.images_seen
                 ckpt_s = time.perf_counter() - t_ckpt

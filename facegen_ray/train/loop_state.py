@@ -22,14 +22,17 @@ class Counters:
     d_steps: int = 0
     g_steps: int = 0
     iterations: int = 0  # n_critic D steps + one G step
+    # wall seconds of the training loop, summed over every process that resumed this run, up to
+    # this point (a killed process's time after its last checkpoint is not in it)
+    train_s: float = 0.0
 
     def update(self, values: Mapping[str, Any]) -> None:
         """Take the known fields from a checkpoint's or a warm start's counters dict."""
         for f in dataclasses.fields(self):
             if f.name in values:
-                setattr(self, f.name, int(values[f.name]))
+                setattr(self, f.name, type(f.default)(values[f.name]))
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, int | float]:
         return dataclasses.asdict(self)
 
 

@@ -78,9 +78,14 @@ def trial_row(result, sweep: Sweep, exp_uri: str, cpus_per_trial: float = 1.0) -
         if key != metric and last.get(key) is not None:
             row[key] = float(last[key])
     if last.get("time_total_s") is not None:
-        row["time_total_s"] = round(float(last["time_total_s"]), 1)  # the trial's wall time (Tune's clock)
-        # reserved CPUs x wall time (training, evaluations and start-up, across resumes)
-        row["cpu_minutes"] = round(float(last["time_total_s"]) * cpus_per_trial / 60.0, 1)
+        # the trial's wall time: Tune's clock (restarted when a sweep resumes) plus the training
+        # loop time of the drivers before the last one, from the run's checkpoint (their start-up,
+        # and their time after their last checkpoint, are not counted)
+        earlier = float(last.get("earlier_attempts_s") or 0.0)
+        row["time_total_s"] = round(float(last["time_total_s"]) + earlier, 1)
+        row["earlier_attempts_s"] = round(earlier, 1)
+        # reserved CPUs x wall time (training, evaluations and start-up)
+        row["cpu_minutes"] = round(row["time_total_s"] * cpus_per_trial / 60.0, 1)
     return row
 
 

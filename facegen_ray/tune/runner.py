@@ -62,8 +62,11 @@ SWEEP_FILE = "sweep.json"
 # what the trial driver keeps of a rank-0 report (the rest is per-step detail)
 REPORT_KEYS = (  # "placement_group": removed by the driver when the trial ends (tune/placement.py)
     *("images_seen", "stage", "resolution", "alpha", "d_loss", "g_loss", "fid", "kid", "kid_std"),
-    *("eval_num_gen", "eval_num_real", "eval_s", "final", "placement_group"),
+    *("eval_num_gen", "eval_num_real", "eval_s", "final", "placement_group", "train_s"),
 )
+# added by the trial driver: the training loop time of the drivers before it (a resumed sweep
+# restarts the trial's Tune clock, time_total_s; tune/results.py adds this to it)
+EARLIER_KEY = "earlier_attempts_s"
 
 
 @dataclass
@@ -86,12 +89,18 @@ def _report_callback(metric: str):
         def __init__(self, metric: str):
             super().__init__()
             self.metric = metric
+            # the first report of this driver's run says how much loop time its checkpoint holds
+            # (Ray Train restarts under this driver are in time_total_s already: kept from the first)
+            self.earlier_s: float | None = None
 
         def after_report(self, run_context, metrics, checkpoint):
             rank0 = metrics[0] if metrics else {}
+            if self.earlier_s is None and "resumed_train_s" in rank0:
+                self.earlier_s = float(rank0["resumed_train_s"])
             if self.metric not in rank0:  # a loss log point or a checkpoint without an evaluation
                 return
             out = {k: rank0[k] for k in REPORT_KEYS if k in rank0}
+            out[EARLIER_KEY] = self.earlier_s or 0.0
             if checkpoint is not None:
                 out[CHECKPOINT_PATH_KEY] = checkpoint.path
             self._training_actor_item_queue.put(out)
