@@ -20,6 +20,9 @@ from facegen_ray.tune.spec import Sweep, trial_config
 
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
+# what a trial driver adds to each result: the training loop time of the drivers before it (a
+# resumed sweep restarts the trial's Tune clock, time_total_s; trial_row adds this to it)
+EARLIER_KEY = "earlier_attempts_s"
 BEST_CONFIG = "best_config.yaml"
 
 
@@ -81,9 +84,9 @@ def trial_row(result, sweep: Sweep, exp_uri: str, cpus_per_trial: float = 1.0) -
         # the trial's wall time: Tune's clock (restarted when a sweep resumes) plus the training
         # loop time of the drivers before the last one, from the run's checkpoint (their start-up,
         # and their time after their last checkpoint, are not counted)
-        earlier = float(last.get("earlier_attempts_s") or 0.0)
+        earlier = float(last.get(EARLIER_KEY) or 0.0)
         row["time_total_s"] = round(float(last["time_total_s"]) + earlier, 1)
-        row["earlier_attempts_s"] = round(earlier, 1)
+        row[EARLIER_KEY] = round(earlier, 1)
         # reserved CPUs x wall time (training, evaluations and start-up)
         row["cpu_minutes"] = round(row["time_total_s"] * cpus_per_trial / 60.0, 1)
     return row

@@ -42,7 +42,7 @@ from facegen_ray.runtime import embedded, ensure_ray, require_shared
 from facegen_ray.storage import Layout, Storage, StorageError, join
 from facegen_ray.train.trainer import FORWARD_ENV, _run_storage, check_dataset, dataset_uri, fit, training_dataset
 from facegen_ray.tune.callbacks import stop_tune_forwarding_credentials, trials_bar_callback
-from facegen_ray.tune.results import summarize, trial_row, write_results
+from facegen_ray.tune.results import EARLIER_KEY, summarize, trial_row, write_results
 from facegen_ray.tune.spec import Sweep, param_space, start_points, trial_config
 
 # Imported where used, not here: ray, metrics.evaluate (torch): in the functions that start trials;
@@ -64,9 +64,6 @@ REPORT_KEYS = (  # "placement_group": removed by the driver when the trial ends 
     *("images_seen", "stage", "resolution", "alpha", "d_loss", "g_loss", "fid", "kid", "kid_std"),
     *("eval_num_gen", "eval_num_real", "eval_s", "final", "placement_group", "train_s"),
 )
-# added by the trial driver: the training loop time of the drivers before it (a resumed sweep
-# restarts the trial's Tune clock, time_total_s; tune/results.py adds this to it)
-EARLIER_KEY = "earlier_attempts_s"
 
 
 @dataclass
