@@ -82,6 +82,13 @@ def main() -> None:
         "the images reached are read from the exported model",
     )
     ap.add_argument("--startup-s", type=float, default=30.0, help="--time-boxed: facegen train's start-up and export")
+    ap.add_argument(
+        "--max-segments",
+        type=int,
+        default=None,
+        help="return after this many training segments in this call (state.json keeps the place; "
+        "re-running continues): benchmarks/quality_pair.py interleaves two recipes this way",
+    )
     ap.add_argument("--out", default=None, help="default <root>/quality")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
     ap.add_argument(
@@ -205,6 +212,7 @@ def main() -> None:
         return point
 
     # ---------------------------------------------------------------- 2. train in segments, 3. evaluate
+    segments_this_call = 0
     while True:
         done_evals = {round(e["train_minutes_target"], 3) for e in state["evals"]}
         pending = [m for m in eval_at if round(m, 3) not in done_evals]
@@ -218,6 +226,10 @@ def main() -> None:
             state["evals"].append(point)
             save()
             continue
+        if args.max_segments is not None and segments_this_call >= args.max_segments:
+            log(f"paused after {segments_this_call} segment(s): {trained_minutes():.1f} training minutes")
+            print(json.dumps({"benchmark": "quality", "paused": True, "trained_minutes": round(trained_minutes(), 2)}))
+            return
         budget = None
         if args.time_boxed:
             minutes = min(target - t_now, args.max_segment_minutes)
@@ -245,6 +257,7 @@ def main() -> None:
         seg = {"images": goal, "segment_images": goal - images(), "wall_s": round(wall, 1)}
         state["segments"].append(seg)
         save()
+        segments_this_call += 1
         log(f"segment: {seg}; {trained_minutes():.1f} of {args.minutes:g} training minutes")
 
     # ---------------------------------------------------------------- 4. pictures and the JSON line

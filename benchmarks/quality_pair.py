@@ -1,0 +1,139 @@
+"""Two recipes on one machine at the same time: benchmarks/quality.py for each, interleaved.
+
+    python benchmarks/quality_pair.py --root <root> --out <out> --set train.seed=1 \\
+        --label-a shipped --label-b winner --winner-from docs/tune/cpu-32-search-report.jsonl \\
+        --eval-at 60
+
+A 60-minute budget is wall minutes, and a VM's speed moves (2x between days, ~25% within an
+hour here): two recipes benchmarked one after the other compare machines as much as recipes.
+This driver runs recipe A and recipe B as two quality.py benchmarks (each its own --out, run and
+state.json) and alternates their training segments (`quality.py --max-segments 1`): the recipe
+with fewer training minutes so far goes next, so at every moment the two have trained within
+one segment (<= --max-segment-minutes) of each other, over the same stretch of the machine's
+time. Each segment's images/s is in its state.json; the JSON line carries both recipes' rates
+per segment, so the reader can see that they met the same machine.
+
+Arguments it does not know (--minutes, --eval-at, --config, --num-gen, ...) go to both
+quality.py runs. Re-running the same command after an interruption continues both.
+Prints ONE JSON line: both results and B's FID relative to A's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def log(msg: str) -> None:
+    print(f"[pair {dt.datetime.now():%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
+
+
+def trained_minutes(out: str) -> float:
+    """Training minutes a quality.py benchmark has spent so far (0 before its first segment)."""
+    try:
+        with open(os.path.join(out, "state.json")) as f:
+            state = json.load(f)
+    except FileNotFoundError:
+        return 0.0
+    return sum(s["wall_s"] for s in state["segments"]) / 60.0
+
+
+def finished(out: str) -> bool:
+    return os.path.exists(os.path.join(out, "result.json"))
+
+
+def next_recipe(minutes: dict[str, float], done: dict[str, bool]) -> str | None:
+    """The unfinished recipe with fewer training minutes; a tie goes to the first listed."""
+    waiting = [k for k in minutes if not done[k]]
+    if not waiting:
+        return None
+    return min(waiting, key=lambda k: (minutes[k], list(minutes).index(k)))
+
+
+def winner_sets(report: str) -> list[str]:
+    """The overrides of a Tune report's winner (the first line's "winner_sets")."""
+    with open(report) as f:
+        doc = json.loads(f.readline())
+    sets = doc.get("winner_sets")
+    if not isinstance(sets, list) or not sets:
+        raise SystemExit(f"{report}: the first line has no winner_sets list")
+    return [str(s) for s in sets]
+
+
+def rates(out: str) -> list[float]:
+    with open(os.path.join(out, "state.json")) as f:
+        segs = json.load(f)["segments"]
+    return [round(s["segment_images"] / s["wall_s"], 1) for s in segs if s["wall_s"] > 0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", required=True, help="quality.py --root, shared (dataset, real statistics)")
+    ap.add_argument("--out", required=True, help="the pair's folder: <out>/<label-a>, <out>/<label-b>")
+    ap.add_argument("--label-a", default="a")
+    ap.add_argument("--label-b", default="b")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="overrides for both")
+    ap.add_argument("--set-a", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--set-b", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--winner-from", default=None, help="a Tune report (.jsonl): its winner_sets go to B")
+    args, passthrough = ap.parse_known_args()
+    if args.label_a == args.label_b:
+        ap.error("--label-a and --label-b must differ")
+    for flag in ("--out", "--root", "--max-segments", "--run-name"):
+        if any(p == flag or p.startswith(flag + "=") for p in passthrough):
+            ap.error(f"{flag} is set per recipe by the pair")
+    sets_b = list(args.set_b)
+    if args.winner_from:
+        sets_b = winner_sets(args.winner_from) + sets_b
+    out = os.path.abspath(args.out)
+    recipes = {
+        args.label_a: (os.path.join(out, args.label_a), args.set + args.set_a),
+        args.label_b: (os.path.join(out, args.label_b), args.set + sets_b),
+    }
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "pair.json"), "w") as f:
+        json.dump({k: {"out": o, "sets": s} for k, (o, s) in recipes.items()} | {"args": passthrough}, f, indent=1)
+
+    while True:
+        minutes = {k: trained_minutes(o) for k, (o, _) in recipes.items()}
+        done = {k: finished(o) for k, (o, _) in recipes.items()}
+        label = next_recipe(minutes, done)
+        if label is None:
+            break
+        rout, sets = recipes[label]
+        log(f"{label}: next segment at {minutes[label]:.1f} min (trained minutes: {minutes})")
+        cmd = [sys.executable, os.path.join(HERE, "quality.py"), "--root", args.root, "--out", rout]
+        cmd += ["--max-segments", "1", *sum((["--set", s] for s in sets), []), *passthrough]
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"quality.py for {label} failed with exit code {proc.returncode}")
+
+    results = {}
+    for k, (rout, _) in recipes.items():
+        with open(os.path.join(rout, "result.json")) as f:
+            results[k] = json.load(f)
+        results[k]["segment_images_per_s"] = rates(rout)
+    fa, fb = (results[k]["final"]["fid"] for k in recipes)
+    print(
+        json.dumps(
+            {
+                "benchmark": "quality_pair",
+                "date": dt.date.today().isoformat(),
+                "labels": list(recipes),
+                "fid": {k: r["final"]["fid"] for k, r in results.items()},
+                "images": {k: r["images"] for k, r in results.items()},
+                "b_vs_a_fid_change": round((fb - fa) / fa, 4),
+                "results": results,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
