@@ -15,7 +15,8 @@ per segment, so the reader can see that they met the same machine.
 
 Arguments it does not know (--minutes, --eval-at, --config, --num-gen, ...) go to both
 quality.py runs. Re-running the same command after an interruption continues both.
-Prints ONE JSON line: both results and B's FID relative to A's.
+Prints ONE JSON line: both results and B's FID relative to A's; <out>/pair.png plots both
+recipes' images against training minutes (the lines lie on each other when the machine was fair).
 """
 
 from __future__ import annotations
@@ -72,6 +73,34 @@ def rates(out: str) -> list[float]:
     return [round(s["segment_images"] / s["wall_s"], 1) for s in segs if s["wall_s"] > 0]
 
 
+def plot_pair(outs: dict[str, str], fids: dict[str, float], path: str) -> None:
+    """Images vs training minutes of both recipes, one point per segment end: two lines that lie
+    on each other say the recipes met the same machine; the legend carries each final FID."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    for label, out in outs.items():
+        with open(os.path.join(out, "state.json")) as f:
+            segs = json.load(f)["segments"]
+        minutes, images = [0.0], [0]
+        for s in segs:
+            minutes.append(minutes[-1] + s["wall_s"] / 60.0)
+            images.append(s["images"])
+        ax.plot(minutes, [i / 1000 for i in images], "o-", ms=3, label=f"{label}: FID {fids[label]:.2f}")
+    ax.set_xlabel("training minutes (facegen train wall time)", fontsize=8)
+    ax.set_ylabel("images shown (thousands)", fontsize=8)
+    ax.set_title("two recipes, alternating segments on one machine", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True, help="quality.py --root, shared (dataset, real statistics)")
@@ -120,6 +149,8 @@ def main() -> None:
             results[k] = json.load(f)
         results[k]["segment_images_per_s"] = rates(rout)
     fa, fb = (results[k]["final"]["fid"] for k in recipes)
+    chart = os.path.join(out, "pair.png")
+    plot_pair({k: o for k, (o, _) in recipes.items()}, {k: r["final"]["fid"] for k, r in results.items()}, chart)
     print(
         json.dumps(
             {
@@ -129,6 +160,7 @@ def main() -> None:
                 "fid": {k: r["final"]["fid"] for k, r in results.items()},
                 "images": {k: r["images"] for k, r in results.items()},
                 "b_vs_a_fid_change": round((fb - fa) / fa, 4),
+                "chart": chart,
                 "results": results,
             }
         )

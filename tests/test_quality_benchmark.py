@@ -64,6 +64,9 @@ def test_trained_minutes_read_from_a_quality_state(tmp_path):
     (tmp_path / "state.json").write_text(json.dumps({"segments": segs}))
     assert pair.trained_minutes(str(tmp_path)) == pytest.approx(4.0)
     assert pair.rates(str(tmp_path)) == [88.9, 80.0]
+    chart = tmp_path / "pair.png"
+    pair.plot_pair({"a": str(tmp_path), "b": str(tmp_path)}, {"a": 20.0, "b": 17.0}, str(chart))
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_winner_sets_come_from_the_report_and_a_report_without_them_is_refused(tmp_path):
@@ -115,6 +118,7 @@ def test_a_pair_on_the_sample_interleaves_and_reports_both(tmp_path, sample_zip)
     assert doc["b_vs_a_fid_change"] == pytest.approx(round((fids["slow-g"] - fids["base"]) / fids["base"], 4))
     assert doc["results"]["slow-g"]["sets"] == ["train.seed=3", "train.g_lr=0.001"]
     assert doc["results"]["base"]["sets"] == ["train.seed=3"]
+    assert doc["chart"] == str(tmp_path / "pair" / "pair.png") and (tmp_path / "pair" / "pair.png").stat().st_size
     runs = sorted(d.name for d in (tmp_path / "root" / "runs").iterdir())
     assert runs == ["quickstart-base", "quickstart-slow-g"]
     # the order: each segment went to the recipe behind, unless the other had finished
