@@ -35,14 +35,18 @@ def log(msg: str) -> None:
     print(f"[pair {dt.datetime.now():%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
 
 
-def trained_minutes(out: str) -> float:
-    """Training minutes a quality.py benchmark has spent so far (0 before its first segment)."""
+def segments(out: str) -> list[dict]:
+    """The training segments in a quality.py benchmark's state.json (none before its first)."""
     try:
         with open(os.path.join(out, "state.json")) as f:
-            state = json.load(f)
+            return json.load(f)["segments"]
     except FileNotFoundError:
-        return 0.0
-    return sum(s["wall_s"] for s in state["segments"]) / 60.0
+        return []
+
+
+def trained_minutes(out: str) -> float:
+    """Training minutes a quality.py benchmark has spent so far (0 before its first segment)."""
+    return sum(s["wall_s"] for s in segments(out)) / 60.0
 
 
 def finished(out: str) -> bool:
@@ -68,9 +72,7 @@ def winner_sets(report: str) -> list[str]:
 
 
 def rates(out: str) -> list[float]:
-    with open(os.path.join(out, "state.json")) as f:
-        segs = json.load(f)["segments"]
-    return [round(s["segment_images"] / s["wall_s"], 1) for s in segs if s["wall_s"] > 0]
+    return [round(s["segment_images"] / s["wall_s"], 1) for s in segments(out) if s["wall_s"] > 0]
 
 
 def plot_pair(outs: dict[str, str], fids: dict[str, float], path: str) -> None:
@@ -83,10 +85,8 @@ def plot_pair(outs: dict[str, str], fids: dict[str, float], path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
     for label, out in outs.items():
-        with open(os.path.join(out, "state.json")) as f:
-            segs = json.load(f)["segments"]
         minutes, images = [0.0], [0]
-        for s in segs:
+        for s in segments(out):
             minutes.append(minutes[-1] + s["wall_s"] / 60.0)
             images.append(s["images"])
         ax.plot(minutes, [i / 1000 for i in images], "o-", ms=3, label=f"{label}: FID {fids[label]:.2f}")
@@ -148,16 +148,17 @@ def main() -> None:
         with open(os.path.join(rout, "result.json")) as f:
             results[k] = json.load(f)
         results[k]["segment_images_per_s"] = rates(rout)
-    fa, fb = (results[k]["final"]["fid"] for k in recipes)
+    fids = {k: r["final"]["fid"] for k, r in results.items()}
+    fa, fb = fids.values()
     chart = os.path.join(out, "pair.png")
-    plot_pair({k: o for k, (o, _) in recipes.items()}, {k: r["final"]["fid"] for k, r in results.items()}, chart)
+    plot_pair({k: o for k, (o, _) in recipes.items()}, fids, chart)
     print(
         json.dumps(
             {
                 "benchmark": "quality_pair",
                 "date": dt.date.today().isoformat(),
                 "labels": list(recipes),
-                "fid": {k: r["final"]["fid"] for k, r in results.items()},
+                "fid": fids,
                 "images": {k: r["images"] for k, r in results.items()},
                 "b_vs_a_fid_change": round((fb - fa) / fa, 4),
                 "chart": chart,
