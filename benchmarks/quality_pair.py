@@ -101,6 +101,15 @@ def plot_pair(outs: dict[str, str], fids: dict[str, float], path: str) -> None:
     plt.close(fig)
 
 
+def segment_command(root: str, out: str, label: str, sets: list[str], passthrough: list[str]) -> list[str]:
+    """quality.py for one segment of recipe `label`. Its run is named after the pair's folder
+    and the label (<out> = .../pair-s0, label shipped: run pair-s0-shipped), so two pairs (two
+    seeds) can share one --root and its prepared dataset without resuming each other's runs."""
+    cmd = [sys.executable, os.path.join(HERE, "quality.py"), "--root", root, "--out", os.path.join(out, label)]
+    cmd += ["--run-name", f"{os.path.basename(os.path.normpath(out))}-{label}"]
+    return cmd + ["--max-segments", "1", *sum((["--set", s] for s in sets), []), *passthrough]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True, help="quality.py --root, shared (dataset, real statistics)")
@@ -135,10 +144,9 @@ def main() -> None:
         label = next_recipe(minutes, done)
         if label is None:
             break
-        rout, sets = recipes[label]
+        _, sets = recipes[label]
         log(f"{label}: next segment at {minutes[label]:.1f} min (trained minutes: {minutes})")
-        cmd = [sys.executable, os.path.join(HERE, "quality.py"), "--root", args.root, "--out", rout]
-        cmd += ["--max-segments", "1", *sum((["--set", s] for s in sets), []), *passthrough]
+        cmd = segment_command(args.root, out, label, sets, passthrough)
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"quality.py for {label} failed with exit code {proc.returncode}")

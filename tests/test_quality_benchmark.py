@@ -44,6 +44,27 @@ def test_the_run_is_named_with_run_name_not_set(tmp_path):
     assert p.returncode == 2 and "--run-name" in p.stderr
 
 
+def test_two_pairs_in_one_root_train_separate_runs(tmp_path):
+    """A second pair (another seed) beside a first in the same --root: each recipe's run is
+    named after its pair's folder, so the second never resumes the first's checkpoints."""
+    root = str(tmp_path / "root")
+
+    def run_name(cmd):
+        return cmd[cmd.index("--run-name") + 1]
+
+    s1 = pair.segment_command(root, str(tmp_path / "pair-s1"), "shipped", ["train.seed=1"], ["--eval-at", "60"])
+    s0 = pair.segment_command(root, str(tmp_path / "pair-s0") + "/", "shipped", ["train.seed=0"], [])
+    assert run_name(s1) == "pair-s1-shipped" and run_name(s0) == "pair-s0-shipped"
+    assert s1[s1.index("--out") + 1] == str(tmp_path / "pair-s1" / "shipped")
+    assert s1[-4:] == ["--set", "train.seed=1", "--eval-at", "60"] and "--max-segments" in s1
+    # the first pair's run exists; its own name is refused to a fresh benchmark elsewhere
+    (tmp_path / "root" / "runs" / "pair-s1-shipped").mkdir(parents=True)
+    clash = [*s0[1:]]
+    clash[clash.index("--run-name") + 1] = "pair-s1-shipped"
+    p = subprocess.run([sys.executable, *clash], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "already holds a run" in p.stderr
+
+
 def test_the_pair_trains_the_recipe_behind_and_breaks_ties_in_order():
     nobody_done = {"a": False, "b": False}
     assert pair.next_recipe({"a": 0.0, "b": 0.0}, nobody_done) == "a"
@@ -120,7 +141,7 @@ def test_a_pair_on_the_sample_interleaves_and_reports_both(tmp_path, sample_zip)
     assert doc["results"]["base"]["sets"] == ["train.seed=3"]
     assert doc["chart"] == str(tmp_path / "pair" / "pair.png") and (tmp_path / "pair" / "pair.png").stat().st_size
     runs = sorted(d.name for d in (tmp_path / "root" / "runs").iterdir())
-    assert runs == ["quickstart-base", "quickstart-slow-g"]
+    assert runs == ["pair-base", "pair-slow-g"]  # <out>'s folder + the label
     # the order: each segment went to the recipe behind, unless the other had finished
     lines = [line.split("] ", 1)[1] for line in p.stderr.splitlines() if line.startswith("[pair ")]
     order = [line.split(":", 1)[0] for line in lines]
