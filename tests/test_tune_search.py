@@ -271,7 +271,7 @@ def test_the_trial_driver_forwards_the_loop_time_of_the_drivers_before_it(monkey
     assert sent[-1][runner.EARLIER_KEY] == 0.0
 
 
-def test_a_resumed_trial_keeps_the_evaluations_before_its_resume(tmp_path):
+def test_a_resumed_trial_keeps_the_evaluations_before_its_resume(tmp_path, capsys):
     """Tune restarts a resumed trial's records (no Tune checkpoint: the run resumes from its own
     Train checkpoint), so Tune's dataframe lacks what came before; the run's history.json has
     every evaluation, and the row takes them from there."""
@@ -291,6 +291,13 @@ def test_a_resumed_trial_keeps_the_evaluations_before_its_resume(tmp_path):
     assert row["fid"] == 38.8 and row["best_fid"] == 38.8
     # no run folder (a trial that never started training): Tune's records as they are
     assert len(trial_row(_result("t2", [(40_000, 99.0)], 60.0), s, exp, 2.0)["evals"]) == 1
+    # a torn history.json: said, and Tune's records as they are; the file is left for a look
+    torn = Path(exp) / "runs" / "t3"
+    torn.mkdir(parents=True)
+    torn.joinpath("history.json").write_text('[{"images_seen": 40000, "fi')
+    assert len(trial_row(_result("t3", [(40_000, 97.0)], 60.0), s, exp, 2.0)["evals"]) == 1
+    assert "is not JSON" in capsys.readouterr().err
+    assert torn.joinpath("history.json").read_text().endswith('"fi')
 
 
 def test_tune_report_writes_every_trial_at_every_rung(tmp_path):

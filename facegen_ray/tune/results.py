@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -93,9 +94,17 @@ def trial_row(result, sweep: Sweep, exp_uri: str, cpus_per_trial: float = 1.0) -
 
 
 def _run_history(sweep: Sweep, run_uri: str) -> list[dict[str, Any]]:
+    """The run's own history.json. Missing (a trial that never started training): Tune's records
+    only. Unreadable as JSON (a torn copy): said on stderr, Tune's records only. A storage that
+    cannot be reached raises: a report built without the runs' histories would silently drop
+    the evaluations before each resume."""
+    uri = join(run_uri, "history.json")
     try:
-        history = Storage(sweep.base_cfg.storage).read_json(join(run_uri, "history.json"))
-    except Exception:  # noqa: BLE001 - no run folder (a trial that never started): Tune's records only
+        history = Storage(sweep.base_cfg.storage).read_json(uri)
+    except FileNotFoundError:
+        return []
+    except (ValueError, UnicodeDecodeError) as e:
+        print(f"[facegen] {uri} is not JSON ({e}); this trial's row uses Tune's records only", file=sys.stderr)
         return []
     return history if isinstance(history, list) else []
 
