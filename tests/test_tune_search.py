@@ -128,17 +128,17 @@ def _noop_trainable(config):  # Tune's generator needs a trainable to name; neve
     return None
 
 
-def test_search_sweep_is_valid_and_its_first_trial_is_the_shipped_default():
-    """The shipped search file validates; its start point reproduces configs/cpu-32.yaml on every
-    searched key (so trial 1 is the hand-set recipe, on the sweep's proxy schedule); the
-    scheduler is ASHA with the file's margin on images seen."""
+def test_search_sweep_is_valid_and_its_first_trial_is_the_hand_set_default():
+    """The shipped search file validates; its start point reproduces configs/cpu-32-handset.yaml
+    (configs/cpu-32.yaml when the search ran) on every searched key, so trial 1 is the hand-set
+    recipe on the sweep's proxy schedule; the scheduler is ASHA with the file's margin."""
     from facegen_ray.config import load_config
     from facegen_ray.tune.asha import MarginASHAScheduler
     from facegen_ray.tune.runner import _scheduler
 
     s = load_sweep(SEARCH)
     raw = yaml.safe_load(SEARCH.read_text())
-    shipped = load_config(REPO / "configs" / "cpu-32.yaml")
+    shipped = load_config(REPO / "configs" / "cpu-32-handset.yaml")
     point = s.spec.start_points[0]
     assert set(point) == set(s.spec.search_space)
     trial = s.trial_config(point)
