@@ -1,8 +1,10 @@
 """Two recipes on one machine at the same time: benchmarks/quality.py for each, interleaved.
 
     python benchmarks/quality_pair.py --root <root> --out <out> --set train.seed=1 \\
-        --label-a shipped --label-b winner --winner-from docs/tune/cpu-32-search-report.jsonl \\
-        --eval-at 60
+        --label-a handset --config-a configs/cpu-32-handset.yaml --label-b winner --eval-at 60
+
+(B, the Tune winner, is configs/cpu-32.yaml, quality.py's default; before it shipped, the
+winner was the hand-set config plus `--winner-from docs/tune/cpu-32-search-report.jsonl`.)
 
 A 60-minute budget is wall minutes, and a VM's speed moves (2x between days, ~25% within an
 hour here): two recipes benchmarked one after the other compare machines as much as recipes.
@@ -14,7 +16,8 @@ time. Each segment's images/s is in its state.json; the JSON line carries both r
 per segment, so the reader can see that they met the same machine.
 
 Arguments it does not know (--minutes, --eval-at, --config, --num-gen, ...) go to both
-quality.py runs. Re-running the same command after an interruption continues both.
+quality.py runs; --config-a / --config-b give each recipe its own config file (the hand-set
+recipe against the shipped one: --config-a configs/cpu-32-handset.yaml). Re-running the same command after an interruption continues both.
 Prints ONE JSON line: both results and B's FID relative to A's; <out>/pair.png plots both
 recipes' images against training minutes (the lines lie on each other when the machine was fair).
 """
@@ -111,7 +114,9 @@ def segment_command(root: str, out: str, label: str, sets: list[str], passthroug
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     ap.add_argument("--root", required=True, help="quality.py --root, shared (dataset, real statistics)")
     ap.add_argument("--out", required=True, help="the pair's folder: <out>/<label-a>, <out>/<label-b>")
     ap.add_argument("--label-a", default="a")
@@ -120,12 +125,19 @@ def main() -> None:
     ap.add_argument("--set-a", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--set-b", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--winner-from", default=None, help="a Tune report (.jsonl): its winner_sets go to B")
+    ap.add_argument("--config-a", default=None, help="A's config file (default: quality.py's, or --config)")
+    ap.add_argument("--config-b", default=None, help="B's config file")
     args, passthrough = ap.parse_known_args()
     if args.label_a == args.label_b:
         ap.error("--label-a and --label-b must differ")
     for flag in ("--out", "--root", "--max-segments", "--run-name"):
         if any(p == flag or p.startswith(flag + "=") for p in passthrough):
             ap.error(f"{flag} is set per recipe by the pair")
+    if (args.config_a or args.config_b) and any(p == "--config" or p.startswith("--config=") for p in passthrough):
+        ap.error("--config goes to both recipes; with --config-a/--config-b name each recipe's file instead")
+    for path in (args.config_a, args.config_b):
+        if path and not os.path.isfile(path):
+            ap.error(f"no config file {path}")
     sets_b = list(args.set_b)
     if args.winner_from:
         sets_b = winner_sets(args.winner_from) + sets_b
@@ -134,9 +146,14 @@ def main() -> None:
         args.label_a: (os.path.join(out, args.label_a), args.set + args.set_a),
         args.label_b: (os.path.join(out, args.label_b), args.set + sets_b),
     }
+    configs = {
+        label: ["--config", os.path.abspath(path)] if path else []
+        for label, path in ((args.label_a, args.config_a), (args.label_b, args.config_b))
+    }
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "pair.json"), "w") as f:
-        json.dump({k: {"out": o, "sets": s} for k, (o, s) in recipes.items()} | {"args": passthrough}, f, indent=1)
+        info = {k: {"out": o, "sets": s, "config": configs[k][1:]} for k, (o, s) in recipes.items()}
+        json.dump(info | {"args": passthrough}, f, indent=1)
 
     while True:
         minutes = {k: trained_minutes(o) for k, (o, _) in recipes.items()}
@@ -146,7 +163,7 @@ def main() -> None:
             break
         _, sets = recipes[label]
         log(f"{label}: next segment at {minutes[label]:.1f} min (trained minutes: {minutes})")
-        cmd = segment_command(args.root, out, label, sets, passthrough)
+        cmd = segment_command(args.root, out, label, sets, configs[label] + passthrough)
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"quality.py for {label} failed with exit code {proc.returncode}")

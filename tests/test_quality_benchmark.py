@@ -117,7 +117,33 @@ def test_the_pair_refuses_per_recipe_flags_and_equal_labels(tmp_path):
     assert p.returncode == 2 and "--max-segments is set per recipe" in p.stderr
     p = _pair(*base, "--label-a", "x", "--label-b", "x")
     assert p.returncode == 2 and "must differ" in p.stderr
+    p = _pair(*base, "--config-a", str(REPO / "configs" / "cpu-32-handset.yaml"), "--config", "x.yaml")
+    assert p.returncode == 2 and "--config goes to both" in p.stderr
+    p = _pair(*base, "--config-b", str(tmp_path / "missing.yaml"))
+    assert p.returncode == 2 and "no config file" in p.stderr
     assert not (tmp_path / "pair").exists()
+
+
+def test_each_recipe_trains_its_own_config(tmp_path, monkeypatch):
+    """--config-a / --config-b: each recipe's quality.py segments get that recipe's file (here the
+    first segment, A's, is recorded and made to fail, which ends the pair with its exit code)."""
+    calls = []
+
+    def fake_run(cmd, **_):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 3)
+
+    handset = REPO / "configs" / "cpu-32-handset.yaml"
+    monkeypatch.setattr(pair.subprocess, "run", fake_run)
+    argv = ["quality_pair.py", "--root", str(tmp_path), "--out", str(tmp_path / "p"), "--label-a", "handset"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--label-b", "winner", "--config-a", str(handset), "--eval-at", "60"])
+    with pytest.raises(SystemExit, match="quality.py for handset failed with exit code 3"):
+        pair.main()
+    (cmd,) = calls
+    assert cmd[cmd.index("--config") + 1] == str(handset) and cmd.count("--config") == 1
+    assert cmd[-2:] == ["--eval-at", "60"]
+    info = json.loads((tmp_path / "p" / "pair.json").read_text())
+    assert info["handset"]["config"] == [str(handset)] and info["winner"]["config"] == []
 
 
 @pytest.mark.slow
