@@ -173,6 +173,27 @@ def test_search_sweep_is_valid_and_its_first_trial_is_the_hand_set_default():
     assert s.base_cfg.train.checkpoint_every_images <= s.base_cfg.train.eval_every_images
 
 
+def test_the_shipped_cpu_32_recipe_is_the_search_winner_on_the_hand_set_config():
+    """configs/cpu-32.yaml trains exactly what the 60-minute pairs trained as "winner": the
+    hand-set config with the search report's winner_sets (benchmarks/quality_pair.py
+    --winner-from). The report's unused lambdas (R1 gamma, WGAN-GP) are the only difference, and
+    least squares reads neither."""
+    import json
+
+    from facegen_ray.config import load_config
+
+    report = json.loads((REPO / "docs" / "tune" / "cpu-32-search-report.jsonl").read_text().splitlines()[0])
+    as_paired = load_config(REPO / "configs" / "cpu-32-handset.yaml", overrides=report["winner_sets"])
+    shipped = load_config(REPO / "configs" / "cpu-32.yaml")
+    assert shipped.loss.name == "lsgan"
+    a, b = as_paired.model_dump(), shipped.model_dump()
+    for cfg in (a, b):
+        cfg["train"].pop("run_name")
+        for unused in ("r1_gamma", "gp_lambda"):  # read by non-saturating and WGAN-GP only
+            cfg["loss"].pop(unused)
+    assert a == b
+
+
 @pytest.mark.parametrize(
     "fields, expected",
     [
