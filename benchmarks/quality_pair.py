@@ -17,7 +17,8 @@ per segment, so the reader can see that they met the same machine.
 
 Arguments it does not know (--minutes, --eval-at, --config, --num-gen, ...) go to both
 quality.py runs; --config-a / --config-b give each recipe its own config file (the hand-set
-recipe against the shipped one: --config-a configs/cpu-32-handset.yaml). Re-running the same command after an interruption continues both.
+recipe against the shipped one: --config-a configs/cpu-32-handset.yaml). Re-running the same
+command after an interruption continues both.
 Prints ONE JSON line: both results and B's FID relative to A's; <out>/pair.png plots both
 recipes' images against training minutes (the lines lie on each other when the machine was fair).
 """
@@ -130,10 +131,14 @@ def main() -> None:
     args, passthrough = ap.parse_known_args()
     if args.label_a == args.label_b:
         ap.error("--label-a and --label-b must differ")
+
+    def given(flag: str) -> bool:  # in the arguments that go to quality.py, as `--flag v` or `--flag=v`
+        return any(p == flag or p.startswith(flag + "=") for p in passthrough)
+
     for flag in ("--out", "--root", "--max-segments", "--run-name"):
-        if any(p == flag or p.startswith(flag + "=") for p in passthrough):
+        if given(flag):
             ap.error(f"{flag} is set per recipe by the pair")
-    if (args.config_a or args.config_b) and any(p == "--config" or p.startswith("--config=") for p in passthrough):
+    if (args.config_a or args.config_b) and given("--config"):
         ap.error("--config goes to both recipes; with --config-a/--config-b name each recipe's file instead")
     for path in (args.config_a, args.config_b):
         if path and not os.path.isfile(path):

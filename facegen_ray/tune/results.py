@@ -103,7 +103,7 @@ def _run_history(sweep: Sweep, run_uri: str) -> list[dict[str, Any]]:
         history = Storage(sweep.base_cfg.storage).read_json(uri)
     except FileNotFoundError:
         return []
-    except (ValueError, UnicodeDecodeError) as e:
+    except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError are both ValueErrors
         print(f"[facegen] {uri} is not JSON ({e}); this trial's row uses Tune's records only", file=sys.stderr)
         return []
     return history if isinstance(history, list) else []
