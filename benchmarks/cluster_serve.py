@@ -46,15 +46,23 @@ def _serve_load():
     return mod
 
 
-def generator_hosts(c: LocalCluster) -> list[str]:
-    """Node IPs of the ALIVE generator replicas (Ray's state API on the head, from outside)."""
+def actor_hosts(c: LocalCluster) -> dict[str, list[str]]:
+    """{actor class: sorted node IPs} of the ALIVE actors (Ray's state API on the head, from outside)."""
     from ray.util.state import list_actors, list_nodes
 
     nodes = {n.node_id: n.node_ip for n in list_nodes(address=c.dashboard, raise_on_missing_output=False)}
     actors = list_actors(
         address=c.dashboard, filters=[("state", "=", "ALIVE")], limit=10_000, raise_on_missing_output=False
     )
-    return sorted(nodes.get(a.node_id, "?") for a in actors if a.class_name.endswith(GENERATOR))
+    out: dict[str, list[str]] = {}
+    for a in actors:
+        out.setdefault(a.class_name, []).append(nodes.get(a.node_id, "?"))
+    return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+def generator_hosts(c: LocalCluster) -> list[str]:
+    """Node IPs of the ALIVE generator replicas."""
+    return [ip for name, ips in actor_hosts(c).items() if name.endswith(GENERATOR) for ip in ips]
 
 
 def wait_ready(c: LocalCluster, url: str, job: str, timeout: float) -> list[str]:
@@ -126,6 +134,7 @@ async def client_loop(url: str, i: int, end: float, image_ids: list[str], tag: s
                     "ok": ok,
                     "first_ok": statuses[0] in (200, 201),
                     "feedback": feedback,
+                    "statuses": statuses,
                 }
             )
 
@@ -171,6 +180,7 @@ def serve_kill(c: LocalCluster, args: argparse.Namespace) -> dict:
             ]
             await asyncio.sleep(args.duration / 2)
             victim = next(h for h in c.reload().hosts if h.alive and h.ip == out["generator_hosts_before"][-1])
+            out["actors_before_kill"] = await asyncio.to_thread(actor_hosts, c)
             t_kill = time.monotonic()
             killed = await asyncio.to_thread(local.kill_host, c.reload(), victim.index)
             await asyncio.to_thread(local.add_host, c.reload())
@@ -206,6 +216,17 @@ def serve_kill(c: LocalCluster, args: argparse.Namespace) -> dict:
             failover_window_requests=len(during),
             replicas_restored_s=None if k["restored_s"] is None else round(k["restored_s"], 1),
             feedback_lost=verify["lost"],
+            # what each request that failed after its retry (or on its first attempt) saw, by time from the kill
+            failures=[
+                {
+                    "t_from_kill_s": round(r["t0"] - k["t_kill"], 2),
+                    "lat_s": round(r["lat"], 2),
+                    "feedback": r["feedback"],
+                    "statuses": r["statuses"],
+                }
+                for r in log
+                if not r["first_ok"]
+            ][:40],
             store_check=verify,
         )
     finally:
