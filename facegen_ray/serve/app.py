@@ -6,10 +6,11 @@
              GeneratorDeployment (serve/replica.py: autoscaling, num_gpus/num_cpus from ServeConfig,
                continuous batching (serve/batcher.py), model swaps without dropped requests)
                ▲ polls every model_poll_interval_s
-             ModelState (serve/model_state.py: 1 replica, no CPU): which model every generator
-               replica should hold + each replica's last report.
-             FacegenGuard (serve/ratelimit.py: 1 replica, no CPU): the rate-limit buckets every
-               ingress replica shares, and the session secret when FACEGEN_SESSION_SECRET is unset.
+             ModelState (serve/model_state.py: 1 replica, no CPU, on the head node): which model
+               every generator replica should hold + each replica's last report.
+             FacegenGuard (serve/ratelimit.py: 1 replica, no CPU, on the head node): the rate-limit
+               buckets every ingress replica shares, and the session secret when
+               FACEGEN_SESSION_SECRET is unset. (serve/singletons.py says why the head.)
 
 Two ways to change the served model:
   - `user_config: {"model": URI-or-version}` on GeneratorDeployment (edit it in

@@ -12,13 +12,15 @@ from typing import Any
 
 from ray import serve
 
+from facegen_ray.serve.singletons import on_head_node
+
 STATE_NAME = "ModelState"
 
 
 @serve.deployment(
     name=STATE_NAME,
     num_replicas=1,
-    ray_actor_options={"num_cpus": 0},
+    ray_actor_options=on_head_node(),  # serve/singletons.py: a worker host's loss cannot take it
     max_ongoing_requests=1000,
     logging_config={"enable_access_log": False},  # polled every second by every replica
 )

@@ -29,6 +29,7 @@ from ray import serve
 
 from facegen_ray.config import ServeConfig
 from facegen_ray.serve.identity import new_secret, secret_from_env
+from facegen_ray.serve.singletons import on_head_node
 
 GUARD_NAME = "FacegenGuard"
 MAX_KEYS = 200_000
@@ -123,7 +124,7 @@ class LocalGuard:
         self.session_secret = _Local(self.core.session_secret)
 
 
-@serve.deployment(name=GUARD_NAME, num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=10_000)
+@serve.deployment(name=GUARD_NAME, num_replicas=1, ray_actor_options=on_head_node(), max_ongoing_requests=10_000)
 class GuardDeployment:
     """The app's one guard replica (a named actor of the app): rate limits, session secret."""
 
