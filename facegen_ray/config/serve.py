@@ -126,6 +126,12 @@ class ServeConfig(_Section):
         default_factory=list,
         description="client addresses of proxies whose X-Forwarded-For names the real client (rate limits key on it)",
     )
+    guard_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="an ingress waits this long for the app's guard (rate limits, session secret); past it, "
+        "rate limits use the replica's own buckets for 10 s (serve/session_routes.py)",
+    )
     body_timeout_s: float = Field(default=10.0, gt=0, description="a request body must arrive within this (else 408)")
     request_timeout_s: float = Field(
         default=120.0, gt=0, description="Serve's end-to-end request timeout (http_options)"

@@ -207,7 +207,7 @@ class Ingress(SessionRoutes, AdminRoutes):
 
     @api.post(
         "/generate",
-        responses={200: {"model": GenerateResponse}, **_errors(400, 408, 413, 415, 422, 429)},
+        responses={200: {"model": GenerateResponse}, **_errors(400, 408, 413, 415, 422, 429, 503)},
         openapi_extra=_json_body(GenerateRequest),
     )
     async def generate_json(self, request: Request) -> JSONResponse:
@@ -239,7 +239,7 @@ class Ingress(SessionRoutes, AdminRoutes):
         response_class=Response,
         responses={
             200: {"description": "the image", "content": {"image/png": _BINARY, "image/jpeg": _BINARY}},
-            **_errors(422, 429),
+            **_errors(422, 429, 503),
         },
         openapi_extra={"parameters": _query_params(GenerateQuery)},
     )
@@ -273,7 +273,7 @@ class Ingress(SessionRoutes, AdminRoutes):
         responses={
             200: {"model": FeedbackResponse, "description": "the same feedback was already stored"},
             201: {"model": FeedbackResponse},
-            **_errors(400, 401, 404, 408, 413, 415, 422, 429),
+            **_errors(400, 401, 404, 408, 413, 415, 422, 429, 503),
         },
     )
     async def feedback(self, request: Request) -> JSONResponse:
@@ -299,7 +299,7 @@ class Ingress(SessionRoutes, AdminRoutes):
     @api.post(
         "/compare/pairs",
         status_code=201,
-        responses={201: {"model": ComparePairResponse}, **_errors(401, 409, 415, 429, 500)},
+        responses={201: {"model": ComparePairResponse}, **_errors(401, 409, 415, 429, 500, 503)},
     )
     async def compare_pair(self, request: Request) -> JSONResponse:
         """Two faces of the running comparison, one per version, sides and seeds drawn at random;
@@ -373,7 +373,7 @@ class Ingress(SessionRoutes, AdminRoutes):
         responses={
             200: {"model": CompareVoteResponse, "description": "this vote was already stored"},
             201: {"model": CompareVoteResponse},
-            **_errors(400, 401, 403, 404, 408, 409, 410, 413, 415, 422, 429),
+            **_errors(400, 401, 403, 404, 408, 409, 410, 413, 415, 422, 429, 503),
         },
     )
     async def compare_vote(self, request: Request) -> JSONResponse:

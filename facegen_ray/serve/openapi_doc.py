@@ -55,6 +55,7 @@ _REASONS = {
     422: "malformed request (not UTF-8 JSON, or fails the schema)",
     429: "rate limited (per client address and per rater): retry after Retry-After seconds",
     500: "a replica could not load the model",
+    503: "rater sessions unavailable for a moment (the app's guard not answering): retry after Retry-After",
     504: "replicas did not all switch in time",
 }
 _IDEMPOTENCY_KEY = {

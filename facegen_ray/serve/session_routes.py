@@ -11,10 +11,20 @@ every costly route calls (429 with Retry-After; buckets per client address and p
 app's guard actor, serve/ratelimit.py). New sessions per client address are a bucket too
 ("session"), so sessions are not free: a page load without a token left is served without a
 cookie.
+
+No request waits long on the guard: a call to it that has not answered within
+serve.guard_timeout_s (its replica restarting, its host lost) is given up, and this replica's
+own buckets answer for the next GUARD_RETRY_S seconds (limits still hold, per replica instead of
+shared). The session secret has no such stand-in (a replica's own secret would sign cookies the
+others reject): without FACEGEN_SESSION_SECRET, a replica that has not yet fetched it from the
+guard answers 503 with Retry-After until the guard answers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from importlib import resources
 from typing import Any
 
@@ -31,7 +41,7 @@ from facegen_ray.serve.identity import (
     secret_from_env,
 )
 from facegen_ray.serve.openapi_doc import _errors, api
-from facegen_ray.serve.ratelimit import retry_after
+from facegen_ray.serve.ratelimit import TokenBuckets, retry_after
 from facegen_ray.serve.schemas import SessionResponse
 from facegen_ray.serve.security_headers import PAGE_CSP
 
@@ -44,8 +54,18 @@ ASSETS = {  # /static/<name> -> content type (the only files served from static/
 PAGE_HEADERS = {"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-store"}
 
 
+log = logging.getLogger(__name__)
+
+GUARD_RETRY_S = 10.0  # after a guard call failed or timed out, this replica's own buckets answer this long
+
+
 def _static(name: str) -> str:
     return resources.files("facegen_ray.serve").joinpath(f"static/{name}").read_text(encoding="utf-8")
+
+
+async def _awaited(response: Any) -> Any:
+    """A Serve DeploymentResponse (or any awaitable) as a coroutine, for asyncio.wait_for."""
+    return await response
 
 
 class SessionRoutes:
@@ -56,10 +76,41 @@ class SessionRoutes:
         self.assets = {name: _static(name) for name in ASSETS}
         env = secret_from_env()  # UserError (replica start fails) when set but too short
         self._signer = SessionSigner(env, self.cfg.session_ttl_s) if env else None
+        self._own_buckets: TokenBuckets | None = None  # stand-in while the guard does not answer
+        self._guard_down_until = 0.0  # time.monotonic() until which the guard is not asked
+
+    async def _guard_call(self, method: str, *args: Any) -> Any:
+        """guard.<method>(*args), given up after serve.guard_timeout_s (TimeoutError)."""
+        return await asyncio.wait_for(_awaited(getattr(self.guard, method).remote(*args)), self.cfg.guard_timeout_s)
+
+    async def _take(self, route: str, keys: list[str], cost: float = 1.0) -> float:
+        """Seconds until `route` has `cost` tokens for every key (0: taken): the guard's shared
+        buckets, or this replica's own while the guard does not answer (module docstring)."""
+        if time.monotonic() >= self._guard_down_until:
+            try:
+                return await self._guard_call("take", route, keys, cost)
+            except Exception as e:  # noqa: BLE001 - whatever the guard's failure, limits go on here
+                self._guard_down_until = time.monotonic() + GUARD_RETRY_S
+                log.warning(
+                    "rate-limit guard did not answer (%s: %s): this replica's own buckets answer for %.0f s",
+                    type(e).__name__,
+                    e,
+                    GUARD_RETRY_S,
+                )
+        if self._own_buckets is None:
+            self._own_buckets = TokenBuckets(self.cfg.rate_limits)
+        return self._own_buckets.take(route, keys, cost)
 
     async def _session_signer(self) -> SessionSigner:
         if self._signer is None:  # no secret in this process's env: the guard's, shared by all replicas
-            self._signer = SessionSigner(await self.guard.session_secret.remote(), self.cfg.session_ttl_s)
+            try:
+                secret = await self._guard_call("session_secret")
+            except Exception as e:  # noqa: BLE001 - no secret of our own would do (module docstring)
+                log.warning("session secret: the guard did not answer (%s: %s)", type(e).__name__, e)
+                raise HTTPException(
+                    503, "rater sessions are unavailable for a moment: retry shortly", headers={"Retry-After": "5"}
+                ) from None
+            self._signer = SessionSigner(secret, self.cfg.session_ttl_s)
         return self._signer
 
     def _address(self, request: Request) -> str:
@@ -90,7 +141,7 @@ class SessionRoutes:
     async def _limit(self, request: Request, route: str, rater: Rater | None, cost: int = 1) -> None:
         """Take `cost` tokens of `route` for the client address (and the rater); 429 when out."""
         keys = [f"a:{self._address(request)}"] + ([f"r:{rater.rater_id}"] if rater else [])
-        wait = await self.guard.take.remote(route, keys, cost)
+        wait = await self._take(route, keys, cost)
         if wait > 0:
             raise HTTPException(
                 429,
@@ -100,7 +151,7 @@ class SessionRoutes:
 
     async def _new_session(self, request: Request) -> tuple[str, Rater] | None:
         """A new session (cookie value, rater), or None when this address is out of sessions."""
-        if await self.guard.take.remote("session", [f"a:{self._address(request)}"]) > 0:
+        if await self._take("session", [f"a:{self._address(request)}"]) > 0:
             return None
         return (await self._session_signer()).issue()
 
@@ -118,7 +169,7 @@ class SessionRoutes:
         return resp
 
     # ---- routes
-    @api.get("/session", responses={200: {"model": SessionResponse}, **_errors(401, 429)})
+    @api.get("/session", responses={200: {"model": SessionResponse}, **_errors(401, 429, 503)})
     async def session(self, request: Request) -> JSONResponse:
         rater = await self._rater(request, required=bool(self.cfg.rater_header))
         if rater is not None:
