@@ -71,13 +71,15 @@ async def _awaited(response: Any) -> Any:
 class SessionRoutes:
     """Rater identity, rate limits, pages; the Ingress supplies cfg and guard."""
 
+    # class defaults, so a subclass that skips _init_sessions (benchmarks/poisoning.py) has them too
+    _own_buckets: TokenBuckets | None = None  # stand-in while the guard does not answer
+    _guard_down_until = 0.0  # time.monotonic() until which the guard is not asked
+
     def _init_sessions(self) -> None:
         self.pages = {"index": _static("index.html"), "compare": _static("compare.html")}
         self.assets = {name: _static(name) for name in ASSETS}
         env = secret_from_env()  # UserError (replica start fails) when set but too short
         self._signer = SessionSigner(env, self.cfg.session_ttl_s) if env else None
-        self._own_buckets: TokenBuckets | None = None  # stand-in while the guard does not answer
-        self._guard_down_until = 0.0  # time.monotonic() until which the guard is not asked
 
     async def _guard_call(self, method: str, *args: Any) -> Any:
         """guard.<method>(*args), given up after serve.guard_timeout_s (TimeoutError)."""
