@@ -200,9 +200,11 @@ def test_generate_bytes_and_determinism(client, app):
     assert g1.content == g2.content == base64.b64decode(j["data"])
     # where the request's time went (ms), from the live replica and ingress
     timing = {e.split(";")[0].strip(): float(e.split("dur=")[1]) for e in g1.headers["server-timing"].split(",")}
-    # slot: waiting in the ingress for a call slot (serve/hop.py micro-batching)
-    assert list(timing) == ["slot", "hop", "queue", "forward", "record"] and all(v >= 0 for v in timing.values())
-    assert timing["forward"] > 0 and timing["record"] > 0
+    # limit: the rate-limit check (the guard's round trip); slot: waiting in the ingress for a call
+    # slot (serve/hop.py micro-batching)
+    parts = ["limit", "slot", "hop", "queue", "forward", "record"]
+    assert list(timing) == parts and all(v >= 0 for v in timing.values())
+    assert timing["forward"] > 0 and timing["record"] > 0 and timing["limit"] > 0
     # the served face is the seed's face: matches a local rendering (up to 1 level of float rounding)
     model = load_model(app["storage"], "v1", app["root"])
     local = generate(model.G, [77], 0.6)[0].astype(int)

@@ -176,6 +176,8 @@ def test_server_timing_header_splits_a_request():
     assert server_timing(0.015, 0.003, None) == "generator;dur=15.00, record;dur=3.00"
     # clock skew between the parts never gives a negative duration
     assert "hop;dur=0.00" in server_timing(0.010, 0.001, {"replica_s": 0.011, "forward_s": 0.002})
+    # the rate-limit check (the guard's round trip) and the wait for a call slot lead, when there were any
+    assert server_timing(0.015, 0.003, None, slot_s=0.001, limit_s=0.004).startswith("limit;dur=4.00, slot;dur=1.00, ")
     spec = importlib.util.spec_from_file_location("serve_load_bench", REPO / "benchmarks" / "serve_load.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -104,6 +104,7 @@ class Ingress(SessionRoutes, AdminRoutes):
         attributes: dict | None,
         fmt: str,
         controls: dict[str, Any] | None = None,
+        limit_s: float = 0.0,
     ):
         """Render k images and record each; -> (model describe dict, [(image_id, seed, bytes)]).
         controls: {"mix", "interpolate", "edit"} of the request (values None when absent)."""
@@ -127,7 +128,7 @@ class Ingress(SessionRoutes, AdminRoutes):
         model = res.model
         out = await asyncio.to_thread(self._record, model, item, res.images, res.conditions, fmt)
         timing = {"replica_s": res.timing.replica_s, "forward_s": res.timing.forward_s} if res.timing else None
-        return model, out, server_timing(t1 - t0, time.perf_counter() - t1, timing, slot_s)
+        return model, out, server_timing(t1 - t0, time.perf_counter() - t1, timing, slot_s, limit_s)
 
     async def _call_render(self, req: RenderRequest) -> tuple[Any, float]:
         """(RenderResult, seconds waited for a call slot): through the micro-batching hop, or one
@@ -212,10 +213,10 @@ class Ingress(SessionRoutes, AdminRoutes):
     )
     async def generate_json(self, request: Request) -> JSONResponse:
         req: GenerateRequest = await self._body(request, GenerateRequest)
-        await self._limit(request, "generate", await self._rater(request), cost=req.num_images)
+        limit_s = await self._limit(request, "generate", await self._rater(request), cost=req.num_images)
         attrs = req.attributes.model_dump() if req.attributes is not None else None
         model, out, timing = await self._render(
-            req.seed, req.num_images, req.truncation, attrs, req.format, req.controls()
+            req.seed, req.num_images, req.truncation, attrs, req.format, req.controls(), limit_s
         )
         return JSONResponse(
             headers={"Server-Timing": timing},
@@ -248,10 +249,10 @@ class Ingress(SessionRoutes, AdminRoutes):
             q = GenerateQuery.model_validate(dict(request.query_params))
         except ValidationError as e:
             raise HTTPException(422, validation_detail(e)) from None
-        await self._limit(request, "generate", await self._rater(request))
+        limit_s = await self._limit(request, "generate", await self._rater(request))
         attrs = q.attributes()
         model, out, timing = await self._render(
-            q.seed, 1, q.truncation, attrs.model_dump() if attrs else None, q.format
+            q.seed, 1, q.truncation, attrs.model_dump() if attrs else None, q.format, None, limit_s
         )
         iid, seed, data = out[0]
         return Response(

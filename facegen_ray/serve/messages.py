@@ -95,14 +95,18 @@ class RenderResult:
         return RenderResult(self.ok, self.model, self.images, self.conditions, self.status, self.error, timing)
 
 
-def server_timing(call_s: float, record_s: float, replica: dict[str, float] | None, slot_s: float = 0.0) -> str:
+def server_timing(
+    call_s: float, record_s: float, replica: dict[str, float] | None, slot_s: float = 0.0, limit_s: float = 0.0
+) -> str:
     """The Server-Timing header of a generated response (ms; browsers' dev tools show it, and
-    benchmarks/serve_load.py splits latency with it): `slot` (waiting in the ingress for a call
+    benchmarks/serve_load.py splits latency with it): `limit` (the rate-limit check: the round
+    trip to the app's guard, serve/ratelimit.py), `slot` (waiting in the ingress for a call
     slot, serve/hop.py), `hop` (the handle call to the generator replica and back, Ray's part),
     `queue` (in the replica before its batch ran: earlier batches), `forward` (the batch's
     generator pass), `record` (PNG encoding with provenance and the durable image record).
     call_s includes slot_s. Without the replica's split: `generator` + `record`."""
-    parts: list[tuple[str, float]] = [("slot", slot_s)] if slot_s > 0 else []
+    parts: list[tuple[str, float]] = [("limit", limit_s)] if limit_s > 0 else []
+    parts += [("slot", slot_s)] if slot_s > 0 else []
     if replica and "replica_s" in replica:
         fwd = float(replica.get("forward_s", 0.0))
         parts += [

@@ -140,9 +140,11 @@ class SessionRoutes:
             raise HTTPException(401, why)
         return rater
 
-    async def _limit(self, request: Request, route: str, rater: Rater | None, cost: int = 1) -> None:
-        """Take `cost` tokens of `route` for the client address (and the rater); 429 when out."""
+    async def _limit(self, request: Request, route: str, rater: Rater | None, cost: int = 1) -> float:
+        """Take `cost` tokens of `route` for the client address (and the rater); 429 when out.
+        -> the seconds the check took (Server-Timing `limit`: the guard's round trip)."""
         keys = [f"a:{self._address(request)}"] + ([f"r:{rater.rater_id}"] if rater else [])
+        t0 = time.perf_counter()
         wait = await self._take(route, keys, cost)
         if wait > 0:
             raise HTTPException(
@@ -150,6 +152,7 @@ class SessionRoutes:
                 f"too many {route} requests: retry in {retry_after(wait)}s",
                 headers={"Retry-After": retry_after(wait)},
             )
+        return time.perf_counter() - t0
 
     async def _new_session(self, request: Request) -> tuple[str, Rater] | None:
         """A new session (cookie value, rater), or None when this address is out of sessions."""
