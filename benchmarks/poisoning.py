@@ -112,7 +112,10 @@ class App(SessionRoutes):
 
     def __init__(self, clock: Clock) -> None:
         self.cfg = ServeConfig()
-        self.guard = SimpleNamespace(take=_Local(TokenBuckets(self.cfg.rate_limits, clock=clock).take))
+        buckets = TokenBuckets(self.cfg.rate_limits, clock=clock)
+        self.guard = SimpleNamespace(
+            take=_Local(buckets.take), take_many=_Local(lambda takes: [buckets.take(*t) for t in takes])
+        )
         self._signer = SessionSigner(b"s" * 40, self.cfg.session_ttl_s, clock=clock)
 
     @staticmethod

@@ -3,6 +3,7 @@
 - ModelState and FacegenGuard are pinned to the head node (serve/singletons.py): their options ask
   for the head's resource, and that resource exists under that name in this Ray (the live check).
   tests/test_cluster.py's serving host-kill test is the proof on separate hosts.
+- Takes waiting together at an ingress replica go to the guard in one call (take_many).
 - The ingress's rate limits never wait on a guard that does not answer: past
   serve.guard_timeout_s the replica's own buckets answer (still limiting), and the guard is asked
   again after GUARD_RETRY_S. The session secret has no stand-in: 503 with Retry-After.
@@ -40,11 +41,14 @@ class FakeGuard:
         self.core = GuardCore(cfg.model_dump(mode="json"))
         self.mode = "ok"
         self.calls = 0
+        self.delay_s = 0.0  # the round trip
         self.take = _Method(lambda *a: self._answer(self.core.take, *a))
+        self.take_many = _Method(lambda *a: self._answer(self.core.take_many, *a))
         self.session_secret = _Method(lambda *a: self._answer(self.core.session_secret, *a))
 
     async def _answer(self, fn, *args):
         self.calls += 1
+        await asyncio.sleep(self.delay_s)
         if self.mode == "hang":
             await asyncio.sleep(3600)
         if self.mode == "raise":
@@ -84,6 +88,22 @@ def test_an_answering_guard_holds_the_buckets(monkeypatch):
     waits = asyncio.run(go())
     assert waits[:3] == [0.0, 0.0, 0.0] and waits[3] > 0  # the guard's burst of 3, then a wait
     assert guard.calls == 4 and r._own_buckets is None
+
+
+def test_takes_waiting_together_share_a_guard_call(monkeypatch):
+    """50 requests at once from one address, a 20 ms guard: a few calls carry them all, and the
+    answers are the shared buckets' (the burst of 3 admitted, in arrival order, the rest wait)."""
+    r, guard = routes(monkeypatch)
+    r.cfg = r.cfg.model_copy(update={"guard_timeout_s": 5.0})
+    guard.delay_s = 0.02
+
+    async def go():
+        return await asyncio.gather(*(r._take("feedback", ["a:1.2.3.4"]) for _ in range(50)))
+
+    waits = asyncio.run(go())
+    assert waits[:3] == [0.0, 0.0, 0.0] and all(w > 0 for w in waits[3:])
+    assert guard.calls <= 4  # one alone, then the backlog in one or two take_many calls (not 50)
+    assert r._own_buckets is None
 
 
 @pytest.mark.parametrize("mode", ["hang", "raise"])

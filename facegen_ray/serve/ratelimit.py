@@ -1,6 +1,7 @@
 """Rate limits that hold across ingress replicas: token buckets in one actor of the app.
 
-    FacegenIngress replica 1 ─┐  guard.take.remote(route, [address key, rater key])
+    FacegenIngress replica 1 ─┐  guard.take.remote(route, [address key, rater key]), or take_many
+                              │  with every take waiting at that replica (serve/session_routes.py)
     FacegenIngress replica 2 ─┼──────────────►  FacegenGuard (1 replica, no CPU): TokenBuckets
     ...                       ┘  guard.session_secret.remote()   (the HMAC secret when the env has none)
 
@@ -101,6 +102,10 @@ class GuardCore:
     def take(self, route: str, keys: list[str], cost: float = 1.0) -> float:
         return self.buckets.take(route, keys, cost)
 
+    def take_many(self, takes: list[tuple[str, list[str], float]]) -> list[float]:
+        """take() for each (route, keys, cost), in order: one call for an ingress's waiting requests."""
+        return [self.buckets.take(route, keys, cost) for route, keys, cost in takes]
+
     def session_secret(self) -> bytes:
         return self._secret
 
@@ -121,6 +126,7 @@ class LocalGuard:
     def __init__(self, serve_cfg: dict[str, Any]) -> None:
         self.core = GuardCore(serve_cfg)
         self.take = _Local(self.core.take)
+        self.take_many = _Local(self.core.take_many)
         self.session_secret = _Local(self.core.session_secret)
 
 
@@ -133,6 +139,9 @@ class GuardDeployment:
 
     def take(self, route: str, keys: list[str], cost: float = 1.0) -> float:
         return self.core.take(route, keys, cost)
+
+    def take_many(self, takes: list[tuple[str, list[str], float]]) -> list[float]:
+        return self.core.take_many(takes)
 
     def session_secret(self) -> bytes:
         return self.core.session_secret()

@@ -12,6 +12,11 @@ app's guard actor, serve/ratelimit.py). New sessions per client address are a bu
 ("session"), so sessions are not free: a page load without a token left is served without a
 cookie.
 
+An ingress replica keeps at most GUARD_CALLS_IN_FLIGHT calls to the guard outstanding: a lone
+request's take goes at once, alone; takes that arrive while those calls are out go together in
+the next call (take_many, serve/hop.py's CallBatcher), so under load a request waits for one
+guard round trip, not behind every other request's.
+
 No request waits long on the guard: a call to it that has not answered within
 serve.guard_timeout_s (its replica restarting, its host lost) is given up, and this replica's
 own buckets answer for the next GUARD_RETRY_S seconds (limits still hold, per replica instead of
@@ -31,6 +36,7 @@ from typing import Any
 from fastapi import HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from facegen_ray.serve.hop import CallBatcher
 from facegen_ray.serve.identity import (
     SESSION_COOKIE,
     Rater,
@@ -57,6 +63,8 @@ PAGE_HEADERS = {"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-store"
 log = logging.getLogger(__name__)
 
 GUARD_RETRY_S = 10.0  # after a guard call failed or timed out, this replica's own buckets answer this long
+GUARD_CALLS_IN_FLIGHT = 2  # per ingress replica
+GUARD_MAX_TAKES = 512  # takes in one take_many call
 
 
 def _static(name: str) -> str:
@@ -74,6 +82,7 @@ class SessionRoutes:
     # class defaults, so a subclass that skips _init_sessions (benchmarks/poisoning.py) has them too
     _own_buckets: TokenBuckets | None = None  # stand-in while the guard does not answer
     _guard_down_until = 0.0  # time.monotonic() until which the guard is not asked
+    _takes: CallBatcher | None = None  # the guard's take calls, micro-batched (created on first use)
 
     def _init_sessions(self) -> None:
         self.pages = {"index": _static("index.html"), "compare": _static("compare.html")}
@@ -89,8 +98,16 @@ class SessionRoutes:
         """Seconds until `route` has `cost` tokens for every key (0: taken): the guard's shared
         buckets, or this replica's own while the guard does not answer (module docstring)."""
         if time.monotonic() >= self._guard_down_until:
+            if self._takes is None:
+                self._takes = CallBatcher(
+                    lambda take: self._guard_call("take", *take),
+                    lambda takes: self._guard_call("take_many", takes),
+                    max_in_flight=GUARD_CALLS_IN_FLIGHT,
+                    max_items=GUARD_MAX_TAKES,
+                )
             try:
-                return await self._guard_call("take", route, keys, cost)
+                # bounded twice: here (queued for a call slot included) and per call (frees the slot)
+                return await asyncio.wait_for(self._takes.submit((route, keys, cost)), self.cfg.guard_timeout_s)
             except Exception as e:  # noqa: BLE001 - whatever the guard's failure, limits go on here
                 self._guard_down_until = time.monotonic() + GUARD_RETRY_S
                 log.warning(
