@@ -116,6 +116,7 @@ class App(SessionRoutes):
         self.guard = SimpleNamespace(
             take=_Local(buckets.take), take_many=_Local(lambda takes: [buckets.take(*t) for t in takes])
         )
+        self.guard.actor_handle = _Local(lambda: self.guard)
         self._signer = SessionSigner(b"s" * 40, self.cfg.session_ttl_s, clock=clock)
 
     @staticmethod

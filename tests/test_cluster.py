@@ -103,8 +103,8 @@ def test_serving_across_hosts_survives_a_host_kill(cluster):
     # the one-replica deployments sit on the head (serve/singletons.py): the guard on the killed host
     # once made every request wait > 30 s for its replacement (2026-12-07)
     head, actors = cluster.state.hosts[0].ip, out["actors_before_kill"]
-    singletons = {k: v for k, v in actors.items() if k.endswith((":FacegenGuard", ":ModelState"))}
-    assert len(singletons) == 2 and all(v == [head] for v in singletons.values()), actors
+    singletons = {k: v for k, v in actors.items() if k.endswith((":FacegenGuard", ":ModelState", "GuardActor"))}
+    assert len(singletons) == 3 and all(v == [head] for v in singletons.values()), actors
     assert out["failed_after_one_retry"] == 0, (out["failures"], out["actors_before_kill"], out["killed_host"])
     assert out["feedback_acknowledged"] > 0 and out["feedback_lost"] == 0, out
     assert out["replicas_restored_s"] is not None, out

@@ -44,7 +44,13 @@ class FakeGuard:
         self.delay_s = 0.0  # the round trip
         self.take = _Method(lambda *a: self._answer(self.core.take, *a))
         self.take_many = _Method(lambda *a: self._answer(self.core.take_many, *a))
+        self.handles = 0  # actor_handle() calls: the ingress asks once, and again after a failure
+        self.actor_handle = _Method(self._handle)
         self.session_secret = _Method(lambda *a: self._answer(self.core.session_secret, *a))
+
+    async def _handle(self):
+        self.handles += 1
+        return self
 
     async def _answer(self, fn, *args):
         self.calls += 1
@@ -88,6 +94,7 @@ def test_an_answering_guard_holds_the_buckets(monkeypatch):
     waits = asyncio.run(go())
     assert waits[:3] == [0.0, 0.0, 0.0] and waits[3] > 0  # the guard's burst of 3, then a wait
     assert guard.calls == 4 and r._own_buckets is None
+    assert guard.handles == 1  # the guard actor's handle is fetched once, then called directly
 
 
 def test_takes_waiting_together_share_a_guard_call(monkeypatch):
@@ -134,6 +141,7 @@ def test_the_guard_is_asked_again_after_the_retry_interval(monkeypatch):
 
     assert asyncio.run(go()) == 0.0
     assert guard.calls == 2  # back on the guard
+    assert guard.handles == 2  # the failed call dropped the actor's handle: asked for anew
 
 
 def test_no_session_secret_from_a_silent_guard_is_a_503(monkeypatch):

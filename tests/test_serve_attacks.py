@@ -77,11 +77,14 @@ def _defaults_two_ingress_replicas(doc: dict) -> None:
 
 @pytest.fixture(scope="module")
 def app(ray_session, tmp_path_factory):
+    import ray
     from ray import serve
 
     root = str(tmp_path_factory.mktemp("attack-root"))
     with served_app(root, conditional_b=False, adjust=_defaults_two_ingress_replicas) as served:
-        secret = serve.get_deployment_handle("FacegenGuard", app_name="facegen").session_secret.remote().result()
+        # the guard deployment owns the actor that holds the secret (serve/ratelimit.py)
+        guard = serve.get_deployment_handle("FacegenGuard", app_name="facegen").actor_handle.remote().result()
+        secret = ray.get(guard.session_secret.remote())
         yield {**served, "signer": SessionSigner(secret, 86400.0)}
 
 

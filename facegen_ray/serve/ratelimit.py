@@ -26,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import ray
 from ray import serve
 
 from facegen_ray.config import ServeConfig
@@ -121,30 +122,37 @@ class _Local:
 
 
 class LocalGuard:
-    """A guard in the ingress's own memory (tests that drive the FastAPI app in process)."""
+    """A guard in the ingress's own memory (tests that drive the FastAPI app in process); its
+    actor_handle() is itself."""
 
     def __init__(self, serve_cfg: dict[str, Any]) -> None:
         self.core = GuardCore(serve_cfg)
         self.take = _Local(self.core.take)
         self.take_many = _Local(self.core.take_many)
         self.session_secret = _Local(self.core.session_secret)
+        self.actor_handle = _Local(lambda: self)
+
+
+class GuardActor(GuardCore):
+    """The guard's state in a plain Ray actor (ray.remote below): the ingress replicas call it
+    directly, which costs a third of a Serve handle call (1.6 vs 5 ms on the 2-core VM)."""
+
+
+RemoteGuardActor = ray.remote(GuardActor)
 
 
 @serve.deployment(name=GUARD_NAME, num_replicas=1, ray_actor_options=on_head_node(), max_ongoing_requests=10_000)
 class GuardDeployment:
-    """The app's one guard replica (a named actor of the app): rate limits, session secret."""
+    """The app's one guard replica: Serve keeps it alive, on the head node, for the app's life.
+    It owns the GuardActor that holds the rate limits and the session secret, so that actor ends
+    and is made anew with this replica; ingress replicas ask for its handle once
+    (actor_handle) and again after a failed call."""
 
     def __init__(self, serve_cfg: dict[str, Any]) -> None:
-        self.core = GuardCore(serve_cfg)
+        self.actor = RemoteGuardActor.options(**on_head_node()).remote(serve_cfg)
 
-    def take(self, route: str, keys: list[str], cost: float = 1.0) -> float:
-        return self.core.take(route, keys, cost)
-
-    def take_many(self, takes: list[tuple[str, list[str], float]]) -> list[float]:
-        return self.core.take_many(takes)
-
-    def session_secret(self) -> bytes:
-        return self.core.session_secret()
+    def actor_handle(self) -> Any:
+        return self.actor
 
 
 def retry_after(wait_s: float) -> str:
@@ -152,4 +160,4 @@ def retry_after(wait_s: float) -> str:
     return str(max(1, math.ceil(wait_s)))
 
 
-__all__ = ["GUARD_NAME", "GuardCore", "GuardDeployment", "LocalGuard", "TokenBuckets", "retry_after"]
+__all__ = ["GUARD_NAME", "GuardActor", "GuardCore", "GuardDeployment", "LocalGuard", "TokenBuckets", "retry_after"]

@@ -83,6 +83,7 @@ class SessionRoutes:
     _own_buckets: TokenBuckets | None = None  # stand-in while the guard does not answer
     _guard_down_until = 0.0  # time.monotonic() until which the guard is not asked
     _takes: CallBatcher | None = None  # the guard's take calls, micro-batched (created on first use)
+    _guard_actor: Any = None  # the handle of the guard's GuardActor (serve/ratelimit.py)
 
     def _init_sessions(self) -> None:
         self.pages = {"index": _static("index.html"), "compare": _static("compare.html")}
@@ -91,8 +92,18 @@ class SessionRoutes:
         self._signer = SessionSigner(env, self.cfg.session_ttl_s) if env else None
 
     async def _guard_call(self, method: str, *args: Any) -> Any:
-        """guard.<method>(*args), given up after serve.guard_timeout_s (TimeoutError)."""
-        return await asyncio.wait_for(_awaited(getattr(self.guard, method).remote(*args)), self.cfg.guard_timeout_s)
+        """<the guard's actor>.<method>(*args), given up after serve.guard_timeout_s (TimeoutError).
+        The actor's handle comes from the guard deployment once; a failed call drops it."""
+        timeout = self.cfg.guard_timeout_s
+        if self._guard_actor is None:
+            self._guard_actor = await asyncio.wait_for(_awaited(self.guard.actor_handle.remote()), timeout)
+        actor = self._guard_actor
+        try:
+            return await asyncio.wait_for(_awaited(getattr(actor, method).remote(*args)), timeout)
+        except Exception:
+            if self._guard_actor is actor:  # the guard restarted or is gone: ask for its handle again
+                self._guard_actor = None
+            raise
 
     async def _take(self, route: str, keys: list[str], cost: float = 1.0) -> float:
         """Seconds until `route` has `cost` tokens for every key (0: taken): the guard's shared
