@@ -1,9 +1,11 @@
 """Rate limits that hold across ingress replicas: token buckets in one actor of the app.
 
-    FacegenIngress replica 1 ─┐  guard.take.remote(route, [address key, rater key]), or take_many
+    FacegenIngress replica 1 ─┐  actor.take.remote(route, [address key, rater key]), or take_many
                               │  with every take waiting at that replica (serve/session_routes.py)
-    FacegenIngress replica 2 ─┼──────────────►  FacegenGuard (1 replica, no CPU): TokenBuckets
-    ...                       ┘  guard.session_secret.remote()   (the HMAC secret when the env has none)
+    FacegenIngress replica 2 ─┼──────────────►  GuardActor (plain Ray actor, head node): TokenBuckets
+    ...                       ┘  actor.session_secret.remote()   (the HMAC secret when the env has none)
+                                   ▲ created and owned by FacegenGuard (Serve deployment, 1 replica,
+                                     no CPU, head node), which hands out its handle (actor_handle)
 
 Each route class (serve.rate_limits: generate, feedback, pairs, vote, session) has a bucket per
 client address and one per rater: `burst` requests at once, refilled at `per_minute`. A request
