@@ -189,12 +189,46 @@ def test_kuberay_serving_pods_have_the_admin_token_and_gcs_fault_tolerance():
         for pod in _pods(spec):
             (container,) = pod["spec"]["containers"]
             env = {e["name"] for e in container.get("env", [])}
-            assert "FACEGEN_ADMIN_TOKEN" in env, container["name"]  # an ingress replica may land on any pod
+            # an ingress replica may land on any pod: the admin token and the session secret on every one
+            assert {"FACEGEN_ADMIN_TOKEN", "FACEGEN_SESSION_SECRET"} <= env, container["name"]
         ft = spec["gcsFaultToleranceOptions"]
         host, port = ft["redisAddress"].split(":")
         assert host in redis and redis[host]["kind"] == "Service" and int(port) == 6379
         secret = ft["redisPassword"]["valueFrom"]["secretKeyRef"]["name"]
         assert secret in yaml.safe_dump(redis["facegen-redis"])  # Redis uses the same password secret
+
+
+def _secret_refs(node) -> set[tuple[str, str | None]]:
+    """(secret name, key) of every secretKeyRef (key) and secretRef (whole secret: None) in a manifest."""
+    out: set[tuple[str, str | None]] = set()
+    if isinstance(node, dict):
+        if "secretKeyRef" in node:
+            out.add((node["secretKeyRef"]["name"], node["secretKeyRef"]["key"]))
+        if "secretRef" in node:
+            out.add((node["secretRef"]["name"], None))
+        for v in node.values():
+            out |= _secret_refs(v)
+    elif isinstance(node, list):
+        for v in node:
+            out |= _secret_refs(v)
+    return out
+
+
+def test_every_secret_the_manifests_read_is_created_by_the_deploy_commands():
+    """A secretKeyRef to a key the secret lacks stops the pod (CreateContainerConfigError): the
+    `kubectl create secret` lines of docs/deploying.md must create every (secret, key) read."""
+    created: dict[str, set[str]] = {}
+    for line in (REPO / "docs" / "deploying.md").read_text().splitlines():
+        if line.startswith("kubectl create secret generic "):
+            argv = shlex.split(line.split("#")[0])
+            keys = {a.split("=", 1)[1].split("=", 1)[0] for a in argv if a.startswith("--from-literal=")}
+            created.setdefault(argv[4], set()).update(keys)
+    paths = [*sorted((REPO / "cluster" / "kuberay").glob("*.yaml")), REPO / "deployments" / "rayservice.yaml"]
+    for path in paths:
+        for name, key in _secret_refs(_docs(path)):
+            assert name in created, (path.name, name)
+            if key is not None:
+                assert key in created[name], (path.name, name, key, sorted(created[name]))
 
 
 @pytest.mark.slow  # builds a wheel: ~20 s
