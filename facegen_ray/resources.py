@@ -18,6 +18,10 @@ from facegen_ray.errors import UserError
 
 # Imported where used, not here: ray (this module is imported by the driver before Ray starts).
 
+# Ray's own resource of the head node (1.0 there, absent elsewhere): asking for a sliver of it pins
+# a task or actor to the head without taking CPU (tune/runner.py's trial drivers, serve/singletons.py)
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+
 
 def shortfall(bundles: list[dict[str, float]], have: dict[str, float]) -> dict[str, tuple[float, float]]:
     """{resource: (needed, present)} for every resource the cluster has less of than the bundles

@@ -71,11 +71,6 @@ def _static(name: str) -> str:
     return resources.files("facegen_ray.serve").joinpath(f"static/{name}").read_text(encoding="utf-8")
 
 
-async def _awaited(response: Any) -> Any:
-    """A Serve DeploymentResponse (or any awaitable) as a coroutine, for asyncio.wait_for."""
-    return await response
-
-
 class SessionRoutes:
     """Rater identity, rate limits, pages; the Ingress supplies cfg and guard."""
 
@@ -96,10 +91,10 @@ class SessionRoutes:
         The actor's handle comes from the guard deployment once; a failed call drops it."""
         timeout = self.cfg.guard_timeout_s
         if self._guard_actor is None:
-            self._guard_actor = await asyncio.wait_for(_awaited(self.guard.actor_handle.remote()), timeout)
+            self._guard_actor = await asyncio.wait_for(self.guard.actor_handle.remote(), timeout)
         actor = self._guard_actor
         try:
-            return await asyncio.wait_for(_awaited(getattr(actor, method).remote(*args)), timeout)
+            return await asyncio.wait_for(getattr(actor, method).remote(*args), timeout)
         except Exception:
             if self._guard_actor is actor:  # the guard restarted or is gone: ask for its handle again
                 self._guard_actor = None

@@ -14,7 +14,7 @@ pins an actor there without taking CPU.
 
 from typing import Any
 
-HEAD_NODE_RESOURCE = "node:__internal_head__"
+from facegen_ray.resources import HEAD_NODE_RESOURCE
 
 
 def on_head_node() -> dict[str, Any]:

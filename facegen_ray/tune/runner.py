@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from facegen_ray.errors import UserError
-from facegen_ray.resources import resources_for
+from facegen_ray.resources import HEAD_NODE_RESOURCE, resources_for
 from facegen_ray.runtime import embedded, ensure_ray, require_shared
 from facegen_ray.storage import Layout, Storage, StorageError, join
 from facegen_ray.train.trainer import FORWARD_ENV, _run_storage, check_dataset, dataset_uri, fit, training_dataset
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 # node (a token of its built-in resource): a trial's driver holds the Ray Train controller, so on a
 # worker host that dies it would take the trial with it; on the head, a lost worker host costs
 # the trial one Ray Train restart from its checkpoint (train.max_failures), like `facegen train`.
-TRIAL_DRIVER_RESOURCES = {"cpu": 0, "memory": 2**20, "node:__internal_head__": 0.001}
+TRIAL_DRIVER_RESOURCES = {"cpu": 0, "memory": 2**20, HEAD_NODE_RESOURCE: 0.001}
 TRIAL_RETRIES = 1  # a trial restarted from its own checkpoint once when its driver fails
 SWEEP_FILE = "sweep.json"
 # what the trial driver keeps of a rank-0 report (the rest is per-step detail)
